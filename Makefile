@@ -1,0 +1,28 @@
+# Two entry points, each bootstrapping its own virtualenv in .venv on a fresh machine
+# that has only python3, pip and make.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REPORT_DIR ?= build/report
+PYTEST_ARGS ?=
+
+.PHONY: report test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,notebooks,dask]"
+	touch $(STAMP)
+
+report: $(STAMP)
+	$(PY) -m amla_numerics report --out $(REPORT_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for f in experiments/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis

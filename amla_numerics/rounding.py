@@ -63,6 +63,11 @@ _ASTYPE_RNE_EXACT = {
 }
 
 _FLOAT_KINDS = "fV"  # ml_dtypes' float types have kind 'V'
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+# Increment added to the FP32 magnitude bits before truncating the low 16 bits, per mode
+# (the sign-dependent ones take a pair: positive, negative).
+_BF16_BIAS = {"rna": (0x8000, 0x8000), "rz": (0, 0), "ru": (0xFFFF, 0), "rd": (0, 0xFFFF)}
 
 
 def round_to(
@@ -139,8 +144,11 @@ def round_to(
             and not saturate
             and (arr.dtype, fmt.storage) in _ASTYPE_RNE_EXACT
         ):
-            with np.errstate(over="ignore"):  # overflow to inf is the specified result
+            with np.errstate(over="ignore", invalid="ignore"):  # inf, nan: specified results
                 return arr.astype(fmt.storage)
+        if arr.dtype == np.float32 and fmt.storage == _BF16 and not (ftz or saturate):
+            if mode != "stochastic":
+                return _float32_to_bf16_bits(arr, mode)
         if arr.dtype == fmt.storage and fmt.dtype is not None and not (ftz or saturate):
             return arr.copy()
     parts = decompose(arr, fmt, mode, random_bits)
@@ -188,6 +196,28 @@ def to_fraction(v: Any) -> Fraction:
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _float32_to_bf16_bits(x: np.ndarray, mode: str) -> np.ndarray:
+    """FP32 -> BF16 on the bit pattern (written by hand: ml_dtypes casts only with rne).
+
+    BF16 is FP32 with the low 16 mantissa bits dropped and the same exponent range, so
+    rounding the magnitude bits at bit 16 is correct for normals, subnormals, overflow
+    (the carry reaches the inf pattern exactly when IEEE says inf) and infinities. NaN
+    is kept quiet. Proven against the generic path over every BF16 neighbourhood in tests.
+    """
+    b = x.view(np.uint32)
+    mag = b & np.uint32(0x7FFFFFFF)
+    neg = b >> np.uint32(31)
+    if mode == "rne":
+        bias = np.uint32(0x7FFF) + ((mag >> np.uint32(16)) & np.uint32(1))
+    else:
+        pos_bias, neg_bias = _BF16_BIAS[mode]
+        bias = np.where(neg == 1, np.uint32(neg_bias), np.uint32(pos_bias))
+    top = (mag + bias) >> np.uint32(16)
+    top = np.where(mag > np.uint32(0x7F800000), (mag >> np.uint32(16)) | np.uint32(0x40), top)
+    out = (top | (neg << np.uint32(15))).astype(np.uint16)
+    return out.view(_BF16)
 
 
 class Parts:
@@ -339,7 +369,8 @@ def _compose(
         draws = rng.integers(0, 2**bits, size=k.shape, dtype=np.int64).astype(np.float64)
         up = parts.tail + draws >= 2.0**bits
     up &= parts.inexact
-    mag = np.ldexp(k + up, parts.qe)  # exact: k + up <= 2**p, the quantum is in range
+    with np.errstate(over="ignore"):  # only FP64's top binade carries to inf: an overflow
+        mag = np.ldexp(k + up, parts.qe)  # exact: k + up <= 2**p, the quantum is in range
     # 2. overflow, flush to zero, specials, sign
     over = mag > fmt.max_finite
     if np.any(over):

@@ -208,15 +208,24 @@ def _float32_to_bf16_bits(x: np.ndarray, mode: str) -> np.ndarray:
     """
     b = x.view(np.uint32)
     mag = b & np.uint32(0x7FFFFFFF)
-    neg = b >> np.uint32(31)
     if mode == "rne":
-        bias = np.uint32(0x7FFF) + ((mag >> np.uint32(16)) & np.uint32(1))
+        top = mag >> np.uint32(16)
+        top &= np.uint32(1)
+        top += np.uint32(0x7FFF)
+        top += mag
     else:
         pos_bias, neg_bias = _BF16_BIAS[mode]
-        bias = np.where(neg == 1, np.uint32(neg_bias), np.uint32(pos_bias))
-    top = (mag + bias) >> np.uint32(16)
-    top = np.where(mag > np.uint32(0x7F800000), (mag >> np.uint32(16)) | np.uint32(0x40), top)
-    out = (top | (neg << np.uint32(15))).astype(np.uint16)
+        if pos_bias == neg_bias:
+            top = mag + np.uint32(pos_bias)
+        else:
+            top = np.where(b >> np.uint32(31), np.uint32(neg_bias), np.uint32(pos_bias))
+            top += mag
+    top >>= np.uint32(16)
+    nan = mag > np.uint32(0x7F800000)
+    if nan.any():
+        top[nan] = (mag[nan] >> np.uint32(16)) | np.uint32(0x40)
+    out = top.astype(np.uint16)
+    out |= (b >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
     return out.view(_BF16)
 
 

@@ -1,0 +1,151 @@
+"""Seeded attention workloads: the inputs every report row is measured on.
+
+Every generator draws from ``numpy.random.default_rng(seed)`` only, builds float64 data,
+and rounds it once to the input format (BF16 by default, ties to even), so a
+``(name, head_dim, kv_len, rows, seed)`` tuple names the same bits on every machine.
+
+========== ===================================================================================
+name       what it stresses
+========== ===================================================================================
+random     Gaussian q, k, v (unit variance); scale ``1/sqrt(d)``: the average case.
+peaky      ``random`` with q scaled by 6: scores spread over tens of nats, near-one-hot softmax.
+drift      the row max grows every block: a ramp of ``drift_per_block`` nats per 512-key block is
+           put on the last feature, so every block rescales (dn ~ -6 each time).
+sink       key 0 is an attention sink: about 12 nats above every other key for every row.
+mla        DeepSeek-V3 MLA decode, absorbed form: RMS-normalised latent rows, K = [latent, rope]
+           with V = K[:, :dv] (``dv = 512`` at ``d = 576``, else ``dv = d``) and scale
+           ``1/sqrt(d/3)`` (= ``1/sqrt(192)`` at 576).
+adversarial zero V column 0 (AMLA's zero-operand hazard), keys 1-3 exact duplicates of key 0
+           lifted ~8 nats (exact ties at the max), and a quarter of the keys pushed ~1000 nats
+           down (exp underflow for them).
+========== ===================================================================================
+
+Examples
+--------
+>>> w = make_workload("drift", head_dim=64, kv_len=1024, rows=2, seed=0)
+>>> w.q.shape, w.k.shape, w.v.shape, w.q.dtype.name
+((2, 64), (1024, 64), (1024, 64), 'bfloat16')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amla_numerics.formats import BF16, Format, get_format
+from amla_numerics.rounding import round_to
+
+__all__ = ["WORKLOADS", "Workload", "load_workload", "make_workload"]
+
+WORKLOADS: tuple[str, ...] = ("random", "peaky", "drift", "sink", "mla", "adversarial")
+
+_DRIFT_PER_BLOCK = 4.0  # nats per 512 keys
+_SINK_GAP = 12.0  # nats
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Attention inputs: q (M, Dk), k (N, Dk), v (N, Dv) in the input format, and the scale."""
+
+    name: str
+    q: np.ndarray = field(repr=False)
+    k: np.ndarray = field(repr=False)
+    v: np.ndarray = field(repr=False)
+    scale: float
+    seed: int | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.q.shape[-1])
+
+    @property
+    def kv_len(self) -> int:
+        return int(self.k.shape[-2])
+
+
+def make_workload(
+    name: str,
+    *,
+    head_dim: int,
+    kv_len: int,
+    rows: int = 16,
+    seed: int = 0,
+    fmt: Format | str = BF16,
+) -> Workload:
+    """Generate a named workload (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name`` (the message lists them) or a size below 1.
+    """
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; valid: {', '.join(WORKLOADS)}")
+    for arg, val in (("head_dim", head_dim), ("kv_len", kv_len), ("rows", rows)):
+        if not isinstance(val, int | np.integer) or val < 1:
+            raise ValueError(f"argument {arg!r} must be an integer >= 1, got {val!r}")
+    fmt = get_format(fmt)
+    rng = np.random.default_rng(seed)
+    d, n = int(head_dim), int(kv_len)
+    scale = 1.0 / np.sqrt(d)
+    q = rng.standard_normal((rows, d))
+    k = rng.standard_normal((n, d))
+    v = rng.standard_normal((n, d))
+    if name == "peaky":
+        q *= 6.0
+    elif name == "drift":
+        # score_j gains scale * q[:, -1] * k[j, -1] = ramp_j with q[:, -1] = 1 / scale
+        q[:, -1] = 1.0 / scale
+        k[:, -1] = _DRIFT_PER_BLOCK * np.arange(n) / 512.0
+    elif name == "sink":
+        q[:, 0] = 1.0 / scale
+        k[0, 0] = _SINK_GAP + 4.0
+    elif name == "mla":
+        latent = d - 64 if d > 64 else d
+        k /= np.sqrt(np.mean(k[:, :latent] ** 2, axis=1, keepdims=True))  # RMSNorm, gamma = 1
+        dv = 512 if d == 576 else d
+        scale = 1.0 / np.sqrt(d / 3.0)
+        kq = round_to(k, fmt)
+        return Workload(name, round_to(q, fmt), kq, kq[:, :dv], float(scale), seed)
+    elif name == "adversarial":
+        if d < 2:
+            raise ValueError("workload 'adversarial' needs head_dim >= 2")
+        v[:, 0] = 0.0
+        q[:, :2] = 1.0 / scale  # features 0 and 1 add k[j, 0] + k[j, 1] nats to every row
+        k[1:4] = k[0]
+        k[0:4, 0] = 8.0
+        low = rng.permutation(np.arange(4, n))[: n // 4]
+        k[low, 1] = -1000.0
+    return Workload(name, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), float(scale), seed)
+
+
+def load_workload(path: str | Path, *, fmt: Format | str = BF16) -> Workload:
+    """Load user inputs from an ``.npz`` holding ``q``, ``k``, ``v`` and optionally ``scale``.
+
+    The arrays are rounded to ``fmt`` (exactly representable inputs are unchanged).
+
+    Raises
+    ------
+    ValueError
+        A missing array, wrong ranks, or mismatched dimensions (the message names it).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays: dict[str, Any] = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read workload file {str(path)!r}: {exc}") from None
+    for key in ("q", "k", "v"):
+        if key not in arrays:
+            raise ValueError(f"workload file {str(path)!r} lacks the array {key!r}")
+        if arrays[key].ndim != 2:
+            raise ValueError(f"array {key!r} in {str(path)!r} must be 2-D, got {arrays[key].shape}")
+    q, k, v = arrays["q"], arrays["k"], arrays["v"]
+    if q.shape[1] != k.shape[1] or k.shape[0] != v.shape[0]:
+        raise ValueError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} in {str(path)!r} do not fit")
+    scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[1])
+    fmt = get_format(fmt)
+    return Workload(path.stem, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), scale)

@@ -1,0 +1,281 @@
+"""What is computed (:class:`Workload`) and how it is tiled and ordered (:class:`Schedule`).
+
+The two are separate on purpose: the workload fixes the FLOPs and bytes, the schedule
+decides which engine waits for which. :func:`check_capacity` verifies first that every
+on-chip buffer (L1, L0A, L0B, L0C, UB on Ascend; shared memory on a GPU) holds the
+tiles the schedule asks for, and rejects a tiling that does not fit with the reason.
+
+Examples
+--------
+>>> from amla_numerics.pipeline.hardware import load_hardware
+>>> hw = load_hardware("ascend910c")
+>>> wl = Workload(batch=128, q_len=2, kv_len=16384)
+>>> wl.rows, wl.flops
+(256, 1168231104512.0)
+>>> sch = default_schedule(hw, "amla")
+>>> sorted(check_capacity(hw, wl, sch))
+['L0A', 'L0B', 'L0C', 'L1', 'UB']
+>>> check_capacity(hw, wl, default_schedule(hw, "amla", l1_stream_buffers=4))
+Traceback (most recent call last):
+...
+ValueError: schedule.l1_stream_buffers: the tiling does not fit L1: Q 288 KB + 4 x 72 KB = 576 KB > 512 KB
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from amla_numerics.pipeline.hardware import Hardware
+from amla_numerics.variants import check_variant
+
+__all__ = ["SCHEDULES", "Schedule", "Workload", "check_capacity", "default_schedule"]
+
+#: The orderings the simulator knows.
+SCHEDULES: tuple[str, ...] = ("serial", "preload")
+
+
+def _check_int(owner: str, name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """MLA decode attention: ``batch`` requests of ``q_len`` tokens over ``kv_len`` cached ones.
+
+    Parameters
+    ----------
+    batch, q_len, kv_len : int
+        Requests, query tokens per request (s_q), cached tokens (s_k).
+    heads : int
+        Query heads sharing the latent KV cache (rows per request = heads x q_len).
+    d_qk, d_v : int
+        Score and value dims (576 = 512 latent + 64 rope; V = first 512 columns of K).
+    kv_bytes : int
+        Bytes per cached element (2 for BF16).
+
+    Notes
+    -----
+    FLOPs = 2 * batch * q_len * heads * kv_len * (d_qk + d_v);
+    HBM bytes = batch * kv_len * d_qk * kv_bytes (the cache, read once)
+    + batch * rows * (d_qk + d_v) * 2 (Q in, output out, BF16).
+
+    Examples
+    --------
+    >>> Workload(batch=-1, q_len=1, kv_len=8)
+    Traceback (most recent call last):
+    ...
+    ValueError: workload.batch must be >= 1, got -1
+    """
+
+    batch: int
+    q_len: int
+    kv_len: int
+    heads: int = 128
+    d_qk: int = 576
+    d_v: int = 512
+    kv_bytes: int = 2
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_int("workload", f.name, getattr(self, f.name))
+        if self.d_v > self.d_qk:
+            raise ValueError(f"workload.d_v ({self.d_v}) must be <= d_qk ({self.d_qk}): "
+                             "V is the first d_v columns of the cached K rows")
+
+    @property
+    def rows(self) -> int:
+        """Query rows per request (heads x q_len)."""
+        return self.heads * self.q_len
+
+    @property
+    def flops(self) -> float:
+        """Useful FLOPs of the whole workload (QK^T and PV)."""
+        return 2.0 * self.batch * self.rows * self.kv_len * (self.d_qk + self.d_v)
+
+    @property
+    def hbm_bytes(self) -> float:
+        """Compulsory HBM bytes: the KV cache once, Q in and the output out (BF16)."""
+        return float(self.batch * (self.kv_len * self.d_qk * self.kv_bytes
+                                   + self.rows * (self.d_qk + self.d_v) * 2))
+
+    @property
+    def intensity(self) -> float:
+        """FLOP per compulsory HBM byte."""
+        return self.flops / self.hbm_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Tiling, buffering and ordering of one kernel.
+
+    Parameters
+    ----------
+    rescale : str
+        The rescaling variant (one of :data:`amla_numerics.variants.VARIANTS`).
+    order : str
+        ``"preload"`` (C1 of block t+depth-1 issued before C2 of block t) or ``"serial"``.
+    preload_depth : int
+        Blocks in flight between the Cube and the Vector cores (2 in the kernel; 1 = serial).
+    kv_block, m_tile : int
+        Tokens per KV block; query rows per task (heads x q_len padded into tiles of this).
+    cube_m, cube_n : int
+        Output tile of one MMAD sequence (L0C tile is cube_m x cube_n FP32).
+    l1_k_qk, l0_k_qk, l1_k_pv, l0_k_pv : int
+        K splits of QK^T and PV in L1 and L0.
+    l1_block_bytes, l1_stream_buffers : int
+        Size and count of the L1 blocks streaming K, V and A (Q stays resident).
+    l0_buffers, l0c_buffers, ub_buffers : int
+        Ping-pong depths of L0A/L0B, L0C and the Vector's UB tiles.
+    vec_rows : int
+        Rows per Vector sub-tile.
+    rescale_prob : float
+        Fraction of blocks that rescale (only ``lazy`` uses it; 1 otherwise).
+    split_kv : bool
+        Balance work across cores by splitting requests along the KV axis
+        (flash-decoding); each split piece pays one extra combine pass.
+    """
+
+    rescale: str = "amla"
+    order: str = "preload"
+    preload_depth: int = 2
+    kv_block: int = 512
+    m_tile: int = 256
+    cube_m: int = 128
+    cube_n: int = 128
+    l1_k_qk: int = 288
+    l0_k_qk: int = 96
+    l1_k_pv: int = 256
+    l0_k_pv: int = 128
+    l1_block_bytes: int = 73728
+    l1_stream_buffers: int = 3
+    l0_buffers: int = 2
+    l0c_buffers: int = 2
+    ub_buffers: int = 2
+    vec_rows: int = 16
+    rescale_prob: float = 1.0
+    split_kv: bool = True
+
+    def __post_init__(self) -> None:
+        check_variant(self.rescale, "schedule.rescale")
+        if self.order not in SCHEDULES:
+            raise ValueError(f"schedule.order must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.order!r}")
+        for f in dataclasses.fields(self):
+            if f.type == "int" or f.type is int:
+                _check_int("schedule", f.name, getattr(self, f.name))
+        p = self.rescale_prob
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"schedule.rescale_prob must be a number in [0, 1], got {p!r}")
+
+    @property
+    def depth(self) -> int:
+        """Effective preload depth (1 for the serial order)."""
+        return 1 if self.order == "serial" else self.preload_depth
+
+
+def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -> Schedule:
+    """The kernel's tiling for ``hw`` (Ascend: the CANN MLA kernel; GPU: FlashMLA).
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.hardware import load_hardware
+    >>> s = default_schedule(load_hardware("h800_sxm5"), "fa_fp32")
+    >>> s.kv_block, s.m_tile
+    (64, 64)
+    """
+    if hw.kind == "gpu":
+        base: dict[str, object] = dict(kv_block=64, m_tile=64, cube_m=64, cube_n=64,
+                                       l1_k_qk=576, l0_k_qk=576, l1_k_pv=64, l0_k_pv=64)
+    else:
+        base = {}
+    base.update(overrides)
+    return Schedule(rescale=rescale, **base)  # type: ignore[arg-type]
+
+
+def _kb(x: float) -> str:
+    return f"{x / 1024:g} KB"
+
+
+def _divides(field: str, a: int, b_name: str, b: int) -> None:
+    if b % a:
+        raise ValueError(f"schedule.{field} ({a}) must divide {b_name} ({b})")
+
+
+def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple[int, int]]:
+    """Check that the schedule's tiles fit every buffer; return name -> (used, capacity) bytes.
+
+    Raises
+    ------
+    ValueError
+        Naming the schedule field and the buffer that overflows, with the arithmetic.
+    """
+    if hw.kind == "gpu":
+        smem = int(hw["smem_bytes"])
+        q = sch.m_tile * wl.d_qk * 2
+        kv = 2 * sch.kv_block * wl.d_qk * wl.kv_bytes
+        p = sch.m_tile * sch.kv_block * 2
+        used = q + kv + p
+        if used > smem:
+            raise ValueError(f"schedule.kv_block: the tiling does not fit shared memory: Q {_kb(q)}"
+                             f" + 2 KV stages {_kb(kv)} + P {_kb(p)} = {_kb(used)} > {_kb(smem)}")
+        return {"SMEM": (used, smem)}
+    _divides("cube_m", sch.cube_m, "m_tile", sch.m_tile)
+    _divides("cube_n", sch.cube_n, "kv_block", sch.kv_block)
+    _divides("cube_n", sch.cube_n, "d_v", wl.d_v)
+    _divides("l1_k_qk", sch.l1_k_qk, "d_qk", wl.d_qk)
+    _divides("l0_k_qk", sch.l0_k_qk, "l1_k_qk", sch.l1_k_qk)
+    _divides("l1_k_pv", sch.l1_k_pv, "kv_block", sch.kv_block)
+    _divides("l0_k_pv", sch.l0_k_pv, "l1_k_pv", sch.l1_k_pv)
+    per_aiv = sch.m_tile // int(hw["vector_per_core"])
+    if per_aiv == 0 or per_aiv % sch.vec_rows:
+        raise ValueError(f"schedule.vec_rows ({sch.vec_rows}) must divide the rows per vector "
+                         f"core ({per_aiv})")
+    out: dict[str, tuple[int, int]] = {}
+    # L1: Q resident + streaming blocks; every streamed chunk must fit one block.
+    l1 = int(hw["l1_bytes"])
+    chunks = {"l1_k_qk": sch.cube_n * sch.l1_k_qk * 2, "l1_k_pv": sch.cube_m * sch.l1_k_pv * 2}
+    for field, size in chunks.items():
+        if size > sch.l1_block_bytes:
+            raise ValueError(f"schedule.{field}: an L1 chunk of {_kb(size)} does not fit an L1 "
+                             f"block of {_kb(sch.l1_block_bytes)} (schedule.l1_block_bytes)")
+    q = sch.m_tile * wl.d_qk * 2
+    used = q + sch.l1_stream_buffers * sch.l1_block_bytes
+    if used > l1:
+        raise ValueError(f"schedule.l1_stream_buffers: the tiling does not fit L1: Q {_kb(q)} + "
+                         f"{sch.l1_stream_buffers} x {_kb(sch.l1_block_bytes)} = {_kb(used)} > "
+                         f"{_kb(l1)}")
+    out["L1"] = (used, l1)
+    k0 = max(sch.l0_k_qk, sch.l0_k_pv)
+    for buf, size in (("L0A", sch.cube_m * k0 * 2), ("L0B", k0 * sch.cube_n * 2)):
+        cap = int(hw[f"{buf.lower()}_bytes"])
+        used = sch.l0_buffers * size
+        if used > cap:
+            raise ValueError(f"schedule.l0_buffers: the tiling does not fit {buf}: "
+                             f"{sch.l0_buffers} x {_kb(size)} = {_kb(used)} > {_kb(cap)}")
+        out[buf] = (used, cap)
+    cap = int(hw["l0c_bytes"])
+    size = sch.cube_m * sch.cube_n * 4
+    used = sch.l0c_buffers * size
+    if used > cap:
+        raise ValueError(f"schedule.l0c_buffers: the tiling does not fit L0C: {sch.l0c_buffers} x "
+                         f"{_kb(size)} = {_kb(used)} > {_kb(cap)}")
+    out["L0C"] = (used, cap)
+    cap = int(hw["ub_bytes"])
+    tile = sch.vec_rows * (sch.kv_block * 4 + sch.kv_block * 2 + wl.d_v * 4)
+    rowvec = per_aiv * 4 * 8  # m, l, n, r^, cof, N, scale, spare: FP32/INT32 per row
+    used = sch.ub_buffers * tile + rowvec
+    if used > cap:
+        raise ValueError(f"schedule.vec_rows: the tiling does not fit UB: {sch.ub_buffers} x "
+                         f"{_kb(tile)} (S fp32 + A bf16 + O fp32 for {sch.vec_rows} rows) + "
+                         f"{_kb(rowvec)} row vectors = {_kb(used)} > {_kb(cap)}")
+    out["UB"] = (used, cap)
+    return out
+
+
+def tasks_per_request(wl: Workload, sch: Schedule) -> int:
+    """Row tiles per request (ceil(rows / m_tile))."""
+    return math.ceil(wl.rows / sch.m_tile)

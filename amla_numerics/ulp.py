@@ -114,7 +114,7 @@ def ulp_error(y: Any, ref: Any, fmt: Format | str) -> np.ndarray:
     >>> ulp_error([1.0], [mpmath.mpf(1) + mpmath.mpf(2) ** -9], BF16)
     array([0.25])
     """
-    return np.abs(signed_ulp_error(y, ref, fmt))
+    return np.asarray(np.abs(signed_ulp_error(y, ref, fmt)))  # 0-d stays an array
 
 
 def ulp_distance(a: Any, b: Any, fmt: Format | str) -> np.ndarray:

@@ -154,7 +154,7 @@ def ulp_distance(a: Any, b: Any, fmt: Format | str) -> np.ndarray:
         if d.size and max(d.reshape(-1)) >= 2**63:
             raise ValueError("the distance does not fit in int64 (it spans most of FP64)")
         return d.astype(np.int64)
-    return np.abs(ia - ib)
+    return np.asarray(np.abs(ia - ib))  # 0-d stays an array
 
 
 def _ordered_index(x: Any, fmt: Format, argument: str) -> np.ndarray:

@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 check failed, 2 usage error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has already printed its one-line message
         return int(exc.code or 0)
+    args.argv = argv  # recorded in report headers
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: a COMMAND is required", file=sys.stderr)

@@ -30,10 +30,14 @@ from scipy import stats
 from amla_numerics.formats import BF16, FP32
 from amla_numerics.ulp import signed_ulp_error
 
-__all__ = ["PERCENTILES", "ErrorMetrics", "error_metrics", "ulp_histogram"]
+__all__ = ["HIST_EDGES", "PERCENTILES", "ErrorMetrics", "error_metrics"]
 
 #: Percentiles reported for ULP errors (100 is the max).
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9, 100.0)
+
+#: Fixed FP32-ULP histogram edges shared by every record: [0, 2**-8), then one bin per
+#: power of two up to 2**24 (a BF16-sized error is 2**16 FP32 ULPs), then [2**24, inf).
+HIST_EDGES: tuple[float, ...] = (0.0, *(2.0**e for e in range(-8, 25)), float("inf"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class ErrorMetrics:
     rmse: float
     cosine: float
     rel_l1: float
+    hist_ulp_fp32: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics as a flat JSON-ready dict."""
@@ -117,23 +122,8 @@ def error_metrics(out: Any, ref: Any) -> ErrorMetrics:
         rmse=float(np.sqrt(np.mean(diff**2))) if n else float("nan"),
         cosine=float(np.dot(y_f, r_f)) / denom if denom else float("nan"),
         rel_l1=float(np.sum(np.abs(diff)) / np.sum(np.abs(r_f))) if n and np.any(r_f) else float("nan"),
+        hist_ulp_fp32=tuple(int(c) for c in np.histogram(u32, HIST_EDGES)[0]),
     )
-
-
-def ulp_histogram(ulp_errors: Any, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of ULP errors in log-spaced bins (exact zeros in the first bin).
-
-    Returns
-    -------
-    counts, edges : numpy.ndarray
-        ``len(edges) == bins + 1``; the first edge is 0, then ``2**-8 .. max`` log-spaced.
-    """
-    e = np.asarray(ulp_errors, dtype=np.float64)
-    e = e[np.isfinite(e)]
-    top = max(float(e.max()) if e.size else 1.0, 2.0**-7)
-    edges = np.concatenate([[0.0], np.geomspace(2.0**-8, top * (1 + 1e-12), bins)])
-    counts, _ = np.histogram(e, edges)
-    return counts, edges
 
 
 def _percentiles(values: np.ndarray) -> list[float]:

@@ -1,0 +1,427 @@
+"""A priori error bounds for every rescaling variant, per output element.
+
+Each variant's error is bounded as a sum of per-key relative perturbations of the softmax
+weights, one per rounding (or compensation) stage, chained over the KV blocks. The bound is
+*a priori*: it is a function of the head dim ``d``, the KV length ``N``, the block size
+``B``, the formats of the :class:`~amla_numerics.flash.policy.Policy` and magnitudes of the
+data (``|q| |k|`` products, score range, ``sum_i w_i |v_i|``), never of the computed output.
+
+:func:`a_priori_bound` returns a :class:`Bound` (the per-stage coefficients);
+:func:`elementwise_bound` evaluates it on inputs, giving an absolute bound per output element.
+
+Examples
+--------
+>>> b = a_priori_bound("fa_fp32", head_dim=128, kv_len=2048, block_n=512)
+>>> b.blocks, b.u_work == 2.0**-24, b.u_cast == 2.0**-8
+(4, True, True)
+>>> b.coefficient("cast") == 2.0**-8
+True
+>>> rng = np.random.default_rng(0)
+>>> q, k, v = rng.standard_normal((2, 128)), rng.standard_normal((2048, 128)), rng.standard_normal((2048, 128))
+>>> eb = elementwise_bound(b, q, k, v, 128**-0.5)
+>>> eb.shape, bool(np.all(eb > 0))
+((2, 128), True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from amla_numerics.formats import get_format
+from amla_numerics.variants import check_variant
+
+__all__ = ["LAMBDA", "Bound", "a_priori_bound", "elementwise_bound", "softmax_weights"]
+
+#: Confidence parameter of the probabilistic bounds (Higham & Mary 2019, Theorem 2.8):
+#: a sum of ``n`` independent mean-zero rounding errors each of size ``<= u`` exceeds
+#: ``LAMBDA * sqrt(n) * u`` with probability at most ``2 exp(-LAMBDA**2 (1 - u)**2 / 2)``
+#: (about 7.5e-6 for ``LAMBDA = 5``).
+LAMBDA: float = 5.0
+
+_LN2 = math.log(2.0)
+_LOG2E = 1.0 / _LN2
+#: Nats a row max must jump before the kernel's clamp of ``dn`` at -30 under-scales O.
+_CLAMP_NATS = 30.0 * _LN2
+
+_AMLA = ("amla", "amla_nocomp", "amla_exactcomp", "amla_fp32r", "amla_guarded")
+
+
+def _gamma(n: float, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u) (inf when n u >= 1)."""
+    nu = n * u
+    return nu / (1.0 - nu) if nu < 1.0 else math.inf
+
+
+def _accumulation_gamma(model: str, n: int, u: float) -> float:
+    """Relative error bound (times the sum of |terms|) of one accumulated sum of ``n`` terms.
+
+    "exact": one rounding (u); "pairwise": ceil(log2 n) + 1 roundings; "fp32_seq"/"seq": n;
+    "block_fma": truncating alignment can lose a whole unit per block, so 2 gamma_n.
+    """
+    if model == "exact":
+        return u
+    if model == "pairwise":
+        return _gamma(math.ceil(math.log2(max(n, 1))) + 1, u)
+    if model in ("fp32_seq", "seq"):
+        return _gamma(n, u)
+    if model == "block_fma":
+        return 2.0 * _gamma(n, u)
+    raise ValueError(f"unknown accumulation model {model!r}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Per-stage coefficients of a variant's error bound (see :func:`a_priori_bound`).
+
+    Attributes
+    ----------
+    variant : str
+    head_dim, kv_len, block_n, blocks : int
+        ``blocks = ceil(kv_len / block_n)``.
+    u_work, u_cast, u_o : float
+        Unit roundoffs of the vector stages, of the P cast (0: no cast) and of O between
+        blocks (``fa_bf16``; 0 otherwise).
+    qk_gamma : float
+        Relative bound of one QK^T dot product (times ``sum |q||k|``).
+    pv_gamma, rowsum_gamma : float
+        Relative bounds of one block's P V tile and one block's row sum.
+    exp_u : float
+        Relative error of the exponential.
+    c : float
+        AMLA's compensation coefficient.
+    eps_bias : float
+        The constant added to AMLA's ``eps`` (1e-6 in the kernel).
+    tau : float
+        Lazy rescale threshold (log2 units).
+    terms : dict
+        Named numerator-side coefficients (documentation and the report).
+    """
+
+    variant: str
+    head_dim: int
+    kv_len: int
+    block_n: int
+    blocks: int
+    u_work: float
+    u_cast: float
+    u_o: float
+    qk_gamma: float
+    pv_gamma: float
+    rowsum_gamma: float
+    exp_u: float
+    c: float = 1.5
+    eps_bias: float = 1e-6
+    tau: float = 8.0
+    clamp: bool = True
+    terms: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def coefficient(self, name: str) -> float:
+        """One named term (``"cast"``, ``"exp"``, ``"pv"``, ``"rescale_step"`` ...)."""
+        return self.terms[name]
+
+    @property
+    def eps_max(self) -> float:
+        """A priori ``|eps_j|``: ``c |cof_{j-1}/cof_j - 1| + bias`` with ``|cof - 1| <= u_cast``."""
+        if self.variant == "amla_nocomp" or self.variant == "amla_exactcomp":
+            return 0.0
+        if self.variant == "amla_fp32r":
+            return self.eps_bias
+        ratio = (1.0 + self.u_cast) / (1.0 - self.u_cast) - 1.0
+        return self.c * ratio * (1.0 + 4 * self.u_work) + self.eps_bias
+
+
+def a_priori_bound(
+    variant: str,
+    *,
+    head_dim: int,
+    kv_len: int,
+    block_n: int = 512,
+    c: float = 1.5,
+    tau: float = 8.0,
+    policy: Any = None,
+) -> Bound:
+    """The stage coefficients of ``variant``'s error bound.
+
+    Parameters
+    ----------
+    variant : str
+        One of :data:`amla_numerics.variants.VARIANTS`.
+    head_dim, kv_len, block_n : int
+        ``d``, ``N`` and the KV block size ``B`` (each >= 1).
+    c : float
+        AMLA's compensation coefficient.
+    tau : float
+        The lazy variant's threshold (log2 units).
+    policy : Policy or str, optional
+        The emulator's precision policy (default ``"ascend"``): its formats and
+        accumulation models set ``u_work``, ``u_cast``, ``qk_gamma``, ``pv_gamma``.
+
+    Returns
+    -------
+    Bound
+
+    Raises
+    ------
+    ValueError
+        Unknown variant or a size below 1.
+
+    Notes
+    -----
+    Write ``w_i`` for the exact softmax weights of a row, ``V_i`` for one value column,
+    ``out = sum_i w_i V_i``. If the computed numerator weights are ``w_i (1 + alpha_i)`` and
+    the denominator weights ``w_i (1 + beta_i)`` (both relative to the exact frame), then
+    exactly ``out' - out = (sum w_i alpha_i V_i - out sum w_i beta_i) / sum w_i (1 + beta_i)``,
+    so ``|out' - out| <= (sum_i w_i |alpha_i| |V_i| + |out| sum_i w_i |beta_i|) / (1 - max |beta|)``.
+    Each ``|alpha_i|`` (``|beta_i|``) is bounded by ``t / (1 - t)`` where ``t`` is the sum of
+    the first-order relative errors of every stage key ``i`` goes through (a product of
+    factors ``1 + delta_k`` with ``sum |delta_k| = t < 1`` differs from 1 by at most
+    ``e**t - 1 <= t / (1 - t)``). The stages, with ``u`` the work unit roundoff, ``u_c`` the
+    P cast's, ``k_i`` the number of blocks after key ``i``'s and ``T`` the block count:
+
+    * score: ``|s^_i - s_i| <= scale * g_qk * sum|q||k_i| + 2 u |s_i|`` (the dot product,
+      the FP32 scale and the product); a score error ``e`` is a relative weight error
+      ``e**|e| - 1``; the subtraction ``s - m`` adds ``u |s_i - m|`` (``+ tau ln 2`` for
+      ``lazy``, whose stale max may lie below ``s_i``). Common to numerator and denominator.
+    * ``exp``: ``u`` (correctly rounded), common.
+    * numerator only: the AMLA fold ``P r^`` (``u``), the cast (``u_c``), the block's
+      P V tile (``g_pv``).
+    * denominator only: the block's row sum (``g_rowsum``).
+    * the chain, per later block: ``fa_fp32``/``lazy``: multiply and add, ``2u`` on O and
+      on l (the same computed ``a_j`` scales both and cancels); ``fa_bf16``: plus ``u_o``
+      for O's storage; AMLA: the add on O (``u``) plus the rescale mismatch ``rho`` below,
+      and on l ``3u`` plus ``u |dm_j|`` (l is scaled by the FP32 ``a_j = exp(m_{j-1}-m_j)``
+      while O gets a power of two: the error of ``a_j`` no longer cancels; ``sum |dm_j|`` is
+      at most the row's score range).
+    * AMLA's rescale mismatch per step (AMLA's folding and compensation error): adding
+      ``delta 2**23`` to the bits of ``x = 2**e (1 + f)`` multiplies it by
+      ``1 + delta h`` with ``h in [1/2, 1]`` (``h = 1/(1+f)`` without carry; a carry or
+      borrow stays in the same range), while the intended factor is ``1 + (eps - bias)/c``.
+      So ``rho <= |eps| kappa(c) + bias/c + eps**2 + e_N + 2 eta`` with
+      ``kappa(c) = max(|1 - 1/c|, |1/2 - 1/c|)``, ``|eps| <= c (u_c-ratio) + bias``,
+      ``e_N = 2**-24 + u (|dn| + |eps|)`` (``N`` rounded to an integer, ``dn + eps`` to FP32)
+      and ``eta <= u (2 |m| + 4)`` the error of the FP32 residual ``r = exp(m + n ln 2)``.
+      ``amla_nocomp``: ``rho = |cof ratio - 1| + 2 eta``; ``amla_exactcomp``: ``3u + 2 eta``
+      (the ratio by an FP32 multiply); ``amla_fp32r``: ``cof = 1``, ``rho = bias + e_N + 2eta``.
+    * the final division: ``u`` (``O / l``), ``2u`` for AMLA (``O / (l r^)``).
+    * the clamp of ``dn`` at -30: when a row max jumps by more than ``30 ln 2`` nats, the old
+      O is under-scaled; its weight in the final frame is at most ``2**-30 N max|V| * 1.5``
+      per jump (``l >= 1`` after a rescale, ``r^ <= 2**(1/2)``): an absolute term.
+    * subnormal probabilities: an absolute ``2 N 2**-133 max|V|``.
+
+    The probabilistic bound (``kind="probabilistic"``) replaces every count ``n`` of
+    rounding errors of size ``u`` by ``LAMBDA sqrt(n)`` (Higham & Mary 2019): it holds with
+    high probability under their model of independent mean-zero errors, not always.
+    Hazards of the integer add (zero, subnormal, underflow) are outside the model: the
+    report counts them and does not hold such records to the bound.
+    """
+    variant = check_variant(variant)
+    for arg, value in (("head_dim", head_dim), ("kv_len", kv_len), ("block_n", block_n)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"argument {arg!r} must be an integer >= 1, got {value!r}")
+    if not (isinstance(c, int | float) and c > 0):
+        raise ValueError(f"argument 'c' must be a positive number, got {c!r}")
+    pol = _resolve_policy(policy)
+    u = get_format(pol.work).unit_roundoff
+    u_cast = get_format(pol.p_cast).unit_roundoff if pol.p_cast else 0.0
+    u_o = get_format(pol.o_lowp).unit_roundoff if (variant == "fa_bf16" and pol.o_lowp) else 0.0
+    b = int(kv_len) if variant == "naive" else int(block_n)
+    blocks = 1 if variant == "naive" else -(-int(kv_len) // int(block_n))
+    qk_u = get_format(pol.qk.out_format).unit_roundoff
+    pv_u = get_format(pol.pv.out_format).unit_roundoff
+    qk_gamma = _accumulation_gamma(pol.qk.accumulation.model, int(head_dim), qk_u)
+    pv_gamma = _accumulation_gamma(pol.pv.accumulation.model, b, pv_u)
+    rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
+    exp_u = u if pol.exp == "cr" else 4.0 * u
+    bound = Bound(
+        variant=variant,
+        head_dim=int(head_dim),
+        kv_len=int(kv_len),
+        block_n=int(block_n),
+        blocks=blocks,
+        u_work=u,
+        u_cast=u_cast,
+        u_o=u_o,
+        qk_gamma=qk_gamma,
+        pv_gamma=pv_gamma,
+        rowsum_gamma=rowsum_gamma,
+        exp_u=exp_u,
+        c=float(c),
+        eps_bias=float(pol.eps_bias),
+        tau=float(tau),
+        clamp=pol.dn_clamp is not None and pol.rescale == "int_add",
+    )
+    terms = {
+        "exp": exp_u,
+        "fold": u if variant in _AMLA else 0.0,
+        "cast": u_cast,
+        "pv": pv_gamma,
+        "rowsum": rowsum_gamma,
+        "rescale_step": _rho_const(bound),
+        "division": 2 * u if variant in _AMLA else u,
+    }
+    return _with_terms(bound, terms)
+
+
+def _with_terms(bound: Bound, terms: dict[str, float]) -> Bound:
+    object.__setattr__(bound, "terms", terms)  # frozen: set once, at construction
+    return bound
+
+
+def _resolve_policy(policy: Any):
+    from amla_numerics.flash.policy import get_policy  # the policy record, not the emulator
+
+    return get_policy(policy)
+
+
+def _kappa(c: float) -> float:
+    return max(abs(1.0 - 1.0 / c), abs(0.5 - 1.0 / c))
+
+
+def _rho_const(b: Bound) -> float:
+    """The data-independent part of AMLA's per-step rescale mismatch (0 for the others)."""
+    if b.variant not in _AMLA:
+        return 0.0
+    u = b.u_work
+    if b.variant == "amla_nocomp":
+        return (1.0 + b.u_cast) / (1.0 - b.u_cast) - 1.0
+    if b.variant == "amla_exactcomp":
+        return 3.0 * u
+    eps = b.eps_max
+    kappa = 1.0 if b.variant == "amla_fp32r" else _kappa(b.c)
+    return eps * kappa + b.eps_bias / b.c + eps * eps + 2.0**-24 + u * eps
+
+
+def softmax_weights(q: Any, k: Any, scale: float, mask: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 scores ``scale q k^T`` and softmax weights (an approximation, for the bounds).
+
+    Returns
+    -------
+    scores, weights : numpy.ndarray
+        Both of shape ``(..., M, N)``.
+    """
+    q64 = np.asarray(q).astype(np.float64)
+    k64 = np.asarray(k).astype(np.float64)
+    s = float(scale) * (q64 @ np.swapaxes(k64, -1, -2))
+    if mask is not None:
+        s = s + np.asarray(mask, dtype=np.float64)
+    m = np.max(s, axis=-1, keepdims=True)
+    w = np.exp(s - m)
+    w /= np.sum(w, axis=-1, keepdims=True)
+    return s, w
+
+
+def elementwise_bound(
+    bound: Bound,
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: float,
+    *,
+    kind: str = "deterministic",
+) -> np.ndarray:
+    """Evaluate ``bound`` on inputs: an absolute error bound for every output element.
+
+    Parameters
+    ----------
+    bound : Bound
+        From :func:`a_priori_bound`.
+    q, k, v : array_like
+        ``(M, d)``, ``(N, d)``, ``(N, dv)`` (any float dtype; leading dims broadcast).
+    scale : float
+        The softmax scale.
+    kind : {"deterministic", "probabilistic"}
+        See the Notes of :func:`a_priori_bound`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(..., M, dv)``.
+
+    Notes
+    -----
+    The weights ``w_i`` are evaluated in float64 (relative error ~1e-13, far below every
+    term); the bound is then inflated by ``1 + 2**-20`` to cover that evaluation.
+    """
+    if kind not in ("deterministic", "probabilistic"):
+        raise ValueError(f"argument 'kind' must be 'deterministic' or 'probabilistic', got {kind!r}")
+    if not isinstance(bound, Bound):
+        raise TypeError(f"argument 'bound' must be a Bound, got {type(bound).__name__}")
+    q64 = np.asarray(q).astype(np.float64)
+    k64 = np.asarray(k).astype(np.float64)
+    v64 = np.asarray(v).astype(np.float64)
+    if k64.shape[-2] != bound.kv_len or q64.shape[-1] != bound.head_dim:
+        raise ValueError(
+            f"inputs (d={q64.shape[-1]}, N={k64.shape[-2]}) do not match the bound "
+            f"(d={bound.head_dim}, N={bound.kv_len})"
+        )
+    prob = kind == "probabilistic"
+
+    def count(n: np.ndarray | float) -> np.ndarray | float:
+        """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""
+        return np.minimum(n, LAMBDA * np.sqrt(n)) if prob else n
+
+    b, u = bound, bound.u_work
+    s, w = softmax_weights(q64, k64, scale)
+    n_keys = s.shape[-1]
+    m = np.max(s, axis=-1, keepdims=True)
+    srange = m - np.min(s, axis=-1, keepdims=True)  # >= sum_j |dm_j| for every key
+    abs_s = np.abs(s)
+    block = np.arange(n_keys) // b.block_n if b.variant != "naive" else np.zeros(n_keys, int)
+    later = (b.blocks - 1 - block).astype(np.float64)  # k_i: rescales after key i's block
+    own_add = (block > 0).astype(np.float64)  # key i's tile is added to an existing O
+
+    # common to numerator and denominator: score, subtraction, exp
+    qk_abs = float(scale) * (np.abs(q64) @ np.swapaxes(np.abs(k64), -1, -2))
+    qk_term = b.qk_gamma * qk_abs if not prob else _prob_scale(b.qk_gamma, b.head_dim, u) * qk_abs
+    score = qk_term + 2 * u * abs_s
+    stale = b.tau * _LN2 if b.variant == "lazy" else 0.0
+    common = score + u * (m - s + stale) + b.exp_u
+
+    rowsum = b.rowsum_gamma if not prob else _prob_scale(b.rowsum_gamma, b.block_n, u)
+    pv = b.pv_gamma if not prob else _prob_scale(b.pv_gamma, b.block_n, u)
+    num = common + b.terms["fold"] + b.u_cast + pv
+    den = common + rowsum
+    if b.variant in _AMLA:
+        absm = np.max(np.abs(s), axis=-1, keepdims=True)
+        eta = u * (2.0 * absm + 4.0)
+        rho = b.terms["rescale_step"] + 2.0 * eta
+        if b.variant != "amla_exactcomp":
+            # e_N: u (|dn| + |eps|) per step, sum over steps of |dn| <= range log2 e + steps
+            rho_dn = u * (srange * _LOG2E + 1.0)
+        else:
+            rho_dn = 0.0
+        num = num + count(later) * (rho + u) + rho_dn + count(own_add) * u
+        den = den + count(later) * 3.0 * u + u * srange + count(own_add) * u
+    elif b.variant != "naive":
+        num = num + count(later) * (2.0 * u + b.u_o) + count(own_add) * u + b.u_o
+        den = den + count(later) * 2.0 * u + count(own_add) * u
+    alpha = _inflate(num)
+    beta = _inflate(den)
+    out_abs = np.abs(w @ v64)
+    bnum = (w * alpha) @ np.abs(v64)
+    bden = out_abs * np.sum(w * beta, axis=-1, keepdims=True)
+    beta_max = np.max(beta, axis=-1, keepdims=True)
+    total = (bnum + bden) / (1.0 - beta_max)
+    total = total * (1.0 + b.terms["division"]) + b.terms["division"] * out_abs
+    vmax = np.max(np.abs(v64), axis=-2, keepdims=True)
+    if b.variant in _AMLA and b.clamp:
+        jumps = np.floor(srange / _CLAMP_NATS)
+        total = total + jumps * 1.5 * 2.0**-30 * n_keys * vmax
+    total = total + 2.0 * n_keys * 2.0**-133 * vmax
+    return total * (1.0 + 2.0**-20)
+
+
+def _inflate(t: np.ndarray) -> np.ndarray:
+    """``t / (1 - t)``: a product of ``1 + delta_k`` with ``sum |delta_k| = t`` is within it."""
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(t < 1.0, t / (1.0 - np.minimum(t, 0.999999)), np.inf)
+
+
+def _prob_scale(gamma: float, n: int, u: float) -> float:
+    """Probabilistic counterpart of a gamma_n-type constant: at most LAMBDA sqrt(n) u."""
+    return min(gamma, LAMBDA * math.sqrt(max(n, 1)) * u) if gamma > u else gamma

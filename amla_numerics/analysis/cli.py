@@ -1,0 +1,203 @@
+"""``amla-numerics report`` and ``amla-numerics check-budgets``: parse, run, render.
+
+Examples
+--------
+>>> parse_int_list("64,128", "--head-dims")
+(64, 128)
+>>> parse_int_list("64,x", "--head-dims")
+Traceback (most recent call last):
+...
+ValueError: --head-dims must be a comma-separated list of integers >= 1, got '64,x'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from amla_numerics.variants import VARIANTS, check_variant
+
+__all__ = ["REGISTRARS", "parse_int_list", "register_check_budgets", "register_report"]
+
+
+def parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    """``"64,128"`` -> ``(64, 128)``; every value must be an integer >= 1."""
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} must be a comma-separated list of integers >= 1, got {text!r}")
+    return values
+
+
+def _parse_names(text: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise ValueError(f"{option}: unknown name(s) {', '.join(bad) or text!r}; valid: {', '.join(valid)}")
+    return names
+
+
+def register_report(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` subcommand."""
+    from amla_numerics.analysis.report import DEFAULT_HEAD_DIMS, ReportConfig
+
+    d = ReportConfig()
+    p = subparsers.add_parser(
+        "report",
+        help="error-bound report per head dimension (accuracy and modelled throughput)",
+        description="Measure every variant against the certified reference on a grid of "
+        "head dims x KV lengths x workloads x seeds and print one table per head dim.",
+    )
+    p.add_argument("--head-dims", default=",".join(map(str, DEFAULT_HEAD_DIMS)))
+    p.add_argument("--kv-lens", default=",".join(map(str, d.kv_lens)))
+    p.add_argument("--block-n", type=int, default=d.block_n)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--workloads", default=",".join(d.workloads))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--rows", type=int, default=d.rows, help="query rows per case")
+    p.add_argument("--c", type=float, default=d.c, help="AMLA compensation coefficient")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes")
+    p.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
+    p.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table")
+    p.add_argument("--out", default=None, help="directory for report.json, report.md, plots")
+    p.add_argument("--no-throughput", action="store_true", help="skip the pipeline model")
+    p.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
+    p.set_defaults(handler=_run_report)
+
+
+def register_check_budgets(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``check-budgets`` subcommand."""
+    p = subparsers.add_parser(
+        "check-budgets",
+        help="measure the budgeted cases; exit 1 naming every budget exceeded",
+    )
+    p.add_argument("--budgets", default=None, help="budgets TOML (default: the shipped file)")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument(
+        "--update",
+        metavar="FILE",
+        default=None,
+        help="write new budgets (measured x margin) to FILE instead of checking",
+    )
+    p.set_defaults(handler=_run_check_budgets)
+
+
+REGISTRARS = (register_report, register_check_budgets)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from amla_numerics.analysis.report import ReportConfig
+    from amla_numerics.analysis.workloads import WORKLOADS
+
+    if args.block_n < 1:
+        raise ValueError(f"--block-n must be >= 1, got {args.block_n}")
+    if args.rows < 1:
+        raise ValueError(f"--rows must be >= 1, got {args.rows}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    variants = _parse_names(args.variants, VARIANTS, "--variants")
+    for v in variants:
+        check_variant(v)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma-separated list of integers, got {args.seeds!r}") from None
+    return ReportConfig(
+        head_dims=parse_int_list(args.head_dims, "--head-dims"),
+        kv_lens=parse_int_list(args.kv_lens, "--kv-lens"),
+        block_n=args.block_n,
+        variants=variants,
+        workloads=_parse_names(args.workloads, WORKLOADS, "--workloads"),
+        seeds=seeds,
+        rows=args.rows,
+        c=args.c,
+    )
+
+
+def _progress_bar(total: int):
+    """A tqdm bar on a terminal, nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="case", desc="measuring", file=sys.stderr, leave=False)
+    return (lambda done, _total: bar.update(done - bar.n)), bar.close
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from amla_numerics.analysis.build import build_report, write_outputs
+    from amla_numerics.analysis.report import render
+    from amla_numerics.cli import CheckFailed
+
+    config = _config_from_args(args)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            probe = out_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"--out {str(out_dir)!r} is not writable: {exc.strerror}") from None
+    n_cases = len(config.head_dims) * len(config.kv_lens) * len(config.workloads) * len(config.seeds)
+    progress, close = _progress_bar(n_cases)
+    try:
+        report = build_report(
+            config,
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            throughput=not args.no_throughput,
+            progress=progress,
+            argv=args.argv,
+        )
+    finally:
+        close()
+    print(render(report, args.format), end="")
+    if out_dir is not None:
+        written = write_outputs(report, out_dir, plots=not args.no_plots)
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if report.violations:
+        raise CheckFailed(f"{len(report.violations)} record(s) exceed their a priori bound")
+    return 0
+
+
+def _run_check_budgets(args: argparse.Namespace) -> int:
+    from amla_numerics.analysis import budgets as bmod
+    from amla_numerics.analysis.grid import Case, evaluate_case
+    from amla_numerics.cli import CheckFailed
+
+    book = bmod.load_budgets(args.budgets)
+    if args.update:
+        cases = {}
+        for b in book.budgets:
+            case = Case(b.head_dim, b.kv_len, b.workload, book.seed, book.rows, book.block_n)
+            cases.setdefault(case, []).append(b.variant)
+        records = [r for case, vs in cases.items() for r in evaluate_case(case, vs)]
+        new = bmod.BudgetBook(
+            book.rows, book.block_n, book.seed, book.margin,
+            tuple(bmod.budgets_from_records(records, book.margin)),
+        )
+        header = (
+            f"ULP budgets: measured max FP32 ULP error x margin {book.margin}, rounded up to 2\n"
+            "significant digits. Regenerate with: amla-numerics check-budgets --update FILE\n"
+            "A change that raises a budget must say why in its commit message."
+        )
+        Path(args.update).write_text(bmod.format_budgets(new, header))
+        print(f"wrote {len(new.budgets)} budgets to {args.update}")
+        return 0
+    results = bmod.check_budgets(book, jobs=args.jobs)
+    width = max(len(r.budget.key) for r in results)
+    for r in results:
+        status = "ok  " if r.ok else "OVER"
+        print(f"{status} {r.budget.key:<{width}}  measured {r.measured:10.4g}  budget {r.budget.max_ulp_fp32:10.4g}")
+    over = [r for r in results if not r.ok]
+    if over:
+        raise CheckFailed(
+            "; ".join(f"{r.budget.key}: {r.measured:.4g} > {r.budget.max_ulp_fp32:.4g} FP32 ULP" for r in over)
+        )
+    print(f"all {len(results)} budgets hold")
+    return 0
+

@@ -1,0 +1,202 @@
+"""The error-bound report: configuration, header, rendering (table, JSON, CSV, Markdown).
+
+A :class:`Report` is the header (seeds, library versions, reference precision, the command)
+plus the grid's records and, when the pipeline model is available, each variant's modelled
+throughput on the MLA decode workload. Rendering is pure: the same report renders the same
+text.
+
+JSON schema (``--format json`` and ``report.json``)::
+
+    {"header": {"tool", "version", "command", "seeds", "libraries": {name: version},
+                "reference": {"method", "dps", "certified_ulp_fp32"}, "policy", "config"},
+     "records": [{"head_dim", "kv_len", "variant", "workload", "seed", "rows", "block_n",
+                  "n", "n_nonfinite", "median_ulp_fp32", "p90_ulp_fp32", "p99_ulp_fp32",
+                  "p999_ulp_fp32", "max_ulp_fp32", "median_ulp_bf16", "p999_ulp_bf16",
+                  "max_ulp_bf16", "mean_signed_ulp_fp32", "sign_test_p", "rel_fro",
+                  "max_abs", "rmse", "cosine", "rel_l1", "bound_ulp_fp32", "bound_ratio",
+                  "prob_bound_ratio", "hazards": {class: count}, "rescale_rate"}, ...],
+     "throughput": [{"variant", "tflops", "utilization", "peak_tflops", "peak_name",
+                     "bound", "time_us", "hbm_gbps", "rescale_prob"}, ...],
+     "violations": [human-readable strings: records whose measured/bound > 1]}
+
+ULP fields are in units of the FP32 / BF16 ULP at the reference value; ``bound_ratio`` is
+``max(|out - ref| / bound)`` over the finite outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+from amla_numerics._version import __version__
+from amla_numerics.analysis.grid import Record
+
+__all__ = ["DEFAULT_HEAD_DIMS", "Report", "ReportConfig", "make_header", "render"]
+
+DEFAULT_HEAD_DIMS: tuple[int, ...] = (64, 128, 192, 256, 576)
+
+_LIBRARIES = ("numpy", "mpmath", "scipy", "ml_dtypes", "matplotlib", "gmpy2")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report measures (the CLI options, validated)."""
+
+    head_dims: tuple[int, ...] = DEFAULT_HEAD_DIMS
+    kv_lens: tuple[int, ...] = (2048,)
+    block_n: int = 512
+    variants: tuple[str, ...] = ()
+    workloads: tuple[str, ...] = ("random", "mla", "drift")
+    seeds: tuple[int, ...] = (0,)
+    rows: int = 16
+    c: float = 1.5
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a report shows; render it with :func:`render`."""
+
+    header: dict[str, Any]
+    records: tuple[Record, ...]
+    throughput: tuple[dict[str, Any], ...] = ()
+    violations: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (see the module docstring)."""
+        return {
+            "header": self.header,
+            "records": [_clean(r.to_dict()) for r in self.records],
+            "throughput": [_clean(t) for t in self.throughput],
+            "violations": list(self.violations),
+        }
+
+
+def make_header(config: ReportConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    """The report header: tool, versions, seeds, reference precision, command."""
+    libs = {}
+    for name in _LIBRARIES:
+        try:
+            libs[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            libs[name] = None
+    return {
+        "tool": "amla-numerics",
+        "version": __version__,
+        "command": " ".join(["amla-numerics", *(argv if argv is not None else sys.argv[1:])]),
+        "seeds": list(config.seeds),
+        "libraries": libs,
+        "python": sys.version.split()[0],
+        "reference": {
+            "method": "auto",
+            "dps": 50,
+            "note": "certified fast oracle; elements whose bound exceeds 1e-3 FP32 ULP are "
+            "recomputed with mpmath; outputs correctly rounded to float64",
+        },
+        "policy": "ascend",
+        "config": asdict(config),
+    }
+
+
+def render(report: Report, style: str = "table") -> str:
+    """Render as ``table`` (one table per head dim), ``markdown``, ``csv`` or ``json``."""
+    if style == "json":
+        return json.dumps(report.to_json(), indent=2, allow_nan=False)
+    if style == "csv":
+        return _render_csv(report)
+    if style not in ("table", "markdown"):
+        raise ValueError(f"unknown format {style!r}; valid: table, json, csv, markdown")
+    md = style == "markdown"
+    parts = []
+    if md:
+        parts.append(f"# amla-numerics report\n\n`{report.header['command']}`\n")
+    for d in sorted({r.head_dim for r in report.records}):
+        rows = [r for r in report.records if r.head_dim == d]
+        title = f"head dim {d}"
+        parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
+        parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
+    if report.throughput:
+        title = "modelled throughput, MLA decode on the Ascend 910 pipeline model"
+        parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
+        parts.append(_table(_THROUGHPUT_COLUMNS, [_throughput_row(t) for t in report.throughput], md))
+    if report.violations:
+        parts.append("BOUND VIOLATIONS (measured/bound > 1: a bug or a wrong model):")
+        parts.extend(f"  - {v}" for v in report.violations)
+    parts.append(_LEGEND)
+    return "\n\n".join(parts) + "\n"
+
+
+_ACCURACY_COLUMNS = (
+    "variant", "workload", "N", "max ULP32", "p99.9 ULP32", "med ULP32", "max ULP16",
+    "mean signed", "sign p", "rel Frob", "bound ULP32", "meas/bound", "hazards",
+)
+_THROUGHPUT_COLUMNS = ("variant", "TFLOPS", "util", "peak", "bound by", "time us", "HBM GB/s")
+_LEGEND = (
+    "ULP32/ULP16: |out - ref| in FP32/BF16 ULPs at the reference; mean signed: mean signed "
+    "FP32 ULP error (bias), sign p: two-sided sign-test p-value; bound ULP32: deterministic a "
+    "priori bound at the median element; meas/bound: max over elements of error/bound "
+    "(> 1 fails the report); hazards: integer-add hazards by class."
+)
+
+
+def _accuracy_row(r: Record) -> list[str]:
+    m = r.metrics
+    hz = ", ".join(f"{k}={v}" for k, v in sorted(r.hazards.items()) if v) or "-"
+    if m.n_nonfinite:
+        hz += f" ({m.n_nonfinite} non-finite out)"
+    return [
+        r.variant, r.workload, str(r.kv_len), _g(m.max_ulp_fp32), _g(m.p999_ulp_fp32),
+        _g(m.median_ulp_fp32), _g(m.max_ulp_bf16), f"{m.mean_signed_ulp_fp32:+.3g}",
+        _g(m.sign_test_p), _g(m.rel_fro), _g(r.bound_ulp_fp32), _g(r.bound_ratio), hz,
+    ]
+
+
+def _throughput_row(t: dict[str, Any]) -> list[str]:
+    return [
+        t["variant"], f"{t['tflops']:.1f}", f"{100 * t['utilization']:.1f} %", t["peak_name"],
+        str(t["bound"]), f"{t['time_us']:.1f}", f"{t['hbm_gbps']:.0f}",
+    ]
+
+
+def _g(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def _table(columns: tuple[str, ...], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+        return head + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    line = "  ".join([f"{{:<{widths[0]}}}"] + [f"{{:>{w}}}" for w in widths[1:]])
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line.format(*columns), sep] + [line.format(*r) for r in rows])
+
+
+def _render_csv(report: Report) -> str:
+    buf = io.StringIO()
+    records = [_clean(r.to_dict()) for r in report.records]
+    if not records:
+        return ""
+    for rec in records:
+        rec["hazards"] = ";".join(f"{k}={v}" for k, v in sorted(rec["hazards"].items()))
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf -> None, so the JSON is strict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        elif isinstance(v, dict):
+            v = _clean(v)
+        out[k] = v
+    return out

@@ -1,0 +1,111 @@
+"""The a priori bounds hold: every emulated variant's error against the certified reference
+stays below its deterministic bound, on every workload and on random inputs; the bounds
+grow the way their derivations say; the probabilistic bound is the tighter one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amla_numerics import flash, reference
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+from amla_numerics.analysis.workloads import WORKLOADS, make_workload
+from amla_numerics.formats import BF16
+from amla_numerics.rounding import round_to
+from amla_numerics.variants import VARIANTS
+
+HAZARD_FREE = [w for w in WORKLOADS if w != "adversarial"]
+
+
+def _check(variant, q, k, v, scale, block_n):
+    ref = reference.attention(q, k, v, scale, method="auto")
+    res = flash.attention(q, k, v, variant, scale=scale, block_n=block_n)
+    out = np.asarray(res.out, dtype=np.float64)
+    bound = a_priori_bound(variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n)
+    det = elementwise_bound(bound, q, k, v, scale)
+    assert not any(n for h, n in res.hazards.items() if h != "ok"), res.hazards
+    err = np.abs(out - ref)
+    worst = np.unravel_index(np.argmax(err / det), err.shape)
+    assert np.all(err <= det), (variant, worst, err[worst], det[worst])
+    return err, det
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("workload", HAZARD_FREE)
+def test_measured_error_within_the_deterministic_bound(variant, workload):
+    w = make_workload(workload, head_dim=64, kv_len=1280, rows=4, seed=1)
+    _check(variant, w.q, w.k, w.v, w.scale, 256)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    d=st.sampled_from([1, 3, 16, 64]),
+    n=st.integers(1, 700),
+    block_n=st.sampled_from([1, 7, 64, 256]),
+    spread=st.sampled_from([0.1, 1.0, 8.0]),
+    variant=st.sampled_from(VARIANTS),
+)
+def test_bound_holds_on_random_inputs(seed, d, n, block_n, spread, variant):
+    rng = np.random.default_rng(seed)
+    q = round_to(spread * rng.standard_normal((3, d)), BF16)
+    k = round_to(rng.standard_normal((n, d)), BF16)
+    v = round_to(rng.standard_normal((n, 5)) + 0.5, BF16)  # no all-zero column: no hazards
+    _check(variant, q, k, v, d**-0.5, block_n)
+
+
+def test_bounds_grow_with_length_and_shrink_with_block_size():
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((2, 32)), rng.standard_normal((4096, 32)), rng.standard_normal((4096, 8))
+    med = {}
+    for variant in ("fa_fp32", "amla", "amla_nocomp"):
+        for n, b in ((1024, 512), (4096, 512), (4096, 128)):
+            bd = a_priori_bound(variant, head_dim=32, kv_len=n, block_n=b)
+            med[variant, n, b] = float(np.median(elementwise_bound(bd, q, k[:n], v[:n], 32**-0.5)))
+        assert med[variant, 4096, 512] > med[variant, 1024, 512]  # more blocks, more rescales
+        assert med[variant, 4096, 128] > med[variant, 4096, 512]
+    # no compensation pays the full cof ratio each rescale; compensation cuts it by kappa(c)
+    assert med["amla_nocomp", 4096, 512] > 2 * med["amla", 4096, 512]
+
+
+def test_probabilistic_bound_is_below_the_deterministic_one():
+    w = make_workload("random", head_dim=128, kv_len=4096, rows=2, seed=0)
+    for variant in ("fa_fp32", "amla", "fa_bf16"):
+        bd = a_priori_bound(variant, head_dim=128, kv_len=4096, block_n=128)
+        det = elementwise_bound(bd, w.q, w.k, w.v, w.scale)
+        prob = elementwise_bound(bd, w.q, w.k, w.v, w.scale, kind="probabilistic")
+        assert np.all(prob <= det) and np.any(prob < det)
+
+
+def test_the_cast_term_is_the_bf16_unit_roundoff():
+    b = a_priori_bound("fa_fp32", head_dim=64, kv_len=512)
+    assert b.coefficient("cast") == 2.0**-8
+    assert a_priori_bound("fa_fp32", head_dim=64, kv_len=512, policy="exact").u_cast == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"variant": "fa_fp64", "head_dim": 64, "kv_len": 8}, "unknown variant"),
+        ({"variant": "amla", "head_dim": 0, "kv_len": 8}, "head_dim"),
+        ({"variant": "amla", "head_dim": 8, "kv_len": 8, "block_n": 0}, "block_n"),
+        ({"variant": "amla", "head_dim": 8, "kv_len": 8, "c": -1.0}, "'c'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    variant = kwargs.pop("variant")
+    with pytest.raises(ValueError, match=match):
+        a_priori_bound(variant, **kwargs)
+
+
+def test_elementwise_bound_checks_its_inputs():
+    b = a_priori_bound("amla", head_dim=8, kv_len=16)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="do not match"):
+        elementwise_bound(b, rng.standard_normal((2, 8)), rng.standard_normal((17, 8)),
+                          rng.standard_normal((17, 4)), 1.0)
+    with pytest.raises(ValueError, match="kind"):
+        elementwise_bound(b, rng.standard_normal((2, 8)), rng.standard_normal((16, 8)),
+                          rng.standard_normal((16, 4)), 1.0, kind="typical")

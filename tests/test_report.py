@@ -1,0 +1,133 @@
+"""The report and budgets CLI: schema, formats, failures on bad input, budgets that bite,
+Dask and process-pool runs identical to a serial run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from amla_numerics.analysis.budgets import check_budgets, parse_budgets
+from amla_numerics.analysis.grid import expand_grid, run_grid
+from amla_numerics.cli import main
+
+SMALL = ["--head-dims", "32,64", "--kv-lens", "384", "--block-n", "128", "--rows", "2",
+         "--workloads", "random,drift", "--variants", "fa_fp32,amla,lazy", "--jobs", "1"]
+
+RECORD_KEYS = {
+    "head_dim", "kv_len", "variant", "workload", "seed", "max_ulp_fp32", "p999_ulp_fp32",
+    "median_ulp_fp32", "max_ulp_bf16", "mean_signed_ulp_fp32", "rel_fro", "bound_ulp_fp32",
+    "bound_ratio", "hazards",
+}
+
+
+def test_report_json_has_the_documented_schema(capsys):
+    assert main(["report", *SMALL, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    header = doc["header"]
+    assert {"seeds", "libraries", "reference", "command"} <= set(header)
+    assert header["libraries"]["numpy"] and header["reference"]["dps"] >= 30
+    assert len(doc["records"]) == 2 * 2 * 3  # head dims x workloads x variants
+    for rec in doc["records"]:
+        assert RECORD_KEYS <= set(rec)
+        assert rec["bound_ratio"] <= 1.0  # the measured error stays within the a priori bound
+    lazy = [r for r in doc["records"] if r["variant"] == "lazy"]
+    assert all(0.0 <= r["rescale_rate"] <= 1.0 for r in lazy)
+    tp = {t["variant"]: t for t in doc["throughput"]}
+    if tp:  # the pipeline model joins one row per variant
+        assert set(tp) == {"fa_fp32", "amla", "lazy"}
+        assert tp["amla"]["tflops"] > 0 and tp["lazy"]["rescale_prob"] is not None
+
+
+def test_report_table_has_one_table_per_head_dim(capsys):
+    assert main(["report", *SMALL, "--no-throughput"]) == 0
+    out = capsys.readouterr().out
+    assert "head dim 32\n" in out and "head dim 64\n" in out
+    assert "meas/bound" in out
+
+
+def test_report_writes_files(tmp_path, capsys):
+    assert main(["report", *SMALL, "--no-throughput", "--no-plots", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["records"] and (tmp_path / "report.md").read_text().startswith("# amla-numerics report")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["report", "--variants", "fa_fp64"], "unknown name"),
+        (["report", "--workloads", "gaussian"], "unknown name"),
+        (["report", "--head-dims", "0,64"], "--head-dims"),
+        (["report", "--head-dims", "sixty"], "--head-dims"),
+        (["report", "--block-n", "0"], "--block-n"),
+        (["report", "--out", "/proc/amla-report"], "not writable"),
+        (["frobnicate"], "invalid choice"),
+        (["check-budgets", "--budgets", "/nonexistent/budgets.toml"], "cannot read"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_malformed_budgets_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "b.toml"
+    bad.write_text("[meta]\nrows = 2\nblock_n = 128\nseed = 0\nmargin = 1.5\n[[budget]]\nvariant = 'amla'\n")
+    assert main(["check-budgets", "--budgets", str(bad)]) == 2
+    assert "missing field 'head_dim'" in capsys.readouterr().err
+    bad.write_text("[meta\n")
+    assert main(["check-budgets", "--budgets", str(bad)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def _book(limit: float) -> str:
+    return (
+        "[meta]\nrows = 2\nblock_n = 128\nseed = 0\nmargin = 1.5\n"
+        "[[budget]]\nvariant = 'amla'\nhead_dim = 32\nworkload = 'drift'\nkv_len = 512\n"
+        f"max_ulp_fp32 = {limit}\n"
+    )
+
+
+def test_a_budget_below_the_measured_error_fails_naming_it(tmp_path, capsys):
+    (measured,) = [r.measured for r in check_budgets(parse_budgets(_book(1e12)))]
+    assert measured > 0
+    path = tmp_path / "b.toml"
+    path.write_text(_book(measured * 0.99))
+    assert main(["check-budgets", "--budgets", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "amla d=32 drift N=512" in err and f"{measured:.4g}" in err
+    path.write_text(_book(measured))
+    assert main(["check-budgets", "--budgets", str(path)]) == 0
+
+
+def test_shipped_budgets_hold(capsys):
+    assert main(["check-budgets", "--jobs", "2"]) == 0
+    assert "budgets hold" in capsys.readouterr().out
+
+
+def test_budget_update_writes_measured_times_margin(tmp_path):
+    src = tmp_path / "in.toml"
+    src.write_text(_book(1e12))
+    dst = tmp_path / "out.toml"
+    assert main(["check-budgets", "--budgets", str(src), "--update", str(dst)]) == 0
+    (new,) = parse_budgets(dst.read_text()).budgets
+    (measured,) = [r.measured for r in check_budgets(parse_budgets(_book(1e12)))]
+    assert measured * 1.5 <= new.max_ulp_fp32 <= measured * 1.5 * 1.1 + 1e-300
+    assert math.isfinite(new.max_ulp_fp32)
+
+
+def _dicts(records):
+    return [json.dumps(r.to_dict(), sort_keys=True, default=str) for r in records]
+
+
+def test_process_pool_and_dask_match_a_serial_run():
+    cases = expand_grid(head_dims=[16], kv_lens=[200, 300], workloads=["random"], rows=2, block_n=64)
+    serial = run_grid(cases, ["fa_fp32", "amla"])
+    assert _dicts(run_grid(cases, ["fa_fp32", "amla"], jobs=2)) == _dicts(serial)
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        dask = run_grid(cases, ["fa_fp32", "amla"], scheduler=cluster.scheduler_address)
+    assert _dicts(dask) == _dicts(serial)

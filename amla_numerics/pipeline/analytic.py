@@ -38,6 +38,7 @@ __all__ = [
     "block_demand",
     "resource_rates",
     "split_work",
+    "workload_totals",
 ]
 
 
@@ -74,7 +75,7 @@ def split_work(hw: Hardware, wl: Workload, sch: Schedule) -> WorkSplit:
     """
     row_tiles = tuple(_pad16(min(sch.m_tile, wl.rows - i)) for i in range(0, wl.rows, sch.m_tile))
     nb = math.ceil(wl.kv_len / sch.kv_block)
-    sizes = [sch.kv_block] * (nb - 1) + [_pad16(wl.kv_len - (nb - 1) * sch.kv_block)]
+    sizes = [sch.kv_block] * (nb - 1) + [wl.kv_len - (nb - 1) * sch.kv_block]
     cores = int(hw["cores"])
     tasks = wl.batch * len(row_tiles)
     if sch.split_kv:
@@ -134,28 +135,43 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
                  spill: bool = False) -> BlockDemand:
     """Per-engine cycles and per-resource bytes of one block of ``m`` rows x ``n`` tokens.
 
+    ``m`` is the (16-padded) row tile; ``n`` the block's real token count (the Cube
+    computes on ``n`` padded to 16; bytes and useful FLOPs use ``n``).
+
     Notes
     -----
-    Ascend, with p the rescale probability (0 for the first block of a piece)::
+    Ascend, with p the rescale probability (0 for the first block of a piece),
+    b the KV bytes per element and o the O bytes per element in GM::
 
-        Cube   = 2 m n (d_qk + d_v) / FLOP_per_cycle + overhead x (MMAD tiles)
+        Cube   = 2 m n16 (d_qk + d_v) / FLOP_per_cycle + overhead x (MMAD tiles)
         MTE2   = K (n d_qk b) + V (n d_v b) + A (m n 2) bytes
         FIX    = S (m n 4) + PV (m d_v o) bytes
         Vector = (m/2) n 4 / 256 (softmax passes) + p (m/2) d_v 4 / 256 (O passes) repeats
+        HBM    = n d_qk b / (row tiles per request)  (K read once per request; V = K[:, :d_v])
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.hardware import load_hardware
+    >>> from amla_numerics.pipeline.workload import default_schedule
+    >>> hw = load_hardware("ascend910c")
+    >>> d = block_demand(hw, Workload(1, 2, 512), default_schedule(hw, "fa_fp32"), 256, 512)
+    >>> d.engines["AIC.Cube"], d.traffic["HBM (chip share)"]   # 34816 + 16 tiles x 206
+    (38112.0, 589824.0)
     """
-    cost = cost or rescale_cost(sch.rescale, None)
+    cost = cost or rescale_cost(sch.rescale, sch.rescale_prob)
     p = cost.probability if rescaled else 0.0
     d_qk, d_v, kvb = wl.d_qk, wl.d_v, wl.kv_bytes
     flops = 2.0 * m * n * (d_qk + d_v)
+    n16 = _pad16(n)
     k_bytes = n * d_qk * kvb
+    tiles = math.ceil(wl.rows / sch.m_tile)
     if hw.kind == "gpu":
         lanes = hw["fp32_lanes"]
-        tensor = 2.0 * sch.m_tile * n * (d_qk + d_v) / hw.flop_per_cycle
+        tensor = 2.0 * sch.m_tile * n16 * (d_qk + d_v) / hw.flop_per_cycle
         tensor += hw["block_overhead_cycles"]
         passes = SOFTMAX_PASSES + cost.softmax_extra_passes + (1 if cost.two_pass else 0)
         simt = (sch.m_tile * n * passes / lanes + sch.m_tile * n / hw["sfu_per_cycle"]
                 + p * sch.m_tile * d_v * cost.o_passes / lanes + cost.row_ops * sch.m_tile / lanes)
-        tiles = math.ceil(wl.rows / sch.m_tile)
         hbm = k_bytes / tiles
         ws = (m * n * (4 * 3 + 2 * 2)) if cost.two_pass else 0.0
         rate = hw["l2_read_bpc"]
@@ -166,7 +182,7 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
     tn = math.ceil(n / sch.cube_n)
     tv = math.ceil(d_v / sch.cube_n)
     fpc = hw.flop_per_cycle
-    cube = flops / fpc + hw["mmad_overhead_cycles"] * (tm * tn + tm * tv)
+    cube = 2.0 * m * n16 * (d_qk + d_v) / fpc + hw["mmad_overhead_cycles"] * (tm * tn + tm * tv)
     mte1 = (tn * m * d_qk * 2 + tm * n * d_qk * 2 + tv * m * n * 2 + tm * n * d_v * 2)
     aic_mte2 = k_bytes + n * d_v * kvb + m * n * 2
     s_bytes = m * n * 4
@@ -186,7 +202,7 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
     nv = int(hw["vector_per_core"])
     l2r = aic_mte2 + nv * aiv_read
     l2w = fix + nv * (aiv_write + aiv_atomic)
-    hbm = float(k_bytes)
+    hbm = k_bytes / tiles
     if cost.two_pass and spill:
         hbm += s_bytes * 3 + m * n * 2 * 2  # S written, read twice; P written, read once
     engines = {
@@ -233,14 +249,10 @@ class Analytic:
     clock_ghz: float
 
 
-def analyze(hw: Hardware, wl: Workload, sch: Schedule,
-            rescale_prob: float | None = None) -> Analytic:
+def analyze(hw: Hardware, wl: Workload, sch: Schedule) -> Analytic:
     """Sum per-block demands over the busiest core and take the largest (the roofline)."""
     check_capacity(hw, wl, sch)
-    cost = rescale_cost(sch.rescale, rescale_prob if sch.rescale == "lazy" else None)
-    if sch.rescale == "lazy" and rescale_prob is None:
-        cost = dataclasses.replace(cost, probability=sch.rescale_prob
-                                   if sch.rescale_prob < 1.0 else cost.probability)
+    cost = rescale_cost(sch.rescale, sch.rescale_prob)
     split = split_work(hw, wl, sch)
     rates = resource_rates(hw, split.active_cores)
     spill = cost.two_pass and spills(hw, wl, sch, split.active_cores)
@@ -256,6 +268,37 @@ def analyze(hw: Hardware, wl: Workload, sch: Schedule,
     bound = max(totals, key=totals.__getitem__)
     time_us = totals[bound] / clock * 1e-3
     m0 = split.row_tiles[0]
-    steady = block_demand(hw, wl, sch, m0, sch.kv_block, cost=cost, spill=spill)
+    steady = block_demand(hw, wl, sch, m0, min(sch.kv_block, wl.kv_len), cost=cost, spill=spill)
     return Analytic(steady, split.blocks_per_core, split.active_cores,
                     MappingProxyType(totals), bound, time_us, wl.flops / time_us * 1e-6, clock)
+
+
+def workload_totals(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, float]:
+    """Useful FLOPs and HBM bytes summed over every block of every task, plus Q in and out.
+
+    Independent of how work is split across cores; must equal the closed forms
+    :attr:`Workload.flops` and :attr:`Workload.hbm_bytes` (tested against Fractions).
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.hardware import load_hardware
+    >>> from amla_numerics.pipeline.workload import default_schedule
+    >>> hw = load_hardware("ascend910c")
+    >>> wl = Workload(4, 2, 1000)
+    >>> t = workload_totals(hw, wl, default_schedule(hw))
+    >>> t["flops"] == wl.flops, t["hbm_bytes"] == wl.hbm_bytes
+    (True, True)
+    """
+    cost = rescale_cost(sch.rescale, sch.rescale_prob)
+    split = split_work(hw, wl, sch)
+    nb = split.blocks_per_task
+    sizes = [sch.kv_block] * (nb - 1) + [wl.kv_len - (nb - 1) * sch.kv_block]
+    flops = hbm = 0.0
+    for t, m in enumerate(split.row_tiles):
+        real = min(sch.m_tile, wl.rows - t * sch.m_tile)
+        for j, n in enumerate(sizes):
+            d = block_demand(hw, wl, sch, m, n, rescaled=j > 0, cost=cost)
+            flops += d.flops / m * real  # d.flops is a multiple of m: exact
+            hbm += d.traffic["HBM (chip share)"]
+    per_request_io = wl.rows * (wl.d_qk + wl.d_v) * 2  # Q in (BF16), output out (BF16)
+    return {"flops": flops * wl.batch, "hbm_bytes": (hbm + per_request_io) * wl.batch}

@@ -27,9 +27,17 @@ import dataclasses
 import math
 
 from amla_numerics.pipeline.hardware import Hardware
+from amla_numerics.pipeline.rescale import rescale_cost
 from amla_numerics.variants import check_variant
 
-__all__ = ["SCHEDULES", "Schedule", "Workload", "check_capacity", "default_schedule"]
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "Workload",
+    "check_capacity",
+    "default_schedule",
+    "tasks_per_request",
+]
 
 #: The orderings the simulator knows.
 SCHEDULES: tuple[str, ...] = ("serial", "preload")
@@ -132,11 +140,13 @@ class Schedule:
         Ping-pong depths of L0A/L0B, L0C and the Vector's UB tiles.
     vec_rows : int
         Rows per Vector sub-tile.
-    rescale_prob : float
-        Fraction of blocks that rescale (only ``lazy`` uses it; 1 otherwise).
+    rescale_prob : float or None
+        Fraction of blocks that rescale; only the ``lazy`` variant takes it
+        (None: :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
     split_kv : bool
         Balance work across cores by splitting requests along the KV axis
-        (flash-decoding); each split piece pays one extra combine pass.
+        (flash-decoding). Every piece ends with its own normalisation pass; the
+        cross-piece combine (a few KB per row tile) is not modelled.
     """
 
     rescale: str = "amla"
@@ -156,7 +166,7 @@ class Schedule:
     l0c_buffers: int = 2
     ub_buffers: int = 2
     vec_rows: int = 16
-    rescale_prob: float = 1.0
+    rescale_prob: float | None = None
     split_kv: bool = True
 
     def __post_init__(self) -> None:
@@ -167,9 +177,10 @@ class Schedule:
         for f in dataclasses.fields(self):
             if f.type == "int" or f.type is int:
                 _check_int("schedule", f.name, getattr(self, f.name))
-        p = self.rescale_prob
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"schedule.rescale_prob must be a number in [0, 1], got {p!r}")
+        if not isinstance(self.split_kv, bool):
+            raise TypeError(f"schedule.split_kv must be a bool, got {type(self.split_kv).__name__}")
+        if self.rescale_prob is not None:
+            rescale_cost(self.rescale, self.rescale_prob)  # validates range and variant
 
     @property
     def depth(self) -> int:
@@ -188,8 +199,11 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
     (64, 64)
     """
     if hw.kind == "gpu":
+        # FlashMLA: 64 rows x 64 tokens per step; QK, softmax and PV of a block in sequence
+        # (assumption: no inter-warpgroup overlap), K/V double-buffered in shared memory.
         base: dict[str, object] = dict(kv_block=64, m_tile=64, cube_m=64, cube_n=64,
-                                       l1_k_qk=576, l0_k_qk=576, l1_k_pv=64, l0_k_pv=64)
+                                       l1_k_qk=576, l0_k_qk=576, l1_k_pv=64, l0_k_pv=64,
+                                       order="serial")
     else:
         base = {}
     base.update(overrides)

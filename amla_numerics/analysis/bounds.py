@@ -213,8 +213,10 @@ def a_priori_bound(
     * subnormal probabilities: an absolute ``2 N 2**-133 max|V|``.
 
     The probabilistic bound (``kind="probabilistic"``) replaces every count ``n`` of
-    rounding errors of size ``u`` by ``LAMBDA sqrt(n)`` (Higham & Mary 2019): it holds with
-    high probability under their model of independent mean-zero errors, not always.
+    rounding errors of size ``u`` by ``LAMBDA sqrt(n)`` (Higham & Mary 2019), and the sums
+    over keys ``sum_i w_i alpha_i |V_i|`` by ``LAMBDA sqrt(sum_i (w_i alpha_i V_i)**2)``
+    (each key's errors independent and mean-zero): it holds with high probability under
+    that model, not always, so a ratio above 1 against it is reported, never fatal.
     Hazards of the integer add (zero, subnormal, underflow) are outside the model: the
     report counts them and does not hold such records to the bound.
     """
@@ -404,6 +406,9 @@ def elementwise_bound(
     out_abs = np.abs(w @ v64)
     bnum = (w * alpha) @ np.abs(v64)
     bden = out_abs * np.sum(w * beta, axis=-1, keepdims=True)
+    if prob:  # independent mean-zero errors across keys add in quadrature
+        bnum = np.minimum(bnum, LAMBDA * np.sqrt((w * alpha) ** 2 @ v64**2))
+        bden = np.minimum(bden, LAMBDA * out_abs * np.sqrt(np.sum((w * beta) ** 2, axis=-1, keepdims=True)))
     beta_max = np.max(beta, axis=-1, keepdims=True)
     total = (bnum + bden) / (1.0 - beta_max)
     total = total * (1.0 + b.terms["division"]) + b.terms["division"] * out_abs

@@ -131,3 +131,21 @@ def test_process_pool_and_dask_match_a_serial_run():
                                   dashboard_address=None) as cluster:
         dask = run_grid(cases, ["fa_fp32", "amla"], scheduler=cluster.scheduler_address)
     assert _dicts(dask) == _dicts(serial)
+
+
+def test_report_measures_user_arrays(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "mine.npz"
+    np.savez(path, q=rng.standard_normal((2, 16)), k=rng.standard_normal((300, 16)),
+             v=rng.standard_normal((300, 8)), scale=0.25)
+    argv = ["report", "--head-dims", "16", "--kv-lens", "128", "--workloads", "random", "--rows", "2",
+            "--block-n", "128", "--variants", "amla", "--no-throughput", "--format", "json",
+            "--inputs", str(path)]
+    assert main(argv) == 0
+    recs = json.loads(capsys.readouterr().out)["records"]
+    mine = [r for r in recs if r["workload"] == "mine"]
+    assert len(mine) == 1 and mine[0]["kv_len"] == 300 and mine[0]["bound_ratio"] <= 1
+    assert main([*argv[:-1], str(tmp_path / "missing.npz")]) == 2
+    assert "cannot read workload file" in capsys.readouterr().err

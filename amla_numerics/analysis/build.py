@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.grid import Record, expand_grid, run_grid
+from amla_numerics.analysis.grid import Record, case_from_file, expand_grid, run_grid
 from amla_numerics.analysis.report import Report, ReportConfig, make_header, render
 from amla_numerics.variants import VARIANTS
 
@@ -72,6 +72,7 @@ def build_report(
         block_n=config.block_n,
         c=config.c,
     )
+    cases += [case_from_file(path, block_n=config.block_n, c=config.c) for path in config.inputs]
     records = run_grid(cases, variants, jobs=jobs, scheduler=scheduler, progress=progress)
     rows = throughput_rows(variants, records) if throughput else ()
     return Report(

@@ -58,6 +58,8 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workloads", default=",".join(d.workloads))
     p.add_argument("--seeds", default="0")
     p.add_argument("--rows", type=int, default=d.rows, help="query rows per case")
+    p.add_argument("--inputs", action="append", default=[], metavar="FILE.npz",
+                   help="also measure your own q, k, v (and optional scale) arrays; repeatable")
     p.add_argument("--c", type=float, default=d.c, help="AMLA compensation coefficient")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
@@ -114,6 +116,7 @@ def _config_from_args(args: argparse.Namespace):
         seeds=seeds,
         rows=args.rows,
         c=args.c,
+        inputs=tuple(args.inputs),
     )
 
 
@@ -143,6 +146,7 @@ def _run_report(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ValueError(f"--out {str(out_dir)!r} is not writable: {exc.strerror}") from None
     n_cases = len(config.head_dims) * len(config.kv_lens) * len(config.workloads) * len(config.seeds)
+    n_cases += len(config.inputs)
     progress, close = _progress_bar(n_cases)
     try:
         report = build_report(

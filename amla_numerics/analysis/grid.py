@@ -31,17 +31,21 @@ import numpy as np
 
 from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
 from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics
-from amla_numerics.analysis.workloads import WORKLOADS, Workload, make_workload
+from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 from amla_numerics.formats import FP32
 from amla_numerics.ulp import ulp
 from amla_numerics.variants import VARIANTS, check_variant
 
-__all__ = ["Case", "Record", "evaluate_case", "expand_grid", "run_grid"]
+__all__ = ["Case", "Record", "case_from_file", "evaluate_case", "expand_grid", "run_grid"]
 
 
 @dataclass(frozen=True)
 class Case:
-    """One point of the grid (all variants are measured on it)."""
+    """One point of the grid (all variants are measured on it).
+
+    ``path`` names a user's ``.npz`` (see :func:`~amla_numerics.analysis.workloads.load_workload`)
+    instead of a generated workload; use :func:`case_from_file` to build such a case.
+    """
 
     head_dim: int
     kv_len: int
@@ -50,20 +54,29 @@ class Case:
     rows: int = 16
     block_n: int = 512
     c: float = 1.5
+    path: str | None = None
 
     def __post_init__(self) -> None:
         for arg in ("head_dim", "kv_len", "rows", "block_n"):
             value = getattr(self, arg)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
-        if self.workload not in WORKLOADS:
+        if self.path is None and self.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {self.workload!r}; valid: {', '.join(WORKLOADS)}")
 
     def make(self) -> Workload:
         """The case's inputs."""
+        if self.path is not None:
+            return load_workload(self.path)
         return make_workload(
             self.workload, head_dim=self.head_dim, kv_len=self.kv_len, rows=self.rows, seed=self.seed
         )
+
+
+def case_from_file(path: str, *, block_n: int = 512, c: float = 1.5) -> Case:
+    """A case measuring the user's arrays in ``path`` (``.npz`` with q, k, v, optional scale)."""
+    w = load_workload(path)
+    return Case(w.head_dim, w.kv_len, w.name, 0, int(w.q.shape[0]), block_n, c, str(path))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class ReportConfig:
     seeds: tuple[int, ...] = (0,)
     rows: int = 16
     c: float = 1.5
+    inputs: tuple[str, ...] = ()  # users' .npz files, measured besides the workloads
 
 
 @dataclass(frozen=True)

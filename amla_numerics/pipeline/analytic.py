@@ -36,6 +36,7 @@ __all__ = [
     "WorkSplit",
     "analyze",
     "block_demand",
+    "piece_demand",
     "resource_rates",
     "split_work",
     "workload_totals",
@@ -219,6 +220,36 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
     return BlockDemand(flops, MappingProxyType(engines), MappingProxyType(traffic))
 
 
+def piece_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int) -> BlockDemand:
+    """The once-per-piece work: load Q of the row tile; on Ascend also normalise and store O.
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.hardware import load_hardware
+    >>> from amla_numerics.pipeline.workload import default_schedule
+    >>> hw = load_hardware("ascend910c")
+    >>> d = piece_demand(hw, Workload(1, 2, 512), default_schedule(hw), 256)
+    >>> d.traffic["HBM (chip share)"] == 256 * (576 + 512) * 2   # Q in, output out (BF16)
+    True
+    """
+    q = m * wl.d_qk * 2
+    if hw.kind == "gpu":
+        engines = {"SM.Load": q / hw["l2_read_bpc"]}
+        traffic = {"L2 read (per SM)": q, "HBM (chip share)": q}
+        return BlockDemand(0.0, MappingProxyType(engines), MappingProxyType(traffic))
+    nv = int(hw["vector_per_core"])
+    r = m / nv
+    o_read, out = r * wl.d_v * 4, r * wl.d_v * 2
+    engines = {"AIC.MTE2": q / hw["l2_read_bpc"],
+               "AIV.MTE2": o_read / hw["aiv_mte2_bpc"],
+               "AIV.Vector": 2 * o_read / hw["vector_bytes_per_repeat"]
+               / hw["vector_repeats_per_cycle"],
+               "AIV.MTE3": out / hw["mte3_bpc"]}
+    traffic = {"L2 read port": q + nv * o_read, "L2 write port": nv * out,
+               "L2 (chip share)": q + nv * (o_read + out), "HBM (chip share)": q + nv * out}
+    return BlockDemand(0.0, MappingProxyType(engines), MappingProxyType(traffic))
+
+
 @dataclasses.dataclass(frozen=True)
 class Analytic:
     """The roofline of one configuration on its busiest core.
@@ -258,8 +289,10 @@ def analyze(hw: Hardware, wl: Workload, sch: Schedule) -> Analytic:
     spill = cost.two_pass and spills(hw, wl, sch, split.active_cores)
     totals: dict[str, float] = {}
     for m, sizes in split.pieces:
-        for j, n in enumerate(sizes):
-            d = block_demand(hw, wl, sch, m, n, rescaled=j > 0, cost=cost, spill=spill)
+        demands = [piece_demand(hw, wl, sch, m)]
+        demands += [block_demand(hw, wl, sch, m, n, rescaled=j > 0, cost=cost, spill=spill)
+                    for j, n in enumerate(sizes)]
+        for d in demands:
             for k, v in d.engines.items():
                 totals[k] = totals.get(k, 0.0) + v
             for k, v in d.traffic.items():

@@ -21,7 +21,7 @@ Examples
 >>> r.start, r.end, r.makespan
 ([0.0, 23.0], [20.0, 28.0], 28.0)
 >>> r.critical_path_attribution()
-{'compute': 0.17857142857142858, 'latency': 0.10714285714285714, 'load': 0.7142857142857143}
+{'compute': 0.17857142857142858, 'latency': 0.10714285714285714, 'bus': 0.7142857142857143}
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class SimResult:
     start: list[float]
     end: list[float]
     blame: list[tuple[str, int]]  # per op: (why it started when it did, predecessor op)
+    limiter: list[str] | None = None  # per op: the pipe or resource that set its duration
 
     @property
     def makespan(self) -> float:
@@ -113,8 +114,9 @@ class SimResult:
         """Fraction of the makespan the critical path spends on each pipe, latency or resource.
 
         Walks back from the last operation to end: each op's duration is charged to its
-        pipe; the gap before it to the latency of the dependency that released it, or to
-        the resource it waited for.
+        pipe, or to the shared resource whose bytes / rate set it; the gap before it to the
+        latency of the dependency that released it, or to the resource it waited for (the
+        walk then continues at the op that held the resource).
         """
         if not self.end:
             return {}
@@ -123,7 +125,7 @@ class SimResult:
         out: dict[str, float] = {}
         t = self.end[op]
         while op >= 0:
-            name = g.pipes[g.pipe[op]]
+            name = self.limiter[op] if self.limiter else g.pipes[g.pipe[op]]
             out[name] = out.get(name, 0.0) + self.end[op] - self.start[op]
             why, pred = self.blame[op]
             gap = self.start[op] - (self.end[pred] if pred >= 0 else 0.0)
@@ -151,6 +153,8 @@ def simulate(graph: OpGraph) -> SimResult:
     pipe_free = [0.0] * npipes
     pipe_last = [-1] * npipes
     res_free = [0.0] * len(g.resources)
+    res_last = [-1] * len(g.resources)
+    limiter: list[str] = [""] * n
     inv_rate = g._inv_rate
     pending = [len(d) for d in g.deps]
     ready = [0.0] * n
@@ -183,15 +187,18 @@ def simulate(graph: OpGraph) -> SimResult:
             why = ready_from[op]
         s = t
         dur = g.cycles[op]
-        for r, b in g.demands[op]:
+        lim = g.pipes[p]
+        for r, _ in g.demands[op]:
             if res_free[r] > s:
                 s = res_free[r]
-                why = (g.resources[r], why[1])
+                why = (g.resources[r], res_last[r])
         for r, b in g.demands[op]:
             need = b * inv_rate[r]
             res_free[r] = s + need
+            res_last[r] = op
             if need > dur:
-                dur = need
+                dur, lim = need, g.resources[r]
+        limiter[op] = lim
         e = s + dur
         start[op], end[op], blame[op] = s, e, why
         pipe_free[p] = e
@@ -214,4 +221,4 @@ def simulate(graph: OpGraph) -> SimResult:
                            f"pipe heads: {stuck[:4]}")
     # An op released by its pipe predecessor: the gap is charged to nothing (it is 0).
     blame = [(w or "latency", pr) for w, pr in blame]
-    return SimResult(graph=g, start=start, end=end, blame=blame)
+    return SimResult(graph=g, start=start, end=end, blame=blame, limiter=limiter)

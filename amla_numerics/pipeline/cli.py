@@ -20,6 +20,7 @@ rescale      amla
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
 from amla_numerics.pipeline.trace import write_gantt, write_trace
-from amla_numerics.pipeline.workload import SCHEDULES, Workload, default_schedule
+from amla_numerics.pipeline.workload import SCHEDULES, Schedule, Workload, default_schedule
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = ["register", "render", "run_cli"]
@@ -44,6 +45,27 @@ def _ints(option: str, text: str) -> list[int]:
         except ValueError:
             raise ValueError(f"{option} must be an integer or a comma-separated list of "
                              f"integers, got {text!r}") from None
+    return out
+
+
+def _settings(items: Sequence[str]) -> dict[str, object]:
+    """Parse ``--set FIELD=VALUE`` schedule overrides (ints, or true/false for split_kv)."""
+    fields = {f.name: f for f in dataclasses.fields(Schedule)}
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or key in ("rescale", "order", "rescale_prob"):
+            valid = ", ".join(k for k in fields if k not in ("rescale", "order", "rescale_prob"))
+            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {valid}; got {item!r}")
+        if key == "split_kv":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set split_kv must be true or false, got {value!r}")
+            out[key] = value.lower() == "true"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ValueError(f"--set {key} must be one integer, got {value!r}") from None
     return out
 
 
@@ -89,6 +111,8 @@ def run_cli(args: argparse.Namespace) -> int:
     q_lens = _ints("--q-len", args.q_len)
     kv_lens = _ints("--kv-len", args.kv_len)
     rescales = [check_variant(v.strip(), "--rescale") for v in args.rescale.split(",")]
+    if args.rescale_prob is not None and "lazy" not in rescales:
+        raise ValueError("--rescale-prob applies only to variant 'lazy'")
     combos = list(itertools.product(rescales, batches, q_lens, kv_lens))
     if len(combos) > 1 and not args.sweep:
         raise ValueError("lists of values need --sweep")
@@ -99,6 +123,7 @@ def run_cli(args: argparse.Namespace) -> int:
         overrides["order"] = args.schedule
     if args.preload_depth is not None:
         overrides["preload_depth"] = args.preload_depth
+    overrides.update(_settings(args.set or []))
     results = []
     for rescale, batch, q_len, kv_len in combos:
         wl = Workload(batch=batch, q_len=q_len, kv_len=kv_len, heads=args.heads)
@@ -139,6 +164,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="block ordering (default: the hardware's kernel: preload on Ascend)")
     p.add_argument("--preload-depth", type=int, default=None, help="blocks in flight (2)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a schedule field, e.g. kv_block=256 or l1_stream_buffers=2 "
+                        "(repeatable); a tiling that does not fit is rejected with the reason")
     p.add_argument("--sweep", action="store_true", help="run every combination of the lists")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace JSON (Perfetto)")

@@ -1,0 +1,34 @@
+"""Arbitrary-precision softmax-attention references: the mpmath truth and a certified fast oracle.
+
+Modules: :mod:`.exactdot` (exact dot products as integer-limb GEMMs), :mod:`.mp` (the mpmath
+truth: rows, softmax, log-sum-exp, the online-softmax recurrence), :mod:`.fast` (the
+vectorised oracle with rigorous per-element bounds), :mod:`.cache` (content-addressed disk
+cache), :mod:`.core` (:func:`attention`). See ``docs/reference.md``.
+"""
+
+from amla_numerics.reference.core import AUTO_ULP_FP32, attention, certified_attention
+from amla_numerics.reference.exactdot import ExactDot, exact_dot
+from amla_numerics.reference.fast import FastResult, FastUnavailable, fast_attention
+from amla_numerics.reference.mp import (
+    OnlineTrace,
+    attention_row,
+    mp_logsumexp,
+    mp_softmax,
+    online_softmax,
+)
+
+__all__ = [
+    "AUTO_ULP_FP32",
+    "ExactDot",
+    "FastResult",
+    "FastUnavailable",
+    "OnlineTrace",
+    "attention",
+    "attention_row",
+    "certified_attention",
+    "exact_dot",
+    "fast_attention",
+    "mp_logsumexp",
+    "mp_softmax",
+    "online_softmax",
+]

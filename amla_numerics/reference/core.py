@@ -1,0 +1,267 @@
+"""``attention``: the public entry point (method dispatch, mpmath fallback, jobs, cache).
+
+method="mpmath": every row through :func:`~amla_numerics.reference.mp.attention_row`
+(correctly rounded float64, mpf exact to ``dps`` digits), with a precision ladder: a sample
+of rows is recomputed at ``2*dps`` and a disagreement raises RuntimeError.
+
+method="fast": :func:`~amla_numerics.reference.fast.fast_problem`; every element is within
+its certified bound (``certified_attention`` returns the bounds).
+
+method="auto": fast, then every element whose bound exceeds ``1e-3`` FP32 ULP at its value
+(and every lse whose bound does) is recomputed with mpmath from the exact dot products.
+If the inputs are beyond the fast path's exponent range, everything goes to mpmath.
+
+Fully masked rows (every key ``-inf``): the output row is NaN and the lse is ``-inf``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import mpmath
+import numpy as np
+
+from amla_numerics.formats import FP32
+from amla_numerics.reference import cache as _cache
+from amla_numerics.reference._inputs import METHODS, Problem, check_dps, prepare
+from amla_numerics.reference.exactdot import exact_dot
+from amla_numerics.reference.fast import FastResult, FastUnavailable, fast_problem
+from amla_numerics.reference.mp import attention_row
+from amla_numerics.ulp import ulp
+
+__all__ = ["AUTO_ULP_FP32", "attention", "certified_attention"]
+
+#: method="auto" recomputes elements whose certified bound exceeds this many FP32 ULPs.
+AUTO_ULP_FP32 = 1e-3
+
+
+def _row_task(args: tuple) -> tuple:
+    """Worker: one row of the mpmath path (top level so a process pool can pickle it)."""
+    dots_row, mask_row, v, scale, dps, cols, want_lse = args
+    r = attention_row(dots_row, mask_row, v, scale, dps, cols, want_lse=want_lse)
+    return r.out, r.out_mpf, r.lse, r.lse_mpf
+
+
+def _run_rows(tasks: list[tuple], jobs: int) -> list[tuple]:
+    if jobs <= 1 or len(tasks) <= 1:
+        return [_row_task(t) for t in tasks]
+    import multiprocessing as mp_
+
+    ctx = mp_.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
+        return list(ex.map(_row_task, tasks, chunksize=max(1, len(tasks) // (4 * jobs))))
+
+
+def _mp_problem(
+    prob: Problem, dps: int, jobs: int, want_lse: bool, rows=None, dots=None, ladder: bool = True
+):
+    """The mpmath path over all rows, or over ``rows``: {(b, i): cols or None} when given."""
+    nb, m, _ = prob.q.shape
+    dv = prob.v.shape[2]
+    if dots is None:
+        dots = [exact_dot(prob.q[b], prob.k[b]) for b in range(nb)]
+    if rows is None:
+        rows = {(b, i): None for b in range(nb) for i in range(m)}
+    keys = list(rows)
+    tasks = []
+    for b, i in keys:
+        mrow = None if prob.mask is None else prob.mask[b, i]
+        tasks.append((dots[b].row_mpf(i), mrow, prob.v[b], prob.scale, dps, rows[(b, i)], want_lse))
+    results = _run_rows(tasks, jobs)
+    if ladder and tasks:
+        _ladder(tasks, results, dps)
+    return dict(zip(keys, results, strict=True)), dv
+
+
+def _ladder(tasks: list, results: list, dps: int) -> None:
+    """Recompute the first and the last row at 2*dps; raise if any value disagrees."""
+    picks = sorted({0, len(tasks) - 1})
+    for idx in picks:
+        t = list(tasks[idx])
+        t[4] = 2 * dps
+        hi = _row_task(tuple(t))
+        lo = results[idx]
+        tol = mpmath.mpf(10) ** (-dps)
+        for c, val in lo[0].items():
+            same = (val == hi[0][c]) or (np.isnan(val) and np.isnan(hi[0][c]))
+            a, b = lo[1][c], hi[1][c]
+            close = mpmath.isnan(a) or abs(a - b) <= tol * abs(b) or a == b
+            if not (same and close):
+                raise RuntimeError(
+                    f"precision ladder: column {c} differs between dps={dps} and {2 * dps}"
+                )
+
+
+def certified_attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any = None,
+    *,
+    mask: Any = None,
+    return_lse: bool = False,
+) -> FastResult:
+    """The fast oracle with its certificate: ``FastResult(out, bound, lse, lse_bound, dots)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = certified_attention(np.ones((1, 4)), np.eye(4), np.eye(4))
+    >>> bool((r.bound < 1e-15).all()), r.out.shape
+    (True, (1, 4))
+    """
+    return fast_problem(prepare(q, k, v, scale, mask), return_lse)
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any = None,
+    *,
+    mask: Any = None,
+    method: str = "auto",
+    dps: int = 50,
+    return_lse: bool = False,
+    return_mpf: bool = False,
+    jobs: int = 1,
+    cache: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Softmax attention ``softmax(scale q k^T + mask) v`` against the exact value.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., M, Dk)
+    k : array_like, shape (..., N, Dk)
+    v : array_like, shape (..., N, Dv)
+        Float arrays (float64, float32, float16, bfloat16), taken exactly; leading
+        dimensions broadcast.
+    scale : float, Fraction, mpmath.mpf or None
+        Taken exactly; None means the exact (irrational unless Dk is a square) ``1/sqrt(Dk)``.
+    mask : array_like, optional
+        Additive float mask broadcastable to (..., M, N), ``-inf`` allowed (drops a key), or
+        a boolean mask where True keeps a key. A fully masked row gives NaN outputs and
+        ``lse = -inf``.
+    method : {"auto", "fast", "mpmath"}
+        "mpmath": correctly rounded everywhere (slow). "fast": the certified vectorised
+        oracle (every element within its bound, see :func:`certified_attention`). "auto":
+        fast, then every element whose bound exceeds 1e-3 FP32 ULP goes to mpmath.
+    dps : int
+        Decimal digits of the mpmath path (>= 15).
+    return_lse : bool
+        Also return the per-row ``log sum exp`` of the scores, float64 (..., M).
+    return_mpf : bool
+        Return an object array of mpmath.mpf (exact to ``dps`` digits) instead of float64;
+        forces method="mpmath".
+    jobs : int
+        Worker processes for the mpmath rows (results identical to a serial run).
+    cache : bool
+        Use the content-addressed disk cache (also on when ``AMLA_NUMERICS_CACHE`` is set).
+
+    Returns
+    -------
+    numpy.ndarray or (numpy.ndarray, numpy.ndarray)
+        ``out`` of shape (..., M, Dv), and ``lse`` (..., M) when ``return_lse``.
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, NaN/inf inputs, empty arrays, ``dps < 15``, unknown ``method``,
+        bad ``jobs``; method="fast" on inputs beyond its exponent range.
+    RuntimeError
+        The precision ladder found a disagreement between ``dps`` and ``2*dps``.
+
+    Notes
+    -----
+    method="mpmath": ``y = fl64(out)`` exactly (Ziv's test on ``out (1 +- beta)``,
+    ``beta <= 10**-dps``). method="fast": ``|y - out| <= bound`` (module
+    :mod:`amla_numerics.reference.fast`). method="auto": ``|y - out| <= 1e-3 ulp_FP32(y)``
+    or ``y = fl64(out)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> v = np.array([[1.0], [0.0]])
+    >>> attention(q, k, v, 1.0, method="mpmath", dps=20)
+    array([[0.73105858]])
+    >>> out, lse = attention(q, k, v, 1.0, return_lse=True)
+    >>> round(float(lse[0]), 12)
+    1.313261687518
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} for argument 'method'; valid: {METHODS}")
+    dps = check_dps(dps)
+    if isinstance(jobs, bool) or not isinstance(jobs, int | np.integer) or jobs < 1:
+        raise ValueError(f"argument 'jobs' must be a positive int, got {jobs!r}")
+    prob = prepare(q, k, v, scale, mask)
+    if return_mpf:
+        method = "mpmath"
+    store = _cache.store_for(cache)
+    key = None
+    if store is not None:
+        key = _cache.key_for(prob, method, dps, return_lse, return_mpf)
+        hit = store.load(key)
+        if hit is not None:
+            return _finish(hit, return_lse)
+    result = _compute(prob, method, dps, return_lse, return_mpf, int(jobs))
+    if store is not None:
+        store.save(key, result)
+    return _finish(result, return_lse)
+
+
+def _finish(result: dict, return_lse: bool):
+    out = result["out"]
+    return (out, result["lse"]) if return_lse else out
+
+
+def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: bool, jobs: int):
+    shp = prob.batch_shape
+    nb, m, _ = prob.q.shape
+    dv = prob.v.shape[2]
+    fast = None
+    if method in ("fast", "auto"):
+        try:
+            fast = fast_problem(prob, want_lse)
+        except FastUnavailable:
+            if method == "fast":
+                raise
+    if fast is not None and method == "fast":
+        return {"out": fast.out, "lse": fast.lse}
+    if fast is None:  # the mpmath path everywhere
+        res, _ = _mp_problem(prob, dps, jobs, want_lse)
+        kind = object if want_mpf else np.float64
+        out = np.empty((nb, m, dv), dtype=kind)
+        lse = np.empty((nb, m), dtype=kind)
+        for (b, i), (o, om, ls, lm) in res.items():
+            src = om if want_mpf else o
+            out[b, i] = [src[c] for c in range(dv)]
+            lse[b, i] = lm if want_mpf else ls
+        return {"out": out.reshape(*shp, m, dv), "lse": lse.reshape(*shp, m)}
+    # auto: recompute the elements whose certificate is too loose
+    out = fast.out.reshape(nb, m, dv).copy()
+    bound = fast.bound.reshape(nb, m, dv)
+    lse = fast.lse.reshape(nb, m).copy()
+    tol = AUTO_ULP_FP32 * ulp(out, FP32)
+    bad = ~(bound <= tol)
+    bad &= ~np.isnan(out)  # fully masked rows are exact NaN
+    rows: dict = {}
+    for b, i, c in zip(*np.nonzero(bad), strict=True):
+        rows.setdefault((int(b), int(i)), []).append(int(c))
+    lse_rows = set()
+    if want_lse:
+        lb = fast.lse_bound.reshape(nb, m)
+        ltol = AUTO_ULP_FP32 * ulp(lse, FP32)
+        for b, i in zip(*np.nonzero(~(lb <= ltol) & np.isfinite(lse)), strict=True):
+            lse_rows.add((int(b), int(i)))
+            rows.setdefault((int(b), int(i)), [])
+    if rows:
+        res, _ = _mp_problem(prob, dps, jobs, want_lse, rows=rows, dots=fast.dots, ladder=False)
+        for (b, i), (o, _, ls, _) in res.items():
+            for c, val in o.items():
+                out[b, i, c] = val
+            if (b, i) in lse_rows:
+                lse[b, i] = ls
+    return {"out": out.reshape(*shp, m, dv), "lse": lse.reshape(*shp, m)}
+

@@ -1,0 +1,306 @@
+"""Exact dot products of float arrays as a few float64 GEMMs on integer slices.
+
+Every finite float of width <= 64 bits is an integer times a power of two. Scale each row
+``a_r`` of ``A`` by ``2**(b_a - e_r)`` where ``|a_r| < 2**e_r`` (a power of two: exact), and
+cut it into integer *limbs* of ``b_a`` bits: ``a_r = 2**(e_r - b_a) * sum_s A_s[r] 2**(-s b_a)``
+with ``|A_s| < 2**b_a`` (the limbs come from ``trunc`` and the exact remainder, so the
+decomposition is exact, and it stops when the remainder is zero). Do the same to ``B`` with
+``b_b`` bits. Then every entry of ``A_s @ B_t.T`` is a sum of ``K`` integers each below
+``2**(b_a + b_b)``; with ``b_a + b_b <= 53 - ceil(log2 K)`` every partial sum is an integer
+below ``2**53``, so a float64 GEMM computes it *exactly, in any summation order, with or
+without FMA*. The dot product is the exact sum of the terms ``G_st * 2**(...)``.
+
+Why integer slicing rather than a TwoSum cascade: it keeps the work inside BLAS (a BF16 row
+of a few hundred Gaussian values spans about 20 bits, so one or two limbs per operand and
+1-4 GEMMs), where an error-free cascade over ``M x N x K`` products would be elementwise
+numpy work hundreds of times slower. The limb widths are chosen from the operands' bit
+spans (exponent range plus the format's precision) to minimise the number of GEMMs.
+
+Examples
+--------
+>>> import numpy as np
+>>> from fractions import Fraction
+>>> a = np.array([[1.0, 2.0**-60, 3.0]])
+>>> b = np.array([[1.0, 1.0, -1.0], [2.0**70, 1.0, 0.0]])
+>>> d = exact_dot(a, b)
+>>> d.to_fractions()[0] == [Fraction(-2) + Fraction(1, 2**60), 2**70 + Fraction(1, 2**60)]
+True
+>>> hi, lo, err = d.to_dd()
+>>> float(hi[0, 0]), float(lo[0, 0]), bool(err[0, 0] < 2.0**-100)
+(-2.0, 8.673617379884035e-19, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+from mpmath.libmp import from_man_exp
+
+from amla_numerics.reference._dd import gamma, two_sum
+
+__all__ = ["ExactDot", "Limbs", "choose_widths", "exact_dot", "limbs", "span_bits"]
+
+#: Refuse more limbs than this per operand (float64 rows spanning > ~1000 binades).
+MAX_LIMBS = 48
+
+
+@dataclass(frozen=True)
+class Limbs:
+    """``x[r] = 2**(exps[r] - bits) * sum_s parts[s][r] * 2**(-s * bits) + rest[r]``.
+
+    ``parts`` are integer-valued float64 arrays with ``|part| < 2**bits`` (``2**(bits+1)``
+    for a double-double input); ``rest`` is the exact remainder (all zero for an exact split).
+    """
+
+    parts: tuple[np.ndarray, ...]
+    exps: np.ndarray
+    bits: int
+    rest: np.ndarray
+
+
+def row_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the largest magnitude and the smallest nonzero magnitude (inf if none)."""
+    ax = np.abs(x)
+    amax = ax.max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
+    ax[ax == 0] = np.inf
+    amin = ax.min(axis=1) if x.shape[1] else np.full(x.shape[0], np.inf)
+    return amax, amin
+
+
+def span_bits(x: np.ndarray, precision: int, rng: tuple | None = None) -> int:
+    """Bits from the top of each row's largest value to the lowest bit a row can hold.
+
+    An upper bound: ``max_r (E_top(r) - E_min(r) + precision)`` with ``E`` the ``frexp``
+    exponents of the row's largest and smallest nonzero values and ``precision`` the input
+    format's significant bits (a value ``m 2**(E-p)`` has no bit below ``2**(E-p)``).
+    """
+    if x.size == 0:
+        return 1
+    amax, amin = row_range(x) if rng is None else rng
+    ok = np.isfinite(amin)
+    if not ok.any():
+        return 1
+    _, top = np.frexp(amax[ok])
+    _, low = np.frexp(amin[ok])
+    return int(max(1, (top - low).max() + precision))
+
+
+def limbs(
+    x: np.ndarray,
+    bits: int,
+    *,
+    lo: np.ndarray | None = None,
+    exps: np.ndarray | None = None,
+    max_limbs: int | None = None,
+    single: bool = False,
+) -> Limbs:
+    """Split the rows of ``x`` (2-D, finite) into integer limbs of ``bits`` bits.
+
+    Parameters
+    ----------
+    x : numpy.ndarray of float64
+        The values (rows are scaled independently).
+    bits : int
+        Limb width.
+    lo : numpy.ndarray, optional
+        A low part (double-double input ``x + lo``), split on the same grid.
+    exps : numpy.ndarray, optional
+        Row exponents to use (``|x[r]| < 2**exps[r]``); by default from ``frexp`` of the row max.
+    max_limbs : int, optional
+        Truncate after this many limbs (``rest`` holds the exact remainder). Without it the
+        split is exact, and ValueError is raised past :data:`MAX_LIMBS`.
+    single : bool
+        The caller has proven (by :func:`span_bits`) that one limb holds every row exactly:
+        skip the truncation loop.
+    """
+    if exps is None:
+        amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
+        _, exps = np.frexp(amax)
+    exps = np.asarray(exps, dtype=np.int64)
+    shift = bits - exps
+    if shift.size and (shift.max() > 1000 or shift.min() < -1000):
+        raise ValueError("operand exponent range too wide for the fast path")
+    factor = np.ldexp(1.0, shift)[:, None]  # exact powers of two
+    parts_in = [x] if lo is None else [x, lo]
+    scaled = []
+    for arr in parts_in:
+        y = arr * factor
+        if (shift < 0).any() and not np.array_equal(y / factor, arr):
+            raise ValueError("values too small to scale exactly for the fast path")
+        scaled.append(y)
+    if single and lo is None:
+        return Limbs((scaled[0],), exps, bits, np.zeros_like(x))
+    out = []
+    cap = max_limbs if max_limbs is not None else MAX_LIMBS
+    p2 = float(2**bits)
+    while True:
+        limb = None
+        for i, y in enumerate(scaled):
+            t = np.trunc(y)
+            scaled[i] = y - t  # exact: the fractional part of a float
+            limb = t if limb is None else limb + t  # exact: |t| < 2**(bits+1) for dd input
+        out.append(limb)
+        done = all(not y.any() for y in scaled)
+        if done or len(out) >= cap:
+            break
+        scaled = [y * p2 for y in scaled]
+    if not done and max_limbs is None:
+        raise ValueError(f"operand spans more than {MAX_LIMBS} limbs of {bits} bits")
+    rest = np.zeros_like(x)
+    if not done:
+        # scaled[i] holds the remainder in units of the last limb: 2**(exps - len(out) * bits)
+        for y in scaled:
+            rest += np.ldexp(y, exps[:, None] - len(out) * bits)
+    return Limbs(tuple(out), exps, bits, rest)
+
+
+def choose_widths(span_a: int, span_b: int, total: int) -> tuple[int, int]:
+    """Limb widths ``(b_a, b_b)`` with ``b_a + b_b <= total`` minimising the GEMM count."""
+    if total < 2:
+        raise ValueError("inner dimension too large for exact float64 GEMMs")
+    best = None
+    for ba in range(1, total):
+        bb = total - ba
+        cost = math.ceil(span_a / ba) * math.ceil(span_b / bb)
+        key = (cost, abs(ba - bb))
+        if best is None or key < best[0]:
+            best = (key, ba, bb)
+    return best[1], best[2]
+
+
+def exact_bits(k: int) -> int:
+    """``53 - ceil(log2 k)``: the product width whose k-term integer sums stay below 2**53."""
+    return 53 - max(0, math.ceil(math.log2(max(k, 1))))
+
+
+@dataclass(frozen=True)
+class ExactDot:
+    """The exact value of ``a @ b.T`` as a sum of exact float64 terms.
+
+    ``value[i, j] = sum_(s,t) G[(s,t)][i, j] * 2**(ea[i] + eb[j] + shift[(s,t)])``.
+    """
+
+    terms: tuple[np.ndarray, ...]
+    shifts: tuple[int, ...]
+    ea: np.ndarray
+    eb: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.ea.size, self.eb.size)
+
+    def to_dd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(hi, lo, err)``: a double-double and a rigorous absolute error bound.
+
+        Sum2 (Ogita, Rump, Oishi 2005) of the exact terms: the dd result is off by at most
+        ``gamma_{T-1}**2 * sum |terms|`` plus ``2**-1074`` per term (underflow in ``ldexp``).
+        Raises ValueError if a term can overflow.
+        """
+        empty = self.ea.size == 0 or self.eb.size == 0
+        bmax = 0 if empty else int(self.ea.max() + self.eb.max())
+        bmin = 0 if empty else int(self.ea.min() + self.eb.min())
+        if bmax + max(self.shifts) + 53 > 1020:
+            raise ValueError("dot products too large for the fast path")
+        fast = empty or (
+            bmin + min(self.shifts) > -960
+            and -1000 < self.eb.min()
+            and self.eb.max() < 1000
+            and -1000 < self.ea.min() + min(self.shifts)
+            and self.ea.max() + max(self.shifts) < 1000
+        )
+        fb = np.ldexp(1.0, self.eb)[None, :]
+        hi = lo = mag = None
+        for g, sh in zip(self.terms, self.shifts, strict=True):
+            if fast:  # two exact power-of-two products, no ldexp over M x N
+                t = (g * np.ldexp(1.0, self.ea + sh)[:, None]) * fb
+            else:
+                t = np.ldexp(g, self.ea[:, None] + self.eb[None, :] + sh)
+            if hi is None:
+                hi, lo, mag = t, np.zeros_like(t), np.abs(t)
+                continue
+            hi, e = two_sum(hi, t)
+            lo += e
+            mag += np.abs(t)
+        hi, lo = two_sum(hi, lo)
+        n = len(self.terms)
+        err = (gamma(max(n - 1, 0)) ** 2 if n > 1 else 0.0) * mag * (1 + 2**-40)
+        err = err + n * 2.0**-1074
+        return hi, lo, err
+
+    def row_ints(self, i: int) -> tuple[list[int], list[int]]:
+        """Row ``i`` as exact ``(mantissa, exponent)`` integer pairs."""
+        smin = min(self.shifts)
+        acc = np.zeros(self.shape[1], dtype=object)
+        for g, sh in zip(self.terms, self.shifts, strict=True):
+            acc = acc + (g[i].astype(np.int64).astype(object) << (sh - smin))
+        exps = (self.ea[i] + self.eb + smin).tolist()
+        return acc.tolist(), exps
+
+    def row_mpf(self, i: int) -> list[mpmath.mpf]:
+        """Row ``i`` as exact mpmath values (no rounding, whatever the context precision)."""
+        mans, exps = self.row_ints(i)
+        make = mpmath.mp.make_mpf
+        return [make(from_man_exp(m, e)) for m, e in zip(mans, exps, strict=True)]
+
+    def to_fractions(self) -> list[list[Fraction]]:
+        """Every entry as an exact Fraction (slow: for tests and small sizes)."""
+        rows = []
+        for i in range(self.shape[0]):
+            mans, exps = self.row_ints(i)
+            rows.append([Fraction(m) * Fraction(2) ** e for m, e in zip(mans, exps, strict=True)])
+        return rows
+
+
+def exact_dot(
+    a: np.ndarray, b: np.ndarray, *, precision_a: int = 53, precision_b: int = 53
+) -> ExactDot:
+    """The exact products ``a @ b.T`` of two float arrays (2-D, finite), as :class:`ExactDot`.
+
+    Parameters
+    ----------
+    a : array_like, shape (M, K)
+    b : array_like, shape (N, K)
+        Float values of any dtype up to float64 (taken exactly).
+    precision_a, precision_b : int
+        Significant bits of the input formats (BF16: 8); only the limb widths depend on it,
+        never the result. Defaults are right for any input.
+
+    Returns
+    -------
+    ExactDot
+        Exact terms; ``.to_dd()`` for a double-double with an error bound, ``.row_mpf(i)``
+        or ``.to_fractions()`` for exact values.
+
+    Raises
+    ------
+    ValueError
+        Shapes mismatch, non-finite values, or an exponent range the fast split cannot cover.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"argument 'b' shape {b.shape} does not match 'a' shape {a.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("arguments 'a' and 'b' must be finite")
+    k = a.shape[1]
+    total = exact_bits(k)
+    sa, sb = span_bits(a, precision_a), span_bits(b, precision_b)
+    ba, bb = choose_widths(sa, sb, total)
+    la = limbs(a, ba, single=sa <= ba)
+    lb = limbs(b, bb, single=sb <= bb)
+    terms, shifts = [], []
+    for s, pa in enumerate(la.parts):
+        if not pa.any():
+            continue
+        for t, pb in enumerate(lb.parts):
+            if not pb.any():
+                continue
+            terms.append(pa @ pb.T)
+            shifts.append(-ba - bb - s * ba - t * bb)
+    if not terms:
+        terms, shifts = [np.zeros((a.shape[0], b.shape[0]))], [0]
+    return ExactDot(tuple(terms), tuple(shifts), la.exps, lb.exps)

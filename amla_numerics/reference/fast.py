@@ -1,0 +1,254 @@
+"""The certified fast oracle: vectorised softmax attention with a rigorous per-element bound.
+
+Stages for one 2-D problem (q (M, Dk), k (N, Dk), v (N, Dv)), each with its bound:
+
+1. Scores. ``q k^T`` exactly (:func:`~amla_numerics.reference.exactdot.exact_dot`, integer
+   limbs in float64 GEMMs), summed to a double-double with bound ``e_dot``; times the scale
+   as a dd (``1/sqrt(Dk)`` is irrational: its dd carries ``e_sc``), plus the mask:
+   ``|s^ - s| <= e_s = 16u^2 |s^| + |sc| e_dot + e_sc |dot| + 4u^2 |s^|`` (``u = 2**-53``).
+2. Weights. ``m = max_j s^_j`` (any float works as the shift), ``x = s^ - m`` in dd and
+   ``p^ = exp_dd(x)`` with relative error ``rel_j = EXP_REL + 2**-100 |x_j| + 1.01 e_x``
+   (``e_x = e_s + 4u^2 |x|``) plus ``EXP_ABS``.
+3. Sums. ``p^`` (dd, below 2) is cut into ``S`` integer limbs of ``b_p`` bits on a grid fixed
+   by the row max 1, ``v`` (with a column of ones appended, which yields ``l``) into limbs
+   of ``b_v`` bits per column; ``(b_p + 1) + b_v <= 53 - ceil(log2 N)`` makes every GEMM
+   ``P_s @ V_t`` exact. The truncation remainder ``tau_j`` (exact) is part of the error, so
+   ``o`` and ``l`` are *exact* sums of the truncated weights, gathered in dd by Sum2.
+   ``|o^_c - o_c| <= E vmax_c + sum2_c`` and ``|l^ - l| <= E + sum2_l`` with
+   ``E = sum_j (rel_j p^_j + EXP_ABS + tau_j)``.
+4. Output. ``out = o / l`` (dd division) and the float64 ``y = round(out)``:
+   ``|y - out| <= (|do| + |out^| |dl|) / (l^ - |dl|) + 32u^2 |out^| + |out^ - y|``.
+
+The certificate :attr:`FastResult.bound` is that last formula, evaluated in float64 and
+inflated by ``(1 + 2**-40)`` to cover the roundings of the bound arithmetic itself.
+
+Examples
+--------
+>>> import numpy as np
+>>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]]); v = np.array([[1.0], [0.0]])
+>>> r = fast_attention(q, k, v, 1.0)
+>>> float(r.out[0, 0]) == float(np.e / (np.e + 1)), bool(r.bound[0, 0] < 1e-16)
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import mpmath
+import numpy as np
+
+from amla_numerics.formats import FP64
+from amla_numerics.reference._dd import (
+    DD_REL,
+    EXP_ABS,
+    EXP_REL,
+    U,
+    dd_add_d,
+    dd_div,
+    dd_mul,
+    exp_dd,
+    gamma,
+    two_sum,
+)
+from amla_numerics.reference._inputs import Problem, prepare
+from amla_numerics.reference.exactdot import (
+    ExactDot,
+    choose_widths,
+    exact_bits,
+    exact_dot,
+    limbs,
+    span_bits,
+)
+from amla_numerics.rounding import round_to
+
+__all__ = ["FastResult", "FastUnavailable", "fast_attention", "fast_problem"]
+
+#: Bits of the weights kept below the row max (truncation grid ``2**-P_BITS``).
+P_BITS = 80
+_INFLATE = 1 + 2.0**-40
+
+
+class FastUnavailable(ValueError):
+    """The inputs' exponent range is too wide for the float64 fast path."""
+
+
+@dataclass(frozen=True)
+class FastResult:
+    """Output of the fast oracle (batch shape ``B`` flattened or restored by the caller).
+
+    ``out``: float64 (..., M, Dv); ``bound``: rigorous ``|out - exact|`` bound, same shape;
+    ``lse``, ``lse_bound``: (..., M); ``dots``: the exact dot products per batch element
+    (kept for the mpmath fallback of method="auto").
+    """
+
+    out: np.ndarray
+    bound: np.ndarray
+    lse: np.ndarray
+    lse_bound: np.ndarray
+    dots: tuple[ExactDot, ...]
+
+
+def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    hi, lo, mag = terms[0], np.zeros_like(terms[0]), np.abs(terms[0])
+    for t in terms[1:]:
+        hi, e = two_sum(hi, t)
+        lo += e
+        mag += np.abs(t)
+    hi, lo = two_sum(hi, lo)
+    n = len(terms)
+    err = (gamma(n - 1) ** 2 * mag * _INFLATE) if n > 1 else np.zeros_like(hi)
+    return hi, lo, err
+
+
+def _one(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    sc: tuple[float, float, float],
+    prec: tuple[int, int, int],
+    want_lse: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, ExactDot]:
+    m_rows, n = q.shape[0], k.shape[0]
+    if np.abs(v).max() > 2.0**900:
+        raise FastUnavailable("values too large for the fast path")
+    dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1])
+    dh, dl, edot = dots.to_dd()
+    sch, scl, esc = sc
+    sh, sl = dd_mul(dh, dl, np.float64(sch), np.float64(scl))
+    es = DD_REL["mul"] * np.abs(sh) + abs(sch) * 1.000001 * edot + esc * np.abs(dh) * 1.000001
+    if mask is not None:
+        keep = mask != -np.inf
+        sh, sl = dd_add_d(sh, sl, np.where(keep, mask, 0.0))
+        es = es + DD_REL["add_d"] * np.abs(sh)
+        sh = np.where(keep, sh, -np.inf)
+        sl = np.where(keep, sl, 0.0)
+    if not np.isfinite(np.where(np.isneginf(sh), 0.0, sh)).all() or np.abs(
+        np.where(np.isneginf(sh), 0.0, sh)
+    ).max() > 2.0**900:
+        raise FastUnavailable("scores too large for the fast path")
+    mx = sh.max(axis=1)
+    dead_row = mx == -np.inf
+    mxs = np.where(dead_row, 0.0, mx)
+    xh, xl = dd_add_d(sh, sl, -mxs[:, None])
+    xh = np.where(np.isneginf(sh), -np.inf, xh)
+    xl = np.where(np.isneginf(sh), 0.0, xl)
+    ex = es + DD_REL["add_d"] * np.abs(np.where(np.isinf(xh), 0.0, xh))
+    if (ex > 1e-3).any():
+        raise FastUnavailable("score error too large for the fast path")
+    ph, pl = exp_dd(np.minimum(xh, 1.0), xl)
+    finite = np.isfinite(xh)
+    rel = EXP_REL + 2.0**-100 * np.abs(np.where(finite, xh, 0.0)) + 1.01 * np.where(finite, ex, 0.0)
+    # limbs of p (grid fixed by 2**1 > p) and of v's columns (rows of the contiguous v.T)
+    vt = np.ascontiguousarray(v.T)
+    total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
+    span_v = span_bits(vt, prec[2])
+    bp, bv = choose_widths(P_BITS, span_v, total)
+    nlimb = math.ceil(P_BITS / bp)
+    lp = limbs(ph, bp, lo=pl, exps=np.ones(m_rows, dtype=np.int64), max_limbs=nlimb)
+    lv = limbs(vt, bv, single=span_v <= bv)
+    if lv.exps.min() < -900:
+        raise FastUnavailable("values too small for the fast path")
+    tau = np.abs(lp.rest)
+    err_p = rel * ph * _INFLATE + np.where(finite, EXP_ABS, 0.0) + tau
+    big_e = err_p.sum(axis=1) * (1 + gamma(n + 1))
+    fcol = np.ldexp(1.0, lv.exps)[:, None]
+    terms, lterms = [], []
+    for s, pp in enumerate(lp.parts):
+        if not pp.any():
+            continue
+        fs = 2.0 ** (1 - bp - s * bp)
+        lterms.append(pp.sum(axis=1) * fs)  # exact: integers below 2**53, times 2**k
+        ppt = pp.T  # (N, M) view: Vt (Dv, N) @ P^T is BLAS's fast layout here
+        for t, vpart in enumerate(lv.parts):
+            g = vpart @ ppt
+            terms.append((g * (fcol * 2.0 ** (-bv - t * bv))) * fs)
+    if not terms:
+        terms, lterms = [np.zeros((v.shape[1], m_rows))], [np.zeros(m_rows)]
+    oh, ol, e2 = _sum2(terms)
+    oh, ol, e2 = oh.T, ol.T, e2.T
+    lh, ll, el = _sum2(lterms)
+    vmax = np.abs(v).max(axis=0)
+    d_o = big_e[:, None] * vmax[None, :] * _INFLATE + e2
+    d_l = big_e + el
+    yh, yl = dd_div(oh, ol, lh[:, None], ll[:, None])
+    denom = lh - d_l * _INFLATE
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = (d_o + np.abs(yh) * d_l[:, None]) / denom[:, None] * _INFLATE
+    bound = (bound + DD_REL["div"] * np.abs(yh) + np.abs(yl)) * _INFLATE
+    bound = np.where(denom[:, None] > 0, bound, np.inf)
+    out = yh + yl
+    out[dead_row] = np.nan
+    bound[dead_row] = 0.0
+    lse = np.full(m_rows, -np.inf)
+    lse_b = np.zeros(m_rows)
+    if want_lse:
+        for i in range(m_rows):
+            if dead_row[i]:
+                continue
+            with mpmath.workprec(120):
+                val = mpmath.mpf(mxs[i]) + mpmath.log(mpmath.mpf(lh[i]) + mpmath.mpf(ll[i]))
+                lse[i] = float(round_to(val, FP64))
+                dev = abs(mpmath.mpf(lse[i]) - val)
+                lse_b[i] = (
+                    d_l[i] / denom[i] * 1.01 + float(round_to(dev, FP64, mode="ru"))
+                    + 2.0**-100 * (abs(lse[i]) + abs(mxs[i]) + 1)
+                ) * _INFLATE if denom[i] > 0 else np.inf
+    return out, bound, lse, lse_b, dots
+
+
+def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:
+    """Run the fast oracle on a validated :class:`~amla_numerics.reference._inputs.Problem`."""
+    sc = prob.scale.dd()
+    outs, bounds, lses, lbs, dots = [], [], [], [], []
+    for b in range(prob.q.shape[0]):
+        mask = None if prob.mask is None else prob.mask[b]
+        try:
+            o, bd, ls, lb, d = _one(prob.q[b], prob.k[b], prob.v[b], mask, sc, prob.precision, want_lse)
+        except FastUnavailable:
+            raise
+        except ValueError as exc:  # limb / exponent-range limits
+            raise FastUnavailable(str(exc)) from None
+        outs.append(o)
+        bounds.append(bd)
+        lses.append(ls)
+        lbs.append(lb)
+        dots.append(d)
+    shp = prob.batch_shape
+    m, dv = prob.q.shape[1], prob.v.shape[2]
+    return FastResult(
+        np.stack(outs).reshape(*shp, m, dv),
+        np.stack(bounds).reshape(*shp, m, dv),
+        np.stack(lses).reshape(*shp, m),
+        np.stack(lbs).reshape(*shp, m),
+        tuple(dots),
+    )
+
+
+def fast_attention(
+    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None, return_lse: bool = False
+) -> FastResult:
+    """Softmax attention with a certified per-element error bound (no mpmath fallback).
+
+    Parameters
+    ----------
+    q, k, v, scale, mask
+        As for :func:`amla_numerics.reference.attention`.
+    return_lse : bool
+        Also compute ``lse`` and ``lse_bound`` (otherwise they are ``-inf`` and 0).
+
+    Returns
+    -------
+    FastResult
+        ``out`` (float64) with ``|out - exact| <= bound`` element by element.
+
+    Raises
+    ------
+    ValueError
+        Bad input, or :class:`FastUnavailable` (a ValueError) when the exponent range of the
+        inputs is beyond the float64 fast path (use method="mpmath").
+    """
+    return fast_problem(prepare(q, k, v, scale, mask), return_lse)

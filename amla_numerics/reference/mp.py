@@ -1,0 +1,381 @@
+"""The mpmath truth: softmax attention rows to ``dps`` digits and correctly rounded to float64.
+
+Per row, from the *exact* dot products (:mod:`amla_numerics.reference.exactdot`):
+``s_j = scale * D_j + mask_j``, ``m = max s_j``, ``p_j = exp(s_j - m)``, ``l = sum p_j``,
+``out_c = sum_j p_j v_jc / l`` and ``lse = m + log l``, all at a working precision ``prec``
+(bits) inside ``mpmath.workprec`` (mpmath's global precision is never changed).
+
+Keys with identical exact ``(D_j, mask_j)`` form one group (same ``p``), and their values are
+summed exactly first. That makes two facts decidable: ``out_c`` is *rational* exactly when
+every group has the same mean value ``w_gc / n_g`` (then it equals that mean: one key, ties,
+an all-zero column); otherwise by Lindemann-Weierstrass it is irrational (the ``p_g`` are
+exponentials of distinct algebraic numbers), so it is never a rounding midpoint.
+
+Error model (the ``Notes`` formula): every ``p_g`` has relative error at most
+``rel_g = 2**(1-prec) + 1.01 eps_g`` with ``eps_g = 2**(1-prec) (|scale D_g| + |s_g| + |x_g|)``
+(argument rounding; mpmath's ``exp`` taken as correct to 2 ulp), ``fsum``/``fdot`` round once
+(mpmath sums exactly before rounding), so
+``|o^ - o| <= max rel * sum p |w| + 2**(1-prec) |o^|``, ``|l^ - l| <= (max rel + 2**(1-prec)) l``
+and ``out`` has relative error ``beta <= 1.01 (|do|/|o^| + |dl|/l) + 2**-prec``. Ziv's
+strategy: a column is accepted when ``beta <= 2**-(3.33 dps + 2)`` and both ends of
+``out (1 +- beta)`` round to the same float64; otherwise ``prec`` doubles.
+
+Examples
+--------
+>>> import numpy as np
+>>> from amla_numerics.reference.exactdot import exact_dot
+>>> from amla_numerics.reference._inputs import make_scale
+>>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]]); v = np.array([[1.0], [0.0]])
+>>> row = attention_row(exact_dot(q, k).row_mpf(0), None, v, make_scale(1.0, 2), 30)
+>>> float(row.out[0]) == float(np.e / (np.e + 1))
+True
+>>> mpmath.nstr(mp_logsumexp([0.0, 0.0], dps=20), 20)
+'0.69314718055994530942'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import mpmath
+import numpy as np
+from mpmath.libmp import from_man_exp
+
+from amla_numerics.formats import FP64
+from amla_numerics.reference._inputs import Scale, make_scale
+from amla_numerics.reference.exactdot import exact_dot
+from amla_numerics.rounding import round_to, to_fraction
+
+__all__ = [
+    "OnlineTrace",
+    "RowResult",
+    "attention_row",
+    "mp_logsumexp",
+    "mp_softmax",
+    "online_softmax",
+]
+
+_BITS_PER_DIGIT = math.log2(10)
+
+
+def _bits(dps: int) -> int:
+    return math.ceil(dps * _BITS_PER_DIGIT)
+
+
+def _dyadic(fr: Fraction) -> mpmath.mpf:
+    """An exact mpf from a Fraction whose denominator is a power of two."""
+    den = fr.denominator
+    e = den.bit_length() - 1
+    if den != 1 << e:
+        raise ValueError("not a dyadic rational")
+    return mpmath.mp.make_mpf(from_man_exp(fr.numerator, -e))
+
+
+def _f64(x: Any) -> float:
+    """Correctly rounded float64 of an exact value (mpf or Fraction) via round_to."""
+    return float(round_to(x, FP64))
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One row: ``out[c]`` (float64, correctly rounded) and ``out_mpf[c]`` for the columns
+    asked for; ``lse`` likewise (``-inf`` and NaN outputs for a fully masked row)."""
+
+    out: dict[int, float]
+    out_mpf: dict[int, Any]
+    lse: float | None
+    lse_mpf: Any
+    prec: int
+
+
+def _groups(dots: list, mask_row: np.ndarray | None) -> tuple[list, list, list]:
+    """Keys grouped by identical exact (dot, mask): (dot, mask value, member indices)."""
+    table: dict = {}
+    for j, d in enumerate(dots):
+        mv = 0.0 if mask_row is None else float(mask_row[j])
+        if mv == -math.inf:
+            continue
+        table.setdefault((d, mv), []).append(j)
+    keys = list(table)
+    return [k[0] for k in keys], [k[1] for k in keys], [table[k] for k in keys]
+
+
+def attention_row(
+    dots: list,
+    mask_row: np.ndarray | None,
+    v: np.ndarray,
+    scale: Scale,
+    dps: int,
+    cols: list[int] | None = None,
+    *,
+    want_lse: bool = False,
+    max_prec: int | None = None,
+) -> RowResult:
+    """One softmax-attention row from exact dot products (see the module docstring).
+
+    Parameters
+    ----------
+    dots : list of mpmath.mpf
+        Exact ``q_i . k_j`` for every key (from ``ExactDot.row_mpf``).
+    mask_row : numpy.ndarray or None
+        Additive mask for the row (``-inf`` drops a key).
+    v : numpy.ndarray, shape (N, Dv)
+        Values (float64, exact).
+    scale : Scale
+        The exact scale.
+    dps : int
+        Decimal digits the mpf results are good to.
+    cols : list of int, optional
+        Output columns to compute (default all).
+    want_lse : bool
+        Also compute ``log sum exp`` of the scores.
+    """
+    ncols = v.shape[1]
+    cols = list(range(ncols)) if cols is None else list(cols)
+    dg, mg, members = _groups(dots, mask_row)
+    if not dg:
+        nan = {c: math.nan for c in cols}
+        return RowResult(nan, {c: mpmath.mpf("nan") for c in cols}, -math.inf, mpmath.mpf("-inf"), 0)
+    ng = len(dg)
+    sizes = [len(mb) for mb in members]
+    reps = [mb[0] for mb in members]
+    out: dict[int, float] = {}
+    out_mpf: dict[int, Any] = {}
+    lse = lse_mpf = None
+    target = _bits(dps)
+    # columns known exactly (rational): every group has the same mean
+    w_exact: dict[int, list] = {}
+    pending = []
+    all_single = all(n == 1 for n in sizes)
+    for c in cols:
+        if all_single:
+            col = v[reps, c]
+            if (col == col[0]).all():
+                val = Fraction(float(col[0]))
+                out[c] = float(col[0])
+                with mpmath.workprec(target + 10):
+                    out_mpf[c] = _dyadic(val)
+                continue
+            w_exact[c] = col.tolist()
+        else:
+            ws = [sum((Fraction(float(v[j, c])) for j in mb), Fraction(0)) for mb in members]
+            means = [w / n for w, n in zip(ws, sizes, strict=True)]
+            if all(mu == means[0] for mu in means):
+                out[c] = _f64(means[0])
+                with mpmath.workprec(target + 10):
+                    out_mpf[c] = mpmath.mpf(means[0].numerator) / means[0].denominator
+                continue
+            w_exact[c] = [float(w) if n == 1 else _dyadic(w) for w, n in zip(ws, sizes, strict=True)]
+        pending.append(c)
+    lse_pending = want_lse
+    if want_lse and ng == 1 and sizes[0] == 1 and scale.value is not None:
+        s = scale.value * to_fraction(dg[0]) + Fraction(mg[0])
+        lse = _f64(s)
+        with mpmath.workprec(target + 10):
+            lse_mpf = mpmath.mpf(s.numerator) / s.denominator
+        lse_pending = False
+    prec = target + 30 + 2 * max(1, math.ceil(math.log2(len(dots) + 1)))
+    start = prec
+    cap = max_prec or max(64 * start, 4096)
+    while pending or lse_pending:
+        if prec > cap:
+            raise RuntimeError(f"Ziv loop did not converge below {cap} bits (row columns {pending})")
+        with mpmath.workprec(prec):
+            tiny = 2.0 ** (1 - prec)
+            sc = scale.mpf()
+            sd = [sc * d for d in dg]
+            s = [a + b if b else a for a, b in zip(sd, mg, strict=True)]
+            m = max(s)
+            x = [a - m for a in s]
+            p = [mpmath.exp(a) for a in x]
+            eps = [
+                tiny * (abs(float(a)) + abs(float(b)) + abs(float(c)))
+                for a, b, c in zip(sd, s, x, strict=True)
+            ]
+            rel = tiny + 1.01 * max(eps)
+            l_mp = mpmath.fsum(pi * n for pi, n in zip(p, sizes, strict=True))
+            dl_rel = rel + tiny
+            pf = np.array([float(pi) for pi in p])
+            still = []
+            if pending:
+                wabs = np.abs(np.array([[float(w[i]) for i in range(ng)] for w in
+                                        (w_exact[c] for c in pending)]))
+                amag = wabs @ pf * 1.01
+            for idx, c in enumerate(pending):
+                o = mpmath.fdot(p, w_exact[c])
+                if o == 0:
+                    still.append(c)
+                    continue
+                y = o / l_mp
+                beta = 1.01 * ((rel * amag[idx] + tiny * abs(float(o))) / abs(float(o)) + dl_rel)
+                beta = beta + tiny
+                if _settled(y, beta, target):
+                    out[c] = _f64(y)
+                    out_mpf[c] = y
+                else:
+                    still.append(c)
+            pending = still
+            if lse_pending:
+                lg = mpmath.log(l_mp)
+                y = m + lg
+                if y != 0:
+                    err = 1.01 * dl_rel + tiny * (abs(float(m)) + abs(float(lg)) + abs(float(y)))
+                    beta = err / abs(float(y)) + tiny
+                    if _settled(y, beta, target):
+                        lse, lse_mpf = _f64(y), y
+                        lse_pending = False
+        if pending or lse_pending:
+            prec *= 2
+    return RowResult(out, out_mpf, lse, lse_mpf, prec)
+
+
+def _settled(y: mpmath.mpf, beta: float, target: int) -> bool:
+    """Accurate to ``target`` bits and both ends of ``y (1 +- beta)`` round alike."""
+    if not beta < 2.0 ** -(target + 2):
+        return False
+    d = abs(y) * beta
+    return _f64(y - d) == _f64(y + d)
+
+
+def mp_softmax(scores: Any, dps: int = 50) -> np.ndarray:
+    """Softmax along the last axis of exact scores, as an object array of mpf.
+
+    Scores are taken exactly (floats, mpf, Fractions); ``-inf`` drops an entry. Computed at
+    ``dps`` digits plus guard bits (``2 log2 N + 20``): each result has relative error below
+    ``N 2**-(prec-2)``.
+
+    Examples
+    --------
+    >>> p = mp_softmax([0.0, 0.0, -math.inf], dps=20)
+    >>> [float(x) for x in p]
+    [0.5, 0.5, 0.0]
+    """
+    arr = np.asarray(scores, dtype=object)
+    flat = arr.reshape(-1, arr.shape[-1]) if arr.ndim else arr.reshape(1, 1)
+    n = flat.shape[-1]
+    res = np.empty(flat.shape, dtype=object)
+    with mpmath.workprec(_bits(dps) + 20 + 2 * math.ceil(math.log2(n + 1))):
+        for r, row in enumerate(flat):
+            vals = [mpmath.mpf(x) if not isinstance(x, Fraction) else
+                    mpmath.mpf(x.numerator) / x.denominator for x in row]
+            m = max(vals)
+            if m == -mpmath.inf:
+                res[r] = [mpmath.mpf("nan")] * n
+                continue
+            p = [mpmath.exp(x - m) for x in vals]
+            tot = mpmath.fsum(p)
+            res[r] = [x / tot for x in p]
+    return res.reshape(arr.shape)
+
+
+def mp_logsumexp(scores: Any, dps: int = 50) -> Any:
+    """``log sum exp`` of exact scores along the last axis (mpf or object array of mpf).
+
+    Examples
+    --------
+    >>> float(mp_logsumexp([1.0, -math.inf], dps=20))
+    1.0
+    """
+    arr = np.asarray(scores, dtype=object)
+    flat = arr.reshape(-1, arr.shape[-1])
+    n = flat.shape[-1]
+    out = []
+    with mpmath.workprec(_bits(dps) + 20 + 2 * math.ceil(math.log2(n + 1))):
+        for row in flat:
+            vals = [mpmath.mpf(x) for x in row]
+            m = max(vals)
+            if m == -mpmath.inf:
+                out.append(m)
+                continue
+            out.append(m + mpmath.log(mpmath.fsum(mpmath.exp(x - m) for x in vals)))
+    if arr.ndim == 1:
+        return out[0]
+    return np.array(out, dtype=object).reshape(arr.shape[:-1])
+
+
+@dataclass(frozen=True)
+class OnlineTrace:
+    """The online-softmax state after every KV block, to ``dps`` digits.
+
+    ``m[i, j]`` running max, ``l[i, j]`` running sum ``sum exp(s - m_j)`` and ``o[i, j, :]``
+    the unnormalised accumulator ``sum exp(s - m_j) v`` over blocks ``0..j`` (object arrays
+    of mpf); ``out = o[:, -1] / l[:, -1]``.
+    """
+
+    m: np.ndarray
+    l: np.ndarray  # noqa: E741 (the paper's name)
+    o: np.ndarray
+    block: int
+
+    def as_float64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(m, l, o)`` correctly rounded to float64 (with ``round_to``)."""
+        return tuple(round_to(a, FP64).astype(np.float64) for a in (self.m, self.l, self.o))
+
+
+def online_softmax(
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any = None,
+    *,
+    block: int = 512,
+    mask: Any = None,
+    dps: int = 50,
+) -> OnlineTrace:
+    """The FlashAttention recurrence at arbitrary precision, block by block.
+
+    ``m_j = max(m_{j-1}, max S_j)``, ``a_j = exp(m_{j-1} - m_j)``,
+    ``l_j = a_j l_{j-1} + sum exp(S_j - m_j)``, ``O_j = a_j O_{j-1} + exp(S_j - m_j) @ V_j``,
+    with exact scores ``S = scale * q k^T + mask`` (2-D q, k, v). Working precision is ``dps``
+    digits plus ``2 log2 N + 20`` guard bits, so every entry is good to about ``dps`` digits
+    (relative to the sums of magnitudes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = np.ones((1, 2)); k = np.array([[0.0, 0.0], [1.0, 1.0]]); v = np.array([[1.0], [3.0]])
+    >>> t = online_softmax(q, k, v, 1.0, block=1, dps=20)
+    >>> [float(x) for x in t.m[0]], round(float(t.o[0, -1, 0] / t.l[0, -1]), 12)
+    ([0.0, 2.0], 2.761594155956)
+    """
+    qa = np.asarray(q, dtype=np.float64)
+    ka = np.asarray(k, dtype=np.float64)
+    va = np.asarray(v, dtype=np.float64)
+    if qa.ndim != 2 or ka.ndim != 2 or va.ndim != 2 or ka.shape[0] != va.shape[0]:
+        raise ValueError("online_softmax takes 2-D q (M, Dk), k (N, Dk), v (N, Dv)")
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"argument 'block' must be a positive int, got {block!r}")
+    sc = make_scale(scale, qa.shape[1])
+    dots = exact_dot(qa, ka)
+    mrow = None if mask is None else np.broadcast_to(np.asarray(mask, dtype=np.float64),
+                                                     (qa.shape[0], ka.shape[0]))
+    n = ka.shape[0]
+    nb = -(-n // block)
+    m_out = np.empty((qa.shape[0], nb), dtype=object)
+    l_out = np.empty((qa.shape[0], nb), dtype=object)
+    o_out = np.empty((qa.shape[0], nb, va.shape[1]), dtype=object)
+    with mpmath.workprec(_bits(dps) + 20 + 2 * math.ceil(math.log2(n + 1))):
+        scm = sc.mpf()
+        for i in range(qa.shape[0]):
+            d = dots.row_mpf(i)
+            s = [scm * x for x in d]
+            if mrow is not None:
+                s = [a + float(b) for a, b in zip(s, mrow[i], strict=True)]
+            m = mpmath.mpf("-inf")
+            lsum = mpmath.mpf(0)
+            o = [mpmath.mpf(0)] * va.shape[1]
+            for b in range(nb):
+                sl = s[b * block:(b + 1) * block]
+                mn = max([m, *sl])
+                a = mpmath.exp(m - mn) if m != -mpmath.inf else mpmath.mpf(0)
+                p = [mpmath.exp(x - mn) if mn != -mpmath.inf else mpmath.mpf(0) for x in sl]
+                lsum = a * lsum + mpmath.fsum(p)
+                vb = va[b * block:(b + 1) * block]
+                o = [a * oc + mpmath.fdot(p, vb[:, c].tolist()) for c, oc in enumerate(o)]
+                m = mn
+                m_out[i, b], l_out[i, b] = m, lsum
+                o_out[i, b, :] = o
+    return OnlineTrace(m_out, l_out, o_out, block)

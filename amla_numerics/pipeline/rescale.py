@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "SOFTMAX_PASSES",
     "RescaleCost",
     "rescale_cost",
+    "rescale_prob_from_trace",
 ]
 
 #: Vector passes (FP32 width) over the score tile for the online softmax: scale, row max,
@@ -136,3 +139,39 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
             0.0 <= rescale_prob <= 1.0):
         raise ValueError(f"rescale_prob must be a number in [0, 1], got {rescale_prob!r}")
     return dataclasses.replace(cost, probability=float(rescale_prob))
+
+
+def rescale_prob_from_trace(rescaled: object, group_rows: int | None = None) -> float:
+    """The per-block rescale probability of a lazy run, from the emulator's trace.
+
+    A vector core rescales a group of rows if *any* row in it needs it, so the
+    probability is the fraction of (block, row group) pairs, over blocks 1 .. N-1, in
+    which at least one row rescaled.
+
+    Parameters
+    ----------
+    rescaled : array_like of bool, shape (n_blocks, ..., M)
+        ``Trace.rescaled`` of :func:`amla_numerics.flash.emulator.attention` with
+        ``variant="lazy"`` and ``trace=True`` (block 0 is ignored).
+    group_rows : int, optional
+        Rows decided together (default: all M rows of the last axis).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
+    >>> rescale_prob_from_trace(r), rescale_prob_from_trace(r, group_rows=2)
+    (0.6666666666666666, 0.3333333333333333)
+    """
+    arr = np.asarray(rescaled)
+    if arr.dtype != bool or arr.ndim < 2:
+        raise ValueError("rescaled must be a boolean array of shape (n_blocks, ..., M), got "
+                         f"dtype {arr.dtype} and {arr.ndim} dimension(s)")
+    if arr.shape[0] < 2:
+        raise ValueError("rescaled must cover at least 2 blocks (block 0 never rescales)")
+    m = arr.shape[-1]
+    g = m if group_rows is None else group_rows
+    if isinstance(g, bool) or not isinstance(g, int) or g < 1 or m % g:
+        raise ValueError(f"group_rows must be a positive divisor of M = {m}, got {group_rows!r}")
+    later = arr[1:].reshape(arr.shape[0] - 1, -1, m // g, g)
+    return float(later.any(axis=-1).mean())

@@ -125,8 +125,7 @@ def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int 
         seen.setdefault(stage, None)
     for (p, stage), spans in bars.items():
         colour = STAGES.get(stage, (stage, "#bcbd22"))[1]
-        ax.broken_barh(spans, (p - 0.4, 0.8), facecolors=colour, edgecolors="white",
-                       linewidth=0.3)
+        ax.broken_barh(spans, (p - 0.4, 0.8), facecolors=colour, edgecolors="none")
     ax.set_yticks(range(len(g.pipes)), g.pipes)
     ax.invert_yaxis()
     ax.set_xlabel("time (µs)")

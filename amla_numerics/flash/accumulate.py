@@ -6,9 +6,12 @@ in how the products are summed and rounded to the output format (FP32 or FP64):
 
 ``"exact"``
     The exact sum of all ``K`` products, rounded once (``out_rounding``). Implemented as a
-    float64 BLAS product ``s`` with the bound ``|s - x| <= (K + 2) 2**-52 ||a|| ||b||``
-    (Cauchy-Schwarz): where both ends of that interval round to the same FP32 number it
-    is the answer; elsewhere (rare) the element is recomputed exactly with ``math.fsum``.
+    float64 BLAS product ``s``, which is exact when every product is a multiple of
+    ``Q = 2**(qa_i + qb_j)`` (the smallest quanta of row ``i`` and column ``j``) and
+    ``||a_i|| ||b_j|| < 2**53 Q`` (the usual case for BF16 operands); otherwise it obeys
+    ``|s - x| <= (K + 2) 2**-52 ||a|| ||b||`` (Cauchy-Schwarz): where both ends of that interval
+    round to the same FP32 number it is the answer; elsewhere (ties and near-ties, a few
+    per thousand for P V) the element is recomputed exactly with ``math.fsum``.
     For an FP64 output the BLAS result is returned as it is (error within that bound; only
     the ``"exact"`` policy uses it, to check recurrences to ~1e-12).
 ``"fp32_seq"``
@@ -115,11 +118,20 @@ _FORMATS = {"fp32": FP32, "fp64": FP64}
 _DTYPES = {"fp32": np.float32, "fp64": np.float64}
 
 
-def matmul(a: np.ndarray, b: np.ndarray, acc: Accumulation, out: str = "fp32") -> np.ndarray:
+def matmul(
+    a: np.ndarray,
+    b: np.ndarray,
+    acc: Accumulation,
+    out: str = "fp32",
+    *,
+    in_precision: int | None = None,
+) -> np.ndarray:
     """``a @ b`` (``a`` (..., M, K), ``b`` (..., K, N), exact values) under model ``acc``.
 
     Returns an array of the ``out`` format's dtype (float32 or float64), leading
-    dimensions broadcast as in ``numpy.matmul``.
+    dimensions broadcast as in ``numpy.matmul``. ``in_precision`` (optional) promises that
+    every operand has at most that many significant bits (BF16: 8, with a subnormal
+    quantum no finer than ``2**-133``); it only speeds up the ``"exact"`` model.
     """
     if out not in _FORMATS:
         raise ValueError(f"argument 'out' must be 'fp32' or 'fp64', got {out!r}")
@@ -128,7 +140,7 @@ def matmul(a: np.ndarray, b: np.ndarray, acc: Accumulation, out: str = "fp32") -
     a64 = np.asarray(a, dtype=np.float64)
     b64 = np.asarray(b, dtype=np.float64)
     if acc.model == "exact":
-        return _exact(a64, b64, out, acc.out_rounding)
+        return _exact(a64, b64, out, acc.out_rounding, in_precision)
     if a64.shape[-1] != b64.shape[-2]:
         raise ValueError(f"matmul: inner dimensions differ ({a64.shape[-1]} and {b64.shape[-2]})")
     if acc.model == "fp32_seq":  # one outer product per step: no (M, N, K) array
@@ -211,7 +223,9 @@ def _round64(y: np.ndarray, out: str, mode: str) -> np.ndarray:
     return round_to(np.asarray(y, dtype=np.float64), FP32, mode)
 
 
-def _exact(a64: np.ndarray, b64: np.ndarray, out: str, mode: str) -> np.ndarray:
+def _exact(a64: np.ndarray, b64: np.ndarray, out: str, mode: str, p: int | None = None) -> np.ndarray:
+    if out != "fp64" and p is not None:
+        return _exact_split(a64, b64, out, mode, p)
     with np.errstate(invalid="ignore", over="ignore"):
         s = a64 @ b64
     if out == "fp64":
@@ -220,27 +234,117 @@ def _exact(a64: np.ndarray, b64: np.ndarray, out: str, mode: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))[..., :, None]
         nb = np.sqrt(np.einsum("...kn,...kn->...n", b64, b64))[..., None, :]
-        bound = (k + 2) * 2.0**-52 * (na * nb)
+        res = _round64(s, out, mode)
+        # (1) BLAS was exact: every product is a multiple of Q = 2**(qa_i + qb_j) and
+        # sum |a b| <= ||a|| ||b|| < 2**53 Q, so every partial sum (any order) is representable.
+        qe = _min_quantum_exp(a64, -1, p)[..., :, None] + _min_quantum_exp(b64, -2, p)[..., None, :]
+        exact = (na * nb * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(qe + 53, -1100, 1100))) & (qe >= -1074)
+        if np.all(exact):
+            return res
+        # (2) otherwise |s - x| <= bound (float64 dot-product error bound, underflow included)
+        bound = (k + 2) * 2.0**-52 * (na * nb) + k * 2.0**-1074
         lo = _round64(s - bound, out, mode)
         hi = _round64(s + bound, out, mode)
-        res = _round64(s, out, mode)
-    bad = (lo != hi) & np.isfinite(s) & np.isfinite(bound)
+    bad = (lo != hi) & ~exact & np.isfinite(s) & np.isfinite(bound)
     if np.any(bad):
-        shape = s.shape
-        ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])
-        bb = np.broadcast_to(b64, shape[:-2] + b64.shape[-2:-1] + shape[-1:])
         res = res.copy()
-        for idx in zip(*np.nonzero(bad), strict=True):
-            row = ab[idx[:-1]]
-            col = bb[idx[:-2] + (slice(None), idx[-1])]
-            res[idx] = _fsum_round(row * col, out, mode)
+        _fix_bad(a64, b64, res, bad, out, mode)
     return res
 
 
-def _fsum_round(terms: np.ndarray, out: str, mode: str):
-    vals = [float(t) for t in terms]
-    t = math.fsum(vals)
-    err = math.fsum([*vals, -t])
+def _exact_split(a64, b64, out, mode, p):
+    """The exact model by a split ``a = a_hi + a_lo``: ``a_hi @ b`` exact, ``a_lo @ b`` bounded.
+
+    ``a_hi`` keeps the entries of each row large enough that their products with any
+    column are multiples of a quantum ``Q`` with ``||a|| ||b_j|| < 2**52 Q`` (so the BLAS
+    sum ``s_hi`` is exact in any order); the small rest (softmax tails, tiny entries)
+    contributes ``s_lo``, exact as well when ``a_lo``'s quantum passes the same test, else
+    with error ``B = (K + 2) 2**-52 ||a_lo|| ||b_j||``. Three checks,
+    each on what the previous left open: (1) ``fl(s_hi + s_lo) +- (2 ulp + B)`` round to the
+    same number; (2) the exact ends ``s_hi + (s_lo -+ B)`` (TwoSum, round to odd) agree;
+    (3) :func:`_fsum_round` (ties whose tail decides, about one element in 10**4).
+    """
+    k = a64.shape[-1]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))[..., :, None]
+        nb = np.sqrt(np.einsum("...kn,...kn->...n", b64, b64))[..., None, :]
+        qb = _min_quantum_exp(b64, -2, p)[..., None, :]
+        c = np.where(nb > 0, np.log2(nb) - qb, -np.inf).max(axis=-1, keepdims=True)
+        qa_hi = np.nan_to_num(np.floor(np.log2(na) + c) - 51 + p - 1, nan=0, posinf=1100, neginf=-1100)
+        thr = np.ldexp(1.0, np.clip(qa_hi, -1100, 1100).astype(np.int64))
+        hi_mask = np.abs(a64) >= thr
+        a_hi = np.where(hi_mask, a64, 0.0)
+        s_hi = a_hi @ b64
+        if np.all(hi_mask | (a64 == 0)):
+            return _round64(s_hi, out, mode)
+        a_lo = a64 - a_hi
+        used = np.nonzero(np.any(a_lo != 0, axis=tuple(range(a_lo.ndim - 1))))[0]
+        s_lo = a_lo[..., used] @ b64[..., used, :]  # a_lo is sparse: only its non-zero columns
+        n_lo = np.sqrt(np.einsum("...mk,...mk->...m", a_lo, a_lo))[..., :, None]
+        # s_lo is exact too when a_lo's own quantum passes the same test
+        qlo = _min_quantum_exp(a_lo, -1, p)[..., :, None] + qb
+        lo_exact = (n_lo * nb * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(qlo + 53, -1100, 1100))) & (qlo >= -1074)
+        bound = np.where(
+            (n_lo == 0) | lo_exact, 0.0, ((k + 2) * 2.0**-52 * (n_lo * nb) + k * 2.0**-1074) * (1 + 2.0**-40)
+        )
+        t = s_hi + s_lo
+        res = _round64(t, out, mode)
+        d = np.where(n_lo == 0, 0.0, 2 * np.abs(np.spacing(t)) + bound)
+        open_ = (_round64(t - d, out, mode) != _round64(t + d, out, mode)) & np.isfinite(t)
+        if not np.any(open_):
+            return res
+        idx = np.nonzero(open_)
+        sh, sl, bd = s_hi[idx], s_lo[idx], np.broadcast_to(bound, t.shape)[idx]
+        widen = np.where(bd == 0, 0.0, bd + 2 * np.abs(np.spacing(sl)))  # covers fl(s_lo -+ bound)
+        r1 = add_rounded(sh, sl - widen, out, mode)
+        r2 = add_rounded(sh, sl + widen, out, mode)
+        res[idx] = r1
+        still = np.zeros(t.shape, bool)
+        still[tuple(i[r1 != r2] for i in idx)] = True
+    if np.any(still):
+        _fix_bad(a64, b64, res, still, out, mode)
+    return res
+
+
+def _fix_bad(a64, b64, res, bad, out, mode) -> None:
+    shape = res.shape
+    ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])
+    bb = np.broadcast_to(np.swapaxes(b64, -1, -2), shape[:-2] + shape[-1:] + b64.shape[-2:-1])
+    idx = np.nonzero(bad)
+    prods = (ab[idx[:-1]] * bb[idx[:-2] + idx[-1:]]).tolist()  # (n_bad, K) exact products
+    res[idx] = [_fsum_round(terms, out, mode) for terms in prods]
+
+
+def _min_quantum_exp(x: np.ndarray, axis: int, p: int | None = None) -> np.ndarray:
+    """An ``e`` such that every non-zero element along ``axis`` is a multiple of ``2**e``.
+
+    Exact (the smallest such ``e``) without ``p``; with ``p`` (every element has at most
+    ``p`` significant bits and a quantum of at least ``2**-149``) a cheaper lower bound from
+    the smallest magnitude: ``floor(log2 min|x|) - p + 1``.
+    """
+    if p is not None:
+        with np.errstate(invalid="ignore"):
+            ax = np.abs(x)
+            small = np.where(ax == 0, np.inf, ax).min(axis=axis)
+        e = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1
+        return np.where(np.isfinite(small), np.maximum(e - p + 1, -149), 10**6)
+    bits = np.ascontiguousarray(x).view(np.int64) & 0x7FFFFFFFFFFFFFFF
+    field_ = bits >> 52
+    sig = bits & ((1 << 52) - 1)
+    normal = field_ > 0
+    sig = np.where(normal, sig | (1 << 52), sig)
+    low = (sig & -sig).astype(np.float64)  # a power of two (0 for zeros)
+    tz = (low.view(np.int64) >> 52) - 1023
+    qe = np.where(normal, field_ - 1075, -1074) + tz
+    qe = np.where((sig != 0) & (field_ < 2047), qe, 10**6)
+    if qe.shape[axis] == 0:
+        return np.full(np.delete(qe.shape, axis), 10**6)
+    return qe.min(axis=axis)
+
+
+def _fsum_round(terms: list[float], out: str, mode: str):
+    t = math.fsum(terms)
+    err = math.fsum([*terms, -t]) if math.isfinite(t) else 0.0
     return _round64(_round_odd(np.float64(t), np.float64(err)), out, mode)
 
 

@@ -1,0 +1,39 @@
+"""Bit-exact FlashAttention emulator: FP32/BF16 rescaling, AMLA's INT32 exponent add and variants.
+
+See :func:`attention` (:mod:`~amla_numerics.flash.emulator`), the precision
+:class:`Policy` (:mod:`~amla_numerics.flash.policy`), the matrix-unit accumulation models
+(:mod:`~amla_numerics.flash.accumulate`), the elementwise stages
+(:mod:`~amla_numerics.flash.stages`), AMLA's rescale (:mod:`~amla_numerics.flash.amla`) and
+``docs/numerics.md`` (the stage-by-stage spec).
+
+Examples
+--------
+>>> from amla_numerics import flash
+>>> flash.VARIANTS[:4]
+('naive', 'fa_fp32', 'fa_bf16', 'amla')
+"""
+
+from amla_numerics.flash.accumulate import ACCUMULATION_MODELS, ACCUMULATION_PRESETS, Accumulation
+from amla_numerics.flash.amla import AMLA_VARIANTS
+from amla_numerics.flash.emulator import MLA_DK, MLA_DV, MLA_SCALE, FlashResult, Trace, attention, mla_attention
+from amla_numerics.flash.policy import PRESETS, MatmulPolicy, Policy, get_policy
+from amla_numerics.variants import VARIANTS
+
+__all__ = [
+    "ACCUMULATION_MODELS",
+    "ACCUMULATION_PRESETS",
+    "AMLA_VARIANTS",
+    "MLA_DK",
+    "MLA_DV",
+    "MLA_SCALE",
+    "PRESETS",
+    "VARIANTS",
+    "Accumulation",
+    "FlashResult",
+    "MatmulPolicy",
+    "Policy",
+    "Trace",
+    "attention",
+    "get_policy",
+    "mla_attention",
+]

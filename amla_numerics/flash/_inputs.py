@@ -1,0 +1,132 @@
+"""Validation of the emulator's arguments and the attention mask (private helpers).
+
+Every user mistake raises ValueError/TypeError with one sentence naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Inputs", "check_inputs", "block_bounds"]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Validated arrays (float64 views of the exact input values) and derived sizes."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    keep: np.ndarray | None  # bool (..., M, N), True = attend; None = attend to all
+    scale: float
+    batch: tuple[int, ...]
+    m: int
+    n: int
+    dk: int
+    dv: int
+
+
+def _array(x: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise TypeError(f"argument {name!r} must be an array of real numbers") from exc
+    if a.dtype.kind not in "fViu" or a.dtype.kind == "V" and a.dtype.itemsize > 8:
+        raise TypeError(f"argument {name!r} must hold real numbers, got dtype {a.dtype}")
+    if a.ndim < 2:
+        raise ValueError(f"argument {name!r} must have at least 2 dimensions (..., rows, features), got shape {a.shape}")
+    a64 = a.astype(np.float64)
+    if not np.all(np.isfinite(a64)):
+        raise ValueError(f"argument {name!r} contains NaN or infinite values")
+    return a
+
+
+def check_inputs(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    scale: Any,
+    block_n: Any,
+    mask: Any,
+    causal: Any,
+    c: Any,
+    tau: Any,
+) -> Inputs:
+    """Check shapes and options; build the combined boolean mask (see :func:`attention`)."""
+    qa, ka, va = _array(q, "q"), _array(k, "k"), _array(v, "v")
+    if qa.shape[-1] != ka.shape[-1]:
+        raise ValueError(f"arguments 'q' {qa.shape} and 'k' {ka.shape} differ in the feature dimension Dk")
+    if ka.shape[-2] != va.shape[-2]:
+        raise ValueError(f"arguments 'k' {ka.shape} and 'v' {va.shape} differ in the number of keys N")
+    m, n, dk, dv = qa.shape[-2], ka.shape[-2], qa.shape[-1], va.shape[-1]
+    if min(m, n, dk, dv) < 1:
+        raise ValueError(f"empty dimension: q {qa.shape}, k {ka.shape}, v {va.shape}")
+    try:
+        batch = np.broadcast_shapes(qa.shape[:-2], ka.shape[:-2], va.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"leading dimensions of 'q' {qa.shape}, 'k' {ka.shape} and 'v' {va.shape} do not broadcast"
+        ) from None
+    if isinstance(block_n, bool) or not isinstance(block_n, (int, np.integer)) or block_n < 1:
+        raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(dk)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"argument 'scale' must be a real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"argument 'scale' must be finite and non-zero, got {scale}")
+    for name, val in (("c", c), ("tau", tau)):
+        if isinstance(val, bool) or not isinstance(val, (int, float, np.floating, np.integer)):
+            raise TypeError(f"argument {name!r} must be a real number, got {type(val).__name__}")
+        if not math.isfinite(float(val)):
+            raise ValueError(f"argument {name!r} must be finite, got {val}")
+    if float(tau) < 0:
+        raise ValueError(f"argument 'tau' must be >= 0, got {tau}")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"argument 'causal' must be a bool, got {type(causal).__name__}")
+    keep = _mask(mask, batch, m, n)
+    if causal:
+        rows = np.arange(m)[:, None]
+        cols = np.arange(n)[None, :]
+        tri = cols <= rows + (n - m)  # bottom-right aligned: the last query sees every key
+        keep = tri if keep is None else keep & tri
+    return Inputs(qa, ka, va, keep, scale, tuple(batch), m, n, dk, dv)
+
+
+def _mask(mask: Any, batch: tuple[int, ...], m: int, n: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    ma = np.asarray(mask)
+    if ma.dtype == np.bool_:
+        keep = ma
+    elif ma.dtype.kind == "f":
+        ok = (ma == 0) | np.isneginf(ma)
+        if not np.all(ok):
+            raise ValueError("argument 'mask' as floats must hold only 0 (attend) and -inf (masked)")
+        keep = ma == 0
+    else:
+        raise TypeError(f"argument 'mask' must be boolean (True = attend) or float 0/-inf, got {ma.dtype}")
+    target = tuple(batch) + (m, n)
+    try:
+        if np.broadcast_shapes(keep.shape, target) != target:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"argument 'mask' {keep.shape} does not broadcast to the scores {tuple(batch) + (m, n)}") from None
+    return keep
+
+
+def block_bounds(n: int, block_n: int) -> list[tuple[int, int]]:
+    """``[(lo, hi), ...]`` of the KV blocks; the last one may be shorter.
+
+    Examples
+    --------
+    >>> block_bounds(5, 2)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    return [(lo, min(lo + block_n, n)) for lo in range(0, n, block_n)]

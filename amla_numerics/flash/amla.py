@@ -1,0 +1,141 @@
+"""AMLA's per-block scalars and its rescale of O: the INT32 exponent add, its variants, the guard.
+
+Per row and KV block ``j`` (0-based; every operation in the policy's work format, ``fl`` =
+one IEEE rne rounding; constants from :func:`~amla_numerics.flash.stages.constants`), after
+the online-softmax step has produced the running max ``m_j`` (rows whose scores are all
+masked so far use ``m_j := 0`` here):
+
+====================  ====================================================================
+``t_j``               ``fl(m_j * (-RECIP_LN2))``
+``n_j``               ``rna(t_j)`` (integer, ties away from zero: Ascend ``CAST_ROUND``)
+``r_j``               ``exp_cr(fl(fl(fl(m_j * RECIP_LN2) + n_j) * LN2))`` (the kernel's order)
+``r^_j``              ``cast(r_j, r_cast, r_cast_rounding)`` (BF16 rna); ``amla_fp32r``: ``r_j``
+``cof_j``             ``fl(r_j / r^_j)``
+``ratio_j``           ``fl(cof_{j-1} / cof_j)`` with ``cof_{-1} = 1`` (the kernel's cof_0 = 1)
+``eps_j``             ``fl(fl(fl(ratio_j - 1) * c) + eps_bias)``; ``amla_nocomp``,
+                      ``amla_exactcomp``: 0
+``dn_j``              ``fl(n_j - n_{j-1})``, ``dn_0 = 0``
+``N_j``               ``rna(fl(fl(max(dn_j, dn_clamp) + eps_j) * 2**23))`` as int32 (saturating)
+====================  ====================================================================
+
+The P tile is folded before its cast: ``A_j = cast(fl(P_j * r^_j))``. Block 0 is stored
+plainly; for ``j >= 1`` the rescale of O (before ``O = fl(O + A_j V_j)``) is
+
+- ``"amla"``, ``"amla_nocomp"``, ``"amla_fp32r"``: ``O := as_fp32(as_int32(O) + N_j)``
+  (:func:`~amla_numerics.exp2add.exp2_add_bits`, wraparound, hazards counted);
+- ``"amla_exactcomp"``: the same add with ``eps_j = 0``, then ``O := fl(O * ratio_j)``;
+- ``"amla_guarded"``: the ``"amla"`` add where its hazard code is ``ok``; elsewhere (zero,
+  subnormal, underflow, sign borrow, overflow or non-finite O) ``O := fl(O * g_j)`` with
+  ``g_j = fl(2**max(dn_j, dn_clamp) * ratio_j)`` (a power-of-two scaling of ``ratio_j``: exact).
+  Cost: it must read O (GM -> UB), compute the exponent-field check, the add, the multiply
+  and a select, then write O back (UB -> GM): the FP32 multiply's round trip plus about
+  3 vector ops per element.
+- policy ``rescale="exact"``: ``O := O * 2**dn_j * ratio_j`` (``2**dn_j`` only for
+  ``amla_nocomp``), exactly in float64 (no clamp in the ``"exact"`` preset).
+
+Final: ``out = fl(O_N / fl(l_N * r^_N))``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from amla_numerics.flash.policy import get_policy
+>>> s = amla_scalars(np.float32([0.0, 3.0]), None, None, get_policy("ascend"), "amla", 1.5)
+>>> s.n.tolist(), s.r_hat.tolist()
+([0.0, -4.0], [1.0, 1.25])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from amla_numerics.exp2add import count_hazards, exp2_add_bits, exp2_add_bits_hazards
+from amla_numerics.flash.policy import Policy
+from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, rna_int
+
+__all__ = ["AMLA_VARIANTS", "AmlaScalars", "amla_rescale", "amla_scalars"]
+
+#: The variants that use AMLA's power-of-two rescale.
+AMLA_VARIANTS: tuple[str, ...] = ("amla", "amla_nocomp", "amla_exactcomp", "amla_fp32r", "amla_guarded")
+
+_I32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class AmlaScalars:
+    """Per-row scalars of one block (work dtype; ``N`` int64 within int32's range)."""
+
+    n: np.ndarray
+    r: np.ndarray
+    r_hat: np.ndarray
+    cof: np.ndarray
+    ratio: np.ndarray
+    eps: np.ndarray
+    dn: np.ndarray
+    dnc: np.ndarray
+    N: np.ndarray
+
+
+def amla_scalars(
+    m: np.ndarray,
+    n_prev: np.ndarray | None,
+    cof_prev: np.ndarray | None,
+    policy: Policy,
+    variant: str,
+    c: float,
+) -> AmlaScalars:
+    """The table of the module docstring for one block (``n_prev is None``: block 0)."""
+    m = np.asarray(m)
+    dt = m.dtype.type
+    k = constants(policy)
+    exp = exp_cr if policy.exp == "cr" else exp_poly
+    with np.errstate(invalid="ignore", over="ignore"):
+        m_eff = np.where(np.isfinite(m), m, dt(0))
+        n = rna_int(m_eff * (-k["RECIP_LN2"]))
+        r = exp((m_eff * k["RECIP_LN2"] + n) * k["LN2"])
+        r_hat = r if variant == "amla_fp32r" else cast(r, policy.r_cast, policy.r_cast_rounding)
+        cof = r / r_hat
+        ratio = (dt(1) if cof_prev is None else cof_prev) / cof
+        if variant in ("amla_nocomp", "amla_exactcomp"):
+            eps = np.zeros_like(m_eff)
+        else:
+            eps = (ratio - dt(1)) * dt(c) + dt(policy.eps_bias)
+        dn = np.zeros_like(m_eff) if n_prev is None else n - n_prev
+        dnc = dn if policy.dn_clamp is None else np.maximum(dn, dt(policy.dn_clamp))
+        Nf = rna_int((dnc + eps) * k["TWO23"])
+        N = np.clip(np.nan_to_num(Nf.astype(np.float64)), *_I32).astype(np.int64)
+    ratio = np.broadcast_to(np.asarray(ratio, dtype=dt), m_eff.shape)
+    return AmlaScalars(n, r, r_hat, cof, ratio, eps, dn, dnc, N)
+
+
+def amla_rescale(
+    O: np.ndarray, sc: AmlaScalars, policy: Policy, variant: str
+) -> tuple[np.ndarray, dict[str, int]]:
+    """O rescaled for a block ``j >= 1`` and the hazard counts of its integer add.
+
+    ``O`` has shape (..., M, Dv); the scalars have shape (..., M). For ``amla_guarded`` the
+    counts are the hazards *detected* (and repaired by the multiply).
+    """
+    dt = O.dtype.type
+    if policy.rescale == "exact":
+        dn = sc.dnc.astype(np.int64)
+        factor = np.ldexp(np.ones_like(sc.ratio), dn)
+        if variant != "amla_nocomp":
+            factor = factor * sc.ratio
+        return O * factor[..., None], count_hazards(np.zeros(0, np.int8))
+    N = sc.N[..., None]
+    if variant == "amla_exactcomp":
+        N = rna_int(sc.dnc * constants(policy)["TWO23"]).astype(np.int64)[..., None]
+    report = exp2_add_bits_hazards(O, N)
+    added = exp2_add_bits(O, N)
+    if variant == "amla_exactcomp":
+        with np.errstate(invalid="ignore", over="ignore"):
+            added = added * sc.ratio[..., None]
+    elif variant == "amla_guarded":
+        bad = report.codes != 0
+        if np.any(bad):
+            g = np.ldexp(sc.ratio, sc.dnc.astype(np.int32)).astype(dt)
+            with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+                added = np.where(bad, O * g[..., None], added)
+    return added, report.counts

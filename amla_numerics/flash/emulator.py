@@ -1,0 +1,332 @@
+"""The bit-exact FlashAttention emulator: one entry point, every rescaling variant.
+
+``attention(q, k, v, variant)`` runs the online-softmax recurrence block by block, exactly
+as the precision policy (:mod:`amla_numerics.flash.policy`) prescribes, vectorised over
+rows, heads and batch (loops run over KV blocks only, plus the accumulation order where a
+matrix-unit model needs it). The stage definitions are in ``docs/numerics.md``; in short,
+per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne rounding):
+
+1. ``S_j = fl(QK_j * scale)`` with ``QK_j`` the matrix-unit product (policy ``qk``) and
+   ``scale`` rounded to the work format; masked scores are ``-inf``.
+2. ``m_j = max(m_{j-1}, rowmax S_j)`` (exact; ``m_{-1} = -inf``).
+3. ``P_j = exp(fl(S_j - m_j))`` (correctly rounded, or the polynomial model), using
+   ``m_j := 0`` on rows with no unmasked score yet (so their P is 0).
+4. ``a_j = exp(fl(m_{j-1} - m_j))`` (0 if ``m_{j-1} = -inf``), ``l_j = fl(fl(a_j l_{j-1}) + rowsum P_j)``
+   (rowsum in the policy's order; ``l_0 = rowsum P_0``).
+5. ``PV_j`` = matrix-unit product (policy ``pv``) of ``cast(P_j)`` (or AMLA's
+   ``cast(fl(P_j r^_j))``) with ``V_j``.
+6. O: block 0 stores ``PV_0``; then ``fa_fp32``: ``O = fl(fl(a_j O) + PV_j)``; ``fa_bf16``:
+   the same, cast to BF16 (policy ``o_lowp``); AMLA variants: :mod:`~amla_numerics.flash.amla`
+   rescale, then ``O = fl(O + PV_j)``; ``lazy``: see below.
+7. ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``), after the optional ``o_clip``.
+   ``lse = m + ln(l)`` in float64 from the final work-format ``m`` and ``l``.
+
+``naive`` is the same with a single block holding all keys. ``lazy`` (FlashAttention-4):
+the running max ``m`` is stale; at block ``j >= 1`` with ``m' = max(m, rowmax S_j)`` the row
+rescales (``a = exp(fl(m - m'))``, ``O = fl(a O)``, ``l = fl(a l)``, ``m = m'``) only if
+``fl(fl(m' - m) * LOG2E) > tau``; otherwise P is taken against the stale ``m`` (values up to
+``2**tau``). Then ``l = fl(l + rowsum P)``, ``O = fl(O + PV)``, ``out = fl(O / l)``.
+
+Fully masked rows (every score ``-inf``): ``l = 0`` and O = 0, so ``out`` is NaN (0/0) and
+``lse = -inf`` for the FA variants; AMLA's integer add on their zero O is a counted
+``zero`` hazard (``amla_guarded`` keeps O = 0, so NaN as well).
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> q, k, v = rng.standard_normal((3, 8)), rng.standard_normal((40, 8)), rng.standard_normal((40, 4))
+>>> res = attention(q, k, v, "amla", block_n=16, trace=True)
+>>> res.out.dtype, res.out.shape, res.trace.m.shape, res.hazards["zero"]
+(dtype('float32'), (3, 4), (3, 3), 0)
+>>> exact = attention(q, k, v, "amla", block_n=16, policy="exact")
+>>> bool(np.max(np.abs(res.out - exact.out)) < 1e-2)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from amla_numerics.exp2add import HAZARDS
+from amla_numerics.flash._inputs import block_bounds, check_inputs
+from amla_numerics.flash.accumulate import vector_sum
+from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
+from amla_numerics.flash.policy import Policy, get_policy
+from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, matrix_product, round_input
+from amla_numerics.variants import check_variant
+
+__all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
+
+#: The MLA decode preset (DeepSeek-V3 absorbed form): score dim, value dim, softmax scale.
+MLA_DK, MLA_DV, MLA_SCALE = 576, 512, 1.0 / math.sqrt(192.0)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per-block state, arrays of shape (n_blocks, ..., M).
+
+    Attributes
+    ----------
+    m : float64
+        The max used at block j (``lazy``: the stale running max).
+    n, dn : int64
+        AMLA's ``n_j`` and ``dn_j = n_j - n_{j-1}`` (0 for the other variants).
+    r_hat, cof, eps : float64
+        AMLA's ``r^_j``, ``cof_j``, ``eps_j`` (1, 1, 0 for the other variants; ``eps_0`` is
+        computed as the kernel does but never applied).
+    N : int32
+        The increment added to O's bits at block j (0 at block 0 and for non-AMLA variants).
+    rescaled : bool
+        Whether block j rescaled O (False at block 0; data-dependent for ``lazy``).
+    """
+
+    m: np.ndarray
+    n: np.ndarray
+    r_hat: np.ndarray
+    cof: np.ndarray
+    eps: np.ndarray
+    dn: np.ndarray
+    N: np.ndarray
+    rescaled: np.ndarray
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    """The emulator's output.
+
+    Attributes
+    ----------
+    out : numpy.ndarray
+        (..., M, Dv) in the work dtype (float32 under ``"ascend"``, float64 under ``"exact"``).
+    lse : numpy.ndarray
+        (..., M) float64 log-sum-exp of the scaled scores, ``m + ln(l)``.
+    hazards : dict[str, int]
+        Every class of :data:`amla_numerics.exp2add.HAZARDS` -> number of elements of O
+        that hit it, summed over all integer adds (zeros for non-AMLA variants).
+    trace : Trace or None
+        Per-block state when ``trace=True``.
+    config : dict
+        Variant, policy, block size and options: JSON-serialisable.
+    """
+
+    out: np.ndarray
+    lse: np.ndarray
+    hazards: dict[str, int]
+    trace: Trace | None
+    config: dict[str, Any]
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    variant: str = "amla",
+    *,
+    scale: float | None = None,
+    block_n: int = 512,
+    policy: Policy | str | dict | None = None,
+    trace: bool = False,
+    c: float = 1.5,
+    tau: float = 8.0,
+    mask: Any = None,
+    causal: bool = False,
+) -> FlashResult:
+    """Emulate FlashAttention with rescaling scheme ``variant``, bit for bit under ``policy``.
+
+    Parameters
+    ----------
+    q, k, v : array_like
+        (..., M, Dk), (..., N, Dk), (..., N, Dv); leading dimensions broadcast. Any real
+        dtype (bfloat16 included); values are rounded to the policy's matrix-unit input
+        format (rne). NaN/inf inputs are refused.
+    variant : str
+        One of :data:`amla_numerics.variants.VARIANTS`.
+    scale : float, optional
+        Softmax scale (default ``1/sqrt(Dk)``), rounded to the work format.
+    block_n : int
+        KV block length; ``N`` need not be a multiple.
+    policy : Policy, preset name or dict, optional
+        Default ``"ascend"``.
+    trace : bool
+        Record the per-block :class:`Trace`.
+    c : float
+        AMLA's compensation coefficient (rounded to the work format).
+    tau : float
+        ``lazy``'s threshold in log2 units.
+    mask : array_like of bool or float, optional
+        Broadcastable to (..., M, N): True (or 0.0) attends, False (or -inf) masks.
+    causal : bool
+        Row ``i`` attends keys ``j <= i + N - M`` (bottom-right aligned).
+
+    Returns
+    -------
+    FlashResult
+
+    Raises
+    ------
+    ValueError
+        Unknown variant (the message lists the valid ones), mismatched shapes,
+        ``block_n < 1``, NaN inputs, bad mask or option values.
+    TypeError
+        Arguments of the wrong type.
+    """
+    variant = check_variant(variant)
+    pol = get_policy(policy)
+    if not isinstance(trace, (bool, np.bool_)):
+        raise TypeError(f"argument 'trace' must be a bool, got {type(trace).__name__}")
+    inp = check_inputs(q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau)
+    blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
+    run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
+    out, lse, hazards, tr = run.execute(blocks)
+    config = {
+        "variant": variant,
+        "policy": pol.to_dict(),
+        "block_n": int(block_n),
+        "n_blocks": len(blocks),
+        "scale": inp.scale,
+        "c": float(c),
+        "tau": float(tau),
+        "causal": bool(causal),
+        "masked": mask is not None,
+        "shapes": {"q": list(np.shape(q)), "k": list(np.shape(k)), "v": list(np.shape(v))},
+    }
+    return FlashResult(out, lse, hazards, tr, config)
+
+
+def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> FlashResult:
+    """MLA decode preset: ``v = kv[..., :512]``, scale ``1/sqrt(192)`` unless given.
+
+    ``q`` is (..., M, 576) and ``kv`` (..., N, 576) (the latent cache: 512 latent + 64 rope
+    columns); the other options go to :func:`attention`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> r = mla_attention(rng.standard_normal((2, 576)), rng.standard_normal((3, 576)), "fa_fp32")
+    >>> r.out.shape, r.config["scale"] == MLA_SCALE
+    ((2, 512), True)
+    """
+    kv = np.asarray(kv)
+    if kv.ndim < 2 or kv.shape[-1] != MLA_DK:
+        raise ValueError(f"argument 'kv' must have shape (..., N, {MLA_DK}), got {kv.shape}")
+    options.setdefault("scale", MLA_SCALE)
+    return attention(q, kv, kv[..., :MLA_DV], variant, **options)
+
+
+class _Run:
+    """One emulation: the state of the recurrence over the KV blocks."""
+
+    def __init__(self, inp, pol: Policy, variant: str, c: float, tau: float, trace: bool):
+        self.inp, self.pol, self.variant, self.c, self.tau, self.want_trace = inp, pol, variant, c, tau, trace
+        self.dt = np.float32 if pol.work == "fp32" else np.float64
+        self.exp = exp_cr if pol.exp == "cr" else exp_poly
+        self.q = round_input(inp.q, pol.qk.in_format)
+        self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
+        self.v = round_input(inp.v, pol.pv.in_format)
+        self.scale = self.dt(inp.scale)
+        self.is_amla = variant in AMLA_VARIANTS
+
+    def _scores(self, lo: int, hi: int) -> np.ndarray:
+        qk = matrix_product(self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            s = qk * self.scale
+        if self.inp.keep is not None:
+            s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
+        return s
+
+    def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
+        return matrix_product(pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, b_rounded=True)
+
+    def execute(self, blocks):
+        pol, dt, variant = self.pol, self.dt, self.variant
+        hazards = dict.fromkeys(HAZARDS, 0)
+        rec: dict[str, list] = {key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")}
+        m = l = O = sc = None
+        log2e = constants(pol)["LOG2E"]
+        for j, (lo, hi) in enumerate(blocks):
+            s = self._scores(lo, hi)
+            with np.errstate(invalid="ignore", over="ignore"):
+                mblk = s.max(axis=-1)
+                if j == 0:
+                    m_new, resc = mblk, np.zeros(mblk.shape, bool)
+                else:
+                    cand = np.maximum(m, mblk)
+                    if variant == "lazy":
+                        grow = (cand - m) * log2e  # -inf -> finite: inf; -inf -> -inf: nan
+                        resc = grow > dt(self.tau)
+                        m_new = np.where(resc, cand, m)
+                    else:
+                        m_new, resc = cand, np.ones(cand.shape, bool)
+                m_eff = np.where(np.isfinite(m_new), m_new, dt(0))
+                p = self.exp(s - m_eff[..., None])
+                rs = vector_sum(p, pol.rowsum)
+                if j == 0:
+                    l = rs
+                else:
+                    d = np.where(np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new)
+                    a = self.exp(d)
+                    l = np.where(resc, a * l, l) + rs
+            if self.is_amla:
+                sc = amla_scalars(m_new, None if j == 0 else sc.n, None if j == 0 else sc.cof, pol, variant, self.c)
+                with np.errstate(over="ignore"):
+                    pv = self._pv(p * sc.r_hat[..., None], lo, hi)
+                if j == 0:
+                    O = pv
+                else:
+                    O, counts = amla_rescale(O, sc, pol, variant)
+                    for key, val in counts.items():
+                        hazards[key] += val
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        O = O + pv
+            else:
+                pv = self._pv(p, lo, hi)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    if j == 0:
+                        O = pv
+                    else:
+                        O = np.where(resc[..., None], a[..., None] * O, O) + pv
+                if variant == "fa_bf16":
+                    O = cast(O, pol.o_lowp, pol.o_lowp_rounding)
+            m = m_new
+            if self.want_trace:
+                self._record(rec, m_new, sc if self.is_amla else None, resc, j)
+        if pol.o_clip is not None:
+            with np.errstate(invalid="ignore"):
+                O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            den = l * sc.r_hat if self.is_amla else l
+            out = O / den[..., None]
+            lse = m.astype(np.float64) + np.log(l.astype(np.float64))
+        tr = self._trace(rec) if self.want_trace else None
+        return out, lse, hazards, tr
+
+    @staticmethod
+    def _record(rec, m_new, sc, resc, j):
+        shape = m_new.shape
+        rec["m"].append(m_new.astype(np.float64))
+        rec["rescaled"].append(np.array(resc, bool))
+        if sc is None:
+            rec["n"].append(np.zeros(shape, np.int64))
+            rec["dn"].append(np.zeros(shape, np.int64))
+            rec["r_hat"].append(np.ones(shape))
+            rec["cof"].append(np.ones(shape))
+            rec["eps"].append(np.zeros(shape))
+            rec["N"].append(np.zeros(shape, np.int32))
+            return
+        rec["n"].append(sc.n.astype(np.int64))
+        rec["dn"].append(sc.dn.astype(np.int64))
+        rec["r_hat"].append(sc.r_hat.astype(np.float64))
+        rec["cof"].append(sc.cof.astype(np.float64))
+        rec["eps"].append(sc.eps.astype(np.float64))
+        rec["N"].append((np.zeros(shape, np.int64) if j == 0 else sc.N).astype(np.int32))
+
+    @staticmethod
+    def _trace(rec) -> Trace:
+        return Trace(**{key: np.stack(vals) for key, vals in rec.items()})

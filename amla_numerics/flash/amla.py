@@ -41,7 +41,7 @@ Examples
 >>> from amla_numerics.flash.policy import get_policy
 >>> s = amla_scalars(np.float32([0.0, 3.0]), None, None, get_policy("ascend"), "amla", 1.5)
 >>> s.n.tolist(), s.r_hat.tolist()
-([0.0, -4.0], [1.0, 1.25])
+([0.0, -4.0], [1.0, 1.2578125])
 """
 
 from __future__ import annotations

@@ -92,3 +92,62 @@ def attention_inputs(
     v = rng.standard_normal((n, dv)).astype(fmt.dtype)
     scale = draw(st.floats(*scale_range))
     return q, k, v, scale
+
+
+# --------------------------------------------------------------------------- reference (issue 3)
+
+#: The adversarial attention cases of the reference tests, by name.
+ADVERSARIAL_KINDS: tuple[str, ...] = (
+    "spread",  # scores over +-1e3: exp underflows for all but a few keys
+    "cancel",  # outputs that nearly cancel (relative accuracy near zero)
+    "ties",  # exact ties at the row max
+    "zero_column",  # an all-zero V column
+    "tiny",  # N = 1, Dk = 1, M = 1
+)
+
+
+@st.composite
+def adversarial_attention_inputs(draw, fmt: Format = BF16, kind: str | None = None):
+    """``(q, k, v, scale, kind)`` in ``fmt`` for one of :data:`ADVERSARIAL_KINDS`."""
+    kind = kind or draw(st.sampled_from(ADVERSARIAL_KINDS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    m = draw(st.integers(1, 3))
+    n = draw(st.integers(2, 24))
+    dv = draw(st.integers(1, 5))
+    if kind == "spread":
+        q = np.ones((m, 1))
+        k = rng.uniform(-1000, 1000, (n, 1))
+        k[rng.integers(n)] = 990.0  # a few keys near the top
+        v = rng.standard_normal((n, dv))
+        scale = 1.0
+    elif kind == "cancel":
+        dk = draw(st.integers(1, 6))
+        q = rng.standard_normal((m, dk))
+        base = rng.standard_normal((1, dk))
+        k = np.repeat(base, n, axis=0)
+        k[1::2] += rng.standard_normal((len(k[1::2]), dk)) * 2.0**-6  # near-equal scores
+        a = rng.standard_normal((1, dv))
+        v = np.where(np.arange(n)[:, None] % 2 == 0, a, -a)  # +a / -a pairs
+        scale = draw(st.sampled_from([1.0, 0.125]))
+    elif kind == "ties":
+        dk = draw(st.integers(1, 6))
+        q = rng.standard_normal((m, dk))
+        k = rng.standard_normal((n, dk))
+        k[: max(2, n // 3)] = k[0]  # identical keys: exact ties at the max for some rows
+        q[0] = k[0] * 4
+        v = rng.standard_normal((n, dv))
+        scale = 1.0
+    elif kind == "zero_column":
+        dk = draw(st.integers(1, 6))
+        q = rng.standard_normal((m, dk))
+        k = rng.standard_normal((n, dk))
+        v = rng.standard_normal((n, dv))
+        v[:, rng.integers(dv)] = 0.0
+        scale = 0.5
+    else:  # tiny
+        q = rng.standard_normal((1, 1)) * 3
+        k = rng.standard_normal((1, 1)) * 3
+        v = rng.standard_normal((1, 1))
+        scale = None
+    cast = lambda x: np.asarray(x, np.float64).astype(np.float32).astype(fmt.dtype)  # noqa: E731
+    return cast(q), cast(k), cast(v), scale, kind

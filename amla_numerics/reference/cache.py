@@ -83,7 +83,7 @@ def _encode(a: np.ndarray) -> tuple[np.ndarray, bool]:
         return a, False
     flat = []
     for x in a.reshape(-1):
-        s, man, e, _ = mpmath.mpf(x)._mpf_
+        s, man, e, _ = x._mpf_ if isinstance(x, mpmath.mpf) else mpmath.mpf(x)._mpf_
         flat.append(f"{s} {int(man):x} {e}" if man or not e else f"special {mpmath.nstr(x)}")
     return np.array(flat, dtype=str).reshape(a.shape), True
 

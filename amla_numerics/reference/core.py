@@ -36,21 +36,40 @@ __all__ = ["AUTO_ULP_FP32", "attention", "certified_attention"]
 AUTO_ULP_FP32 = 1e-3
 
 
+def _raw(x: Any) -> Any:
+    return x._mpf_ if isinstance(x, mpmath.mpf) else x
+
+
+def _cooked(x: Any) -> Any:
+    return mpmath.mp.make_mpf(x) if isinstance(x, tuple) else x
+
+
 def _row_task(args: tuple) -> tuple:
-    """Worker: one row of the mpmath path (top level so a process pool can pickle it)."""
+    """Worker: one row of the mpmath path (top level so a process pool can pickle it).
+
+    mpf values cross the process boundary as raw ``_mpf_`` tuples: pickling an mpf
+    rebuilds it at the receiving context's precision, which would round the exact dots.
+    """
     dots_row, mask_row, v, scale, dps, cols, want_lse = args
+    dots_row = [_cooked(d) for d in dots_row]
     r = attention_row(dots_row, mask_row, v, scale, dps, cols, want_lse=want_lse)
-    return r.out, r.out_mpf, r.lse, r.lse_mpf
+    return r.out, {c: _raw(x) for c, x in r.out_mpf.items()}, r.lse, _raw(r.lse_mpf)
+
+
+def _unpack(res: tuple) -> tuple:
+    out, out_mpf, lse, lse_mpf = res
+    return out, {c: _cooked(x) for c, x in out_mpf.items()}, lse, _cooked(lse_mpf)
 
 
 def _run_rows(tasks: list[tuple], jobs: int) -> list[tuple]:
     if jobs <= 1 or len(tasks) <= 1:
-        return [_row_task(t) for t in tasks]
+        return [_unpack(_row_task(t)) for t in tasks]
     import multiprocessing as mp_
 
     ctx = mp_.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
-        return list(ex.map(_row_task, tasks, chunksize=max(1, len(tasks) // (4 * jobs))))
+        chunk = max(1, len(tasks) // (4 * jobs))
+        return [_unpack(r) for r in ex.map(_row_task, tasks, chunksize=chunk)]
 
 
 def _mp_problem(
@@ -67,7 +86,7 @@ def _mp_problem(
     tasks = []
     for b, i in keys:
         mrow = None if prob.mask is None else prob.mask[b, i]
-        tasks.append((dots[b].row_mpf(i), mrow, prob.v[b], prob.scale, dps, rows[(b, i)], want_lse))
+        tasks.append(([d._mpf_ for d in dots[b].row_mpf(i)], mrow, prob.v[b], prob.scale, dps, rows[(b, i)], want_lse))
     results = _run_rows(tasks, jobs)
     if ladder and tasks:
         _ladder(tasks, results, dps)
@@ -80,7 +99,7 @@ def _ladder(tasks: list, results: list, dps: int) -> None:
     for idx in picks:
         t = list(tasks[idx])
         t[4] = 2 * dps
-        hi = _row_task(tuple(t))
+        hi = _unpack(_row_task(tuple(t)))
         lo = results[idx]
         tol = mpmath.mpf(10) ** (-dps)
         for c, val in lo[0].items():
@@ -237,7 +256,8 @@ def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: boo
         for (b, i), (o, om, ls, lm) in res.items():
             src = om if want_mpf else o
             out[b, i] = [src[c] for c in range(dv)]
-            lse[b, i] = lm if want_mpf else ls
+            val = lm if want_mpf else ls
+            lse[b, i] = val if val is not None else (mpmath.mpf("nan") if want_mpf else np.nan)
         return {"out": out.reshape(*shp, m, dv), "lse": lse.reshape(*shp, m)}
     # auto: recompute the elements whose certificate is too loose
     out = fast.out.reshape(nb, m, dv).copy()

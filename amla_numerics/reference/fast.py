@@ -103,7 +103,12 @@ def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hi, lo, err
 
 
-def _one(
+def _one(*args, **kw):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # masked -inf lanes
+        return _one_inner(*args, **kw)
+
+
+def _one_inner(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,

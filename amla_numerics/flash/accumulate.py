@@ -373,6 +373,6 @@ def _block_fma(prods: np.ndarray, acc: Accumulation, out: str) -> np.ndarray:
         qe = np.maximum(e, -1000) - (p - 1) - acc.extra_bits
         scaled = np.ldexp(terms, -qe)
         cut = np.trunc(scaled) if acc.align_rounding == "rz" else np.round(scaled)
-        total = np.ldexp(cut.sum(axis=-1), -qe[..., 0])  # exact: few short integers
+        total = np.ldexp(cut.sum(axis=-1), qe[..., 0])  # exact: few short integers
         c = _round64(total, out, acc.out_rounding).astype(np.float64)
     return c.astype(_DTYPES[out])

@@ -95,6 +95,8 @@ def exp_cr(x: np.ndarray) -> np.ndarray:
     --------
     >>> float(exp_cr(np.float32(-103.97)))  # subnormal FP32 result
     1.401298464324817e-45
+    >>> float(exp_cr(np.float32(2.0**-24)))  # 1 + 2**-24 + tiny: a near-tie, resolved by mpmath
+    1.0000001192092896
     """
     x = np.asarray(x)
     if x.dtype == np.float64:
@@ -106,7 +108,8 @@ def exp_cr(x: np.ndarray) -> np.ndarray:
 
 
 def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
-    x64 = x.astype(np.float64)
+    shape = x.shape
+    x64 = x.astype(np.float64).reshape(-1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         y = np.exp(x64)
         r = y.astype(np.float32)
@@ -119,7 +122,7 @@ def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
         r = np.array(r, copy=True)
         idx = np.nonzero(hard)
         r[idx] = [_exp_mp(v) for v in x64[idx]]
-    return r
+    return r.reshape(shape)
 
 
 def _exp_mp(v: float) -> np.float32:

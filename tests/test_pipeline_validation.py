@@ -61,7 +61,23 @@ def test_fa_fp32_baseline_is_lower_and_the_reason_is_the_o_round_trip(amla_ancho
     cycles = lambda r, k: r.engines[k] * r.time_us * 1e-6 * 1.8e9  # noqa: E731
     extra = (cycles(f, "L2 read port") - cycles(a, "L2 read port")) * hw["l2_read_bpc"]
     assert extra == pytest.approx(rescaled * 256 * 512 * 4, rel=1e-9)
-    # ... and on the critical path the engine that gains most is the AIV's GM -> UB pipe
+    # ... and on the critical path the Cube loses share to the O round trip: its GM -> UB
+    # pipe or the bandwidth it shares with the K stream (at this configuration the HBM share:
+    # K loads of C1 wait behind the read-back; docs/pipeline.md, section 6)
+    gain = {k: f.critical_path.get(k, 0.0) - a.critical_path.get(k, 0.0)
+            for k in set(a.critical_path) | set(f.critical_path)}
+    assert gain["AIC.Cube"] < 0
+    assert max(gain, key=gain.__getitem__) in ("AIV0.MTE2", "AIV1.MTE2", "HBM (chip share)",
+                                               "L2 read port", "L2 (chip share)")
+
+
+def test_where_bandwidth_is_scarce_the_fp32_round_trip_costs_more() -> None:
+    """s_q = 1 halves the Cube work per KV byte: the kernel is HBM-bound and the O read-back
+    (GM -> UB on the AIV MTE2) lands on the critical path."""
+    kw = {**AMLA.workload, "q_len": 1}
+    a = evaluate("ascend910c", "amla", **kw)
+    f = evaluate("ascend910c", "fa_fp32", **kw)
+    assert 1 - f.tflops / a.tflops > 0.02
     gain = {k: f.critical_path.get(k, 0.0) - a.critical_path.get(k, 0.0)
             for k in set(a.critical_path) | set(f.critical_path)}
     assert max(gain, key=gain.__getitem__) in ("AIV0.MTE2", "AIV1.MTE2")
@@ -99,7 +115,7 @@ def test_flashmla_3000_gbps_memory_bound_within_10_percent() -> None:
 
 @pytest.mark.parametrize(("field", "values", "tol"), [
     ("atomic_bpc", (32.0, 128.0), 0.005),
-    ("flag_latency_cycles", (0.0, 4000.0), 0.02),
+    ("flag_latency_cycles", (0.0, 4000.0), 0.005),
 ])
 def test_unfitted_calibration_parameters_barely_move_the_anchor(field, values, tol) -> None:
     """The TOML sources claim these ranges; an unknown rate must not decide the answer."""

@@ -156,8 +156,8 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
     >>> from amla_numerics.pipeline.workload import default_schedule
     >>> hw = load_hardware("ascend910c")
     >>> d = block_demand(hw, Workload(1, 2, 512), default_schedule(hw, "fa_fp32"), 256, 512)
-    >>> d.engines["AIC.Cube"], d.traffic["HBM (chip share)"]   # 34816 + 16 tiles x 206
-    (38112.0, 589824.0)
+    >>> d.engines["AIC.Cube"], d.traffic["HBM (chip share)"]   # 34816 + 16 tiles x 274
+    (39200.0, 589824.0)
     """
     cost = cost or rescale_cost(sch.rescale, sch.rescale_prob)
     p = cost.probability if rescaled else 0.0

@@ -110,7 +110,7 @@ class _Ascend:
         self.g = OpGraph(pipes, rates)
         self.lat = hw["flag_latency_cycles"]
         self.tiles = math.ceil(wl.rows / sch.m_tile)
-        self.mte1_ops: list[int] = []
+        self.l1_last_use: list[int] = []  # per L1 chunk loaded: the last MTE1 op reading it
         self.mte2_ops: list[int] = []
         self.depth = sch.depth
         self.cube_ops: list[int] = []
@@ -126,34 +126,39 @@ class _Ascend:
         self.rescale_last: dict[int, list[int]] = {}
 
     # -- AIC ---------------------------------------------------------------------------
-    def _chunk(self, label: str, mte2_bytes: float, hbm: float, mte1_bytes: float,
-               cube: list[float], deps2: list[tuple[int, float]]) -> None:
+    def _output_column(self, label: str, kc: int, tm: int, mte2_bytes: float, hbm: float,
+                       mte1_bytes: float, cube: float, fix_bytes: float,
+                       load_deps: list[tuple[int, float]],
+                       fix_deps: list[tuple[int, float]]) -> None:
+        """One output column tile: ``kc`` L1 chunks in, then per row sub-tile (each in its own
+        L0C tile, ping-pong) one MTE1 move and one MMAD per chunk, then its FIX out."""
         g, sch = self.g, self.sch
-        d = list(deps2)
-        if len(self.mte1_ops) >= sch.l1_stream_buffers:  # an L1 block is free again
-            d.append((self.mte1_ops[-sch.l1_stream_buffers], 0.0))
-        m2 = g.add("AIC.MTE2", 0.0, d, [("L2 read port", mte2_bytes),
-                                        ("L2 (chip share)", mte2_bytes),
-                                        ("HBM (chip share)", hbm)], label)
-        self.mte2_ops.append(m2)
-        d1 = [(m2, 0.0)]
-        back = (sch.l0_buffers - 1) * len(cube) + 1  # last MMAD of chunk (this - l0_buffers)
-        if len(self.cube_ops) >= back:  # L0A/L0B ping-pong
-            d1.append((self.cube_ops[-back], 0.0))
-        m1 = g.add("AIC.MTE1", mte1_bytes / self.hw["mte1_bpc"], d1, (), label)
-        self.mte1_ops.append(m1)
-        for c in cube:
-            self.cube_ops.append(g.add("AIC.Cube", c, [(m1, 0.0)], (), label))
-
-    def _fix(self, label: str, nbytes: float, deps: list[tuple[int, float]], cube: int) -> int:
-        op = self.g.add("AIC.FIX", nbytes / self.hw["fix_bpc"], [(cube, 0.0), *deps],
-                        [("L2 write port", nbytes), ("L2 (chip share)", nbytes)], label)
-        self.fix_ops.append(op)
-        return op
-
-    def _l0c_dep(self, ntiles_done: int) -> list[tuple[int, float]]:
-        k = self.sch.l0c_buffers
-        return [(self.fix_ops[-k], 0.0)] if len(self.fix_ops) >= k and ntiles_done >= 0 else []
+        loads = []
+        for i in range(kc):
+            d = list(load_deps) if i == 0 else []
+            back = sch.l1_stream_buffers  # an L1 block is free once its last use moved on
+            if len(self.l1_last_use) >= back:
+                d.append((self.l1_last_use[-back], 0.0))
+            loads.append(g.add("AIC.MTE2", 0.0, d, [("L2 read port", mte2_bytes),
+                                                    ("L2 (chip share)", mte2_bytes),
+                                                    ("HBM (chip share)", hbm)], label))
+            self.l1_last_use.append(-1)
+        self.mte2_ops.append(loads[-1])
+        for i_m in range(tm):
+            for i in range(kc):
+                d1 = [(loads[i], 0.0)]
+                if len(self.cube_ops) >= sch.l0_buffers:  # L0A/L0B ping-pong
+                    d1.append((self.cube_ops[-sch.l0_buffers], 0.0))
+                m1 = g.add("AIC.MTE1", mte1_bytes / self.hw["mte1_bpc"], d1, (), label)
+                self.l1_last_use[len(self.l1_last_use) - kc + i] = m1
+                dc = [(m1, 0.0)]
+                if i == 0 and len(self.fix_ops) >= sch.l0c_buffers:  # a free L0C tile
+                    dc.append((self.fix_ops[-sch.l0c_buffers], 0.0))
+                self.cube_ops.append(g.add("AIC.Cube", cube, dc, (), label))
+            self.fix_ops.append(g.add(
+                "AIC.FIX", fix_bytes / self.hw["fix_bpc"],
+                [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 else [])],
+                [("L2 write port", fix_bytes), ("L2 (chip share)", fix_bytes)], label))
 
     def c1(self, t: int, m: int, n: int, first_of_piece: bool) -> None:
         hw, wl, sch, g = self.hw, self.wl, self.sch, self.g
@@ -169,22 +174,13 @@ class _Ascend:
         k_bytes = n * wl.d_qk * wl.kv_bytes
         cube = (2.0 * m * n16 * wl.d_qk / hw.flop_per_cycle
                 + hw["mmad_overhead_cycles"] * tm * tn) / (chunks * tm)
-        mte1 = (tn * m * wl.d_qk * 2 + tm * n * wl.d_qk * 2) / chunks
+        mte1 = (tn * m * wl.d_qk * 2 + tm * n * wl.d_qk * 2) / (chunks * tm)
+        s_free = ([(op, self.lat) for op in self.s_read_last[t - self.depth]]
+                  if t - self.depth in self.s_read_last else [])  # S workspace slot
         for i_n in range(tn):
-            for i_k in range(kq):
-                deps = []
-                self._chunk(label, k_bytes / chunks, k_bytes / self.tiles / chunks, mte1,
-                            [cube] * tm, deps)
-                if i_k == 0:  # the first MMAD of each output tile needs a free L0C tile
-                    first = self.cube_ops[-tm]
-                    if len(self.fix_ops) >= sch.l0c_buffers:
-                        g.deps[first].append((self.fix_ops[-sch.l0c_buffers], 0.0))
-            last_cube = self.cube_ops[-tm:]
-            for i_m in range(tm):
-                deps = []
-                if i_n == 0 and t - self.depth in self.s_read_last:  # S workspace slot free
-                    deps = [(op, self.lat) for op in self.s_read_last[t - self.depth]]
-                self._fix(label, m * n * 4 / (tn * tm), deps, last_cube[i_m])
+            self._output_column(label, kq, tm, k_bytes / chunks, k_bytes / self.tiles / chunks,
+                                mte1, cube, m * n * 4 / (tn * tm), [],
+                                s_free if i_n == 0 else [])
         self.c1_fix[t] = self.fix_ops[-1]
 
     def c2(self, t: int, m: int, n: int, rescaled: bool) -> None:
@@ -197,20 +193,13 @@ class _Ascend:
         v_bytes = n * wl.d_v * wl.kv_bytes + m * n * 2  # V slice of the cache + A
         cube = (2.0 * m * n16 * wl.d_v / hw.flop_per_cycle
                 + hw["mmad_overhead_cycles"] * tm * tv) / (chunks * tm)
-        mte1 = (tv * m * n * 2 + tm * n * wl.d_v * 2) / chunks
+        mte1 = (tv * m * n * 2 + tm * n * wl.d_v * 2) / (chunks * tm)
         a_ready = [(op, self.lat) for op in self.a_write_last[t]]
         o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
         for i_v in range(tv):
-            for i_k in range(kp):
-                self._chunk(label, v_bytes / chunks, 0.0, mte1, [cube] * tm,
-                            a_ready if (i_v == 0 and i_k == 0) else [])
-                if i_k == 0 and len(self.fix_ops) >= sch.l0c_buffers:
-                    g_first = self.cube_ops[-tm]
-                    self.g.deps[g_first].append((self.fix_ops[-sch.l0c_buffers], 0.0))
-            last_cube = self.cube_ops[-tm:]
-            for i_m in range(tm):
-                self._fix(label, m * wl.d_v * self.cost.o_store_bytes / (tv * tm),
-                          o_ready if i_v == 0 else [], last_cube[i_m])
+            self._output_column(label, kp, tm, v_bytes / chunks, 0.0, mte1, cube,
+                                m * wl.d_v * self.cost.o_store_bytes / (tv * tm),
+                                a_ready if i_v == 0 else [], o_ready if i_v == 0 else [])
         self.c2_mte2_last[t] = self.mte2_ops[-1]  # the A workspace slot is read
         self.c2_fix_last[t] = self.fix_ops[-1]
 

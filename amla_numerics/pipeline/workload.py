@@ -271,6 +271,11 @@ def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple
             raise ValueError(f"schedule.l0_buffers: the tiling does not fit {buf}: "
                              f"{sch.l0_buffers} x {_kb(size)} = {_kb(used)} > {_kb(cap)}")
         out[buf] = (used, cap)
+    kc = max(wl.d_qk // sch.l1_k_qk, sch.kv_block // sch.l1_k_pv)
+    if sch.l1_stream_buffers < kc:
+        raise ValueError(f"schedule.l1_stream_buffers ({sch.l1_stream_buffers}) must be >= the "
+                         f"L1 chunks of one output column ({kc}): they stay resident while "
+                         "every row sub-tile uses them")
     cap = int(hw["l0c_bytes"])
     size = sch.cube_m * sch.cube_n * 4
     used = sch.l0c_buffers * size

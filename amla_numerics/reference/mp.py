@@ -13,12 +13,13 @@ exponentials of distinct algebraic numbers), so it is never a rounding midpoint.
 
 Error model (the ``Notes`` formula): every ``p_g`` has relative error at most
 ``rel_g = 2**(1-prec) + 1.01 eps_g`` with ``eps_g = 2**(1-prec) (|scale D_g| + |s_g| + |x_g|)``
-(argument rounding; mpmath's ``exp`` taken as correct to 2 ulp), ``fsum``/``fdot`` round once
-(mpmath sums exactly before rounding), so
-``|o^ - o| <= max rel * sum p |w| + 2**(1-prec) |o^|``, ``|l^ - l| <= (max rel + 2**(1-prec)) l``
-and ``out`` has relative error ``beta <= 1.01 (|do|/|o^| + |dl|/l) + 2**-prec``. Ziv's
-strategy: a column is accepted when ``beta <= 2**-(3.33 dps + 2)`` and both ends of
-``out (1 +- beta)`` round to the same float64; otherwise ``prec`` doubles.
+(argument rounding; mpmath's ``exp`` taken as correct to 2 ulp). The sums ``o_c`` and ``l``
+of the rounded weights are then *exact* (Python integers on a common binary grid), so
+``|o^ - o| <= rel * sum p |w|`` and ``|l^ - l| <= rel * l``, and ``out = o^/l^`` (one
+rounding) has relative error ``beta <= 1.01 rel (sum p |w| / |o^| + 1) + 4 * 2**(1-prec)``.
+Ziv's strategy: a column is accepted when ``beta <= 2**-(3.33 dps + 2)`` and both ends of
+``out (1 +- beta)`` round to the same float64; otherwise ``prec`` doubles (a RuntimeError
+past 64 times the start, which only a pathological exponent range can reach).
 
 Examples
 --------
@@ -147,29 +148,29 @@ def attention_row(
     lse = lse_mpf = None
     target = _bits(dps)
     # columns known exactly (rational): every group has the same mean
-    w_exact: dict[int, list] = {}
     pending = []
     all_single = all(n == 1 for n in sizes)
-    for c in cols:
-        if all_single:
-            col = v[reps, c]
-            if (col == col[0]).all():
-                val = Fraction(float(col[0]))
-                out[c] = float(col[0])
+    if all_single:
+        vr = v[reps][:, cols]
+        const = (vr == vr[:1]).all(axis=0)
+        for c, is_const in zip(cols, const.tolist(), strict=True):
+            if is_const:
+                out[c] = float(v[reps[0], c])
                 with mpmath.workprec(target + 10):
-                    out_mpf[c] = _dyadic(val)
-                continue
-            w_exact[c] = col.tolist()
-        else:
+                    out_mpf[c] = _dyadic(Fraction(out[c]))
+            else:
+                pending.append(c)
+    else:
+        for c in cols:
             ws = [sum((Fraction(float(v[j, c])) for j in mb), Fraction(0)) for mb in members]
             means = [w / n for w, n in zip(ws, sizes, strict=True)]
             if all(mu == means[0] for mu in means):
                 out[c] = _f64(means[0])
                 with mpmath.workprec(target + 10):
                     out_mpf[c] = mpmath.mpf(means[0].numerator) / means[0].denominator
-                continue
-            w_exact[c] = [float(w) if n == 1 else _dyadic(w) for w, n in zip(ws, sizes, strict=True)]
-        pending.append(c)
+            else:
+                pending.append(c)
+    wint, ev, wabs = _exact_columns(v, pending, members, all_single)
     lse_pending = want_lse
     if want_lse and ng == 1 and sizes[0] == 1 and scale.value is not None:
         s = scale.value * to_fraction(dg[0]) + Fraction(mg[0])
@@ -196,24 +197,38 @@ def attention_row(
                 for a, b, c in zip(sd, s, x, strict=True)
             ]
             rel = tiny + 1.01 * max(eps)
-            l_mp = mpmath.fsum(pi * n for pi, n in zip(p, sizes, strict=True))
-            dl_rel = rel + tiny
-            pf = np.array([float(pi) for pi in p])
+            # exact sums of the (rounded) weights: integers on a common grid
+            pm = [pi._mpf_ for pi in p]
+            emin = min(t[2] for t in pm)
+            pint = np.empty(ng, dtype=object)
+            pint[:] = [t[1] << (t[2] - emin) for t in pm]
+            l_mp = mpmath.mp.make_mpf(
+                from_man_exp(sum(int(a) * n for a, n in zip(pint, sizes, strict=True)), emin)
+            )
             still = []
             if pending:
-                wabs = np.abs(np.array([[float(w[i]) for i in range(ng)] for w in
-                                        (w_exact[c] for c in pending)]))
-                amag = wabs @ pf * 1.01
+                pf = np.array([float(pi) for pi in p])  # for the bound only
+                amag = (pf @ wabs) * 1.01 + ng * 2.0**-1070 * wabs.max(axis=0)
+                oint = pint.dot(wint)
+            cand, ys, betas = [], [], []
             for idx, c in enumerate(pending):
-                o = mpmath.fdot(p, w_exact[c])
+                o = mpmath.mp.make_mpf(from_man_exp(int(oint[idx]), emin + int(ev[idx])))
                 if o == 0:
                     still.append(c)
                     continue
-                y = o / l_mp
-                beta = 1.01 * ((rel * amag[idx] + tiny * abs(float(o))) / abs(float(o)) + dl_rel)
-                beta = beta + tiny
-                if _settled(y, beta, target):
-                    out[c] = _f64(y)
+                of = abs(float(o))  # for the bound only; float() has relative error <= 2**-53
+                if of > 1e-290:
+                    ratio = amag[idx] / of * (1 + 2.0**-50)
+                else:
+                    with mpmath.workprec(60):
+                        ratio = float(round_to(mpmath.mpf(amag[idx]) / abs(o), FP64, mode="ru"))
+                cand.append(c)
+                ys.append(o / l_mp)
+                betas.append(1.01 * (rel * ratio + rel) + 4 * tiny)  # 4 tiny: rounding of y +- d
+            ok, f64 = _settled_many(ys, betas, target)
+            for c, y, good, f in zip(cand, ys, ok, f64, strict=True):
+                if good:
+                    out[c] = f
                     out_mpf[c] = y
                 else:
                     still.append(c)
@@ -222,7 +237,7 @@ def attention_row(
                 lg = mpmath.log(l_mp)
                 y = m + lg
                 if y != 0:
-                    err = 1.01 * dl_rel + tiny * (abs(float(m)) + abs(float(lg)) + abs(float(y)))
+                    err = 1.01 * rel + tiny * (abs(float(m)) + abs(float(lg)) + abs(float(y)))
                     beta = err / abs(float(y)) + tiny
                     if _settled(y, beta, target):
                         lse, lse_mpf = _f64(y), y
@@ -232,12 +247,57 @@ def attention_row(
     return RowResult(out, out_mpf, lse, lse_mpf, prec)
 
 
+def _exact_columns(v: np.ndarray, cols: list[int], members: list, single: bool):
+    """Group sums of ``v[:, cols]`` as exact integers on a per-column grid ``2**ev``.
+
+    Returns ``(wint (G, C) object, ev (C,), wabs (G, C) float)`` with ``wabs`` the group sums
+    of ``|v|`` (an upper bound of ``|w|`` for the error bound).
+    """
+    if not cols:
+        return np.zeros((len(members), 0), dtype=object), np.zeros(0, dtype=np.int64), np.zeros(
+            (len(members), 0)
+        )
+    sel = v[:, cols]
+    mant, ex = np.frexp(sel)
+    m53 = np.ldexp(mant, 53).astype(np.int64)  # exact: a float's 53-bit significand
+    e53 = ex.astype(np.int64) - 53
+    nz = m53 != 0
+    ev = np.where(nz, e53, np.iinfo(np.int64).max).min(axis=0)
+    ev = np.where(nz.any(axis=0), ev, 0)
+    shift = np.where(nz, e53 - ev[None, :], 0)
+    vint = m53.astype(object) << shift.astype(object)
+    vabs = np.abs(sel)
+    if single:
+        idx = [mb[0] for mb in members]
+        return vint[idx], ev, vabs[idx]
+    wint = np.array([vint[mb].sum(axis=0) for mb in members], dtype=object).reshape(
+        len(members), len(cols)
+    )
+    wabs = np.array([vabs[mb].sum(axis=0) for mb in members]) * 1.01
+    return wint, ev, wabs
+
+
 def _settled(y: mpmath.mpf, beta: float, target: int) -> bool:
     """Accurate to ``target`` bits and both ends of ``y (1 +- beta)`` round alike."""
-    if not beta < 2.0 ** -(target + 2):
-        return False
-    d = abs(y) * beta
-    return _f64(y - d) == _f64(y + d)
+    return bool(_settled_many([y], [beta], target)[0][0])
+
+
+def _settled_many(ys: list, betas: list, target: int) -> tuple[list[bool], list[float]]:
+    """Vectorised :func:`_settled`; also returns each ``y`` correctly rounded to float64."""
+    if not ys:
+        return [], []
+    lo = np.empty(len(ys), dtype=object)
+    hi = np.empty(len(ys), dtype=object)
+    mid = np.empty(len(ys), dtype=object)
+    for i, (y, b) in enumerate(zip(ys, betas, strict=True)):
+        d = abs(y) * b
+        lo[i], hi[i], mid[i] = y - d, y + d, y
+    rl = round_to(lo, FP64).astype(np.float64)
+    rh = round_to(hi, FP64).astype(np.float64)
+    rm = round_to(mid, FP64).astype(np.float64)
+    lim = 2.0 ** -(target + 2)
+    ok = [bool(b < lim and a == c) for b, a, c in zip(betas, rl, rh, strict=True)]
+    return ok, rm.tolist()
 
 
 def mp_softmax(scores: Any, dps: int = 50) -> np.ndarray:

@@ -181,6 +181,7 @@ def test_des_shared_resource_serves_fifo_and_charges_bytes_over_rate() -> None:
     (ASCEND, "amla_guarded", Workload(50, 2, 2048)),
     (ASCEND, "naive", Workload(5, 1, 3000)),
     (H800, "fa_fp32", Workload(3, 2, 1000)),
+    (H800, "naive", Workload(16, 1, 4394)),
 ])
 def test_des_and_analytic_carry_the_same_bytes_and_cycles(hw, variant, wl) -> None:
     sch = default_schedule(hw, variant)
@@ -282,3 +283,22 @@ def test_rescale_prob_from_trace_counts_groups_with_any_rescaled_row(nb, lead, g
         rescale_prob_from_trace(arr, group_rows=3)
     with pytest.raises(ValueError, match="boolean array"):
         rescale_prob_from_trace(arr.astype(int))
+
+
+@settings(max_examples=40, deadline=None)
+@given(wl=st.builds(Workload, batch=st.integers(1, 24), q_len=st.integers(1, 4),
+                    kv_len=st.integers(1, 5000), heads=st.sampled_from([16, 64, 128])),
+       variant=st.sampled_from(VARIANTS), gpu=st.booleans(),
+       order=st.sampled_from(["serial", "preload"]), depth=st.integers(1, 4),
+       split_kv=st.booleans(), bufs=st.tuples(st.integers(1, 2), st.integers(1, 2),
+                                              st.integers(2, 3), st.integers(1, 2)))
+def test_any_schedule_finishes_and_never_beats_its_roofline(wl, variant, gpu, order, depth,
+                                                            split_kv, bufs) -> None:
+    hw = H800 if gpu else ASCEND
+    kw: dict = dict(order=order, preload_depth=depth, split_kv=split_kv)
+    if not gpu:
+        kw.update(zip(("l0_buffers", "ub_buffers", "l1_stream_buffers", "l0c_buffers"), bufs,
+                      strict=True))
+    r = run(hw, wl, default_schedule(hw, variant, **kw))  # a deadlock would raise
+    assert 0 < r.tflops <= r.roofline_tflops * (1 + 1e-9)
+    assert r.bound in r.critical_path

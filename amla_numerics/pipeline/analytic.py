@@ -260,6 +260,8 @@ class Analytic:
         A steady-state block (full size, rescaled).
     blocks_per_core : int
         Blocks the busiest core processes.
+    active_cores : int
+        Cores that receive work.
     engine_cycles : Mapping[str, float]
         Engine or resource -> total cycles on the busiest core.
     bound : str
@@ -268,6 +270,8 @@ class Analytic:
         The roofline time (the bound's cycles / clock).
     tflops : float
         Workload FLOPs / roofline time.
+    clock_ghz : float
+        The clock the cycles are counted in.
     """
 
     demand: BlockDemand

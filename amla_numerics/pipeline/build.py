@@ -348,6 +348,7 @@ def _build_gpu(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
         for j, n in enumerate(sizes):
             blocks.append((m, n, j == 0, resc[j]))
     simt_ops: dict[int, int] = {}
+    spill = cost.two_pass and spills(hw, wl, sch, split.active_cores)
 
     def emit_qk(t: int) -> None:
         m, n, first, _ = blocks[t]
@@ -359,7 +360,8 @@ def _build_gpu(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
         ws = m * n * (4 * 3 + 2 * 2) if cost.two_pass else 0.0
         dl = [(pv[t - stages], 0.0)] if t - stages in pv else []
         ld = g.add("SM.Load", (k_bytes + ws) / rate, dl,
-                   [("L2 read (per SM)", k_bytes + ws), ("HBM (chip share)", k_bytes / tiles)],
+                   [("L2 read (per SM)", k_bytes + ws),
+                    ("HBM (chip share)", k_bytes / tiles + (ws if spill else 0.0))],
                    f"KV {t}")
         loads.append(ld)
         cyc = 2.0 * sch.m_tile * _pad16(n) * wl.d_qk / fpc + hw["block_overhead_cycles"]

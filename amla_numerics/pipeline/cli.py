@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
-from amla_numerics.pipeline.trace import write_gantt, write_trace
 from amla_numerics.pipeline.workload import SCHEDULES, Schedule, Workload, default_schedule
 from amla_numerics.variants import VARIANTS, check_variant
 
@@ -130,6 +129,8 @@ def run_cli(args: argparse.Namespace) -> int:
         prob = args.rescale_prob if rescale == "lazy" else None
         sch = default_schedule(hw, rescale, rescale_prob=prob, **overrides)
         if args.trace or args.plot:
+            from amla_numerics.pipeline.trace import write_gantt, write_trace  # matplotlib
+
             res, sim = run(hw, wl, sch, keep_sim=True)  # type: ignore[misc]
             clock = hw["sustained_clock_ghz"] if hw.kind == "gpu" else hw["clock_ghz"]
             title = f"{hw.name} {rescale} {sch.order}: batch {batch}, s_q {q_len}, s_k {kv_len}"

@@ -95,11 +95,11 @@ class PipelineResult:
         --------
         >>> import json
         >>> d = evaluate("ascend910c", "fa_fp32", batch=2, q_len=1, kv_len=1024).to_dict()
-        >>> sorted(k for k in ("tflops", "utilization", "peak_tflops", "peak_name", "bound",
-        ...        "engines", "time_us", "hbm_gbps") if k in d) == sorted(d)[:0] or len(d) > 8
+        >>> {"tflops", "utilization", "peak_tflops", "peak_name", "bound", "engines",
+        ...  "time_us", "hbm_gbps"} <= set(d)
         True
-        >>> json.loads(json.dumps(d))["hardware"]
-        'ascend910c'
+        >>> json.loads(json.dumps(d))["engines"]["AIC.Cube"] == d["engines"]["AIC.Cube"]
+        True
         """
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
@@ -182,7 +182,8 @@ def evaluate(hardware: str | os.PathLike[str] | Hardware = "ascend910c", rescale
         ``lazy`` only: the fraction of blocks that rescale (None: the documented default
         :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
     schedule : str
-        ``"preload"`` (depth 2, as in the kernel) or ``"serial"``.
+        ``"preload"`` (depth 2, as in the AMLA kernel) or ``"serial"``. On ``h800_sxm5``
+        the FlashMLA model's own order is ``"serial"`` (see docs/pipeline.md).
 
     Returns
     -------

@@ -103,6 +103,41 @@ def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hi, lo, err
 
 
+_CHUNK = 1 << 15
+
+
+def _weights(dots, rows, mask, sc, ph, pl, rel, mxs_out, dead_out) -> None:
+    """Scores -> weights for a block of rows, written into the output views."""
+    dh, dl, edot = dots.to_dd(rows)
+    sch, scl, esc = sc
+    sh, sl = dd_mul(dh, dl, np.float64(sch), np.float64(scl))
+    es = DD_REL["mul"] * np.abs(sh) + abs(sch) * 1.000001 * edot + esc * np.abs(dh) * 1.000001
+    if mask is not None:
+        keep = mask != -np.inf
+        sh, sl = dd_add_d(sh, sl, np.where(keep, mask, 0.0))
+        es = es + DD_REL["add_d"] * np.abs(sh)
+        sh = np.where(keep, sh, -np.inf)
+        sl = np.where(keep, sl, 0.0)
+    fin = np.where(np.isneginf(sh), 0.0, sh)
+    if not np.isfinite(fin).all() or np.abs(fin).max() > 2.0**900:
+        raise FastUnavailable("scores too large for the fast path")
+    mx = sh.max(axis=1)
+    dead = mx == -np.inf
+    mxs = np.where(dead, 0.0, mx)
+    xh, xl = dd_add_d(sh, sl, -mxs[:, None])
+    if mask is not None:
+        xh = np.where(np.isneginf(sh), -np.inf, xh)
+        xl = np.where(np.isneginf(sh), 0.0, xl)
+    finite = np.isfinite(xh)
+    ex = es + DD_REL["add_d"] * np.abs(np.where(finite, xh, 0.0))
+    if (ex > 1e-3).any():
+        raise FastUnavailable("score error too large for the fast path")
+    ph[...], pl[...] = exp_dd(np.minimum(xh, 1.0), xl)
+    rel[...] = EXP_REL + 2.0**-100 * np.abs(np.where(finite, xh, 0.0)) + 1.01 * np.where(finite, ex, 0.0)
+    mxs_out[...] = mxs
+    dead_out[...] = dead
+
+
 def _one(*args, **kw):
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # masked -inf lanes
         return _one_inner(*args, **kw)
@@ -121,44 +156,29 @@ def _one_inner(
     if np.abs(v).max() > 2.0**900:
         raise FastUnavailable("values too large for the fast path")
     dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1])
-    dh, dl, edot = dots.to_dd()
-    sch, scl, esc = sc
-    sh, sl = dd_mul(dh, dl, np.float64(sch), np.float64(scl))
-    es = DD_REL["mul"] * np.abs(sh) + abs(sch) * 1.000001 * edot + esc * np.abs(dh) * 1.000001
-    if mask is not None:
-        keep = mask != -np.inf
-        sh, sl = dd_add_d(sh, sl, np.where(keep, mask, 0.0))
-        es = es + DD_REL["add_d"] * np.abs(sh)
-        sh = np.where(keep, sh, -np.inf)
-        sl = np.where(keep, sl, 0.0)
-    if not np.isfinite(np.where(np.isneginf(sh), 0.0, sh)).all() or np.abs(
-        np.where(np.isneginf(sh), 0.0, sh)
-    ).max() > 2.0**900:
-        raise FastUnavailable("scores too large for the fast path")
-    mx = sh.max(axis=1)
-    dead_row = mx == -np.inf
-    mxs = np.where(dead_row, 0.0, mx)
-    xh, xl = dd_add_d(sh, sl, -mxs[:, None])
-    xh = np.where(np.isneginf(sh), -np.inf, xh)
-    xl = np.where(np.isneginf(sh), 0.0, xl)
-    ex = es + DD_REL["add_d"] * np.abs(np.where(np.isinf(xh), 0.0, xh))
-    if (ex > 1e-3).any():
-        raise FastUnavailable("score error too large for the fast path")
-    ph, pl = exp_dd(np.minimum(xh, 1.0), xl)
-    finite = np.isfinite(xh)
-    rel = EXP_REL + 2.0**-100 * np.abs(np.where(finite, xh, 0.0)) + 1.01 * np.where(finite, ex, 0.0)
+    ph = np.empty((m_rows, n))
+    pl = np.empty((m_rows, n))
+    rel = np.empty((m_rows, n))
+    mxs = np.empty(m_rows)
+    dead_row = np.empty(m_rows, dtype=bool)
+    step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
+    for r0 in range(0, m_rows, step):
+        rows = slice(r0, min(m_rows, r0 + step))
+        _weights(dots, rows, None if mask is None else mask[rows], sc,
+                 ph[rows], pl[rows], rel[rows], mxs[rows], dead_row[rows])
     # limbs of p (grid fixed by 2**1 > p) and of v's columns (rows of the contiguous v.T)
     vt = np.ascontiguousarray(v.T)
     total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
     span_v = span_bits(vt, prec[2])
-    bp, bv = choose_widths(P_BITS, span_v, total)
+    bp, bv = choose_widths(P_BITS + 1, span_v, total, m_rows, vt.shape[0])
+    bp = max(bp, 2)
     nlimb = math.ceil(P_BITS / bp)
     lp = limbs(ph, bp, lo=pl, exps=np.ones(m_rows, dtype=np.int64), max_limbs=nlimb)
     lv = limbs(vt, bv, single=span_v <= bv)
     if lv.exps.min() < -900:
         raise FastUnavailable("values too small for the fast path")
-    tau = np.abs(lp.rest)
-    err_p = rel * ph * _INFLATE + np.where(finite, EXP_ABS, 0.0) + tau
+    tau = np.abs(lp.rest) if lp.rest is not None else 0.0
+    err_p = rel * ph * _INFLATE + EXP_ABS + tau
     big_e = err_p.sum(axis=1) * (1 + gamma(n + 1))
     fcol = np.ldexp(1.0, lv.exps)[:, None]
     terms, lterms = [], []

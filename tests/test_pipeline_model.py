@@ -302,3 +302,28 @@ def test_any_schedule_finishes_and_never_beats_its_roofline(wl, variant, gpu, or
     r = run(hw, wl, default_schedule(hw, variant, **kw))  # a deadlock would raise
     assert 0 < r.tflops <= r.roofline_tflops * (1 + 1e-9)
     assert r.bound in r.critical_path
+
+
+def test_default_lazy_probability_is_the_mla_measurement() -> None:
+    """DEFAULT_LAZY_RESCALE_PROB = 0 documents a measurement on the seeded mla workload:
+    recomputed here in float64 (independent of the emulator): no row's running max ever grows
+    by more than tau = 8 log2 units after block 0, so no 512-token block rescales."""
+    import numpy as np
+
+    from amla_numerics.analysis.workloads import make_workload
+    from amla_numerics.pipeline.rescale import DEFAULT_LAZY_RESCALE_PROB
+
+    w = make_workload("mla", head_dim=576, kv_len=16384, rows=128, seed=0)
+    s = w.scale * (np.asarray(w.q, np.float64) @ np.asarray(w.k, np.float64).T)
+    running = np.maximum.accumulate(s.reshape(128, 32, 512).max(axis=2), axis=1)
+    growth = np.diff(running, axis=1) * np.log2(np.e)
+    assert growth.max() < 8.0 - 1.0  # 1 log2 unit of margin: far above FP32 score rounding
+    assert DEFAULT_LAZY_RESCALE_PROB == 0.0
+    try:
+        from amla_numerics.flash.emulator import attention
+    except ImportError:  # the emulator is optional here; the float64 check above stands
+        return
+    from amla_numerics.pipeline.rescale import rescale_prob_from_trace
+
+    r = attention(w.q, w.k, w.v, "lazy", scale=w.scale, block_n=512, trace=True)
+    assert rescale_prob_from_trace(r.trace.rescaled) == DEFAULT_LAZY_RESCALE_PROB

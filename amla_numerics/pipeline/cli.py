@@ -161,7 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-len", default="16384", help="cached tokens, s_k (list ok)")
     p.add_argument("--heads", type=int, default=128, help="query heads (default 128)")
     p.add_argument("--rescale-prob", type=float, default=None,
-                   help="lazy only: fraction of blocks that rescale (default 0.125)")
+                   help="lazy only: fraction of blocks that rescale (default 0, measured "
+                        "on the mla workload)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="block ordering (default: the hardware's kernel: preload on Ascend)")
     p.add_argument("--preload-depth", type=int, default=None, help="blocks in flight (2)")

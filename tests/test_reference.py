@@ -144,3 +144,37 @@ def test_mla_shape_small_n_auto_equals_truth_where_loose():
     assert loose.mean() < 0.01  # the fallback is rare
     ref = attention(q, k, v, 1 / math.sqrt(192), method="mpmath", dps=20)
     assert (np.abs(out - ref) <= tol).all()
+
+
+def test_wide_exponent_range_falls_back_to_mpmath():
+    """float64 inputs beyond the fast path: "fast" raises ValueError, "auto" uses mpmath."""
+    q = np.array([[1e-300, 1e300], [1.0, 0.5]])
+    k = np.array([[1e300, 1e-300], [1e300, -1e-300], [0.0, 2.0**-1074]])
+    v = np.array([[1.0], [2.0], [-3.0]])
+    with pytest.raises(ValueError, match="fast path"):
+        attention(q, k, v, 1.0, method="fast")
+    auto = attention(q, k, v, 1.0)
+    ref = attention(q, k, v, 1.0, method="mpmath", dps=20)
+    np.testing.assert_array_equal(auto, ref)
+
+
+def test_float64_inputs_certified():
+    rng = np.random.default_rng(9)
+    q, k, v = rng.standard_normal((2, 5)), rng.standard_normal((11, 5)), rng.standard_normal((11, 3))
+    check_certified(q, k, v, None)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_fast_within_bound_bit_patterns(fmt, data):
+    """Inputs drawn from raw bit patterns (subnormals, extremes), magnitudes up to 8."""
+    from tests.strategies import format_arrays
+
+    m, n, dk, dv = (data.draw(st.integers(1, hi)) for hi in (2, 12, 5, 3))
+    q = data.draw(format_arrays(fmt, (m, dk), max_abs=8.0))
+    k = data.draw(format_arrays(fmt, (n, dk), max_abs=8.0))
+    v = data.draw(format_arrays(fmt, (n, dv), max_abs=8.0))
+    r, ref64, tight = check_certified(q, k, v, 0.25, require_tight=False)
+    auto = attention(q, k, v, 0.25)
+    assert (np.abs(auto - ref64) <= 1e-3 * ulp(ref64, FP32)).all()

@@ -25,7 +25,7 @@ import numpy as np
 from amla_numerics.formats import FP32
 from amla_numerics.reference import cache as _cache
 from amla_numerics.reference._inputs import METHODS, Problem, check_dps, prepare
-from amla_numerics.reference.exactdot import exact_dot
+from amla_numerics.reference.exactdot import exact_dot_any
 from amla_numerics.reference.fast import FastResult, FastUnavailable, fast_problem
 from amla_numerics.reference.mp import attention_row
 from amla_numerics.ulp import ulp
@@ -79,7 +79,7 @@ def _mp_problem(
     nb, m, _ = prob.q.shape
     dv = prob.v.shape[2]
     if dots is None:
-        dots = [exact_dot(prob.q[b], prob.k[b]) for b in range(nb)]
+        dots = [exact_dot_any(prob.q[b], prob.k[b]) for b in range(nb)]
     if rows is None:
         rows = {(b, i): None for b in range(nb) for i in range(m)}
     keys = list(rows)

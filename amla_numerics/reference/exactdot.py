@@ -42,7 +42,16 @@ from mpmath.libmp import from_man_exp
 
 from amla_numerics.reference._dd import gamma, two_sum
 
-__all__ = ["ExactDot", "Limbs", "choose_widths", "exact_dot", "limbs", "span_bits"]
+__all__ = [
+    "ExactDot",
+    "IntDot",
+    "Limbs",
+    "choose_widths",
+    "exact_dot",
+    "exact_dot_any",
+    "limbs",
+    "span_bits",
+]
 
 #: Refuse more limbs than this per operand (float64 rows spanning > ~1000 binades).
 MAX_LIMBS = 48
@@ -320,3 +329,70 @@ def exact_dot(
     if not terms:
         terms, shifts = [np.zeros((a.shape[0], b.shape[0]))], [0]
     return ExactDot(tuple(terms), tuple(shifts), la.exps, lb.exps)
+
+
+@dataclass(frozen=True)
+class IntDot:
+    """Exact ``a @ b.T`` by Python integer arithmetic: slow, but no exponent-range limit.
+
+    The fallback of the mpmath path for inputs :func:`exact_dot` refuses (float64 rows that
+    span more than :data:`MAX_LIMBS` limbs). Same row interface as :class:`ExactDot`.
+    """
+
+    mans: tuple[tuple[int, ...], ...]
+    exps: tuple[tuple[int, ...], ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.mans), len(self.mans[0]) if self.mans else 0)
+
+    def row_ints(self, i: int) -> tuple[list[int], list[int]]:
+        return list(self.mans[i]), list(self.exps[i])
+
+    def row_mpf(self, i: int) -> list[mpmath.mpf]:
+        make = mpmath.mp.make_mpf
+        return [make(from_man_exp(m, e)) for m, e in zip(self.mans[i], self.exps[i], strict=True)]
+
+    def to_fractions(self) -> list[list[Fraction]]:
+        return [[Fraction(m) * Fraction(2) ** e for m, e in zip(mr, er, strict=True)]
+                for mr, er in zip(self.mans, self.exps, strict=True)]
+
+
+def _int_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mant, ex = np.frexp(x)
+    return np.ldexp(mant, 53).astype(np.int64), ex.astype(np.int64) - 53
+
+
+def exact_dot_any(a: np.ndarray, b: np.ndarray, **kw) -> ExactDot | IntDot:
+    """:func:`exact_dot`, or :class:`IntDot` when the limb split refuses the exponent range.
+
+    Examples
+    --------
+    >>> d = exact_dot_any(np.array([[1e-300, 1e300]]), np.array([[1e300, 1e-300]]))
+    >>> type(d).__name__, d.to_fractions()[0][0] == 2 * Fraction(1e300) * Fraction(1e-300)
+    ('IntDot', True)
+    """
+    try:
+        return exact_dot(a, b, **kw)
+    except ValueError:
+        pass
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ma, ea = _int_parts(a)
+    mb, eb = _int_parts(b)
+    mans, exps = [], []
+    for i in range(a.shape[0]):
+        rm, re_ = [], []
+        for j in range(b.shape[0]):
+            terms = [(int(x) * int(y), int(e) + int(f)) for x, y, e, f in
+                     zip(ma[i], mb[j], ea[i], eb[j], strict=True) if x and y]
+            if not terms:
+                rm.append(0)
+                re_.append(0)
+                continue
+            e0 = min(t[1] for t in terms)
+            rm.append(sum(m << (e - e0) for m, e in terms))
+            re_.append(e0)
+        mans.append(tuple(rm))
+        exps.append(tuple(re_))
+    return IntDot(tuple(mans), tuple(exps))

@@ -47,7 +47,7 @@ from mpmath.libmp import from_man_exp
 
 from amla_numerics.formats import FP64
 from amla_numerics.reference._inputs import Scale, make_scale
-from amla_numerics.reference.exactdot import exact_dot
+from amla_numerics.reference.exactdot import exact_dot_any
 from amla_numerics.rounding import round_to, to_fraction
 
 __all__ = [
@@ -185,30 +185,35 @@ def attention_row(
         if prec > cap:
             raise RuntimeError(f"Ziv loop did not converge below {cap} bits (row columns {pending})")
         with mpmath.workprec(prec):
-            tiny = 2.0 ** (1 - prec)
+            # bound arithmetic in mpf (float64 would underflow past ~1070 bits)
+            tiny = mpmath.ldexp(mpmath.mpf(1), 1 - prec)
             sc = scale.mpf()
             sd = [sc * d for d in dg]
             s = [a + b if b else a for a, b in zip(sd, mg, strict=True)]
             m = max(s)
             x = [a - m for a in s]
             p = [mpmath.exp(a) for a in x]
-            eps = [
-                tiny * (abs(float(a)) + abs(float(b)) + abs(float(c)))
-                for a, b, c in zip(sd, s, x, strict=True)
-            ]
-            rel = tiny + 1.01 * max(eps)
+            eps = max(abs(a) + abs(b) + abs(c) for a, b, c in zip(sd, s, x, strict=True))
+            rel = tiny + 1.01 * tiny * eps
             # exact sums of the (rounded) weights: integers on a common grid
+            # (weights below 2**-cut, exponents astronomically far down, are dropped and
+            # bounded: each is < 2**-cut, and l >= 1)
             pm = [pi._mpf_ for pi in p]
-            emin = min(t[2] for t in pm)
+            cut = 4 * prec + 64
+            drop = np.array([t[2] + t[3] < -cut for t in pm])
+            emin = min(t[2] for t, d in zip(pm, drop, strict=True) if not d)
             pint = np.empty(ng, dtype=object)
-            pint[:] = [t[1] << (t[2] - emin) for t in pm]
+            pint[:] = [0 if d else t[1] << (t[2] - emin) for t, d in zip(pm, drop, strict=True)]
             l_mp = mpmath.mp.make_mpf(
                 from_man_exp(sum(int(a) * n for a, n in zip(pint, sizes, strict=True)), emin)
             )
+            two_cut = mpmath.ldexp(mpmath.mpf(1), -cut)
+            rel_l = rel + int(np.dot(drop, sizes)) * two_cut
             still = []
             if pending:
-                pf = np.array([float(pi) for pi in p])  # for the bound only
-                amag = (pf @ wabs) * 1.01 + ng * 2.0**-1070 * wabs.max(axis=0)
+                pf = np.array([0.0 if d else float(pi) for pi, d in zip(p, drop, strict=True)])
+                amag = (pf @ wabs) * 1.01 + ng * 2.0**-1070 * wabs.max(axis=0)  # bound only
+                dmag = drop.astype(float) @ wabs * 1.01
                 oint = pint.dot(wint)
             cand, ys, betas = [], [], []
             for idx, c in enumerate(pending):
@@ -216,15 +221,13 @@ def attention_row(
                 if o == 0:
                     still.append(c)
                     continue
-                of = abs(float(o))  # for the bound only; float() has relative error <= 2**-53
-                if of > 1e-290:
-                    ratio = amag[idx] / of * (1 + 2.0**-50)
-                else:
-                    with mpmath.workprec(60):
-                        ratio = float(round_to(mpmath.mpf(amag[idx]) / abs(o), FP64, mode="ru"))
+                ao = abs(o)
+                ratio = mpmath.mpf(float(amag[idx])) / ao
+                drop_o = two_cut * float(dmag[idx]) / ao
                 cand.append(c)
                 ys.append(o / l_mp)
-                betas.append(1.01 * (rel * ratio + rel) + 4 * tiny)  # 4 tiny: rounding of y +- d
+                # 4 tiny: rounding of the quotient and of y +- d in the Ziv test
+                betas.append(1.01 * (rel * ratio + rel_l + drop_o) + 4 * tiny)
             ok, f64 = _settled_many(ys, betas, target)
             for c, y, good, f in zip(cand, ys, ok, f64, strict=True):
                 if good:
@@ -237,8 +240,8 @@ def attention_row(
                 lg = mpmath.log(l_mp)
                 y = m + lg
                 if y != 0:
-                    err = 1.01 * rel + tiny * (abs(float(m)) + abs(float(lg)) + abs(float(y)))
-                    beta = err / abs(float(y)) + tiny
+                    err = 1.01 * rel_l + tiny * (abs(m) + abs(lg) + abs(y))
+                    beta = err / abs(y) + tiny
                     if _settled(y, beta, target):
                         lse, lse_mpf = _f64(y), y
                         lse_pending = False
@@ -295,7 +298,7 @@ def _settled_many(ys: list, betas: list, target: int) -> tuple[list[bool], list[
     rl = round_to(lo, FP64).astype(np.float64)
     rh = round_to(hi, FP64).astype(np.float64)
     rm = round_to(mid, FP64).astype(np.float64)
-    lim = 2.0 ** -(target + 2)
+    lim = mpmath.ldexp(mpmath.mpf(1), -(target + 2))
     ok = [bool(b < lim and a == c) for b, a, c in zip(betas, rl, rh, strict=True)]
     return ok, rm.tolist()
 
@@ -409,7 +412,7 @@ def online_softmax(
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"argument 'block' must be a positive int, got {block!r}")
     sc = make_scale(scale, qa.shape[1])
-    dots = exact_dot(qa, ka)
+    dots = exact_dot_any(qa, ka)
     mrow = None if mask is None else np.broadcast_to(np.asarray(mask, dtype=np.float64),
                                                      (qa.shape[0], ka.shape[0]))
     n = ka.shape[0]

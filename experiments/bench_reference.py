@@ -76,7 +76,8 @@ def main() -> None:
         print(f"{name:45s} {t:9.3f} {t / t_nat:7.2f} {t / t_blas:7.2f}")
     print(f"auto: {loose} of {out.size} elements recomputed with mpmath; "
           f"max bound {float(np.max(res.bound / ulp(res.out, FP32))):.2e} FP32 ULP; "
-          f"max |auto - float64 numpy| {float(np.max(np.abs(out - ref64) / ulp(out, FP32))):.3f} FP32 ULP")
+          f"max |auto - float64 numpy| "
+          f"{float(np.max(np.abs(out - ref64) / ulp(out, FP32))):.3f} FP32 ULP")
     print(f"targets: auto <= 20 s: {t_auto <= 20}; auto <= 10x baseline (p @ v): "
           f"{t_auto <= 10 * t_nat}; (BLAS-friendly): {t_auto <= 10 * t_blas}")
     mk = k[: args.mp_n]

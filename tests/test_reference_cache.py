@@ -83,7 +83,8 @@ def test_cache_mpf_exact(tmp_path, monkeypatch):
     a = attention(Q, K, V, method="mpmath", dps=40, return_mpf=True)
     b = attention(Q, K, V, method="mpmath", dps=40, return_mpf=True)
     assert b.dtype == object
-    assert all(x._mpf_ == y._mpf_ and x._mpf_[1].bit_length() > 100 for x, y in zip(a.ravel(), b.ravel()))
+    pairs = zip(a.ravel(), b.ravel(), strict=True)
+    assert all(x._mpf_ == y._mpf_ and x._mpf_[1].bit_length() > 100 for x, y in pairs)
 
 
 def test_corrupted_cache_reported_once_and_recomputed(tmp_path, monkeypatch):

@@ -131,15 +131,20 @@ def test_online_softmax_blocks():
     t = online_softmax(q, k, v, 0.5, block=4, dps=30)
     assert t.m.shape == (2, 3) and t.o.shape == (2, 3, 3)
     ref = attention(q, k, v, 0.5, method="mpmath", dps=30, return_mpf=True)
-    scores = [[Fraction(1, 2) * sum(Fraction(a) * Fraction(b) for a, b in zip(q[i], k[j])) for j in range(10)]
-              for i in range(2)]
+    half = Fraction(1, 2)
+    scores = [
+        [half * sum(Fraction(a) * Fraction(b) for a, b in zip(q[i], k[j])) for j in range(10)]
+        for i in range(2)
+    ]
     with mpmath.workprec(300):
         for i in range(2):
             for b in range(3):
                 seen = scores[i][: 4 * (b + 1)]
                 assert float(round_to(t.m[i, b], FP64)) == float(round_to(max(seen), FP64))
                 mj = mpmath.mpf(max(seen).numerator) / max(seen).denominator
-                lj = mpmath.fsum(mpmath.exp(mpmath.mpf(x.numerator) / x.denominator - mj) for x in seen)
+                lj = mpmath.fsum(
+                    mpmath.exp(mpmath.mpf(x.numerator) / x.denominator - mj) for x in seen
+                )
                 assert abs(t.l[i, b] - lj) <= mpmath.mpf(10) ** -28 * lj
             for c in range(3):
                 assert abs(t.o[i, -1, c] / t.l[i, -1] - ref[i, c]) <= mpmath.mpf(10) ** -28

@@ -140,7 +140,9 @@ def prepare(q: Any, k: Any, v: Any, scale: Any, mask: Any) -> Problem:
         try:
             ma = np.broadcast_to(ma, full)
         except ValueError:
-            raise ValueError(f"argument 'mask' shape {ma.shape} does not broadcast to {full}") from None
+            raise ValueError(
+                f"argument 'mask' shape {ma.shape} does not broadcast to {full}"
+            ) from None
         msk = np.ascontiguousarray(ma.reshape(-1, m, n))
     bq = np.broadcast_to(qa, (*batch, *qa.shape[-2:])).reshape(-1, *qa.shape[-2:])
     bk = np.broadcast_to(ka, (*batch, *ka.shape[-2:])).reshape(-1, *ka.shape[-2:])

@@ -65,7 +65,8 @@ def store_for(cache: Any) -> Store | None:
 def key_for(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: bool) -> str:
     """sha256 hex digest of everything the result depends on."""
     h = hashlib.sha256()
-    h.update(f"amla_numerics {__version__} reference v1|{method}|{dps}|{want_lse}|{want_mpf}|".encode())
+    head = f"amla_numerics {__version__} reference v1|{method}|{dps}|{want_lse}|{want_mpf}|"
+    h.update(head.encode())
     h.update(prob.scale.token().encode())
     h.update(repr((prob.batch_shape, prob.precision, prob.dtypes)).encode())
     for arr in (prob.q, prob.k, prob.v, prob.mask):

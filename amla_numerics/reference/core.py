@@ -86,7 +86,8 @@ def _mp_problem(
     tasks = []
     for b, i in keys:
         mrow = None if prob.mask is None else prob.mask[b, i]
-        tasks.append(([d._mpf_ for d in dots[b].row_mpf(i)], mrow, prob.v[b], prob.scale, dps, rows[(b, i)], want_lse))
+        raw = [d._mpf_ for d in dots[b].row_mpf(i)]
+        tasks.append((raw, mrow, prob.v[b], prob.scale, dps, rows[(b, i)], want_lse))
     results = _run_rows(tasks, jobs)
     if ladder and tasks:
         _ladder(tasks, results, dps)
@@ -277,7 +278,7 @@ def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: boo
             lse_rows.add((int(b), int(i)))
             rows.setdefault((int(b), int(i)), [])
     if rows:
-        res, _ = _mp_problem(prob, dps, jobs, want_lse, rows=rows, dots=fast.dots, ladder=False)
+        res, _ = _mp_problem(prob, dps, jobs, want_lse, rows=rows, dots=fast.dots)
         for (b, i), (o, _, ls, _) in res.items():
             for c, val in o.items():
                 out[b, i, c] = val

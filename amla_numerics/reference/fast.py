@@ -45,7 +45,6 @@ from amla_numerics.reference._dd import (
     DD_REL,
     EXP_ABS,
     EXP_REL,
-    U,
     dd_add_d,
     dd_div,
     dd_mul,
@@ -133,7 +132,8 @@ def _weights(dots, rows, mask, sc, ph, pl, rel, mxs_out, dead_out) -> None:
     if (ex > 1e-3).any():
         raise FastUnavailable("score error too large for the fast path")
     ph[...], pl[...] = exp_dd(np.minimum(xh, 1.0), xl)
-    rel[...] = EXP_REL + 2.0**-100 * np.abs(np.where(finite, xh, 0.0)) + 1.01 * np.where(finite, ex, 0.0)
+    xa = np.abs(np.where(finite, xh, 0.0))
+    rel[...] = EXP_REL + 2.0**-100 * xa + 1.01 * np.where(finite, ex, 0.0)
     mxs_out[...] = mxs
     dead_out[...] = dead
 
@@ -232,7 +232,9 @@ def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:
     for b in range(prob.q.shape[0]):
         mask = None if prob.mask is None else prob.mask[b]
         try:
-            o, bd, ls, lb, d = _one(prob.q[b], prob.k[b], prob.v[b], mask, sc, prob.precision, want_lse)
+            o, bd, ls, lb, d = _one(
+                prob.q[b], prob.k[b], prob.v[b], mask, sc, prob.precision, want_lse
+            )
         except FastUnavailable:
             raise
         except ValueError as exc:  # limb / exponent-range limits

@@ -139,7 +139,8 @@ def attention_row(
     dg, mg, members = _groups(dots, mask_row)
     if not dg:
         nan = {c: math.nan for c in cols}
-        return RowResult(nan, {c: mpmath.mpf("nan") for c in cols}, -math.inf, mpmath.mpf("-inf"), 0)
+        nan_mpf = {c: mpmath.mpf("nan") for c in cols}
+        return RowResult(nan, nan_mpf, -math.inf, mpmath.mpf("-inf"), 0)
     ng = len(dg)
     sizes = [len(mb) for mb in members]
     reps = [mb[0] for mb in members]
@@ -183,7 +184,9 @@ def attention_row(
     cap = max_prec or max(64 * start, 4096)
     while pending or lse_pending:
         if prec > cap:
-            raise RuntimeError(f"Ziv loop did not converge below {cap} bits (row columns {pending})")
+            raise RuntimeError(
+                f"Ziv loop did not converge below {cap} bits (row columns {pending})"
+            )
         with mpmath.workprec(prec):
             # bound arithmetic in mpf (float64 would underflow past ~1070 bits)
             tiny = mpmath.ldexp(mpmath.mpf(1), 1 - prec)

@@ -60,7 +60,9 @@ __all__ = [
     "ACCUMULATION_PRESETS",
     "Accumulation",
     "add_rounded",
+    "column_stats",
     "matmul",
+    "quantum_exp_from_min",
     "vector_sum",
 ]
 
@@ -125,13 +127,15 @@ def matmul(
     out: str = "fp32",
     *,
     in_precision: int | None = None,
+    b_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``a @ b`` (``a`` (..., M, K), ``b`` (..., K, N), exact values) under model ``acc``.
 
     Returns an array of the ``out`` format's dtype (float32 or float64), leading
     dimensions broadcast as in ``numpy.matmul``. ``in_precision`` (optional) promises that
     every operand has at most that many significant bits (BF16: 8, with a subnormal
-    quantum no finer than ``2**-133``); it only speeds up the ``"exact"`` model.
+    quantum no finer than ``2**-133``); it only speeds up the ``"exact"`` model, as does
+    ``b_stats``, ``b``'s :func:`column_stats` computed once by the caller.
     """
     if out not in _FORMATS:
         raise ValueError(f"argument 'out' must be 'fp32' or 'fp64', got {out!r}")
@@ -140,7 +144,7 @@ def matmul(
     a64 = np.asarray(a, dtype=np.float64)
     b64 = np.asarray(b, dtype=np.float64)
     if acc.model == "exact":
-        return _exact(a64, b64, out, acc.out_rounding, in_precision)
+        return _exact(a64, b64, out, acc.out_rounding, in_precision, b_stats)
     if a64.shape[-1] != b64.shape[-2]:
         raise ValueError(f"matmul: inner dimensions differ ({a64.shape[-1]} and {b64.shape[-2]})")
     if acc.model == "fp32_seq":  # one outer product per step: no (M, N, K) array
@@ -223,9 +227,9 @@ def _round64(y: np.ndarray, out: str, mode: str) -> np.ndarray:
     return round_to(np.asarray(y, dtype=np.float64), FP32, mode)
 
 
-def _exact(a64: np.ndarray, b64: np.ndarray, out: str, mode: str, p: int | None = None) -> np.ndarray:
+def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None) -> np.ndarray:
     if out != "fp64" and p is not None:
-        return _exact_split(a64, b64, out, mode, p)
+        return _exact_split(a64, b64, out, mode, p, b_stats)
     with np.errstate(invalid="ignore", over="ignore"):
         s = a64 @ b64
     if out == "fp64":
@@ -252,7 +256,7 @@ def _exact(a64: np.ndarray, b64: np.ndarray, out: str, mode: str, p: int | None 
     return res
 
 
-def _exact_split(a64, b64, out, mode, p):
+def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):
     """The exact model by a split ``a = a_hi + a_lo``: ``a_hi @ b`` exact, ``a_lo @ b`` bounded.
 
     ``a_hi`` keeps the entries of each row large enough that their products with any
@@ -260,36 +264,72 @@ def _exact_split(a64, b64, out, mode, p):
     sum ``s_hi`` is exact in any order); the small rest (softmax tails, tiny entries)
     contributes ``s_lo``, exact as well when ``a_lo``'s quantum passes the same test, else
     with error ``B = (K + 2) 2**-52 ||a_lo|| ||b_j||``. Three checks,
-    each on what the previous left open: (1) ``fl(s_hi + s_lo) +- (2 ulp + B)`` round to the
-    same number; (2) the exact ends ``s_hi + (s_lo -+ B)`` (TwoSum, round to odd) agree;
-    (3) :func:`_fsum_round` (ties whose tail decides, about one element in 10**4).
+    each on what the previous left open: (1) ``fl(s_hi + s_lo) +- (|t| 2**-50 + B)`` round to
+    the same number; (2) the exact ends ``s_hi + (s_lo -+ B)`` (TwoSum, round to odd) agree;
+    (3) :func:`_fsum_round` (ties whose tail decides). Before all that, (0): where the whole
+    row passes the exactness test, the plain BLAS product is the answer.
     """
-    k = a64.shape[-1]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if b_stats is None:
+            nb = np.sqrt(np.einsum("...kn,...kn->...n", b64, b64))
+            qb = _min_quantum_exp(b64, -2, p)
+        else:
+            nb, qb = b_stats
+        nb, qb = nb[..., None, :], qb[..., None, :]
         na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))[..., :, None]
-        nb = np.sqrt(np.einsum("...kn,...kn->...n", b64, b64))[..., None, :]
-        qb = _min_quantum_exp(b64, -2, p)[..., None, :]
+        # (0) the whole product is exact where ||a_i|| ||b_j|| < 2**53 2**(qa_i + qb_j)
+        if check_full:
+            qa = _min_quantum_exp(a64, -1, p)[..., :, None]
+            x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
+            y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
+            ok = (x_row * y_col * (1 + 2.0**-40) < 2.0**53) & (qa + qb >= -1074)
+            if ok.all():
+                return _round64(a64 @ b64, out, mode)
+            if a64.ndim == 2 and b64.ndim == 2:  # plain product for the rows that pass
+                rows_ok = ok.all(axis=-1)
+                res = np.empty((a64.shape[0], b64.shape[1]), _DTYPES[out])
+                good, bad = np.nonzero(rows_ok)[0], np.nonzero(~rows_ok)[0]
+                if good.size:
+                    res[good] = _round64(a64[good] @ b64, out, mode)
+                res[bad] = _exact_split(a64[bad], b64, out, mode, p, (nb[0], qb[0]), check_full=False)
+                return res
         c = np.where(nb > 0, np.log2(nb) - qb, -np.inf).max(axis=-1, keepdims=True)
         qa_hi = np.nan_to_num(np.floor(np.log2(na) + c) - 51 + p - 1, nan=0, posinf=1100, neginf=-1100)
         thr = np.ldexp(1.0, np.clip(qa_hi, -1100, 1100).astype(np.int64))
-        hi_mask = np.abs(a64) >= thr
-        a_hi = np.where(hi_mask, a64, 0.0)
+        lo_mask = (np.abs(a64) < thr) & (a64 != 0)
+        if not lo_mask.any():
+            return _round64(a64 @ b64, out, mode)
+        a_hi = np.where(lo_mask, 0.0, a64)
         s_hi = a_hi @ b64
-        if np.all(hi_mask | (a64 == 0)):
-            return _round64(s_hi, out, mode)
+        res = _round64(s_hi, out, mode)
+        if a64.ndim == 2 and b64.ndim == 2:  # work on the rows that have a tail only
+            rows = np.nonzero(lo_mask.any(axis=-1))[0]
+            sub = _split_tail(a64[rows], a_hi[rows], s_hi[rows], b64, nb, qb, out, mode, p)
+            res[rows] = sub
+            return res
+        return _split_tail(a64, a_hi, s_hi, b64, nb, qb, out, mode, p)
+
+
+def _split_tail(a64, a_hi, s_hi, b64, nb, qb, out, mode, p):
+    k = a64.shape[-1]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         a_lo = a64 - a_hi
         used = np.nonzero(np.any(a_lo != 0, axis=tuple(range(a_lo.ndim - 1))))[0]
         s_lo = a_lo[..., used] @ b64[..., used, :]  # a_lo is sparse: only its non-zero columns
         n_lo = np.sqrt(np.einsum("...mk,...mk->...m", a_lo, a_lo))[..., :, None]
-        # s_lo is exact too when a_lo's own quantum passes the same test
-        qlo = _min_quantum_exp(a_lo, -1, p)[..., :, None] + qb
-        lo_exact = (n_lo * nb * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(qlo + 53, -1100, 1100))) & (qlo >= -1074)
+        # s_lo is exact too when a_lo's own quantum passes the same test:
+        # (||a_lo|| 2**-qa_lo) (||b_j|| 2**-qb_j) < 2**53, in row and column factors
+        qlo = _min_quantum_exp(a_lo, -1, p)[..., :, None]
+        x_row = np.ldexp(n_lo, -np.clip(qlo, -1100, 1100))
+        y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
+        lo_exact = (x_row * y_col * (1 + 2.0**-40) < 2.0**53) & (qlo + qb >= -1074)
         bound = np.where(
             (n_lo == 0) | lo_exact, 0.0, ((k + 2) * 2.0**-52 * (n_lo * nb) + k * 2.0**-1074) * (1 + 2.0**-40)
         )
         t = s_hi + s_lo
         res = _round64(t, out, mode)
-        d = np.where(n_lo == 0, 0.0, 2 * np.abs(np.spacing(t)) + bound)
+        # |fl(s_hi + s_lo) - (s_hi + s_lo)| <= ulp(t) / 2 <= |t| 2**-53 (+ subnormal ulp)
+        d = np.where(n_lo == 0, 0.0, np.abs(t) * 2.0**-50 + 2.0**-1070 + bound)
         open_ = (_round64(t - d, out, mode) != _round64(t + d, out, mode)) & np.isfinite(t)
         if not np.any(open_):
             return res
@@ -313,6 +353,24 @@ def _fix_bad(a64, b64, res, bad, out, mode) -> None:
     idx = np.nonzero(bad)
     prods = (ab[idx[:-1]] * bb[idx[:-2] + idx[-1:]]).tolist()  # (n_bad, K) exact products
     res[idx] = [_fsum_round(terms, out, mode) for terms in prods]
+
+
+def column_stats(b: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(2-norms, quantum exponents)`` of the columns of ``b`` (..., K, N), for ``b_stats``.
+
+    The exponent is ``floor(log2 min|b_kj|) - p + 1`` over the non-zero entries (a lower
+    bound of their common quantum when they have at most ``p`` significant bits).
+    """
+    with np.errstate(invalid="ignore"):
+        ab = np.abs(b)
+        small = np.where(ab == 0, np.inf, ab).min(axis=-2)
+    return np.sqrt(np.einsum("...kn,...kn->...n", b, b)), quantum_exp_from_min(small, p)
+
+
+def quantum_exp_from_min(small: np.ndarray, p: int) -> np.ndarray:
+    """``floor(log2 small) - p + 1`` (at least -149; a huge value where ``small`` is inf)."""
+    e = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1
+    return np.where(np.isfinite(small), np.maximum(e - p + 1, -149), 10**6)
 
 
 def _min_quantum_exp(x: np.ndarray, axis: int, p: int | None = None) -> np.ndarray:

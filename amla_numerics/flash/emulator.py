@@ -54,10 +54,10 @@ import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash.accumulate import vector_sum
+from amla_numerics.flash.accumulate import quantum_exp_from_min, vector_sum
 from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
-from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, matrix_product, round_input
+from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input
 from amla_numerics.variants import check_variant
 
 __all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
@@ -231,9 +231,25 @@ class _Run:
         self.v = round_input(inp.v, pol.pv.in_format)
         self.scale = self.dt(inp.scale)
         self.is_amla = variant in AMLA_VARIANTS
+        # per-key column statistics for the exact accumulation model (computed once)
+        self.k_stats = self.v_parts = None
+        p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
+        if pol.qk.accumulation.model == "exact" and p_qk is not None:
+            k_rows = np.swapaxes(self.kT, -1, -2)  # contiguous (..., N, Dk): column stats of K^T
+            with np.errstate(invalid="ignore"):
+                ak = np.abs(k_rows)
+                small = np.where(ak == 0, np.inf, ak).min(axis=-1)
+            self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
+        if pol.pv.accumulation.model == "exact" and p_pv is not None:
+            with np.errstate(invalid="ignore"):
+                av = np.abs(self.v)
+                self.v_parts = (p_pv, np.where(av == 0, np.inf, av), self.v * self.v)
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
-        qk = matrix_product(self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True)
+        stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
+        qk = matrix_product(
+            self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True, b_stats=stats
+        )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
         if self.inp.keep is not None:
@@ -242,7 +258,11 @@ class _Run:
 
     def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
         pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
-        return matrix_product(pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, b_rounded=True)
+        stats = None
+        if self.v_parts is not None:
+            prec, av, v2 = self.v_parts
+            stats = (np.sqrt(v2[..., lo:hi, :].sum(axis=-2)), quantum_exp_from_min(av[..., lo:hi, :].min(axis=-2), prec))
+        return matrix_product(pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, b_rounded=True, b_stats=stats)
 
     def execute(self, blocks):
         pol, dt, variant = self.pol, self.dt, self.variant

@@ -34,6 +34,7 @@ from amla_numerics.rounding import round_to
 
 __all__ = [
     "POLY_EXP2_COEFFS",
+    "PRECISION",
     "cast",
     "constants",
     "exp_cr",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 _LOWP = {"bf16": BF16, "fp16": FP16}
+#: Significant bits of the matrix-unit input formats (fp64 operands get no speed-up hint).
+PRECISION = {"bf16": 8, "fp16": 11, "fp32": 24}
 _DT = {"fp32": np.float32, "fp64": np.float64}
 # Relative half-width of the window around numpy's float64 exp that surely holds the true
 # value: 2**-49 is 16 float64 ulps (libm/numpy SIMD exp errors are below 4 ulps).
@@ -201,16 +204,18 @@ def matrix_product(
     *,
     a_rounded: bool = False,
     b_rounded: bool = False,
+    b_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``a @ b`` on the matrix unit: operands rounded to ``mm.in_format`` (rne; identity for
     values already in it), summed by ``mm.accumulation`` into ``mm.out_format``, then
     converted to the work dtype (rne; exact when ``out_format`` is no wider).
     ``a_rounded``/``b_rounded`` promise that the operand is a float64 array already in
-    ``in_format`` (skips a rounding pass).
+    ``in_format`` (skips a rounding pass); ``b_stats`` are ``b``'s precomputed
+    :func:`~amla_numerics.flash.accumulate.column_stats` (a speed-up only).
     """
     a64 = a if a_rounded else round_input(a, mm.in_format)
     b64 = b if b_rounded else round_input(b, mm.in_format)
-    prec = {"bf16": 8, "fp16": 11, "fp32": 24}.get(mm.in_format)
-    res = _acc_matmul(a64, b64, mm.accumulation, mm.out_format, in_precision=prec)
+    prec = PRECISION.get(mm.in_format)
+    res = _acc_matmul(a64, b64, mm.accumulation, mm.out_format, in_precision=prec, b_stats=b_stats)
     with np.errstate(over="ignore"):
         return res.astype(work)

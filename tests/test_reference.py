@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amla_numerics.formats import BF16, FP16, FP32
+from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32
 from amla_numerics.reference import attention, certified_attention
 from amla_numerics.ulp import ulp
 from tests.strategies import (
@@ -54,7 +54,7 @@ def check_certified(q, k, v, scale, mask=None, *, require_tight=True):
     return r, ref64, tight
 
 
-@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", [*FORMATS, E4M3, E5M2], ids=lambda f: f.name)
 @settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_fast_within_bound_random(fmt, data):

@@ -50,9 +50,10 @@ def test_bad_input_raises_value_error(kwargs, match):
         attention(args["q"], args["k"], args["v"], **kwargs)
 
 
-def test_non_float_dtype_is_type_error():
+@pytest.mark.parametrize("dtype", [int, np.longdouble, complex])
+def test_non_float_dtype_is_type_error(dtype):
     with pytest.raises(TypeError, match="'q'"):
-        attention(np.ones((1, 2), dtype=int), K, V)
+        attention(np.ones((1, 2), dtype=dtype), K, V)
 
 
 def test_cache_roundtrip_and_hit(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ cache), :mod:`.core` (:func:`attention`). See ``docs/reference.md``.
 """
 
 from amla_numerics.reference.core import AUTO_ULP_FP32, attention, certified_attention
-from amla_numerics.reference.exactdot import ExactDot, exact_dot
+from amla_numerics.reference.exactdot import ExactDot, IntDot, exact_dot, exact_dot_any
 from amla_numerics.reference.fast import FastResult, FastUnavailable, fast_attention
 from amla_numerics.reference.mp import (
     OnlineTrace,
@@ -22,11 +22,13 @@ __all__ = [
     "ExactDot",
     "FastResult",
     "FastUnavailable",
+    "IntDot",
     "OnlineTrace",
     "attention",
     "attention_row",
     "certified_attention",
     "exact_dot",
+    "exact_dot_any",
     "fast_attention",
     "mp_logsumexp",
     "mp_softmax",

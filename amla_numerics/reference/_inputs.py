@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import ml_dtypes
 import mpmath
 import numpy as np
 
@@ -16,8 +17,16 @@ __all__ = ["METHODS", "Problem", "Scale", "check_dps", "prepare"]
 
 METHODS = ("auto", "fast", "mpmath")
 
-# significant bits of the float dtypes the inputs may come in
-_PRECISION = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
+
+def _precision(dtype: np.dtype) -> int | None:
+    """Significant bits of a float dtype no wider than float64 (None otherwise)."""
+    if dtype.kind not in "fV":
+        return None
+    try:
+        nmant = ml_dtypes.finfo(dtype).nmant
+    except (TypeError, ValueError):
+        return None
+    return nmant + 1 if nmant <= 52 and dtype.itemsize <= 8 else None
 
 
 @dataclass(frozen=True)
@@ -71,19 +80,20 @@ class Problem:
 
 def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
     arr = np.asarray(x)
-    if arr.dtype.kind not in "fV" or arr.dtype.name not in _PRECISION:
+    prec = _precision(arr.dtype)
+    if prec is None:
         raise TypeError(
-            f"argument '{name}' must be a float array (float64, float32, float16 or "
-            f"bfloat16), got dtype {arr.dtype}"
+            f"argument '{name}' must be a float array no wider than float64 (float64, "
+            f"float32, float16, bfloat16, FP8), got dtype {arr.dtype}"
         )
     if arr.ndim < 2:
         raise ValueError(f"argument '{name}' must have at least 2 dimensions, got {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"argument '{name}' is empty (shape {arr.shape})")
-    out = arr.astype(np.float64)  # exact for every listed dtype
+    out = arr.astype(np.float64)  # exact for every float dtype up to float64
     if not np.isfinite(out).all():
         raise ValueError(f"argument '{name}' contains NaN or inf")
-    return out, _PRECISION[arr.dtype.name], arr.dtype.name
+    return out, prec, arr.dtype.name
 
 
 def make_scale(scale: Any, dk: int) -> Scale:

@@ -183,3 +183,39 @@ def test_fast_within_bound_bit_patterns(fmt, data):
     r, ref64, tight = check_certified(q, k, v, 0.25, require_tight=False)
     auto = attention(q, k, v, 0.25)
     assert (np.abs(auto - ref64) <= 1e-3 * ulp(ref64, FP32)).all()
+
+
+@pytest.mark.slow
+def test_mla_decode_full_n_against_truth():
+    """The benchmark geometry at full N = 8192 (4 rows): auto within 1e-3 FP32 ULP of the
+    correctly rounded truth on two rows, and the fast certificate holds there."""
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((8192, 576)).astype(ml_dtypes.bfloat16)
+    q = rng.standard_normal((4, 576)).astype(ml_dtypes.bfloat16)
+    v = k[:, :512]
+    scale = 1 / math.sqrt(192)
+    r = certified_attention(q, k, v, scale)
+    out = attention(q, k, v, scale)
+    ref = attention(q[:2], k, v, scale, method="mpmath", dps=30, return_mpf=True)
+    ref64 = attention(q[:2], k, v, scale, method="mpmath", dps=30)
+    assert (np.abs(out[:2] - ref64) <= 1e-3 * ulp(ref64, FP32)).all()
+    with mpmath.workprec(200):
+        for idx in np.ndindex(ref.shape):
+            assert abs(mpmath.mpf(float(r.out[idx])) - ref[idx]) <= mpmath.mpf(float(r.bound[idx]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_fast_within_bound_with_random_masks(data):
+    """Additive masks: finite offsets and -inf (fully masked rows included)."""
+    q, k, v, scale = data.draw(attention_inputs(BF16, max_m=3, max_n=16, max_dk=6, max_dv=3))
+    m, n = q.shape[0], k.shape[0]
+    choices = st.sampled_from([0.0, -np.inf, -3.5, 2.0, -1e4])
+    mask = np.array(data.draw(st.lists(choices, min_size=m * n, max_size=m * n))).reshape(m, n)
+    r, ref64, tight = check_certified(q, k, v, scale, mask, require_tight=False)
+    auto, lse = attention(q, k, v, scale, mask=mask, return_lse=True)
+    ref64, ref_lse = attention(q, k, v, scale, mask=mask, method="mpmath", dps=30, return_lse=True)
+    dead = np.isneginf(mask).all(axis=1)
+    assert np.isnan(auto[dead]).all() and (lse[dead] == -np.inf).all()
+    assert (np.abs(auto[~dead] - ref64[~dead]) <= 1e-3 * ulp(ref64[~dead], FP32)).all()
+    assert (np.abs(lse[~dead] - ref_lse[~dead]) <= 1e-3 * ulp(ref_lse[~dead], FP32)).all()

@@ -197,3 +197,14 @@ def test_bad_accumulation_arguments():
         matmul(np.ones((2, 3)), np.ones((4, 2)), Accumulation("pairwise"))
     with pytest.raises(ValueError, match="'out'"):
         matmul(np.ones((2, 3)), np.ones((3, 2)), Accumulation("exact"), "fp16")
+
+
+@pytest.mark.parametrize("model", ["pairwise", "block_fma"])
+def test_row_chunking_does_not_change_results(model, monkeypatch):
+    from amla_numerics.flash import accumulate
+
+    a, b = _tile(9, 7, 11, 4, 8)
+    acc = Accumulation(model)
+    whole = matmul(a, b, acc, "fp32")
+    monkeypatch.setattr(accumulate, "_CHUNK", 1)  # one row at a time
+    assert np.array_equal(matmul(a, b, acc, "fp32"), whole)

@@ -341,3 +341,28 @@ def test_bad_shapes_and_values():
         flash.attention(bad, k, v)
     with pytest.raises(TypeError, match="causal"):
         flash.attention(q, k, v, causal="yes")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": "poly"},
+        {"rowsum": "seq"},
+        {"rowsum": "exact"},
+        {"p_cast": "fp16", "r_cast": "fp16", "p_cast_rounding": "rne"},
+        {"qk": MatmulPolicy("bf16", Accumulation("fp32_seq")), "pv": MatmulPolicy("bf16", Accumulation("pairwise"))},
+        {"pv": MatmulPolicy("bf16", flash.ACCUMULATION_PRESETS["v100"])},
+        {"dn_clamp": None, "eps_bias": 0.0},
+    ],
+    ids=["poly_exp", "seq_rowsum", "exact_rowsum", "fp16_casts", "seq_pairwise_mm", "v100_fma", "no_clamp"],
+)
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
+def test_other_policies_run_and_stay_accurate(changes, variant):
+    q, k, v = _data(8, m=3, n=50, dk=8, dv=4)
+    q, k = (x.astype(ml_dtypes.bfloat16).astype(float) for x in (q, k))
+    ref, _, ref_abs = mp_attention(q, k, v.astype(ml_dtypes.bfloat16).astype(float), 0.3)
+    pol = get_policy("ascend").replace(**changes)
+    res = flash.attention(q, k, v, variant, scale=0.3, block_n=16, policy=pol)
+    assert res.config["policy"] == pol.to_dict()
+    # BF16 P (2**-8), the poly exp (|x| 2**-24) and truncating FMA units (2**-20 per add)
+    assert np.all(np.abs(res.out - ref) <= 2.0**-6 * ref_abs)

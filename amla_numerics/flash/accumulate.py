@@ -117,6 +117,7 @@ ACCUMULATION_PRESETS: dict[str, Accumulation] = {
 }
 
 _FORMATS = {"fp32": FP32, "fp64": FP64}
+_CHUNK = 1 << 22  # products held at once by the pairwise and block-FMA models (32 MB)
 _DTYPES = {"fp32": np.float32, "fp64": np.float64}
 
 
@@ -154,10 +155,22 @@ def matmul(
             s = add_rounded(s, a64[..., :, k : k + 1] * b64[..., k : k + 1, :], out, acc.out_rounding)
             s = s.astype(np.float64)
         return s.astype(_DTYPES[out])
-    prods = a64[..., :, None, :] * np.swapaxes(b64, -1, -2)[..., None, :, :]  # (..., M, N, K)
-    if acc.model == "pairwise":
-        return _pairwise(prods, out, acc.out_rounding).astype(_DTYPES[out])
-    return _block_fma(prods, acc, out)
+    # pairwise / block_fma need the (..., M, N, K) products: a few rows at a time
+    per_row = max(1, int(np.prod(np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), dtype=np.int64)))
+    per_row *= b64.shape[-1] * a64.shape[-1]
+    step = max(1, _CHUNK // max(per_row, 1))
+    parts = []
+    for r0 in range(0, a64.shape[-2], step):
+        ar = a64[..., r0 : r0 + step, :]
+        prods = ar[..., :, None, :] * np.swapaxes(b64, -1, -2)[..., None, :, :]  # (..., m, N, K)
+        if acc.model == "pairwise":
+            parts.append(_pairwise(prods, out, acc.out_rounding).astype(_DTYPES[out]))
+        else:
+            parts.append(_block_fma(prods, acc, out))
+    if not parts:
+        shape = np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]) + (0, b64.shape[-1])
+        return np.zeros(shape, _DTYPES[out])
+    return np.concatenate(parts, axis=-2)
 
 
 def add_rounded(x: np.ndarray, y: np.ndarray, out: str, mode: str = "rne") -> np.ndarray:

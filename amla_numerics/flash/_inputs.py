@@ -39,8 +39,8 @@ def _array(x: Any, name: str) -> np.ndarray:
         raise TypeError(f"argument {name!r} must hold real numbers, got dtype {a.dtype}")
     if a.ndim < 2:
         raise ValueError(f"argument {name!r} must have at least 2 dimensions (..., rows, features), got shape {a.shape}")
-    a64 = a.astype(np.float64)
-    if not np.all(np.isfinite(a64)):
+    finite = np.isfinite(a) if a.dtype.kind in "fV" else np.ones((), bool)
+    if not np.all(finite):
         raise ValueError(f"argument {name!r} contains NaN or infinite values")
     return a
 

@@ -62,6 +62,7 @@ __all__ = [
     "add_rounded",
     "column_stats",
     "matmul",
+    "min_nonzero_abs",
     "quantum_exp_from_min",
     "vector_sum",
 ]
@@ -374,10 +375,16 @@ def column_stats(b: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
     The exponent is ``floor(log2 min|b_kj|) - p + 1`` over the non-zero entries (a lower
     bound of their common quantum when they have at most ``p`` significant bits).
     """
-    with np.errstate(invalid="ignore"):
-        ab = np.abs(b)
-        small = np.where(ab == 0, np.inf, ab).min(axis=-2)
+    small = min_nonzero_abs(b, -2)
     return np.sqrt(np.einsum("...kn,...kn->...n", b, b)), quantum_exp_from_min(small, p)
+
+
+def min_nonzero_abs(x: np.ndarray, axis: int) -> np.ndarray:
+    """The smallest non-zero ``|x|`` along ``axis`` (inf where there is none)."""
+    ax = np.abs(x)
+    if ax.shape[axis] == 0:
+        return np.full(np.delete(ax.shape, axis), np.inf)
+    return np.min(ax, axis=axis, where=ax != 0, initial=np.inf)
 
 
 def quantum_exp_from_min(small: np.ndarray, p: int) -> np.ndarray:
@@ -394,11 +401,7 @@ def _min_quantum_exp(x: np.ndarray, axis: int, p: int | None = None) -> np.ndarr
     the smallest magnitude: ``floor(log2 min|x|) - p + 1``.
     """
     if p is not None:
-        with np.errstate(invalid="ignore"):
-            ax = np.abs(x)
-            small = np.where(ax == 0, np.inf, ax).min(axis=axis)
-        e = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1
-        return np.where(np.isfinite(small), np.maximum(e - p + 1, -149), 10**6)
+        return quantum_exp_from_min(min_nonzero_abs(x, axis), p)
     bits = np.ascontiguousarray(x).view(np.int64) & 0x7FFFFFFFFFFFFFFF
     field_ = bits >> 52
     sig = bits & ((1 << 52) - 1)

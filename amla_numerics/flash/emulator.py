@@ -54,7 +54,7 @@ import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash.accumulate import quantum_exp_from_min, vector_sum
+from amla_numerics.flash.accumulate import column_stats, min_nonzero_abs, quantum_exp_from_min, vector_sum
 from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input
@@ -236,14 +236,10 @@ class _Run:
         p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
         if pol.qk.accumulation.model == "exact" and p_qk is not None:
             k_rows = np.swapaxes(self.kT, -1, -2)  # contiguous (..., N, Dk): column stats of K^T
-            with np.errstate(invalid="ignore"):
-                ak = np.abs(k_rows)
-                small = np.where(ak == 0, np.inf, ak).min(axis=-1)
+            small = min_nonzero_abs(k_rows, -1)
             self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
-            with np.errstate(invalid="ignore"):
-                av = np.abs(self.v)
-                self.v_parts = (p_pv, np.where(av == 0, np.inf, av), self.v * self.v)
+            self.v_parts = p_pv
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
         stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
@@ -260,8 +256,7 @@ class _Run:
         pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
         stats = None
         if self.v_parts is not None:
-            prec, av, v2 = self.v_parts
-            stats = (np.sqrt(v2[..., lo:hi, :].sum(axis=-2)), quantum_exp_from_min(av[..., lo:hi, :].min(axis=-2), prec))
+            stats = column_stats(self.v[..., lo:hi, :], self.v_parts)
         return matrix_product(pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, b_rounded=True, b_stats=stats)
 
     def execute(self, blocks):

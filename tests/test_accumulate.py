@@ -208,3 +208,19 @@ def test_row_chunking_does_not_change_results(model, monkeypatch):
     whole = matmul(a, b, acc, "fp32")
     monkeypatch.setattr(accumulate, "_CHUNK", 1)  # one row at a time
     assert np.array_equal(matmul(a, b, acc, "fp32"), whole)
+
+
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 4), k=st.integers(1, 40), n=st.integers(1, 4),
+       spread=st.sampled_from([0, 8, 30, 60]), batch=st.booleans(), mode=st.sampled_from(["rne", "rz"]))
+@settings(max_examples=60, deadline=None)
+def test_exact_model_fast_path_matches_oracle(seed, m, k, n, spread, batch, mode):
+    """The BF16 fast path (row exactness test, hi/lo split, bounds, fsum) on wide-range tiles."""
+    a, b = _tile(seed, m, k, n, spread)
+    acc = Accumulation("exact", out_rounding=mode)
+    if batch:  # a leading dimension takes the general (non 2-D) route
+        got = matmul(np.stack([a, a[::-1]]), b, acc, "fp32", in_precision=8)
+        assert _as_fraction_grid(got[0]) == oracle_exact(a, b, mode)
+        assert _as_fraction_grid(got[1]) == oracle_exact(a[::-1], b, mode)
+    else:
+        got = matmul(a, b, acc, "fp32", in_precision=8)
+        assert _as_fraction_grid(got) == oracle_exact(a, b, mode)

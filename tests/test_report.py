@@ -100,6 +100,10 @@ def test_a_budget_below_the_measured_error_fails_naming_it(tmp_path, capsys):
     assert "amla d=32 drift N=512" in err and f"{measured:.4g}" in err
     path.write_text(_book(measured))
     assert main(["check-budgets", "--budgets", str(path)]) == 0
+    (res,) = check_budgets(parse_budgets(_book(measured)))
+    path.write_text(_book(measured) + f"median_ulp_fp32 = {res.measured_median * 0.99}\n")
+    assert main(["check-budgets", "--budgets", str(path)]) == 1
+    assert "median" in capsys.readouterr().err
 
 
 def test_shipped_budgets_hold(capsys):

@@ -2,7 +2,9 @@
 
 A budgets file (TOML) has a ``[meta]`` table (the measurement settings and the margin) and
 one ``[[budget]]`` per (variant, head dim, workload, KV length) with ``max_ulp_fp32``, the
-largest FP32 ULP error allowed. Budgets are set from measured values with the stated
+largest FP32 ULP error allowed, and optionally ``median_ulp_fp32``, the largest median (the
+max is set by the few outputs that nearly cancel, where one FP32 ULP is tiny; the median
+tracks the typical element, so a regression in the bulk fails it first). Budgets are set from measured values with the stated
 margin (:func:`budgets_from_records`), so a change that makes any case worse by more than
 the margin fails, and loosening a budget is a visible diff of the committed file.
 
@@ -67,6 +69,7 @@ class Budget:
     workload: str
     kv_len: int
     max_ulp_fp32: float
+    median_ulp_fp32: float | None = None
 
     @property
     def key(self) -> str:
@@ -90,10 +93,23 @@ class BudgetResult:
 
     budget: Budget
     measured: float
+    measured_median: float = math.nan
 
     @property
     def ok(self) -> bool:
-        return self.measured <= self.budget.max_ulp_fp32
+        median = self.budget.median_ulp_fp32
+        return self.measured <= self.budget.max_ulp_fp32 and (
+            median is None or self.measured_median <= median
+        )
+
+    def describe(self) -> str:
+        """``key: measured > budget`` for each ceiling exceeded (empty when ok)."""
+        b, parts = self.budget, []
+        if not self.measured <= b.max_ulp_fp32:
+            parts.append(f"max {self.measured:.4g} > {b.max_ulp_fp32:.4g}")
+        if b.median_ulp_fp32 is not None and not self.measured_median <= b.median_ulp_fp32:
+            parts.append(f"median {self.measured_median:.4g} > {b.median_ulp_fp32:.4g}")
+        return f"{b.key}: {', '.join(parts)} FP32 ULP" if parts else ""
 
 
 def default_budgets_path() -> Path:
@@ -140,8 +156,11 @@ def parse_budgets(text: str, source: str = "<string>") -> BudgetBook:
             raise ValueError(f"{where}: {exc}") from None
         if values["workload"] not in WORKLOADS:
             raise ValueError(f"{where}: unknown workload {values['workload']!r}")
-        if values["max_ulp_fp32"] < 0 or not math.isfinite(values["max_ulp_fp32"]):
-            raise ValueError(f"{where}: max_ulp_fp32 must be finite and >= 0")
+        if "median_ulp_fp32" in entry:
+            values["median_ulp_fp32"] = _field(entry, "median_ulp_fp32", float, where)
+        for key in ("max_ulp_fp32", "median_ulp_fp32"):
+            if key in values and (values[key] < 0 or not math.isfinite(values[key])):
+                raise ValueError(f"{where}: {key} must be finite and >= 0")
         budgets.append(Budget(**values))
     return BudgetBook(budgets=tuple(budgets), **settings)
 
@@ -152,7 +171,7 @@ def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[BudgetResult]:
     for b in book.budgets:
         case = Case(b.head_dim, b.kv_len, b.workload, book.seed, book.rows, book.block_n)
         groups.setdefault(case, []).append(b)
-    measured: dict[str, float] = {}
+    measured: dict[str, tuple[float, float]] = {}
     cases = list(groups)
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -163,17 +182,18 @@ def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[BudgetResult]:
         outs = [_measure(c, [b.variant for b in groups[c]]) for c in cases]
     for case, recs in zip(cases, outs, strict=True):
         for b, rec in zip(groups[case], recs, strict=True):
-            measured[b.key] = _worst(rec)
-    return [BudgetResult(b, measured[b.key]) for b in book.budgets]
+            measured[b.key] = (_worst(rec), _median(rec))
+    return [BudgetResult(b, *measured[b.key]) for b in book.budgets]
 
 
 def budgets_from_records(records: list[Record], margin: float) -> list[Budget]:
-    """Budgets = measured max FP32 ULP error x ``margin``, rounded up to 2 significant digits."""
-    out = []
-    for r in records:
-        value = _worst(r) * margin
-        out.append(Budget(r.variant, r.head_dim, r.workload, r.kv_len, _round_up_2sig(value)))
-    return out
+    """Budgets = measured max and median FP32 ULP errors x ``margin``, rounded up to 2
+    significant digits."""
+    return [
+        Budget(r.variant, r.head_dim, r.workload, r.kv_len, _round_up_2sig(_worst(r) * margin),
+               _round_up_2sig(_median(r) * margin))
+        for r in records
+    ]
 
 
 def format_budgets(book: BudgetBook, header: str = "") -> str:
@@ -196,6 +216,8 @@ def format_budgets(book: BudgetBook, header: str = "") -> str:
             f"kv_len = {b.kv_len}",
             f"max_ulp_fp32 = {b.max_ulp_fp32!r}",
         ]
+        if b.median_ulp_fp32 is not None:
+            lines.append(f"median_ulp_fp32 = {b.median_ulp_fp32!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +228,10 @@ def _measure(case: Case, variants: list[str]) -> list[Record]:
 def _worst(record: Record) -> float:
     """The budgeted quantity: max FP32 ULP error; a non-finite output counts as infinite."""
     return math.inf if record.metrics.n_nonfinite else record.metrics.max_ulp_fp32
+
+
+def _median(record: Record) -> float:
+    return math.inf if record.metrics.n_nonfinite else record.metrics.median_ulp_fp32
 
 
 def _round_up_2sig(x: float) -> float:

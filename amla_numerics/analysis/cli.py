@@ -185,7 +185,7 @@ def _run_check_budgets(args: argparse.Namespace) -> int:
             tuple(bmod.budgets_from_records(records, book.margin)),
         )
         header = (
-            f"ULP budgets: measured max FP32 ULP error x margin {book.margin}, rounded up to 2\n"
+            f"ULP budgets: measured max and median FP32 ULP errors x margin {book.margin}, rounded up to 2\n"
             "significant digits. Regenerate with: amla-numerics check-budgets --update FILE\n"
             "A change that raises a budget must say why in its commit message."
         )
@@ -196,12 +196,14 @@ def _run_check_budgets(args: argparse.Namespace) -> int:
     width = max(len(r.budget.key) for r in results)
     for r in results:
         status = "ok  " if r.ok else "OVER"
-        print(f"{status} {r.budget.key:<{width}}  measured {r.measured:10.4g}  budget {r.budget.max_ulp_fp32:10.4g}")
+        median = r.budget.median_ulp_fp32
+        print(
+            f"{status} {r.budget.key:<{width}}  max {r.measured:10.4g} <= {r.budget.max_ulp_fp32:10.4g}"
+            f"  median {r.measured_median:10.4g} <= {'-' if median is None else f'{median:.4g}':>10}"
+        )
     over = [r for r in results if not r.ok]
     if over:
-        raise CheckFailed(
-            "; ".join(f"{r.budget.key}: {r.measured:.4g} > {r.budget.max_ulp_fp32:.4g} FP32 ULP" for r in over)
-        )
+        raise CheckFailed("; ".join(r.describe() for r in over))
     print(f"all {len(results)} budgets hold")
     return 0
 

@@ -212,7 +212,7 @@ def run_grid(
 
 def _run_dask(cases, variants, scheduler, progress) -> list[list[Record]]:
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client
     except ImportError:  # pragma: no cover - depends on the optional extra
         raise ValueError(
             "--scheduler needs dask.distributed: pip install 'amla-numerics[dask]'"
@@ -223,10 +223,12 @@ def _run_dask(cases, variants, scheduler, progress) -> list[list[Record]]:
         raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}") from None
     with client:
         futures = client.map(evaluate_case, cases, variants=variants, pure=True)
-        for i, _ in enumerate(as_completed(futures)):
+        results = []
+        for i, fut in enumerate(futures):  # in case order, so progress is monotone
+            results.append(fut.result())
             if progress:
                 progress(i + 1, len(cases))
-        return client.gather(futures)
+        return results
 
 
 def _max_ratio(err: np.ndarray, bound: np.ndarray) -> float:

@@ -366,3 +366,14 @@ def test_other_policies_run_and_stay_accurate(changes, variant):
     assert res.config["policy"] == pol.to_dict()
     # BF16 P (2**-8), the poly exp (|x| 2**-24) and truncating FMA units (2**-20 per add)
     assert np.all(np.abs(res.out - ref) <= 2.0**-6 * ref_abs)
+
+
+def test_exact_policy_agrees_with_the_package_reference():
+    """The other engineer's reference (if present) as a second oracle."""
+    reference = pytest.importorskip("amla_numerics.reference")
+    q, k, v = _data(12, m=3, n=45, dk=8, dv=4)
+    ref = np.asarray(reference.attention(q, k, v, 0.35), dtype=np.float64)
+    _, _, ref_abs = mp_attention(q, k, v, 0.35)
+    for variant in VARIANTS:
+        res = flash.attention(q, k, v, variant, scale=0.35, block_n=10, policy="exact")
+        assert np.all(np.abs(res.out - ref) <= EXACT_RTOL * ref_abs)

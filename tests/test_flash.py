@@ -377,3 +377,14 @@ def test_exact_policy_agrees_with_the_package_reference():
     for variant in VARIANTS:
         res = flash.attention(q, k, v, variant, scale=0.35, block_n=10, policy="exact")
         assert np.all(np.abs(res.out - ref) <= EXACT_RTOL * ref_abs)
+
+
+def test_fully_masked_row_under_unguarded_amla_is_counted_and_non_finite():
+    q, k, v = _data(3, m=3, n=20)
+    keep = np.ones((3, 20), bool)
+    keep[1] = False
+    res = flash.attention(q, k, v, "amla", block_n=8, mask=keep)
+    # first add: O = 0 (zero), N = 8 leaves a subnormal; second add: subnormal
+    assert res.hazards["zero"] == v.shape[1] and res.hazards["subnormal"] == v.shape[1]
+    assert not np.any(np.isfinite(res.out[1]))
+    assert np.all(np.isfinite(res.out[[0, 2]]))

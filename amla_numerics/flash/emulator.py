@@ -29,7 +29,7 @@ rescales (``a = exp(fl(m - m'))``, ``O = fl(a O)``, ``l = fl(a l)``, ``m = m'``)
 
 Fully masked rows (every score ``-inf``): ``l = 0`` and O = 0, so ``out`` is NaN (0/0) and
 ``lse = -inf`` for the FA variants; AMLA's integer add on their zero O is a counted
-``zero`` hazard (``amla_guarded`` keeps O = 0, so NaN as well).
+``zero`` hazard whose garbage makes ``out`` NaN or +-inf (``amla_guarded`` keeps O = 0: NaN).
 
 Examples
 --------

@@ -1,7 +1,7 @@
 """Benchmark: the attention reference on the MLA decode case, and the mpmath path's rate.
 
 1. MLA decode (issue 3, section 4): 128 query rows, Dk = 576, Dv = 512 with V = K[:, :512],
-   N = 8192 keys, BF16 inputs, scale 1/sqrt(192). Times (best of ``--repeats``) of
+   N = 8192 keys, BF16 inputs, scale 1/sqrt(192). Times (best of ``--repeats``, calls interleaved) of
    ``attention(..., method="auto")`` and ``method="fast"``, against a plain float64 numpy
    softmax-attention of the same shape measured in the same run, written two ways: the
    natural ``p @ v`` and the BLAS-friendly ``(v.T @ p.T).T`` (on this machine's OpenBLAS the
@@ -27,13 +27,17 @@ from amla_numerics.reference import attention, certified_attention
 from amla_numerics.ulp import ulp
 
 
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = math.inf, None
+def best_of_interleaved(fns: list, repeats: int) -> tuple[list[float], list]:
+    """Best time of each function, the calls interleaved so that load changes on a
+    shared machine hit every case alike."""
+    best = [math.inf] * len(fns)
+    outs = [None] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best, outs
 
 
 def plain(q, k, v, scale, blas_friendly: bool):
@@ -46,7 +50,7 @@ def plain(q, k, v, scale, blas_friendly: bool):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--mp-n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
@@ -59,10 +63,15 @@ def main() -> None:
     scale = 1 / math.sqrt(192)
     q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
     print(f"MLA decode: M={m} Dk={dk} Dv={dv} N={n} bf16, scale 1/sqrt(192), seed {args.seed}")
-    t_nat, _ = best_of(lambda: plain(q64, k64, v64, scale, False), args.repeats)
-    t_blas, ref64 = best_of(lambda: plain(q64, k64, v64, scale, True), args.repeats)
-    t_fast, res = best_of(lambda: certified_attention(q, k, v, scale), args.repeats)
-    t_auto, out = best_of(lambda: attention(q, k, v, scale, method="auto"), args.repeats)
+    (t_nat, t_blas, t_fast, t_auto), (_, ref64, res, out) = best_of_interleaved(
+        [
+            lambda: plain(q64, k64, v64, scale, False),
+            lambda: plain(q64, k64, v64, scale, True),
+            lambda: certified_attention(q, k, v, scale),
+            lambda: attention(q, k, v, scale, method="auto"),
+        ],
+        args.repeats,
+    )
     tol = 1e-3 * ulp(res.out, FP32)
     loose = int((~(res.bound <= tol)).sum())
     rows = [

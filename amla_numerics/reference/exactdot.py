@@ -146,17 +146,27 @@ def limbs(
     out = []
     cap = max_limbs if max_limbs is not None else MAX_LIMBS
     p2 = float(2**bits)
+    # a part whose magnitude is below 1 contributes nothing yet: skip it until it matters
+    top = [float(np.abs(y).max()) if y.size else 0.0 for y in scaled]
     while True:
         limb = None
         for i, y in enumerate(scaled):
+            if top[i] < 1.0:
+                continue
             t = np.trunc(y)
-            scaled[i] = y - t  # exact: the fractional part of a float
+            y -= t  # exact: the fractional part of a float (in place: y is our own array)
+            top[i] = 1.0  # below 1 now, but any value may become significant next limb
             limb = t if limb is None else limb + t  # exact: |t| < 2**(bits+1) for dd input
-        out.append(limb)
-        done = all(not y.any() for y in scaled)
+        out.append(np.zeros_like(x) if limb is None else limb)
+        done = all(
+            (top[i] == 0.0) if top[i] < 1.0 else not y.any() for i, y in enumerate(scaled)
+        )
         if done or len(out) >= cap:
             break
-        scaled = [y * p2 for y in scaled]
+        for i, y in enumerate(scaled):
+            y *= p2
+            if top[i] < 1.0:
+                top[i] *= p2
     if not done and max_limbs is None:
         raise ValueError(f"operand spans more than {MAX_LIMBS} limbs of {bits} bits")
     rest = None

@@ -337,17 +337,25 @@ def _split_tail(a64, a_hi, s_hi, b64, nb, qb, out, mode, p):
         x_row = np.ldexp(n_lo, -np.clip(qlo, -1100, 1100))
         y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
         lo_exact = (x_row * y_col * (1 + 2.0**-40) < 2.0**53) & (qlo + qb >= -1074)
-        bound = np.where(
-            (n_lo == 0) | lo_exact, 0.0, ((k + 2) * 2.0**-52 * (n_lo * nb) + k * 2.0**-1074) * (1 + 2.0**-40)
-        )
         t = s_hi + s_lo
         res = _round64(t, out, mode)
         # |fl(s_hi + s_lo) - (s_hi + s_lo)| <= ulp(t) / 2 <= |t| 2**-53 (+ subnormal ulp)
-        d = np.where(n_lo == 0, 0.0, np.abs(t) * 2.0**-50 + 2.0**-1070 + bound)
-        open_ = (_round64(t - d, out, mode) != _round64(t + d, out, mode)) & np.isfinite(t)
+        d = np.abs(t)
+        d *= 2.0**-50
+        d += 2.0**-1070
+        if lo_exact.all():
+            bound = np.zeros(())
+        else:
+            bound = (k + 2) * 2.0**-52 * (n_lo * nb) + k * 2.0**-1074
+            bound *= 1 + 2.0**-40
+            bound[np.broadcast_to(lo_exact | (n_lo == 0), bound.shape)] = 0.0
+            d += bound
+        open_ = _round64(t - d, out, mode) != _round64(t + d, out, mode)
         if not np.any(open_):
             return res
         idx = np.nonzero(open_)
+        keep = np.isfinite(t[idx])
+        idx = tuple(i[keep] for i in idx)
         sh, sl, bd = s_hi[idx], s_lo[idx], np.broadcast_to(bound, t.shape)[idx]
         widen = np.where(bd == 0, 0.0, bd + 2 * np.abs(np.spacing(sl)))  # covers fl(s_lo -+ bound)
         r1 = add_rounded(sh, sl - widen, out, mode)

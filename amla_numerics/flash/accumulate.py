@@ -299,13 +299,21 @@ def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):
             ok = (x_row * y_col * (1 + 2.0**-40) < 2.0**53) & (qa + qb >= -1074)
             if ok.all():
                 return _round64(a64 @ b64, out, mode)
-            if a64.ndim == 2 and b64.ndim == 2:  # plain product for the rows that pass
-                rows_ok = ok.all(axis=-1)
-                res = np.empty((a64.shape[0], b64.shape[1]), _DTYPES[out])
-                good, bad = np.nonzero(rows_ok)[0], np.nonzero(~rows_ok)[0]
-                if good.size:
-                    res[good] = _round64(a64[good] @ b64, out, mode)
-                res[bad] = _exact_split(a64[bad], b64, out, mode, p, (nb[0], qb[0]), check_full=False)
+            if a64.ndim == 2 and b64.ndim == 2:  # split only the failing (rows x columns)
+                bad_r = np.nonzero(~ok.all(axis=1))[0]
+                bad_c = np.nonzero(~ok[bad_r].all(axis=0))[0]
+                if 2 * bad_c.size > b64.shape[1]:  # most columns fail: whole rows
+                    res = np.empty((a64.shape[0], b64.shape[1]), _DTYPES[out])
+                    good = np.nonzero(ok.all(axis=1))[0]
+                    if good.size:
+                        res[good] = _round64(a64[good] @ b64, out, mode)
+                    stats = (nb[0], qb[0])
+                    res[bad_r] = _exact_split(a64[bad_r], b64, out, mode, p, stats, check_full=False)
+                    return res
+                res = _round64(a64 @ b64, out, mode)
+                stats = (nb[0, bad_c], qb[0, bad_c])
+                sub = _exact_split(a64[bad_r], b64[:, bad_c], out, mode, p, stats, check_full=False)
+                res[np.ix_(bad_r, bad_c)] = sub
                 return res
         c = np.where(nb > 0, np.log2(nb) - qb, -np.inf).max(axis=-1, keepdims=True)
         qa_hi = np.nan_to_num(np.floor(np.log2(na) + c) - 51 + p - 1, nan=0, posinf=1100, neginf=-1100)

@@ -388,3 +388,15 @@ def test_fully_masked_row_under_unguarded_amla_is_counted_and_non_finite():
     assert res.hazards["zero"] == v.shape[1] and res.hazards["subnormal"] == v.shape[1]
     assert not np.any(np.isfinite(res.out[1]))
     assert np.all(np.isfinite(res.out[[0, 2]]))
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16, np.float32, np.float64])
+def test_non_finite_inputs_are_refused_in_every_dtype(dtype):
+    q, k, v = (x.astype(dtype) for x in _data(0))
+    for bad in (np.inf, -np.inf, np.nan):
+        kk = k.copy()
+        kk[3, 2] = bad
+        with pytest.raises(ValueError, match="'k' contains NaN or infinite"):
+            flash.attention(q, kk, v)
+        with pytest.raises(ValueError, match="'q' contains NaN or infinite"):
+            flash.attention(np.asfortranarray(np.where(np.arange(8) == 1, bad, q)), k, v)

@@ -158,11 +158,16 @@ def test_emulator_matches_independent_scalar_implementation(seed, n, block, mag,
     k = (rng.standard_normal((n, 4)) * mag).astype(bf).astype(np.float32)
     k[:, 0] += np.linspace(0, mag * 2, n).astype(bf).astype(np.float32)  # a moving max
     k = k.astype(bf).astype(np.float32)
+    k[0, 1] = 0.0
+    k[-1, 2] = np.float32(2.0**-130)  # a BF16 subnormal
     v = rng.standard_normal((n, 3)).astype(bf).astype(np.float32)
     with np.errstate(all="ignore"):
         want = scalar_attention(q, k, v, variant, 0.5, block)
     got = flash.attention(q, k, v, variant, scale=0.5, block_n=block).out
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # the same values as bfloat16 arrays (the emulator's bit-level fast paths)
+    got_bf = flash.attention(q.astype(bf), k.astype(bf), v.astype(bf), variant, scale=0.5, block_n=block).out
+    assert np.array_equal(got_bf.view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.parametrize("variant", ["amla", "amla_guarded"])

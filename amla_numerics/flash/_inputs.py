@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 __all__ = ["Inputs", "check_inputs", "block_bounds"]
@@ -39,10 +40,27 @@ def _array(x: Any, name: str) -> np.ndarray:
         raise TypeError(f"argument {name!r} must hold real numbers, got dtype {a.dtype}")
     if a.ndim < 2:
         raise ValueError(f"argument {name!r} must have at least 2 dimensions (..., rows, features), got shape {a.shape}")
-    finite = np.isfinite(a) if a.dtype.kind in "fV" else np.ones((), bool)
-    if not np.all(finite):
+    if not _all_finite(a):
         raise ValueError(f"argument {name!r} contains NaN or infinite values")
     return a
+
+
+# exponent-field masks: a value is finite iff its exponent field is not all ones
+_EXP_MASKS = {
+    np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7F80),
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
+    np.dtype(np.float64): (np.uint64, 0x7FF0000000000000),
+}
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    if a.dtype in _EXP_MASKS and a.flags.c_contiguous:
+        uint, mask = _EXP_MASKS[a.dtype]
+        return bool(((a.view(uint) & uint(mask)) != uint(mask)).all())
+    if a.dtype.kind in "fV":
+        return bool(np.isfinite(a).all())
+    return True
 
 
 def check_inputs(

@@ -50,6 +50,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
@@ -219,6 +220,15 @@ def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> Fla
     return attention(q, kv, kv[..., :MLA_DV], variant, **options)
 
 
+def _min_nonzero_abs_bf16(k: np.ndarray) -> np.ndarray | None:
+    """Row-wise smallest non-zero |k| of a contiguous bfloat16 array, from its bits (else None)."""
+    if k.dtype != ml_dtypes.bfloat16 or not k.flags.c_contiguous:
+        return None
+    mag = k.view(np.uint16) & np.uint16(0x7FFF)
+    low = np.min(mag, axis=-1, where=mag != 0, initial=np.uint16(0x7F80))  # 0x7F80: +inf
+    return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
 class _Run:
     """One emulation: the state of the recurrence over the KV blocks."""
 
@@ -236,7 +246,9 @@ class _Run:
         p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
         if pol.qk.accumulation.model == "exact" and p_qk is not None:
             k_rows = np.swapaxes(self.kT, -1, -2)  # contiguous (..., N, Dk): column stats of K^T
-            small = min_nonzero_abs(k_rows, -1)
+            small = _min_nonzero_abs_bf16(inp.k) if pol.qk.in_format == "bf16" else None
+            if small is None:
+                small = min_nonzero_abs(k_rows, -1)
             self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv

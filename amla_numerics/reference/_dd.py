@@ -204,11 +204,12 @@ def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     thi, tlo, c0, c1, c2, inv = _constants()
     xh = np.asarray(xh, dtype=np.float64)
     xl = np.asarray(xl, dtype=np.float64)
-    if np.any(xh > 1.0):
+    if xh.size and not xh.max() <= 1.0 and not np.isnan(xh).all():
         raise ValueError("exp_dd: argument 'xh' must be <= 1")
     dead = xh < -746.0  # exp(x) < 2**-1076: returned as 0, inside EXP_ABS
-    xc = np.where(dead, 0.0, xh)
-    xlc = np.where(dead, 0.0, xl)
+    any_dead = bool(dead.any())
+    xc = np.where(dead, 0.0, xh) if any_dead else xh
+    xlc = np.where(dead, 0.0, xl) if any_dead else xl
     n = np.rint(xc * inv)
     # r = x - n*C with C = c0 + c1 + c2: n*c0, n*c1 exact (|n| < 2**21, 32-bit constants)
     th, tl = two_sum(xc, -(n * c0))
@@ -229,6 +230,7 @@ def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ph, pl = dd_add(bh, bl, ph, pl)
     hi = np.ldexp(ph, k)
     lo = np.ldexp(pl, k)
-    hi[dead] = 0.0
-    lo[dead] = 0.0
+    if any_dead:
+        hi[dead] = 0.0
+        lo[dead] = 0.0
     return hi, lo

@@ -106,8 +106,12 @@ def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _CHUNK = 1 << 15
 
 
-def _weights(dots, rows, mask, sc, ph, pl, rel, mxs_out, dead_out) -> None:
-    """Scores -> weights for a block of rows, written into the output views."""
+def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
+    """Scores -> weights for a block of rows, written into the output views.
+
+    ``rel_out[r]`` is the row's largest relative weight error (``EXP_REL + 2**-100 |x| +
+    1.01 e_x`` maximised over the row: one bound per row is enough, see ``_one_inner``).
+    """
     dh, dl, edot = dots.to_dd(rows)
     sch, scl, esc = sc
     sh, sl = dd_mul(dh, dl, np.float64(sch), np.float64(scl))
@@ -118,23 +122,28 @@ def _weights(dots, rows, mask, sc, ph, pl, rel, mxs_out, dead_out) -> None:
         es = es + DD_REL["add_d"] * np.abs(sh)
         sh = np.where(keep, sh, -np.inf)
         sl = np.where(keep, sl, 0.0)
-    fin = np.where(np.isneginf(sh), 0.0, sh)
-    if not np.isfinite(fin).all() or np.abs(fin).max() > 2.0**900:
+        fin = np.where(keep, sh, 0.0)
+    else:
+        fin = sh
+    big = np.abs(fin).max() if fin.size else 0.0
+    if not big <= 2.0**900:  # also catches NaN / inf
         raise FastUnavailable("scores too large for the fast path")
     mx = sh.max(axis=1)
     dead = mx == -np.inf
     mxs = np.where(dead, 0.0, mx)
     xh, xl = dd_add_d(sh, sl, -mxs[:, None])
     if mask is not None:
-        xh = np.where(np.isneginf(sh), -np.inf, xh)
-        xl = np.where(np.isneginf(sh), 0.0, xl)
-    finite = np.isfinite(xh)
-    ex = es + DD_REL["add_d"] * np.abs(np.where(finite, xh, 0.0))
-    if (ex > 1e-3).any():
+        xh = np.where(keep, xh, -np.inf)
+        xl = np.where(keep, xl, 0.0)
+        xa = np.where(keep, -xh, 0.0)  # |x| (x <= 0 on kept keys)
+    else:
+        xa = -xh
+    # row maxima of the score error e_x = e_s + 4u^2 |x| and of |x|
+    ex_row = es.max(axis=1) + DD_REL["add_d"] * xa.max(axis=1)
+    if (ex_row > 1e-3).any():
         raise FastUnavailable("score error too large for the fast path")
     ph[...], pl[...] = exp_dd(np.minimum(xh, 1.0), xl)
-    xa = np.abs(np.where(finite, xh, 0.0))
-    rel[...] = EXP_REL + 2.0**-100 * xa + 1.01 * np.where(finite, ex, 0.0)
+    rel_out[...] = EXP_REL + 2.0**-100 * xa.max(axis=1) + 1.01 * ex_row
     mxs_out[...] = mxs
     dead_out[...] = dead
 
@@ -195,7 +204,7 @@ def _one_inner(
     dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1])
     ph = np.empty((m_rows, n))
     pl = np.empty((m_rows, n))
-    rel = np.empty((m_rows, n))
+    rel = np.empty(m_rows)
     mxs = np.empty(m_rows)
     dead_row = np.empty(m_rows, dtype=bool)
     step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
@@ -219,8 +228,9 @@ def _one_inner(
     nlimb = math.ceil((P_BITS + 1) / bp)
     lp = limbs(ph, bp, lo=pl, exps=np.ones(m_rows, dtype=np.int64), max_limbs=nlimb)
     tau = np.abs(lp.rest) if lp.rest is not None else 0.0
-    err_p = rel * ph * _INFLATE + EXP_ABS + tau
-    big_e = err_p.sum(axis=1) * (1 + gamma(n + 1))
+    # sum_j err_p_j with err_p_j = rel_j p_j + EXP_ABS + tau_j <= rel_row p_j + EXP_ABS + tau_j
+    tau_sum = tau.sum(axis=1) if np.ndim(tau) else np.zeros(m_rows)
+    big_e = (rel * ph.sum(axis=1) * _INFLATE + n * EXP_ABS + tau_sum) * (1 + gamma(n + 1))
     fcol = np.ldexp(1.0, lv.exps)[:, None]
     terms, lterms = [], []
     for s, pp in enumerate(lp.parts):

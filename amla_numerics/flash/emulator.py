@@ -220,12 +220,12 @@ def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> Fla
     return attention(q, kv, kv[..., :MLA_DV], variant, **options)
 
 
-def _min_nonzero_abs_bf16(k: np.ndarray) -> np.ndarray | None:
-    """Row-wise smallest non-zero |k| of a contiguous bfloat16 array, from its bits (else None)."""
-    if k.dtype != ml_dtypes.bfloat16 or not k.flags.c_contiguous:
+def _min_nonzero_abs_bf16(k: np.ndarray, axis: int = -1) -> np.ndarray | None:
+    """Smallest non-zero |k| along ``axis`` of a bfloat16 array, from its bits (else None)."""
+    if k.dtype != ml_dtypes.bfloat16:
         return None
     mag = k.view(np.uint16) & np.uint16(0x7FFF)
-    low = np.min(mag, axis=-1, where=mag != 0, initial=np.uint16(0x7F80))  # 0x7F80: +inf
+    low = np.min(mag, axis=axis, where=mag != 0, initial=np.uint16(0x7F80))  # 0x7F80: +inf
     return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
@@ -268,7 +268,14 @@ class _Run:
         pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
         stats = None
         if self.v_parts is not None:
-            stats = column_stats(self.v[..., lo:hi, :], self.v_parts)
+            vb = self.v[..., lo:hi, :]
+            small = None
+            if self.pol.pv.in_format == "bf16":
+                small = _min_nonzero_abs_bf16(self.inp.v[..., lo:hi, :], -2)
+            if small is None:
+                stats = column_stats(vb, self.v_parts)
+            else:
+                stats = (np.sqrt(np.einsum("...kn,...kn->...n", vb, vb)), quantum_exp_from_min(small, self.v_parts))
         return matrix_product(pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, b_rounded=True, b_stats=stats)
 
     def execute(self, blocks):

@@ -276,7 +276,12 @@ class _Run:
                 stats = column_stats(vb, self.v_parts)
             else:
                 stats = (np.sqrt(np.einsum("...kn,...kn->...n", vb, vb)), quantum_exp_from_min(small, self.v_parts))
-        return matrix_product(pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, b_rounded=True, b_stats=stats)
+        exact_in = self.pol.p_cast is not None and self.pol.p_cast == self.pol.pv.in_format
+        if exact_in:  # the cast already put P in the matrix unit's input format
+            pc = pc.astype(np.float64)
+        return matrix_product(
+            pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, a_rounded=exact_in, b_rounded=True, b_stats=stats
+        )
 
     def execute(self, blocks):
         pol, dt, variant = self.pol, self.dt, self.variant

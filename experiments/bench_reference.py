@@ -89,6 +89,17 @@ def main() -> None:
           f"{float(np.max(np.abs(out - ref64) / ulp(out, FP32))):.3f} FP32 ULP")
     print(f"targets: auto <= 20 s: {t_auto <= 20}; auto <= 10x baseline (p @ v): "
           f"{t_auto <= 10 * t_nat}; (BLAS-friendly): {t_auto <= 10 * t_blas}")
+    # the analysis workload: 16 query rows against the same keys
+    q16, q16_64 = q[:16], q64[:16]
+    (t16_base, t16_auto), _ = best_of_interleaved(
+        [
+            lambda: plain(q16_64, k64, v64, scale, False),
+            lambda: attention(q16, k, v, scale, method="auto"),
+        ],
+        args.repeats,
+    )
+    print(f"M=16 (analysis workload): float64 numpy {t16_base:.3f} s, auto {t16_auto:.3f} s "
+          f"({t16_auto / t16_base:.1f}x)")
     mk = k[: args.mp_n]
     for dps in (30, 50):
         t0 = time.perf_counter()

@@ -182,3 +182,27 @@ def test_mpmath_precision_not_leaked():
     attention(np.ones((1, 3)), np.ones((2, 3)), np.ones((2, 1)), method="mpmath", dps=60)
     online_softmax(np.ones((1, 3)), np.ones((2, 3)), np.ones((2, 1)), dps=60)
     assert mpmath.mp.prec == before
+
+
+def test_exp_dd_within_its_bound():
+    """The double-double exp against mpmath at 300 bits, over the whole range it serves."""
+    from amla_numerics.reference._dd import EXP_ABS, EXP_REL, exp_dd, two_sum
+
+    rng = np.random.default_rng(4)
+    xh = np.concatenate([
+        -rng.random(3000) * 760, -rng.random(500) * 1e-3, -rng.random(200) * 2.0**-40,
+        [0.0, -0.0, 1.0, -745.0, -708.3, -745.2, -746.5, -np.inf],
+    ])
+    tail = np.where(np.isfinite(xh), xh * rng.uniform(-1, 1, xh.size) * 2**-53, 0)
+    with np.errstate(invalid="ignore"):  # -inf's TwoSum error term is NaN: reset below
+        xh, xl = two_sum(xh, tail)
+    xl[np.isinf(xh)] = 0.0
+    hi, lo = exp_dd(xh, xl)
+    with mpmath.workprec(300):
+        for a, b, h, l_ in zip(xh, xl, hi, lo, strict=True):
+            if a == -np.inf:
+                assert h == 0 and l_ == 0
+                continue
+            e = mpmath.exp(mpmath.mpf(a) + mpmath.mpf(b))
+            bound = (EXP_REL + 2.0**-100 * abs(a)) * e + EXP_ABS
+            assert abs(mpmath.mpf(h) + mpmath.mpf(l_) - e) <= bound, (a, b)

@@ -188,6 +188,19 @@ def _constants() -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
         return hi, lo, float(c0), float(c1), float(c2), float(inv)
 
 
+def _scale2(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``x * 2**k`` (``k >= -1100``): exact powers of two built from their bits (faster
+    than ``ldexp``); below ``2**-1000`` a second factor ``2**-600`` rounds once, by at
+    most ``2**-1075`` (inside ``EXP_ABS``)."""
+    low = k < -1000
+    kk = np.where(low, k + 600, k) if low.any() else k
+    f = ((kk + 1023).astype(np.int64) << 52).view(np.float64)
+    y = x * f
+    if low.any():
+        y = np.where(low, y * 2.0**-600, y)
+    return y
+
+
 def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``exp(xh + xl)`` in double-double for ``xh <= 1`` (see the module docstring).
 
@@ -228,8 +241,7 @@ def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bh, bl = thi[idx], tlo[idx]
     ph, pl = dd_mul(bh, bl, ah, al)
     ph, pl = dd_add(bh, bl, ph, pl)
-    hi = np.ldexp(ph, k)
-    lo = np.ldexp(pl, k)
+    hi, lo = _scale2(ph, k), _scale2(pl, k)
     if any_dead:
         hi[dead] = 0.0
         lo[dead] = 0.0

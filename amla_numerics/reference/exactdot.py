@@ -173,8 +173,9 @@ def limbs(
     if not done:
         rest = np.zeros_like(x)
         # scaled[i] holds the remainder in units of the last limb: 2**(exps - len(out) * bits)
+        back = np.ldexp(1.0, exps - len(out) * bits)[:, None]  # powers of two, no underflow
         for y in scaled:
-            rest += np.ldexp(y, exps[:, None] - len(out) * bits)
+            rest += y * back
     return Limbs(tuple(out), exps, bits, rest)
 
 
@@ -323,10 +324,11 @@ def exact_dot(
         raise ValueError("arguments 'a' and 'b' must be finite")
     k = a.shape[1]
     total = exact_bits(k)
-    sa, sb = span_bits(a, precision_a), span_bits(b, precision_b)
+    ra, rb = row_range(a), row_range(b)
+    sa, sb = span_bits(a, precision_a, ra), span_bits(b, precision_b, rb)
     ba, bb = choose_widths(sa, sb, total, a.shape[0], b.shape[0])
-    la = limbs(a, ba, single=sa <= ba)
-    lb = limbs(b, bb, single=sb <= bb)
+    la = limbs(a, ba, single=sa <= ba, exps=np.frexp(ra[0])[1])
+    lb = limbs(b, bb, single=sb <= bb, exps=np.frexp(rb[0])[1])
     terms, shifts = [], []
     for s, pa in enumerate(la.parts):
         if not pa.any():

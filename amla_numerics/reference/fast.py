@@ -9,13 +9,16 @@ Stages for one 2-D problem (q (M, Dk), k (N, Dk), v (N, Dv)), each with its boun
 2. Weights. ``m = max_j s^_j`` (any float works as the shift), ``x = s^ - m`` in dd and
    ``p^ = exp_dd(x)`` with relative error ``rel_j = EXP_REL + 2**-100 |x_j| + 1.01 e_x``
    (``e_x = e_s + 4u^2 |x|``) plus ``EXP_ABS``.
-3. Sums. ``p^`` (dd, below 2) is cut into ``S`` integer limbs of ``b_p`` bits on a grid fixed
-   by the row max 1, ``v`` (with a column of ones appended, which yields ``l``) into limbs
-   of ``b_v`` bits per column; ``(b_p + 1) + b_v <= 53 - ceil(log2 N)`` makes every GEMM
-   ``P_s @ V_t`` exact. The truncation remainder ``tau_j`` (exact) is part of the error, so
-   ``o`` and ``l`` are *exact* sums of the truncated weights, gathered in dd by Sum2.
-   ``|o^_c - o_c| <= E vmax_c + sum2_c`` and ``|l^ - l| <= E + sum2_l`` with
-   ``E = sum_j (rel_j p^_j + EXP_ABS + tau_j)``.
+3. Sums. ``p^`` (dd, below 2) is cut into integer limbs of ``b_p`` bits on a grid fixed by
+   the row max 1 (at least ``P_BITS + 1`` bits; the truncation remainder ``tau_j`` is exact
+   and goes into the error); ``v`` is cut per column into one exact limb of ``b_v`` bits plus
+   a sparse remainder (``_split_rows``), or into as many exact limbs as it needs when the
+   remainder is not sparse. ``(b_p + 1) + b_v <= 53 - ceil(log2 N)`` makes every GEMM
+   ``V_t @ P_s^T`` exact; the sparse remainder is a float64 product with error
+   ``(gamma_{k+1} + 2**-52) |V_lo| @ p^`` (``e_lo``). ``l`` is the exact row sum of the limbs.
+   All terms are gathered in dd by Sum2 (error ``sum2``):
+   ``|o^_c - o_c| <= E vmax_c + sum2_c + e_lo`` and ``|l^ - l| <= E + sum2_l`` with
+   ``E = sum_j (rel_j p^_j + EXP_ABS + tau_j)`` (``rel_j`` bounded by its row maximum).
 4. Output. ``out = o / l`` (dd division) and the float64 ``y = round(out)``:
    ``|y - out| <= (|do| + |out^| |dl|) / (l^ - |dl|) + 32u^2 |out^| + |out^ - y|``.
 

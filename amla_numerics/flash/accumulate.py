@@ -293,18 +293,24 @@ def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):
         na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))[..., :, None]
         # (0) the whole product is exact where ||a_i|| ||b_j|| < 2**53 2**(qa_i + qb_j)
         if check_full:
+            # ok[i, j] = x_i y_j (1 + 2**-40) < 2**53 and qa_i + qb_j >= -1074 is an outer
+            # test: decided from the row and column factors without forming the (M, N) array
             qa = _min_quantum_exp(a64, -1, p)[..., :, None]
-            x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
-            y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
-            ok = (x_row * y_col * (1 + 2.0**-40) < 2.0**53) & (qa + qb >= -1074)
-            if ok.all():
+            x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))[..., :, 0]
+            y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))[..., 0, :]
+            lim = 2.0**53 / (1 + 2.0**-39)
+            qa1, qb1 = qa[..., :, 0], qb[..., 0, :]
+            row_bad = (x_row * y_col.max(axis=-1, keepdims=True) >= lim) | (
+                qa1 + qb1.min(axis=-1, keepdims=True) < -1074
+            )
+            if not row_bad.any():
                 return _round64(a64 @ b64, out, mode)
             if a64.ndim == 2 and b64.ndim == 2:  # split only the failing (rows x columns)
-                bad_r = np.nonzero(~ok.all(axis=1))[0]
-                bad_c = np.nonzero(~ok[bad_r].all(axis=0))[0]
+                bad_r = np.nonzero(row_bad)[0]
+                bad_c = np.nonzero((y_col * x_row[bad_r].max() >= lim) | (qb1 + qa1[bad_r].min() < -1074))[0]
                 if 2 * bad_c.size > b64.shape[1]:  # most columns fail: whole rows
                     res = np.empty((a64.shape[0], b64.shape[1]), _DTYPES[out])
-                    good = np.nonzero(ok.all(axis=1))[0]
+                    good = np.nonzero(~row_bad)[0]
                     if good.size:
                         res[good] = _round64(a64[good] @ b64, out, mode)
                     stats = (nb[0], qb[0])

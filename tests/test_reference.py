@@ -219,3 +219,18 @@ def test_fast_within_bound_with_random_masks(data):
     assert np.isnan(auto[dead]).all() and (lse[dead] == -np.inf).all()
     assert (np.abs(auto[~dead] - ref64[~dead]) <= 1e-3 * ulp(ref64[~dead], FP32)).all()
     assert (np.abs(lse[~dead] - ref_lse[~dead]) <= 1e-3 * ulp(ref_lse[~dead], FP32)).all()
+
+
+@pytest.mark.parametrize("method", ["fast", "mpmath"])
+def test_batch_broadcast_equals_loop(method):
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((2, 3, 2, 4)).astype(np.float16)
+    k = rng.standard_normal((3, 5, 4)).astype(np.float16)
+    v = rng.standard_normal((5, 2)).astype(np.float16)
+    out, lse = attention(q, k, v, method=method, dps=20, return_lse=True)
+    assert out.shape == (2, 3, 2, 2) and lse.shape == (2, 3, 2)
+    for a in range(2):
+        for b in range(3):
+            o1, l1 = attention(q[a, b], k[b], v, method=method, dps=20, return_lse=True)
+            np.testing.assert_array_equal(out[a, b], o1)
+            np.testing.assert_array_equal(lse[a, b], l1)

@@ -104,3 +104,25 @@ def test_amla_scalars_follow_the_kernel_formulas():
 def test_exp_cr_refuses_other_dtypes(bad):
     with pytest.raises(TypeError, match="'x'"):
         exp_cr(bad)
+
+
+@given(seed=st.integers(0, 2**32 - 1), scale_exp=st.sampled_from([-140, -126, -100, 0, 100, 127]),
+       zeros=st.booleans(), shift=st.integers(-40, 2))
+@settings(max_examples=100, deadline=None)
+def test_all_ok_shortcut_agrees_with_the_foundation_hazard_counts(seed, scale_exp, zeros, shift):
+    from amla_numerics.exp2add import exp2_add_bits_hazards
+    from amla_numerics.flash.amla import _all_ok_counts
+
+    rng = np.random.default_rng(seed)
+    with np.errstate(over="ignore"):  # 2**127 scale: some infinities, on purpose
+        O = (rng.standard_normal((3, 5)) * 2.0**scale_exp).astype(np.float32)
+    if zeros:
+        O[1, 2] = 0.0
+    N = (rng.integers(-2**22, 2**22, (3, 1)) + shift * 2**23).astype(np.int64)
+    N[0] = 0
+    counts = _all_ok_counts(O, N)
+    full = exp2_add_bits_hazards(O, N).counts
+    if counts is None:
+        assert sum(v for k, v in full.items() if k != "ok") > 0
+    else:
+        assert counts == full

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amla_numerics.exp2add import count_hazards, exp2_add_bits, exp2_add_bits_hazards
+from amla_numerics.exp2add import HAZARDS, count_hazards, exp2_add_bits, exp2_add_bits_hazards
 from amla_numerics.flash.policy import Policy
 from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, rna_int
 
@@ -127,15 +127,38 @@ def amla_rescale(
     N = sc.N[..., None]
     if variant == "amla_exactcomp":
         N = rna_int(sc.dnc * constants(policy)["TWO23"]).astype(np.int64)[..., None]
-    report = exp2_add_bits_hazards(O, N)
+    counts = _all_ok_counts(O, N)
+    report = None if counts is not None else exp2_add_bits_hazards(O, N)
     added = exp2_add_bits(O, N)
     if variant == "amla_exactcomp":
         with np.errstate(invalid="ignore", over="ignore"):
             added = added * sc.ratio[..., None]
-    elif variant == "amla_guarded":
+    elif variant == "amla_guarded" and report is not None:
         bad = report.codes != 0
         if np.any(bad):
             g = np.ldexp(sc.ratio, sc.dnc.astype(np.int32)).astype(dt)
             with np.errstate(invalid="ignore", over="ignore", under="ignore"):
                 added = np.where(bad, O * g[..., None], added)
-    return added, report.counts
+    return added, counts if report is None else report.counts
+
+
+def _all_ok_counts(O: np.ndarray, N: np.ndarray) -> dict[str, int] | None:
+    """The hazard counts when every add is ``ok`` (a cheap pre-check), else None.
+
+    ``ok`` for a normal O word (exponent field 1..254) whose magnitude bits plus ``N`` stay
+    in ``[2**23, 255 * 2**23)``, or for ``N == 0``: the classes of
+    :func:`~amla_numerics.exp2add.exp2_add_bits_hazards`, which handles every other case.
+    """
+    mag = (O.view(np.uint32) & np.uint32(0x7FFFFFFF)).astype(np.int64)
+    nb = np.broadcast_to(N, mag.shape)
+    lo = mag.min(axis=-1, keepdims=True)
+    hi = mag.max(axis=-1, keepdims=True)
+    n_min = N.min(axis=-1, keepdims=True) if N.shape[-1] > 1 else N
+    n_max = N.max(axis=-1, keepdims=True) if N.shape[-1] > 1 else N
+    normal = (lo >= 1 << 23) & (hi < 255 << 23)
+    inside = (lo + n_min >= 1 << 23) & (hi + n_max < 255 << 23)
+    if not np.all((normal & inside) | ((n_min == 0) & (n_max == 0))):
+        return None
+    counts = dict.fromkeys(HAZARDS, 0)
+    counts["ok"] = int(nb.size)
+    return counts

@@ -400,3 +400,15 @@ def test_non_finite_inputs_are_refused_in_every_dtype(dtype):
             flash.attention(q, kk, v)
         with pytest.raises(ValueError, match="'q' contains NaN or infinite"):
             flash.attention(np.asfortranarray(np.where(np.arange(8) == 1, bad, q)), k, v)
+
+
+def test_value_view_of_keys_gives_the_same_bits_as_a_copy():
+    rng = np.random.default_rng(13)
+    kv = rng.standard_normal((40, 12)).astype(ml_dtypes.bfloat16)
+    q = rng.standard_normal((3, 12)).astype(ml_dtypes.bfloat16)
+    for variant in ("fa_fp32", "amla"):
+        view = flash.attention(q, kv, kv[:, :5], variant, block_n=16)
+        copy = flash.attention(q, kv, np.array(kv[:, :5]), variant, block_n=16)
+        assert np.array_equal(view.out, copy.out)
+        other = flash.attention(q, kv, kv[:, 2:7], variant, block_n=16)  # not the leading columns
+        assert np.array_equal(other.out, flash.attention(q, kv, np.array(kv[:, 2:7]), variant, block_n=16).out)

@@ -229,6 +229,16 @@ def _min_nonzero_abs_bf16(k: np.ndarray, axis: int = -1) -> np.ndarray | None:
     return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
+def _leading_columns_of(v: np.ndarray, k: np.ndarray) -> bool:
+    """True if ``v`` is exactly the view ``k[..., :Dv]`` (same memory, strides and dtype)."""
+    return (
+        v.dtype == k.dtype
+        and v.shape[:-1] == k.shape[:-1]
+        and v.strides == k.strides
+        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
+    )
+
+
 class _Run:
     """One emulation: the state of the recurrence over the KV blocks."""
 
@@ -238,7 +248,10 @@ class _Run:
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
         self.q = round_input(inp.q, pol.qk.in_format)
         self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
-        self.v = round_input(inp.v, pol.pv.in_format)
+        if _leading_columns_of(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format:
+            self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
+        else:
+            self.v = round_input(inp.v, pol.pv.in_format)
         self.scale = self.dt(inp.scale)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)

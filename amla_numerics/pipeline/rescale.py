@@ -14,7 +14,7 @@ amla            0       0        4         1           broadcast N, INT32 atomic
 amla_nocomp     0       0        4         1           same, fewer per-row ops (eps = 0)
 amla_fp32r      0       0        4         1           same, no BF16 rounding of r
 amla_exactcomp  4       4        4         2           INT32 atomic add + FP32 cof multiply
-amla_guarded    4       4        0         3           O GM->UB, exponent check, add/mul, select
+amla_guarded    4       4        0         5           O GM->UB, exp. extract, compare, add, mul, select
 lazy            4 p     4 p      0         1 p         fa_fp32 on a fraction p of the blocks
 naive           0       0        0         0           two-pass: S and P spill to GM
 ==============  ======  =======  ========  ==========  =====================================
@@ -106,7 +106,7 @@ _TABLE: dict[str, RescaleCost] = {
     "amla_fp32r": RescaleCost("amla_fp32r", 0, 0, 4, 1, row_ops=11, softmax_extra_passes=1),
     "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12,
                                   softmax_extra_passes=1),
-    "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 3, row_ops=12, softmax_extra_passes=1),
+    "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 5, row_ops=12, softmax_extra_passes=1),
     "lazy": RescaleCost("lazy", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
 }
 if set(_TABLE) != set(VARIANTS):  # pragma: no cover - guards the shared name list

@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,12 +266,7 @@ def a_priori_bound(
         "rescale_step": _rho_const(bound),
         "division": 2 * u if variant in _AMLA else u,
     }
-    return _with_terms(bound, terms)
-
-
-def _with_terms(bound: Bound, terms: dict[str, float]) -> Bound:
-    object.__setattr__(bound, "terms", terms)  # frozen: set once, at construction
-    return bound
+    return dataclasses.replace(bound, terms=terms)
 
 
 def _resolve_policy(policy: Any):

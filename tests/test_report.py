@@ -28,6 +28,7 @@ def test_report_json_has_the_documented_schema(capsys):
     header = doc["header"]
     assert {"seeds", "libraries", "reference", "command"} <= set(header)
     assert header["libraries"]["numpy"] and header["reference"]["dps"] >= 30
+    assert header["reference"]["certified_ulp_fp32"] == 1e-3
     assert len(doc["records"]) == 2 * 2 * 3  # head dims x workloads x variants
     for rec in doc["records"]:
         assert RECORD_KEYS <= set(rec)

@@ -36,6 +36,7 @@ from typing import Any
 
 from amla_numerics._version import __version__
 from amla_numerics.analysis.grid import Record
+from amla_numerics.reference import AUTO_ULP_FP32
 
 __all__ = ["DEFAULT_HEAD_DIMS", "Report", "ReportConfig", "make_header", "render"]
 
@@ -96,6 +97,7 @@ def make_header(config: ReportConfig, argv: list[str] | None = None) -> dict[str
         "reference": {
             "method": "auto",
             "dps": 50,
+            "certified_ulp_fp32": AUTO_ULP_FP32,
             "note": "certified fast oracle; elements whose bound exceeds 1e-3 FP32 ULP are "
             "recomputed with mpmath; outputs correctly rounded to float64",
         },

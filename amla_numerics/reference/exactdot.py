@@ -47,9 +47,11 @@ __all__ = [
     "IntDot",
     "Limbs",
     "choose_widths",
+    "choose_widths_rows",
     "exact_dot",
     "exact_dot_any",
     "limbs",
+    "row_spans",
     "span_bits",
 ]
 
@@ -216,24 +218,39 @@ class ExactDot:
     """The exact value of ``a @ b.T`` as a sum of exact float64 terms.
 
     ``value[i, j] = sum_(s,t) G[(s,t)][i, j] * 2**(ea[i] + eb[j] + shift[(s,t)])``.
+
+    ``blocks`` (optional, one entry per term): ``None`` for a full ``(M, N)`` term, or
+    ``(rows, cols)`` (sorted index arrays, either None for "all") when the term is stored
+    compactly as ``G[np.ix_(rows, cols)]``; it is zero outside that block.
     """
 
     terms: tuple[np.ndarray, ...]
     shifts: tuple[int, ...]
     ea: np.ndarray
     eb: np.ndarray
+    blocks: tuple | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.ea.size, self.eb.size)
+
+    def _block(self, n: int):
+        if self.blocks is None or self.blocks[n] is None:
+            return None, None
+        return self.blocks[n]
 
     def to_dd(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(hi, lo, err)`` for ``rows``: a double-double and a rigorous absolute error bound.
 
         Sum2 (Ogita, Rump, Oishi 2005) of the exact terms: the dd result is off by at most
         ``gamma_{T-1}**2 * sum |terms|`` plus ``2**-1074`` per term (underflow in ``ldexp``).
-        Raises ValueError if a term can overflow.
+        A compact (block) term is added only on its block: elsewhere it is zero, and
+        ``TwoSum(hi, 0) = (hi, 0)`` leaves the sum unchanged. Raises ValueError if a term
+        can overflow.
         """
+        r0, r1, _ = rows.indices(self.ea.size)
+        if rows.step not in (None, 1):
+            raise ValueError("to_dd: rows must be a contiguous slice")
         ea = self.ea[rows]
         empty = ea.size == 0 or self.eb.size == 0
         bmax = 0 if empty else int(ea.max() + self.eb.max())
@@ -249,18 +266,45 @@ class ExactDot:
         )
         fb = np.ldexp(1.0, self.eb)[None, :]
         hi = lo = mag = None
-        for g, sh in zip(self.terms, self.shifts, strict=True):
-            g = g[rows]
-            if fast:  # two exact power-of-two products, no ldexp over M x N
-                t = (g * np.ldexp(1.0, ea + sh)[:, None]) * fb
-            else:
-                t = np.ldexp(g, ea[:, None] + self.eb[None, :] + sh)
-            if hi is None:
-                hi, lo, mag = t, np.zeros_like(t), np.abs(t)
+        for n, (g, sh) in enumerate(zip(self.terms, self.shifts, strict=True)):
+            br, bc = self._block(n)
+            if br is None and bc is None:
+                g = g[rows]
+                if fast:  # two exact power-of-two products, no ldexp over M x N
+                    t = (g * np.ldexp(1.0, ea + sh)[:, None]) * fb
+                else:
+                    t = np.ldexp(g, ea[:, None] + self.eb[None, :] + sh)
+                if hi is None:
+                    hi, lo, mag = t, np.zeros_like(t), np.abs(t)
+                    continue
+                hi, e = two_sum(hi, t)
+                lo += e
+                mag += np.abs(t)
                 continue
-            hi, e = two_sum(hi, t)
-            lo += e
-            mag += np.abs(t)
+            if hi is None:  # a block term first: start from zeros
+                shape = (ea.size, self.eb.size)
+                hi, lo, mag = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+            # restrict the block to the requested rows
+            if br is None:
+                sel = np.arange(ea.size)
+                gr = g[rows]
+            else:
+                a, b = np.searchsorted(br, [r0, r1])
+                sel = br[a:b] - r0
+                gr = g[a:b]
+            if sel.size == 0:
+                continue
+            cols = np.arange(self.eb.size) if bc is None else bc
+            eab = ea[sel][:, None] + sh
+            if fast:
+                t = (gr * np.ldexp(1.0, eab)) * fb[:, cols]
+            else:
+                t = np.ldexp(gr, eab + self.eb[cols][None, :])
+            ix = np.ix_(sel, cols)
+            h, e = two_sum(hi[ix], t)
+            hi[ix] = h
+            lo[ix] += e
+            mag[ix] += np.abs(t)
         hi, lo = two_sum(hi, lo)
         n = len(self.terms)
         err = (gamma(max(n - 1, 0)) ** 2 if n > 1 else 0.0) * mag * (1 + 2**-40)
@@ -271,8 +315,20 @@ class ExactDot:
         """Row ``i`` as exact ``(mantissa, exponent)`` integer pairs."""
         smin = min(self.shifts)
         acc = np.zeros(self.shape[1], dtype=object)
-        for g, sh in zip(self.terms, self.shifts, strict=True):
-            acc = acc + (g[i].astype(np.int64).astype(object) << (sh - smin))
+        for n, (g, sh) in enumerate(zip(self.terms, self.shifts, strict=True)):
+            br, bc = self._block(n)
+            if br is None:
+                row = g[i]
+            else:
+                pos = int(np.searchsorted(br, i))
+                if pos >= br.size or br[pos] != i:
+                    continue
+                row = g[pos]
+            vals = row.astype(np.int64).astype(object) << (sh - smin)
+            if bc is None:
+                acc = acc + vals
+            else:
+                acc[bc] = acc[bc] + vals
         exps = (self.ea[i] + self.eb + smin).tolist()
         return acc.tolist(), exps
 
@@ -325,22 +381,106 @@ def exact_dot(
     k = a.shape[1]
     total = exact_bits(k)
     ra, rb = row_range(a), row_range(b)
-    sa, sb = span_bits(a, precision_a, ra), span_bits(b, precision_b, rb)
-    ba, bb = choose_widths(sa, sb, total, a.shape[0], b.shape[0])
-    la = limbs(a, ba, single=sa <= ba, exps=np.frexp(ra[0])[1])
-    lb = limbs(b, bb, single=sb <= bb, exps=np.frexp(rb[0])[1])
-    terms, shifts = [], []
-    for s, pa in enumerate(la.parts):
-        if not pa.any():
-            continue
-        for t, pb in enumerate(lb.parts):
-            if not pb.any():
-                continue
-            terms.append(pa @ pb.T)
+    spa, spb = row_spans(ra, precision_a), row_spans(rb, precision_b)
+    ba, bb = choose_widths_rows(spa, spb, total)
+    ea, eb = np.frexp(ra[0])[1], np.frexp(rb[0])[1]
+    la = _row_limbs(a, ba, ea, spa)
+    lb = _row_limbs(b, bb, eb, spb)
+    terms, shifts, blocks = [], [], []
+    for s, rs, pa in la:
+        for t, rt, pb in lb:
+            if rs is None and rt is None:
+                terms.append(pa @ pb.T)
+                blocks.append(None)
+            else:  # only the rows where a limb is nonzero: the rest of the term is zero
+                terms.append(pa @ pb.T)
+                blocks.append((rs, rt))
             shifts.append(-ba - bb - s * ba - t * bb)
     if not terms:
-        terms, shifts = [np.zeros((a.shape[0], b.shape[0]))], [0]
-    return ExactDot(tuple(terms), tuple(shifts), la.exps, lb.exps)
+        terms, shifts, blocks = [np.zeros((a.shape[0], b.shape[0]))], [0], [None]
+    return ExactDot(
+        tuple(terms), tuple(shifts), np.asarray(ea, dtype=np.int64),
+        np.asarray(eb, dtype=np.int64), tuple(blocks)
+    )
+
+
+def row_spans(rng: tuple[np.ndarray, np.ndarray], precision: int) -> np.ndarray:
+    """Per row, :func:`span_bits` of that row alone (0 for an all-zero row).
+
+    A row whose span is at most ``b`` is held exactly by one limb of ``b`` bits on its own
+    grid; a row of span ``S`` has no nonzero limb beyond the first ``ceil(S / b)``.
+    """
+    amax, amin = rng
+    ok = np.isfinite(amin)
+    _, top = np.frexp(amax)
+    _, low = np.frexp(np.where(ok, amin, 1.0))
+    return np.where(ok, np.maximum(1, top.astype(np.int64) - low + precision), 0)
+
+
+def choose_widths_rows(spans_a: np.ndarray, spans_b: np.ndarray, total: int) -> tuple[int, int]:
+    """Limb widths ``(b_a, b_b)``, ``b_a + b_b = total``, from the per-row spans.
+
+    Limb ``s`` of ``A`` is nonzero only on the rows with span ``> s b_a``, and the GEMMs are
+    run on those rows only, so the cost is ``0.075 (sum_s n_a(s)) (sum_t n_b(t))`` per inner
+    index (``n_a(s)`` = rows with a nonzero limb ``s``, all rows for ``s = 0``) plus the split
+    (3 per row, and 20 per limb per row for the rows needing more than one limb), the model
+    of :func:`choose_widths`. Exactness never depends on this choice.
+    """
+    if total < 2:
+        raise ValueError("inner dimension too large for exact float64 GEMMs")
+    sa, sb = np.sort(spans_a), np.sort(spans_b)
+
+    def counts(sp: np.ndarray, bits: int) -> tuple[float, float]:
+        rows = sp.size
+        top = int(sp[-1]) if rows else 0
+        c = max(1, -(-top // bits))
+        n = [rows] + [rows - int(np.searchsorted(sp, s * bits, side="right")) for s in range(1, c)]
+        multi = n[1] if c > 1 else 0
+        return float(sum(n)), 3.0 * rows + 20.0 * c * multi
+
+    best = None
+    for ba in range(1, total):
+        bb = total - ba
+        na, ca = counts(sa, ba)
+        nb, cb = counts(sb, bb)
+        cost = 0.075 * na * nb + ca + cb
+        key = (cost, abs(ba - bb))
+        if best is None or key < best[0]:
+            best = (key, ba, bb)
+    return best[1], best[2]
+
+
+def _row_limbs(x: np.ndarray, bits: int, exps: np.ndarray, spans: np.ndarray) -> list:
+    """Limbs of ``x`` (as :func:`limbs`, exact), each as ``(s, rows, part)``: ``s`` the limb
+    index, ``rows`` None for a full ``part``, else the sorted rows where the limb is nonzero
+    and ``part`` those rows (all-zero limbs beyond the first are left out).
+
+    Rows with span ``<= bits`` are one scaled limb (integers below ``2**bits``, see
+    :func:`row_spans`); only the others go through the truncation loop.
+    """
+    multi = np.flatnonzero(spans > bits)
+    if multi.size == 0:
+        return [(0, None, limbs(x, bits, exps=exps, single=True).parts[0])]
+    if multi.size == x.shape[0]:
+        parts = limbs(x, bits, exps=exps).parts
+        out = [(0, None, parts[0])]
+    else:
+        p0 = limbs(x, bits, exps=exps, single=True).parts[0]  # our own array
+        sub = limbs(x[multi], bits, exps=exps[multi])
+        p0[multi] = sub.parts[0]
+        out = [(0, None, p0)]
+        for s, p in enumerate(sub.parts[1:], start=1):
+            nz = p.any(axis=1)
+            if nz.any():
+                out.append((s, multi[nz], p[nz]))
+        return out
+    for s, p in enumerate(parts[1:], start=1):
+        nz = p.any(axis=1)
+        if nz.all():
+            out.append((s, None, p))
+        elif nz.any():
+            out.append((s, np.flatnonzero(nz), p[nz]))
+    return out
 
 
 @dataclass(frozen=True)

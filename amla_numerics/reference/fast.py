@@ -207,17 +207,7 @@ def _one_inner(
     if np.abs(v).max() > 2.0**900:
         raise FastUnavailable("values too large for the fast path")
     dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1])
-    ph = np.empty((m_rows, n))
-    pl = np.empty((m_rows, n))
-    rel = np.empty(m_rows)
-    mxs = np.empty(m_rows)
-    dead_row = np.empty(m_rows, dtype=bool)
-    step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
-    for r0 in range(0, m_rows, step):
-        rows = slice(r0, min(m_rows, r0 + step))
-        _weights(dots, rows, None if mask is None else mask[rows], sc,
-                 ph[rows], pl[rows], rel[rows], mxs[rows], dead_row[rows])
-    # limbs of p (grid fixed by 2**1 > p) and of v's columns (rows of the contiguous v.T)
+    # limbs of v's columns (rows of the contiguous v.T) first: they fix the width b_p of p's
     vt = v.T  # a view: BLAS takes the transposed layout without a copy
     total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
     split = _sparse_split(vt, total)
@@ -231,18 +221,54 @@ def _one_inner(
     if lv.exps.min() < -900:
         raise FastUnavailable("values too small for the fast path")
     nlimb = math.ceil((P_BITS + 1) / bp)
-    lp = limbs(ph, bp, lo=pl, exps=np.ones(m_rows, dtype=np.int64), max_limbs=nlimb)
-    tau = np.abs(lp.rest) if lp.rest is not None else 0.0
+    # weights and their limbs, block of rows by block of rows (the block stays in cache):
+    # p (dd, below 2) on the grid fixed by 2**1, as limbs(ph, bp, lo=pl, exps=1, max_limbs)
+    ph = np.empty((m_rows, n))
+    parts = [np.empty((m_rows, n)) for _ in range(nlimb)]
+    nonzero = [False] * nlimb
+    psums = np.empty((nlimb, m_rows))
+    tau_sum = np.empty(m_rows)
+    rel = np.empty(m_rows)
+    mxs = np.empty(m_rows)
+    dead_row = np.empty(m_rows, dtype=bool)
+    step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
+    pl = np.empty((min(step, m_rows), n))
+    f_p = 2.0 ** (bp - 1)
+    p2 = 2.0**bp
+    back = 2.0 ** (1 - nlimb * bp)  # unit of the remainder after the last limb
+    for r0 in range(0, m_rows, step):
+        rows = slice(r0, min(m_rows, r0 + step))
+        nr = rows.stop - r0
+        plr = pl[:nr]
+        _weights(dots, rows, None if mask is None else mask[rows], sc,
+                 ph[rows], plr, rel[rows], mxs[rows], dead_row[rows])
+        yh = ph[rows] * f_p  # exact: powers of two
+        yl = plr * f_p
+        for s_ in range(nlimb):
+            th = np.trunc(yh)
+            yh -= th  # exact (fractional part)
+            tl = np.trunc(yl)
+            yl -= tl
+            th += tl  # exact: integers below 2**(bp+1)
+            parts[s_][rows] = th
+            psums[s_, rows] = th.sum(axis=1)  # exact: integers below 2**53
+            nonzero[s_] = nonzero[s_] or bool(th.any())
+            if s_ + 1 < nlimb:
+                yh *= p2
+                yl *= p2
+        yh *= back
+        yl *= back
+        yh += yl
+        tau_sum[rows] = np.abs(yh, out=yh).sum(axis=1)  # the exact truncated remainders
     # sum_j err_p_j with err_p_j = rel_j p_j + EXP_ABS + tau_j <= rel_row p_j + EXP_ABS + tau_j
-    tau_sum = tau.sum(axis=1) if np.ndim(tau) else np.zeros(m_rows)
     big_e = (rel * ph.sum(axis=1) * _INFLATE + n * EXP_ABS + tau_sum) * (1 + gamma(n + 1))
     fcol = np.ldexp(1.0, lv.exps)[:, None]
     terms, lterms = [], []
-    for s, pp in enumerate(lp.parts):
-        if not pp.any():
+    for s, pp in enumerate(parts):
+        if not nonzero[s]:
             continue
         fs = 2.0 ** (1 - bp - s * bp)
-        lterms.append(pp.sum(axis=1) * fs)  # exact: integers below 2**53, times 2**k
+        lterms.append(psums[s] * fs)  # exact: integers below 2**53, times 2**k
         ppt = pp.T  # (N, M) view: Vt (Dv, N) @ P^T is BLAS's fast layout here
         for t, vpart in enumerate(lv.parts):
             g = vpart @ ppt

@@ -106,7 +106,7 @@ def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hi, lo, err
 
 
-_CHUNK = 1 << 15
+_CHUNK = 1 << 14
 
 
 def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
@@ -151,7 +151,7 @@ def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
     dead_out[...] = dead
 
 
-def _sparse_split(vt: np.ndarray, total: int):
+def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
     """``V = V_hi + V_lo``: ``V_hi`` one exact limb of ``b_v`` bits, ``V_lo`` sparse.
 
     A column's span is set by its few smallest values; cutting every column on the grid
@@ -160,33 +160,49 @@ def _sparse_split(vt: np.ndarray, total: int):
     ``ceil(81 / b_p)`` exact GEMMs instead of twice that, and ``P @ V_lo`` is a sparse float64
     product with its own bound (``V_lo`` is None when the remainder is zero). Returns None
     when the remainder is not sparse (> 5 %) or ``N`` leaves too few bits.
+
+    Only candidates are truncated: a value of a format with ``prec`` significant bits and
+    ``|v| < 2**E`` has no bit below ``2**(E - prec)``, so a scaled value ``|y| >= 2**(prec-1)``
+    (hence ``E >= e_c - b_v + prec``) is already an integer; the others (few) are cut exactly.
     """
     nl = 4
     bp = math.ceil((P_BITS + 1) / nl)
     bv = total - bp
     if bv < 12:
         return None
-    amax = np.abs(vt.T).max(axis=0)  # vt is usually a transposed view: reduce the C layout
+    v = vt.T  # (N, Dv): vt is usually the transposed view of a C array
+    amax = np.abs(v).max(axis=0)
     _, exps = np.frexp(amax)
     exps = exps.astype(np.int64)
     if exps.min() < -900 or exps.max() > 900:
         return None
-    factor = np.ldexp(1.0, bv - exps)[:, None]
-    y = vt * factor
-    hi = np.trunc(y)
-    y -= hi  # the exact remainder
-    yt = y.T  # C-contiguous when vt is the transposed view of a C array
-    flat = np.flatnonzero(yt != 0)  # a bool mask first: much faster than nonzero on floats
-    cols, rows = np.divmod(flat, yt.shape[1])
+    factor = np.ldexp(1.0, bv - exps)  # per column of v, exact powers of two
+    y = v * factor  # exact
+    thr = 2.0 ** (prec - 1) if prec <= 53 else np.inf
+    ay = np.abs(y)
+    cand = np.flatnonzero(ay < thr)  # a bool mask first: much faster than nonzero on floats
+    del ay
+    yf = y.reshape(-1)  # y is our own C-contiguous array
+    if cand.size > 0.25 * y.size:  # many candidates (wider formats): cut every value
+        cand = None
+        yc = yf.copy()
+        np.trunc(yf, out=yf)
+    else:
+        yc = yf[cand]
+        yf[cand] = np.trunc(yc)
+    yc -= yf if cand is None else yf[cand]  # the exact remainder
+    nzm = yc != 0
+    flat = np.flatnonzero(nzm) if cand is None else cand[nzm]
+    rows, cols = np.divmod(flat, y.shape[1])  # key j, column c of v
     if rows.size > 0.05 * y.size:
         return None
     lo = None
     if rows.size:
         from scipy import sparse
 
-        vals = y[rows, cols] / factor[rows, 0]  # exact: rem * 2**(exps - bv)
-        lo = sparse.csr_matrix((vals, (rows, cols)), shape=y.shape)
-    return bp, bv, Limbs((hi,), exps, bv, None), lo
+        vals = yc[nzm] / factor[cols]  # exact: rem * 2**(exps - bv)
+        lo = sparse.csr_matrix((vals, (cols, rows)), shape=(y.shape[1], y.shape[0]))
+    return bp, bv, Limbs((y.T,), exps, bv, None), lo
 
 
 def _one(*args, **kw):
@@ -210,7 +226,7 @@ def _one_inner(
     # limbs of v's columns (rows of the contiguous v.T) first: they fix the width b_p of p's
     vt = v.T  # a view: BLAS takes the transposed layout without a copy
     total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
-    split = _sparse_split(vt, total)
+    split = _sparse_split(vt, total, prec[2])
     if split is not None:  # one exact V limb + a sparse remainder (see _sparse_split)
         bp, bv, lv, v_lo = split
     else:

@@ -184,6 +184,9 @@ def _constants() -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
         c1 = mpmath.floor((c - c0) * mpmath.mpf(2) ** 74) / mpmath.mpf(2) ** 74
         c2 = round_to(c - c0 - c1, FP64).astype(np.float64)
         inv = round_to(1 / c, FP64).astype(np.float64)
+        ratio = c / c0  # needed by the exact first reduction step of _exp_dd
+        if not 1 + mpmath.mpf(2) ** -40 < ratio < 1 + mpmath.mpf(2) ** -30:
+            raise AssertionError("ln2/1024 split: C / c0 out of range")
         # c0 and c1 have at most 32 significant bits: exact in float64.
         return hi, lo, float(c0), float(c1), float(c2), float(inv)
 
@@ -201,6 +204,23 @@ def _scale2(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return y
 
 
+def _pow2(k: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The factor(s) of :func:`_scale2` for ``k``: ``(f, low)``, computed once for hi and lo."""
+    low = k < -1000
+    if not low.any():
+        return ((k + 1023).astype(np.int64) << 52).view(np.float64), None
+    kk = np.where(low, k + 600, k)
+    return ((kk + 1023).astype(np.int64) << 52).view(np.float64), low
+
+
+def _apply2(x: np.ndarray, f: np.ndarray, low: np.ndarray | None) -> np.ndarray:
+    """``_scale2(x, k)`` from ``_pow2(k)`` (the same operations, so the same result)."""
+    y = x * f
+    if low is not None:
+        y = np.where(low, y * 2.0**-600, y)
+    return y
+
+
 def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``exp(xh + xl)`` in double-double for ``xh <= 1`` (see the module docstring).
 
@@ -214,22 +234,37 @@ def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (hi, lo) : tuple of numpy.ndarray
         ``|hi + lo - exp(x)| <= (EXP_REL + 2**-100 |xh|) exp(x) + EXP_ABS``.
     """
-    thi, tlo, c0, c1, c2, inv = _constants()
     xh = np.asarray(xh, dtype=np.float64)
     xl = np.asarray(xl, dtype=np.float64)
     if xh.size and not xh.max() <= 1.0 and not np.isnan(xh).all():
         raise ValueError("exp_dd: argument 'xh' must be <= 1")
+    return _exp_dd(xh, xl)
+
+
+def _exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exp_dd` without the argument check (float64 arrays, ``xh <= 1`` or NaN).
+
+    ``xc - n*c0`` is exact (Sterbenz): for ``n != 0``, ``n = rint(fl(xc * inv))`` gives
+    ``xc / (n c0) = (z / n) (C / c0) / ((1 + d1)(1 + d2))`` with ``z = fl(xc * inv)``,
+    ``|d1|, |d2| <= u``, ``z / n`` in ``(1/2, 3/2]`` (``|z| = 1/2`` rounds to ``n = 0``;
+    a float ``z > 1/2`` is at least ``1/2 + 2**-53``) and ``1 + 2**-40 < C / c0 < 1 + 2**-30``
+    (checked in :func:`_constants`), so the ratio is in ``[1/2, 2]``. Knuth's TwoSum there
+    would return an error of exactly 0; it is skipped.
+    """
+    thi, tlo, c0, c1, c2, inv = _constants()
     dead = xh < -746.0  # exp(x) < 2**-1076: returned as 0, inside EXP_ABS
     any_dead = bool(dead.any())
     xc = np.where(dead, 0.0, xh) if any_dead else xh
     xlc = np.where(dead, 0.0, xl) if any_dead else xl
     n = np.rint(xc * inv)
     # r = x - n*C with C = c0 + c1 + c2: n*c0, n*c1 exact (|n| < 2**21, 32-bit constants)
-    th, tl = two_sum(xc, -(n * c0))
-    th, tl = dd_add_d(th, tl, -(n * c1))
+    th = xc - n * c0  # exact (see above): TwoSum's error term is 0
+    th, tl = dd_add_d(th, 0.0, -(n * c1))
     rh, rl = dd_add_d(th, tl, xlc - n * c2)
-    # exp(r) - 1 = r + r**2/2 + h
-    sh, sl = two_prod(rh, rh)
+    # exp(r) - 1 = r + r**2/2 + h; r**2 by TwoProduct with the split of r done once
+    sh = rh * rh
+    ah_, al_ = _split(rh)
+    sl = ((ah_ * ah_ - sh) + ah_ * al_ + al_ * ah_) + al_ * al_
     sh = sh * 0.5
     sl = sl * 0.5 + rh * rl
     h = rh * rh * rh * (1 / 6 + rh * (1 / 24 + rh * (1 / 120 + rh * (1 / 720))))
@@ -241,7 +276,8 @@ def exp_dd(xh: np.ndarray, xl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bh, bl = thi[idx], tlo[idx]
     ph, pl = dd_mul(bh, bl, ah, al)
     ph, pl = dd_add(bh, bl, ph, pl)
-    hi, lo = _scale2(ph, k), _scale2(pl, k)
+    f, low = _pow2(k)
+    hi, lo = _apply2(ph, f, low), _apply2(pl, f, low)
     if any_dead:
         hi[dead] = 0.0
         lo[dead] = 0.0

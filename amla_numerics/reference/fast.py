@@ -48,10 +48,10 @@ from amla_numerics.reference._dd import (
     DD_REL,
     EXP_ABS,
     EXP_REL,
+    _exp_dd,
     dd_add_d,
     dd_div,
     dd_mul,
-    exp_dd,
     gamma,
     two_sum,
 )
@@ -145,7 +145,7 @@ def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
     ex_row = es.max(axis=1) + DD_REL["add_d"] * xa.max(axis=1)
     if (ex_row > 1e-3).any():
         raise FastUnavailable("score error too large for the fast path")
-    ph[...], pl[...] = exp_dd(np.minimum(xh, 1.0), xl)
+    ph[...], pl[...] = _exp_dd(np.minimum(xh, 1.0), xl)
     rel_out[...] = EXP_REL + 2.0**-100 * xa.max(axis=1) + 1.01 * ex_row
     mxs_out[...] = mxs
     dead_out[...] = dead

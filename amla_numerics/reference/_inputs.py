@@ -96,6 +96,20 @@ def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
     return out, prec, arr.dtype.name
 
 
+def _prefix_view(v: Any, k: Any) -> bool:
+    """``v`` occupies the same memory as ``k[..., :Dv]`` (same dtype, strides, start)."""
+    if not (isinstance(v, np.ndarray) and isinstance(k, np.ndarray)):
+        return False
+    return (
+        v.dtype == k.dtype
+        and v.ndim == k.ndim >= 2
+        and v.shape[:-1] == k.shape[:-1]
+        and 0 < v.shape[-1] <= k.shape[-1]
+        and v.strides == k.strides
+        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
+    )
+
+
 def make_scale(scale: Any, dk: int) -> Scale:
     """Exact scale: None means ``1/sqrt(dk)`` (rational only for a perfect square ``dk``)."""
     if scale is None:
@@ -124,7 +138,10 @@ def prepare(q: Any, k: Any, v: Any, scale: Any, mask: Any) -> Problem:
     """Check and broadcast; every error names the offending argument."""
     qa, pq, dq = _as_float(q, "q")
     ka, pk, dk_ = _as_float(k, "k")
-    va, pv, dv = _as_float(v, "v")
+    if _prefix_view(v, k):  # v = k[..., :Dv] (MLA): reuse k's conversion, same values
+        va, pv, dv = ka[..., : np.shape(v)[-1]], pk, dk_
+    else:
+        va, pv, dv = _as_float(v, "v")
     if qa.shape[-1] != ka.shape[-1]:
         raise ValueError(f"argument 'k' has Dk = {ka.shape[-1]} but 'q' has Dk = {qa.shape[-1]}")
     if ka.shape[-2] != va.shape[-2]:

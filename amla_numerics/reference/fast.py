@@ -177,7 +177,7 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
     if exps.min() < -900 or exps.max() > 900:
         return None
     factor = np.ldexp(1.0, bv - exps)  # per column of v, exact powers of two
-    y = v * factor  # exact
+    y = np.multiply(v, factor, order="C")  # exact; our own C-contiguous array
     thr = 2.0 ** (prec - 1) if prec <= 53 else np.inf
     ay = np.abs(y)
     cand = np.flatnonzero(ay < thr)  # a bool mask first: much faster than nonzero on floats
@@ -293,10 +293,15 @@ def _one_inner(
     if v_lo is not None:
         # float64 product of the sparse remainder with p_hi: error <= (gamma_{k+1} + 2**-52)
         # * (|V_lo| @ p_hi) (p_lo neglected, |p_lo| <= 2**-52 p_hi); k = nonzeros per column
+        from scipy import sparse
+
         kmax = int(np.diff(v_lo.indptr).max())
-        pht = ph.T
-        terms.append(np.asarray(v_lo @ pht))
-        mag = np.asarray(abs(v_lo) @ pht) * (1 + 2 * gamma(kmax + 1))
+        # V_lo and |V_lo| in one sparse product (one C-contiguous copy of p^T inside scipy);
+        # every output row is the same sequential sum as in a separate product
+        both = np.asarray(sparse.vstack([v_lo, abs(v_lo)], format="csr") @ ph.T)
+        dvv = v_lo.shape[0]
+        terms.append(both[:dvv])
+        mag = both[dvv:] * (1 + 2 * gamma(kmax + 1))
         e_lo = (gamma(kmax + 1) + 2.0**-52) * mag * _INFLATE
     if not terms:
         terms, lterms = [np.zeros((v.shape[1], m_rows))], [np.zeros(m_rows)]

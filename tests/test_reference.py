@@ -256,3 +256,109 @@ def test_near_cancellation_goes_to_mpmath(dtype, delta, scale):
     auto = attention(q, k, v, scale)
     np.testing.assert_array_equal(auto[~tight], ref64[~tight])
     assert (np.abs(auto - ref64) <= 1e-3 * ulp(ref64, FP32)).all()
+
+
+# --- the speed-ups of the fast path keep exactness (row-block limbs, exp reduction, views) ---
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_exact_dot_row_blocks_match_fractions(data):
+    """Rows of very different spans: later limbs are nonzero on a few rows only (and may be
+    zero between nonzero ones); the block terms must still give the exact dot products."""
+    from fractions import Fraction
+
+    from amla_numerics.reference.exactdot import exact_dot
+
+    m = data.draw(st.integers(1, 5))
+    n = data.draw(st.integers(1, 6))
+    kk = data.draw(st.integers(1, 12))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, kk)) * np.exp2(rng.integers(-40, 40, (m, kk)) * rng.integers(0, 2, (m, 1)))
+    b = rng.standard_normal((n, kk)) * np.exp2(rng.integers(-40, 40, (n, kk)) * rng.integers(0, 2, (n, 1)))
+    a[rng.random(a.shape) < 0.3] = 0.0
+    a = a.astype(ml_dtypes.bfloat16).astype(np.float64)
+    b = b.astype(ml_dtypes.bfloat16).astype(np.float64)
+    d = exact_dot(a, b, precision_a=8, precision_b=8)
+    exact = [[sum(Fraction(x) * Fraction(y) for x, y in zip(a[i], b[j], strict=True))
+              for j in range(n)] for i in range(m)]
+    assert d.to_fractions() == exact
+    hi, lo, err = d.to_dd()
+    for i in range(m):
+        h1, l1, _ = d.to_dd(slice(i, i + 1))
+        assert np.array_equal(h1[0], hi[i]) and np.array_equal(l1[0], lo[i])
+        for j in range(n):
+            assert abs(Fraction(hi[i, j]) + Fraction(lo[i, j]) - exact[i][j]) <= Fraction(err[i, j])
+
+
+def test_exact_dot_sparse_rows_use_blocks():
+    """A few rows with a tiny value need a second limb: only those rows get a block term."""
+    from amla_numerics.reference.exactdot import exact_dot
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((16, 64)).astype(ml_dtypes.bfloat16).astype(np.float64)
+    b = rng.standard_normal((40, 64)).astype(ml_dtypes.bfloat16).astype(np.float64)
+    a[3, 5] = 2.0**-60
+    b[7, 9] = -(2.0**-50)
+    d = exact_dot(a, b, precision_a=8, precision_b=8)
+    assert d.blocks is not None and d.blocks[0] is None
+    assert any(blk is not None for blk in d.blocks)
+    ref = exact_dot(a, b, precision_a=53, precision_b=53)  # a different split, same values
+    assert d.to_fractions() == ref.to_fractions()
+    hi, lo, _ = d.to_dd()
+    rh, rl, _ = ref.to_dd()
+    assert np.array_equal(hi + lo, rh + rl)
+
+
+def test_exp_dd_first_reduction_step_is_exact():
+    """``xc - n*c0`` (the TwoSum the exp skips) has a zero error term on the whole domain."""
+    from amla_numerics.reference._dd import _constants, exp_dd, two_sum
+
+    _, _, c0, _, _, inv = _constants()
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        np.linspace(-746.0, 1.0, 400_001),
+        -rng.random(200_000) * 60,
+        np.ldexp(1.0, -np.arange(1, 1075)),
+        -np.ldexp(1.0, -np.arange(1, 1075)),
+        np.array([0.0, -0.0, 1.0, -746.0]),
+    ])
+    n = np.rint(x * inv)
+    _, err = two_sum(x, -(n * c0))
+    assert not err.any()
+    with mpmath.workprec(200):
+        for xv in (-700.25, -13.5, -1e-300, -0.34657359027997264):
+            hi, lo = exp_dd(np.array([xv]), np.zeros(1))
+            e = abs(mpmath.mpf(hi[0]) + mpmath.mpf(lo[0]) - mpmath.exp(xv))
+            assert e <= (2.0**-84 + 2.0**-100 * abs(xv)) * mpmath.exp(xv) + 2.0**-1070
+
+
+@pytest.mark.parametrize("method", ["fast", "auto"])
+def test_v_prefix_view_of_k_same_result(method):
+    """v = k[:, :Dv] (a view: its conversion is shared) gives bit-identical results."""
+    rng = np.random.default_rng(1)
+    k = rng.standard_normal((300, 48)).astype(ml_dtypes.bfloat16)
+    q = rng.standard_normal((5, 48)).astype(ml_dtypes.bfloat16)
+    v_view = k[:, :32]
+    v_copy = np.ascontiguousarray(k[:, :32])
+    a = attention(q, k, v_view, 0.25, method=method, return_lse=True)
+    b = attention(q, k, v_copy, 0.25, method=method, return_lse=True)
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+
+
+def test_sparse_v_split_is_exact():
+    """V_hi + V_lo == V exactly, with only the candidates (small values) truncated."""
+    from amla_numerics.reference.fast import _sparse_split
+
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((4096, 64))
+    v[rng.random(v.shape) < 0.01] *= 2.0**-20
+    v = v.astype(ml_dtypes.bfloat16).astype(np.float64)
+    bp, bv, lv, lo = _sparse_split(v.T, 53 - 12 - 1, 8)
+    hi = lv.parts[0]  # (Dv, N), integers below 2**bv on the column grid
+    assert np.array_equal(hi, np.trunc(hi)) and np.abs(hi).max() < 2.0**bv
+    back = hi * np.ldexp(1.0, lv.exps - bv)[:, None]
+    total = back + (lo.toarray() if lo is not None else 0.0)
+    assert np.array_equal(total, v.T)  # both terms exact and disjoint in bits: no rounding
+    assert lo is not None and lo.nnz < 0.05 * v.size

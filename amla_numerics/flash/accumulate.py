@@ -130,6 +130,7 @@ def matmul(
     *,
     in_precision: int | None = None,
     b_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    b_absmax: float | None = None,
 ) -> np.ndarray:
     """``a @ b`` (``a`` (..., M, K), ``b`` (..., K, N), exact values) under model ``acc``.
 
@@ -137,7 +138,8 @@ def matmul(
     dimensions broadcast as in ``numpy.matmul``. ``in_precision`` (optional) promises that
     every operand has at most that many significant bits (BF16: 8, with a subnormal
     quantum no finer than ``2**-133``); it only speeds up the ``"exact"`` model, as does
-    ``b_stats``, ``b``'s :func:`column_stats` computed once by the caller.
+    ``b_stats``, ``b``'s :func:`column_stats` computed once by the caller, and ``b_absmax``,
+    an upper bound of ``max |b|`` (ditto).
     """
     if out not in _FORMATS:
         raise ValueError(f"argument 'out' must be 'fp32' or 'fp64', got {out!r}")
@@ -146,7 +148,7 @@ def matmul(
     a64 = np.asarray(a, dtype=np.float64)
     b64 = np.asarray(b, dtype=np.float64)
     if acc.model == "exact":
-        return _exact(a64, b64, out, acc.out_rounding, in_precision, b_stats)
+        return _exact(a64, b64, out, acc.out_rounding, in_precision, b_stats, b_absmax)
     if a64.shape[-1] != b64.shape[-2]:
         raise ValueError(f"matmul: inner dimensions differ ({a64.shape[-1]} and {b64.shape[-2]})")
     if acc.model == "fp32_seq":  # one outer product per step: no (M, N, K) array
@@ -241,9 +243,9 @@ def _round64(y: np.ndarray, out: str, mode: str) -> np.ndarray:
     return round_to(np.asarray(y, dtype=np.float64), FP32, mode)
 
 
-def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None) -> np.ndarray:
+def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_absmax=None) -> np.ndarray:
     if out != "fp64" and p is not None:
-        return _exact_split(a64, b64, out, mode, p, b_stats)
+        return _exact_bounded(a64, b64, out, mode, p, b_stats, b_absmax)
     with np.errstate(invalid="ignore", over="ignore"):
         s = a64 @ b64
     if out == "fp64":
@@ -267,6 +269,85 @@ def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None) ->
     if np.any(bad):
         res = res.copy()
         _fix_bad(a64, b64, res, bad, out, mode)
+    return res
+
+
+_FEW = 256  # ambiguous elements settled one by one (math.fsum); more: the split path
+
+
+def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None):
+    """The exact model from one float64 BLAS product ``s`` and a rounding certificate.
+
+    ``s`` is within ``B_i = (K + 2) 2**-52 R_i`` of the exact sum, ``R_i = sum_k |a_ik| *
+    max|b| >= sum_k |a_ik b_kj|`` (the float64 dot-product bound in any summation order; the
+    slack over ``gamma_K`` also covers the roundings of ``R_i`` and of ``s -+ B_i``, so the
+    computed ends enclose the exact value). Rows that pass the exactness test of
+    :func:`_exact_split` (when ``b_stats`` is given) get ``B_i = 0``. Where both ends round to
+    the same number, it is the answer (rounding is monotonic). The rest (near-ties: a few per
+    hundred thousand) get the tight bound ``(K + 2) 2**-52 sum_k |a_ik b_kj|``, then the
+    exact :func:`_fsum_round`; if too many remain, :func:`_exact_split` decides them.
+    """
+    k = a64.shape[-1]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        s = a64 @ b64
+        res = _round64(s, out, mode)
+        if b_stats is not None:  # rows whose product is exact (outer test, see _exact_split)
+            nb, qb = b_stats
+            na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))
+            qa = _min_quantum_exp(a64, -1, p)
+            x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
+            y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
+            lim = 2.0**53 / (1 + 2.0**-39)
+            row_ok = (x_row * y_col.max(axis=-1, keepdims=True) < lim) & (
+                qa + qb.min(axis=-1, keepdims=True) >= -1074
+            )
+            if row_ok.all():
+                return res
+            # the failing rows: exact (row, column) pairs by the same outer test
+            exact_pair = (x_row[..., :, None] * y_col[..., None, :] < lim) & (
+                qa[..., :, None] + qb[..., None, :] >= -1074
+            )
+        else:
+            exact_pair = None
+        if b_absmax is None:
+            b_absmax = np.max(np.abs(b64), axis=(-2, -1), keepdims=True) if b64.size else 0.0
+        r_row = np.add.reduce(np.abs(a64), axis=-1, keepdims=True) * b_absmax
+        bound = r_row * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
+        bound += k * 2.0**-1074
+        if not (np.all(np.isfinite(s)) and np.all(np.isfinite(bound))):
+            return _exact_split(a64, b64, out, mode, p, b_stats)
+        lo = _round64(s - bound, out, mode)
+        hi = _round64(s + bound, out, mode)
+        bad = lo != hi
+        if exact_pair is not None:
+            bad &= ~exact_pair
+        if not bad.any():
+            return res
+        # per element, from its K exact products: exact sum (every product a multiple of
+        # Q >= 2**(floor(log2 min|prod|) - 2p + 1), sum |prod| < 2**53 Q), or the tight bound
+        shape = res.shape
+        ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])
+        bb = np.broadcast_to(np.swapaxes(b64, -1, -2), shape[:-2] + shape[-1:] + b64.shape[-2:-1])
+        idx = np.nonzero(bad)
+        prods = np.abs(ab[idx[:-1]] * bb[idx[:-2] + idx[-1:]])
+        total = np.add.reduce(prods, axis=-1)
+        small = np.min(prods, axis=-1, where=prods != 0, initial=np.inf)
+        e = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1
+        exact_el = ~np.isfinite(small) | (
+            total * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(e - 2 * p + 1 + 53, -1100, 1100))
+        )
+        tight = total * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
+        tight += k * 2.0**-1074
+        sb = s[idx]
+        still = ~exact_el & (_round64(sb - tight, out, mode) != _round64(sb + tight, out, mode))
+        if not still.any():
+            return res
+        if np.count_nonzero(still) > _FEW:
+            return _exact_split(a64, b64, out, mode, p, b_stats)
+        bad[...] = False
+        bad[tuple(i[still] for i in idx)] = True
+    res = res.copy() if not res.flags.writeable else res
+    _fix_bad(a64, b64, res, bad, out, mode)
     return res
 
 

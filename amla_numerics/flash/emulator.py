@@ -55,7 +55,7 @@ import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash.accumulate import column_stats, min_nonzero_abs, quantum_exp_from_min, vector_sum
+from amla_numerics.flash.accumulate import min_nonzero_abs, quantum_exp_from_min, vector_sum
 from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input
@@ -229,6 +229,11 @@ def _min_nonzero_abs_bf16(k: np.ndarray, axis: int = -1) -> np.ndarray | None:
     return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
+def _absmax(x: np.ndarray) -> float:
+    """``max |x|`` of a float64 array (0 when empty)."""
+    return float(max(x.max(), -x.min())) if x.size else 0.0
+
+
 def _leading_columns_of(v: np.ndarray, k: np.ndarray) -> bool:
     """True if ``v`` is exactly the view ``k[..., :Dv]`` (same memory, strides and dtype)."""
     return (
@@ -248,10 +253,12 @@ class _Run:
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
         self.q = round_input(inp.q, pol.qk.in_format)
         self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
-        if _leading_columns_of(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format:
+        self.v_is_k = _leading_columns_of(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format
+        if self.v_is_k:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
+        self.k_absmax = self.v_absmax = None
         self.scale = self.dt(inp.scale)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
@@ -263,13 +270,17 @@ class _Run:
             if small is None:
                 small = min_nonzero_abs(k_rows, -1)
             self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
+            self.k_absmax = _absmax(self.kT)
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv
+            # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
+            self.v_absmax = self.k_absmax if self.v is not None and self.v_is_k else _absmax(self.v)
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
         stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
         qk = matrix_product(
-            self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True, b_stats=stats
+            self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True, b_stats=stats,
+            b_absmax=self.k_absmax,
         )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
@@ -279,21 +290,12 @@ class _Run:
 
     def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
         pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
-        stats = None
-        if self.v_parts is not None:
-            vb = self.v[..., lo:hi, :]
-            small = None
-            if self.pol.pv.in_format == "bf16":
-                small = _min_nonzero_abs_bf16(self.inp.v[..., lo:hi, :], -2)
-            if small is None:
-                stats = column_stats(vb, self.v_parts)
-            else:
-                stats = (np.sqrt(np.einsum("...kn,...kn->...n", vb, vb)), quantum_exp_from_min(small, self.v_parts))
         exact_in = self.pol.p_cast is not None and self.pol.p_cast == self.pol.pv.in_format
         if exact_in:  # the cast already put P in the matrix unit's input format
             pc = pc.astype(np.float64)
         return matrix_product(
-            pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, a_rounded=exact_in, b_rounded=True, b_stats=stats
+            pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, a_rounded=exact_in, b_rounded=True,
+            b_absmax=self.v_absmax,
         )
 
     def execute(self, blocks):

@@ -75,10 +75,16 @@ class Limbs:
 
 def row_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the largest magnitude and the smallest nonzero magnitude (inf if none)."""
-    ax = np.abs(x)
-    amax = ax.max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
-    ax[ax == 0] = np.inf
-    amin = ax.min(axis=1) if x.shape[1] else np.full(x.shape[0], np.inf)
+    if not x.shape[1]:
+        return np.zeros(x.shape[0]), np.full(x.shape[0], np.inf)
+    amax = np.empty(x.shape[0])
+    amin = np.empty(x.shape[0])
+    step = max(1, (1 << 16) // x.shape[1])  # blocks of rows that stay in cache
+    for r0 in range(0, x.shape[0], step):
+        ax = np.abs(x[r0 : r0 + step])
+        amax[r0 : r0 + step] = ax.max(axis=1)
+        ax[ax == 0] = np.inf
+        amin[r0 : r0 + step] = ax.min(axis=1)
     return amax, amin
 
 

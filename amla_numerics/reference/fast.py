@@ -171,17 +171,24 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
     if bv < 12:
         return None
     v = vt.T  # (N, Dv): vt is usually the transposed view of a C array
-    amax = np.abs(v).max(axis=0)
+    amax = np.maximum(v.max(axis=0), -v.min(axis=0))  # |v| column maxima, no |v| copy
     _, exps = np.frexp(amax)
     exps = exps.astype(np.int64)
     if exps.min() < -900 or exps.max() > 900:
         return None
     factor = np.ldexp(1.0, bv - exps)  # per column of v, exact powers of two
-    y = np.multiply(v, factor, order="C")  # exact; our own C-contiguous array
     thr = 2.0 ** (prec - 1) if prec <= 53 else np.inf
-    ay = np.abs(y)
-    cand = np.flatnonzero(ay < thr)  # a bool mask first: much faster than nonzero on floats
-    del ay
+    y = np.empty(v.shape)  # our own C-contiguous array
+    small = np.empty(v.shape, dtype=bool)
+    step = max(1, (1 << 15) // max(1, v.shape[1]))  # row blocks that stay in cache
+    for r0 in range(0, v.shape[0], step):
+        blk = slice(r0, r0 + step)
+        yb = y[blk]
+        np.multiply(v[blk], factor, out=yb)  # exact
+        ab = np.abs(yb)
+        np.less(ab, thr, out=small[blk])
+    cand = np.flatnonzero(small)  # a bool mask first: much faster than nonzero on floats
+    del small
     yf = y.reshape(-1)  # y is our own C-contiguous array
     if cand.size > 0.25 * y.size:  # many candidates (wider formats): cut every value
         cand = None

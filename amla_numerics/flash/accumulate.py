@@ -131,6 +131,7 @@ def matmul(
     in_precision: int | None = None,
     b_stats: tuple[np.ndarray, np.ndarray] | None = None,
     b_absmax: float | None = None,
+    a_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``a @ b`` (``a`` (..., M, K), ``b`` (..., K, N), exact values) under model ``acc``.
 
@@ -139,7 +140,8 @@ def matmul(
     every operand has at most that many significant bits (BF16: 8, with a subnormal
     quantum no finer than ``2**-133``); it only speeds up the ``"exact"`` model, as does
     ``b_stats``, ``b``'s :func:`column_stats` computed once by the caller, and ``b_absmax``,
-    an upper bound of ``max |b|`` (ditto).
+    an upper bound of ``max |b|`` (ditto), and ``a_stats``, ``a``'s row ``(norms, quantum
+    exponents)`` (the row analogue of ``b_stats``).
     """
     if out not in _FORMATS:
         raise ValueError(f"argument 'out' must be 'fp32' or 'fp64', got {out!r}")
@@ -148,7 +150,7 @@ def matmul(
     a64 = np.asarray(a, dtype=np.float64)
     b64 = np.asarray(b, dtype=np.float64)
     if acc.model == "exact":
-        return _exact(a64, b64, out, acc.out_rounding, in_precision, b_stats, b_absmax)
+        return _exact(a64, b64, out, acc.out_rounding, in_precision, b_stats, b_absmax, a_stats)
     if a64.shape[-1] != b64.shape[-2]:
         raise ValueError(f"matmul: inner dimensions differ ({a64.shape[-1]} and {b64.shape[-2]})")
     if acc.model == "fp32_seq":  # one outer product per step: no (M, N, K) array
@@ -243,9 +245,9 @@ def _round64(y: np.ndarray, out: str, mode: str) -> np.ndarray:
     return round_to(np.asarray(y, dtype=np.float64), FP32, mode)
 
 
-def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_absmax=None) -> np.ndarray:
+def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_absmax=None, a_stats=None):
     if out != "fp64" and p is not None:
-        return _exact_bounded(a64, b64, out, mode, p, b_stats, b_absmax)
+        return _exact_bounded(a64, b64, out, mode, p, b_stats, b_absmax, a_stats)
     with np.errstate(invalid="ignore", over="ignore"):
         s = a64 @ b64
     if out == "fp64":
@@ -275,60 +277,74 @@ def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_
 _FEW = 256  # ambiguous elements settled one by one (math.fsum); more: the split path
 
 
-def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None):
-    """The exact model from one float64 BLAS product ``s`` and a rounding certificate.
+def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=None):
+    """The exact model from one float64 BLAS product ``s`` and rounding certificates.
 
-    ``s`` is within ``B_i = (K + 2) 2**-52 R_i`` of the exact sum, ``R_i = sum_k |a_ik| *
+    (1) With ``a_stats`` and ``b_stats`` (row and column ``(norms, quantum exponents)``):
+    if every row passes the exactness test of :func:`_exact_split`, ``s`` is exact.
+    (2) ``s`` is within ``B_i = (K + 2) 2**-52 R_i`` of the exact sum, ``R_i = sum_k |a_ik|
     max|b| >= sum_k |a_ik b_kj|`` (the float64 dot-product bound in any summation order; the
     slack over ``gamma_K`` also covers the roundings of ``R_i`` and of ``s -+ B_i``, so the
-    computed ends enclose the exact value). Rows that pass the exactness test of
-    :func:`_exact_split` (when ``b_stats`` is given) get ``B_i = 0``. Where both ends round to
-    the same number, it is the answer (rounding is monotonic). The rest (near-ties: a few per
-    hundred thousand) get the tight bound ``(K + 2) 2**-52 sum_k |a_ik b_kj|``, then the
-    exact :func:`_fsum_round`; if too many remain, :func:`_exact_split` decides them.
+    computed ends enclose the exact value); where both ends round to the same number, it
+    is the answer (rounding is monotonic). (3) The rest (a few per thousand: mostly exact
+    ties, P~ V sums of few bits): the (row, column) exactness test (with ``b_stats``), then
+    the element's ``K`` exact products: ``s`` is exact when ``sum |prod| < 2**53 Q`` (``Q``
+    their common quantum; ``p``-bit operands give ``2p``-bit products), else the tight bound
+    ``(K + 2) 2**-52 sum |prod|`` may settle it, else :func:`_fsum_round`; if more than
+    ``_FEW`` remain, :func:`_exact_split` decides them all.
     """
     k = a64.shape[-1]
+    lim = 2.0**53 / (1 + 2.0**-39)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         s = a64 @ b64
         res = _round64(s, out, mode)
-        if b_stats is not None:  # rows whose product is exact (outer test, see _exact_split)
+        y_col = x_row = qa = None
+        if b_stats is not None:
             nb, qb = b_stats
-            na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))
-            qa = _min_quantum_exp(a64, -1, p)
-            x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
             y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
-            lim = 2.0**53 / (1 + 2.0**-39)
-            row_ok = (x_row * y_col.max(axis=-1, keepdims=True) < lim) & (
-                qa + qb.min(axis=-1, keepdims=True) >= -1074
-            )
-            if row_ok.all():
-                return res
-            # the failing rows: exact (row, column) pairs by the same outer test
-            exact_pair = (x_row[..., :, None] * y_col[..., None, :] < lim) & (
-                qa[..., :, None] + qb[..., None, :] >= -1074
-            )
-        else:
-            exact_pair = None
+            if a_stats is not None:  # (1)
+                na, qa = a_stats
+                x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
+                row_ok = (x_row * y_col.max(axis=-1, keepdims=True) < lim) & (
+                    qa + qb.min(axis=-1, keepdims=True) >= -1074
+                )
+                if row_ok.all():
+                    return res
+        # (2)
         if b_absmax is None:
             b_absmax = np.max(np.abs(b64), axis=(-2, -1), keepdims=True) if b64.size else 0.0
-        r_row = np.add.reduce(np.abs(a64), axis=-1, keepdims=True) * b_absmax
+        if a64.size and a64.min() >= 0:  # sum |a| by a matrix-vector product (rounding: in the slack)
+            r_row = (a64 @ np.ones((k, 1))) * b_absmax
+        else:
+            r_row = np.add.reduce(np.abs(a64), axis=-1, keepdims=True) * b_absmax
+        if not np.all(r_row < 2.0**1000):  # also NaN: inputs with inf/NaN, or huge sums
+            return _exact_split(a64, b64, out, mode, p, b_stats)
         bound = r_row * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
         bound += k * 2.0**-1074
-        if not (np.all(np.isfinite(s)) and np.all(np.isfinite(bound))):
-            return _exact_split(a64, b64, out, mode, p, b_stats)
         lo = _round64(s - bound, out, mode)
         hi = _round64(s + bound, out, mode)
         bad = lo != hi
-        if exact_pair is not None:
-            bad &= ~exact_pair
-        if not bad.any():
+        flat = np.flatnonzero(bad)
+        if not flat.size:
             return res
-        # per element, from its K exact products: exact sum (every product a multiple of
-        # Q >= 2**(floor(log2 min|prod|) - 2p + 1), sum |prod| < 2**53 Q), or the tight bound
+        idx = np.unravel_index(flat, bad.shape)
+        if b_stats is not None:  # (3) exact (row, column) pairs
+            if x_row is None:
+                na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))
+                qa = _min_quantum_exp_fast(a64, p)
+                x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
+            xr = np.broadcast_to(x_row, bad.shape[:-1])[idx[:-1]]
+            qr = np.broadcast_to(qa, bad.shape[:-1])[idx[:-1]]
+            yc = np.broadcast_to(y_col, bad.shape[:-2] + bad.shape[-1:])[idx[:-2] + idx[-1:]]
+            qc = np.broadcast_to(qb, bad.shape[:-2] + bad.shape[-1:])[idx[:-2] + idx[-1:]]
+            open_ = ~((xr * yc < lim) & (qr + qc >= -1074))
+            if not open_.any():
+                return res
+            idx = tuple(i[open_] for i in idx)
+        # (3) from the element's exact products
         shape = res.shape
         ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])
         bb = np.broadcast_to(np.swapaxes(b64, -1, -2), shape[:-2] + shape[-1:] + b64.shape[-2:-1])
-        idx = np.nonzero(bad)
         prods = np.abs(ab[idx[:-1]] * bb[idx[:-2] + idx[-1:]])
         total = np.add.reduce(prods, axis=-1)
         small = np.min(prods, axis=-1, where=prods != 0, initial=np.inf)
@@ -344,11 +360,24 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None):
             return res
         if np.count_nonzero(still) > _FEW:
             return _exact_split(a64, b64, out, mode, p, b_stats)
-        bad[...] = False
+        bad = np.zeros(shape, bool)
         bad[tuple(i[still] for i in idx)] = True
     res = res.copy() if not res.flags.writeable else res
     _fix_bad(a64, b64, res, bad, out, mode)
     return res
+
+
+def _min_quantum_exp_fast(x: np.ndarray, p: int) -> np.ndarray:
+    """:func:`_min_quantum_exp` with ``p`` along the last axis of a float64 array, from its bits."""
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1], 10**6)
+    low = np.ascontiguousarray(x).view(np.uint64) & np.uint64(0x7FFFFFFFFFFFFFFF)
+    low -= np.uint64(1)  # zeros wrap to the largest value
+    low = low.min(axis=-1)
+    low += np.uint64(1)  # all-zero lines wrap back to 0
+    small = low.view(np.float64)
+    small[low == 0] = np.inf
+    return quantum_exp_from_min(small, p)
 
 
 def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):

@@ -55,7 +55,7 @@ import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash.accumulate import min_nonzero_abs, quantum_exp_from_min, vector_sum
+from amla_numerics.flash.accumulate import _min_quantum_exp_fast, min_nonzero_abs, quantum_exp_from_min, vector_sum
 from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input
@@ -224,8 +224,13 @@ def _min_nonzero_abs_bf16(k: np.ndarray, axis: int = -1) -> np.ndarray | None:
     """Smallest non-zero |k| along ``axis`` of a bfloat16 array, from its bits (else None)."""
     if k.dtype != ml_dtypes.bfloat16:
         return None
-    mag = k.view(np.uint16) & np.uint16(0x7FFF)
-    low = np.min(mag, axis=axis, where=mag != 0, initial=np.uint16(0x7F80))  # 0x7F80: +inf
+    if k.shape[axis] == 0:
+        return np.full(np.delete(k.shape, axis), np.inf)
+    low = k.view(np.uint16) & np.uint16(0x7FFF)
+    low -= np.uint16(1)  # zeros wrap to 0xFFFF, above every finite magnitude - 1
+    low = low.min(axis=axis)
+    low += np.uint16(1)  # all-zero lines wrap back to 0
+    low[low == 0] = 0x7F80  # +inf
     return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
@@ -258,7 +263,7 @@ class _Run:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
-        self.k_absmax = self.v_absmax = None
+        self.k_absmax = self.v_absmax = self.q_stats = None
         self.scale = self.dt(inp.scale)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
@@ -271,6 +276,7 @@ class _Run:
                 small = min_nonzero_abs(k_rows, -1)
             self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
             self.k_absmax = _absmax(self.kT)
+            self.q_stats = (np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)), _min_quantum_exp_fast(self.q, p_qk))
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv
             # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
@@ -280,7 +286,7 @@ class _Run:
         stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
         qk = matrix_product(
             self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True, b_stats=stats,
-            b_absmax=self.k_absmax,
+            b_absmax=self.k_absmax, a_stats=self.q_stats,
         )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
@@ -290,12 +296,20 @@ class _Run:
 
     def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
         pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
+        stats = None
+        if self.v_parts is not None and self.pol.pv.in_format == "bf16":
+            # exactness test of the P V tile: V's column quanta in this block, and a bound of
+            # its column norms (sqrt(rows) max |V|)
+            small = _min_nonzero_abs_bf16(self.inp.v[..., lo:hi, :], -2)
+            if small is not None:
+                nb = np.full(small.shape, math.sqrt(hi - lo) * self.v_absmax * (1 + 2.0**-30))
+                stats = (nb, quantum_exp_from_min(small, self.v_parts))
         exact_in = self.pol.p_cast is not None and self.pol.p_cast == self.pol.pv.in_format
         if exact_in:  # the cast already put P in the matrix unit's input format
             pc = pc.astype(np.float64)
         return matrix_product(
             pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, a_rounded=exact_in, b_rounded=True,
-            b_absmax=self.v_absmax,
+            b_stats=stats, b_absmax=self.v_absmax,
         )
 
     def execute(self, blocks):

@@ -206,18 +206,21 @@ def matrix_product(
     b_rounded: bool = False,
     b_stats: tuple[np.ndarray, np.ndarray] | None = None,
     b_absmax: float | None = None,
+    a_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``a @ b`` on the matrix unit: operands rounded to ``mm.in_format`` (rne; identity for
     values already in it), summed by ``mm.accumulation`` into ``mm.out_format``, then
     converted to the work dtype (rne; exact when ``out_format`` is no wider).
     ``a_rounded``/``b_rounded`` promise that the operand is a float64 array already in
     ``in_format`` (skips a rounding pass); ``b_stats`` are ``b``'s precomputed
-    :func:`~amla_numerics.flash.accumulate.column_stats` and ``b_absmax`` a bound of
-    ``max |b|`` (speed-ups only).
+    :func:`~amla_numerics.flash.accumulate.column_stats`, ``b_absmax`` a bound of
+    ``max |b|`` and ``a_stats`` ``a``'s row statistics (speed-ups only).
     """
     a64 = a if a_rounded else round_input(a, mm.in_format)
     b64 = b if b_rounded else round_input(b, mm.in_format)
     prec = PRECISION.get(mm.in_format)
-    res = _acc_matmul(a64, b64, mm.accumulation, mm.out_format, in_precision=prec, b_stats=b_stats, b_absmax=b_absmax)
+    res = _acc_matmul(
+        a64, b64, mm.accumulation, mm.out_format, in_precision=prec, b_stats=b_stats, b_absmax=b_absmax, a_stats=a_stats
+    )
     with np.errstate(over="ignore"):
         return res.astype(work)

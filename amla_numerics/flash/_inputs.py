@@ -31,7 +31,19 @@ class Inputs:
     dv: int
 
 
-def _array(x: Any, name: str) -> np.ndarray:
+def _same_memory_columns(v: Any, k: np.ndarray) -> bool:
+    """True if ``v`` is an array viewing the leading columns of ``k`` (MLA's V = K[..., :Dv])."""
+    return (
+        isinstance(v, np.ndarray)
+        and v.dtype == k.dtype
+        and v.shape[:-1] == k.shape[:-1]
+        and v.shape[-1] <= k.shape[-1]
+        and v.strides == k.strides
+        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
+    )
+
+
+def _array(x: Any, name: str, finite_checked: bool = False) -> np.ndarray:
     try:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
@@ -40,7 +52,7 @@ def _array(x: Any, name: str) -> np.ndarray:
         raise TypeError(f"argument {name!r} must hold real numbers, got dtype {a.dtype}")
     if a.ndim < 2:
         raise ValueError(f"argument {name!r} must have at least 2 dimensions (..., rows, features), got shape {a.shape}")
-    if not _all_finite(a):
+    if not finite_checked and not _all_finite(a):  # a view of checked memory needs no second look
         raise ValueError(f"argument {name!r} contains NaN or infinite values")
     return a
 
@@ -76,7 +88,8 @@ def check_inputs(
     tau: Any,
 ) -> Inputs:
     """Check shapes and options; build the combined boolean mask (see :func:`attention`)."""
-    qa, ka, va = _array(q, "q"), _array(k, "k"), _array(v, "v")
+    qa, ka = _array(q, "q"), _array(k, "k")
+    va = _array(v, "v", finite_checked=_same_memory_columns(v, ka))
     if qa.shape[-1] != ka.shape[-1]:
         raise ValueError(f"arguments 'q' {qa.shape} and 'k' {ka.shape} differ in the feature dimension Dk")
     if ka.shape[-2] != va.shape[-2]:

@@ -234,9 +234,15 @@ def _min_nonzero_abs_bf16(k: np.ndarray, axis: int = -1) -> np.ndarray | None:
     return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
-def _absmax(x: np.ndarray) -> float:
-    """``max |x|`` of a float64 array (0 when empty)."""
-    return float(max(x.max(), -x.min())) if x.size else 0.0
+def _absmax(x: np.ndarray, raw: np.ndarray | None = None) -> float:
+    """``max |x|`` of a float64 array (0 when empty); from the bits of ``raw`` (the same
+    values) when that is a bfloat16 array."""
+    if not x.size:
+        return 0.0
+    if raw is not None and raw.dtype == ml_dtypes.bfloat16:
+        top = np.max(raw.view(np.uint16) & np.uint16(0x7FFF))
+        return float(np.uint32(np.uint32(top) << np.uint32(16)).view(np.float32))
+    return float(max(x.max(), -x.min()))
 
 
 def _leading_columns_of(v: np.ndarray, k: np.ndarray) -> bool:
@@ -275,12 +281,12 @@ class _Run:
             if small is None:
                 small = min_nonzero_abs(k_rows, -1)
             self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
-            self.k_absmax = _absmax(self.kT)
+            self.k_absmax = _absmax(self.kT, inp.k if pol.qk.in_format == "bf16" else None)
             self.q_stats = (np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)), _min_quantum_exp_fast(self.q, p_qk))
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv
             # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
-            self.v_absmax = self.k_absmax if self.v is not None and self.v_is_k else _absmax(self.v)
+            self.v_absmax = self.k_absmax if self.v is not None and self.v_is_k else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
         stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])

@@ -116,11 +116,28 @@ def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         y = np.exp(x64)
         r = y.astype(np.float32)
-        lo = (y - y * _EXP_WINDOW).astype(np.float32)
-        hi = (y + y * _EXP_WINDOW).astype(np.float32)
-    hard = (lo != hi) & np.isfinite(x64)
+        # The window test below, run only where it can fire: for y in FP32's normal range
+        # the FP32 rounding boundaries sit at the low 29 bits of y's float64 pattern = 2**28,
+        # and the window y*(1 -+ 2**-49) spans at most 16 float64 ulps (+1 for its own
+        # rounding) on either side; so only words within 32 units of 2**28, and the y outside
+        # [2**-126, 2**128) (subnormal or overflowing FP32, 0, inf, NaN), are candidates.
+        words = y.view(np.uint32)  # little-endian: [low, high] word pairs
+        low = words[0::2] - np.uint32(2**28 - 32)
+        low &= np.uint32(2**29 - 1)
+        cand = low <= np.uint32(64)
+        high = words[1::2] - np.uint32(897 << 20)  # biased exponent 897: 2**-126
+        cand |= high >= np.uint32((1151 - 897) << 20)  # 1151: 2**128 (sign bit: y >= 0 here)
     if force_mp:
         hard = np.isfinite(x64)
+    else:
+        hard = np.zeros(x64.shape, bool)
+        ci = np.flatnonzero(cand)
+        if ci.size:
+            yc = y[ci]
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                lo = (yc - yc * _EXP_WINDOW).astype(np.float32)
+                hi = (yc + yc * _EXP_WINDOW).astype(np.float32)
+            hard[ci] = (lo != hi) & np.isfinite(x64[ci])
     if np.any(hard):
         r = np.array(r, copy=True)
         idx = np.nonzero(hard)

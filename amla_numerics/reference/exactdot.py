@@ -16,6 +16,12 @@ of a few hundred Gaussian values spans about 20 bits, so one or two limbs per op
 numpy work hundreds of times slower. The limb widths are chosen from the operands' bit
 spans (exponent range plus the format's precision) to minimise the number of GEMMs.
 
+Limbs are per row: a row whose own span fits in ``b`` bits is a single scaled limb, and limb
+``s`` is nonzero only on rows whose span exceeds ``s b`` (a row's few tiny values set its
+span). Each limb pair's GEMM runs on the rows where both limbs are nonzero; the result is a
+*block* term (zero elsewhere), so a BF16 case whose worst rows need two limbs pays for the
+second limb only on those rows. Exactness is per entry and unaffected.
+
 Examples
 --------
 >>> import numpy as np

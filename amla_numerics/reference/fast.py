@@ -267,18 +267,22 @@ def _one_inner(
                  ph[rows], plr, rel[rows], mxs[rows], dead_row[rows])
         yh = ph[rows] * f_p  # exact: powers of two
         yl = plr * f_p
+        # while |yl| < 1 its limb is +-0 and adding it changes nothing: skipped (as limbs())
+        top_l = float(np.abs(yl).max()) if yl.size else 0.0
         for s_ in range(nlimb):
-            th = np.trunc(yh)
+            th = parts[s_][rows]  # a view: the limb is written in place
+            np.trunc(yh, out=th)
             yh -= th  # exact (fractional part)
-            tl = np.trunc(yl)
-            yl -= tl
-            th += tl  # exact: integers below 2**(bp+1)
-            parts[s_][rows] = th
+            if top_l >= 1.0:
+                tl = np.trunc(yl)
+                yl -= tl
+                th += tl  # exact: integers below 2**(bp+1)
             psums[s_, rows] = th.sum(axis=1)  # exact: integers below 2**53
             nonzero[s_] = nonzero[s_] or bool(th.any())
             if s_ + 1 < nlimb:
                 yh *= p2
                 yl *= p2
+                top_l = top_l * p2 if top_l < 1.0 else 1.0  # exact bound, or "may matter"
         yh *= back
         yl *= back
         yh += yl

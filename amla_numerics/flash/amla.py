@@ -129,7 +129,7 @@ def amla_rescale(
         N = rna_int(sc.dnc * constants(policy)["TWO23"]).astype(np.int64)[..., None]
     counts = _all_ok_counts(O, N)
     report = None if counts is not None else exp2_add_bits_hazards(O, N)
-    added = exp2_add_bits(O, N)
+    added = _add_bits(O, N)
     if variant == "amla_exactcomp":
         with np.errstate(invalid="ignore", over="ignore"):
             added = added * sc.ratio[..., None]
@@ -149,10 +149,10 @@ def _all_ok_counts(O: np.ndarray, N: np.ndarray) -> dict[str, int] | None:
     in ``[2**23, 255 * 2**23)``, or for ``N == 0``: the classes of
     :func:`~amla_numerics.exp2add.exp2_add_bits_hazards`, which handles every other case.
     """
-    mag = (O.view(np.uint32) & np.uint32(0x7FFFFFFF)).astype(np.int64)
-    nb = np.broadcast_to(N, mag.shape)
-    lo = mag.min(axis=-1, keepdims=True)
-    hi = mag.max(axis=-1, keepdims=True)
+    mag = O.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    size = np.broadcast_shapes(mag.shape, np.shape(N))
+    lo = mag.min(axis=-1, keepdims=True).astype(np.int64)
+    hi = mag.max(axis=-1, keepdims=True).astype(np.int64)
     n_min = N.min(axis=-1, keepdims=True) if N.shape[-1] > 1 else N
     n_max = N.max(axis=-1, keepdims=True) if N.shape[-1] > 1 else N
     normal = (lo >= 1 << 23) & (hi < 255 << 23)
@@ -160,5 +160,14 @@ def _all_ok_counts(O: np.ndarray, N: np.ndarray) -> dict[str, int] | None:
     if not np.all((normal & inside) | ((n_min == 0) & (n_max == 0))):
         return None
     counts = dict.fromkeys(HAZARDS, 0)
-    counts["ok"] = int(nb.size)
+    counts["ok"] = int(np.prod(size, dtype=np.int64))
     return counts
+
+
+def _add_bits(O: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """:func:`~amla_numerics.exp2add.exp2_add_bits` for a float32 O and int64 ``N`` within
+    int32's range: the add modulo 2**32 on the uint32 words (the same bits)."""
+    if O.dtype != np.float32 or np.asarray(N).dtype != np.int64:
+        return exp2_add_bits(O, N)
+    inc = np.asarray(N).astype(np.int32).view(np.uint32)
+    return np.add(O.view(np.uint32), inc).view(np.float32)

@@ -309,6 +309,9 @@ def test_exact_dot_sparse_rows_use_blocks():
     hi, lo, _ = d.to_dd()
     rh, rl, _ = ref.to_dd()
     assert np.array_equal(hi + lo, rh + rl)
+    for sl in (slice(1, 15, 3), slice(None, None, -1), slice(2, 6), slice(-4, None)):
+        h2, l2, e2 = d.to_dd(sl)  # row blocks of the block terms: same values as slicing
+        assert np.array_equal(h2, hi[sl]) and np.array_equal(l2, lo[sl])
 
 
 def test_exp_dd_first_reduction_step_is_exact():

@@ -260,9 +260,10 @@ class ExactDot:
         ``TwoSum(hi, 0) = (hi, 0)`` leaves the sum unchanged. Raises ValueError if a term
         can overflow.
         """
+        if rows.step not in (None, 1):  # elementwise: the same values as slicing the whole
+            hi, lo, err = self.to_dd()
+            return hi[rows], lo[rows], err[rows]
         r0, r1, _ = rows.indices(self.ea.size)
-        if rows.step not in (None, 1):
-            raise ValueError("to_dd: rows must be a contiguous slice")
         ea = self.ea[rows]
         empty = ea.size == 0 or self.eb.size == 0
         bmax = 0 if empty else int(ea.max() + self.eb.max())

@@ -269,7 +269,7 @@ class _Run:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
-        self.k_absmax = self.v_absmax = self.q_stats = None
+        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
         self.scale = self.dt(inp.scale)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
@@ -277,11 +277,21 @@ class _Run:
         p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
         if pol.qk.accumulation.model == "exact" and p_qk is not None:
             k_rows = np.swapaxes(self.kT, -1, -2)  # contiguous (..., N, Dk): column stats of K^T
-            small = _min_nonzero_abs_bf16(inp.k) if pol.qk.in_format == "bf16" else None
+            small = None
+            if pol.qk.in_format == "bf16" and inp.k.dtype == ml_dtypes.bfloat16 and inp.k.shape[-1]:
+                mag = inp.k.view(np.uint16) & np.uint16(0x7FFF)
+                top = mag.max()  # max |K| from the same pass
+                self.k_absmax = float(np.uint32(np.uint32(top) << np.uint32(16)).view(np.float32))
+                mag -= np.uint16(1)  # zeros wrap to 0xFFFF
+                low = mag.min(axis=-1)
+                low += np.uint16(1)
+                low[low == 0] = 0x7F80  # +inf: all-zero rows
+                small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
             if small is None:
                 small = min_nonzero_abs(k_rows, -1)
             self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
-            self.k_absmax = _absmax(self.kT, inp.k if pol.qk.in_format == "bf16" else None)
+            if self.k_absmax is None:
+                self.k_absmax = _absmax(self.kT)
             self.q_stats = (np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)), _min_quantum_exp_fast(self.q, p_qk))
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv
@@ -306,7 +316,7 @@ class _Run:
         if self.v_parts is not None and self.pol.pv.in_format == "bf16":
             # exactness test of the P V tile: V's column quanta in this block, and a bound of
             # its column norms (sqrt(rows) max |V|)
-            small = _min_nonzero_abs_bf16(self.inp.v[..., lo:hi, :], -2)
+            small = self.v_small.get(lo) if self.v_small is not None else None
             if small is not None:
                 nb = np.full(small.shape, math.sqrt(hi - lo) * self.v_absmax * (1 + 2.0**-30))
                 stats = (nb, quantum_exp_from_min(small, self.v_parts))
@@ -318,8 +328,22 @@ class _Run:
             b_stats=stats, b_absmax=self.v_absmax,
         )
 
+    def _block_small(self, blocks) -> dict[int, np.ndarray] | None:
+        """Per KV block: the smallest non-zero |V| of each column (BF16 V only), one pass."""
+        v = self.inp.v
+        if self.v_parts is None or self.pol.pv.in_format != "bf16" or v.dtype != ml_dtypes.bfloat16:
+            return None
+        low = v.view(np.uint16) & np.uint16(0x7FFF)
+        low -= np.uint16(1)  # zeros wrap to 0xFFFF
+        low = np.minimum.reduceat(low, [lo for lo, _ in blocks], axis=-2)
+        low += np.uint16(1)
+        low[low == 0] = 0x7F80  # +inf: all-zero columns
+        small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        return {lo: small[..., j, :] for j, (lo, _) in enumerate(blocks)}
+
     def execute(self, blocks):
         pol, dt, variant = self.pol, self.dt, self.variant
+        self.v_small = self._block_small(blocks)
         hazards = dict.fromkeys(HAZARDS, 0)
         rec: dict[str, list] = {key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")}
         m = l = O = sc = None

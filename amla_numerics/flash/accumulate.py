@@ -310,6 +310,13 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
                 )
                 if row_ok.all():
                     return res
+                if a64.ndim == 2 and b64.ndim == 2 and y_col.ndim == 1 and qa.ndim == 1:
+                    # the exact columns (against every row) stay; the others are decided alone
+                    col_ok = (x_row.max() * y_col < lim) & (qa.min() + qb >= -1074)
+                    cols = np.flatnonzero(~col_ok)
+                    if 4 * cols.size <= col_ok.size:
+                        res[:, cols] = _exact_bounded(a64, b64[:, cols], out, mode, p, (nb[cols], qb[cols]), b_absmax)
+                        return res
         # (2)
         if b_absmax is None:
             b_absmax = np.max(np.abs(b64), axis=(-2, -1), keepdims=True) if b64.size else 0.0

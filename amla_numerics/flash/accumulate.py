@@ -275,6 +275,8 @@ def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_
 
 
 _FEW = 256  # ambiguous elements settled one by one (math.fsum); more: the split path
+_GATHER = 1 << 21  # products gathered for the per-element tests; more: the split path
+_LONG = 4096  # longer sums without row statistics go to the split path directly
 
 
 def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=None):
@@ -294,6 +296,8 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
     ``_FEW`` remain, :func:`_exact_split` decides them all.
     """
     k = a64.shape[-1]
+    if k > _LONG and a_stats is None:  # long sums (an unblocked P V): ties are many, split at once
+        return _exact_split(a64, b64, out, mode, p)
     lim = 2.0**53 / (1 + 2.0**-39)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         s = a64 @ b64
@@ -348,6 +352,11 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
             if not open_.any():
                 return res
             idx = tuple(i[open_] for i in idx)
+        if idx[0].size * k > _GATHER and a64.ndim == 2 and b64.ndim == 2:
+            # too many products to gather (long rows): the split path on the open rows x columns
+            rows, cols = np.unique(idx[0]), np.unique(idx[1])
+            res[np.ix_(rows, cols)] = _exact_split(a64[rows], b64[:, cols], out, mode, p)
+            return res
         # (3) from the element's exact products
         shape = res.shape
         ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])

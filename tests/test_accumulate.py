@@ -224,3 +224,35 @@ def test_exact_model_fast_path_matches_oracle(seed, m, k, n, spread, batch, mode
     else:
         got = matmul(a, b, acc, "fp32", in_precision=8)
         assert _as_fraction_grid(got) == oracle_exact(a, b, mode)
+
+
+@pytest.mark.parametrize("gather, few", [(1 << 21, 256), (0, 256), (1 << 21, 0)])
+def test_exact_model_certificates_every_path_matches_the_oracle(monkeypatch, gather, few):
+    """The BLAS product plus rounding certificates (row bound, pair and per-element exactness,
+    fsum, the split fallbacks), with and without the caller's statistics, is the exact sum
+    rounded once: BF16 softmax-like tiles with ties, tiny tails and zero columns."""
+    import amla_numerics.flash.accumulate as acc_mod
+
+    monkeypatch.setattr(acc_mod, "_GATHER", gather)
+    monkeypatch.setattr(acc_mod, "_FEW", few)
+    rng = np.random.default_rng(11)
+    bf = lambda x: x.astype(ml_dtypes.bfloat16).astype(float)  # noqa: E731
+    p_tile = bf(np.exp(rng.standard_normal((7, 96)) * 3 - 4))
+    p_tile[0, :90] = 0.0  # a sparse row: few-bit sums, exact ties
+    p_tile[1] = bf(np.full(96, 0.5) + rng.integers(0, 2, 96) * 2.0**-8)
+    v = bf(rng.standard_normal((96, 9)))
+    v[:, 2] = 0.0
+    v[5, 4] = bf(np.float64(1e-30))
+    q = bf(rng.standard_normal((5, 96)))
+    q[2, 3] = bf(np.float64(1e-25))
+    for a, b in ((p_tile, v), (q, v)):
+        nb = np.sqrt(np.einsum("kn,kn->n", b, b))
+        small = acc_mod.min_nonzero_abs(b, -2)
+        stats = (nb, acc_mod.quantum_exp_from_min(small, 8))
+        a_stats = (np.sqrt(np.einsum("mk,mk->m", a, a)), acc_mod._min_quantum_exp_fast(a, 8))
+        want = oracle_exact(a, b)
+        for kw in ({}, {"b_stats": stats}, {"b_stats": stats, "a_stats": a_stats}, {"b_absmax": float(np.abs(b).max())}):
+            got = matmul(a, b, Accumulation("exact"), "fp32", in_precision=8, **kw)
+            assert _as_fraction_grid(got) == want, kw
+        got = matmul(a, b, Accumulation("exact", out_rounding="rz"), "fp32", in_precision=8, b_stats=stats)
+        assert _as_fraction_grid(got) == oracle_exact(a, b, "rz")

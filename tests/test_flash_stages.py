@@ -50,12 +50,14 @@ def test_exp_cr_hard_case_path_agrees_with_fast_path():
 
 
 @given(x=st.floats(-80.0, 80.0, width=32))
+@example(x=45.84578323364258).via("LOG2E's own rounding error matters: above (|x| + 8) 2**-24")
 @settings(max_examples=200, deadline=None)
 def test_exp_poly_error_bound(x):
     got = float(exp_poly(np.float32(x)))
     want = _mp_exp32(x)
-    # argument rounding |x| 2**-24 (times 1 for exp) plus a few ulps of polynomial + Horner
-    assert abs(got - want) <= (abs(x) * 2.0**-24 + 8 * 2.0**-24) * want
+    # argument error: the rounding of t = fl(x * LOG2E) and that of the constant LOG2E, each
+    # up to |x| log2(e) 2**-24 in t (times ln 2 for exp), plus a few ulps of polynomial + Horner
+    assert abs(got - want) <= (2 * abs(x) * 2.0**-24 + 8 * 2.0**-24) * want
 
 
 @given(t=st.floats(-1e6, 1e6, width=32))

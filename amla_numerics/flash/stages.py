@@ -157,8 +157,8 @@ def exp_poly(x: np.ndarray) -> np.ndarray:
     [-1/2, 1/2]), ``p = c7`` then ``p = fl(fl(p * f) + c_i)`` for i = 6..0 (Horner, one
     rounding per operation, coefficients :data:`POLY_EXP2_COEFFS` rounded to the dtype),
     result ``ldexp(p, k)`` (exact unless it lands in the subnormal range, where it rounds).
-    Error: ``|exp_poly(x) / exp(x) - 1| <~ |x| 2**-24 + 8 * 2**-24`` for float32 (the
-    argument rounding ``t`` dominates for large ``|x|``).
+    Error: ``|exp_poly(x) / exp(x) - 1| <~ 2 |x| 2**-24 + 8 * 2**-24`` for float32 (the
+    roundings of ``t`` and of the constant LOG2E dominate for large ``|x|``).
 
     Examples
     --------

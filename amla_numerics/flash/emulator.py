@@ -234,6 +234,9 @@ def _min_nonzero_abs_bf16(k: np.ndarray, axis: int = -1) -> np.ndarray | None:
     return (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
+_QK_ALL = 1 << 22  # score elements computed in one product (float64: 32 MB)
+
+
 def _absmax(x: np.ndarray, raw: np.ndarray | None = None) -> float:
     """``max |x|`` of a float64 array (0 when empty); from the bits of ``raw`` (the same
     values) when that is a bfloat16 array."""
@@ -269,7 +272,7 @@ class _Run:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
-        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
+        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
         self.scale = self.dt(inp.scale)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
@@ -298,7 +301,26 @@ class _Run:
             # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
             self.v_absmax = self.k_absmax if self.v is not None and self.v_is_k else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
 
+    def _all_scores(self, blocks) -> None:
+        """Every block's ``QK`` in one product when it is exact (a wider BLAS call, the same
+        values: each element is the exact sum rounded once, whatever the blocking)."""
+        self.qk_all = None
+        mm = self.pol.qk
+        size = self.q.shape[-2] * self.inp.n * max(1, int(np.prod(self.inp.batch, dtype=np.int64)))
+        if len(blocks) > 1 and self.k_stats is not None and mm.out_format == "fp32" and size <= _QK_ALL:
+            self.qk_all = matrix_product(
+                self.q, self.kT, mm, self.dt, a_rounded=True, b_rounded=True, b_stats=self.k_stats,
+                b_absmax=self.k_absmax, a_stats=self.q_stats,
+            )
+
     def _scores(self, lo: int, hi: int) -> np.ndarray:
+        if self.qk_all is not None:
+            qk = self.qk_all[..., lo:hi]
+            with np.errstate(over="ignore", invalid="ignore"):
+                s = qk * self.scale
+            if self.inp.keep is not None:
+                s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
+            return s
         stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
         qk = matrix_product(
             self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True, b_stats=stats,
@@ -344,6 +366,7 @@ class _Run:
     def execute(self, blocks):
         pol, dt, variant = self.pol, self.dt, self.variant
         self.v_small = self._block_small(blocks)
+        self._all_scores(blocks)
         hazards = dict.fromkeys(HAZARDS, 0)
         rec: dict[str, list] = {key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")}
         m = l = O = sc = None

@@ -297,7 +297,9 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
     """
     k = a64.shape[-1]
     if k > _LONG and a_stats is None:  # long sums (an unblocked P V): ties are many, split at once
-        return _exact_split(a64, b64, out, mode, p)
+        if b_stats is not None:  # the caller's quanta, the true column norms (they set the split)
+            b_stats = (np.sqrt(np.einsum("...kn,...kn->...n", b64, b64)), b_stats[1])
+        return _exact_split(a64, b64, out, mode, p, b_stats)
     lim = 2.0**53 / (1 + 2.0**-39)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         s = a64 @ b64
@@ -421,7 +423,7 @@ def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):
         if check_full:
             # ok[i, j] = x_i y_j (1 + 2**-40) < 2**53 and qa_i + qb_j >= -1074 is an outer
             # test: decided from the row and column factors without forming the (M, N) array
-            qa = _min_quantum_exp(a64, -1, p)[..., :, None]
+            qa = _min_quantum_exp_fast(a64, p)[..., :, None]
             x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))[..., :, 0]
             y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))[..., 0, :]
             lim = 2.0**53 / (1 + 2.0**-39)
@@ -473,7 +475,7 @@ def _split_tail(a64, a_hi, s_hi, b64, nb, qb, out, mode, p):
         n_lo = np.sqrt(np.einsum("...mk,...mk->...m", a_lo, a_lo))[..., :, None]
         # s_lo is exact too when a_lo's own quantum passes the same test:
         # (||a_lo|| 2**-qa_lo) (||b_j|| 2**-qb_j) < 2**53, in row and column factors
-        qlo = _min_quantum_exp(a_lo, -1, p)[..., :, None]
+        qlo = _min_quantum_exp_fast(a_lo, p)[..., :, None]
         x_row = np.ldexp(n_lo, -np.clip(qlo, -1100, 1100))
         y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
         lo_exact = (x_row * y_col * (1 + 2.0**-40) < 2.0**53) & (qlo + qb >= -1074)

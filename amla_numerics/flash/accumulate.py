@@ -471,7 +471,10 @@ def _split_tail(a64, a_hi, s_hi, b64, nb, qb, out, mode, p):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         a_lo = a64 - a_hi
         used = np.nonzero(np.any(a_lo != 0, axis=tuple(range(a_lo.ndim - 1))))[0]
-        s_lo = a_lo[..., used] @ b64[..., used, :]  # a_lo is sparse: only its non-zero columns
+        if 2 * used.size > k:  # most columns: the whole product (extra zero terms change no value)
+            s_lo = a_lo @ b64
+        else:  # a_lo is sparse: only its non-zero columns
+            s_lo = a_lo[..., used] @ b64[..., used, :]
         n_lo = np.sqrt(np.einsum("...mk,...mk->...m", a_lo, a_lo))[..., :, None]
         # s_lo is exact too when a_lo's own quantum passes the same test:
         # (||a_lo|| 2**-qa_lo) (||b_j|| 2**-qb_j) < 2**53, in row and column factors

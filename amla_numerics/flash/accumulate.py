@@ -9,9 +9,11 @@ in how the products are summed and rounded to the output format (FP32 or FP64):
     float64 BLAS product ``s``, which is exact when every product is a multiple of
     ``Q = 2**(qa_i + qb_j)`` (the smallest quanta of row ``i`` and column ``j``) and
     ``||a_i|| ||b_j|| < 2**53 Q`` (the usual case for BF16 operands); otherwise it obeys
-    ``|s - x| <= (K + 2) 2**-52 ||a|| ||b||`` (Cauchy-Schwarz): where both ends of that interval
-    round to the same FP32 number it is the answer; elsewhere (ties and near-ties, a few
-    per thousand for P V) the element is recomputed exactly with ``math.fsum``.
+    ``|s - x| <= (K + 2) 2**-52 sum_k |a_ik| max|b|``: where both ends of that interval
+    round to the same FP32 number it is the answer; elsewhere (mostly exact ties, a few
+    per thousand for P V) the element's own products decide (exactness test, tight bound),
+    then ``math.fsum``, or the split of ``a`` into a large part and a tail (see
+    :func:`_exact_bounded`, :func:`_exact_split`).
     For an FP64 output the BLAS result is returned as it is (error within that bound; only
     the ``"exact"`` policy uses it, to check recurrences to ~1e-12).
 ``"fp32_seq"``

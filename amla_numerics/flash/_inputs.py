@@ -69,7 +69,10 @@ _EXP_MASKS = {
 def _all_finite(a: np.ndarray) -> bool:
     if a.dtype in _EXP_MASKS:  # a same-size view works for any strides
         uint, mask = _EXP_MASKS[a.dtype]
-        return bool(((a.view(uint) & uint(mask)) != uint(mask)).all())
+        if not a.size:
+            return True
+        # finite iff the exponent field is not all ones, i.e. |bits| < the field's mask
+        return bool((a.view(uint) & uint(mask | (mask - 1))).max() < uint(mask))
     if a.dtype.kind in "fV":
         return bool(np.isfinite(a).all())
     return True

@@ -52,6 +52,7 @@ _DT = {"fp32": np.float32, "fp64": np.float64}
 # Relative half-width of the window around numpy's float64 exp that surely holds the true
 # value: 2**-49 is 16 float64 ulps (libm/numpy SIMD exp errors are below 4 ulps).
 _EXP_WINDOW = 2.0**-49
+_SMALL = 4096  # below: the plain window test (fewer numpy calls than the candidate filter)
 _MP_BITS = 160  # enough for every FP32 exp hard case (they need < 24 + 2 * 30 bits)
 
 #: Taylor coefficients ``fl32(ln(2)**i / i!)``, i = 0..7, of the polynomial exp2 model.
@@ -113,6 +114,15 @@ def exp_cr(x: np.ndarray) -> np.ndarray:
 def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
     shape = x.shape
     x64 = x.astype(np.float64).reshape(-1)
+    if x64.size < _SMALL and not force_mp:  # short vectors (per-row scalars): the window test on all
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            y = np.exp(x64)
+            r = y.astype(np.float32)
+            hard = ((y - y * _EXP_WINDOW).astype(np.float32) != (y + y * _EXP_WINDOW).astype(np.float32)) & np.isfinite(x64)
+        if hard.any():
+            idx = np.nonzero(hard)
+            r[idx] = [_exp_mp(v) for v in x64[idx]]
+        return r.reshape(shape)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         y = np.exp(x64)
         r = y.astype(np.float32)

@@ -104,7 +104,9 @@ def amla_scalars(
         dn = np.zeros_like(m_eff) if n_prev is None else n - n_prev
         dnc = dn if policy.dn_clamp is None else np.maximum(dn, dt(policy.dn_clamp))
         Nf = rna_int((dnc + eps) * k["TWO23"])
-        N = np.clip(np.nan_to_num(Nf.astype(np.float64)), *_I32).astype(np.int64)
+        Nd = np.asarray(Nf, dtype=np.float64)
+        Nd = np.where(np.isnan(Nd), 0.0, Nd)  # then +-inf saturate like every out-of-range value
+        N = np.minimum(np.maximum(Nd, _I32[0]), _I32[1]).astype(np.int64)
     ratio = np.broadcast_to(np.asarray(ratio, dtype=dt), m_eff.shape)
     return AmlaScalars(n, r, r_hat, cof, ratio, eps, dn, dnc, N)
 

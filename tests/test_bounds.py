@@ -113,3 +113,28 @@ def test_elementwise_bound_checks_its_inputs():
     with pytest.raises(ValueError, match="kind"):
         elementwise_bound(b, rng.standard_normal((2, 8)), rng.standard_normal((16, 8)),
                           rng.standard_normal((16, 4)), 1.0, kind="typical")
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
+@pytest.mark.parametrize("changes", [{"exp": "poly"}, {"rowsum": "seq"}, {"p_cast": "fp16", "p_cast_rounding": "rne"}])
+def test_bound_follows_the_policy(variant, changes):
+    from amla_numerics.flash.policy import get_policy
+
+    policy = get_policy("ascend").replace(**changes)
+    w = make_workload("peaky", head_dim=32, kv_len=700, rows=4, seed=2)
+    ref = reference.attention(w.q, w.k, w.v, w.scale)
+    out = np.asarray(flash.attention(w.q, w.k, w.v, variant, scale=w.scale, block_n=128, policy=policy).out,
+                     dtype=np.float64)
+    bound = a_priori_bound(variant, head_dim=32, kv_len=700, block_n=128, policy=policy)
+    assert np.all(np.abs(out - ref) <= elementwise_bound(bound, w.q, w.k, w.v, w.scale))
+
+
+@pytest.mark.parametrize("preset", ["exact", "cann"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bound_holds_under_every_preset(preset, variant):
+    w = make_workload("drift", head_dim=16, kv_len=900, rows=3, seed=4)
+    ref = reference.attention(w.q, w.k, w.v, w.scale)
+    out = np.asarray(flash.attention(w.q, w.k, w.v, variant, scale=w.scale, block_n=128, policy=preset).out,
+                     dtype=np.float64)
+    bound = a_priori_bound(variant, head_dim=16, kv_len=900, block_n=128, policy=preset)
+    assert np.all(np.abs(out - ref) <= elementwise_bound(bound, w.q, w.k, w.v, w.scale))

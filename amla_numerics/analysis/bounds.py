@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.formats import get_format
+from amla_numerics.rounding import round_to
 from amla_numerics.variants import check_variant
 
 __all__ = ["LAMBDA", "Bound", "a_priori_bound", "elementwise_bound", "softmax_weights"]
@@ -83,15 +84,22 @@ class Bound:
     variant : str
     head_dim, kv_len, block_n, blocks : int
         ``blocks = ceil(kv_len / block_n)``.
-    u_work, u_cast, u_o : float
-        Unit roundoffs of the vector stages, of the P cast (0: no cast) and of O between
-        blocks (``fa_bf16``; 0 otherwise).
+    u_work, u_cast, u_r, u_o : float
+        Unit roundoffs of the vector stages, of the P cast as the matrix unit sees it (the
+        cast, plus the rounding to the P V input format when the cast's values do not all
+        fit it; 0: neither), of AMLA's r^ cast (0: r^ = r) and of O between blocks
+        (``fa_bf16``; 0 otherwise).
+    qk_in, pv_in : str
+        The matrix unit's input formats: inputs not representable in them are rounded
+        (:func:`elementwise_bound` checks and charges that).
     qk_gamma : float
         Relative bound of one QK^T dot product (times ``sum |q||k|``).
     pv_gamma, rowsum_gamma : float
         Relative bounds of one block's P V tile and one block's row sum.
-    exp_u : float
-        Relative error of the exponential.
+    exp_u, exp_slope : float
+        Relative error of the exponential of ``x``: ``exp_u + exp_slope |x|`` (``u`` and 0
+        when correctly rounded; ``8u`` and ``2u`` for the polynomial exp2 model, whose
+        ``fl(x log2 e)`` with a rounded ``log2 e`` costs ``2u |x|``: docs/numerics.md).
     c : float
         AMLA's compensation coefficient.
     eps_bias : float
@@ -109,11 +117,15 @@ class Bound:
     blocks: int
     u_work: float
     u_cast: float
+    u_r: float
     u_o: float
+    qk_in: str
+    pv_in: str
     qk_gamma: float
     pv_gamma: float
     rowsum_gamma: float
     exp_u: float
+    exp_slope: float
     c: float = 1.5
     eps_bias: float = 1e-6
     tau: float = 8.0
@@ -126,12 +138,12 @@ class Bound:
 
     @property
     def eps_max(self) -> float:
-        """A priori ``|eps_j|``: ``c |cof_{j-1}/cof_j - 1| + bias`` with ``|cof - 1| <= u_cast``."""
+        """A priori ``|eps_j|``: ``c |cof_{j-1}/cof_j - 1| + bias`` with ``|cof - 1| <= u_r``."""
         if self.variant == "amla_nocomp" or self.variant == "amla_exactcomp":
             return 0.0
         if self.variant == "amla_fp32r":
             return self.eps_bias
-        ratio = (1.0 + self.u_cast) / (1.0 - self.u_cast) - 1.0
+        ratio = (1.0 + self.u_r) / (1.0 - self.u_r) - 1.0
         return self.c * ratio * (1.0 + 4 * self.u_work) + self.eps_bias
 
 
@@ -187,9 +199,13 @@ def a_priori_bound(
       the FP32 scale and the product); a score error ``e`` is a relative weight error
       ``e**|e| - 1``; the subtraction ``s - m`` adds ``u |s_i - m|`` (``+ tau ln 2`` for
       ``lazy``, whose stale max may lie below ``s_i``). Common to numerator and denominator.
-    * ``exp``: ``u`` (correctly rounded), common.
-    * numerator only: the AMLA fold ``P r^`` (``u``), the cast (``u_c``), the block's
-      P V tile (``g_pv``).
+    * ``exp``: ``u`` (correctly rounded), or ``(8 + 2 |s_i - m|) u`` for the polynomial
+      exp2 model; common.
+    * numerator only: the AMLA fold ``P r^`` (``u``), the cast (``u_c``; plus the P V input
+      format's unit roundoff when the cast's (or, without a cast, the work format's)
+      values do not all fit it, e.g. an FP16 cast fed to a BF16 matrix unit), the block's P V tile (``g_pv``).
+    * inputs not representable in the matrix unit's input formats: ``2 u_in`` times
+      ``scale sum|q||k|`` on the score, ``u_in`` on V.
     * denominator only: the block's row sum (``g_rowsum``).
     * the chain, per later block: ``fa_fp32``/``lazy``: multiply and add, ``2u`` on O and
       on l (the same computed ``a_j`` scales both and cancels); ``fa_bf16``: plus ``u_o``
@@ -230,6 +246,9 @@ def a_priori_bound(
     pol = _resolve_policy(policy)
     u = get_format(pol.work).unit_roundoff
     u_cast = get_format(pol.p_cast).unit_roundoff if pol.p_cast else 0.0
+    if not _contains(pol.pv.in_format, pol.p_cast or pol.work):  # P re-rounded for the matmul
+        u_cast += get_format(pol.pv.in_format).unit_roundoff * (1.0 + u_cast)
+    u_r = get_format(pol.r_cast).unit_roundoff if pol.r_cast else 0.0
     u_o = get_format(pol.o_lowp).unit_roundoff if (variant == "fa_bf16" and pol.o_lowp) else 0.0
     b = int(kv_len) if variant == "naive" else int(block_n)
     blocks = 1 if variant == "naive" else -(-int(kv_len) // int(block_n))
@@ -238,7 +257,7 @@ def a_priori_bound(
     qk_gamma = _accumulation_gamma(pol.qk.accumulation.model, int(head_dim), qk_u)
     pv_gamma = _accumulation_gamma(pol.pv.accumulation.model, b, pv_u)
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
-    exp_u = u if pol.exp == "cr" else 4.0 * u
+    exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
     bound = Bound(
         variant=variant,
         head_dim=int(head_dim),
@@ -247,11 +266,15 @@ def a_priori_bound(
         blocks=blocks,
         u_work=u,
         u_cast=u_cast,
+        u_r=u_r,
+        qk_in=pol.qk.in_format,
+        pv_in=pol.pv.in_format,
         u_o=u_o,
         qk_gamma=qk_gamma,
         pv_gamma=pv_gamma,
         rowsum_gamma=rowsum_gamma,
         exp_u=exp_u,
+        exp_slope=exp_slope,
         c=float(c),
         eps_bias=float(pol.eps_bias),
         tau=float(tau),
@@ -275,6 +298,16 @@ def _resolve_policy(policy: Any):
     return get_policy(policy)
 
 
+def _contains(outer: str, inner: str) -> bool:
+    """Whether every value of format ``inner`` is a value of format ``outer``."""
+    o, i = get_format(outer), get_format(inner)
+    return o.p >= i.p and o.emax >= i.emax and o.emin - o.p <= i.emin - i.p
+
+
+def _representable(x: np.ndarray, fmt: str) -> bool:
+    return bool(np.array_equal(np.asarray(round_to(x, get_format(fmt)), dtype=np.float64), x))
+
+
 def _kappa(c: float) -> float:
     return max(abs(1.0 - 1.0 / c), abs(0.5 - 1.0 / c))
 
@@ -285,7 +318,7 @@ def _rho_const(b: Bound) -> float:
         return 0.0
     u = b.u_work
     if b.variant == "amla_nocomp":
-        return (1.0 + b.u_cast) / (1.0 - b.u_cast) - 1.0
+        return (1.0 + b.u_r) / (1.0 - b.u_r) - 1.0
     if b.variant == "amla_exactcomp":
         return 3.0 * u
     eps = b.eps_max
@@ -377,11 +410,14 @@ def elementwise_bound(
     qk_term = b.qk_gamma * qk_abs if not prob else _prob_scale(b.qk_gamma, b.head_dim, u) * qk_abs
     score = qk_term + 2 * u * abs_s
     stale = b.tau * _LN2 if b.variant == "lazy" else 0.0
-    common = score + u * (m - s + stale) + b.exp_u
+    common = score + (u + b.exp_slope) * (m - s + stale) + b.exp_u
 
     rowsum = b.rowsum_gamma if not prob else _prob_scale(b.rowsum_gamma, b.block_n, u)
     pv = b.pv_gamma if not prob else _prob_scale(b.pv_gamma, b.block_n, u)
-    num = common + b.terms["fold"] + b.u_cast + pv
+    if not (_representable(q64, b.qk_in) and _representable(k64, b.qk_in)):
+        common = common + 2.0 * get_format(b.qk_in).unit_roundoff * (1.0 + u) * qk_abs
+    v_round = 0.0 if _representable(v64, b.pv_in) else get_format(b.pv_in).unit_roundoff
+    num = common + b.terms["fold"] + b.u_cast + pv + v_round
     den = common + rowsum
     if b.variant in _AMLA:
         absm = np.max(np.abs(s), axis=-1, keepdims=True)

@@ -19,11 +19,12 @@ from amla_numerics.variants import VARIANTS
 HAZARD_FREE = [w for w in WORKLOADS if w != "adversarial"]
 
 
-def _check(variant, q, k, v, scale, block_n):
+def _check(variant, q, k, v, scale, block_n, policy=None):
     ref = reference.attention(q, k, v, scale, method="auto")
-    res = flash.attention(q, k, v, variant, scale=scale, block_n=block_n)
+    res = flash.attention(q, k, v, variant, scale=scale, block_n=block_n, policy=policy)
     out = np.asarray(res.out, dtype=np.float64)
-    bound = a_priori_bound(variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n)
+    bound = a_priori_bound(variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n,
+                           policy=policy)
     det = elementwise_bound(bound, q, k, v, scale)
     assert not any(n for h, n in res.hazards.items() if h != "ok"), res.hazards
     err = np.abs(out - ref)
@@ -120,21 +121,12 @@ def test_elementwise_bound_checks_its_inputs():
 def test_bound_follows_the_policy(variant, changes):
     from amla_numerics.flash.policy import get_policy
 
-    policy = get_policy("ascend").replace(**changes)
     w = make_workload("peaky", head_dim=32, kv_len=700, rows=4, seed=2)
-    ref = reference.attention(w.q, w.k, w.v, w.scale)
-    out = np.asarray(flash.attention(w.q, w.k, w.v, variant, scale=w.scale, block_n=128, policy=policy).out,
-                     dtype=np.float64)
-    bound = a_priori_bound(variant, head_dim=32, kv_len=700, block_n=128, policy=policy)
-    assert np.all(np.abs(out - ref) <= elementwise_bound(bound, w.q, w.k, w.v, w.scale))
+    _check(variant, w.q, w.k, w.v, w.scale, 128, get_policy("ascend").replace(**changes))
 
 
 @pytest.mark.parametrize("preset", ["exact", "cann"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bound_holds_under_every_preset(preset, variant):
     w = make_workload("drift", head_dim=16, kv_len=900, rows=3, seed=4)
-    ref = reference.attention(w.q, w.k, w.v, w.scale)
-    out = np.asarray(flash.attention(w.q, w.k, w.v, variant, scale=w.scale, block_n=128, policy=preset).out,
-                     dtype=np.float64)
-    bound = a_priori_bound(variant, head_dim=16, kv_len=900, block_n=128, policy=preset)
-    assert np.all(np.abs(out - ref) <= elementwise_bound(bound, w.q, w.k, w.v, w.scale))
+    _check(variant, w.q, w.k, w.v, w.scale, 128, preset)

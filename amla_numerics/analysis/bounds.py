@@ -36,7 +36,15 @@ from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import check_variant
 
-__all__ = ["LAMBDA", "Bound", "a_priori_bound", "elementwise_bound", "softmax_weights"]
+__all__ = [
+    "LAMBDA",
+    "Bound",
+    "BoundInputs",
+    "a_priori_bound",
+    "bound_inputs",
+    "elementwise_bound",
+    "softmax_weights",
+]
 
 #: Confidence parameter of the probabilistic bounds (Higham & Mary 2019, Theorem 2.8):
 #: a sum of ``n`` independent mean-zero rounding errors each of size ``<= u`` exceeds
@@ -304,8 +312,17 @@ def _contains(outer: str, inner: str) -> bool:
     return o.p >= i.p and o.emax >= i.emax and o.emin - o.p <= i.emin - i.p
 
 
-def _representable(x: np.ndarray, fmt: str) -> bool:
-    return bool(np.array_equal(np.asarray(round_to(x, get_format(fmt)), dtype=np.float64), x))
+_DTYPE_FORMATS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+
+
+def _representable(x: Any, fmt: str) -> bool:
+    """Whether every value of ``x`` is a value of ``fmt`` (from the dtype when it decides)."""
+    x = np.asarray(x)
+    src = _DTYPE_FORMATS.get(x.dtype.name)
+    if src is not None and _contains(fmt, src):
+        return True
+    x64 = x.astype(np.float64)
+    return bool(np.array_equal(np.asarray(round_to(x64, get_format(fmt)), dtype=np.float64), x64))
 
 
 def _kappa(c: float) -> float:
@@ -345,12 +362,70 @@ def softmax_weights(q: Any, k: Any, scale: float, mask: Any = None) -> tuple[np.
     return s, w
 
 
+@dataclass(frozen=True)
+class BoundInputs:
+    """What the bounds need of one set of inputs, computed once (see :func:`bound_inputs`).
+
+    All arrays are float64: scores ``s``, softmax weights ``w`` (``(..., M, N)``), the
+    magnitudes ``qk_abs = scale |q| |k|^T``, ``|v|``, ``v**2``, ``|out| = |w v|`` and the
+    column maxima of ``|v|``.
+    """
+
+    head_dim: int
+    kv_len: int
+    s: np.ndarray = field(repr=False)
+    w: np.ndarray = field(repr=False)
+    qk_abs: np.ndarray = field(repr=False)
+    v_abs: np.ndarray = field(repr=False)
+    v_sq: np.ndarray = field(repr=False)
+    out_abs: np.ndarray = field(repr=False)
+    v_max: np.ndarray = field(repr=False)
+    qk_formats: frozenset[str] = frozenset()
+    v_formats: frozenset[str] = frozenset()
+
+
+#: The matrix-unit input formats checked for exact representability of the inputs.
+_IN_FORMATS = ("bf16", "fp16", "fp32", "fp64")
+
+
+def bound_inputs(q: Any, k: Any, v: Any, scale: float) -> BoundInputs:
+    """Precompute the input-dependent quantities of :func:`elementwise_bound` once.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> bi = bound_inputs(rng.standard_normal((2, 8)), rng.standard_normal((5, 8)),
+    ...                   rng.standard_normal((5, 3)), 0.35)
+    >>> bi.w.shape, sorted(bi.v_formats)
+    ((2, 5), ['fp64'])
+    """
+    q64 = np.asarray(q).astype(np.float64)
+    k64 = np.asarray(k).astype(np.float64)
+    v64 = np.asarray(v).astype(np.float64)
+    s, w = softmax_weights(q64, k64, scale)
+    v_abs = np.abs(v64)
+    fits = {name: _representable(q, name) and _representable(k, name) for name in _IN_FORMATS}
+    return BoundInputs(
+        head_dim=int(q64.shape[-1]),
+        kv_len=int(k64.shape[-2]),
+        s=s,
+        w=w,
+        qk_abs=float(scale) * (np.abs(q64) @ np.swapaxes(np.abs(k64), -1, -2)),
+        v_abs=v_abs,
+        v_sq=v64**2,
+        out_abs=np.abs(w @ v64),
+        v_max=np.max(v_abs, axis=-2, keepdims=True),
+        qk_formats=frozenset(n for n, ok in fits.items() if ok),
+        v_formats=frozenset(n for n in _IN_FORMATS if _representable(v, n)),
+    )
+
+
 def elementwise_bound(
     bound: Bound,
     q: Any,
-    k: Any,
-    v: Any,
-    scale: float,
+    k: Any = None,
+    v: Any = None,
+    scale: float | None = None,
     *,
     kind: str = "deterministic",
 ) -> np.ndarray:
@@ -362,8 +437,10 @@ def elementwise_bound(
         From :func:`a_priori_bound`.
     q, k, v : array_like
         ``(M, d)``, ``(N, d)``, ``(N, dv)`` (any float dtype; leading dims broadcast).
+        Or pass a :class:`BoundInputs` as ``q`` alone, to evaluate several bounds on the
+        same inputs without recomputing their statistics.
     scale : float
-        The softmax scale.
+        The softmax scale (with arrays).
     kind : {"deterministic", "probabilistic"}
         See the Notes of :func:`a_priori_bound`.
 
@@ -381,12 +458,15 @@ def elementwise_bound(
         raise ValueError(f"argument 'kind' must be 'deterministic' or 'probabilistic', got {kind!r}")
     if not isinstance(bound, Bound):
         raise TypeError(f"argument 'bound' must be a Bound, got {type(bound).__name__}")
-    q64 = np.asarray(q).astype(np.float64)
-    k64 = np.asarray(k).astype(np.float64)
-    v64 = np.asarray(v).astype(np.float64)
-    if k64.shape[-2] != bound.kv_len or q64.shape[-1] != bound.head_dim:
+    if isinstance(q, BoundInputs):
+        x = q
+    elif k is None or v is None or scale is None:
+        raise TypeError("pass q, k, v and scale, or a BoundInputs as q alone")
+    else:
+        x = bound_inputs(q, k, v, scale)
+    if x.kv_len != bound.kv_len or x.head_dim != bound.head_dim:
         raise ValueError(
-            f"inputs (d={q64.shape[-1]}, N={k64.shape[-2]}) do not match the bound "
+            f"inputs (d={x.head_dim}, N={x.kv_len}) do not match the bound "
             f"(d={bound.head_dim}, N={bound.kv_len})"
         )
     prob = kind == "probabilistic"
@@ -396,7 +476,7 @@ def elementwise_bound(
         return np.minimum(n, LAMBDA * np.sqrt(n)) if prob else n
 
     b, u = bound, bound.u_work
-    s, w = softmax_weights(q64, k64, scale)
+    s, w, qk_abs = x.s, x.w, x.qk_abs
     n_keys = s.shape[-1]
     m = np.max(s, axis=-1, keepdims=True)
     srange = m - np.min(s, axis=-1, keepdims=True)  # >= sum_j |dm_j| for every key
@@ -406,7 +486,6 @@ def elementwise_bound(
     own_add = (block > 0).astype(np.float64)  # key i's tile is added to an existing O
 
     # common to numerator and denominator: score, subtraction, exp
-    qk_abs = float(scale) * (np.abs(q64) @ np.swapaxes(np.abs(k64), -1, -2))
     qk_term = b.qk_gamma * qk_abs if not prob else _prob_scale(b.qk_gamma, b.head_dim, u) * qk_abs
     score = qk_term + 2 * u * abs_s
     stale = b.tau * _LN2 if b.variant == "lazy" else 0.0
@@ -414,9 +493,9 @@ def elementwise_bound(
 
     rowsum = b.rowsum_gamma if not prob else _prob_scale(b.rowsum_gamma, b.block_n, u)
     pv = b.pv_gamma if not prob else _prob_scale(b.pv_gamma, b.block_n, u)
-    if not (_representable(q64, b.qk_in) and _representable(k64, b.qk_in)):
+    if b.qk_in not in x.qk_formats:
         common = common + 2.0 * get_format(b.qk_in).unit_roundoff * (1.0 + u) * qk_abs
-    v_round = 0.0 if _representable(v64, b.pv_in) else get_format(b.pv_in).unit_roundoff
+    v_round = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).unit_roundoff
     num = common + b.terms["fold"] + b.u_cast + pv + v_round
     den = common + rowsum
     if b.variant in _AMLA:
@@ -435,16 +514,16 @@ def elementwise_bound(
         den = den + count(later) * 2.0 * u + count(own_add) * u
     alpha = _inflate(num)
     beta = _inflate(den)
-    out_abs = np.abs(w @ v64)
-    bnum = (w * alpha) @ np.abs(v64)
+    out_abs = x.out_abs
+    bnum = (w * alpha) @ x.v_abs
     bden = out_abs * np.sum(w * beta, axis=-1, keepdims=True)
     if prob:  # independent mean-zero errors across keys add in quadrature
-        bnum = np.minimum(bnum, LAMBDA * np.sqrt((w * alpha) ** 2 @ v64**2))
+        bnum = np.minimum(bnum, LAMBDA * np.sqrt((w * alpha) ** 2 @ x.v_sq))
         bden = np.minimum(bden, LAMBDA * out_abs * np.sqrt(np.sum((w * beta) ** 2, axis=-1, keepdims=True)))
     beta_max = np.max(beta, axis=-1, keepdims=True)
     total = (bnum + bden) / (1.0 - beta_max)
     total = total * (1.0 + b.terms["division"]) + b.terms["division"] * out_abs
-    vmax = np.max(np.abs(v64), axis=-2, keepdims=True)
+    vmax = x.v_max
     if b.variant in _AMLA and b.clamp:
         jumps = np.floor(srange / _CLAMP_NATS)
         total = total + jumps * 1.5 * 2.0**-30 * n_keys * vmax

@@ -103,6 +103,7 @@ class Record:
     prob_bound_ratio: float
     hazards: dict[str, int] = field(default_factory=dict)
     rescale_rate: float = 1.0
+    c: float = 1.5
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-ready dict (the report's record schema)."""
@@ -128,8 +129,15 @@ def expand_grid(
     ]
 
 
-def evaluate_case(case: Case, variants: Sequence[str] = VARIANTS) -> list[Record]:
-    """Measure every variant on one case (a pure function of its arguments)."""
+def evaluate_case(
+    case: Case, variants: Sequence[str] = VARIANTS, *, cs: Sequence[float] | None = None
+) -> list[Record]:
+    """Measure every variant on one case (a pure function of its arguments).
+
+    The workload, its reference and the bounds' input statistics are computed once. With
+    ``cs``, every variant is measured once per compensation coefficient (records in
+    ``(c, variant)`` order) instead of at ``case.c`` only.
+    """
     from amla_numerics import flash, reference  # heavy imports stay out of module import
 
     variants = [check_variant(v) for v in variants]
@@ -138,13 +146,14 @@ def evaluate_case(case: Case, variants: Sequence[str] = VARIANTS) -> list[Record
     unit = ulp(ref, FP32)
     stats = bound_inputs(w.q, w.k, w.v, w.scale)  # shared by every variant's bounds
     records = []
-    for variant in variants:
+    pairs = [(case.c, v) for v in variants] if cs is None else itertools.product(cs, variants)
+    for c, variant in pairs:
         res = flash.attention(
-            w.q, w.k, w.v, variant, scale=w.scale, block_n=case.block_n, trace=True, c=case.c
+            w.q, w.k, w.v, variant, scale=w.scale, block_n=case.block_n, trace=True, c=c
         )
         out = np.asarray(res.out, dtype=np.float64)
         bound = a_priori_bound(
-            variant, head_dim=case.head_dim, kv_len=case.kv_len, block_n=case.block_n, c=case.c
+            variant, head_dim=case.head_dim, kv_len=case.kv_len, block_n=case.block_n, c=c
         )
         det = elementwise_bound(bound, stats, kind="deterministic")
         prob = elementwise_bound(bound, stats, kind="probabilistic")
@@ -165,6 +174,7 @@ def evaluate_case(case: Case, variants: Sequence[str] = VARIANTS) -> list[Record
                 prob_bound_ratio=_max_ratio(err[finite], prob[finite]),
                 hazards={k: int(v) for k, v in res.hazards.items() if k != "ok"},
                 rescale_rate=_rescale_rate(res.trace),
+                c=float(c),
             )
         )
     return records

@@ -125,11 +125,8 @@ def compensation_sweep(
     blocks while the old blocks keep their weight, which is where compensation matters (on
     ``drift`` each new block outweighs the old ones and ``c`` hardly shows).
     """
-    out = []
-    for c in cs:
-        out += evaluate_case(Case(head_dim, kv_len, workload, seed, rows, block_n, float(c)), ["amla"])
-    base = evaluate_case(Case(head_dim, kv_len, workload, seed, rows, block_n), ["amla_nocomp", "fa_fp32"])
-    return out + base
+    case = Case(head_dim, kv_len, workload, seed, rows, block_n)
+    return evaluate_case(case, ["amla"], cs=cs) + evaluate_case(case, ["amla_nocomp", "fa_fp32"])
 
 
 def plot_error_vs_c(cs: Sequence[float], records: Sequence[Record]) -> Figure:

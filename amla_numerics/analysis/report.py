@@ -14,7 +14,7 @@ JSON schema (``--format json`` and ``report.json``)::
                   "p999_ulp_fp32", "max_ulp_fp32", "median_ulp_bf16", "p999_ulp_bf16",
                   "max_ulp_bf16", "mean_signed_ulp_fp32", "sign_test_p", "rel_fro",
                   "max_abs", "rmse", "cosine", "rel_l1", "bound_ulp_fp32", "bound_ratio",
-                  "prob_bound_ratio", "hazards": {class: count}, "rescale_rate"}, ...],
+                  "prob_bound_ratio", "hazards": {class: count}, "rescale_rate", "c"}, ...],
      "throughput": [{"variant", "tflops", "utilization", "peak_tflops", "peak_name",
                      "bound", "time_us", "hbm_gbps", "rescale_prob"}, ...],
      "violations": [human-readable strings: records whose measured/bound > 1]}

@@ -298,7 +298,10 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
     ``_FEW`` remain, :func:`_exact_split` decides them all.
     """
     k = a64.shape[-1]
-    if k > _LONG and a_stats is None:  # long sums (an unblocked P V): ties are many, split at once
+    if k > _LONG and a_stats is None:  # long sums (an unblocked P V)
+        res = _exact_long(a64, b64, out, mode, p)
+        if res is not None:
+            return res
         if b_stats is not None:  # the caller's quanta, the true column norms (they set the split)
             b_stats = (np.sqrt(np.einsum("...kn,...kn->...n", b64, b64)), b_stats[1])
         return _exact_split(a64, b64, out, mode, p, b_stats)
@@ -384,6 +387,115 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
         bad[tuple(i[still] for i in idx)] = True
     res = res.copy() if not res.flags.writeable else res
     _fix_bad(a64, b64, res, bad, out, mode)
+    return res
+
+
+_ELEMENTS = 4096  # open elements settled from their own products by :func:`_exact_long`
+_LONG_BLOCK = 512  # consecutive k per BLAS product of :func:`_exact_long`
+
+
+def _exact_long(a64, b64, out, mode, p):
+    """The exact model of a long 2-D product (``K > _LONG``) from blocked BLAS products, or None.
+
+    ``s = sum_c S_c`` (float64, in block order), ``S_c = a[:, c] @ b[c]`` over blocks ``c`` of
+    ``_LONG_BLOCK`` consecutive ``k``. (1) ``|s - x| <= (n_c + 2) 2**-52 sum_c |S_c| + (L + 2)
+    2**-52 sum_c (sum_{k in c} |a_ik|) max_{k in c} |b_kj|`` (``L`` the block length, ``n_c``
+    the number of blocks: the float64 bounds of the outer sum and of each block's dot
+    products, any summation order; the slack covers the roundings of the bound itself):
+    where ``s -+ B`` round to the same number, that is the answer. (2) Each open element
+    (up to ``_ELEMENTS``; more: None, the caller's split path) from its ``K`` exact
+    products: :func:`_settle`. None also for non-2-D, non-FP32 or non-finite cases.
+    """
+    if a64.ndim != 2 or b64.ndim != 2 or out != "fp32" or not a64.size or not b64.size:
+        return None
+    k = a64.shape[-1]
+    L = _LONG_BLOCK
+    starts = list(range(0, k, L))
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = np.zeros((a64.shape[0], b64.shape[1]))
+        for c0 in starts:
+            s += a64[:, c0 : c0 + L] @ b64[c0 : c0 + L]
+        if not np.all(np.isfinite(s)):
+            return None
+        a_abs = a64 if a64.min() >= 0 else np.abs(a64)
+        k0 = k - k % L
+        a_sum = np.add.reduce(a_abs[:, :k0].reshape(a64.shape[0], k0 // L, L), axis=-1)
+        b_main = b64[:k0].reshape(k0 // L, L, b64.shape[1])
+        b_max = np.maximum(np.maximum.reduce(b_main, axis=1), -np.minimum.reduce(b_main, axis=1))
+        if k0 < k:  # the short last block
+            a_sum = np.concatenate([a_sum, np.add.reduce(a_abs[:, k0:], axis=-1)[:, None]], axis=1)
+            b_max = np.concatenate([b_max, np.max(np.abs(b64[k0:]), axis=0)[None, :]], axis=0)
+        if not (np.all(a_sum < 2.0**400) and np.all(b_max < 2.0**400)):  # also NaN
+            return None
+        bound = a_sum @ b_max  # R >= sum_c (...) (1 - n_c 2**-53) >= sum_c |S_c| (1 - ...): in the slack
+        bound *= (L + len(starts) + 4) * 2.0**-52 * (1 + 2.0**-20)
+        bound += (k + len(starts)) * 2.0**-1074
+        res = _round64(s, out, mode)
+        open_ = _round64(s - bound, out, mode) != _round64(s + bound, out, mode)
+    ii, jj = np.nonzero(open_)
+    if not ii.size:
+        return res
+    if ii.size > _ELEMENTS:
+        return None
+    order = np.lexsort((ii, jj))  # by column: the gather below reads b's rows in order
+    ii, jj = ii[order], jj[order]
+    step = max(1, (1 << 21) // k)
+    for e0 in range(0, ii.size, step):
+        i, j = ii[e0 : e0 + step], jj[e0 : e0 + step]
+        prods = np.ascontiguousarray(np.take(b64, j, axis=1).T)
+        prods *= a64[i]  # (n, K) exact products
+        res[i, j] = _settle(prods, s[i, j], out, mode, p)
+    return res
+
+
+def _settle(prods, s, out, mode, p):
+    """Each row of exact products ``prods`` (n, K) summed exactly and rounded once.
+
+    ``s`` (n,) is their float64 BLAS sum. (a) The tight bound ``(K + 2) 2**-52 sum |prod|``
+    around ``s``; (b) the products of magnitude at least ``2**e`` with ``2**(e - 2p + 1 +
+    53) > sum |prod|`` (``p``-bit operands: ``2p``-bit products) are multiples of ``2**(e -
+    2p + 1)`` with a sum below ``2**53`` times that, so their float64 sum ``s_hi`` is exact
+    in any order; the rest sum to ``s_lo``, exact by the same test on its smallest
+    product, else within ``(K + 2) 2**-52 sum |lo|``; ``s_hi + (s_lo -+ w)`` rounded
+    exactly (TwoSum, round to odd) settles the element when both ends agree; (c) else
+    :func:`_fsum_round`.
+    """
+    k = prods.shape[-1]
+    g = (k + 2) * 2.0**-52 * (1 + 2.0**-20)
+    up = 1 + (k + 2) * 2.0**-52  # a computed sum of k non-negative terms, times up: >= the sum
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        mag = np.abs(prods)
+        total = np.add.reduce(mag, axis=-1) * up
+        tight = total * g + k * 2.0**-1074
+        res = _round64(s, out, mode)
+        rest = np.nonzero(_round64(s - tight, out, mode) != _round64(s + tight, out, mode))[0]
+        if not rest.size:
+            return res
+        if 2 * rest.size <= total.size:  # few open: their products only
+            prods, mag, total = prods[rest], mag[rest], total[rest]
+        else:  # most: all of them (the settled ones get the same value again)
+            rest = slice(None)
+        f = np.frexp(np.where(total > 0, total, 1.0))[1].astype(np.int64)  # total < 2**f
+        # hi: |prod| >= 2**e, multiples of 2**(e - 2p + 1) >= 2**-1074, sum < 2**(e - 2p + 54)
+        e = np.maximum(f - 54 + 2 * p, -1074 + 2 * p - 1)
+        lo_mask = mag < np.ldexp(1.0, np.clip(e, -1100, 1100))[:, None]
+        s_hi = np.add.reduce(prods, axis=-1, where=~lo_mask)
+        s_lo = np.add.reduce(prods, axis=-1, where=lo_mask)
+        t_lo = np.add.reduce(mag, axis=-1, where=lo_mask) * up
+        small = np.min(mag, axis=-1, where=lo_mask & (mag != 0), initial=np.inf)
+        e_lo = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1 - 2 * p + 1
+        lo_exact = ~np.isfinite(small) | (
+            (t_lo < np.ldexp(1.0, np.clip(e_lo + 53, -1100, 1100))) & (e_lo >= -1074)
+        )
+        bd = np.where(lo_exact, 0.0, t_lo * g + k * 2.0**-1074)
+        widen = np.where(bd == 0, 0.0, bd + 2 * np.abs(np.spacing(s_lo)))  # covers fl(s_lo -+ bound)
+        r1 = add_rounded(s_hi, s_lo - widen, out, mode)
+        r2 = add_rounded(s_hi, s_lo + widen, out, mode)
+    still = np.nonzero(r1 != r2)[0]
+    if still.size:
+        r1 = r1.copy()
+        r1[still] = [_fsum_round(terms, out, mode) for terms in prods[still].tolist()]
+    res[rest] = r1
     return res
 
 

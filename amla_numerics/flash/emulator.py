@@ -55,7 +55,7 @@ import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash.accumulate import _min_quantum_exp_fast, min_nonzero_abs, quantum_exp_from_min, vector_sum
+from amla_numerics.flash.accumulate import _LONG, _min_quantum_exp_fast, min_nonzero_abs, quantum_exp_from_min, vector_sum
 from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input
@@ -355,6 +355,8 @@ class _Run:
         v = self.inp.v
         if self.v_parts is None or self.pol.pv.in_format != "bf16" or v.dtype != ml_dtypes.bfloat16:
             return None
+        if len(blocks) == 1 and blocks[0][1] - blocks[0][0] > _LONG:
+            return None  # one long P V (naive): its exact model uses no column statistics
         low = v.view(np.uint16) & np.uint16(0x7FFF)
         low -= np.uint16(1)  # zeros wrap to 0xFFFF
         low = np.minimum.reduceat(low, [lo for lo, _ in blocks], axis=-2)

@@ -299,7 +299,7 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
     """
     k = a64.shape[-1]
     if k > _LONG and a_stats is None:  # long sums (an unblocked P V)
-        res = _exact_long(a64, b64, out, mode, p)
+        res = _exact_long(a64, b64, out, mode, p, b_absmax)
         if res is not None:
             return res
         if b_stats is not None:  # the caller's quanta, the true column norms (they set the split)
@@ -391,10 +391,10 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
 
 
 _ELEMENTS = 4096  # open elements settled from their own products by :func:`_exact_long`
-_LONG_BLOCK = 512  # consecutive k per BLAS product of :func:`_exact_long`
+_LONG_BLOCK = 256  # consecutive k per BLAS product of :func:`_exact_long`
 
 
-def _exact_long(a64, b64, out, mode, p):
+def _exact_long(a64, b64, out, mode, p, b_absmax=None):
     """The exact model of a long 2-D product (``K > _LONG``) from blocked BLAS products, or None.
 
     ``s = sum_c S_c`` (float64, in block order), ``S_c = a[:, c] @ b[c]`` over blocks ``c`` of
@@ -420,11 +420,16 @@ def _exact_long(a64, b64, out, mode, p):
         a_abs = a64 if a64.min() >= 0 else np.abs(a64)
         k0 = k - k % L
         a_sum = np.add.reduce(a_abs[:, :k0].reshape(a64.shape[0], k0 // L, L), axis=-1)
-        b_main = b64[:k0].reshape(k0 // L, L, b64.shape[1])
-        b_max = np.maximum(np.maximum.reduce(b_main, axis=1), -np.minimum.reduce(b_main, axis=1))
         if k0 < k:  # the short last block
             a_sum = np.concatenate([a_sum, np.add.reduce(a_abs[:, k0:], axis=-1)[:, None]], axis=1)
-            b_max = np.concatenate([b_max, np.max(np.abs(b64[k0:]), axis=0)[None, :]], axis=0)
+        if b_absmax is not None:  # the caller's bound of max |b|: R_ij = sum_k |a_ik| max |b|
+            b_max = np.full((1, 1), float(np.max(b_absmax)))
+            a_sum = np.add.reduce(a_sum, axis=-1, keepdims=True)
+        else:
+            b_main = b64[:k0].reshape(k0 // L, L, b64.shape[1])
+            b_max = np.maximum(np.maximum.reduce(b_main, axis=1), -np.minimum.reduce(b_main, axis=1))
+            if k0 < k:
+                b_max = np.concatenate([b_max, np.max(np.abs(b64[k0:]), axis=0)[None, :]], axis=0)
         if not (np.all(a_sum < 2.0**400) and np.all(b_max < 2.0**400)):  # also NaN
             return None
         bound = a_sum @ b_max  # R >= sum_c (...) (1 - n_c 2**-53) >= sum_c |S_c| (1 - ...): in the slack
@@ -442,8 +447,8 @@ def _exact_long(a64, b64, out, mode, p):
     step = max(1, (1 << 21) // k)
     for e0 in range(0, ii.size, step):
         i, j = ii[e0 : e0 + step], jj[e0 : e0 + step]
-        prods = np.ascontiguousarray(np.take(b64, j, axis=1).T)
-        prods *= a64[i]  # (n, K) exact products
+        prods = b64.T[j]  # (n, K), a new array
+        prods *= a64[i]  # the exact products
         res[i, j] = _settle(prods, s[i, j], out, mode, p)
     return res
 

@@ -13,7 +13,9 @@ in how the products are summed and rounded to the output format (FP32 or FP64):
     round to the same FP32 number it is the answer; elsewhere (mostly exact ties, a few
     per thousand for P V) the element's own products decide (exactness test, tight bound),
     then ``math.fsum``, or the split of ``a`` into a large part and a tail (see
-    :func:`_exact_bounded`, :func:`_exact_split`).
+    :func:`_exact_bounded`, :func:`_exact_split`). Long 2-D sums (``K > 4096``: an unblocked
+    P V) sum 256-key BLAS blocks under a tighter bound and settle the few open elements from
+    their own products (:func:`_exact_long`).
     For an FP64 output the BLAS result is returned as it is (error within that bound; only
     the ``"exact"`` policy uses it, to check recurrences to ~1e-12).
 ``"fp32_seq"``

@@ -231,7 +231,7 @@ def test_exact_model_certificates_every_path_matches_the_oracle(monkeypatch, gat
     """The BLAS product plus rounding certificates (row bound, pair and per-element exactness,
     fsum, the split fallbacks), with and without the caller's statistics, is the exact sum
     rounded once: BF16 softmax-like tiles with ties, tiny tails and zero columns."""
-    import amla_numerics.flash.accumulate as acc_mod
+    import amla_numerics.flash._exactsum as acc_mod
 
     monkeypatch.setattr(acc_mod, "_GATHER", gather)
     monkeypatch.setattr(acc_mod, "_FEW", few)

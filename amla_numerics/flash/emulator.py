@@ -55,7 +55,8 @@ import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash.accumulate import _LONG, _min_quantum_exp_fast, min_nonzero_abs, quantum_exp_from_min, vector_sum
+from amla_numerics.flash._exactsum import _LONG, _min_quantum_exp_fast, min_nonzero_abs, quantum_exp_from_min
+from amla_numerics.flash.accumulate import vector_sum
 from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input

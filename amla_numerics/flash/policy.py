@@ -39,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from amla_numerics.flash.accumulate import ACCUMULATION_MODELS, Accumulation
+from amla_numerics.flash.accumulate import Accumulation
 
 __all__ = ["EXP_MODELS", "PRESETS", "ROWSUM_ORDERS", "MatmulPolicy", "Policy", "get_policy"]
 

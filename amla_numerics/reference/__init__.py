@@ -6,9 +6,9 @@ vectorised oracle with rigorous per-element bounds), :mod:`.cache` (content-addr
 cache), :mod:`.core` (:func:`attention`). See ``docs/reference.md``.
 """
 
-from amla_numerics.reference.core import AUTO_ULP_FP32, attention, certified_attention
+from amla_numerics.reference.core import AUTO_ULP_FP32, attention
 from amla_numerics.reference.exactdot import ExactDot, IntDot, exact_dot, exact_dot_any
-from amla_numerics.reference.fast import FastResult, FastUnavailable, fast_attention
+from amla_numerics.reference.fast import FastResult, FastUnavailable, certified_attention
 from amla_numerics.reference.mp import (
     OnlineTrace,
     attention_row,
@@ -29,7 +29,6 @@ __all__ = [
     "certified_attention",
     "exact_dot",
     "exact_dot_any",
-    "fast_attention",
     "mp_logsumexp",
     "mp_softmax",
     "online_softmax",

@@ -5,7 +5,7 @@ method="mpmath": every row through :func:`~amla_numerics.reference.mp.attention_
 of rows is recomputed at ``2*dps`` and a disagreement raises RuntimeError.
 
 method="fast": :func:`~amla_numerics.reference.fast.fast_problem`; every element is within
-its certified bound (``certified_attention`` returns the bounds).
+its certified bound (``fast.certified_attention`` returns the bounds).
 
 method="auto": fast, then every element whose bound exceeds ``1e-3`` FP32 ULP at its value
 (and every lse whose bound does) is recomputed with mpmath from the exact dot products.
@@ -26,11 +26,11 @@ from amla_numerics.formats import FP32
 from amla_numerics.reference import cache as _cache
 from amla_numerics.reference._inputs import METHODS, Problem, check_dps, prepare
 from amla_numerics.reference.exactdot import exact_dot_any
-from amla_numerics.reference.fast import FastResult, FastUnavailable, fast_problem
+from amla_numerics.reference.fast import FastUnavailable, fast_problem
 from amla_numerics.reference.mp import attention_row
 from amla_numerics.ulp import ulp
 
-__all__ = ["AUTO_ULP_FP32", "attention", "certified_attention"]
+__all__ = ["AUTO_ULP_FP32", "attention"]
 
 #: method="auto" recomputes elements whose certified bound exceeds this many FP32 ULPs.
 AUTO_ULP_FP32 = 1e-3
@@ -127,27 +127,6 @@ def _loose(bound: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def certified_attention(
-    q: Any,
-    k: Any,
-    v: Any,
-    scale: Any = None,
-    *,
-    mask: Any = None,
-    return_lse: bool = False,
-) -> FastResult:
-    """The fast oracle with its certificate: ``FastResult(out, bound, lse, lse_bound, dots)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> r = certified_attention(np.ones((1, 4)), np.eye(4), np.eye(4))
-    >>> bool((r.bound < 1e-15).all()), r.out.shape
-    (True, (1, 4))
-    """
-    return fast_problem(prepare(q, k, v, scale, mask), return_lse)
-
-
 def attention(
     q: Any,
     k: Any,
@@ -179,7 +158,7 @@ def attention(
         ``lse = -inf``.
     method : {"auto", "fast", "mpmath"}
         "mpmath": correctly rounded everywhere (slow). "fast": the certified vectorised
-        oracle (every element within its bound, see :func:`certified_attention`). "auto":
+        oracle (every element within its bound, see :func:`~amla_numerics.reference.fast.certified_attention`). "auto":
         fast, then every element whose bound exceeds 1e-3 FP32 ULP goes to mpmath.
     dps : int
         Decimal digits of the mpmath path (>= 15).

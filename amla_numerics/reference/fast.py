@@ -29,7 +29,7 @@ Examples
 --------
 >>> import numpy as np
 >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]]); v = np.array([[1.0], [0.0]])
->>> r = fast_attention(q, k, v, 1.0)
+>>> r = certified_attention(q, k, v, 1.0)
 >>> float(r.out[0, 0]) == float(np.e / (np.e + 1)), bool(r.bound[0, 0] < 1e-16)
 (True, True)
 """
@@ -67,7 +67,7 @@ from amla_numerics.reference.exactdot import (
 )
 from amla_numerics.rounding import round_to
 
-__all__ = ["FastResult", "FastUnavailable", "fast_attention", "fast_problem"]
+__all__ = ["FastResult", "FastUnavailable", "certified_attention", "fast_problem"]
 
 #: Bits of the weights kept below the row max (truncation grid ``2**-P_BITS``).
 P_BITS = 80
@@ -379,7 +379,7 @@ def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:
     )
 
 
-def fast_attention(
+def certified_attention(
     q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None, return_lse: bool = False
 ) -> FastResult:
     """Softmax attention with a certified per-element error bound (no mpmath fallback).

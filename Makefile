@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPORT_DIR ?= build/report
 PYTEST_ARGS ?=
 
-.PHONY: report test bench clean
+.PHONY: report test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	for f in experiments/bench_*.py; do $(PY) $$f || exit 1; done

@@ -8,6 +8,9 @@ exponent add), :mod:`~amla_numerics.reference` (arbitrary-precision attention),
 (metrics, bounds, budgets, reports) and :mod:`~amla_numerics.pipeline` (Ascend 910 model).
 """
 
+import importlib
+from typing import Any
+
 from amla_numerics._version import __version__
 from amla_numerics.exp2add import (
     HAZARDS,
@@ -17,7 +20,7 @@ from amla_numerics.exp2add import (
     exp2_add_bits_hazards,
     exp2_add_hazards,
 )
-from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32, FP64, FORMATS, Format, get_format
+from amla_numerics.formats import BF16, E4M3, E5M2, FORMATS, FP16, FP32, FP64, Format, get_format
 from amla_numerics.rounding import MODES, round_to
 from amla_numerics.ulp import signed_ulp_error, ulp, ulp_distance, ulp_error
 from amla_numerics.variants import VARIANTS
@@ -36,14 +39,32 @@ __all__ = [
     "Format",
     "HazardReport",
     "__version__",
+    "analysis",
     "exp2_add",
     "exp2_add_bits",
     "exp2_add_bits_hazards",
     "exp2_add_hazards",
+    "flash",
     "get_format",
+    "pipeline",
+    "reference",
     "round_to",
     "signed_ulp_error",
     "ulp",
     "ulp_distance",
     "ulp_error",
 ]
+
+#: The subpackages, imported on first access (``amla_numerics.flash`` works after a bare
+#: ``import amla_numerics``, without paying for mpmath, scipy or matplotlib up front).
+_SUBPACKAGES = ("analysis", "cli", "flash", "pipeline", "reference", "testing")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"amla_numerics.{name}")
+    raise AttributeError(f"module 'amla_numerics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBPACKAGES))

@@ -1,4 +1,4 @@
-"""AMLA's INT32 exponent add: ``x * 2**n`` as ``as_fp32(as_int32(x) + n * 2**23)``, hazards included.
+"""AMLA's INT32 exponent add: ``x * 2**n`` as ``as_fp32(as_int32(x) + n * 2**23)``, with hazards.
 
 The hardware adds an int32 to the bit pattern of an FP32 word (an atomic add in global
 memory) with two's-complement wraparound. For a normal ``x`` whose scaled exponent stays
@@ -142,7 +142,9 @@ def exp2_add_bits(x: Any, N: Any) -> np.ndarray:
     try:
         xa, Na = np.broadcast_arrays(xa, Na)
     except ValueError:
-        raise ValueError(f"arguments 'x' {xa.shape} and the increment {Na.shape} do not broadcast") from None
+        raise ValueError(
+            f"arguments 'x' {xa.shape} and the increment {Na.shape} do not broadcast"
+        ) from None
     bits = xa.view(np.uint32).astype(np.int64)
     out = np.asarray((bits + Na) & 0xFFFFFFFF).astype(np.uint32)
     return out.view(np.float32)
@@ -160,7 +162,9 @@ def exp2_add_bits_hazards(x: Any, N: Any) -> HazardReport:
     try:
         xa, Na = np.broadcast_arrays(xa, Na)
     except ValueError:
-        raise ValueError(f"arguments 'x' {xa.shape} and the increment {Na.shape} do not broadcast") from None
+        raise ValueError(
+            f"arguments 'x' {xa.shape} and the increment {Na.shape} do not broadcast"
+        ) from None
     mag = xa.view(np.uint32).astype(np.int64) & 0x7FFFFFFF
     field_ = mag >> 23
     moved = mag + Na

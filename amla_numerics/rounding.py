@@ -268,7 +268,9 @@ def as_real_array(x: Any, argument: str = "x") -> np.ndarray:
         try:
             arr = np.asarray(x)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"argument {argument!r} is not an array of real numbers: {exc}") from None
+            raise TypeError(
+                f"argument {argument!r} is not an array of real numbers: {exc}"
+            ) from None
     if arr.dtype.kind in _FLOAT_KINDS:
         if arr.dtype.itemsize > 8 and arr.dtype.kind == "f":  # longdouble: exact path
             return arr.astype(object)
@@ -322,7 +324,9 @@ def _decompose_exact(arr: np.ndarray, fmt: Format, mode: str, bits: int) -> Part
             sign[i] = float(v) < 0
             continue
         q = to_fraction(v)
-        sign[i] = q < 0 or (q == 0 and isinstance(v, float | np.floating) and math.copysign(1, v) < 0)
+        sign[i] = q < 0 or (
+            q == 0 and isinstance(v, float | np.floating) and math.copysign(1, v) < 0
+        )
         num, den = abs(q.numerator), q.denominator
         if num == 0:
             qe[i] = fmt.emin - fmt.p + 1
@@ -397,7 +401,9 @@ def _compose(
         mag = np.where(mag < fmt.min_normal, 0.0, mag)
     special = parts.special
     if np.any(special):
-        inf_to = np.inf if fmt.has_inf and not saturate else (fmt.max_finite if saturate else np.nan)
+        inf_to = (
+            np.inf if fmt.has_inf and not saturate else (fmt.max_finite if saturate else np.nan)
+        )
         mag = np.where(np.isnan(special), np.nan, np.where(special == np.inf, inf_to, mag))
     out = np.where(sign, -mag, mag)
     with np.errstate(over="ignore", invalid="ignore"):  # inf/nan here are the specified result

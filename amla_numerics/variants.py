@@ -15,7 +15,19 @@ Examples
 
 from __future__ import annotations
 
-__all__ = ["VARIANTS", "VARIANT_DESCRIPTIONS", "check_variant"]
+import math
+from typing import Any
+
+__all__ = [
+    "AMLA_VARIANTS",
+    "DEFAULT_C",
+    "DEFAULT_TAU",
+    "VARIANTS",
+    "VARIANT_DESCRIPTIONS",
+    "check_c",
+    "check_tau",
+    "check_variant",
+]
 
 #: name -> one-line description of what the scheme does to the output accumulator O.
 VARIANT_DESCRIPTIONS: dict[str, str] = {
@@ -32,6 +44,21 @@ VARIANT_DESCRIPTIONS: dict[str, str] = {
 
 #: The public variant names, in report order.
 VARIANTS: tuple[str, ...] = tuple(VARIANT_DESCRIPTIONS)
+
+#: The variants that rescale O by AMLA's power-of-two exponent add (and fold r^ into P).
+AMLA_VARIANTS: tuple[str, ...] = (
+    "amla",
+    "amla_nocomp",
+    "amla_exactcomp",
+    "amla_fp32r",
+    "amla_guarded",
+)
+
+#: AMLA's compensation coefficient in the CANN kernel: ``eps = 1.5 (cof ratio - 1) + 1e-6``.
+DEFAULT_C: float = 1.5
+
+#: The lazy (FlashAttention-4) rescale threshold, in log2 units (FA4's value).
+DEFAULT_TAU: float = 8.0
 
 
 def check_variant(name: object, argument: str = "variant") -> str:
@@ -59,10 +86,53 @@ def check_variant(name: object, argument: str = "variant") -> str:
     >>> check_variant("fa_fp64")
     Traceback (most recent call last):
     ...
-    ValueError: unknown variant 'fa_fp64' for argument 'variant'; valid: naive, fa_fp32, fa_bf16, amla, amla_nocomp, amla_exactcomp, amla_fp32r, amla_guarded, lazy
+    ValueError: unknown variant 'fa_fp64' for argument 'variant'; valid: naive, fa_fp32, ...
     """
     if not isinstance(name, str) or name not in VARIANT_DESCRIPTIONS:
         raise ValueError(
             f"unknown variant {name!r} for argument {argument!r}; valid: {', '.join(VARIANTS)}"
         )
     return name
+
+
+def _real(value: Any, argument: str) -> float:
+    if isinstance(value, bool) or (
+        not isinstance(value, int | float) and not hasattr(value, "__float__")
+    ):
+        raise TypeError(f"argument {argument!r} must be a real number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"argument {argument!r} must be finite, got {value!r}")
+    return x
+
+
+def check_c(c: Any, argument: str = "c") -> float:
+    """AMLA's compensation coefficient as a float: finite and > 0 (ValueError/TypeError).
+
+    Examples
+    --------
+    >>> check_c(1.5), check_c(2)
+    (1.5, 2.0)
+    >>> check_c(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: argument 'c' must be > 0, got 0
+    """
+    x = _real(c, argument)
+    if x <= 0:
+        raise ValueError(f"argument {argument!r} must be > 0, got {c!r}")
+    return x
+
+
+def check_tau(tau: Any, argument: str = "tau") -> float:
+    """The lazy rescale threshold (log2 units) as a float: finite and >= 0.
+
+    Examples
+    --------
+    >>> check_tau(8)
+    8.0
+    """
+    x = _real(tau, argument)
+    if x < 0:
+        raise ValueError(f"argument {argument!r} must be >= 0, got {tau!r}")
+    return x

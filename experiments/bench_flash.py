@@ -58,9 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     q32, k32 = q.astype(np.float32), kv.astype(np.float32)
     v32 = np.ascontiguousarray(k32[:, : flash.MLA_DV])
     base = lambda: baseline(q32, k32, v32, flash.MLA_SCALE, args.block)  # noqa: E731
-    print(f"MLA decode: rows {args.rows}, keys {args.keys}, Dk {flash.MLA_DK}, Dv {flash.MLA_DV}, "
-          f"block {args.block}, policy ascend, best of {args.repeat} (interleaved with the "
-          f"baseline), seed {args.seed}")
+    print(
+        f"MLA decode: rows {args.rows}, keys {args.keys}, Dk {flash.MLA_DK}, Dv {flash.MLA_DV}, "
+        f"block {args.block}, policy ascend, best of {args.repeat} (interleaved with the "
+        f"baseline), seed {args.seed}"
+    )
     total = 0.0
     worst = 0.0
     for variant in flash.VARIANTS:
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         total += sum(t_var) / len(t_var)
         worst = max(worst, t / tb)
         print(f"{variant:>16}: {t:7.3f} s  baseline {tb:6.3f} s  ratio {t / tb:5.2f}x")
-    print(f"all variants (mean of one pass each): {total:.2f} s (target <= 30 s); "
-          f"worst ratio {worst:.2f}x (target <= 5x)")
+    print(
+        f"all variants (mean of one pass each): {total:.2f} s (target <= 30 s); "
+        f"worst ratio {worst:.2f}x (target <= 5x)"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -37,25 +37,31 @@ def _time(fn, repeat: int = 1) -> float:
 
 def main() -> None:
     hw = load_hardware("ascend910c")
-    configs = [(Workload(b, q, kv), default_schedule(hw, r))
-               for b, kv, q, r in itertools.product(BATCHES, KV_LENS, Q_LENS, RESCALES)]
+    configs = [
+        (Workload(b, q, kv), default_schedule(hw, r))
+        for b, kv, q, r in itertools.product(BATCHES, KV_LENS, Q_LENS, RESCALES)
+    ]
     assert len(configs) == 100
     print(f"python {platform.python_version()} on {platform.machine()}")
 
     t_ana = _time(lambda: [analyze(hw, wl, sch) for wl, sch in configs])
     t_sweep = _time(lambda: [run(hw, wl, sch) for wl, sch in configs])
-    print(f"sweep of {len(configs)} configurations (batch {BATCHES} x kv {KV_LENS} x q {Q_LENS}"
-          f" x {RESCALES}): {t_sweep:.2f} s (target <= 30 s); analytic layer {t_ana:.3f} s;"
-          f" DES / analytic = {t_sweep / t_ana:.0f}x")
+    print(
+        f"sweep of {len(configs)} configurations (batch {BATCHES} x kv {KV_LENS} x q {Q_LENS}"
+        f" x {RESCALES}): {t_sweep:.2f} s (target <= 30 s); analytic layer {t_ana:.3f} s;"
+        f" DES / analytic = {t_sweep / t_ana:.0f}x"
+    )
 
     wl, sch = Workload(128, 2, 32768), default_schedule(hw, "amla")
     ops = len(build_graph(hw, wl, sch).graph)
     t_one = _time(lambda: run(hw, wl, sch), repeat=3)
     t_one_ana = _time(lambda: analyze(hw, wl, sch), repeat=3)
     r = run(hw, wl, sch)
-    print(f"batch 128, q-len 2, kv-len 32768, amla: {t_one:.3f} s (target <= 2 s), {ops} ops"
-          f" ({ops / t_one:,.0f} ops/s); analytic {t_one_ana * 1e3:.1f} ms;"
-          f" modelled {r.tflops:.1f} TFLOPS, {r.utilization:.1%} of {r.peak_name}")
+    print(
+        f"batch 128, q-len 2, kv-len 32768, amla: {t_one:.3f} s (target <= 2 s), {ops} ops"
+        f" ({ops / t_one:,.0f} ops/s); analytic {t_one_ana * 1e3:.1f} ms;"
+        f" modelled {r.tflops:.1f} TFLOPS, {r.utilization:.1%} of {r.peak_name}"
+    )
 
 
 if __name__ == "__main__":

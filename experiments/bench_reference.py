@@ -1,7 +1,8 @@
 """Benchmark: the attention reference on the MLA decode case, and the mpmath path's rate.
 
 1. MLA decode (issue 3, section 4): 128 query rows, Dk = 576, Dv = 512 with V = K[:, :512],
-   N = 8192 keys, BF16 inputs, scale 1/sqrt(192). Times (best of ``--repeats``, calls interleaved) of
+   N = 8192 keys, BF16 inputs, scale 1/sqrt(192). Times (best of ``--repeats``, calls
+   interleaved) of
    ``attention(..., method="auto")`` and ``method="fast"``, against a plain float64 numpy
    softmax-attention of the same shape measured in the same run, written two ways: the
    natural ``p @ v`` and the BLAS-friendly ``(v.T @ p.T).T`` (on this machine's OpenBLAS the
@@ -83,12 +84,16 @@ def main() -> None:
     print(f"{'case':45s} {'seconds':>9s} {'x p@v':>7s} {'x BLAS':>7s}")
     for name, t in rows:
         print(f"{name:45s} {t:9.3f} {t / t_nat:7.2f} {t / t_blas:7.2f}")
-    print(f"auto: {loose} of {out.size} elements recomputed with mpmath; "
-          f"max bound {float(np.max(res.bound / ulp(res.out, FP32))):.2e} FP32 ULP; "
-          f"max |auto - float64 numpy| "
-          f"{float(np.max(np.abs(out - ref64) / ulp(out, FP32))):.3f} FP32 ULP")
-    print(f"targets: auto <= 20 s: {t_auto <= 20}; auto <= 10x baseline (p @ v): "
-          f"{t_auto <= 10 * t_nat}; (BLAS-friendly): {t_auto <= 10 * t_blas}")
+    print(
+        f"auto: {loose} of {out.size} elements recomputed with mpmath; "
+        f"max bound {float(np.max(res.bound / ulp(res.out, FP32))):.2e} FP32 ULP; "
+        f"max |auto - float64 numpy| "
+        f"{float(np.max(np.abs(out - ref64) / ulp(out, FP32))):.3f} FP32 ULP"
+    )
+    print(
+        f"targets: auto <= 20 s: {t_auto <= 20}; auto <= 10x baseline (p @ v): "
+        f"{t_auto <= 10 * t_nat}; (BLAS-friendly): {t_auto <= 10 * t_blas}"
+    )
     # the analysis workload: 16 query rows against the same keys
     q16, q16_64 = q[:16], q64[:16]
     (t16_base, t16_auto), _ = best_of_interleaved(
@@ -98,16 +103,20 @@ def main() -> None:
         ],
         args.repeats,
     )
-    print(f"M=16 (analysis workload): float64 numpy {t16_base:.3f} s, auto {t16_auto:.3f} s "
-          f"({t16_auto / t16_base:.1f}x)")
+    print(
+        f"M=16 (analysis workload): float64 numpy {t16_base:.3f} s, auto {t16_auto:.3f} s "
+        f"({t16_auto / t16_base:.1f}x)"
+    )
     mk = k[: args.mp_n]
     for dps in (30, 50):
         t0 = time.perf_counter()
         rows_done = 2
         attention(q[:rows_done], mk, mk[:, :dv], scale, method="mpmath", dps=dps)
         t = time.perf_counter() - t0
-        print(f"mpmath path dps={dps}: {rows_done / t:.2f} rows/s "
-              f"(N={args.mp_n}, Dk={dk}, Dv={dv}; includes the 2*dps ladder on 2 rows)")
+        print(
+            f"mpmath path dps={dps}: {rows_done / t:.2f} rows/s "
+            f"(N={args.mp_n}, Dk={dk}, Dv={dv}; includes the 2*dps ladder on 2 rows)"
+        )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def oracle_round(x: Fraction, fmt: Format, mode: str, *, saturate: bool = False)
         if saturate:
             r = fmt.max_finite_exact
         else:
-            toward_inf = mode in ("rne", "rna") or (mode == "ru" and not neg) or (mode == "rd" and neg)
+            toward_inf = (
+                mode in ("rne", "rna") or (mode == "ru" and not neg) or (mode == "rd" and neg)
+            )
             if toward_inf:
                 v = INF if fmt.has_inf else NAN
                 return -v if neg else v

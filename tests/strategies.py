@@ -58,9 +58,7 @@ def finite_values(fmt: Format, *, min_abs: float = 0.0, max_abs: float | None = 
         return np.isfinite(v) and min_abs <= abs(v) <= top
 
     return (
-        st.integers(0, 2**nbits - 1)
-        .map(lambda b: float(_from_bits(np.array(b), fmt)))
-        .filter(ok)
+        st.integers(0, 2**nbits - 1).map(lambda b: float(_from_bits(np.array(b), fmt))).filter(ok)
     )
 
 

@@ -37,7 +37,10 @@ def _floor_log2(x: Fraction) -> int:
 
 
 def oracle_exact(a, b, mode="rne"):
-    return [[_r32(sum(F(x) * F(y) for x, y in zip(row, col, strict=True)), mode) for col in b.T] for row in a]
+    return [
+        [_r32(sum(F(x) * F(y) for x, y in zip(row, col, strict=True)), mode) for col in b.T]
+        for row in a
+    ]
 
 
 def oracle_seq(a, b, mode="rne"):
@@ -65,12 +68,17 @@ def _tree(terms, mode):
 
 
 def oracle_pairwise(a, b, mode="rne"):
-    return [[_tree([F(x) * F(y) for x, y in zip(row, col, strict=True)], mode) for col in b.T] for row in a]
+    return [
+        [_tree([F(x) * F(y) for x, y in zip(row, col, strict=True)], mode) for col in b.T]
+        for row in a
+    ]
 
 
 def _cut(x: Fraction, quantum: Fraction, how: str) -> Fraction:
     q = x / quantum
-    n = q.numerator // q.denominator if q >= 0 else -((-q.numerator) // q.denominator)  # toward zero
+    n = (
+        q.numerator // q.denominator if q >= 0 else -((-q.numerator) // q.denominator)
+    )  # toward zero
     if how == "rne":
         n = round(q)  # Python rounds Fractions half to even
     return n * quantum
@@ -114,15 +122,32 @@ MODELS = [
     ("exact_rz", Accumulation("exact", out_rounding="rz"), lambda a, b: oracle_exact(a, b, "rz")),
     ("fp32_seq", Accumulation("fp32_seq"), oracle_seq),
     ("pairwise", Accumulation("pairwise"), oracle_pairwise),
-    *[(f"block_fma_{name}", acc, lambda a, b, acc=acc: oracle_block_fma(a, b, acc)) for name, acc in ACCUMULATION_PRESETS.items()],
-    ("block_fma_rne3", Accumulation("block_fma", block=3, extra_bits=2, align_rounding="rne", out_rounding="rne"),
-     lambda a, b: oracle_block_fma(a, b, Accumulation("block_fma", block=3, extra_bits=2, align_rounding="rne", out_rounding="rne"))),
+    *[
+        (f"block_fma_{name}", acc, lambda a, b, acc=acc: oracle_block_fma(a, b, acc))
+        for name, acc in ACCUMULATION_PRESETS.items()
+    ],
+    (
+        "block_fma_rne3",
+        Accumulation("block_fma", block=3, extra_bits=2, align_rounding="rne", out_rounding="rne"),
+        lambda a, b: oracle_block_fma(
+            a,
+            b,
+            Accumulation(
+                "block_fma", block=3, extra_bits=2, align_rounding="rne", out_rounding="rne"
+            ),
+        ),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "acc", "oracle"), MODELS, ids=[m[0] for m in MODELS])
-@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 3), k=st.integers(1, 13), n=st.integers(1, 3),
-       spread=st.sampled_from([0, 4, 12, 30]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    m=st.integers(1, 3),
+    k=st.integers(1, 13),
+    n=st.integers(1, 3),
+    spread=st.sampled_from([0, 4, 12, 30]),
+)
 @settings(max_examples=25, deadline=None)
 def test_model_matches_fraction_oracle(name, acc, oracle, seed, m, k, n, spread):
     a, b = _tile(seed, m, k, n, spread)
@@ -164,7 +189,9 @@ def test_exact_model_bf16_softmax_tile_with_tiny_tail_is_exact():
 @example(x=1.0, y=2.0**-24, mode="rne").via("tie to even")
 @example(x=1.0, y=2.0**-24 + 2.0**-70, mode="rne").via("tie broken by a tail below float64")
 def test_add_rounded_is_one_rounding(x, y, mode):
-    assert F(float(add_rounded(np.float64(x), np.float64(y), "fp32", mode))) == _r32(F(x) + F(y), mode)
+    assert F(float(add_rounded(np.float64(x), np.float64(y), "fp32", mode))) == _r32(
+        F(x) + F(y), mode
+    )
 
 
 @pytest.mark.parametrize("order", ["seq", "pairwise", "exact"])
@@ -210,8 +237,15 @@ def test_row_chunking_does_not_change_results(model, monkeypatch):
     assert np.array_equal(matmul(a, b, acc, "fp32"), whole)
 
 
-@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 4), k=st.integers(1, 40), n=st.integers(1, 4),
-       spread=st.sampled_from([0, 8, 30, 60]), batch=st.booleans(), mode=st.sampled_from(["rne", "rz"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    m=st.integers(1, 4),
+    k=st.integers(1, 40),
+    n=st.integers(1, 4),
+    spread=st.sampled_from([0, 8, 30, 60]),
+    batch=st.booleans(),
+    mode=st.sampled_from(["rne", "rz"]),
+)
 @settings(max_examples=60, deadline=None)
 def test_exact_model_fast_path_matches_oracle(seed, m, k, n, spread, batch, mode):
     """The BF16 fast path (row exactness test, hi/lo split, bounds, fsum) on wide-range tiles."""
@@ -251,8 +285,15 @@ def test_exact_model_certificates_every_path_matches_the_oracle(monkeypatch, gat
         stats = (nb, acc_mod.quantum_exp_from_min(small, 8))
         a_stats = (np.sqrt(np.einsum("mk,mk->m", a, a)), acc_mod._min_quantum_exp_fast(a, 8))
         want = oracle_exact(a, b)
-        for kw in ({}, {"b_stats": stats}, {"b_stats": stats, "a_stats": a_stats}, {"b_absmax": float(np.abs(b).max())}):
+        for kw in (
+            {},
+            {"b_stats": stats},
+            {"b_stats": stats, "a_stats": a_stats},
+            {"b_absmax": float(np.abs(b).max())},
+        ):
             got = matmul(a, b, Accumulation("exact"), "fp32", in_precision=8, **kw)
             assert _as_fraction_grid(got) == want, kw
-        got = matmul(a, b, Accumulation("exact", out_rounding="rz"), "fp32", in_precision=8, b_stats=stats)
+        got = matmul(
+            a, b, Accumulation("exact", out_rounding="rz"), "fp32", in_precision=8, b_stats=stats
+        )
         assert _as_fraction_grid(got) == oracle_exact(a, b, "rz")

@@ -23,8 +23,9 @@ def _check(variant, q, k, v, scale, block_n, policy=None):
     ref = reference.attention(q, k, v, scale, method="auto")
     res = flash.attention(q, k, v, variant, scale=scale, block_n=block_n, policy=policy)
     out = np.asarray(res.out, dtype=np.float64)
-    bound = a_priori_bound(variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n,
-                           policy=policy)
+    bound = a_priori_bound(
+        variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n, policy=policy
+    )
     det = elementwise_bound(bound, q, k, v, scale)
     assert not any(n for h, n in res.hazards.items() if h != "ok"), res.hazards
     err = np.abs(out - ref)
@@ -59,7 +60,11 @@ def test_bound_holds_on_random_inputs(seed, d, n, block_n, spread, variant):
 
 def test_bounds_grow_with_length_and_shrink_with_block_size():
     rng = np.random.default_rng(0)
-    q, k, v = rng.standard_normal((2, 32)), rng.standard_normal((4096, 32)), rng.standard_normal((4096, 8))
+    q, k, v = (
+        rng.standard_normal((2, 32)),
+        rng.standard_normal((4096, 32)),
+        rng.standard_normal((4096, 8)),
+    )
     med = {}
     for variant in ("fa_fp32", "amla", "amla_nocomp"):
         for n, b in ((1024, 512), (4096, 512), (4096, 128)):
@@ -69,8 +74,10 @@ def test_bounds_grow_with_length_and_shrink_with_block_size():
         assert med[variant, 4096, 128] > med[variant, 4096, 512]
     # no compensation pays the full cof ratio (~2**-7) each rescale; compensation leaves about
     # c * 2**-7 * kappa(c) = 2**-8 of it at c = 1.5
-    step = {v: a_priori_bound(v, head_dim=32, kv_len=4096).coefficient("rescale_step")
-            for v in ("amla", "amla_nocomp")}
+    step = {
+        v: a_priori_bound(v, head_dim=32, kv_len=4096).coefficient("rescale_step")
+        for v in ("amla", "amla_nocomp")
+    }
     assert 1.9 < step["amla_nocomp"] / step["amla"] < 2.1
     assert med["amla_nocomp", 4096, 512] > med["amla", 4096, 512]
 
@@ -109,15 +116,28 @@ def test_elementwise_bound_checks_its_inputs():
     b = a_priori_bound("amla", head_dim=8, kv_len=16)
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="do not match"):
-        elementwise_bound(b, rng.standard_normal((2, 8)), rng.standard_normal((17, 8)),
-                          rng.standard_normal((17, 4)), 1.0)
+        elementwise_bound(
+            b,
+            rng.standard_normal((2, 8)),
+            rng.standard_normal((17, 8)),
+            rng.standard_normal((17, 4)),
+            1.0,
+        )
     with pytest.raises(ValueError, match="kind"):
-        elementwise_bound(b, rng.standard_normal((2, 8)), rng.standard_normal((16, 8)),
-                          rng.standard_normal((16, 4)), 1.0, kind="typical")
+        elementwise_bound(
+            b,
+            rng.standard_normal((2, 8)),
+            rng.standard_normal((16, 8)),
+            rng.standard_normal((16, 4)),
+            1.0,
+            kind="typical",
+        )
 
 
 @pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
-@pytest.mark.parametrize("changes", [{"exp": "poly"}, {"rowsum": "seq"}, {"p_cast": "fp16", "p_cast_rounding": "rne"}])
+@pytest.mark.parametrize(
+    "changes", [{"exp": "poly"}, {"rowsum": "seq"}, {"p_cast": "fp16", "p_cast_rounding": "rne"}]
+)
 def test_bound_follows_the_policy(variant, changes):
     from amla_numerics.flash.policy import get_policy
 

@@ -11,8 +11,8 @@ from amla_numerics.exp2add import (
     exp2_add_bits_hazards,
     exp2_add_hazards,
 )
-from tests.oracle import pattern_values
 from amla_numerics.formats import BF16
+from tests.oracle import pattern_values
 
 
 def f32(bits: int) -> np.float32:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from amla_numerics import flash
 from amla_numerics.exp2add import HAZARDS
-from amla_numerics.flash import MatmulPolicy, Accumulation, get_policy
+from amla_numerics.flash import Accumulation, MatmulPolicy, get_policy
 from amla_numerics.variants import VARIANTS
 from tests.strategies import attention_inputs
 
@@ -53,7 +53,11 @@ def mp_attention(q, k, v, scale, keep=None):
 
 def _data(seed, m=3, n=37, dk=8, dv=5, mag=2.0):
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((m, dk)) * mag, rng.standard_normal((n, dk)) * mag, rng.standard_normal((n, dv))
+    return (
+        rng.standard_normal((m, dk)) * mag,
+        rng.standard_normal((n, dk)) * mag,
+        rng.standard_normal((n, dv)),
+    )
 
 
 # ---------------------------------------------------------------- exactness (policy "exact")
@@ -95,11 +99,16 @@ def test_exact_policy_with_rounded_r_needs_the_compensation():
         res = flash.attention(q, k, v, variant, scale=0.5, block_n=8, policy=pol)
         assert np.all(np.abs(res.out - ref) <= EXACT_RTOL * ref_abs)
     nocomp = flash.attention(q, k, v, "amla_nocomp", scale=0.5, block_n=8, policy=pol)
-    assert np.max(np.abs(nocomp.out - ref) / ref_abs) > 1e6 * EXACT_RTOL  # r^ errors left uncompensated
+    assert (
+        np.max(np.abs(nocomp.out - ref) / ref_abs) > 1e6 * EXACT_RTOL
+    )  # r^ errors left uncompensated
 
 
-@given(data=attention_inputs(max_m=3, max_n=30, max_dk=8, max_dv=4), block_n=st.integers(1, 32),
-       variant=st.sampled_from(VARIANTS))
+@given(
+    data=attention_inputs(max_m=3, max_n=30, max_dk=8, max_dv=4),
+    block_n=st.integers(1, 32),
+    variant=st.sampled_from(VARIANTS),
+)
 @settings(max_examples=40, deadline=None)
 def test_exact_policy_property(data, block_n, variant):
     q, k, v, scale = data
@@ -115,12 +124,15 @@ def test_exact_policy_property(data, block_n, variant):
 # ---------------------------------------------------------------- the FP32/BF16 policy
 
 
-@given(data=attention_inputs(max_m=3, max_n=40, max_dk=12, max_dv=4), block_n=st.integers(1, 40),
-       variant=st.sampled_from(VARIANTS))
+@given(
+    data=attention_inputs(max_m=3, max_n=40, max_dk=12, max_dv=4),
+    block_n=st.integers(1, 40),
+    variant=st.sampled_from(VARIANTS),
+)
 @settings(max_examples=40, deadline=None)
 def test_ascend_policy_is_close_deterministic_and_well_formed(data, block_n, variant):
     q, k, v, scale = data
-    ref, lse, ref_abs = mp_attention(q, k, v, scale)
+    ref, _lse, ref_abs = mp_attention(q, k, v, scale)
     res = flash.attention(q, k, v, variant, scale=scale, block_n=block_n, trace=True)
     again = flash.attention(q, k, v, variant, scale=scale, block_n=block_n, trace=True)
     assert res.out.dtype == np.float32 and res.lse.dtype == np.float64
@@ -185,7 +197,11 @@ def _zero_column_case():
     rng = np.random.default_rng(11)
     n, d = 96, 8
     q = np.ones((4, d)).astype(ml_dtypes.bfloat16).astype(float)
-    k = (rng.standard_normal((n, d)) * 0.3 + np.linspace(0, 3, n)[:, None]).astype(ml_dtypes.bfloat16).astype(float)
+    k = (
+        (rng.standard_normal((n, d)) * 0.3 + np.linspace(0, 3, n)[:, None])
+        .astype(ml_dtypes.bfloat16)
+        .astype(float)
+    )
     v = rng.standard_normal((n, 5)).astype(ml_dtypes.bfloat16).astype(float)
     v[:, 2] = 0.0
     return q, k, v
@@ -356,11 +372,22 @@ def test_bad_shapes_and_values():
         {"rowsum": "seq"},
         {"rowsum": "exact"},
         {"p_cast": "fp16", "r_cast": "fp16", "p_cast_rounding": "rne"},
-        {"qk": MatmulPolicy("bf16", Accumulation("fp32_seq")), "pv": MatmulPolicy("bf16", Accumulation("pairwise"))},
+        {
+            "qk": MatmulPolicy("bf16", Accumulation("fp32_seq")),
+            "pv": MatmulPolicy("bf16", Accumulation("pairwise")),
+        },
         {"pv": MatmulPolicy("bf16", flash.ACCUMULATION_PRESETS["v100"])},
         {"dn_clamp": None, "eps_bias": 0.0},
     ],
-    ids=["poly_exp", "seq_rowsum", "exact_rowsum", "fp16_casts", "seq_pairwise_mm", "v100_fma", "no_clamp"],
+    ids=[
+        "poly_exp",
+        "seq_rowsum",
+        "exact_rowsum",
+        "fp16_casts",
+        "seq_pairwise_mm",
+        "v100_fma",
+        "no_clamp",
+    ],
 )
 @pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
 def test_other_policies_run_and_stay_accurate(changes, variant):
@@ -417,4 +444,6 @@ def test_value_view_of_keys_gives_the_same_bits_as_a_copy():
         copy = flash.attention(q, kv, np.array(kv[:, :5]), variant, block_n=16)
         assert np.array_equal(view.out, copy.out)
         other = flash.attention(q, kv, kv[:, 2:7], variant, block_n=16)  # not the leading columns
-        assert np.array_equal(other.out, flash.attention(q, kv, np.array(kv[:, 2:7]), variant, block_n=16).out)
+        assert np.array_equal(
+            other.out, flash.attention(q, kv, np.array(kv[:, 2:7]), variant, block_n=16).out
+        )

@@ -81,7 +81,11 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
     m_rows, n_keys, dv = q.shape[0], k.shape[0], v.shape[1]
     sc, LN2 = f32(scale), f32(math.log(2))
     RECIP, LOG2E = f32(1) / LN2, f32(1 / math.log(2))
-    blocks = [(0, n_keys)] if variant == "naive" else [(lo, min(lo + block, n_keys)) for lo in range(0, n_keys, block)]
+    blocks = (
+        [(0, n_keys)]
+        if variant == "naive"
+        else [(lo, min(lo + block, n_keys)) for lo in range(0, n_keys, block)]
+    )
     amla = variant.startswith("amla")
     out = np.zeros((m_rows, dv), f32)
     for i in range(m_rows):
@@ -113,7 +117,11 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                 r_hat = r if variant == "amla_fp32r" else bf16(r)
                 cof = r / r_hat
                 ratio = (f32(1) if cof_prev is None else cof_prev) / cof
-                eps = f32(0) if variant in ("amla_nocomp", "amla_exactcomp") else (ratio - f32(1)) * f32(c) + f32(1e-6)
+                eps = (
+                    f32(0)
+                    if variant in ("amla_nocomp", "amla_exactcomp")
+                    else (ratio - f32(1)) * f32(c) + f32(1e-6)
+                )
                 dn = f32(0) if n_prev is None else n - n_prev
                 dnc = max(dn, f32(-30))
                 A = [bf16(x * r_hat) for x in p]
@@ -148,8 +156,13 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
     return out
 
 
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 20), block=st.integers(1, 8),
-       mag=st.sampled_from([0.5, 2.0, 6.0]), variant=st.sampled_from(flash.VARIANTS))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 20),
+    block=st.integers(1, 8),
+    mag=st.sampled_from([0.5, 2.0, 6.0]),
+    variant=st.sampled_from(flash.VARIANTS),
+)
 @settings(max_examples=30, deadline=None)
 def test_emulator_matches_independent_scalar_implementation(seed, n, block, mag, variant):
     rng = np.random.default_rng(seed)
@@ -166,7 +179,9 @@ def test_emulator_matches_independent_scalar_implementation(seed, n, block, mag,
     got = flash.attention(q, k, v, variant, scale=0.5, block_n=block).out
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     # the same values as bfloat16 arrays (the emulator's bit-level fast paths)
-    got_bf = flash.attention(q.astype(bf), k.astype(bf), v.astype(bf), variant, scale=0.5, block_n=block).out
+    got_bf = flash.attention(
+        q.astype(bf), k.astype(bf), v.astype(bf), variant, scale=0.5, block_n=block
+    ).out
     assert np.array_equal(got_bf.view(np.uint32), want.view(np.uint32))
 
 
@@ -176,7 +191,11 @@ def test_hazard_garbage_is_bit_exact_too(variant):
     rng = np.random.default_rng(4)
     bf = ml_dtypes.bfloat16
     q = np.ones((2, 4), np.float32)
-    k = (rng.standard_normal((24, 4)) * 0.3 + np.linspace(0, 3, 24)[:, None]).astype(bf).astype(np.float32)
+    k = (
+        (rng.standard_normal((24, 4)) * 0.3 + np.linspace(0, 3, 24)[:, None])
+        .astype(bf)
+        .astype(np.float32)
+    )
     v = rng.standard_normal((24, 3)).astype(bf).astype(np.float32)
     v[:, 1] = 0
     with np.errstate(all="ignore"):

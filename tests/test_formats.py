@@ -18,7 +18,10 @@ def test_parameters_match_the_storage_dtype(fmt):
 
 
 def test_known_values():
-    assert (FP32.max_finite, BF16.max_finite) == (float(np.finfo(np.float32).max), 3.3895313892515355e38)
+    assert (FP32.max_finite, BF16.max_finite) == (
+        float(np.finfo(np.float32).max),
+        3.3895313892515355e38,
+    )
     assert (FP16.max_finite, E4M3.max_finite, E5M2.max_finite) == (65504.0, 448.0, 57344.0)
     assert FP64.min_subnormal == 5e-324
 

@@ -19,11 +19,34 @@ SMALL = ["--batch", "8", "--kv-len", "2048"]
 
 
 def test_json_has_the_contract_keys_and_matches_the_library(capsys) -> None:
-    assert main(["pipeline", "--hardware", "ascend910c", "--rescale", "amla", *SMALL,
-                 "--q-len", "2", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--hardware",
+                "ascend910c",
+                "--rescale",
+                "amla",
+                *SMALL,
+                "--q-len",
+                "2",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
-    for key in ("tflops", "utilization", "peak_tflops", "peak_name", "bound", "engines",
-                "time_us", "hbm_gbps"):
+    for key in (
+        "tflops",
+        "utilization",
+        "peak_tflops",
+        "peak_name",
+        "bound",
+        "engines",
+        "time_us",
+        "hbm_gbps",
+    ):
         assert key in doc
     ref = evaluate("ascend910c", "amla", batch=8, q_len=2, kv_len=2048).to_dict()
     assert doc == json.loads(json.dumps(ref))
@@ -39,8 +62,25 @@ def test_table_names_every_peak_and_engine(capsys) -> None:
 
 
 def test_sweep_runs_every_combination(capsys) -> None:
-    assert main(["pipeline", "--sweep", "--batch", "4,8", "--kv-len", "1024,2048",
-                 "--q-len", "1,2", "--rescale", "amla,fa_fp32,lazy", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--sweep",
+                "--batch",
+                "4,8",
+                "--kv-len",
+                "1024,2048",
+                "--q-len",
+                "1,2",
+                "--rescale",
+                "amla,fa_fp32,lazy",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     docs = json.loads(capsys.readouterr().out)
     assert len(docs) == 2 * 2 * 2 * 3
     combos = {(d["rescale"], d["batch"], d["q_len"], d["kv_len"]) for d in docs}
@@ -53,9 +93,26 @@ def test_sweep_runs_every_combination(capsys) -> None:
 
 def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) -> None:
     trace, plot = tmp_path / "t.json", tmp_path / "g.png"
-    assert main(["pipeline", "--batch", "8", "--kv-len", "16384", "--rescale", "fa_fp32",
-                 "--trace", str(trace),
-                 "--plot", str(plot), "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--batch",
+                "8",
+                "--kv-len",
+                "16384",
+                "--rescale",
+                "fa_fp32",
+                "--trace",
+                str(trace),
+                "--plot",
+                str(plot),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     doc = json.loads(trace.read_text())
     ev = [e for e in doc["traceEvents"] if e["ph"] == "X"]
@@ -70,21 +127,27 @@ def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) ->
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--batch", "-4"], "workload.batch must be >= 1, got -4"),
-    (["--kv-len", "0"], "workload.kv_len must be >= 1"),
-    (["--batch", "two"], "--batch must be an integer"),
-    (["--batch", "4,8"], "lists of values need --sweep"),
-    (["--rescale", "fp64"], "unknown variant 'fp64' for argument '--rescale'"),
-    (["--hardware", "tpu"], "unknown hardware 'tpu'"),
-    (["--set", "l1_stream_buffers=4"], "schedule.l1_stream_buffers: the tiling does not fit L1"),
-    (["--set", "vec_rows=64"], "schedule.vec_rows: the tiling does not fit UB"),
-    (["--set", "kv_block=x"], "--set kv_block must be one integer"),
-    (["--set", "warp=2"], "--set expects FIELD=VALUE"),
-    (["--rescale", "amla", "--rescale-prob", "0.5"], "applies only to variant 'lazy'"),
-    (["--rescale", "lazy", "--rescale-prob", "2"], "rescale_prob must be a number in [0, 1]"),
-    (["--sweep", "--plot", "x.png"], "--trace and --plot apply to one configuration"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--batch", "-4"], "workload.batch must be >= 1, got -4"),
+        (["--kv-len", "0"], "workload.kv_len must be >= 1"),
+        (["--batch", "two"], "--batch must be an integer"),
+        (["--batch", "4,8"], "lists of values need --sweep"),
+        (["--rescale", "fp64"], "unknown variant 'fp64' for argument '--rescale'"),
+        (["--hardware", "tpu"], "unknown hardware 'tpu'"),
+        (
+            ["--set", "l1_stream_buffers=4"],
+            "schedule.l1_stream_buffers: the tiling does not fit L1",
+        ),
+        (["--set", "vec_rows=64"], "schedule.vec_rows: the tiling does not fit UB"),
+        (["--set", "kv_block=x"], "--set kv_block must be one integer"),
+        (["--set", "warp=2"], "--set expects FIELD=VALUE"),
+        (["--rescale", "amla", "--rescale-prob", "0.5"], "applies only to variant 'lazy'"),
+        (["--rescale", "lazy", "--rescale-prob", "2"], "rescale_prob must be a number in [0, 1]"),
+        (["--sweep", "--plot", "x.png"], "--trace and --plot apply to one configuration"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_sentence(argv, needle, capsys) -> None:
     assert main(["pipeline", *argv]) == 2
     err = capsys.readouterr().err

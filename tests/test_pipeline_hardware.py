@@ -35,8 +35,12 @@ def test_every_field_has_a_source(name: str) -> None:
     for key in hw.values:
         src = hw.source(key)
         # a citation, or it says what it is
-        assert src.startswith(("assumption", "calibration")) or "(" in src or "whitepaper" in src \
-            or "spec" in src, f"{name}.{key}: {src}"
+        assert (
+            src.startswith(("assumption", "calibration"))
+            or "(" in src
+            or "whitepaper" in src
+            or "spec" in src
+        ), f"{name}.{key}: {src}"
 
 
 @pytest.mark.parametrize("name", HARDWARE_NAMES)
@@ -46,13 +50,19 @@ def test_peak_is_derived_never_typed(name: str) -> None:
     hw = load_hardware(name)
     chip = doc["chip"]
     fpc = chip.get("cube_flop_per_cycle", chip.get("tensor_flop_per_cycle"))["value"]
-    exact = (Fraction(chip["cores"]["value"]) * Fraction(fpc) * Fraction(str(chip["clock_ghz"]["value"]))
-             / 1000)
+    exact = (
+        Fraction(chip["cores"]["value"])
+        * Fraction(fpc)
+        * Fraction(str(chip["clock_ghz"]["value"]))
+        / 1000
+    )
     name0, peak0 = hw.peaks()[0]
     assert peak0 == pytest.approx(float(exact), rel=1e-15)
     assert f"{float(exact):.1f} TFLOPS" in name0
-    assert hw.peaks()[-1] == (f"public {chip['public_peak_tflops']['value']:g} TFLOPS",
-                              chip["public_peak_tflops"]["value"])
+    assert hw.peaks()[-1] == (
+        f"public {chip['public_peak_tflops']['value']:g} TFLOPS",
+        chip["public_peak_tflops"]["value"],
+    )
 
 
 def test_ascend910c_named_peaks_match_the_design_card() -> None:
@@ -83,8 +93,9 @@ def test_missing_field_is_named(tmp_path: Path, dotted: str) -> None:
         load_hardware(path)
 
 
-@pytest.mark.parametrize("dotted", [f for f in REQUIRED_FIELDS["gpu"]
-                                    if f not in ("chip.name", "chip.kind")])
+@pytest.mark.parametrize(
+    "dotted", [f for f in REQUIRED_FIELDS["gpu"] if f not in ("chip.name", "chip.kind")]
+)
 def test_bad_values_are_named(dotted: str) -> None:
     doc = tomllib.loads((HW_DIR / "h800_sxm5.toml").read_text(encoding="utf-8"))
     section, key = dotted.split(".")
@@ -107,7 +118,7 @@ def test_malformed_toml_and_unknown_kind(tmp_path: Path) -> None:
         load_hardware(path)
     text = (HW_DIR / "ascend910c.toml").read_text().replace('value = "ascend"', 'value = "tpu"')
     path.write_text(text)
-    with pytest.raises(ValueError, match="field 'chip.kind' must be one of ascend, gpu"):
+    with pytest.raises(ValueError, match=r"field 'chip.kind' must be one of ascend, gpu"):
         load_hardware(path)
 
 

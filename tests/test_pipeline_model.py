@@ -33,8 +33,13 @@ KB = 1024
 
 
 # -- closed forms -------------------------------------------------------------------------
-workloads = st.builds(Workload, batch=st.integers(1, 300), q_len=st.integers(1, 4),
-                      kv_len=st.integers(1, 70000), heads=st.sampled_from([16, 32, 64, 128]))
+workloads = st.builds(
+    Workload,
+    batch=st.integers(1, 300),
+    q_len=st.integers(1, 4),
+    kv_len=st.integers(1, 70000),
+    heads=st.sampled_from([16, 32, 64, 128]),
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -85,40 +90,46 @@ def test_kernel_tiling_fits_with_the_design_card_numbers() -> None:
     assert used["UB"][0] <= 192 * KB
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ({"l1_stream_buffers": 4}, "schedule.l1_stream_buffers: the tiling does not fit L1"),
-    ({"l0c_buffers": 3}, "schedule.l0c_buffers: the tiling does not fit L0C"),
-    ({"l0_buffers": 3}, "schedule.l0_buffers: the tiling does not fit L0A"),
-    ({"vec_rows": 32}, "schedule.vec_rows: the tiling does not fit UB"),
-    ({"cube_n": 96}, "schedule.cube_n (96) must divide kv_block (512)"),
-    ({"l1_k_qk": 576}, "schedule.l1_k_qk: an L1 chunk of 144 KB does not fit"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"l1_stream_buffers": 4}, "schedule.l1_stream_buffers: the tiling does not fit L1"),
+        ({"l0c_buffers": 3}, "schedule.l0c_buffers: the tiling does not fit L0C"),
+        ({"l0_buffers": 3}, "schedule.l0_buffers: the tiling does not fit L0A"),
+        ({"vec_rows": 32}, "schedule.vec_rows: the tiling does not fit UB"),
+        ({"cube_n": 96}, "schedule.cube_n (96) must divide kv_block (512)"),
+        ({"l1_k_qk": 576}, "schedule.l1_k_qk: an L1 chunk of 144 KB does not fit"),
+    ],
+)
 def test_tiling_that_does_not_fit_is_rejected_with_the_reason(override, message) -> None:
     sch = default_schedule(ASCEND, "amla", **override)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_capacity(ASCEND, Workload(1, 2, 1024), sch)
-    with pytest.raises(ValueError, match="does not fit|must divide"):
+    with pytest.raises(ValueError, match=r"does not fit|must divide"):
         run(ASCEND, Workload(1, 2, 1024), sch)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"batch": -1, "q_len": 1, "kv_len": 8}, "workload.batch must be >= 1, got -1"),
-    ({"batch": 1, "q_len": 0, "kv_len": 8}, "workload.q_len must be >= 1, got 0"),
-    ({"batch": 1, "q_len": 1, "kv_len": 8, "d_v": 600}, "workload.d_v"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch": -1, "q_len": 1, "kv_len": 8}, "workload.batch must be >= 1, got -1"),
+        ({"batch": 1, "q_len": 0, "kv_len": 8}, "workload.q_len must be >= 1, got 0"),
+        ({"batch": 1, "q_len": 1, "kv_len": 8, "d_v": 600}, "workload.d_v"),
+    ],
+)
 def test_bad_workload_names_the_field(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         Workload(**kwargs)
-    with pytest.raises(TypeError, match="workload.kv_len must be an int"):
+    with pytest.raises(TypeError, match=r"workload.kv_len must be an int"):
         Workload(1, 1, 2.5)  # type: ignore[arg-type]
 
 
 def test_bad_schedule_names_the_field() -> None:
     with pytest.raises(ValueError, match="unknown variant 'fp64'"):
         Schedule(rescale="fp64")
-    with pytest.raises(ValueError, match="schedule.order"):
+    with pytest.raises(ValueError, match=r"schedule.order"):
         Schedule(order="eager")
-    with pytest.raises(ValueError, match="schedule.kv_block must be >= 1"):
+    with pytest.raises(ValueError, match=r"schedule.kv_block must be >= 1"):
         Schedule(kv_block=-512)
     with pytest.raises(ValueError, match="rescale_prob must be a number in"):
         Schedule(rescale="lazy", rescale_prob=1.5)
@@ -132,10 +143,19 @@ def graphs(draw):
     npipes = draw(st.integers(1, 4))
     ops = []
     for i in range(draw(st.integers(1, 40))):
-        deps = draw(st.lists(st.tuples(st.integers(0, max(i - 1, 0)),
-                                        st.sampled_from([0.0, 1.0, 7.5])), max_size=3)) if i else []
-        ops.append((draw(st.integers(0, npipes - 1)), draw(st.sampled_from([0.0, 1.0, 2.5, 10.0])),
-                    deps))
+        deps = (
+            draw(
+                st.lists(
+                    st.tuples(st.integers(0, max(i - 1, 0)), st.sampled_from([0.0, 1.0, 7.5])),
+                    max_size=3,
+                )
+            )
+            if i
+            else []
+        )
+        ops.append(
+            (draw(st.integers(0, npipes - 1)), draw(st.sampled_from([0.0, 1.0, 2.5, 10.0])), deps)
+        )
     return npipes, ops
 
 
@@ -163,7 +183,7 @@ def test_des_without_resources_matches_the_recurrence(spec) -> None:
 def test_des_shared_resource_serves_fifo_and_charges_bytes_over_rate() -> None:
     g = OpGraph(["a", "b"], {"bus": 4.0})
     x = g.add("a", 1.0, demands=[("bus", 40)])  # 10 cycles on the bus > 1 own cycle
-    y = g.add("b", 3.0, demands=[("bus", 8)])   # waits for the bus, then 2 cycles (< 3 own)
+    y = g.add("b", 3.0, demands=[("bus", 8)])  # waits for the bus, then 2 cycles (< 3 own)
     r = simulate(g)
     assert (r.start[x], r.end[x], r.start[y], r.end[y]) == (0.0, 10.0, 10.0, 13.0)
     assert r.resource_busy() == {"bus": 12.0}
@@ -174,15 +194,18 @@ def test_des_shared_resource_serves_fifo_and_charges_bytes_over_rate() -> None:
 
 
 # -- the two layers carry the same work ---------------------------------------------------------
-@pytest.mark.parametrize(("hw", "variant", "wl"), [
-    (ASCEND, "amla", Workload(3, 3, 1000)),
-    (ASCEND, "fa_fp32", Workload(7, 2, 5000)),
-    (ASCEND, "fa_bf16", Workload(2, 1, 777)),
-    (ASCEND, "amla_guarded", Workload(50, 2, 2048)),
-    (ASCEND, "naive", Workload(5, 1, 3000)),
-    (H800, "fa_fp32", Workload(3, 2, 1000)),
-    (H800, "naive", Workload(16, 1, 4394)),
-])
+@pytest.mark.parametrize(
+    ("hw", "variant", "wl"),
+    [
+        (ASCEND, "amla", Workload(3, 3, 1000)),
+        (ASCEND, "fa_fp32", Workload(7, 2, 5000)),
+        (ASCEND, "fa_bf16", Workload(2, 1, 777)),
+        (ASCEND, "amla_guarded", Workload(50, 2, 2048)),
+        (ASCEND, "naive", Workload(5, 1, 3000)),
+        (H800, "fa_fp32", Workload(3, 2, 1000)),
+        (H800, "naive", Workload(16, 1, 4394)),
+    ],
+)
 def test_des_and_analytic_carry_the_same_bytes_and_cycles(hw, variant, wl) -> None:
     sch = default_schedule(hw, variant)
     a = analyze(hw, wl, sch)
@@ -191,8 +214,9 @@ def test_des_and_analytic_carry_the_same_bytes_and_cycles(hw, variant, wl) -> No
     for k, v in a.engine_cycles.items():
         if k in res:
             assert res[k] == pytest.approx(v, rel=1e-12), k
-    pure = ["AIC.Cube", "AIC.MTE1", "AIV0.Vector"] if hw.kind == "ascend" else ["SM.Tensor",
-                                                                                 "SM.SIMT"]
+    pure = (
+        ["AIC.Cube", "AIC.MTE1", "AIV0.Vector"] if hw.kind == "ascend" else ["SM.Tensor", "SM.SIMT"]
+    )
     for p in pure:  # engines without a shared-resource demand: busy time is their own cycles
         key = p.replace("AIV0", "AIV")
         assert pipes[p] == pytest.approx(a.engine_cycles[key], rel=1e-12), p
@@ -209,8 +233,9 @@ def test_rescale_traffic_is_the_variants_data_movement(variant) -> None:
     rescaled = sum(sum(rescaled_blocks(len(s), cost.probability)) for _, s in split.pieces)
     rows = 256  # heads x q_len, one row tile
     res = simulate(build_graph(ASCEND, wl, sch).graph).resource_busy()
-    base = simulate(build_graph(ASCEND, wl, default_schedule(
-        ASCEND, "lazy", rescale_prob=0.0)).graph).resource_busy()
+    base = simulate(
+        build_graph(ASCEND, wl, default_schedule(ASCEND, "lazy", rescale_prob=0.0)).graph
+    ).resource_busy()
     per_block = rows * 512
     read = (res["L2 read port"] - base["L2 read port"]) * 110
     expect_read = rescaled * per_block * cost.o_read_bytes
@@ -219,8 +244,10 @@ def test_rescale_traffic_is_the_variants_data_movement(variant) -> None:
     assert read == pytest.approx(expect_read, abs=1e-6 * per_block)
     write = (res["L2 write port"] - base["L2 write port"]) * 86
     o_store = (cost.o_store_bytes - 4) * 256 * 512 * sum(len(s) for _, s in split.pieces)
-    assert write == pytest.approx(rescaled * per_block * (cost.o_write_bytes + cost.o_atomic_bytes)
-                                  + o_store, abs=1e-6 * per_block)
+    assert write == pytest.approx(
+        rescaled * per_block * (cost.o_write_bytes + cost.o_atomic_bytes) + o_store,
+        abs=1e-6 * per_block,
+    )
 
 
 def test_lazy_probability_sets_the_rescaled_fraction() -> None:
@@ -240,8 +267,11 @@ def test_preload_beats_serial_and_is_cube_bound() -> None:
     assert pre.bound == "AIC.Cube"
     assert pre.time_us < ser.time_us
     assert pre.engines["AIC.Cube"] > ser.engines["AIC.Cube"]
+
     # serial: the Cube waits for the Vector, so AIV pipes or flags take a share of the path
-    aiv = lambda r: sum(v for k, v in r.critical_path.items() if k.startswith("AIV") or k == "latency")  # noqa: E731
+    def aiv(r):
+        return sum(v for k, v in r.critical_path.items() if k.startswith("AIV") or k == "latency")
+
     assert aiv(ser) > aiv(pre) + 0.05
     deeper = run(ASCEND, wl, default_schedule(ASCEND, "amla", preload_depth=3))
     assert deeper.time_us <= pre.time_us * 1.02
@@ -250,8 +280,16 @@ def test_preload_beats_serial_and_is_cube_bound() -> None:
 def test_result_fields_and_json() -> None:
     r = evaluate("ascend910c", "amla", batch=8, q_len=2, kv_len=2048)
     d = r.to_dict()
-    for key in ("tflops", "utilization", "peak_tflops", "peak_name", "bound", "engines",
-                "time_us", "hbm_gbps"):
+    for key in (
+        "tflops",
+        "utilization",
+        "peak_tflops",
+        "peak_name",
+        "bound",
+        "engines",
+        "time_us",
+        "hbm_gbps",
+    ):
         assert key in d
     assert r.tflops == pytest.approx(r.utilization * r.peak_tflops)
     assert r.tflops == pytest.approx(Workload(8, 2, 2048).flops / r.time_us * 1e-6)
@@ -277,7 +315,7 @@ def test_rescale_prob_from_trace_counts_groups_with_any_rescaled_row(nb, lead, g
         for i in range(lead):
             for start in range(0, m, g):
                 total += 1
-                hits += any(arr[j, i, start:start + g])
+                hits += any(arr[j, i, start : start + g])
     assert rescale_prob_from_trace(arr, group_rows=g) == float(Fraction(hits, total))
     with pytest.raises(ValueError, match="group_rows must be a positive divisor"):
         rescale_prob_from_trace(arr, group_rows=3)
@@ -286,19 +324,30 @@ def test_rescale_prob_from_trace_counts_groups_with_any_rescaled_row(nb, lead, g
 
 
 @settings(max_examples=40, deadline=None)
-@given(wl=st.builds(Workload, batch=st.integers(1, 24), q_len=st.integers(1, 4),
-                    kv_len=st.integers(1, 5000), heads=st.sampled_from([16, 64, 128])),
-       variant=st.sampled_from(VARIANTS), gpu=st.booleans(),
-       order=st.sampled_from(["serial", "preload"]), depth=st.integers(1, 4),
-       split_kv=st.booleans(), bufs=st.tuples(st.integers(1, 2), st.integers(1, 2),
-                                              st.integers(2, 3), st.integers(1, 2)))
-def test_any_schedule_finishes_and_never_beats_its_roofline(wl, variant, gpu, order, depth,
-                                                            split_kv, bufs) -> None:
+@given(
+    wl=st.builds(
+        Workload,
+        batch=st.integers(1, 24),
+        q_len=st.integers(1, 4),
+        kv_len=st.integers(1, 5000),
+        heads=st.sampled_from([16, 64, 128]),
+    ),
+    variant=st.sampled_from(VARIANTS),
+    gpu=st.booleans(),
+    order=st.sampled_from(["serial", "preload"]),
+    depth=st.integers(1, 4),
+    split_kv=st.booleans(),
+    bufs=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(2, 3), st.integers(1, 2)),
+)
+def test_any_schedule_finishes_and_never_beats_its_roofline(
+    wl, variant, gpu, order, depth, split_kv, bufs
+) -> None:
     hw = H800 if gpu else ASCEND
     kw: dict = dict(order=order, preload_depth=depth, split_kv=split_kv)
     if not gpu:
-        kw.update(zip(("l0_buffers", "ub_buffers", "l1_stream_buffers", "l0c_buffers"), bufs,
-                      strict=True))
+        kw.update(
+            zip(("l0_buffers", "ub_buffers", "l1_stream_buffers", "l0c_buffers"), bufs, strict=True)
+        )
     r = run(hw, wl, default_schedule(hw, variant, **kw))  # a deadlock would raise
     assert 0 < r.tflops <= r.roofline_tflops * (1 + 1e-9)
     assert r.bound in r.critical_path

@@ -42,14 +42,16 @@ def test_amla_614_tflops_within_5_percent(amla_anchor) -> None:
 
 def test_shipped_mmad_overhead_is_the_fit_not_a_hand_tuned_value() -> None:
     shipped = load_hardware("ascend910c")["mmad_overhead_cycles"]
-    assert fit_constant(AMLA, "mmad_overhead_cycles", lo=0.0, hi=1024.0, tol=2.0) == \
-        pytest.approx(shipped, abs=2.0)
+    assert fit_constant(AMLA, "mmad_overhead_cycles", lo=0.0, hi=1024.0, tol=2.0) == pytest.approx(
+        shipped, abs=2.0
+    )
     for name in ("ascend910c_die", "ascend910b2"):  # one core design, one constant
         assert load_hardware(name)["mmad_overhead_cycles"] == shipped
 
 
-def test_fa_fp32_baseline_is_lower_and_the_reason_is_the_o_round_trip(amla_anchor,
-                                                                       fa_anchor) -> None:
+def test_fa_fp32_baseline_is_lower_and_the_reason_is_the_o_round_trip(
+    amla_anchor, fa_anchor
+) -> None:
     a, f = amla_anchor, fa_anchor
     assert f.tflops < a.tflops
     # Reason, as data movement: FA reads O back GM -> UB every rescaled block. The extra L2
@@ -64,11 +66,18 @@ def test_fa_fp32_baseline_is_lower_and_the_reason_is_the_o_round_trip(amla_ancho
     # ... and on the critical path the Cube loses share to the O round trip: its GM -> UB
     # pipe or the bandwidth it shares with the K stream (at this configuration the HBM share:
     # K loads of C1 wait behind the read-back; docs/pipeline.md, section 6)
-    gain = {k: f.critical_path.get(k, 0.0) - a.critical_path.get(k, 0.0)
-            for k in set(a.critical_path) | set(f.critical_path)}
+    gain = {
+        k: f.critical_path.get(k, 0.0) - a.critical_path.get(k, 0.0)
+        for k in set(a.critical_path) | set(f.critical_path)
+    }
     assert gain["AIC.Cube"] < 0
-    assert max(gain, key=gain.__getitem__) in ("AIV0.MTE2", "AIV1.MTE2", "HBM (chip share)",
-                                               "L2 read port", "L2 (chip share)")
+    assert max(gain, key=gain.__getitem__) in (
+        "AIV0.MTE2",
+        "AIV1.MTE2",
+        "HBM (chip share)",
+        "L2 read port",
+        "L2 (chip share)",
+    )
 
 
 def test_where_bandwidth_is_scarce_the_fp32_round_trip_costs_more() -> None:
@@ -78,8 +87,10 @@ def test_where_bandwidth_is_scarce_the_fp32_round_trip_costs_more() -> None:
     a = evaluate("ascend910c", "amla", **kw)
     f = evaluate("ascend910c", "fa_fp32", **kw)
     assert 1 - f.tflops / a.tflops > 0.02
-    gain = {k: f.critical_path.get(k, 0.0) - a.critical_path.get(k, 0.0)
-            for k in set(a.critical_path) | set(f.critical_path)}
+    gain = {
+        k: f.critical_path.get(k, 0.0) - a.critical_path.get(k, 0.0)
+        for k in set(a.critical_path) | set(f.critical_path)
+    }
     assert max(gain, key=gain.__getitem__) in ("AIV0.MTE2", "AIV1.MTE2")
 
 
@@ -113,10 +124,13 @@ def test_flashmla_3000_gbps_memory_bound_within_10_percent() -> None:
     assert r.hbm_gbps <= 3350.0 * 0.9 * 1.0001  # never above the sustained HBM rate
 
 
-@pytest.mark.parametrize(("field", "values", "tol"), [
-    ("atomic_bpc", (32.0, 128.0), 0.005),
-    ("flag_latency_cycles", (0.0, 4000.0), 0.005),
-])
+@pytest.mark.parametrize(
+    ("field", "values", "tol"),
+    [
+        ("atomic_bpc", (32.0, 128.0), 0.005),
+        ("flag_latency_cycles", (0.0, 4000.0), 0.005),
+    ],
+)
 def test_unfitted_calibration_parameters_barely_move_the_anchor(field, values, tol) -> None:
     """The TOML sources claim these ranges; an unknown rate must not decide the answer."""
     hw = load_hardware("ascend910c")

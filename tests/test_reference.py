@@ -59,7 +59,7 @@ def check_certified(q, k, v, scale, mask=None, *, require_tight=True):
 @given(data=st.data())
 def test_fast_within_bound_random(fmt, data):
     q, k, v, scale = data.draw(attention_inputs(fmt, max_m=3, max_n=24, max_dk=12, max_dv=4))
-    r, ref64, tight = check_certified(q, k, v, scale, require_tight=False)
+    _r, ref64, tight = check_certified(q, k, v, scale, require_tight=False)
     # random inputs: the bound is tight except where an output nearly cancels
     scale_v = np.abs(v.astype(np.float64)).max(axis=0)
     assert tight[np.abs(ref64) > 1e-6 * scale_v].all()
@@ -71,7 +71,7 @@ def test_fast_within_bound_random(fmt, data):
 @given(data=st.data())
 def test_fast_within_bound_adversarial(fmt, kind, data):
     q, k, v, scale, _ = data.draw(adversarial_attention_inputs(fmt, kind))
-    r, ref64, tight = check_certified(q, k, v, scale, require_tight=(kind != "cancel"))
+    _r, ref64, tight = check_certified(q, k, v, scale, require_tight=(kind != "cancel"))
     if kind == "cancel":
         # auto repairs every loose element: it then equals the correctly rounded truth
         auto = attention(q, k, v, scale)
@@ -84,7 +84,7 @@ def test_spread_scores_underflow():
     q = np.ones((1, 1), dtype=np.float32)
     k = np.array([[1000.0], [999.0], [-1000.0], [0.0], [-500.0]], dtype=np.float32)
     v = np.array([[1.0], [-1.0], [5.0], [7.0], [9.0]], dtype=np.float32)
-    r, ref64, _ = check_certified(q, k, v, 1.0)
+    _r, ref64, _ = check_certified(q, k, v, 1.0)
     expect = (1 - math.exp(-1)) / (1 + math.exp(-1))
     assert abs(ref64[0, 0] - expect) < 1e-15
 
@@ -104,7 +104,7 @@ def test_degenerate_shapes(shape):
     q = rng.standard_normal((m, dk)).astype(np.float16)
     k = rng.standard_normal((n, dk)).astype(np.float16)
     v = rng.standard_normal((n, dv)).astype(np.float16)
-    r, ref64, _ = check_certified(q, k, v, None)
+    r, _ref64, _ = check_certified(q, k, v, None)
     if n == 1:  # one key: the output is that key's value, exactly
         assert np.array_equal(r.out, np.broadcast_to(v.astype(np.float64), r.out.shape))
 
@@ -180,7 +180,7 @@ def test_fast_within_bound_bit_patterns(fmt, data):
     q = data.draw(format_arrays(fmt, (m, dk), max_abs=8.0))
     k = data.draw(format_arrays(fmt, (n, dk), max_abs=8.0))
     v = data.draw(format_arrays(fmt, (n, dv), max_abs=8.0))
-    r, ref64, tight = check_certified(q, k, v, 0.25, require_tight=False)
+    _r, ref64, _tight = check_certified(q, k, v, 0.25, require_tight=False)
     auto = attention(q, k, v, 0.25)
     assert (np.abs(auto - ref64) <= 1e-3 * ulp(ref64, FP32)).all()
 
@@ -212,7 +212,7 @@ def test_fast_within_bound_with_random_masks(data):
     m, n = q.shape[0], k.shape[0]
     choices = st.sampled_from([0.0, -np.inf, -3.5, 2.0, -1e4])
     mask = np.array(data.draw(st.lists(choices, min_size=m * n, max_size=m * n))).reshape(m, n)
-    r, ref64, tight = check_certified(q, k, v, scale, mask, require_tight=False)
+    _r, ref64, _tight = check_certified(q, k, v, scale, mask, require_tight=False)
     auto, lse = attention(q, k, v, scale, mask=mask, return_lse=True)
     ref64, ref_lse = attention(q, k, v, scale, mask=mask, method="mpmath", dps=30, return_lse=True)
     dead = np.isneginf(mask).all(axis=1)
@@ -251,7 +251,7 @@ def test_near_cancellation_goes_to_mpmath(dtype, delta, scale):
     k = k.astype(dtype)
     a = rng.standard_normal((1, 2))
     v = np.where(np.arange(n)[:, None] % 2 == 0, a, -a).astype(dtype)
-    r, ref64, tight = check_certified(q, k, v, scale, require_tight=False)
+    _r, ref64, tight = check_certified(q, k, v, scale, require_tight=False)
     assert (~tight).any()  # the case really exercises the fallback
     auto = attention(q, k, v, scale)
     np.testing.assert_array_equal(auto[~tight], ref64[~tight])
@@ -275,14 +275,20 @@ def test_exact_dot_row_blocks_match_fractions(data):
     kk = data.draw(st.integers(1, 12))
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((m, kk)) * np.exp2(rng.integers(-40, 40, (m, kk)) * rng.integers(0, 2, (m, 1)))
-    b = rng.standard_normal((n, kk)) * np.exp2(rng.integers(-40, 40, (n, kk)) * rng.integers(0, 2, (n, 1)))
+    a = rng.standard_normal((m, kk)) * np.exp2(
+        rng.integers(-40, 40, (m, kk)) * rng.integers(0, 2, (m, 1))
+    )
+    b = rng.standard_normal((n, kk)) * np.exp2(
+        rng.integers(-40, 40, (n, kk)) * rng.integers(0, 2, (n, 1))
+    )
     a[rng.random(a.shape) < 0.3] = 0.0
     a = a.astype(ml_dtypes.bfloat16).astype(np.float64)
     b = b.astype(ml_dtypes.bfloat16).astype(np.float64)
     d = exact_dot(a, b, precision_a=8, precision_b=8)
-    exact = [[sum(Fraction(x) * Fraction(y) for x, y in zip(a[i], b[j], strict=True))
-              for j in range(n)] for i in range(m)]
+    exact = [
+        [sum(Fraction(x) * Fraction(y) for x, y in zip(a[i], b[j], strict=True)) for j in range(n)]
+        for i in range(m)
+    ]
     assert d.to_fractions() == exact
     hi, lo, err = d.to_dd()
     for i in range(m):
@@ -310,7 +316,7 @@ def test_exact_dot_sparse_rows_use_blocks():
     rh, rl, _ = ref.to_dd()
     assert np.array_equal(hi + lo, rh + rl)
     for sl in (slice(1, 15, 3), slice(None, None, -1), slice(2, 6), slice(-4, None)):
-        h2, l2, e2 = d.to_dd(sl)  # row blocks of the block terms: same values as slicing
+        h2, l2, _e2 = d.to_dd(sl)  # row blocks of the block terms: same values as slicing
         assert np.array_equal(h2, hi[sl]) and np.array_equal(l2, lo[sl])
 
 
@@ -320,13 +326,15 @@ def test_exp_dd_first_reduction_step_is_exact():
 
     _, _, c0, _, _, inv = _constants()
     rng = np.random.default_rng(0)
-    x = np.concatenate([
-        np.linspace(-746.0, 1.0, 400_001),
-        -rng.random(200_000) * 60,
-        np.ldexp(1.0, -np.arange(1, 1075)),
-        -np.ldexp(1.0, -np.arange(1, 1075)),
-        np.array([0.0, -0.0, 1.0, -746.0]),
-    ])
+    x = np.concatenate(
+        [
+            np.linspace(-746.0, 1.0, 400_001),
+            -rng.random(200_000) * 60,
+            np.ldexp(1.0, -np.arange(1, 1075)),
+            -np.ldexp(1.0, -np.arange(1, 1075)),
+            np.array([0.0, -0.0, 1.0, -746.0]),
+        ]
+    )
     n = np.rint(x * inv)
     _, err = two_sum(x, -(n * c0))
     assert not err.any()
@@ -358,7 +366,7 @@ def test_sparse_v_split_is_exact():
     v = rng.standard_normal((4096, 64))
     v[rng.random(v.shape) < 0.01] *= 2.0**-20
     v = v.astype(ml_dtypes.bfloat16).astype(np.float64)
-    bp, bv, lv, lo = _sparse_split(v.T, 53 - 12 - 1, 8)
+    _bp, bv, lv, lo = _sparse_split(v.T, 53 - 12 - 1, 8)
     hi = lv.parts[0]  # (Dv, N), integers below 2**bv on the column grid
     assert np.array_equal(hi, np.trunc(hi)) and np.abs(hi).max() < 2.0**bv
     back = hi * np.ldexp(1.0, lv.exps - bv)[:, None]

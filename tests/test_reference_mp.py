@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from amla_numerics.formats import BF16, FP16, FP32, FP64
 from amla_numerics.reference import (
     attention,
+    core,
     exact_dot,
     mp_logsumexp,
     mp_softmax,
     online_softmax,
 )
-from amla_numerics.reference import core
 from amla_numerics.rounding import round_to
 from tests.strategies import attention_inputs, format_arrays
 
@@ -36,8 +36,13 @@ def oracle(q, k, v, scale, prec, mask=None):
     with mpmath.workprec(prec):
         sc = 1 / mpmath.sqrt(q.shape[1]) if scale is None else mpmath.mpf(scale)
         for i in range(m_):
-            s = [sc * mpmath.fsum(mpmath.mpf(a) * mpmath.mpf(b) for a, b in zip(q[i], k[j]))
-                 for j in range(n)]
+            s = [
+                sc
+                * mpmath.fsum(
+                    mpmath.mpf(a) * mpmath.mpf(b) for a, b in zip(q[i], k[j], strict=True)
+                )
+                for j in range(n)
+            ]
             if mask is not None:
                 s = [x + mpmath.mpf(float(mask[i, j])) for j, x in enumerate(s)]
             mx = max(s)
@@ -65,7 +70,9 @@ def test_exact_dot_matches_fractions(fmt, data):
     got = exact_dot(a, b, precision_a=fmt.p, precision_b=fmt.p).to_fractions()
     for i in range(m):
         for j in range(n):
-            want = sum((Fraction(x) * Fraction(y) for x, y in zip(a[i], b[j])), Fraction(0))
+            want = sum(
+                (Fraction(x) * Fraction(y) for x, y in zip(a[i], b[j], strict=True)), Fraction(0)
+            )
             assert got[i][j] == want
 
 
@@ -133,7 +140,10 @@ def test_online_softmax_blocks():
     ref = attention(q, k, v, 0.5, method="mpmath", dps=30, return_mpf=True)
     half = Fraction(1, 2)
     scores = [
-        [half * sum(Fraction(a) * Fraction(b) for a, b in zip(q[i], k[j])) for j in range(10)]
+        [
+            half * sum(Fraction(a) * Fraction(b) for a, b in zip(q[i], k[j], strict=True))
+            for j in range(10)
+        ]
         for i in range(2)
     ]
     with mpmath.workprec(300):
@@ -148,7 +158,7 @@ def test_online_softmax_blocks():
                 assert abs(t.l[i, b] - lj) <= mpmath.mpf(10) ** -28 * lj
             for c in range(3):
                 assert abs(t.o[i, -1, c] / t.l[i, -1] - ref[i, c]) <= mpmath.mpf(10) ** -28
-    m64, l64, o64 = t.as_float64()
+    m64, _l64, o64 = t.as_float64()
     assert m64.dtype == np.float64 and o64.shape == (2, 3, 3)
 
 
@@ -189,10 +199,14 @@ def test_exp_dd_within_its_bound():
     from amla_numerics.reference._dd import EXP_ABS, EXP_REL, exp_dd, two_sum
 
     rng = np.random.default_rng(4)
-    xh = np.concatenate([
-        -rng.random(3000) * 760, -rng.random(500) * 1e-3, -rng.random(200) * 2.0**-40,
-        [0.0, -0.0, 1.0, -745.0, -708.3, -745.2, -746.5, -np.inf],
-    ])
+    xh = np.concatenate(
+        [
+            -rng.random(3000) * 760,
+            -rng.random(500) * 1e-3,
+            -rng.random(200) * 2.0**-40,
+            [0.0, -0.0, 1.0, -745.0, -708.3, -745.2, -746.5, -np.inf],
+        ]
+    )
     tail = np.where(np.isfinite(xh), xh * rng.uniform(-1, 1, xh.size) * 2**-53, 0)
     with np.errstate(invalid="ignore"):  # -inf's TwoSum error term is NaN: reset below
         xh, xl = two_sum(xh, tail)

@@ -12,13 +12,38 @@ from amla_numerics.analysis.budgets import check_budgets, parse_budgets
 from amla_numerics.analysis.grid import expand_grid, run_grid
 from amla_numerics.cli import main
 
-SMALL = ["--head-dims", "32,64", "--kv-lens", "384", "--block-n", "128", "--rows", "2",
-         "--workloads", "random,drift", "--variants", "fa_fp32,amla,lazy", "--jobs", "1"]
+SMALL = [
+    "--head-dims",
+    "32,64",
+    "--kv-lens",
+    "384",
+    "--block-n",
+    "128",
+    "--rows",
+    "2",
+    "--workloads",
+    "random,drift",
+    "--variants",
+    "fa_fp32,amla,lazy",
+    "--jobs",
+    "1",
+]
 
 RECORD_KEYS = {
-    "head_dim", "kv_len", "variant", "workload", "seed", "max_ulp_fp32", "p999_ulp_fp32",
-    "median_ulp_fp32", "max_ulp_bf16", "mean_signed_ulp_fp32", "rel_fro", "bound_ulp_fp32",
-    "bound_ratio", "hazards",
+    "head_dim",
+    "kv_len",
+    "variant",
+    "workload",
+    "seed",
+    "max_ulp_fp32",
+    "p999_ulp_fp32",
+    "median_ulp_fp32",
+    "max_ulp_bf16",
+    "mean_signed_ulp_fp32",
+    "rel_fro",
+    "bound_ulp_fp32",
+    "bound_ratio",
+    "hazards",
 }
 
 
@@ -51,7 +76,9 @@ def test_report_table_has_one_table_per_head_dim(capsys):
 def test_report_writes_files(tmp_path, capsys):
     assert main(["report", *SMALL, "--no-throughput", "--no-plots", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "report.json").read_text())
-    assert doc["records"] and (tmp_path / "report.md").read_text().startswith("# amla-numerics report")
+    assert doc["records"] and (tmp_path / "report.md").read_text().startswith(
+        "# amla-numerics report"
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,7 +102,9 @@ def test_bad_input_is_one_sentence_and_exit_2(argv, needle, capsys):
 
 def test_malformed_budgets_file_exits_2(tmp_path, capsys):
     bad = tmp_path / "b.toml"
-    bad.write_text("[meta]\nrows = 2\nblock_n = 128\nseed = 0\nmargin = 1.5\n[[budget]]\nvariant = 'amla'\n")
+    bad.write_text(
+        "[meta]\nrows = 2\nblock_n = 128\nseed = 0\nmargin = 1.5\n[[budget]]\nvariant = 'amla'\n"
+    )
     assert main(["check-budgets", "--budgets", str(bad)]) == 2
     assert "missing field 'head_dim'" in capsys.readouterr().err
     bad.write_text("[meta\n")
@@ -128,12 +157,15 @@ def _dicts(records):
 
 
 def test_process_pool_and_dask_match_a_serial_run():
-    cases = expand_grid(head_dims=[16], kv_lens=[200, 300], workloads=["random"], rows=2, block_n=64)
+    cases = expand_grid(
+        head_dims=[16], kv_lens=[200, 300], workloads=["random"], rows=2, block_n=64
+    )
     serial = run_grid(cases, ["fa_fp32", "amla"])
     assert _dicts(run_grid(cases, ["fa_fp32", "amla"], jobs=2)) == _dicts(serial)
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         dask = run_grid(cases, ["fa_fp32", "amla"], scheduler=cluster.scheduler_address)
     assert _dicts(dask) == _dicts(serial)
 
@@ -143,11 +175,33 @@ def test_report_measures_user_arrays(tmp_path, capsys):
 
     rng = np.random.default_rng(3)
     path = tmp_path / "mine.npz"
-    np.savez(path, q=rng.standard_normal((2, 16)), k=rng.standard_normal((300, 16)),
-             v=rng.standard_normal((300, 8)), scale=0.25)
-    argv = ["report", "--head-dims", "16", "--kv-lens", "128", "--workloads", "random", "--rows", "2",
-            "--block-n", "128", "--variants", "amla", "--no-throughput", "--format", "json",
-            "--inputs", str(path)]
+    np.savez(
+        path,
+        q=rng.standard_normal((2, 16)),
+        k=rng.standard_normal((300, 16)),
+        v=rng.standard_normal((300, 8)),
+        scale=0.25,
+    )
+    argv = [
+        "report",
+        "--head-dims",
+        "16",
+        "--kv-lens",
+        "128",
+        "--workloads",
+        "random",
+        "--rows",
+        "2",
+        "--block-n",
+        "128",
+        "--variants",
+        "amla",
+        "--no-throughput",
+        "--format",
+        "json",
+        "--inputs",
+        str(path),
+    ]
     assert main(argv) == 0
     recs = json.loads(capsys.readouterr().out)["records"]
     mine = [r for r in recs if r["workload"] == "mine"]

@@ -33,8 +33,10 @@ def oracle_array(values: np.ndarray, fmt: Format, mode: str, **kw) -> np.ndarray
         if np.isnan(v):
             out[i] = np.nan
         elif np.isinf(v):
-            out[i] = v if fmt.has_inf and not kw.get("saturate") else (
-                np.copysign(fmt.max_finite, v) if kw.get("saturate") else np.nan
+            out[i] = (
+                v
+                if fmt.has_inf and not kw.get("saturate")
+                else (np.copysign(fmt.max_finite, v) if kw.get("saturate") else np.nan)
             )
         else:
             r = oracle_round(Fraction(float(v)), fmt, mode, **kw)
@@ -130,7 +132,12 @@ def test_all_fp32_patterns_rne(target):
 def tie_cases(fmt: Format):
     """(Fraction) values at, just above and just below ties, in normal and subnormal range."""
     out = []
-    for base in (Fraction(1), Fraction(3, 2), fmt.max_finite_exact / 2, Fraction(fmt.min_normal) * 3):
+    for base in (
+        Fraction(1),
+        Fraction(3, 2),
+        fmt.max_finite_exact / 2,
+        Fraction(fmt.min_normal) * 3,
+    ):
         q = Fraction(2) ** (int(np.floor(np.log2(float(base)))) - fmt.p + 1)
         for k in (0, 1):
             tie = base + k * q + q / 2
@@ -163,7 +170,7 @@ def test_mpf_is_not_rounded_through_float64():
     assert float(round_to(float(x), BF16)) == 1.0  # what double rounding would give
 
 
-@given(st.fractions(min_value=-10**6, max_value=10**6, max_denominator=2**80))
+@given(st.fractions(min_value=-(10**6), max_value=10**6, max_denominator=2**80))
 @example(Fraction(1) + Fraction(1, 2**8) + Fraction(1, 2**70))
 def test_fractions_against_the_oracle(q):
     for fmt in (FP32, BF16, FP16):
@@ -199,7 +206,9 @@ def test_stochastic_rounding_is_unbiased_and_reproducible():
     frac_up = np.mean(a > 1)
     assert abs(frac_up - 0.25) < 5 * np.sqrt(0.25 * 0.75 / x.size)  # 5 sigma
     exact = np.full(10, 1 + 2**-7)
-    assert np.all(round_to(exact, BF16, "stochastic", rng=np.random.default_rng(0)).astype(float) == exact)
+    assert np.all(
+        round_to(exact, BF16, "stochastic", rng=np.random.default_rng(0)).astype(float) == exact
+    )
 
 
 def test_stochastic_with_few_random_bits_never_rounds_tiny_remainders_up():

@@ -63,7 +63,9 @@ def test_distance_agrees_with_numpy_integer_repr(dtype, fmt):
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     as_int = np.testing._private.utils.integer_repr
-    expected = np.abs(as_int(a.copy()).astype(np.int64) - as_int(b.copy()).astype(np.int64))  # it writes in place
+    expected = np.abs(
+        as_int(a.copy()).astype(np.int64) - as_int(b.copy()).astype(np.int64)
+    )  # it writes in place
     assert np.array_equal(ulp_distance(a, b, fmt), expected)
 
 

@@ -1,3 +1,81 @@
-"""Error analysis: metrics, a priori bounds, workloads, the report grid, ULP budgets, plots."""
+"""Error analysis: metrics, a priori bounds, workloads, the report grid, ULP budgets, plots.
 
-__all__: list[str] = []
+Data flows one way: :mod:`.workloads` (seeded inputs) -> :mod:`.grid` (reference and emulator
+per case, one :class:`Record` per variant) -> :mod:`.metrics` and :mod:`.bounds` -> the
+:mod:`.report` (its build and JSON), :mod:`.render` (text), :mod:`.plots`, :mod:`.budgets`.
+
+Examples
+--------
+>>> from amla_numerics import analysis
+>>> w = analysis.make_workload("random", head_dim=16, kv_len=64, rows=2)
+>>> rec = analysis.evaluate_case(analysis.Case(16, 64, "random", rows=2, block_n=32), ["amla"])[0]
+>>> rec.variant, rec.bound_ratio <= 1
+('amla', True)
+"""
+
+from amla_numerics.analysis.bounds import (
+    Bound,
+    BoundInputs,
+    a_priori_bound,
+    bound_inputs,
+    elementwise_bound,
+    softmax_weights,
+)
+from amla_numerics.analysis.budgets import (
+    Budget,
+    BudgetBook,
+    BudgetResult,
+    check_budgets,
+    load_budgets,
+    update_budgets,
+)
+from amla_numerics.analysis.grid import Case, Record, evaluate_case, expand_grid, run_grid
+from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics
+from amla_numerics.analysis.plots import (
+    plot_block_trace,
+    plot_error_vs,
+    plot_error_vs_c,
+    plot_pareto,
+    plot_ulp_distribution,
+    save_report_plots,
+)
+from amla_numerics.analysis.render import render
+from amla_numerics.analysis.report import Report, ReportConfig, build_report, write_outputs
+from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
+
+__all__ = [
+    "WORKLOADS",
+    "Bound",
+    "BoundInputs",
+    "Budget",
+    "BudgetBook",
+    "BudgetResult",
+    "Case",
+    "ErrorMetrics",
+    "Record",
+    "Report",
+    "ReportConfig",
+    "Workload",
+    "a_priori_bound",
+    "bound_inputs",
+    "build_report",
+    "check_budgets",
+    "elementwise_bound",
+    "error_metrics",
+    "evaluate_case",
+    "expand_grid",
+    "load_budgets",
+    "load_workload",
+    "make_workload",
+    "plot_block_trace",
+    "plot_error_vs",
+    "plot_error_vs_c",
+    "plot_pareto",
+    "plot_ulp_distribution",
+    "render",
+    "run_grid",
+    "save_report_plots",
+    "softmax_weights",
+    "update_budgets",
+    "write_outputs",
+]

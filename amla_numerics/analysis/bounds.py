@@ -17,7 +17,8 @@ Examples
 >>> b.coefficient("cast") == 2.0**-8
 True
 >>> rng = np.random.default_rng(0)
->>> q, k, v = rng.standard_normal((2, 128)), rng.standard_normal((2048, 128)), rng.standard_normal((2048, 128))
+>>> q = rng.standard_normal((2, 128))
+>>> k, v = rng.standard_normal((2048, 128)), rng.standard_normal((2048, 128))
 >>> eb = elementwise_bound(b, q, k, v, 128**-0.5)
 >>> eb.shape, bool(np.all(eb > 0))
 ((2, 128), True)
@@ -34,7 +35,14 @@ import numpy as np
 
 from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
-from amla_numerics.variants import check_variant
+from amla_numerics.variants import (
+    AMLA_VARIANTS,
+    DEFAULT_C,
+    DEFAULT_TAU,
+    check_c,
+    check_tau,
+    check_variant,
+)
 
 __all__ = [
     "LAMBDA",
@@ -56,8 +64,6 @@ _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
 #: Nats a row max must jump before the kernel's clamp of ``dn`` at -30 under-scales O.
 _CLAMP_NATS = 30.0 * _LN2
-
-_AMLA = ("amla", "amla_nocomp", "amla_exactcomp", "amla_fp32r", "amla_guarded")
 
 
 def _gamma(n: float, u: float) -> float:
@@ -134,9 +140,9 @@ class Bound:
     rowsum_gamma: float
     exp_u: float
     exp_slope: float
-    c: float = 1.5
+    c: float = DEFAULT_C
     eps_bias: float = 1e-6
-    tau: float = 8.0
+    tau: float = DEFAULT_TAU
     clamp: bool = True
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
@@ -161,8 +167,8 @@ def a_priori_bound(
     head_dim: int,
     kv_len: int,
     block_n: int = 512,
-    c: float = 1.5,
-    tau: float = 8.0,
+    c: float = DEFAULT_C,
+    tau: float = DEFAULT_TAU,
     policy: Any = None,
 ) -> Bound:
     """The stage coefficients of ``variant``'s error bound.
@@ -196,7 +202,8 @@ def a_priori_bound(
     ``out = sum_i w_i V_i``. If the computed numerator weights are ``w_i (1 + alpha_i)`` and
     the denominator weights ``w_i (1 + beta_i)`` (both relative to the exact frame), then
     exactly ``out' - out = (sum w_i alpha_i V_i - out sum w_i beta_i) / sum w_i (1 + beta_i)``,
-    so ``|out' - out| <= (sum_i w_i |alpha_i| |V_i| + |out| sum_i w_i |beta_i|) / (1 - max |beta|)``.
+    so ``|out' - out| <= (sum_i w_i |alpha_i| |V_i| + |out| sum_i w_i |beta_i|)
+    / (1 - max |beta|)``.
     Each ``|alpha_i|`` (``|beta_i|``) is bounded by ``t / (1 - t)`` where ``t`` is the sum of
     the first-order relative errors of every stage key ``i`` goes through (a product of
     factors ``1 + delta_k`` with ``sum |delta_k| = t < 1`` differs from 1 by at most
@@ -211,7 +218,8 @@ def a_priori_bound(
       exp2 model; common.
     * numerator only: the AMLA fold ``P r^`` (``u``), the cast (``u_c``; plus the P V input
       format's unit roundoff when the cast's (or, without a cast, the work format's)
-      values do not all fit it, e.g. an FP16 cast fed to a BF16 matrix unit), the block's P V tile (``g_pv``).
+      values do not all fit it, e.g. an FP16 cast fed to a BF16 matrix unit), the block's
+      P V tile (``g_pv``).
     * inputs not representable in the matrix unit's input formats: ``2 u_in`` times
       ``scale sum|q||k|`` on the score, ``u_in`` on V.
     * denominator only: the block's row sum (``g_rowsum``).
@@ -249,8 +257,8 @@ def a_priori_bound(
     for arg, value in (("head_dim", head_dim), ("kv_len", kv_len), ("block_n", block_n)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"argument {arg!r} must be an integer >= 1, got {value!r}")
-    if not (isinstance(c, int | float) and c > 0):
-        raise ValueError(f"argument 'c' must be a positive number, got {c!r}")
+    c = check_c(c)
+    tau = check_tau(tau)
     pol = _resolve_policy(policy)
     u = get_format(pol.work).unit_roundoff
     u_cast = get_format(pol.p_cast).unit_roundoff if pol.p_cast else 0.0
@@ -290,12 +298,12 @@ def a_priori_bound(
     )
     terms = {
         "exp": exp_u,
-        "fold": u if variant in _AMLA else 0.0,
+        "fold": u if variant in AMLA_VARIANTS else 0.0,
         "cast": u_cast,
         "pv": pv_gamma,
         "rowsum": rowsum_gamma,
         "rescale_step": _rho_const(bound),
-        "division": 2 * u if variant in _AMLA else u,
+        "division": 2 * u if variant in AMLA_VARIANTS else u,
     }
     return dataclasses.replace(bound, terms=terms)
 
@@ -331,7 +339,7 @@ def _kappa(c: float) -> float:
 
 def _rho_const(b: Bound) -> float:
     """The data-independent part of AMLA's per-step rescale mismatch (0 for the others)."""
-    if b.variant not in _AMLA:
+    if b.variant not in AMLA_VARIANTS:
         return 0.0
     u = b.u_work
     if b.variant == "amla_nocomp":
@@ -343,7 +351,9 @@ def _rho_const(b: Bound) -> float:
     return eps * kappa + b.eps_bias / b.c + eps * eps + 2.0**-24 + u * eps
 
 
-def softmax_weights(q: Any, k: Any, scale: float, mask: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def softmax_weights(
+    q: Any, k: Any, scale: float, mask: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Float64 scores ``scale q k^T`` and softmax weights (an approximation, for the bounds).
 
     Returns
@@ -455,7 +465,9 @@ def elementwise_bound(
     term); the bound is then inflated by ``1 + 2**-20`` to cover that evaluation.
     """
     if kind not in ("deterministic", "probabilistic"):
-        raise ValueError(f"argument 'kind' must be 'deterministic' or 'probabilistic', got {kind!r}")
+        raise ValueError(
+            f"argument 'kind' must be 'deterministic' or 'probabilistic', got {kind!r}"
+        )
     if not isinstance(bound, Bound):
         raise TypeError(f"argument 'bound' must be a Bound, got {type(bound).__name__}")
     if isinstance(q, BoundInputs):
@@ -498,7 +510,7 @@ def elementwise_bound(
     v_round = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).unit_roundoff
     num = common + b.terms["fold"] + b.u_cast + pv + v_round
     den = common + rowsum
-    if b.variant in _AMLA:
+    if b.variant in AMLA_VARIANTS:
         absm = np.max(np.abs(s), axis=-1, keepdims=True)
         eta = u * (2.0 * absm + 4.0)
         rho = b.terms["rescale_step"] + 2.0 * eta
@@ -519,12 +531,14 @@ def elementwise_bound(
     bden = out_abs * np.sum(w * beta, axis=-1, keepdims=True)
     if prob:  # independent mean-zero errors across keys add in quadrature
         bnum = np.minimum(bnum, LAMBDA * np.sqrt((w * alpha) ** 2 @ x.v_sq))
-        bden = np.minimum(bden, LAMBDA * out_abs * np.sqrt(np.sum((w * beta) ** 2, axis=-1, keepdims=True)))
+        bden = np.minimum(
+            bden, LAMBDA * out_abs * np.sqrt(np.sum((w * beta) ** 2, axis=-1, keepdims=True))
+        )
     beta_max = np.max(beta, axis=-1, keepdims=True)
     total = (bnum + bden) / (1.0 - beta_max)
     total = total * (1.0 + b.terms["division"]) + b.terms["division"] * out_abs
     vmax = x.v_max
-    if b.variant in _AMLA and b.clamp:
+    if b.variant in AMLA_VARIANTS and b.clamp:
         jumps = np.floor(srange / _CLAMP_NATS)
         total = total + jumps * 1.5 * 2.0**-30 * n_keys * vmax
     total = total + 2.0 * n_keys * 2.0**-133 * vmax

@@ -4,7 +4,8 @@ A budgets file (TOML) has a ``[meta]`` table (the measurement settings and the m
 one ``[[budget]]`` per (variant, head dim, workload, KV length) with ``max_ulp_fp32``, the
 largest FP32 ULP error allowed, and optionally ``median_ulp_fp32``, the largest median (the
 max is set by the few outputs that nearly cancel, where one FP32 ULP is tiny; the median
-tracks the typical element, so a regression in the bulk fails it first). Budgets are set from measured values with the stated
+tracks the typical element, so a regression in the bulk fails it first). Budgets are set from
+measured values with the stated
 margin (:func:`budgets_from_records`), so a change that makes any case worse by more than
 the margin fails, and loosening a budget is a visible diff of the committed file.
 
@@ -54,10 +55,25 @@ __all__ = [
     "format_budgets",
     "load_budgets",
     "parse_budgets",
+    "render_results",
+    "update_budgets",
 ]
 
+#: The comment block written at the top of a regenerated budgets file.
+BUDGETS_HEADER = (
+    "ULP budgets: measured max and median FP32 ULP errors x the margin below, rounded up to 2\n"
+    "significant digits. Regenerate with: amla-numerics check-budgets --update FILE\n"
+    "A change that raises a budget must say why in its commit message."
+)
+
 _META_KEYS = {"rows": int, "block_n": int, "seed": int, "margin": float}
-_BUDGET_KEYS = {"variant": str, "head_dim": int, "workload": str, "kv_len": int, "max_ulp_fp32": float}
+_BUDGET_KEYS = {
+    "variant": str,
+    "head_dim": int,
+    "workload": str,
+    "kv_len": int,
+    "max_ulp_fp32": float,
+}
 
 
 @dataclass(frozen=True)
@@ -165,13 +181,12 @@ def parse_budgets(text: str, source: str = "<string>") -> BudgetBook:
     return BudgetBook(budgets=tuple(budgets), **settings)
 
 
-def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[BudgetResult]:
-    """Measure every budgeted case and pair it with its budget (budget order)."""
+def _measure_book(book: BudgetBook, jobs: int) -> list[Record]:
+    """One record per budget (budget order), each case measured once."""
     groups: dict[Case, list[Budget]] = {}
     for b in book.budgets:
         case = Case(b.head_dim, b.kv_len, b.workload, book.seed, book.rows, book.block_n)
         groups.setdefault(case, []).append(b)
-    measured: dict[str, tuple[float, float]] = {}
     cases = list(groups)
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -180,18 +195,56 @@ def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[BudgetResult]:
             outs = list(pool.map(_measure, cases, [[b.variant for b in groups[c]] for c in cases]))
     else:
         outs = [_measure(c, [b.variant for b in groups[c]]) for c in cases]
+    by_key: dict[str, Record] = {}
     for case, recs in zip(cases, outs, strict=True):
         for b, rec in zip(groups[case], recs, strict=True):
-            measured[b.key] = (_worst(rec), _median(rec))
-    return [BudgetResult(b, *measured[b.key]) for b in book.budgets]
+            by_key[b.key] = rec
+    return [by_key[b.key] for b in book.budgets]
+
+
+def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[BudgetResult]:
+    """Measure every budgeted case and pair it with its budget (budget order)."""
+    records = _measure_book(book, jobs)
+    return [
+        BudgetResult(b, _worst(r), _median(r)) for b, r in zip(book.budgets, records, strict=True)
+    ]
+
+
+def update_budgets(book: BudgetBook, *, jobs: int = 1) -> BudgetBook:
+    """The same budgets re-measured: measured values x ``book.margin`` (see
+    :func:`budgets_from_records`); write it with :func:`format_budgets`."""
+    records = _measure_book(book, jobs)
+    new = tuple(budgets_from_records(records, book.margin))
+    return BudgetBook(book.rows, book.block_n, book.seed, book.margin, new)
+
+
+def render_results(results: list[BudgetResult]) -> str:
+    """One line per budget: ``ok``/``OVER``, the key, measured <= budget for max and median."""
+    width = max((len(r.budget.key) for r in results), default=0)
+    lines = []
+    for r in results:
+        status = "ok  " if r.ok else "OVER"
+        med = r.budget.median_ulp_fp32
+        med_txt = "-" if med is None else f"{med:.4g}"
+        lines.append(
+            f"{status} {r.budget.key:<{width}}  max {r.measured:10.4g} <= "
+            f"{r.budget.max_ulp_fp32:10.4g}  median {r.measured_median:10.4g} <= {med_txt:>10}"
+        )
+    return "\n".join(lines)
 
 
 def budgets_from_records(records: list[Record], margin: float) -> list[Budget]:
     """Budgets = measured max and median FP32 ULP errors x ``margin``, rounded up to 2
     significant digits."""
     return [
-        Budget(r.variant, r.head_dim, r.workload, r.kv_len, _round_up_2sig(_worst(r) * margin),
-               _round_up_2sig(_median(r) * margin))
+        Budget(
+            r.variant,
+            r.head_dim,
+            r.workload,
+            r.kv_len,
+            _round_up_2sig(_worst(r) * margin),
+            _round_up_2sig(_median(r) * margin),
+        )
         for r in records
     ]
 

@@ -34,7 +34,7 @@ from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 from amla_numerics.formats import FP32
 from amla_numerics.ulp import ulp
-from amla_numerics.variants import VARIANTS, check_variant
+from amla_numerics.variants import DEFAULT_C, VARIANTS, check_variant
 
 __all__ = ["Case", "Record", "case_from_file", "evaluate_case", "expand_grid", "run_grid"]
 
@@ -53,7 +53,7 @@ class Case:
     seed: int = 0
     rows: int = 16
     block_n: int = 512
-    c: float = 1.5
+    c: float = DEFAULT_C
     path: str | None = None
 
     def __post_init__(self) -> None:
@@ -69,11 +69,15 @@ class Case:
         if self.path is not None:
             return load_workload(self.path)
         return make_workload(
-            self.workload, head_dim=self.head_dim, kv_len=self.kv_len, rows=self.rows, seed=self.seed
+            self.workload,
+            head_dim=self.head_dim,
+            kv_len=self.kv_len,
+            rows=self.rows,
+            seed=self.seed,
         )
 
 
-def case_from_file(path: str, *, block_n: int = 512, c: float = 1.5) -> Case:
+def case_from_file(path: str, *, block_n: int = 512, c: float = DEFAULT_C) -> Case:
     """A case measuring the user's arrays in ``path`` (``.npz`` with q, k, v, optional scale)."""
     w = load_workload(path)
     return Case(w.head_dim, w.kv_len, w.name, 0, int(w.q.shape[0]), block_n, c, str(path))
@@ -103,7 +107,7 @@ class Record:
     prob_bound_ratio: float
     hazards: dict[str, int] = field(default_factory=dict)
     rescale_rate: float = 1.0
-    c: float = 1.5
+    c: float = DEFAULT_C
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-ready dict (the report's record schema)."""
@@ -120,7 +124,7 @@ def expand_grid(
     seeds: Iterable[int] = (0,),
     rows: int = 16,
     block_n: int = 512,
-    c: float = 1.5,
+    c: float = DEFAULT_C,
 ) -> list[Case]:
     """Every combination, in (workload, head dim, KV length, seed) order."""
     return [
@@ -254,7 +258,9 @@ def _rescale_rate(trace: Any) -> float:
     """Fraction of (row, block > 1) steps that rescaled O, from the emulator's trace."""
     if trace is None:
         return float("nan")
-    decisions = trace.get("rescaled") if isinstance(trace, dict) else getattr(trace, "rescaled", None)
+    decisions = (
+        trace.get("rescaled") if isinstance(trace, dict) else getattr(trace, "rescaled", None)
+    )
     if decisions is None:
         return float("nan")
     d = np.asarray(decisions, dtype=bool)

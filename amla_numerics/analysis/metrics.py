@@ -121,7 +121,9 @@ def error_metrics(out: Any, ref: Any) -> ErrorMetrics:
         max_abs=float(np.max(np.abs(diff))) if n else float("nan"),
         rmse=float(np.sqrt(np.mean(diff**2))) if n else float("nan"),
         cosine=float(np.dot(y_f, r_f)) / denom if denom else float("nan"),
-        rel_l1=float(np.sum(np.abs(diff)) / np.sum(np.abs(r_f))) if n and np.any(r_f) else float("nan"),
+        rel_l1=float(np.sum(np.abs(diff)) / np.sum(np.abs(r_f)))
+        if n and np.any(r_f)
+        else float("nan"),
         hist_ulp_fp32=tuple(int(c) for c in np.histogram(u32, HIST_EDGES)[0]),
     )
 

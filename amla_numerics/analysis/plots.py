@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from amla_numerics.analysis.grid import Case, Record, evaluate_case
+from amla_numerics.analysis.grid import Record
 from amla_numerics.analysis.metrics import HIST_EDGES
 
 __all__ = [
-    "compensation_sweep",
     "plot_block_trace",
     "plot_error_vs",
     "plot_error_vs_c",
@@ -74,7 +73,9 @@ def plot_ulp_distribution(records: Sequence[Record], *, title: str = "") -> Figu
     return fig
 
 
-def plot_error_vs(records: Sequence[Record], axis: str = "head_dim", *, workload: str | None = None) -> Figure:
+def plot_error_vs(
+    records: Sequence[Record], axis: str = "head_dim", *, workload: str | None = None
+) -> Figure:
     """Error and its a priori bound vs ``axis`` ("head_dim" or "kv_len"), one line per variant.
 
     Left: the median FP32 ULP error (solid) and the deterministic bound at the median element
@@ -92,12 +93,23 @@ def plot_error_vs(records: Sequence[Record], axis: str = "head_dim", *, workload
         xs = sorted({getattr(r, axis) for r in recs if r.variant == variant})
         group = [[r for r in recs if r.variant == variant and getattr(r, axis) == x] for x in xs]
         col = f"C{i % 10}"
-        ax_e.plot(xs, [max(r.metrics.median_ulp_fp32 for r in g) for g in group], marker="o",
-                  color=col, label=variant)
-        ax_e.plot(xs, [max(r.bound_ulp_fp32 for r in g) for g in group], linestyle="--",
-                  color=col, alpha=0.6)
-        ax_r.plot(xs, [max(r.bound_ratio for r in g) for g in group], marker="o", color=col,
-                  label=variant)
+        ax_e.plot(
+            xs,
+            [max(r.metrics.median_ulp_fp32 for r in g) for g in group],
+            marker="o",
+            color=col,
+            label=variant,
+        )
+        ax_e.plot(
+            xs,
+            [max(r.bound_ulp_fp32 for r in g) for g in group],
+            linestyle="--",
+            color=col,
+            alpha=0.6,
+        )
+        ax_r.plot(
+            xs, [max(r.bound_ratio for r in g) for g in group], marker="o", color=col, label=variant
+        )
     ax_r.axhline(1.0, color="k", linewidth=1.0)
     for ax in (ax_e, ax_r):
         ax.set_xscale("log", base=2)
@@ -114,37 +126,24 @@ def plot_error_vs(records: Sequence[Record], axis: str = "head_dim", *, workload
     return fig
 
 
-def compensation_sweep(
-    cs: Sequence[float], *, head_dim: int = 128, kv_len: int = 4096, workload: str = "mla",
-    rows: int = 16, block_n: int = 128, seed: int = 0,
-) -> list[Record]:
-    """``amla`` records for each compensation coefficient ``c``, then ``amla_nocomp`` and
-    ``fa_fp32`` once.
-
-    The default is the ``mla`` workload with 128-key blocks: its row max creeps up over many
-    blocks while the old blocks keep their weight, which is where compensation matters (on
-    ``drift`` each new block outweighs the old ones and ``c`` hardly shows).
-    """
-    case = Case(head_dim, kv_len, workload, seed, rows, block_n)
-    return evaluate_case(case, ["amla"], cs=cs) + evaluate_case(case, ["amla_nocomp", "fa_fp32"])
-
-
 def plot_error_vs_c(cs: Sequence[float], records: Sequence[Record]) -> Figure:
     """Relative Frobenius error and mean signed ULP error of ``amla`` against ``c``.
 
-    ``records`` is :func:`compensation_sweep`'s output (its ``amla`` records in ``cs`` order,
-    then the ``amla_nocomp`` and ``fa_fp32`` references drawn as horizontal lines).
+    ``records`` is a report's ``c_sweep`` (its ``amla`` records in ``cs`` order, then the
+    ``amla_nocomp`` and ``fa_fp32`` references drawn as horizontal lines).
     """
     amla = [r for r in records if r.variant == "amla"]
     if len(amla) != len(cs):
-        raise ValueError("records do not match cs: pass compensation_sweep(cs)'s output")
+        raise ValueError("records do not match cs: pass a report's c_sweep")
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax_f, ax_b = fig.subplots(1, 2)
     ax_f.plot(cs, [r.metrics.rel_fro for r in amla], marker="o", label="amla")
     ax_b.plot(cs, [r.metrics.mean_signed_ulp_fp32 for r in amla], marker="o", label="amla")
     for i, r in enumerate(x for x in records if x.variant != "amla"):
         ax_f.axhline(r.metrics.rel_fro, color=f"C{i + 1}", linestyle="--", label=r.variant)
-        ax_b.axhline(r.metrics.mean_signed_ulp_fp32, color=f"C{i + 1}", linestyle="--", label=r.variant)
+        ax_b.axhline(
+            r.metrics.mean_signed_ulp_fp32, color=f"C{i + 1}", linestyle="--", label=r.variant
+        )
     ax_f.set_yscale("log")
     ax_f.set_ylabel("relative Frobenius error")
     ax_b.set_ylabel("mean signed error (FP32 ULPs): bias")
@@ -154,7 +153,9 @@ def plot_error_vs_c(cs: Sequence[float], records: Sequence[Record]) -> Figure:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     r0 = amla[0]
-    fig.suptitle(f"AMLA error vs c ({r0.workload}, d={r0.head_dim}, N={r0.kv_len}, block {r0.block_n})")
+    fig.suptitle(
+        f"AMLA error vs c ({r0.workload}, d={r0.head_dim}, N={r0.kv_len}, block {r0.block_n})"
+    )
     return fig
 
 
@@ -162,8 +163,11 @@ def plot_block_trace(trace: Any, *, rows: Sequence[int] = (0,), title: str = "")
     """Per-block ``m_j``, ``n_j`` and ``eps_j`` of the emulator's trace for some rows."""
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    fields = (("m", "running row max m_j (nats)"), ("n", "n_j = rna(-m_j log2 e)"),
-              ("eps", "compensation eps_j (exponent units)"))
+    fields = (
+        ("m", "running row max m_j (nats)"),
+        ("n", "n_j = rna(-m_j log2 e)"),
+        ("eps", "compensation eps_j (exponent units)"),
+    )
     for ax, (name, label) in zip(axes, fields, strict=True):
         data = np.asarray(getattr(trace, name), dtype=np.float64)
         data = data.reshape(data.shape[0], -1)
@@ -190,10 +194,20 @@ def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]])
     ax = fig.subplots()
     markers = "osD^v<>pPX*h"
     for i, t in enumerate(throughput):
-        errs = [r.metrics.rel_fro for r in pool if r.variant == t["variant"] and np.isfinite(r.metrics.rel_fro)]
+        errs = [
+            r.metrics.rel_fro
+            for r in pool
+            if r.variant == t["variant"] and np.isfinite(r.metrics.rel_fro)
+        ]
         if errs:
-            ax.scatter([t["tflops"]], [float(np.median(errs))], color=f"C{i % 10}",
-                       marker=markers[i % len(markers)], s=55, label=t["variant"])
+            ax.scatter(
+                [t["tflops"]],
+                [float(np.median(errs))],
+                color=f"C{i % 10}",
+                marker=markers[i % len(markers)],
+                s=55,
+                label=t["variant"],
+            )
     ax.set_yscale("log")
     ax.set_xlabel("modelled throughput, MLA decode on Ascend 910C (TFLOPS)")
     ax.set_ylabel(f"median relative Frobenius error ({'mla' if mla else 'all'} workload)")
@@ -206,12 +220,9 @@ def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]])
 def save_report_plots(report: Any, out_dir: str | Path) -> list[Path]:
     """Every plot of a report as PNG files in ``out_dir``; returns the paths.
 
-    Besides the report's own records, this runs two small extra measurements: a
-    compensation sweep over ``c`` and one traced ``amla`` run on the ``drift`` workload.
+    Draws only: the compensation sweep and the traced case were measured by
+    :func:`~amla_numerics.analysis.report.build_report` (``report.c_sweep``, ``report.trace``).
     """
-    from amla_numerics import flash
-    from amla_numerics.analysis.workloads import make_workload
-
     out_dir = Path(out_dir)
     records = list(report.records)
     figs: dict[str, Figure] = {"ulp_distribution.png": plot_ulp_distribution(records)}
@@ -223,13 +234,17 @@ def save_report_plots(report: Any, out_dir: str | Path) -> list[Path]:
             figs[f"error_vs_kv_len_{w}.png"] = plot_error_vs(sub, "kv_len", workload=w)
     if report.throughput:
         figs["pareto.png"] = plot_pareto(records, report.throughput)
-    cs = (0.5, 0.75, 1.0, 1.25, 1.39, 1.44, 1.5, 1.75, 2.0)
-    figs["error_vs_c.png"] = plot_error_vs_c(cs, compensation_sweep(cs))
-    w = make_workload("drift", head_dim=128, kv_len=4096, rows=4, seed=0)
-    res = flash.attention(w.q, w.k, w.v, "amla", scale=w.scale, block_n=512, trace=True)
-    figs["block_trace.png"] = plot_block_trace(
-        res.trace, rows=(0, 1), title="AMLA per-block trace, drift workload (d=128, N=4096)"
-    )
+    config = report.header["config"]
+    if report.c_sweep:
+        figs["error_vs_c.png"] = plot_error_vs_c(config["c_sweep"], report.c_sweep)
+    if report.trace is not None:
+        t = config["trace_case"]
+        figs["block_trace.png"] = plot_block_trace(
+            report.trace,
+            rows=(0, 1),
+            title=f"AMLA per-block trace, {t['workload']} workload "
+            f"(d={t['head_dim']}, N={t['kv_len']}, block {t['block_n']})",
+        )
     paths = []
     for name, fig in figs.items():
         path = out_dir / name

@@ -1,9 +1,9 @@
-"""The error-bound report: configuration, header, rendering (table, JSON, CSV, Markdown).
+"""The error-bound report: its configuration, the measurement, the header, the JSON document.
 
 A :class:`Report` is the header (seeds, library versions, reference precision, the command)
 plus the grid's records and, when the pipeline model is available, each variant's modelled
-throughput on the MLA decode workload. Rendering is pure: the same report renders the same
-text.
+throughput on the MLA decode workload. Rendering is in
+:mod:`~amla_numerics.analysis.render`.
 
 JSON schema (``--format json`` and ``report.json``)::
 
@@ -17,28 +17,61 @@ JSON schema (``--format json`` and ``report.json``)::
                   "prob_bound_ratio", "hazards": {class: count}, "rescale_rate", "c"}, ...],
      "throughput": [{"variant", "tflops", "utilization", "peak_tflops", "peak_name",
                      "bound", "time_us", "hbm_gbps", "rescale_prob"}, ...],
-     "violations": [human-readable strings: records whose measured/bound > 1]}
+     "violations": [human-readable strings: records whose measured/bound > 1],
+     "c_sweep": [records of the compensation sweep (plots), same schema as "records"]}
 
 ULP fields are in units of the FP32 / BF16 ULP at the reference value; ``bound_ratio`` is
 ``max(|out - ref| / bound)`` over the finite outputs.
+
+Examples
+--------
+>>> cfg = ReportConfig(head_dims=(64,), kv_lens=(256,), block_n=128, variants=("fa_fp32",),
+...                    workloads=("random",), rows=2, plots=False)
+>>> rep = build_report(cfg, throughput=False)
+>>> len(rep.records), rep.violations
+(1, ())
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from amla_numerics._version import __version__
-from amla_numerics.analysis.grid import Record
-from amla_numerics.reference import AUTO_ULP_FP32
+import numpy as np
 
-__all__ = ["DEFAULT_HEAD_DIMS", "Report", "ReportConfig", "make_header", "render"]
+from amla_numerics._version import __version__
+from amla_numerics.analysis.grid import (
+    Case,
+    Record,
+    case_from_file,
+    evaluate_case,
+    expand_grid,
+    run_grid,
+)
+from amla_numerics.reference import AUTO_ULP_FP32
+from amla_numerics.variants import DEFAULT_C, VARIANTS
+
+__all__ = [
+    "DEFAULT_HEAD_DIMS",
+    "MLA_DECODE",
+    "Report",
+    "ReportConfig",
+    "build_report",
+    "clean_json",
+    "lazy_rescale_prob",
+    "make_header",
+    "throughput_rows",
+    "violations",
+    "write_outputs",
+]
+
+#: The pipeline configuration of the throughput join: DeepSeek-V3 MLA decode with MTP.
+MLA_DECODE: dict[str, Any] = {"hardware": "ascend910c", "batch": 128, "q_len": 2, "kv_len": 16384}
 
 DEFAULT_HEAD_DIMS: tuple[int, ...] = (64, 128, 192, 256, 576)
 
@@ -56,26 +89,39 @@ class ReportConfig:
     workloads: tuple[str, ...] = ("random", "mla", "drift")
     seeds: tuple[int, ...] = (0,)
     rows: int = 16
-    c: float = 1.5
+    c: float = DEFAULT_C
     inputs: tuple[str, ...] = ()  # users' .npz files, measured besides the workloads
+    #: Run the plots' own measurements (the c sweep and the traced case) as part of the build.
+    plots: bool = True
+    #: The compensation sweep drawn in ``error_vs_c.png``: ``amla`` at each c on one case,
+    #: ``amla_nocomp`` and ``fa_fp32`` once. The ``mla`` workload with 128-key blocks: its row
+    #: max creeps up over many blocks while the old blocks keep their weight, which is where
+    #: compensation matters (on ``drift`` each new block outweighs the old ones).
+    c_sweep: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.39, 1.44, 1.5, 1.75, 2.0)
+    c_sweep_case: Case = field(default_factory=lambda: Case(128, 4096, "mla", 0, 16, 128))
+    #: The case whose per-block ``amla`` trace is drawn in ``block_trace.png``.
+    trace_case: Case = field(default_factory=lambda: Case(128, 4096, "drift", 0, 4, 512))
 
 
 @dataclass(frozen=True)
 class Report:
-    """Everything a report shows; render it with :func:`render`."""
+    """Everything a report shows; render it with :func:`~amla_numerics.analysis.render.render`."""
 
     header: dict[str, Any]
     records: tuple[Record, ...]
     throughput: tuple[dict[str, Any], ...] = ()
     violations: tuple[str, ...] = field(default=())
+    c_sweep: tuple[Record, ...] = ()
+    trace: Any = None  # the emulator's Trace of config.trace_case (amla), when measured
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (see the module docstring)."""
         return {
             "header": self.header,
-            "records": [_clean(r.to_dict()) for r in self.records],
-            "throughput": [_clean(t) for t in self.throughput],
+            "records": [clean_json(r.to_dict()) for r in self.records],
+            "throughput": [clean_json(t) for t in self.throughput],
             "violations": list(self.violations),
+            "c_sweep": [clean_json(r.to_dict()) for r in self.c_sweep],
         }
 
 
@@ -106,110 +152,146 @@ def make_header(config: ReportConfig, argv: list[str] | None = None) -> dict[str
     }
 
 
-def render(report: Report, style: str = "table") -> str:
-    """Render as ``table`` (one table per head dim), ``markdown``, ``csv`` or ``json``."""
-    if style == "json":
-        return json.dumps(report.to_json(), indent=2, allow_nan=False)
-    if style == "csv":
-        return _render_csv(report)
-    if style not in ("table", "markdown"):
-        raise ValueError(f"unknown format {style!r}; valid: table, json, csv, markdown")
-    md = style == "markdown"
-    parts = []
-    if md:
-        parts.append(f"# amla-numerics report\n\n`{report.header['command']}`\n")
-    for d in sorted({r.head_dim for r in report.records}):
-        rows = [r for r in report.records if r.head_dim == d]
-        title = f"head dim {d}"
-        parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
-        parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
-    if report.throughput:
-        title = "modelled throughput, MLA decode on the Ascend 910 pipeline model"
-        parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
-        parts.append(_table(_THROUGHPUT_COLUMNS, [_throughput_row(t) for t in report.throughput], md))
-    if report.violations:
-        parts.append("BOUND VIOLATIONS (measured/bound > 1: a bug or a wrong model):")
-        parts.extend(f"  - {v}" for v in report.violations)
-    parts.append(_LEGEND)
-    return "\n\n".join(parts) + "\n"
+def build_report(
+    config: ReportConfig,
+    *,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    throughput: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    argv: list[str] | None = None,
+) -> Report:
+    """Measure the grid of ``config`` and assemble the report.
+
+    Parameters
+    ----------
+    config : ReportConfig
+    jobs : int
+        Worker processes for the grid.
+    scheduler : str, optional
+        A Dask distributed scheduler address (``--scheduler``).
+    throughput : bool
+        Join the pipeline model's throughput per variant.
+    progress : callable, optional
+        ``progress(done, total)`` after each case.
+    argv : list of str, optional
+        The command line, recorded in the header.
+    """
+    variants = config.variants or VARIANTS
+    cases = expand_grid(
+        head_dims=config.head_dims,
+        kv_lens=config.kv_lens,
+        workloads=config.workloads,
+        seeds=config.seeds,
+        rows=config.rows,
+        block_n=config.block_n,
+        c=config.c,
+    )
+    cases += [case_from_file(path, block_n=config.block_n, c=config.c) for path in config.inputs]
+    records = run_grid(cases, variants, jobs=jobs, scheduler=scheduler, progress=progress)
+    rows = throughput_rows(variants, records) if throughput else ()
+    sweep, trace = (_plot_measurements(config)) if config.plots else ((), None)
+    return Report(
+        header=make_header(config, argv),
+        records=tuple(records),
+        throughput=tuple(rows),
+        violations=tuple(violations(records)),
+        c_sweep=tuple(sweep),
+        trace=trace,
+    )
 
 
-_ACCURACY_COLUMNS = (
-    "variant", "workload", "N", "max ULP32", "p99.9 ULP32", "med ULP32", "max ULP16",
-    "mean signed", "sign p", "rel Frob", "bound ULP32", "meas/bound", "hazards",
-)
-_THROUGHPUT_COLUMNS = ("variant", "TFLOPS", "util", "peak", "bound by", "time us", "HBM GB/s")
-_LEGEND = (
-    "ULP32/ULP16: |out - ref| in FP32/BF16 ULPs at the reference; mean signed: mean signed "
-    "FP32 ULP error (bias), sign p: two-sided sign-test p-value; bound ULP32: deterministic a "
-    "priori bound at the median element; meas/bound: max over elements of error/bound "
-    "(> 1 fails the report; < 0.01 marks a loose bound); hazards: integer-add hazards by class."
-)
+def _plot_measurements(config: ReportConfig) -> tuple[list[Record], Any]:
+    """The plots' own measurements: the compensation sweep and one traced ``amla`` run."""
+    from amla_numerics import flash
+
+    case = config.c_sweep_case
+    sweep = evaluate_case(case, ["amla"], cs=config.c_sweep)
+    sweep += evaluate_case(case, ["amla_nocomp", "fa_fp32"])
+    t = config.trace_case
+    w = t.make()
+    res = flash.attention(w.q, w.k, w.v, "amla", scale=w.scale, block_n=t.block_n, trace=True)
+    return sweep, res.trace
 
 
-def _accuracy_row(r: Record) -> list[str]:
-    m = r.metrics
-    hz = ", ".join(f"{k}={v}" for k, v in sorted(r.hazards.items()) if v) or "-"
-    if m.n_nonfinite:
-        hz += f" ({m.n_nonfinite} non-finite out)"
-    return [
-        r.variant, r.workload, str(r.kv_len), _g(m.max_ulp_fp32), _g(m.p999_ulp_fp32),
-        _g(m.median_ulp_fp32), _g(m.max_ulp_bf16), f"{m.mean_signed_ulp_fp32:+.3g}",
-        _g(m.sign_test_p), _g(m.rel_fro), _g(r.bound_ulp_fp32), _ratio(r.bound_ratio, any(r.hazards.values())), hz,
-    ]
+def violations(records: Sequence[Record]) -> list[str]:
+    """Records whose error exceeds the deterministic bound (hazard-free records only).
+
+    A record with integer-add hazards is outside the bound's model: its hazards are
+    reported in their own column instead.
+    """
+    out = []
+    for r in records:
+        if r.bound_ratio > 1.0 and not any(r.hazards.values()):
+            out.append(
+                f"{r.variant} d={r.head_dim} N={r.kv_len} {r.workload} seed={r.seed}: "
+                f"measured/bound = {r.bound_ratio:.3g}"
+            )
+    return out
 
 
-def _throughput_row(t: dict[str, Any]) -> list[str]:
-    return [
-        t["variant"], f"{t['tflops']:.1f}", f"{100 * t['utilization']:.1f} %", t["peak_name"],
-        str(t["bound"]), f"{t['time_us']:.1f}", f"{t['hbm_gbps']:.0f}",
-    ]
+def lazy_rescale_prob(records: Sequence[Record]) -> float | None:
+    """Mean rescale rate of the ``lazy`` records (``mla`` ones if any), None if none."""
+    lazy = [r for r in records if r.variant == "lazy" and np.isfinite(r.rescale_rate)]
+    mla = [r for r in lazy if r.workload == "mla"]
+    chosen = mla or lazy
+    return float(np.mean([r.rescale_rate for r in chosen])) if chosen else None
 
 
-#: measured/bound below this is marked as a loose bound in the tables.
-LOOSE_RATIO = 1e-2
+def throughput_rows(variants: Sequence[str], records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Each variant's modelled throughput on :data:`MLA_DECODE` (empty without the model)."""
+    try:
+        from amla_numerics.pipeline import evaluate
+    except ImportError:  # the pipeline model is optional
+        return []
+    prob = lazy_rescale_prob(records)
+    rows = []
+    for variant in variants:
+        res = evaluate(
+            MLA_DECODE["hardware"],
+            variant,
+            batch=MLA_DECODE["batch"],
+            q_len=MLA_DECODE["q_len"],
+            kv_len=MLA_DECODE["kv_len"],
+            rescale_prob=prob if variant == "lazy" else None,
+        )
+        row = {"variant": variant, **res.to_dict()}
+        row["rescale_prob"] = prob if variant == "lazy" else None
+        rows.append(row)
+    return rows
 
 
-def _ratio(x: float, hazards: bool) -> str:
-    if x > 1.0:  # a record with integer-add hazards is outside the bound's model
-        return f"{x:.3g} (hazards)" if hazards else f"{x:.3g} (VIOLATED)"
-    return f"{x:.3g} (loose)" if x < LOOSE_RATIO else _g(x)
+def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and (with ``plots``) the PNG plots.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    from amla_numerics.analysis.render import render
+
+    for name, style in (("report.json", "json"), ("report.md", "markdown")):
+        path = out_dir / name
+        path.write_text(render(report, style))
+        written.append(path)
+    if plots:
+        from amla_numerics.analysis import plots as plotting
+
+        written.extend(plotting.save_report_plots(report, out_dir))
+    return written
 
 
-def _g(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
-
-
-def _table(columns: tuple[str, ...], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
-        return head + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    line = "  ".join([f"{{:<{widths[0]}}}"] + [f"{{:>{w}}}" for w in widths[1:]])
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line.format(*columns), sep] + [line.format(*r) for r in rows])
-
-
-def _render_csv(report: Report) -> str:
-    buf = io.StringIO()
-    records = [_clean(r.to_dict()) for r in report.records]
-    if not records:
-        return ""
-    for rec in records:
-        rec["hazards"] = ";".join(f"{k}={v}" for k, v in sorted(rec["hazards"].items()))
-    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buf.getvalue()
-
-
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
+def clean_json(d: dict[str, Any]) -> dict[str, Any]:
     """NaN/inf -> None, so the JSON is strict."""
     out = {}
     for k, v in d.items():
         if isinstance(v, float) and not math.isfinite(v):
             v = None
         elif isinstance(v, dict):
-            v = _clean(v)
+            v = clean_json(v)
         out[k] = v
     return out

@@ -145,7 +145,9 @@ def load_workload(path: str | Path, *, fmt: Format | str = BF16) -> Workload:
             raise ValueError(f"array {key!r} in {str(path)!r} must be 2-D, got {arrays[key].shape}")
     q, k, v = arrays["q"], arrays["k"], arrays["v"]
     if q.shape[1] != k.shape[1] or k.shape[0] != v.shape[0]:
-        raise ValueError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} in {str(path)!r} do not fit")
+        raise ValueError(
+            f"shapes q {q.shape}, k {k.shape}, v {v.shape} in {str(path)!r} do not fit"
+        )
     scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[1])
     fmt = get_format(fmt)
     return Workload(path.stem, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), scale)

@@ -14,10 +14,17 @@ Examples
 """
 
 from amla_numerics.flash.accumulate import ACCUMULATION_MODELS, ACCUMULATION_PRESETS, Accumulation
-from amla_numerics.flash.amla import AMLA_VARIANTS
-from amla_numerics.flash.emulator import MLA_DK, MLA_DV, MLA_SCALE, FlashResult, Trace, attention, mla_attention
+from amla_numerics.flash.emulator import (
+    MLA_DK,
+    MLA_DV,
+    MLA_SCALE,
+    FlashResult,
+    Trace,
+    attention,
+    mla_attention,
+)
 from amla_numerics.flash.policy import PRESETS, MatmulPolicy, Policy, get_policy
-from amla_numerics.variants import VARIANTS
+from amla_numerics.variants import AMLA_VARIANTS, VARIANTS
 
 __all__ = [
     "ACCUMULATION_MODELS",

@@ -58,7 +58,9 @@ def add_rounded(x: np.ndarray, y: np.ndarray, out: str, mode: str = "rne") -> np
     return _round64(_round_odd(s, err), out, mode)
 
 
-def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_absmax=None, a_stats=None):
+def _exact(
+    a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_absmax=None, a_stats=None
+):
     if out != "fp64" and p is not None:
         return _exact_bounded(a64, b64, out, mode, p, b_stats, b_absmax, a_stats)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -73,7 +75,9 @@ def _exact(a64, b64, out: str, mode: str, p: int | None = None, b_stats=None, b_
         # (1) BLAS was exact: every product is a multiple of Q = 2**(qa_i + qb_j) and
         # sum |a b| <= ||a|| ||b|| < 2**53 Q, so every partial sum (any order) is representable.
         qe = _min_quantum_exp(a64, -1, p)[..., :, None] + _min_quantum_exp(b64, -2, p)[..., None, :]
-        exact = (na * nb * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(qe + 53, -1100, 1100))) & (qe >= -1074)
+        exact = (na * nb * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(qe + 53, -1100, 1100))) & (
+            qe >= -1074
+        )
         if np.all(exact):
             return res
         # (2) otherwise |s - x| <= bound (float64 dot-product error bound, underflow included)
@@ -137,12 +141,16 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
                     col_ok = (x_row.max() * y_col < lim) & (qa.min() + qb >= -1074)
                     cols = np.flatnonzero(~col_ok)
                     if 4 * cols.size <= col_ok.size:
-                        res[:, cols] = _exact_bounded(a64, b64[:, cols], out, mode, p, (nb[cols], qb[cols]), b_absmax)
+                        res[:, cols] = _exact_bounded(
+                            a64, b64[:, cols], out, mode, p, (nb[cols], qb[cols]), b_absmax
+                        )
                         return res
         # (2)
         if b_absmax is None:
             b_absmax = np.max(np.abs(b64), axis=(-2, -1), keepdims=True) if b64.size else 0.0
-        if a64.size and a64.min() >= 0:  # sum |a| by a matrix-vector product (rounding: in the slack)
+        if (
+            a64.size and a64.min() >= 0
+        ):  # sum |a| by a matrix-vector product (rounding: in the slack)
             r_row = (a64 @ np.ones((k, 1))) * b_absmax
         else:
             r_row = np.add.reduce(np.abs(a64), axis=-1, keepdims=True) * b_absmax
@@ -238,12 +246,16 @@ def _exact_long(a64, b64, out, mode, p, b_absmax=None):
             a_sum = np.add.reduce(a_sum, axis=-1, keepdims=True)
         else:
             b_main = b64[:k0].reshape(k0 // L, L, b64.shape[1])
-            b_max = np.maximum(np.maximum.reduce(b_main, axis=1), -np.minimum.reduce(b_main, axis=1))
+            b_max = np.maximum(
+                np.maximum.reduce(b_main, axis=1), -np.minimum.reduce(b_main, axis=1)
+            )
             if k0 < k:
                 b_max = np.concatenate([b_max, np.max(np.abs(b64[k0:]), axis=0)[None, :]], axis=0)
         if not (np.all(a_sum < 2.0**400) and np.all(b_max < 2.0**400)):  # also NaN
             return None
-        bound = a_sum @ b_max  # R >= sum_c (...) (1 - n_c 2**-53) >= sum_c |S_c| (1 - ...): in the slack
+        bound = (
+            a_sum @ b_max
+        )  # R >= sum_c (...) (1 - n_c 2**-53) >= sum_c |S_c| (1 - ...): in the slack
         bound *= (L + len(starts) + 4) * 2.0**-52 * (1 + 2.0**-20)
         bound += (k + len(starts)) * 2.0**-1074
         res = _round64(s, out, mode)
@@ -299,12 +311,16 @@ def _settle(prods, s, out, mode, p):
         s_lo = np.add.reduce(prods, axis=-1, where=lo_mask)
         t_lo = np.add.reduce(mag, axis=-1, where=lo_mask) * up
         small = np.min(mag, axis=-1, where=lo_mask & (mag != 0), initial=np.inf)
-        e_lo = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1 - 2 * p + 1
+        e_lo = (
+            np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1 - 2 * p + 1
+        )
         lo_exact = ~np.isfinite(small) | (
             (t_lo < np.ldexp(1.0, np.clip(e_lo + 53, -1100, 1100))) & (e_lo >= -1074)
         )
         bd = np.where(lo_exact, 0.0, t_lo * g + k * 2.0**-1074)
-        widen = np.where(bd == 0, 0.0, bd + 2 * np.abs(np.spacing(s_lo)))  # covers fl(s_lo -+ bound)
+        widen = np.where(
+            bd == 0, 0.0, bd + 2 * np.abs(np.spacing(s_lo))
+        )  # covers fl(s_lo -+ bound)
         r1 = add_rounded(s_hi, s_lo - widen, out, mode)
         r2 = add_rounded(s_hi, s_lo + widen, out, mode)
     still = np.nonzero(r1 != r2)[0]
@@ -365,14 +381,18 @@ def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):
                 return _round64(a64 @ b64, out, mode)
             if a64.ndim == 2 and b64.ndim == 2:  # split only the failing (rows x columns)
                 bad_r = np.nonzero(row_bad)[0]
-                bad_c = np.nonzero((y_col * x_row[bad_r].max() >= lim) | (qb1 + qa1[bad_r].min() < -1074))[0]
+                bad_c = np.nonzero(
+                    (y_col * x_row[bad_r].max() >= lim) | (qb1 + qa1[bad_r].min() < -1074)
+                )[0]
                 if 2 * bad_c.size > b64.shape[1]:  # most columns fail: whole rows
                     res = np.empty((a64.shape[0], b64.shape[1]), _DTYPES[out])
                     good = np.nonzero(~row_bad)[0]
                     if good.size:
                         res[good] = _round64(a64[good] @ b64, out, mode)
                     stats = (nb[0], qb[0])
-                    res[bad_r] = _exact_split(a64[bad_r], b64, out, mode, p, stats, check_full=False)
+                    res[bad_r] = _exact_split(
+                        a64[bad_r], b64, out, mode, p, stats, check_full=False
+                    )
                     return res
                 res = _round64(a64 @ b64, out, mode)
                 stats = (nb[0, bad_c], qb[0, bad_c])
@@ -380,7 +400,9 @@ def _exact_split(a64, b64, out, mode, p, b_stats=None, check_full=True):
                 res[np.ix_(bad_r, bad_c)] = sub
                 return res
         c = np.where(nb > 0, np.log2(nb) - qb, -np.inf).max(axis=-1, keepdims=True)
-        qa_hi = np.nan_to_num(np.floor(np.log2(na) + c) - 51 + p - 1, nan=0, posinf=1100, neginf=-1100)
+        qa_hi = np.nan_to_num(
+            np.floor(np.log2(na) + c) - 51 + p - 1, nan=0, posinf=1100, neginf=-1100
+        )
         thr = np.ldexp(1.0, np.clip(qa_hi, -1100, 1100).astype(np.int64))
         lo_mask = (np.abs(a64) < thr) & (a64 != 0)
         if not lo_mask.any():

@@ -12,7 +12,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["Inputs", "check_inputs", "block_bounds"]
+from amla_numerics.variants import check_c, check_tau
+
+__all__ = ["Inputs", "block_bounds", "check_inputs"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,13 @@ def _array(x: Any, name: str, finite_checked: bool = False) -> np.ndarray:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise TypeError(f"argument {name!r} must be an array of real numbers") from exc
-    if a.dtype.kind not in "fViu" or a.dtype.kind == "V" and a.dtype.itemsize > 8:
+    if a.dtype.kind not in "fViu" or (a.dtype.kind == "V" and a.dtype.itemsize > 8):
         raise TypeError(f"argument {name!r} must hold real numbers, got dtype {a.dtype}")
     if a.ndim < 2:
-        raise ValueError(f"argument {name!r} must have at least 2 dimensions (..., rows, features), got shape {a.shape}")
+        raise ValueError(
+            f"argument {name!r} must have at least 2 dimensions (..., rows, features), "
+            f"got shape {a.shape}"
+        )
     if not finite_checked and not _all_finite(a):  # a view of checked memory needs no second look
         raise ValueError(f"argument {name!r} contains NaN or infinite values")
     return a
@@ -94,9 +99,13 @@ def check_inputs(
     qa, ka = _array(q, "q"), _array(k, "k")
     va = _array(v, "v", finite_checked=_same_memory_columns(v, ka))
     if qa.shape[-1] != ka.shape[-1]:
-        raise ValueError(f"arguments 'q' {qa.shape} and 'k' {ka.shape} differ in the feature dimension Dk")
+        raise ValueError(
+            f"arguments 'q' {qa.shape} and 'k' {ka.shape} differ in the feature dimension Dk"
+        )
     if ka.shape[-2] != va.shape[-2]:
-        raise ValueError(f"arguments 'k' {ka.shape} and 'v' {va.shape} differ in the number of keys N")
+        raise ValueError(
+            f"arguments 'k' {ka.shape} and 'v' {va.shape} differ in the number of keys N"
+        )
     m, n, dk, dv = qa.shape[-2], ka.shape[-2], qa.shape[-1], va.shape[-1]
     if min(m, n, dk, dv) < 1:
         raise ValueError(f"empty dimension: q {qa.shape}, k {ka.shape}, v {va.shape}")
@@ -104,7 +113,8 @@ def check_inputs(
         batch = np.broadcast_shapes(qa.shape[:-2], ka.shape[:-2], va.shape[:-2])
     except ValueError:
         raise ValueError(
-            f"leading dimensions of 'q' {qa.shape}, 'k' {ka.shape} and 'v' {va.shape} do not broadcast"
+            f"leading dimensions of 'q' {qa.shape}, 'k' {ka.shape} and 'v' {va.shape} "
+            "do not broadcast"
         ) from None
     if isinstance(block_n, bool) or not isinstance(block_n, (int, np.integer)) or block_n < 1:
         raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
@@ -115,13 +125,8 @@ def check_inputs(
     scale = float(scale)
     if not math.isfinite(scale) or scale == 0:
         raise ValueError(f"argument 'scale' must be finite and non-zero, got {scale}")
-    for name, val in (("c", c), ("tau", tau)):
-        if isinstance(val, bool) or not isinstance(val, (int, float, np.floating, np.integer)):
-            raise TypeError(f"argument {name!r} must be a real number, got {type(val).__name__}")
-        if not math.isfinite(float(val)):
-            raise ValueError(f"argument {name!r} must be finite, got {val}")
-    if float(tau) < 0:
-        raise ValueError(f"argument 'tau' must be >= 0, got {tau}")
+    check_c(c)
+    check_tau(tau)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"argument 'causal' must be a bool, got {type(causal).__name__}")
     keep = _mask(mask, batch, m, n)
@@ -142,16 +147,22 @@ def _mask(mask: Any, batch: tuple[int, ...], m: int, n: int) -> np.ndarray | Non
     elif ma.dtype.kind == "f":
         ok = (ma == 0) | np.isneginf(ma)
         if not np.all(ok):
-            raise ValueError("argument 'mask' as floats must hold only 0 (attend) and -inf (masked)")
+            raise ValueError(
+                "argument 'mask' as floats must hold only 0 (attend) and -inf (masked)"
+            )
         keep = ma == 0
     else:
-        raise TypeError(f"argument 'mask' must be boolean (True = attend) or float 0/-inf, got {ma.dtype}")
-    target = tuple(batch) + (m, n)
+        raise TypeError(
+            f"argument 'mask' must be boolean (True = attend) or float 0/-inf, got {ma.dtype}"
+        )
+    target = (*tuple(batch), m, n)
     try:
         if np.broadcast_shapes(keep.shape, target) != target:
             raise ValueError
     except ValueError:
-        raise ValueError(f"argument 'mask' {keep.shape} does not broadcast to the scores {tuple(batch) + (m, n)}") from None
+        raise ValueError(
+            f"argument 'mask' {keep.shape} does not broadcast to the scores {(*tuple(batch), m, n)}"
+        ) from None
     return keep
 
 

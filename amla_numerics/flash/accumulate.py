@@ -57,9 +57,9 @@ import numpy as np
 
 from amla_numerics.flash._exactsum import (
     _exact,
-    add_rounded,
     _round64,
     _round_odd,
+    add_rounded,
     column_stats,
     min_nonzero_abs,
     quantum_exp_from_min,
@@ -107,11 +107,15 @@ class Accumulation:
 
     def __post_init__(self) -> None:
         if self.model not in ACCUMULATION_MODELS:
-            raise ValueError(f"accumulation model must be one of {ACCUMULATION_MODELS}, got {self.model!r}")
+            raise ValueError(
+                f"accumulation model must be one of {ACCUMULATION_MODELS}, got {self.model!r}"
+            )
         if not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"accumulation 'block' must be an int >= 1, got {self.block!r}")
         if not isinstance(self.extra_bits, int) or not 0 <= self.extra_bits <= 20:
-            raise ValueError(f"accumulation 'extra_bits' must be an int in [0, 20], got {self.extra_bits!r}")
+            raise ValueError(
+                f"accumulation 'extra_bits' must be an int in [0, 20], got {self.extra_bits!r}"
+            )
         if self.align_rounding not in _ROUNDINGS or self.out_rounding not in _ROUNDINGS:
             raise ValueError(f"accumulation roundings must be one of {_ROUNDINGS}")
 
@@ -122,10 +126,16 @@ class Accumulation:
 #: the Khattak-Mikaitis models [inferred from the abstract-level description: check the
 #: paper's tables before quoting numbers measured with it].
 ACCUMULATION_PRESETS: dict[str, Accumulation] = {
-    "v100": Accumulation("block_fma", block=4, extra_bits=0, align_rounding="rz", out_rounding="rz"),
+    "v100": Accumulation(
+        "block_fma", block=4, extra_bits=0, align_rounding="rz", out_rounding="rz"
+    ),
     "t4": Accumulation("block_fma", block=4, extra_bits=0, align_rounding="rz", out_rounding="rz"),
-    "a100": Accumulation("block_fma", block=8, extra_bits=0, align_rounding="rz", out_rounding="rz"),
-    "h100": Accumulation("block_fma", block=16, extra_bits=3, align_rounding="rz", out_rounding="rz"),
+    "a100": Accumulation(
+        "block_fma", block=8, extra_bits=0, align_rounding="rz", out_rounding="rz"
+    ),
+    "h100": Accumulation(
+        "block_fma", block=16, extra_bits=3, align_rounding="rz", out_rounding="rz"
+    ),
 }
 
 _FORMATS = {"fp32": FP32, "fp64": FP64}
@@ -165,14 +175,18 @@ def matmul(
     if a64.shape[-1] != b64.shape[-2]:
         raise ValueError(f"matmul: inner dimensions differ ({a64.shape[-1]} and {b64.shape[-2]})")
     if acc.model == "fp32_seq":  # one outer product per step: no (M, N, K) array
-        shape = np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]) + (a64.shape[-2], b64.shape[-1])
+        shape = (*np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), a64.shape[-2], b64.shape[-1])
         s = np.zeros(shape)
         for k in range(a64.shape[-1]):
-            s = add_rounded(s, a64[..., :, k : k + 1] * b64[..., k : k + 1, :], out, acc.out_rounding)
+            s = add_rounded(
+                s, a64[..., :, k : k + 1] * b64[..., k : k + 1, :], out, acc.out_rounding
+            )
             s = s.astype(np.float64)
         return s.astype(_DTYPES[out])
     # pairwise / block_fma need the (..., M, N, K) products: a few rows at a time
-    per_row = max(1, int(np.prod(np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), dtype=np.int64)))
+    per_row = max(
+        1, int(np.prod(np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), dtype=np.int64))
+    )
     per_row *= b64.shape[-1] * a64.shape[-1]
     step = max(1, _CHUNK // max(per_row, 1))
     parts = []
@@ -184,7 +198,7 @@ def matmul(
         else:
             parts.append(_block_fma(prods, acc, out))
     if not parts:
-        shape = np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]) + (0, b64.shape[-1])
+        shape = (*np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), 0, b64.shape[-1])
         return np.zeros(shape, _DTYPES[out])
     return np.concatenate(parts, axis=-2)
 
@@ -215,7 +229,7 @@ def vector_sum(x: np.ndarray, order: str, axis: int = -1) -> np.ndarray:
         return x[..., 0]
     if order == "exact":
         out = "fp32" if dt == np.float32 else "fp64"
-        ones = np.ones(x.shape[-1:] + (1,))
+        ones = np.ones((*x.shape[-1:], 1))
         return _exact(x.astype(np.float64)[..., None, :], ones, out, "rne")[..., 0, 0]
     raise ValueError(f"unknown row-sum order {order!r}")
 
@@ -231,7 +245,9 @@ def _pairwise(prods: np.ndarray, out: str, mode: str) -> np.ndarray:
         return _round64(_round_odd(x[..., 0], np.zeros(x.shape[:-1])), out, mode).astype(np.float64)
     while x.shape[-1] > 1:
         n2 = x.shape[-1] // 2
-        y = add_rounded(x[..., 0 : 2 * n2 : 2], x[..., 1 : 2 * n2 : 2], out, mode).astype(np.float64)
+        y = add_rounded(x[..., 0 : 2 * n2 : 2], x[..., 1 : 2 * n2 : 2], out, mode).astype(
+            np.float64
+        )
         if x.shape[-1] % 2:
             y = np.concatenate([y, x[..., -1:]], axis=-1)
         x = y

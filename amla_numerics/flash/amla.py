@@ -54,10 +54,8 @@ from amla_numerics.exp2add import HAZARDS, count_hazards, exp2_add_bits, exp2_ad
 from amla_numerics.flash.policy import Policy
 from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, rna_int
 
-__all__ = ["AMLA_VARIANTS", "AmlaScalars", "amla_rescale", "amla_scalars"]
+__all__ = ["AmlaScalars", "amla_rescale", "amla_scalars"]
 
-#: The variants that use AMLA's power-of-two rescale.
-AMLA_VARIANTS: tuple[str, ...] = ("amla", "amla_nocomp", "amla_exactcomp", "amla_fp32r", "amla_guarded")
 
 _I32 = (-(2**31), 2**31 - 1)
 

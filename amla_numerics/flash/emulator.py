@@ -11,7 +11,8 @@ per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne r
 2. ``m_j = max(m_{j-1}, rowmax S_j)`` (exact; ``m_{-1} = -inf``).
 3. ``P_j = exp(fl(S_j - m_j))`` (correctly rounded, or the polynomial model), using
    ``m_j := 0`` on rows with no unmasked score yet (so their P is 0).
-4. ``a_j = exp(fl(m_{j-1} - m_j))`` (0 if ``m_{j-1} = -inf``), ``l_j = fl(fl(a_j l_{j-1}) + rowsum P_j)``
+4. ``a_j = exp(fl(m_{j-1} - m_j))`` (0 if ``m_{j-1} = -inf``),
+   ``l_j = fl(fl(a_j l_{j-1}) + rowsum P_j)``
    (rowsum in the policy's order; ``l_0 = rowsum P_0``).
 5. ``PV_j`` = matrix-unit product (policy ``pv``) of ``cast(P_j)`` (or AMLA's
    ``cast(fl(P_j r^_j))``) with ``V_j``.
@@ -35,7 +36,8 @@ Examples
 --------
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
->>> q, k, v = rng.standard_normal((3, 8)), rng.standard_normal((40, 8)), rng.standard_normal((40, 4))
+>>> q, k = rng.standard_normal((3, 8)), rng.standard_normal((40, 8))
+>>> v = rng.standard_normal((40, 4))
 >>> res = attention(q, k, v, "amla", block_n=16, trace=True)
 >>> res.out.dtype, res.out.shape, res.trace.m.shape, res.hazards["zero"]
 (dtype('float32'), (3, 4), (3, 3), 0)
@@ -54,13 +56,26 @@ import ml_dtypes
 import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
+from amla_numerics.flash._exactsum import (
+    _LONG,
+    _min_quantum_exp_fast,
+    min_nonzero_abs,
+    quantum_exp_from_min,
+)
 from amla_numerics.flash._inputs import block_bounds, check_inputs
-from amla_numerics.flash._exactsum import _LONG, _min_quantum_exp_fast, min_nonzero_abs, quantum_exp_from_min
 from amla_numerics.flash.accumulate import vector_sum
-from amla_numerics.flash.amla import AMLA_VARIANTS, amla_rescale, amla_scalars
+from amla_numerics.flash.amla import amla_rescale, amla_scalars
 from amla_numerics.flash.policy import Policy, get_policy
-from amla_numerics.flash.stages import PRECISION, cast, constants, exp_cr, exp_poly, matrix_product, round_input
-from amla_numerics.variants import check_variant
+from amla_numerics.flash.stages import (
+    PRECISION,
+    cast,
+    constants,
+    exp_cr,
+    exp_poly,
+    matrix_product,
+    round_input,
+)
+from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
 
 __all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
 
@@ -133,8 +148,8 @@ def attention(
     block_n: int = 512,
     policy: Policy | str | dict | None = None,
     trace: bool = False,
-    c: float = 1.5,
-    tau: float = 8.0,
+    c: float = DEFAULT_C,
+    tau: float = DEFAULT_TAU,
     mask: Any = None,
     causal: bool = False,
 ) -> FlashResult:
@@ -181,7 +196,9 @@ def attention(
     pol = get_policy(policy)
     if not isinstance(trace, (bool, np.bool_)):
         raise TypeError(f"argument 'trace' must be a bool, got {type(trace).__name__}")
-    inp = check_inputs(q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau)
+    inp = check_inputs(
+        q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau
+    )
     blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
     out, lse, hazards, tr = run.execute(blocks)
@@ -263,7 +280,14 @@ class _Run:
     """One emulation: the state of the recurrence over the KV blocks."""
 
     def __init__(self, inp, pol: Policy, variant: str, c: float, tau: float, trace: bool):
-        self.inp, self.pol, self.variant, self.c, self.tau, self.want_trace = inp, pol, variant, c, tau, trace
+        self.inp, self.pol, self.variant, self.c, self.tau, self.want_trace = (
+            inp,
+            pol,
+            variant,
+            c,
+            tau,
+            trace,
+        )
         self.dt = np.float32 if pol.work == "fp32" else np.float64
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
         self.q = round_input(inp.q, pol.qk.in_format)
@@ -293,14 +317,24 @@ class _Run:
                 small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
             if small is None:
                 small = min_nonzero_abs(k_rows, -1)
-            self.k_stats = (np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)), quantum_exp_from_min(small, p_qk))
+            self.k_stats = (
+                np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)),
+                quantum_exp_from_min(small, p_qk),
+            )
             if self.k_absmax is None:
                 self.k_absmax = _absmax(self.kT)
-            self.q_stats = (np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)), _min_quantum_exp_fast(self.q, p_qk))
+            self.q_stats = (
+                np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)),
+                _min_quantum_exp_fast(self.q, p_qk),
+            )
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv
             # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
-            self.v_absmax = self.k_absmax if self.v is not None and self.v_is_k else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
+            self.v_absmax = (
+                self.k_absmax
+                if self.v is not None and self.v_is_k
+                else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
+            )
 
     def _all_scores(self, blocks) -> None:
         """Every block's ``QK`` in one product when it is exact (a wider BLAS call, the same
@@ -308,10 +342,22 @@ class _Run:
         self.qk_all = None
         mm = self.pol.qk
         size = self.q.shape[-2] * self.inp.n * max(1, int(np.prod(self.inp.batch, dtype=np.int64)))
-        if len(blocks) > 1 and self.k_stats is not None and mm.out_format == "fp32" and size <= _QK_ALL:
+        if (
+            len(blocks) > 1
+            and self.k_stats is not None
+            and mm.out_format == "fp32"
+            and size <= _QK_ALL
+        ):
             self.qk_all = matrix_product(
-                self.q, self.kT, mm, self.dt, a_rounded=True, b_rounded=True, b_stats=self.k_stats,
-                b_absmax=self.k_absmax, a_stats=self.q_stats,
+                self.q,
+                self.kT,
+                mm,
+                self.dt,
+                a_rounded=True,
+                b_rounded=True,
+                b_stats=self.k_stats,
+                b_absmax=self.k_absmax,
+                a_stats=self.q_stats,
             )
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
@@ -322,10 +368,21 @@ class _Run:
             if self.inp.keep is not None:
                 s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
             return s
-        stats = None if self.k_stats is None else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
+        stats = (
+            None
+            if self.k_stats is None
+            else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
+        )
         qk = matrix_product(
-            self.q, self.kT[..., lo:hi], self.pol.qk, self.dt, a_rounded=True, b_rounded=True, b_stats=stats,
-            b_absmax=self.k_absmax, a_stats=self.q_stats,
+            self.q,
+            self.kT[..., lo:hi],
+            self.pol.qk,
+            self.dt,
+            a_rounded=True,
+            b_rounded=True,
+            b_stats=stats,
+            b_absmax=self.k_absmax,
+            a_stats=self.q_stats,
         )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
@@ -347,8 +404,14 @@ class _Run:
         if exact_in:  # the cast already put P in the matrix unit's input format
             pc = pc.astype(np.float64)
         return matrix_product(
-            pc, self.v[..., lo:hi, :], self.pol.pv, self.dt, a_rounded=exact_in, b_rounded=True,
-            b_stats=stats, b_absmax=self.v_absmax,
+            pc,
+            self.v[..., lo:hi, :],
+            self.pol.pv,
+            self.dt,
+            a_rounded=exact_in,
+            b_rounded=True,
+            b_stats=stats,
+            b_absmax=self.v_absmax,
         )
 
     def _block_small(self, blocks) -> dict[int, np.ndarray] | None:
@@ -361,10 +424,18 @@ class _Run:
         low = v.view(np.uint16) & np.uint16(0x7FFF)
         low -= np.uint16(1)  # zeros wrap to 0xFFFF
         size = blocks[0][1] - blocks[0][0]
-        if all(lo == j * size for j, (lo, _) in enumerate(blocks)) and blocks[-1][1] - blocks[-1][0] <= size:
+        if (
+            all(lo == j * size for j, (lo, _) in enumerate(blocks))
+            and blocks[-1][1] - blocks[-1][0] <= size
+        ):
             # equal blocks (the last one may be short): a reshaped min, faster than reduceat
             full = (low.shape[-2] // size) * size
-            parts = [np.minimum.reduce(low[..., :full, :].reshape(*low.shape[:-2], full // size, size, low.shape[-1]), axis=-2)]
+            parts = [
+                np.minimum.reduce(
+                    low[..., :full, :].reshape(*low.shape[:-2], full // size, size, low.shape[-1]),
+                    axis=-2,
+                )
+            ]
             if full < low.shape[-2]:
                 parts.append(np.minimum.reduce(low[..., full:, :], axis=-2, keepdims=True))
             low = np.concatenate(parts, axis=-2) if len(parts) > 1 else parts[0]
@@ -380,7 +451,9 @@ class _Run:
         self.v_small = self._block_small(blocks)
         self._all_scores(blocks)
         hazards = dict.fromkeys(HAZARDS, 0)
-        rec: dict[str, list] = {key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")}
+        rec: dict[str, list] = {
+            key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")
+        }
         m = l = O = sc = None
         log2e = constants(pol)["LOG2E"]
         for j, (lo, hi) in enumerate(blocks):
@@ -403,11 +476,20 @@ class _Run:
                 if j == 0:
                     l = rs
                 else:
-                    d = np.where(np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new)
+                    d = np.where(
+                        np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new
+                    )
                     a = self.exp(d)
                     l = np.where(resc, a * l, l) + rs
             if self.is_amla:
-                sc = amla_scalars(m_new, None if j == 0 else sc.n, None if j == 0 else sc.cof, pol, variant, self.c)
+                sc = amla_scalars(
+                    m_new,
+                    None if j == 0 else sc.n,
+                    None if j == 0 else sc.cof,
+                    pol,
+                    variant,
+                    self.c,
+                )
                 with np.errstate(over="ignore"):
                     pv = self._pv(p * sc.r_hat[..., None], lo, hi)
                 if j == 0:

@@ -151,13 +151,21 @@ class Policy:
             if value not in valid:
                 raise ValueError(f"policy field {arg!r} must be one of {valid}, got {value!r}")
         if self.dn_clamp is not None and (not isinstance(self.dn_clamp, int) or self.dn_clamp > 0):
-            raise ValueError(f"policy field 'dn_clamp' must be a non-positive int or None, got {self.dn_clamp!r}")
-        if self.o_clip is not None and not (isinstance(self.o_clip, (int, float)) and self.o_clip > 0):
-            raise ValueError(f"policy field 'o_clip' must be a positive number or None, got {self.o_clip!r}")
+            raise ValueError(
+                f"policy field 'dn_clamp' must be a non-positive int or None, got {self.dn_clamp!r}"
+            )
+        if self.o_clip is not None and not (
+            isinstance(self.o_clip, (int, float)) and self.o_clip > 0
+        ):
+            raise ValueError(
+                f"policy field 'o_clip' must be a positive number or None, got {self.o_clip!r}"
+            )
         if not isinstance(self.eps_bias, (int, float)):
             raise TypeError(f"policy field 'eps_bias' must be a number, got {self.eps_bias!r}")
         if self.rescale == "int_add" and self.work != "fp32":
-            raise ValueError("policy field 'rescale'='int_add' needs work='fp32' (it adds to FP32 bits)")
+            raise ValueError(
+                "policy field 'rescale'='int_add' needs work='fp32' (it adds to FP32 bits)"
+            )
         for mm in (self.qk, self.pv):
             if not isinstance(mm, MatmulPolicy):
                 raise TypeError("policy fields 'qk' and 'pv' must be MatmulPolicy")
@@ -236,8 +244,12 @@ def get_policy(policy: Policy | str | dict | None) -> Policy:
         return policy
     if isinstance(policy, str):
         if policy not in PRESETS:
-            raise ValueError(f"unknown policy {policy!r} for argument 'policy'; valid: {', '.join(PRESETS)}")
+            raise ValueError(
+                f"unknown policy {policy!r} for argument 'policy'; valid: {', '.join(PRESETS)}"
+            )
         return PRESETS[policy]
     if isinstance(policy, dict):
         return Policy.from_dict(policy)
-    raise TypeError(f"argument 'policy' must be a Policy, a preset name or a dict, got {type(policy).__name__}")
+    raise TypeError(
+        f"argument 'policy' must be a Policy, a preset name or a dict, got {type(policy).__name__}"
+    )

@@ -40,8 +40,8 @@ __all__ = [
     "exp_cr",
     "exp_poly",
     "matrix_product",
-    "round_input",
     "rna_int",
+    "round_input",
     "work_dtype",
 ]
 
@@ -114,11 +114,15 @@ def exp_cr(x: np.ndarray) -> np.ndarray:
 def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
     shape = x.shape
     x64 = x.astype(np.float64).reshape(-1)
-    if x64.size < _SMALL and not force_mp:  # short vectors (per-row scalars): the window test on all
+    if (
+        x64.size < _SMALL and not force_mp
+    ):  # short vectors (per-row scalars): the window test on all
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             y = np.exp(x64)
             r = y.astype(np.float32)
-            hard = ((y - y * _EXP_WINDOW).astype(np.float32) != (y + y * _EXP_WINDOW).astype(np.float32)) & np.isfinite(x64)
+            hard = (
+                (y - y * _EXP_WINDOW).astype(np.float32) != (y + y * _EXP_WINDOW).astype(np.float32)
+            ) & np.isfinite(x64)
         if hard.any():
             idx = np.nonzero(hard)
             r[idx] = [_exp_mp(v) for v in x64[idx]]
@@ -205,7 +209,7 @@ def rna_int(t: np.ndarray) -> np.ndarray:
 
 
 def cast(x: np.ndarray, fmt: str | None, mode: str) -> np.ndarray:
-    """Round ``x`` to ``fmt`` ("bf16"/"fp16"; None: identity) with ``mode``, kept in ``x``'s dtype."""
+    """Round ``x`` to ``fmt`` ("bf16"/"fp16"; None: identity) with ``mode``, in ``x``'s dtype."""
     if fmt is None:
         return x
     x = np.asarray(x)
@@ -234,7 +238,11 @@ def _cast_bf16_fp32(x: np.ndarray, mode: str) -> np.ndarray:
     top &= np.uint32(0xFFFF0000)
     nan = mag > np.uint32(0x7F800000)
     if nan.any():  # rne goes through ml_dtypes' cast: the canonical quiet NaN
-        top[nan] = 0x7FC00000 if bias is None else ((mag[nan] >> np.uint32(16)) | np.uint32(0x40)) << np.uint32(16)
+        top[nan] = (
+            0x7FC00000
+            if bias is None
+            else ((mag[nan] >> np.uint32(16)) | np.uint32(0x40)) << np.uint32(16)
+        )
     top |= b & np.uint32(0x80000000)
     return top.view(np.float32)
 
@@ -274,7 +282,14 @@ def matrix_product(
     b64 = b if b_rounded else round_input(b, mm.in_format)
     prec = PRECISION.get(mm.in_format)
     res = _acc_matmul(
-        a64, b64, mm.accumulation, mm.out_format, in_precision=prec, b_stats=b_stats, b_absmax=b_absmax, a_stats=a_stats
+        a64,
+        b64,
+        mm.accumulation,
+        mm.out_format,
+        in_precision=prec,
+        b_stats=b_stats,
+        b_absmax=b_absmax,
+        a_stats=a_stats,
     )
     with np.errstate(over="ignore"):
         return res.astype(work)

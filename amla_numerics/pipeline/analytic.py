@@ -89,7 +89,7 @@ def split_work(hw: Hardware, wl: Workload, sch: Schedule) -> WorkSplit:
         while b < per:
             task, j = divmod(b, nb)
             take = min(nb - j, per - b)
-            pieces.append((row_tiles[task % len(row_tiles)], tuple(sizes[j:j + take])))
+            pieces.append((row_tiles[task % len(row_tiles)], tuple(sizes[j : j + take])))
             b += take
     else:
         per_tasks = math.ceil(tasks / cores)
@@ -103,13 +103,17 @@ def resource_rates(hw: Hardware, active_cores: int) -> dict[str, float]:
     """Shared resources seen by one core, in bytes per cycle of the simulation clock."""
     if hw.kind == "gpu":
         clock = hw["sustained_clock_ghz"]
-        return {"L2 read (per SM)": hw["l2_read_bpc"],
-                "HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock / active_cores}
+        return {
+            "L2 read (per SM)": hw["l2_read_bpc"],
+            "HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock / active_cores,
+        }
     clock = hw["clock_ghz"]
-    return {"L2 read port": hw["l2_read_bpc"],
-            "L2 write port": hw["l2_write_bpc"],
-            "L2 (chip share)": hw["l2_chip_gbps"] / clock / active_cores,
-            "HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock / active_cores}
+    return {
+        "L2 read port": hw["l2_read_bpc"],
+        "L2 write port": hw["l2_write_bpc"],
+        "L2 (chip share)": hw["l2_chip_gbps"] / clock / active_cores,
+        "HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock / active_cores,
+    }
 
 
 def spills(hw: Hardware, wl: Workload, sch: Schedule, active_cores: int) -> bool:
@@ -131,9 +135,17 @@ class BlockDemand:
     traffic: Mapping[str, float]
 
 
-def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
-                 rescaled: bool = True, cost: RescaleCost | None = None,
-                 spill: bool = False) -> BlockDemand:
+def block_demand(
+    hw: Hardware,
+    wl: Workload,
+    sch: Schedule,
+    m: int,
+    n: int,
+    *,
+    rescaled: bool = True,
+    cost: RescaleCost | None = None,
+    spill: bool = False,
+) -> BlockDemand:
     """Per-engine cycles and per-resource bytes of one block of ``m`` rows x ``n`` tokens.
 
     ``m`` is the (16-padded) row tile; ``n`` the block's real token count (the Cube
@@ -171,8 +183,12 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
         tensor = 2.0 * sch.m_tile * n16 * (d_qk + d_v) / hw.flop_per_cycle
         tensor += hw["block_overhead_cycles"]
         passes = SOFTMAX_PASSES + cost.softmax_extra_passes + (1 if cost.two_pass else 0)
-        simt = (sch.m_tile * n * passes / lanes + sch.m_tile * n / hw["sfu_per_cycle"]
-                + p * sch.m_tile * d_v * cost.o_passes / lanes + cost.row_ops * sch.m_tile / lanes)
+        simt = (
+            sch.m_tile * n * passes / lanes
+            + sch.m_tile * n / hw["sfu_per_cycle"]
+            + p * sch.m_tile * d_v * cost.o_passes / lanes
+            + cost.row_ops * sch.m_tile / lanes
+        )
         hbm = k_bytes / tiles
         ws = (m * n * (4 * 3 + 2 * 2)) if cost.two_pass else 0.0
         rate = hw["l2_read_bpc"]
@@ -184,7 +200,7 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
     tv = math.ceil(d_v / sch.cube_n)
     fpc = hw.flop_per_cycle
     cube = 2.0 * m * n16 * (d_qk + d_v) / fpc + hw["mmad_overhead_cycles"] * (tm * tn + tm * tv)
-    mte1 = (tn * m * d_qk * 2 + tm * n * d_qk * 2 + tv * m * n * 2 + tm * n * d_v * 2)
+    mte1 = tn * m * d_qk * 2 + tm * n * d_qk * 2 + tv * m * n * 2 + tm * n * d_v * 2
     aic_mte2 = k_bytes + n * d_v * kvb + m * n * 2
     s_bytes = m * n * 4
     fix = s_bytes + m * d_v * cost.o_store_bytes
@@ -197,9 +213,12 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
     if cost.two_pass:  # a max pass re-reads S; no rescale
         aiv_read += r * n * 4
         s_passes += 1
-    vec = (r * n * 4 / rep * s_passes + p * r * d_v * 4 / rep * cost.o_passes
-           + cost.row_ops * math.ceil(r * 4 / rep)) / hw["vector_repeats_per_cycle"]
-    mte3 = (aiv_write / hw["mte3_bpc"] + aiv_atomic / hw["atomic_bpc"])
+    vec = (
+        r * n * 4 / rep * s_passes
+        + p * r * d_v * 4 / rep * cost.o_passes
+        + cost.row_ops * math.ceil(r * 4 / rep)
+    ) / hw["vector_repeats_per_cycle"]
+    mte3 = aiv_write / hw["mte3_bpc"] + aiv_atomic / hw["atomic_bpc"]
     nv = int(hw["vector_per_core"])
     l2r = aic_mte2 + nv * aiv_read
     l2w = fix + nv * (aiv_write + aiv_atomic)
@@ -215,8 +234,12 @@ def block_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int, n: int, *,
         "AIV.Vector": vec,
         "AIV.MTE3": mte3,
     }
-    traffic = {"L2 read port": l2r, "L2 write port": l2w, "L2 (chip share)": l2r + l2w,
-               "HBM (chip share)": hbm}
+    traffic = {
+        "L2 read port": l2r,
+        "L2 write port": l2w,
+        "L2 (chip share)": l2r + l2w,
+        "HBM (chip share)": hbm,
+    }
     return BlockDemand(flops, MappingProxyType(engines), MappingProxyType(traffic))
 
 
@@ -240,13 +263,18 @@ def piece_demand(hw: Hardware, wl: Workload, sch: Schedule, m: int) -> BlockDema
     nv = int(hw["vector_per_core"])
     r = m / nv
     o_read, out = r * wl.d_v * 4, r * wl.d_v * 2
-    engines = {"AIC.MTE2": q / hw["l2_read_bpc"],
-               "AIV.MTE2": o_read / hw["aiv_mte2_bpc"],
-               "AIV.Vector": 2 * o_read / hw["vector_bytes_per_repeat"]
-               / hw["vector_repeats_per_cycle"],
-               "AIV.MTE3": out / hw["mte3_bpc"]}
-    traffic = {"L2 read port": q + nv * o_read, "L2 write port": nv * out,
-               "L2 (chip share)": q + nv * (o_read + out), "HBM (chip share)": q + nv * out}
+    engines = {
+        "AIC.MTE2": q / hw["l2_read_bpc"],
+        "AIV.MTE2": o_read / hw["aiv_mte2_bpc"],
+        "AIV.Vector": 2 * o_read / hw["vector_bytes_per_repeat"] / hw["vector_repeats_per_cycle"],
+        "AIV.MTE3": out / hw["mte3_bpc"],
+    }
+    traffic = {
+        "L2 read port": q + nv * o_read,
+        "L2 write port": nv * out,
+        "L2 (chip share)": q + nv * (o_read + out),
+        "HBM (chip share)": q + nv * out,
+    }
     return BlockDemand(0.0, MappingProxyType(engines), MappingProxyType(traffic))
 
 
@@ -294,8 +322,10 @@ def analyze(hw: Hardware, wl: Workload, sch: Schedule) -> Analytic:
     totals: dict[str, float] = {}
     for m, sizes in split.pieces:
         demands = [piece_demand(hw, wl, sch, m)]
-        demands += [block_demand(hw, wl, sch, m, n, rescaled=j > 0, cost=cost, spill=spill)
-                    for j, n in enumerate(sizes)]
+        demands += [
+            block_demand(hw, wl, sch, m, n, rescaled=j > 0, cost=cost, spill=spill)
+            for j, n in enumerate(sizes)
+        ]
         for d in demands:
             for k, v in d.engines.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -306,8 +336,16 @@ def analyze(hw: Hardware, wl: Workload, sch: Schedule) -> Analytic:
     time_us = totals[bound] / clock * 1e-3
     m0 = split.row_tiles[0]
     steady = block_demand(hw, wl, sch, m0, min(sch.kv_block, wl.kv_len), cost=cost, spill=spill)
-    return Analytic(steady, split.blocks_per_core, split.active_cores,
-                    MappingProxyType(totals), bound, time_us, wl.flops / time_us * 1e-6, clock)
+    return Analytic(
+        steady,
+        split.blocks_per_core,
+        split.active_cores,
+        MappingProxyType(totals),
+        bound,
+        time_us,
+        wl.flops / time_us * 1e-6,
+        clock,
+    )
 
 
 def workload_totals(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, float]:

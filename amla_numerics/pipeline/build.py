@@ -93,15 +93,24 @@ def rescaled_blocks(count: int, probability: float) -> list[bool]:
     >>> rescaled_blocks(3, 1.0)
     [False, True, True]
     """
-    return [j > 0 and math.floor(j * probability) > math.floor((j - 1) * probability)
-            for j in range(count)]
+    return [
+        j > 0 and math.floor(j * probability) > math.floor((j - 1) * probability)
+        for j in range(count)
+    ]
 
 
 class _Ascend:
     """Emits the ops of one Ascend AI core (1 AIC + nv AIVs) in program order."""
 
-    def __init__(self, hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
-                 rates: dict[str, float], spill: bool) -> None:
+    def __init__(
+        self,
+        hw: Hardware,
+        wl: Workload,
+        sch: Schedule,
+        cost: RescaleCost,
+        rates: dict[str, float],
+        spill: bool,
+    ) -> None:
         self.hw, self.wl, self.sch, self.cost, self.spill = hw, wl, sch, cost, spill
         self.nv = int(hw["vector_per_core"])
         pipes = ["AIC.MTE2", "AIC.MTE1", "AIC.Cube", "AIC.FIX"]
@@ -126,10 +135,19 @@ class _Ascend:
         self.rescale_last: dict[int, list[int]] = {}
 
     # -- AIC ---------------------------------------------------------------------------
-    def _output_column(self, label: str, kc: int, tm: int, mte2_bytes: float, hbm: float,
-                       mte1_bytes: float, cube: float, fix_bytes: float,
-                       load_deps: list[tuple[int, float]],
-                       fix_deps: list[tuple[int, float]]) -> None:
+    def _output_column(
+        self,
+        label: str,
+        kc: int,
+        tm: int,
+        mte2_bytes: float,
+        hbm: float,
+        mte1_bytes: float,
+        cube: float,
+        fix_bytes: float,
+        load_deps: list[tuple[int, float]],
+        fix_deps: list[tuple[int, float]],
+    ) -> None:
         """One output column tile: ``kc`` L1 chunks in, then per row sub-tile (each in its own
         L0C tile, ping-pong) one MTE1 move and one MMAD per chunk, then its FIX out."""
         g, sch = self.g, self.sch
@@ -139,9 +157,19 @@ class _Ascend:
             back = sch.l1_stream_buffers  # an L1 block is free once its last use moved on
             if len(self.l1_last_use) >= back:
                 d.append((self.l1_last_use[-back], 0.0))
-            loads.append(g.add("AIC.MTE2", 0.0, d, [("L2 read port", mte2_bytes),
-                                                    ("L2 (chip share)", mte2_bytes),
-                                                    ("HBM (chip share)", hbm)], label))
+            loads.append(
+                g.add(
+                    "AIC.MTE2",
+                    0.0,
+                    d,
+                    [
+                        ("L2 read port", mte2_bytes),
+                        ("L2 (chip share)", mte2_bytes),
+                        ("HBM (chip share)", hbm),
+                    ],
+                    label,
+                )
+            )
             self.l1_last_use.append(-1)
         self.mte2_ops.append(loads[-1])
         for i_m in range(tm):
@@ -155,32 +183,55 @@ class _Ascend:
                 if i == 0 and len(self.fix_ops) >= sch.l0c_buffers:  # a free L0C tile
                     dc.append((self.fix_ops[-sch.l0c_buffers], 0.0))
                 self.cube_ops.append(g.add("AIC.Cube", cube, dc, (), label))
-            self.fix_ops.append(g.add(
-                "AIC.FIX", fix_bytes / self.hw["fix_bpc"],
-                [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 else [])],
-                [("L2 write port", fix_bytes), ("L2 (chip share)", fix_bytes)], label))
+            self.fix_ops.append(
+                g.add(
+                    "AIC.FIX",
+                    fix_bytes / self.hw["fix_bpc"],
+                    [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 else [])],
+                    [("L2 write port", fix_bytes), ("L2 (chip share)", fix_bytes)],
+                    label,
+                )
+            )
 
     def c1(self, t: int, m: int, n: int, first_of_piece: bool) -> None:
         hw, wl, sch, g = self.hw, self.wl, self.sch, self.g
         label = f"C1 {t}"
         if first_of_piece:  # Q of the new row tile stays resident in L1
             qb = m * wl.d_qk * 2
-            g.add("AIC.MTE2", 0.0, (), [("L2 read port", qb), ("L2 (chip share)", qb),
-                                        ("HBM (chip share)", qb)], f"Q {t}")
+            g.add(
+                "AIC.MTE2",
+                0.0,
+                (),
+                [("L2 read port", qb), ("L2 (chip share)", qb), ("HBM (chip share)", qb)],
+                f"Q {t}",
+            )
         n16 = _pad16(n)
         tm, tn = math.ceil(m / sch.cube_m), math.ceil(n / sch.cube_n)
         kq = wl.d_qk // sch.l1_k_qk
         chunks = tn * kq
         k_bytes = n * wl.d_qk * wl.kv_bytes
-        cube = (2.0 * m * n16 * wl.d_qk / hw.flop_per_cycle
-                + hw["mmad_overhead_cycles"] * tm * tn) / (chunks * tm)
+        cube = (
+            2.0 * m * n16 * wl.d_qk / hw.flop_per_cycle + hw["mmad_overhead_cycles"] * tm * tn
+        ) / (chunks * tm)
         mte1 = (tn * m * wl.d_qk * 2 + tm * n * wl.d_qk * 2) / (chunks * tm)
-        s_free = ([(op, self.lat) for op in self.s_read_last[t - self.depth]]
-                  if t - self.depth in self.s_read_last else [])  # S workspace slot
+        s_free = (
+            [(op, self.lat) for op in self.s_read_last[t - self.depth]]
+            if t - self.depth in self.s_read_last
+            else []
+        )  # S workspace slot
         for i_n in range(tn):
-            self._output_column(label, kq, tm, k_bytes / chunks, k_bytes / self.tiles / chunks,
-                                mte1, cube, m * n * 4 / (tn * tm), [],
-                                s_free if i_n == 0 else [])
+            self._output_column(
+                label,
+                kq,
+                tm,
+                k_bytes / chunks,
+                k_bytes / self.tiles / chunks,
+                mte1,
+                cube,
+                m * n * 4 / (tn * tm),
+                [],
+                s_free if i_n == 0 else [],
+            )
         self.c1_fix[t] = self.fix_ops[-1]
 
     def c2(self, t: int, m: int, n: int, rescaled: bool) -> None:
@@ -191,22 +242,41 @@ class _Ascend:
         kp = math.ceil(n / sch.l1_k_pv)
         chunks = tv * kp
         v_bytes = n * wl.d_v * wl.kv_bytes + m * n * 2  # V slice of the cache + A
-        cube = (2.0 * m * n16 * wl.d_v / hw.flop_per_cycle
-                + hw["mmad_overhead_cycles"] * tm * tv) / (chunks * tm)
+        cube = (
+            2.0 * m * n16 * wl.d_v / hw.flop_per_cycle + hw["mmad_overhead_cycles"] * tm * tv
+        ) / (chunks * tm)
         mte1 = (tv * m * n * 2 + tm * n * wl.d_v * 2) / (chunks * tm)
         a_ready = [(op, self.lat) for op in self.a_write_last[t]]
         o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
         for i_v in range(tv):
-            self._output_column(label, kp, tm, v_bytes / chunks, 0.0, mte1, cube,
-                                m * wl.d_v * self.cost.o_store_bytes / (tv * tm),
-                                a_ready if i_v == 0 else [], o_ready if i_v == 0 else [])
+            self._output_column(
+                label,
+                kp,
+                tm,
+                v_bytes / chunks,
+                0.0,
+                mte1,
+                cube,
+                m * wl.d_v * self.cost.o_store_bytes / (tv * tm),
+                a_ready if i_v == 0 else [],
+                o_ready if i_v == 0 else [],
+            )
         self.c2_mte2_last[t] = self.mte2_ops[-1]  # the A workspace slot is read
         self.c2_fix_last[t] = self.fix_ops[-1]
 
     # -- AIV ---------------------------------------------------------------------------
-    def _sub(self, v: int, label: str, read: float, vec: float, write: float, atomic: float,
-             hbm: float, deps: list[tuple[int, float]],
-             write_deps: list[tuple[int, float]]) -> tuple[int, int]:
+    def _sub(
+        self,
+        v: int,
+        label: str,
+        read: float,
+        vec: float,
+        write: float,
+        atomic: float,
+        hbm: float,
+        deps: list[tuple[int, float]],
+        write_deps: list[tuple[int, float]],
+    ) -> tuple[int, int]:
         g, hw = self.g, self.hw
         ub = self.ub_out[v]
         d = list(deps)
@@ -214,16 +284,25 @@ class _Ascend:
             d.append((ub[-self.sch.ub_buffers], 0.0))
         prev = None
         if read > 0 or hbm > 0:
-            prev = g.add(f"AIV{v}.MTE2", read / hw["aiv_mte2_bpc"], d,
-                         [("L2 read port", read), ("L2 (chip share)", read),
-                          ("HBM (chip share)", hbm)], label)
+            prev = g.add(
+                f"AIV{v}.MTE2",
+                read / hw["aiv_mte2_bpc"],
+                d,
+                [("L2 read port", read), ("L2 (chip share)", read), ("HBM (chip share)", hbm)],
+                label,
+            )
             d = []
-        vo = g.add(f"AIV{v}.Vector", vec, d + ([(prev, 0.0)] if prev is not None else []),
-                   (), label)
+        vo = g.add(
+            f"AIV{v}.Vector", vec, d + ([(prev, 0.0)] if prev is not None else []), (), label
+        )
         cyc = write / hw["mte3_bpc"] + atomic / hw["atomic_bpc"]
-        wo = g.add(f"AIV{v}.MTE3", cyc, [(vo, 0.0), *write_deps],
-                   [("L2 write port", write + atomic), ("L2 (chip share)", write + atomic)],
-                   label)
+        wo = g.add(
+            f"AIV{v}.MTE3",
+            cyc,
+            [(vo, 0.0), *write_deps],
+            [("L2 write port", write + atomic), ("L2 (chip share)", write + atomic)],
+            label,
+        )
         ub.append(wo)
         return (vo if prev is None else prev), wo
 
@@ -242,26 +321,42 @@ class _Ascend:
                 hbm = (m * n * 4 * 3 + m * n * 2 * 2) / self.nv
         vec = (r * n * 4 / rep * s_passes + cost.row_ops * math.ceil(r * 4 / rep)) / speed
         s_ready = [(self.c1_fix[t], self.lat)]
-        a_free = ([(self.c2_mte2_last[t - self.depth], self.lat)]
-                  if t - self.depth in self.c2_mte2_last else [])
+        a_free = (
+            [(self.c2_mte2_last[t - self.depth], self.lat)]
+            if t - self.depth in self.c2_mte2_last
+            else []
+        )
         s_last, a_last, o_last = [], [], []
         for v in range(self.nv):
             for s in range(subs):
-                rd, wo = self._sub(v, f"V1 {t}", read / subs, vec / subs, r * n * 2 / subs, 0.0,
-                                   hbm / subs, s_ready if s == 0 else [],
-                                   a_free if s == 0 else [])
+                rd, wo = self._sub(
+                    v,
+                    f"V1 {t}",
+                    read / subs,
+                    vec / subs,
+                    r * n * 2 / subs,
+                    0.0,
+                    hbm / subs,
+                    s_ready if s == 0 else [],
+                    a_free if s == 0 else [],
+                )
             s_last.append(rd)
             a_last.append(wo)
             if rescaled:
-                o_after = ([(self.c2_fix_last[t - 1], self.lat)] if t - 1 in self.c2_fix_last
-                           else [])
+                o_after = [(self.c2_fix_last[t - 1], self.lat)] if t - 1 in self.c2_fix_last else []
                 ro = r * wl.d_v
                 for s in range(subs):
-                    _, wo = self._sub(v, f"R {t}", ro * cost.o_read_bytes / subs,
-                                   ro * 4 / rep * cost.o_passes / subs / speed,
-                                   ro * cost.o_write_bytes / subs,
-                                   ro * cost.o_atomic_bytes / subs, 0.0,
-                                   o_after if s == 0 else [], [])
+                    _, wo = self._sub(
+                        v,
+                        f"R {t}",
+                        ro * cost.o_read_bytes / subs,
+                        ro * 4 / rep * cost.o_passes / subs / speed,
+                        ro * cost.o_write_bytes / subs,
+                        ro * cost.o_atomic_bytes / subs,
+                        0.0,
+                        o_after if s == 0 else [],
+                        [],
+                    )
                 o_last.append(wo)
         self.s_read_last[t] = s_last
         self.a_write_last[t] = a_last
@@ -276,15 +371,25 @@ class _Ascend:
         for v in range(self.nv):
             for s in range(subs):
                 out = r * wl.d_v * 2 / subs
-                self._sub(v, f"V2 {t}", r * wl.d_v * 4 / subs,
-                          2 * r * wl.d_v * 4 / rep / subs / speed, out, 0.0, out,
-                          ready if s == 0 else [], [])
+                self._sub(
+                    v,
+                    f"V2 {t}",
+                    r * wl.d_v * 4 / subs,
+                    2 * r * wl.d_v * 4 / rep / subs / speed,
+                    out,
+                    0.0,
+                    out,
+                    ready if s == 0 else [],
+                    [],
+                )
 
 
-def _build_ascend(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
-                  split, rates: dict[str, float]) -> OpGraph:
-    em = _Ascend(hw, wl, sch, cost, rates, cost.two_pass and spills(hw, wl, sch,
-                                                                     split.active_cores))
+def _build_ascend(
+    hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost, split, rates: dict[str, float]
+) -> OpGraph:
+    em = _Ascend(
+        hw, wl, sch, cost, rates, cost.two_pass and spills(hw, wl, sch, split.active_cores)
+    )
     blocks = []  # (m, n, first, last, rescaled)
     for m, sizes in split.pieces:
         resc = rescaled_blocks(len(sizes), cost.probability)
@@ -298,8 +403,7 @@ def _build_ascend(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
     def drain() -> None:
         nonlocal v1_done
         while True:
-            if v2_queue and c2_done > v2_queue[0] and (
-                    v1_done >= min(v2_queue[0] + d, nblk)):
+            if v2_queue and c2_done > v2_queue[0] and (v1_done >= min(v2_queue[0] + d, nblk)):
                 t = v2_queue.pop(0)
                 em.v2(t, blocks[t][0])
                 continue
@@ -331,8 +435,9 @@ def _build_ascend(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
     return em.g
 
 
-def _build_gpu(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
-               split, rates: dict[str, float]) -> OpGraph:
+def _build_gpu(
+    hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost, split, rates: dict[str, float]
+) -> OpGraph:
     g = OpGraph(["SM.Load", "SM.Tensor", "SM.SIMT"], rates)
     fpc, lanes = hw.flop_per_cycle, hw["fp32_lanes"]
     rate = hw["l2_read_bpc"]
@@ -354,23 +459,37 @@ def _build_gpu(hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost,
         m, n, first, _ = blocks[t]
         if first:
             qb = m * wl.d_qk * 2
-            g.add("SM.Load", qb / rate, (), [("L2 read (per SM)", qb), ("HBM (chip share)", qb)],
-                  f"Q {t}")
+            g.add(
+                "SM.Load",
+                qb / rate,
+                (),
+                [("L2 read (per SM)", qb), ("HBM (chip share)", qb)],
+                f"Q {t}",
+            )
         k_bytes = n * wl.d_qk * wl.kv_bytes
         ws = m * n * (4 * 3 + 2 * 2) if cost.two_pass else 0.0
         dl = [(pv[t - stages], 0.0)] if t - stages in pv else []
-        ld = g.add("SM.Load", (k_bytes + ws) / rate, dl,
-                   [("L2 read (per SM)", k_bytes + ws),
-                    ("HBM (chip share)", k_bytes / tiles + (ws if spill else 0.0))],
-                   f"KV {t}")
+        ld = g.add(
+            "SM.Load",
+            (k_bytes + ws) / rate,
+            dl,
+            [
+                ("L2 read (per SM)", k_bytes + ws),
+                ("HBM (chip share)", k_bytes / tiles + (ws if spill else 0.0)),
+            ],
+            f"KV {t}",
+        )
         loads.append(ld)
         cyc = 2.0 * sch.m_tile * _pad16(n) * wl.d_qk / fpc + hw["block_overhead_cycles"]
         qk[t] = g.add("SM.Tensor", cyc, [(ld, 0.0)], (), f"QK {t}")
         passes = SOFTMAX_PASSES + cost.softmax_extra_passes + (1 if cost.two_pass else 0)
         p = 1.0 if blocks[t][3] else 0.0
-        simt = (sch.m_tile * n * passes / lanes + sch.m_tile * n / hw["sfu_per_cycle"]
-                + p * sch.m_tile * wl.d_v * cost.o_passes / lanes
-                + cost.row_ops * sch.m_tile / lanes)
+        simt = (
+            sch.m_tile * n * passes / lanes
+            + sch.m_tile * n / hw["sfu_per_cycle"]
+            + p * sch.m_tile * wl.d_v * cost.o_passes / lanes
+            + cost.row_ops * sch.m_tile / lanes
+        )
         deps = [(qk[t], 0.0)] + ([(pv[t - 1], 0.0)] if t - 1 in pv else [])
         simt_ops[t] = g.add("SM.SIMT", simt, deps, (), f"S {t}")
 
@@ -418,5 +537,10 @@ def build_graph(hw: Hardware, wl: Workload, sch: Schedule) -> Built:
     else:
         g = _build_ascend(hw, wl, sch, cost, split, rates)
         clock = hw["clock_ghz"]
-    return Built(graph=g, blocks=split.blocks_per_core, active_cores=split.active_cores,
-                 clock_ghz=clock, cost=cost)
+    return Built(
+        graph=g,
+        blocks=split.blocks_per_core,
+        active_cores=split.active_cores,
+        clock_ghz=clock,
+        cost=cost,
+    )

@@ -67,26 +67,70 @@ class Anchor:
     source: str
 
 
-def _anchor(name: str, hardware: str, rescale: str, metric: str, target: float, tol: float,
-            role: str, source: str, **workload: int) -> Anchor:
-    return Anchor(name, hardware, rescale, MappingProxyType(workload), metric, target, tol,
-                  role, source)
+def _anchor(
+    name: str,
+    hardware: str,
+    rescale: str,
+    metric: str,
+    target: float,
+    tol: float,
+    role: str,
+    source: str,
+    **workload: int,
+) -> Anchor:
+    return Anchor(
+        name, hardware, rescale, MappingProxyType(workload), metric, target, tol, role, source
+    )
 
 
 #: The published anchors, by name.
-ANCHORS: Mapping[str, Anchor] = MappingProxyType({a.name: a for a in (
-    _anchor("amla_614", "ascend910c", "amla", "tflops", 614.0, 0.05,
-            "fit mmad_overhead_cycles",
-            "AMLA abstract: up to 614 TFLOPS, 86.8 % of the theoretical peak on Ascend 910",
-            batch=128, q_len=2, kv_len=16384),
-    _anchor("flashmla_660", "h800_sxm5", "fa_fp32", "tflops", 660.0, 0.10,
-            "fit block_overhead_cycles",
-            "FlashMLA README: 660 TFLOPS compute-bound on H800 SXM5 (s_q = 2)",
-            batch=128, q_len=2, kv_len=8192),
-    _anchor("flashmla_3000", "h800_sxm5", "fa_fp32", "hbm_gbps", 3000.0, 0.10, "check",
-            "FlashMLA README: 3000 GB/s memory-bound on H800 SXM5 (s_q = 1; 16 query heads)",
-            batch=128, q_len=1, kv_len=8192, heads=16),
-)})
+ANCHORS: Mapping[str, Anchor] = MappingProxyType(
+    {
+        a.name: a
+        for a in (
+            _anchor(
+                "amla_614",
+                "ascend910c",
+                "amla",
+                "tflops",
+                614.0,
+                0.05,
+                "fit mmad_overhead_cycles",
+                "AMLA abstract: up to 614 TFLOPS, 86.8 % of the theoretical peak on Ascend 910",
+                batch=128,
+                q_len=2,
+                kv_len=16384,
+            ),
+            _anchor(
+                "flashmla_660",
+                "h800_sxm5",
+                "fa_fp32",
+                "tflops",
+                660.0,
+                0.10,
+                "fit block_overhead_cycles",
+                "FlashMLA README: 660 TFLOPS compute-bound on H800 SXM5 (s_q = 2)",
+                batch=128,
+                q_len=2,
+                kv_len=8192,
+            ),
+            _anchor(
+                "flashmla_3000",
+                "h800_sxm5",
+                "fa_fp32",
+                "hbm_gbps",
+                3000.0,
+                0.10,
+                "check",
+                "FlashMLA README: 3000 GB/s memory-bound on H800 SXM5 (s_q = 1; 16 query heads)",
+                batch=128,
+                q_len=1,
+                kv_len=8192,
+                heads=16,
+            ),
+        )
+    }
+)
 
 
 def anchor_result(anchor: Anchor, hw: Hardware | None = None) -> PipelineResult:
@@ -102,8 +146,9 @@ def anchor_value(anchor: Anchor, hw: Hardware | None = None) -> float:
     return float(getattr(anchor_result(anchor, hw), anchor.metric))
 
 
-def fit_constant(anchor: Anchor, field: str, lo: float = 0.0, hi: float = 4000.0,
-                 tol: float = 0.5) -> float:
+def fit_constant(
+    anchor: Anchor, field: str, lo: float = 0.0, hi: float = 4000.0, tol: float = 0.5
+) -> float:
     """Fit a non-negative overhead ``field`` so that the model meets ``anchor.target``.
 
     The metric decreases as the overhead grows, so bisection applies; if even ``lo``

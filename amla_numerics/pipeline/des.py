@@ -59,8 +59,14 @@ class OpGraph:
     def __len__(self) -> int:
         return len(self.pipe)
 
-    def add(self, pipe: str, cycles: float, deps: Iterable[tuple[int, float] | int] = (),
-            demands: Iterable[tuple[str, float]] = (), label: str = "") -> int:
+    def add(
+        self,
+        pipe: str,
+        cycles: float,
+        deps: Iterable[tuple[int, float] | int] = (),
+        demands: Iterable[tuple[str, float]] = (),
+        label: str = "",
+    ) -> int:
         """Append an operation to ``pipe``; return its id.
 
         ``deps`` are op ids or (op id, latency) pairs; ``demands`` are (resource, bytes).
@@ -217,8 +223,9 @@ def simulate(graph: OpGraph) -> SimResult:
                     offer(q)
     if done != n:
         stuck = [g.label[queues[p][head[p]]] for p in range(npipes) if head[p] < len(queues[p])]
-        raise RuntimeError(f"schedule deadlock: {n - done} operations never started; "
-                           f"pipe heads: {stuck[:4]}")
+        raise RuntimeError(
+            f"schedule deadlock: {n - done} operations never started; pipe heads: {stuck[:4]}"
+        )
     # An op released by its pipe predecessor: the gap is charged to nothing (it is 0).
     blame = [(w or "latency", pr) for w, pr in blame]
     return SimResult(graph=g, start=start, end=end, blame=blame, limiter=limiter)

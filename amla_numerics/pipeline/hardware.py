@@ -41,31 +41,60 @@ __all__ = [
 #: Shipped hardware files (``amla_numerics/pipeline/hardware/<name>.toml``).
 HARDWARE_NAMES: tuple[str, ...] = ("ascend910c", "ascend910c_die", "ascend910b2", "h800_sxm5")
 
-_COMMON = ("chip.name", "chip.kind", "chip.cores", "chip.clock_ghz", "chip.public_peak_tflops",
-           "memory.l2_bytes", "memory.hbm_gbps", "memory.hbm_efficiency", "rates.l2_read_bpc")
+_COMMON = (
+    "chip.name",
+    "chip.kind",
+    "chip.cores",
+    "chip.clock_ghz",
+    "chip.public_peak_tflops",
+    "memory.l2_bytes",
+    "memory.hbm_gbps",
+    "memory.hbm_efficiency",
+    "rates.l2_read_bpc",
+)
 
 #: kind -> the dotted fields a hardware file of that kind must define.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "ascend": _COMMON + (
-        "chip.vector_per_core", "chip.cube_flop_per_cycle",
-        "memory.l1_bytes", "memory.l0a_bytes", "memory.l0b_bytes", "memory.l0c_bytes",
+    "ascend": (
+        *_COMMON,
+        "chip.vector_per_core",
+        "chip.cube_flop_per_cycle",
+        "memory.l1_bytes",
+        "memory.l0a_bytes",
+        "memory.l0b_bytes",
+        "memory.l0c_bytes",
         "memory.ub_bytes",
-        "rates.l2_write_bpc", "rates.mte1_bpc", "rates.mte3_bpc", "rates.aiv_mte2_bpc",
-        "rates.fix_bpc", "rates.vector_bytes_per_repeat", "rates.vector_repeats_per_cycle",
+        "rates.l2_write_bpc",
+        "rates.mte1_bpc",
+        "rates.mte3_bpc",
+        "rates.aiv_mte2_bpc",
+        "rates.fix_bpc",
+        "rates.vector_bytes_per_repeat",
+        "rates.vector_repeats_per_cycle",
         "rates.l2_chip_gbps",
-        "calibration.atomic_bpc", "calibration.flag_latency_cycles",
+        "calibration.atomic_bpc",
+        "calibration.flag_latency_cycles",
         "calibration.mmad_overhead_cycles",
     ),
-    "gpu": _COMMON + (
-        "chip.tensor_flop_per_cycle", "chip.sustained_clock_ghz", "chip.fp32_lanes",
-        "chip.sfu_per_cycle", "memory.smem_bytes", "calibration.block_overhead_cycles",
+    "gpu": (
+        *_COMMON,
+        "chip.tensor_flop_per_cycle",
+        "chip.sustained_clock_ghz",
+        "chip.fp32_lanes",
+        "chip.sfu_per_cycle",
+        "memory.smem_bytes",
+        "calibration.block_overhead_cycles",
     ),
 }
 _STRING_FIELDS = frozenset({"chip.name", "chip.kind"})
 _FRACTION_FIELDS = frozenset({"memory.hbm_efficiency"})
-_NONNEGATIVE_FIELDS = frozenset({"calibration.flag_latency_cycles",
-                                 "calibration.mmad_overhead_cycles",
-                                 "calibration.block_overhead_cycles"})
+_NONNEGATIVE_FIELDS = frozenset(
+    {
+        "calibration.flag_latency_cycles",
+        "calibration.mmad_overhead_cycles",
+        "calibration.block_overhead_cycles",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +150,9 @@ class Hardware:
                 raise ValueError(f"hardware {self.name!r} has no field {key!r} to override")
             new[key] = float(value)
             src[key] = "override"
-        return dataclasses.replace(self, values=MappingProxyType(new),
-                                   sources=MappingProxyType(src))
+        return dataclasses.replace(
+            self, values=MappingProxyType(new), sources=MappingProxyType(src)
+        )
 
     @property
     def flop_per_cycle(self) -> float:
@@ -139,13 +169,21 @@ class Hardware:
         """Every named peak (derived first), as (name, TFLOPS)."""
         unit = "AIC" if self.kind == "ascend" else "SM"
         cores, clock = int(self["cores"]), self["clock_ghz"]
-        out = [(f"{cores} {unit} at {clock:g} GHz = {self.derived_peak_tflops():.1f} TFLOPS",
-                self.derived_peak_tflops())]
+        out = [
+            (
+                f"{cores} {unit} at {clock:g} GHz = {self.derived_peak_tflops():.1f} TFLOPS",
+                self.derived_peak_tflops(),
+            )
+        ]
         if self.kind == "gpu":
             sus = self["sustained_clock_ghz"]
-            out.append((f"{cores} {unit} at sustained {sus:g} GHz = "
-                        f"{self.derived_peak_tflops(sus):.1f} TFLOPS",
-                        self.derived_peak_tflops(sus)))
+            out.append(
+                (
+                    f"{cores} {unit} at sustained {sus:g} GHz = "
+                    f"{self.derived_peak_tflops(sus):.1f} TFLOPS",
+                    self.derived_peak_tflops(sus),
+                )
+            )
         pub = self["public_peak_tflops"]
         out.append((f"public {pub:g} TFLOPS", pub))
         return out
@@ -166,6 +204,7 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
     ...
     ValueError: hardware file <dict>: field 'chip.name' is missing
     """
+
     def field(dotted: str) -> tuple[object, str]:
         section, key = dotted.split(".")
         sec = doc.get(section)
@@ -173,8 +212,10 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
             raise ValueError(f"hardware file {origin}: field {dotted!r} is missing")
         entry = sec[key]
         if not isinstance(entry, Mapping) or "value" not in entry or "source" not in entry:
-            raise ValueError(f"hardware file {origin}: field {dotted!r} must be a table "
-                             "{value = ..., source = \"...\"}")
+            raise ValueError(
+                f"hardware file {origin}: field {dotted!r} must be a table "
+                '{value = ..., source = "..."}'
+            )
         src = entry["source"]
         if not isinstance(src, str) or not src.strip():
             raise ValueError(f"hardware file {origin}: field {dotted!r} has an empty source")
@@ -185,8 +226,10 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
     name, _ = field("chip.name")
     kind, _ = field("chip.kind")
     if kind not in REQUIRED_FIELDS:
-        raise ValueError(f"hardware file {origin}: field 'chip.kind' must be one of "
-                         f"{', '.join(REQUIRED_FIELDS)}, got {kind!r}")
+        raise ValueError(
+            f"hardware file {origin}: field 'chip.kind' must be one of "
+            f"{', '.join(REQUIRED_FIELDS)}, got {kind!r}"
+        )
     values: dict[str, float] = {}
     sources: dict[str, str] = {}
     for dotted in REQUIRED_FIELDS[kind]:
@@ -198,8 +241,9 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
                 raise ValueError(f"hardware file {origin}: field {dotted!r} must be a string")
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"hardware file {origin}: field {dotted!r} must be a number, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"hardware file {origin}: field {dotted!r} must be a number, got {value!r}"
+            )
         value = float(value)
         if dotted in _NONNEGATIVE_FIELDS:
             ok = value >= 0
@@ -210,8 +254,13 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
         if not ok or value != value or value == float("inf"):
             raise ValueError(f"hardware file {origin}: field {dotted!r} is out of range: {value!r}")
         values[short] = value
-    return Hardware(name=str(name), kind=str(kind), values=MappingProxyType(values),
-                    sources=MappingProxyType(sources), origin=origin)
+    return Hardware(
+        name=str(name),
+        kind=str(kind),
+        values=MappingProxyType(values),
+        sources=MappingProxyType(sources),
+        origin=origin,
+    )
 
 
 def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
@@ -232,17 +281,23 @@ def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
     >>> load_hardware("tpu_v9")
     Traceback (most recent call last):
     ...
-    ValueError: unknown hardware 'tpu_v9' for argument 'hardware'; valid: ascend910c, ascend910c_die, ascend910b2, h800_sxm5, or a path to a .toml file
+    ValueError: unknown hardware 'tpu_v9' for argument 'hardware'; valid: ...
     """
     text: str
     if isinstance(name_or_path, str) and name_or_path in HARDWARE_NAMES:
-        res = importlib.resources.files("amla_numerics.pipeline") / "hardware" / f"{name_or_path}.toml"
+        res = (
+            importlib.resources.files("amla_numerics.pipeline")
+            / "hardware"
+            / f"{name_or_path}.toml"
+        )
         text, origin = res.read_text(encoding="utf-8"), f"{name_or_path}.toml"
     else:
         path = Path(name_or_path)
         if path.suffix != ".toml" or not path.is_file():
-            raise ValueError(f"unknown hardware {str(name_or_path)!r} for argument 'hardware'; "
-                             f"valid: {', '.join(HARDWARE_NAMES)}, or a path to a .toml file")
+            raise ValueError(
+                f"unknown hardware {str(name_or_path)!r} for argument 'hardware'; "
+                f"valid: {', '.join(HARDWARE_NAMES)}, or a path to a .toml file"
+            )
         text, origin = path.read_text(encoding="utf-8"), str(path)
     try:
         doc = tomllib.loads(text)

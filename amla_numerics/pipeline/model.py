@@ -117,8 +117,9 @@ def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
     return "latency" if cp.get("latency", 0.0) > cands[best] else best
 
 
-def run(hw: Hardware, wl: Workload, sch: Schedule, *, keep_sim: bool = False
-        ) -> PipelineResult | tuple[PipelineResult, SimResult]:
+def run(
+    hw: Hardware, wl: Workload, sch: Schedule, *, keep_sim: bool = False
+) -> PipelineResult | tuple[PipelineResult, SimResult]:
     """Simulate ``wl`` under ``sch`` on ``hw``.
 
     Parameters
@@ -154,20 +155,42 @@ def run(hw: Hardware, wl: Workload, sch: Schedule, *, keep_sim: bool = False
     engines.update({k: v / cycles for k, v in sim.resource_busy().items()})
     cp = sim.critical_path_attribution()
     res = PipelineResult(
-        hardware=hw.name, rescale=sch.rescale, schedule=sch.order, batch=wl.batch,
-        q_len=wl.q_len, kv_len=wl.kv_len, heads=wl.heads, time_us=time_us, tflops=tflops,
-        utilization=tflops / peak, peak_tflops=peak, peak_name=name,
+        hardware=hw.name,
+        rescale=sch.rescale,
+        schedule=sch.order,
+        batch=wl.batch,
+        q_len=wl.q_len,
+        kv_len=wl.kv_len,
+        heads=wl.heads,
+        time_us=time_us,
+        tflops=tflops,
+        utilization=tflops / peak,
+        peak_tflops=peak,
+        peak_name=name,
         peaks=MappingProxyType({n: tflops / p for n, p in peaks}),
-        hbm_gbps=wl.hbm_bytes / time_us * 1e-3, bound=_bound(sim, cp),
-        engines=MappingProxyType(engines), critical_path=MappingProxyType(cp),
-        roofline_tflops=ana.tflops, roofline_bound=ana.bound,
-        blocks_per_core=built.blocks, active_cores=built.active_cores)
+        hbm_gbps=wl.hbm_bytes / time_us * 1e-3,
+        bound=_bound(sim, cp),
+        engines=MappingProxyType(engines),
+        critical_path=MappingProxyType(cp),
+        roofline_tflops=ana.tflops,
+        roofline_bound=ana.bound,
+        blocks_per_core=built.blocks,
+        active_cores=built.active_cores,
+    )
     return (res, sim) if keep_sim else res
 
 
-def evaluate(hardware: str | os.PathLike[str] | Hardware = "ascend910c", rescale: str = "amla",
-             *, batch: int = 128, q_len: int = 2, kv_len: int = 16384, heads: int = 128,
-             rescale_prob: float | None = None, schedule: str = "preload") -> PipelineResult:
+def evaluate(
+    hardware: str | os.PathLike[str] | Hardware = "ascend910c",
+    rescale: str = "amla",
+    *,
+    batch: int = 128,
+    q_len: int = 2,
+    kv_len: int = 16384,
+    heads: int = 128,
+    rescale_prob: float | None = None,
+    schedule: str = "preload",
+) -> PipelineResult:
     """Modelled throughput of the MLA decode kernel for one rescale variant.
 
     Parameters

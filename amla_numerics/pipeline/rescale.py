@@ -14,7 +14,7 @@ amla            0       0        4         1           broadcast N, INT32 atomic
 amla_nocomp     0       0        4         1           same, fewer per-row ops (eps = 0)
 amla_fp32r      0       0        4         1           same, no BF16 rounding of r
 amla_exactcomp  4       4        4         2           INT32 atomic add + FP32 cof multiply
-amla_guarded    4       4        0         5           O GM->UB, exp. extract, compare, add, mul, select
+amla_guarded    4       4        0         5           O GM->UB, exponent check, add, mul, select
 lazy            4 p     4 p      0         1 p         fa_fp32 on a fraction p of the blocks
 naive           0       0        0         0           two-pass: S and P spill to GM
 ==============  ======  =======  ========  ==========  =====================================
@@ -104,13 +104,14 @@ _TABLE: dict[str, RescaleCost] = {
     "amla": RescaleCost("amla", 0, 0, 4, 1, row_ops=12, softmax_extra_passes=1),
     "amla_nocomp": RescaleCost("amla_nocomp", 0, 0, 4, 1, row_ops=7, softmax_extra_passes=1),
     "amla_fp32r": RescaleCost("amla_fp32r", 0, 0, 4, 1, row_ops=11, softmax_extra_passes=1),
-    "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12,
-                                  softmax_extra_passes=1),
+    "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12, softmax_extra_passes=1),
     "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 5, row_ops=12, softmax_extra_passes=1),
     "lazy": RescaleCost("lazy", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
 }
 if set(_TABLE) != set(VARIANTS):  # pragma: no cover - guards the shared name list
-    raise ImportError(f"pipeline rescale costs out of sync with VARIANTS: {sorted(set(_TABLE) ^ set(VARIANTS))}")
+    raise ImportError(
+        f"pipeline rescale costs out of sync with VARIANTS: {sorted(set(_TABLE) ^ set(VARIANTS))}"
+    )
 
 
 def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost:
@@ -137,8 +138,11 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
         return cost
     if variant != "lazy":
         raise ValueError(f"rescale_prob applies only to variant 'lazy', got variant {variant!r}")
-    if isinstance(rescale_prob, bool) or not isinstance(rescale_prob, int | float) or not (
-            0.0 <= rescale_prob <= 1.0):
+    if (
+        isinstance(rescale_prob, bool)
+        or not isinstance(rescale_prob, int | float)
+        or not (0.0 <= rescale_prob <= 1.0)
+    ):
         raise ValueError(f"rescale_prob must be a number in [0, 1], got {rescale_prob!r}")
     return dataclasses.replace(cost, probability=float(rescale_prob))
 
@@ -167,8 +171,10 @@ def rescale_prob_from_trace(rescaled: object, group_rows: int | None = None) -> 
     """
     arr = np.asarray(rescaled)
     if arr.dtype != bool or arr.ndim < 2:
-        raise ValueError("rescaled must be a boolean array of shape (n_blocks, ..., M), got "
-                         f"dtype {arr.dtype} and {arr.ndim} dimension(s)")
+        raise ValueError(
+            "rescaled must be a boolean array of shape (n_blocks, ..., M), got "
+            f"dtype {arr.dtype} and {arr.ndim} dimension(s)"
+        )
     if arr.shape[0] < 2:
         raise ValueError("rescaled must cover at least 2 blocks (block 0 never rescales)")
     m = arr.shape[-1]

@@ -67,24 +67,34 @@ def chrome_trace(sim: SimResult, clock_ghz: float, name: str = "pipeline") -> di
         raise ValueError(f"clock_ghz must be > 0, got {clock_ghz!r}")
     g = sim.graph
     us = 1e-3 / clock_ghz
-    events: list[dict] = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0,
-                           "args": {"name": name}}]
+    events: list[dict] = [
+        {"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": name}}
+    ]
     for i, p in enumerate(g.pipes):
-        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": i,
-                       "args": {"name": p}})
-        events.append({"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": i,
-                       "args": {"sort_index": i}})
+        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": i, "args": {"name": p}})
+        events.append(
+            {"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": i, "args": {"sort_index": i}}
+        )
     for op in range(len(g)):
         stage, block = _stage(g.label[op])
-        events.append({"name": g.label[op] or "op", "cat": stage, "ph": "X",
-                       "ts": sim.start[op] * us, "dur": (sim.end[op] - sim.start[op]) * us,
-                       "pid": 0, "tid": g.pipe[op],
-                       "args": {"block": block, "op": op}})
+        events.append(
+            {
+                "name": g.label[op] or "op",
+                "cat": stage,
+                "ph": "X",
+                "ts": sim.start[op] * us,
+                "dur": (sim.end[op] - sim.start[op]) * us,
+                "pid": 0,
+                "tid": g.pipe[op],
+                "args": {"block": block, "op": op},
+            }
+        )
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 
-def write_trace(path: str | os.PathLike[str], sim: SimResult, clock_ghz: float,
-                name: str = "pipeline") -> None:
+def write_trace(
+    path: str | os.PathLike[str], sim: SimResult, clock_ghz: float, name: str = "pipeline"
+) -> None:
     """Write :func:`chrome_trace` as JSON to ``path`` (open it in ui.perfetto.dev)."""
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(chrome_trace(sim, clock_ghz, name), fh)
@@ -112,8 +122,10 @@ def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     # window: until the last op of block ``blocks - 1`` ends; every op starting before it
-    t_end = max((sim.end[op] for op in range(len(g)) if 0 <= _stage(g.label[op])[1] < blocks),
-                default=sim.makespan)
+    t_end = max(
+        (sim.end[op] for op in range(len(g)) if 0 <= _stage(g.label[op])[1] < blocks),
+        default=sim.makespan,
+    )
     bars: dict[tuple[int, str], list[tuple[float, float]]] = {}
     seen: dict[str, None] = {}
     for op in range(len(g)):
@@ -121,7 +133,8 @@ def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int 
         if sim.start[op] >= t_end:
             continue
         bars.setdefault((g.pipe[op], stage), []).append(
-            (sim.start[op] * us, (sim.end[op] - sim.start[op]) * us))
+            (sim.start[op] * us, (sim.end[op] - sim.start[op]) * us)
+        )
         seen.setdefault(stage, None)
     for (p, stage), spans in bars.items():
         colour = STAGES.get(stage, (stage, "#bcbd22"))[1]
@@ -132,13 +145,21 @@ def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int 
     ax.set_ylabel("pipe (in-order server)")
     ax.set_title(title or f"first {blocks} KV blocks of the busiest core")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=[Patch(color=STAGES.get(s, (s, "#bcbd22"))[1],
-                             label=STAGES.get(s, (s, ""))[0]) for s in seen],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", title="stage")
+    ax.legend(
+        handles=[
+            Patch(color=STAGES.get(s, (s, "#bcbd22"))[1], label=STAGES.get(s, (s, ""))[0])
+            for s in seen
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize="small",
+        title="stage",
+    )
     return fig
 
 
-def write_gantt(path: str | os.PathLike[str], sim: SimResult, clock_ghz: float,
-                title: str = "", blocks: int = 6) -> None:
+def write_gantt(
+    path: str | os.PathLike[str], sim: SimResult, clock_ghz: float, title: str = "", blocks: int = 6
+) -> None:
     """Save :func:`gantt_figure` as a PNG to ``path``."""
     gantt_figure(sim, clock_ghz, title, blocks).savefig(path, dpi=120)

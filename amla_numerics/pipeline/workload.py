@@ -18,7 +18,7 @@ Examples
 >>> check_capacity(hw, wl, default_schedule(hw, "amla", l1_stream_buffers=4))
 Traceback (most recent call last):
 ...
-ValueError: schedule.l1_stream_buffers: the tiling does not fit L1: Q 288 KB + 4 x 72 KB = 576 KB > 512 KB
+ValueError: schedule.l1_stream_buffers: the tiling does not fit L1: ... = 576 KB > 512 KB
 """
 
 from __future__ import annotations
@@ -91,8 +91,10 @@ class Workload:
         for f in dataclasses.fields(self):
             _check_int("workload", f.name, getattr(self, f.name))
         if self.d_v > self.d_qk:
-            raise ValueError(f"workload.d_v ({self.d_v}) must be <= d_qk ({self.d_qk}): "
-                             "V is the first d_v columns of the cached K rows")
+            raise ValueError(
+                f"workload.d_v ({self.d_v}) must be <= d_qk ({self.d_qk}): "
+                "V is the first d_v columns of the cached K rows"
+            )
 
     @property
     def rows(self) -> int:
@@ -107,8 +109,10 @@ class Workload:
     @property
     def hbm_bytes(self) -> float:
         """Compulsory HBM bytes: the KV cache once, Q in and the output out (BF16)."""
-        return float(self.batch * (self.kv_len * self.d_qk * self.kv_bytes
-                                   + self.rows * (self.d_qk + self.d_v) * 2))
+        return float(
+            self.batch
+            * (self.kv_len * self.d_qk * self.kv_bytes + self.rows * (self.d_qk + self.d_v) * 2)
+        )
 
     @property
     def intensity(self) -> float:
@@ -172,8 +176,9 @@ class Schedule:
     def __post_init__(self) -> None:
         check_variant(self.rescale, "schedule.rescale")
         if self.order not in SCHEDULES:
-            raise ValueError(f"schedule.order must be one of {', '.join(SCHEDULES)}, "
-                             f"got {self.order!r}")
+            raise ValueError(
+                f"schedule.order must be one of {', '.join(SCHEDULES)}, got {self.order!r}"
+            )
         for f in dataclasses.fields(self):
             if f.type == "int" or f.type is int:
                 _check_int("schedule", f.name, getattr(self, f.name))
@@ -201,9 +206,17 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
     if hw.kind == "gpu":
         # FlashMLA: 64 rows x 64 tokens per step; QK, softmax and PV of a block in sequence
         # (assumption: no inter-warpgroup overlap), K/V double-buffered in shared memory.
-        base: dict[str, object] = dict(kv_block=64, m_tile=64, cube_m=64, cube_n=64,
-                                       l1_k_qk=576, l0_k_qk=576, l1_k_pv=64, l0_k_pv=64,
-                                       order="serial")
+        base: dict[str, object] = dict(
+            kv_block=64,
+            m_tile=64,
+            cube_m=64,
+            cube_n=64,
+            l1_k_qk=576,
+            l0_k_qk=576,
+            l1_k_pv=64,
+            l0_k_pv=64,
+            order="serial",
+        )
     else:
         base = {}
     base.update(overrides)
@@ -234,8 +247,10 @@ def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple
         p = sch.m_tile * sch.kv_block * 2
         used = q + kv + p
         if used > smem:
-            raise ValueError(f"schedule.kv_block: the tiling does not fit shared memory: Q {_kb(q)}"
-                             f" + 2 KV stages {_kb(kv)} + P {_kb(p)} = {_kb(used)} > {_kb(smem)}")
+            raise ValueError(
+                f"schedule.kv_block: the tiling does not fit shared memory: Q {_kb(q)}"
+                f" + 2 KV stages {_kb(kv)} + P {_kb(p)} = {_kb(used)} > {_kb(smem)}"
+            )
         return {"SMEM": (used, smem)}
     _divides("cube_m", sch.cube_m, "m_tile", sch.m_tile)
     _divides("cube_n", sch.cube_n, "kv_block", sch.kv_block)
@@ -246,51 +261,64 @@ def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple
     _divides("l0_k_pv", sch.l0_k_pv, "l1_k_pv", sch.l1_k_pv)
     per_aiv = sch.m_tile // int(hw["vector_per_core"])
     if per_aiv == 0 or per_aiv % sch.vec_rows:
-        raise ValueError(f"schedule.vec_rows ({sch.vec_rows}) must divide the rows per vector "
-                         f"core ({per_aiv})")
+        raise ValueError(
+            f"schedule.vec_rows ({sch.vec_rows}) must divide the rows per vector core ({per_aiv})"
+        )
     out: dict[str, tuple[int, int]] = {}
     # L1: Q resident + streaming blocks; every streamed chunk must fit one block.
     l1 = int(hw["l1_bytes"])
     chunks = {"l1_k_qk": sch.cube_n * sch.l1_k_qk * 2, "l1_k_pv": sch.cube_m * sch.l1_k_pv * 2}
     for field, size in chunks.items():
         if size > sch.l1_block_bytes:
-            raise ValueError(f"schedule.{field}: an L1 chunk of {_kb(size)} does not fit an L1 "
-                             f"block of {_kb(sch.l1_block_bytes)} (schedule.l1_block_bytes)")
+            raise ValueError(
+                f"schedule.{field}: an L1 chunk of {_kb(size)} does not fit an L1 "
+                f"block of {_kb(sch.l1_block_bytes)} (schedule.l1_block_bytes)"
+            )
     q = sch.m_tile * wl.d_qk * 2
     used = q + sch.l1_stream_buffers * sch.l1_block_bytes
     if used > l1:
-        raise ValueError(f"schedule.l1_stream_buffers: the tiling does not fit L1: Q {_kb(q)} + "
-                         f"{sch.l1_stream_buffers} x {_kb(sch.l1_block_bytes)} = {_kb(used)} > "
-                         f"{_kb(l1)}")
+        raise ValueError(
+            f"schedule.l1_stream_buffers: the tiling does not fit L1: Q {_kb(q)} + "
+            f"{sch.l1_stream_buffers} x {_kb(sch.l1_block_bytes)} = {_kb(used)} > "
+            f"{_kb(l1)}"
+        )
     out["L1"] = (used, l1)
     k0 = max(sch.l0_k_qk, sch.l0_k_pv)
     for buf, size in (("L0A", sch.cube_m * k0 * 2), ("L0B", k0 * sch.cube_n * 2)):
         cap = int(hw[f"{buf.lower()}_bytes"])
         used = sch.l0_buffers * size
         if used > cap:
-            raise ValueError(f"schedule.l0_buffers: the tiling does not fit {buf}: "
-                             f"{sch.l0_buffers} x {_kb(size)} = {_kb(used)} > {_kb(cap)}")
+            raise ValueError(
+                f"schedule.l0_buffers: the tiling does not fit {buf}: "
+                f"{sch.l0_buffers} x {_kb(size)} = {_kb(used)} > {_kb(cap)}"
+            )
         out[buf] = (used, cap)
     kc = max(wl.d_qk // sch.l1_k_qk, sch.kv_block // sch.l1_k_pv)
     if sch.l1_stream_buffers < kc:
-        raise ValueError(f"schedule.l1_stream_buffers ({sch.l1_stream_buffers}) must be >= the "
-                         f"L1 chunks of one output column ({kc}): they stay resident while "
-                         "every row sub-tile uses them")
+        raise ValueError(
+            f"schedule.l1_stream_buffers ({sch.l1_stream_buffers}) must be >= the "
+            f"L1 chunks of one output column ({kc}): they stay resident while "
+            "every row sub-tile uses them"
+        )
     cap = int(hw["l0c_bytes"])
     size = sch.cube_m * sch.cube_n * 4
     used = sch.l0c_buffers * size
     if used > cap:
-        raise ValueError(f"schedule.l0c_buffers: the tiling does not fit L0C: {sch.l0c_buffers} x "
-                         f"{_kb(size)} = {_kb(used)} > {_kb(cap)}")
+        raise ValueError(
+            f"schedule.l0c_buffers: the tiling does not fit L0C: {sch.l0c_buffers} x "
+            f"{_kb(size)} = {_kb(used)} > {_kb(cap)}"
+        )
     out["L0C"] = (used, cap)
     cap = int(hw["ub_bytes"])
     tile = sch.vec_rows * (sch.kv_block * 4 + sch.kv_block * 2 + wl.d_v * 4)
     rowvec = per_aiv * 4 * 8  # m, l, n, r^, cof, N, scale, spare: FP32/INT32 per row
     used = sch.ub_buffers * tile + rowvec
     if used > cap:
-        raise ValueError(f"schedule.vec_rows: the tiling does not fit UB: {sch.ub_buffers} x "
-                         f"{_kb(tile)} (S fp32 + A bf16 + O fp32 for {sch.vec_rows} rows) + "
-                         f"{_kb(rowvec)} row vectors = {_kb(used)} > {_kb(cap)}")
+        raise ValueError(
+            f"schedule.vec_rows: the tiling does not fit UB: {sch.ub_buffers} x "
+            f"{_kb(tile)} (S fp32 + A bf16 + O fp32 for {sch.vec_rows} rows) + "
+            f"{_kb(rowvec)} row vectors = {_kb(used)} > {_kb(cap)}"
+        )
     out["UB"] = (used, cap)
     return out
 

@@ -3,10 +3,11 @@
 Modules: :mod:`.exactdot` (exact dot products as integer-limb GEMMs), :mod:`.mp` (the mpmath
 truth: rows, softmax, log-sum-exp, the online-softmax recurrence), :mod:`.fast` (the
 vectorised oracle with rigorous per-element bounds), :mod:`.cache` (content-addressed disk
-cache), :mod:`.core` (:func:`attention`). See ``docs/reference.md``.
+cache), :mod:`.dispatch` (:func:`attention`: method dispatch, mpmath fallback, jobs, cache).
+See ``docs/reference.md``.
 """
 
-from amla_numerics.reference.core import AUTO_ULP_FP32, attention
+from amla_numerics.reference.dispatch import AUTO_ULP_FP32, attention
 from amla_numerics.reference.exactdot import ExactDot, IntDot, exact_dot, exact_dot_any
 from amla_numerics.reference.fast import FastResult, FastUnavailable, certified_attention
 from amla_numerics.reference.mp import (

@@ -172,9 +172,7 @@ def limbs(
             top[i] = 1.0  # below 1 now, but any value may become significant next limb
             limb = t if limb is None else limb + t  # exact: |t| < 2**(bits+1) for dd input
         out.append(np.zeros_like(x) if limb is None else limb)
-        done = all(
-            (top[i] == 0.0) if top[i] < 1.0 else not y.any() for i, y in enumerate(scaled)
-        )
+        done = all((top[i] == 0.0) if top[i] < 1.0 else not y.any() for i, y in enumerate(scaled))
         if done or len(out) >= cap:
             break
         for i, y in enumerate(scaled):
@@ -412,8 +410,11 @@ def exact_dot(
     if not terms:
         terms, shifts, blocks = [np.zeros((a.shape[0], b.shape[0]))], [0], [None]
     return ExactDot(
-        tuple(terms), tuple(shifts), np.asarray(ea, dtype=np.int64),
-        np.asarray(eb, dtype=np.int64), tuple(blocks)
+        tuple(terms),
+        tuple(shifts),
+        np.asarray(ea, dtype=np.int64),
+        np.asarray(eb, dtype=np.int64),
+        tuple(blocks),
     )
 
 
@@ -519,8 +520,10 @@ class IntDot:
         return [make(from_man_exp(m, e)) for m, e in zip(self.mans[i], self.exps[i], strict=True)]
 
     def to_fractions(self) -> list[list[Fraction]]:
-        return [[Fraction(m) * Fraction(2) ** e for m, e in zip(mr, er, strict=True)]
-                for mr, er in zip(self.mans, self.exps, strict=True)]
+        return [
+            [Fraction(m) * Fraction(2) ** e for m, e in zip(mr, er, strict=True)]
+            for mr, er in zip(self.mans, self.exps, strict=True)
+        ]
 
 
 def _int_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -549,8 +552,11 @@ def exact_dot_any(a: np.ndarray, b: np.ndarray, **kw) -> ExactDot | IntDot:
     for i in range(a.shape[0]):
         rm, re_ = [], []
         for j in range(b.shape[0]):
-            terms = [(int(x) * int(y), int(e) + int(f)) for x, y, e, f in
-                     zip(ma[i], mb[j], ea[i], eb[j], strict=True) if x and y]
+            terms = [
+                (int(x) * int(y), int(e) + int(f))
+                for x, y, e, f in zip(ma[i], mb[j], ea[i], eb[j], strict=True)
+                if x and y
+            ]
             if not terms:
                 rm.append(0)
                 re_.append(0)

@@ -263,8 +263,17 @@ def _one_inner(
         rows = slice(r0, min(m_rows, r0 + step))
         nr = rows.stop - r0
         plr = pl[:nr]
-        _weights(dots, rows, None if mask is None else mask[rows], sc,
-                 ph[rows], plr, rel[rows], mxs[rows], dead_row[rows])
+        _weights(
+            dots,
+            rows,
+            None if mask is None else mask[rows],
+            sc,
+            ph[rows],
+            plr,
+            rel[rows],
+            mxs[rows],
+            dead_row[rows],
+        )
         yh = ph[rows] * f_p  # exact: powers of two
         yl = plr * f_p
         # while |yl| < 1 its limb is +-0 and adding it changes nothing: skipped (as limbs())
@@ -343,9 +352,15 @@ def _one_inner(
                 lse[i] = float(round_to(val, FP64))
                 dev = abs(mpmath.mpf(lse[i]) - val)
                 lse_b[i] = (
-                    d_l[i] / denom[i] * 1.01 + float(round_to(dev, FP64, mode="ru"))
-                    + 2.0**-100 * (abs(lse[i]) + abs(mxs[i]) + 1)
-                ) * _INFLATE if denom[i] > 0 else np.inf
+                    (
+                        d_l[i] / denom[i] * 1.01
+                        + float(round_to(dev, FP64, mode="ru"))
+                        + 2.0**-100 * (abs(lse[i]) + abs(mxs[i]) + 1)
+                    )
+                    * _INFLATE
+                    if denom[i] > 0
+                    else np.inf
+                )
     return out, bound, lse, lse_b, dots
 
 

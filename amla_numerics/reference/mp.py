@@ -260,8 +260,10 @@ def _exact_columns(v: np.ndarray, cols: list[int], members: list, single: bool):
     of ``|v|`` (an upper bound of ``|w|`` for the error bound).
     """
     if not cols:
-        return np.zeros((len(members), 0), dtype=object), np.zeros(0, dtype=np.int64), np.zeros(
-            (len(members), 0)
+        return (
+            np.zeros((len(members), 0), dtype=object),
+            np.zeros(0, dtype=np.int64),
+            np.zeros((len(members), 0)),
         )
     sel = v[:, cols]
     mant, ex = np.frexp(sel)
@@ -325,8 +327,12 @@ def mp_softmax(scores: Any, dps: int = 50) -> np.ndarray:
     res = np.empty(flat.shape, dtype=object)
     with mpmath.workprec(_bits(dps) + 20 + 2 * math.ceil(math.log2(n + 1))):
         for r, row in enumerate(flat):
-            vals = [mpmath.mpf(x) if not isinstance(x, Fraction) else
-                    mpmath.mpf(x.numerator) / x.denominator for x in row]
+            vals = [
+                mpmath.mpf(x)
+                if not isinstance(x, Fraction)
+                else mpmath.mpf(x.numerator) / x.denominator
+                for x in row
+            ]
             m = max(vals)
             if m == -mpmath.inf:
                 res[r] = [mpmath.mpf("nan")] * n
@@ -372,7 +378,7 @@ class OnlineTrace:
     """
 
     m: np.ndarray
-    l: np.ndarray  # noqa: E741 (the paper's name)
+    l: np.ndarray
     o: np.ndarray
     block: int
 
@@ -416,8 +422,11 @@ def online_softmax(
         raise ValueError(f"argument 'block' must be a positive int, got {block!r}")
     sc = make_scale(scale, qa.shape[1])
     dots = exact_dot_any(qa, ka)
-    mrow = None if mask is None else np.broadcast_to(np.asarray(mask, dtype=np.float64),
-                                                     (qa.shape[0], ka.shape[0]))
+    mrow = (
+        None
+        if mask is None
+        else np.broadcast_to(np.asarray(mask, dtype=np.float64), (qa.shape[0], ka.shape[0]))
+    )
     n = ka.shape[0]
     nb = -(-n // block)
     m_out = np.empty((qa.shape[0], nb), dtype=object)
@@ -434,12 +443,12 @@ def online_softmax(
             lsum = mpmath.mpf(0)
             o = [mpmath.mpf(0)] * va.shape[1]
             for b in range(nb):
-                sl = s[b * block:(b + 1) * block]
+                sl = s[b * block : (b + 1) * block]
                 mn = max([m, *sl])
                 a = mpmath.exp(m - mn) if m != -mpmath.inf else mpmath.mpf(0)
                 p = [mpmath.exp(x - mn) if mn != -mpmath.inf else mpmath.mpf(0) for x in sl]
                 lsum = a * lsum + mpmath.fsum(p)
-                vb = va[b * block:(b + 1) * block]
+                vb = va[b * block : (b + 1) * block]
                 o = [a * oc + mpmath.fdot(p, vb[:, c].tolist()) for c, oc in enumerate(o)]
                 m = mn
                 m_out[i, b], l_out[i, b] = m, lsum

@@ -1,4 +1,4 @@
-"""``amla-numerics report`` and ``amla-numerics check-budgets``: parse, run, render.
+"""``amla-numerics report``: parse the grid options, build the report, render it.
 
 Examples
 --------
@@ -16,9 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from amla_numerics.cli import CheckFailed
 from amla_numerics.variants import VARIANTS, check_variant
 
-__all__ = ["REGISTRARS", "parse_int_list", "register_check_budgets", "register_report"]
+__all__ = ["parse_int_list", "register"]
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:
@@ -36,11 +37,13 @@ def _parse_names(text: str, valid: tuple[str, ...], option: str) -> tuple[str, .
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     bad = [n for n in names if n not in valid]
     if bad or not names:
-        raise ValueError(f"{option}: unknown name(s) {', '.join(bad) or text!r}; valid: {', '.join(valid)}")
+        raise ValueError(
+            f"{option}: unknown name(s) {', '.join(bad) or text!r}; valid: {', '.join(valid)}"
+        )
     return names
 
 
-def register_report(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand."""
     from amla_numerics.analysis.report import DEFAULT_HEAD_DIMS, ReportConfig
 
@@ -58,8 +61,13 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workloads", default=",".join(d.workloads))
     p.add_argument("--seeds", default="0")
     p.add_argument("--rows", type=int, default=d.rows, help="query rows per case")
-    p.add_argument("--inputs", action="append", default=[], metavar="FILE.npz",
-                   help="also measure your own q, k, v (and optional scale) arrays; repeatable")
+    p.add_argument(
+        "--inputs",
+        action="append",
+        default=[],
+        metavar="FILE.npz",
+        help="also measure your own q, k, v (and optional scale) arrays; repeatable",
+    )
     p.add_argument("--c", type=float, default=d.c, help="AMLA compensation coefficient")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
@@ -68,26 +76,6 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-throughput", action="store_true", help="skip the pipeline model")
     p.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
     p.set_defaults(handler=_run_report)
-
-
-def register_check_budgets(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``check-budgets`` subcommand."""
-    p = subparsers.add_parser(
-        "check-budgets",
-        help="measure the budgeted cases; exit 1 naming every budget exceeded",
-    )
-    p.add_argument("--budgets", default=None, help="budgets TOML (default: the shipped file)")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument(
-        "--update",
-        metavar="FILE",
-        default=None,
-        help="write new budgets (measured x margin) to FILE instead of checking",
-    )
-    p.set_defaults(handler=_run_check_budgets)
-
-
-REGISTRARS = (register_report, register_check_budgets)
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -106,7 +94,9 @@ def _config_from_args(args: argparse.Namespace):
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
-        raise ValueError(f"--seeds must be a comma-separated list of integers, got {args.seeds!r}") from None
+        raise ValueError(
+            f"--seeds must be a comma-separated list of integers, got {args.seeds!r}"
+        ) from None
     return ReportConfig(
         head_dims=parse_int_list(args.head_dims, "--head-dims"),
         kv_lens=parse_int_list(args.kv_lens, "--kv-lens"),
@@ -117,6 +107,7 @@ def _config_from_args(args: argparse.Namespace):
         rows=args.rows,
         c=args.c,
         inputs=tuple(args.inputs),
+        plots=bool(args.out) and not args.no_plots,
     )
 
 
@@ -131,9 +122,8 @@ def _progress_bar(total: int):
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from amla_numerics.analysis.build import build_report, write_outputs
-    from amla_numerics.analysis.report import render
-    from amla_numerics.cli import CheckFailed
+    from amla_numerics.analysis.render import render
+    from amla_numerics.analysis.report import build_report, write_outputs
 
     config = _config_from_args(args)
     out_dir = Path(args.out) if args.out else None
@@ -145,7 +135,9 @@ def _run_report(args: argparse.Namespace) -> int:
             probe.unlink()
         except OSError as exc:
             raise ValueError(f"--out {str(out_dir)!r} is not writable: {exc.strerror}") from None
-    n_cases = len(config.head_dims) * len(config.kv_lens) * len(config.workloads) * len(config.seeds)
+    n_cases = (
+        len(config.head_dims) * len(config.kv_lens) * len(config.workloads) * len(config.seeds)
+    )
     n_cases += len(config.inputs)
     progress, close = _progress_bar(n_cases)
     try:
@@ -166,44 +158,3 @@ def _run_report(args: argparse.Namespace) -> int:
     if report.violations:
         raise CheckFailed(f"{len(report.violations)} record(s) exceed their a priori bound")
     return 0
-
-
-def _run_check_budgets(args: argparse.Namespace) -> int:
-    from amla_numerics.analysis import budgets as bmod
-    from amla_numerics.analysis.grid import Case, evaluate_case
-    from amla_numerics.cli import CheckFailed
-
-    book = bmod.load_budgets(args.budgets)
-    if args.update:
-        cases = {}
-        for b in book.budgets:
-            case = Case(b.head_dim, b.kv_len, b.workload, book.seed, book.rows, book.block_n)
-            cases.setdefault(case, []).append(b.variant)
-        records = [r for case, vs in cases.items() for r in evaluate_case(case, vs)]
-        new = bmod.BudgetBook(
-            book.rows, book.block_n, book.seed, book.margin,
-            tuple(bmod.budgets_from_records(records, book.margin)),
-        )
-        header = (
-            f"ULP budgets: measured max and median FP32 ULP errors x margin {book.margin}, rounded up to 2\n"
-            "significant digits. Regenerate with: amla-numerics check-budgets --update FILE\n"
-            "A change that raises a budget must say why in its commit message."
-        )
-        Path(args.update).write_text(bmod.format_budgets(new, header))
-        print(f"wrote {len(new.budgets)} budgets to {args.update}")
-        return 0
-    results = bmod.check_budgets(book, jobs=args.jobs)
-    width = max(len(r.budget.key) for r in results)
-    for r in results:
-        status = "ok  " if r.ok else "OVER"
-        median = r.budget.median_ulp_fp32
-        print(
-            f"{status} {r.budget.key:<{width}}  max {r.measured:10.4g} <= {r.budget.max_ulp_fp32:10.4g}"
-            f"  median {r.measured_median:10.4g} <= {'-' if median is None else f'{median:.4g}':>10}"
-        )
-    over = [r for r in results if not r.ok]
-    if over:
-        raise CheckFailed("; ".join(r.describe() for r in over))
-    print(f"all {len(results)} budgets hold")
-    return 0
-

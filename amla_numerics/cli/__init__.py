@@ -1,8 +1,9 @@
 """The ``amla-numerics`` command line: parse, build a config, call the library, render.
 
-Every subcommand lives in the module that owns its concept and exposes
-``register(subparsers)``; that function adds an argparse sub-parser whose
-``handler`` default takes the parsed namespace and returns an exit code.
+One module per subcommand (:data:`SUBCOMMANDS`: ``formats``, ``report``, ``budgets`` for
+``check-budgets``, ``pipeline``), each exposing ``register(subparsers)``: it adds an argparse
+sub-parser whose ``handler`` takes the parsed namespace, builds a validated configuration,
+calls the library and renders; it returns an exit code. No logic lives here.
 
 Exit codes: 0 success, 1 a check failed (a budget exceeded, a bound violated),
 2 a usage error (bad option, bad value, unreadable file). A user's mistake is
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 
 from amla_numerics._version import __version__
 
-__all__ = ["CheckFailed", "build_parser", "console_main", "main"]
+__all__ = ["SUBCOMMANDS", "CheckFailed", "build_parser", "console_main", "main"]
 
 PROG = "amla-numerics"
 
@@ -34,23 +35,17 @@ class CheckFailed(Exception):
     """Raised by a handler when a numerical check fails (exit code 1)."""
 
 
-def _registrars():
-    # Imported here so that ``amla-numerics --version`` stays fast.
-    from amla_numerics import formats_cli
+#: The subcommand modules, in help order; each exposes ``register(subparsers)``.
+SUBCOMMANDS: tuple[str, ...] = ("formats", "report", "budgets", "pipeline")
 
-    yield formats_cli.register
-    try:
-        from amla_numerics.pipeline import cli as pipeline_cli
-    except ImportError:  # the pipeline model is optional until it lands
-        pass
-    else:
-        yield pipeline_cli.register
-    try:
-        from amla_numerics.analysis import cli as analysis_cli
-    except ImportError:
-        pass
-    else:
-        yield from analysis_cli.REGISTRARS
+
+def _registrars():
+    # Imported here, not at module level, so that ``--version`` stays fast and the
+    # subcommand modules (which import CheckFailed from this package) form no cycle.
+    import importlib
+
+    for name in SUBCOMMANDS:
+        yield importlib.import_module(f"amla_numerics.cli.{name}").register
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,16 @@ from amla_numerics.formats import FORMATS
 
 __all__ = ["register", "render_formats"]
 
-_COLUMNS = ("name", "p", "emin", "emax", "unit_roundoff", "max_finite", "min_normal", "min_subnormal")
+_COLUMNS = (
+    "name",
+    "p",
+    "emin",
+    "emax",
+    "unit_roundoff",
+    "max_finite",
+    "min_normal",
+    "min_subnormal",
+)
 
 
 def render_formats(style: str = "table") -> str:
@@ -24,7 +33,13 @@ def render_formats(style: str = "table") -> str:
     if style == "json":
         return json.dumps(rows, indent=2)
     if style == "csv":
-        return "\n".join([",".join(_COLUMNS)] + [",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in _COLUMNS) for r in rows])
+        return "\n".join(
+            [",".join(_COLUMNS)]
+            + [
+                ",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in _COLUMNS)
+                for r in rows
+            ]
+        )
 
     def cell(v: object) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -158,7 +158,8 @@ def attention(
         ``lse = -inf``.
     method : {"auto", "fast", "mpmath"}
         "mpmath": correctly rounded everywhere (slow). "fast": the certified vectorised
-        oracle (every element within its bound, see :func:`~amla_numerics.reference.fast.certified_attention`). "auto":
+        oracle (every element within its bound, see
+        :func:`~amla_numerics.reference.fast.certified_attention`). "auto":
         fast, then every element whose bound exceeds 1e-3 FP32 ULP goes to mpmath.
     dps : int
         Decimal digits of the mpmath path (>= 15).
@@ -276,4 +277,3 @@ def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: boo
             if (b, i) in lse_rows:
                 lse[b, i] = ls
     return {"out": out.reshape(*shp, m, dv), "lse": lse.reshape(*shp, m)}
-

@@ -32,8 +32,19 @@ from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = ["register", "render", "run_cli"]
 
-_SWEEP_COLUMNS = ("hardware", "rescale", "schedule", "batch", "q_len", "kv_len", "time_us",
-                  "tflops", "utilization", "hbm_gbps", "bound")
+_SWEEP_COLUMNS = (
+    "hardware",
+    "rescale",
+    "schedule",
+    "batch",
+    "q_len",
+    "kv_len",
+    "time_us",
+    "tflops",
+    "utilization",
+    "hbm_gbps",
+    "bound",
+)
 
 
 def _ints(option: str, text: str) -> list[int]:
@@ -42,8 +53,9 @@ def _ints(option: str, text: str) -> list[int]:
         try:
             out.append(int(part))
         except ValueError:
-            raise ValueError(f"{option} must be an integer or a comma-separated list of "
-                             f"integers, got {text!r}") from None
+            raise ValueError(
+                f"{option} must be an integer or a comma-separated list of integers, got {text!r}"
+            ) from None
     return out
 
 
@@ -88,13 +100,31 @@ def render(results: Sequence[PipelineResult], style: str = "table") -> str:
         return json.dumps(docs[0] if len(docs) == 1 else docs, indent=2)
     if len(results) == 1:
         r = results[0]
-        lines = [(k, _fmt(getattr(r, k))) for k in (
-            "hardware", "rescale", "schedule", "batch", "q_len", "kv_len", "heads", "time_us",
-            "tflops", "hbm_gbps", "bound", "roofline_tflops", "roofline_bound")]
+        lines = [
+            (k, _fmt(getattr(r, k)))
+            for k in (
+                "hardware",
+                "rescale",
+                "schedule",
+                "batch",
+                "q_len",
+                "kv_len",
+                "heads",
+                "time_us",
+                "tflops",
+                "hbm_gbps",
+                "bound",
+                "roofline_tflops",
+                "roofline_bound",
+            )
+        ]
         lines += [(f"util vs {n}", f"{u:.1%}") for n, u in r.peaks.items()]
         lines += [(f"busy {k}", f"{v:.1%}") for k, v in r.engines.items()]
-        lines += [(f"critical {k}", f"{v:.1%}") for k, v in
-                  sorted(r.critical_path.items(), key=lambda kv: -kv[1]) if v >= 0.001]
+        lines += [
+            (f"critical {k}", f"{v:.1%}")
+            for k, v in sorted(r.critical_path.items(), key=lambda kv: -kv[1])
+            if v >= 0.001
+        ]
         w = max(len(k) for k, _ in lines)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in lines)
     cells = [[_fmt(getattr(r, c)) for c in _SWEEP_COLUMNS] for r in results]
@@ -148,27 +178,46 @@ def run_cli(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``pipeline`` subcommand."""
     p = subparsers.add_parser(
-        "pipeline", help="modelled throughput of the MLA decode kernel on Ascend 910 or H800",
+        "pipeline",
+        help="modelled throughput of the MLA decode kernel on Ascend 910 or H800",
         description="Simulate the tiled attention pipeline (discrete-event model) and report "
-                    "time, TFLOPS, utilisation against each named peak, HBM GB/s, the binding "
-                    "engine and per-engine busy fractions.")
-    p.add_argument("--hardware", default="ascend910c",
-                   help=f"one of {', '.join(HARDWARE_NAMES)}, or a path to a .toml file")
-    p.add_argument("--rescale", default="amla",
-                   help=f"rescale variant (with --sweep a comma list): {', '.join(VARIANTS)}")
+        "time, TFLOPS, utilisation against each named peak, HBM GB/s, the binding "
+        "engine and per-engine busy fractions.",
+    )
+    p.add_argument(
+        "--hardware",
+        default="ascend910c",
+        help=f"one of {', '.join(HARDWARE_NAMES)}, or a path to a .toml file",
+    )
+    p.add_argument(
+        "--rescale",
+        default="amla",
+        help=f"rescale variant (with --sweep a comma list): {', '.join(VARIANTS)}",
+    )
     p.add_argument("--batch", default="128", help="requests (with --sweep a comma list)")
     p.add_argument("--q-len", default="2", help="query tokens per request, s_q (list ok)")
     p.add_argument("--kv-len", default="16384", help="cached tokens, s_k (list ok)")
     p.add_argument("--heads", type=int, default=128, help="query heads (default 128)")
-    p.add_argument("--rescale-prob", type=float, default=None,
-                   help="lazy only: fraction of blocks that rescale (default 0, measured "
-                        "on the mla workload)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help="block ordering (default: the hardware's kernel: preload on Ascend)")
+    p.add_argument(
+        "--rescale-prob",
+        type=float,
+        default=None,
+        help="lazy only: fraction of blocks that rescale (default 0, measured on the mla workload)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="block ordering (default: the hardware's kernel: preload on Ascend)",
+    )
     p.add_argument("--preload-depth", type=int, default=None, help="blocks in flight (2)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a schedule field, e.g. kv_block=256 or l1_stream_buffers=2 "
-                        "(repeatable); a tiling that does not fit is rejected with the reason")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a schedule field, e.g. kv_block=256 or l1_stream_buffers=2 "
+        "(repeatable); a tiling that does not fit is rejected with the reason",
+    )
     p.add_argument("--sweep", action="store_true", help="run every combination of the lists")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace JSON (Perfetto)")

@@ -49,7 +49,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ml_dtypes
@@ -64,7 +64,7 @@ from amla_numerics.flash._exactsum import (
 )
 from amla_numerics.flash._inputs import block_bounds, check_inputs
 from amla_numerics.flash.accumulate import vector_sum
-from amla_numerics.flash.amla import amla_rescale, amla_scalars
+from amla_numerics.flash.amla import amla_rescale, amla_scalars, clamped_rows
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import (
     PRECISION,
@@ -124,7 +124,14 @@ class FlashResult:
         (..., M) float64 log-sum-exp of the scaled scores, ``m + ln(l)``.
     hazards : dict[str, int]
         Every class of :data:`amla_numerics.exp2add.HAZARDS` -> number of elements of O
-        that hit it, summed over all integer adds (zeros for non-AMLA variants).
+        that hit it, summed over all integer adds, plus ``"clamp"``: elements of O in rows
+        whose ``dn`` the kernel's clamp raised, summed over blocks (informational: a
+        deterministic feature the bounds cover). ``"overflow"`` also counts, for every
+        variant, the output elements of attended rows that are not finite because O, l or
+        the division overflowed FP32 (and no integer-add hazard touched them).
+    hazard_mask : dict[str, numpy.ndarray]
+        Per class of ``hazards`` (``"ok"`` excluded), a bool array shaped like ``out``:
+        which output elements that class touched over all blocks (``"clamp"``: whole rows).
     trace : Trace or None
         Per-block state when ``trace=True``.
     config : dict
@@ -136,6 +143,16 @@ class FlashResult:
     hazards: dict[str, int]
     trace: Trace | None
     config: dict[str, Any]
+    hazard_mask: dict[str, np.ndarray] = field(default_factory=dict)
+    uncovered: np.ndarray | None = None
+
+    def garbage_mask(self) -> np.ndarray:
+        """Output elements whose value no error bound covers: those a garbage class of the
+        integer add touched (``amla_guarded`` repairs them, so none there) and FP32
+        overflow. ``clamp`` is not garbage: the bounds cover it."""
+        if self.uncovered is not None:
+            return self.uncovered
+        return np.zeros(self.out.shape, bool)
 
 
 def attention(
@@ -201,7 +218,7 @@ def attention(
     )
     blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
-    out, lse, hazards, tr = run.execute(blocks)
+    out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
     config = {
         "variant": variant,
         "policy": pol.to_dict(),
@@ -214,7 +231,7 @@ def attention(
         "masked": mask is not None,
         "shapes": {"q": list(np.shape(q)), "k": list(np.shape(k)), "v": list(np.shape(v))},
     }
-    return FlashResult(out, lse, hazards, tr, config)
+    return FlashResult(out, lse, hazards, tr, config, masks, uncovered)
 
 
 def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> FlashResult:
@@ -274,6 +291,14 @@ def _leading_columns_of(v: np.ndarray, k: np.ndarray) -> bool:
         and v.strides == k.strides
         and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
     )
+
+
+def _mark(masks: dict[str, np.ndarray], name: str, touched: np.ndarray) -> None:
+    """OR ``touched`` into the mask of class ``name`` (created on first use)."""
+    if name in masks:
+        masks[name] = masks[name] | touched
+    else:
+        masks[name] = np.array(touched, dtype=bool)
 
 
 class _Run:
@@ -450,7 +475,8 @@ class _Run:
         pol, dt, variant = self.pol, self.dt, self.variant
         self.v_small = self._block_small(blocks)
         self._all_scores(blocks)
-        hazards = dict.fromkeys(HAZARDS, 0)
+        hazards = dict.fromkeys((*HAZARDS, "clamp"), 0)
+        masks: dict[str, np.ndarray] = {}
         rec: dict[str, list] = {
             key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")
         }
@@ -495,9 +521,17 @@ class _Run:
                 if j == 0:
                     O = pv
                 else:
-                    O, counts = amla_rescale(O, sc, pol, variant)
+                    O, counts, codes = amla_rescale(O, sc, pol, variant)
                     for key, val in counts.items():
                         hazards[key] += val
+                    if codes is not None:
+                        for code, name in enumerate(HAZARDS):
+                            if code and counts[name]:
+                                _mark(masks, name, codes == code)
+                    clamped = clamped_rows(sc, pol)
+                    if clamped is not None:
+                        hazards["clamp"] += int(np.count_nonzero(clamped)) * O.shape[-1]
+                        _mark(masks, "clamp", np.broadcast_to(clamped[..., None], O.shape))
                     with np.errstate(invalid="ignore", over="ignore"):
                         O = O + pv
             else:
@@ -512,6 +546,7 @@ class _Run:
             m = m_new
             if self.want_trace:
                 self._record(rec, m_new, sc if self.is_amla else None, resc, j)
+        O_final = O
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
                 O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))
@@ -519,8 +554,34 @@ class _Run:
             den = l * sc.r_hat if self.is_amla else l
             out = O / den[..., None]
             lse = m.astype(np.float64) + np.log(l.astype(np.float64))
+        shape = out.shape
+        garbage = np.zeros(shape, bool)
+        if variant != "amla_guarded":  # the guard repairs every class it detects
+            for name, mask in masks.items():
+                if name != "clamp":
+                    garbage |= mask
+        overflow = self._fp32_overflow(O_final, l, out) & ~garbage
+        n_over = int(np.count_nonzero(overflow))
+        if n_over:
+            hazards["overflow"] += n_over
+            _mark(masks, "overflow", overflow)
+        full = {
+            name: np.broadcast_to(masks[name], shape).copy()
+            if name in masks
+            else np.zeros(shape, bool)
+            for name in hazards
+            if name != "ok"
+        }
         tr = self._trace(rec) if self.want_trace else None
-        return out, lse, hazards, tr
+        return out, lse, hazards, full, garbage | overflow, tr
+
+    @staticmethod
+    def _fp32_overflow(O, l, out) -> np.ndarray:
+        """Outputs of attended rows (``l > 0``) that are not finite because O (before any
+        clip), l or the division overflowed FP32."""
+        with np.errstate(invalid="ignore"):
+            attended = np.broadcast_to((l > 0)[..., None], out.shape)
+        return attended & (~np.isfinite(out) | ~np.isfinite(O) | ~np.isfinite(l)[..., None])
 
     @staticmethod
     def _record(rec, m_new, sc, resc, j):

@@ -77,7 +77,16 @@ from amla_numerics.flash.stages import (
 )
 from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
 
-__all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
+__all__ = [
+    "MLA_DK",
+    "MLA_DV",
+    "MLA_SCALE",
+    "FlashResult",
+    "Trace",
+    "attention",
+    "mla_attention",
+    "rescale_probability",
+]
 
 #: The MLA decode preset (DeepSeek-V3 absorbed form): score dim, value dim, softmax scale.
 MLA_DK, MLA_DV, MLA_SCALE = 576, 512, 1.0 / math.sqrt(192.0)
@@ -110,6 +119,62 @@ class Trace:
     dn: np.ndarray
     N: np.ndarray
     rescaled: np.ndarray
+
+    def rescale_prob(self, group_rows: int | None = None) -> float:
+        """The per-block rescale probability of the run: :func:`rescale_probability` of
+        :attr:`rescaled` (the one definition the report and the pipeline model use)."""
+        return rescale_probability(self.rescaled, group_rows)
+
+
+def rescale_probability(rescaled: Any, group_rows: int | None = None) -> float:
+    """Fraction of (block, row group) steps, over blocks 1 .. J-1, in which O was rescaled.
+
+    A vector core rescales a group of rows together when *any* row in it needs it (the
+    ``lazy`` variant's branch is taken per group), so the probability of a step is whether
+    any row of the group rescaled. This is the one definition of the lazy variant's rescale
+    probability: the report records it per case and the pipeline model takes the number.
+
+    Parameters
+    ----------
+    rescaled : array_like of bool, shape (n_blocks, ..., M)
+        :attr:`Trace.rescaled` (block 0 never rescales and is ignored).
+    group_rows : int, optional
+        Rows decided together; a positive divisor of M (default: all M rows of the last
+        axis, one group per leading index).
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when there is only one block (no step can rescale).
+
+    Raises
+    ------
+    ValueError
+        Not a boolean array with at least 2 dimensions, or a bad ``group_rows``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
+    >>> rescale_probability(r), rescale_probability(r, group_rows=2), rescale_probability(r, 1)
+    (0.6666666666666666, 0.3333333333333333, 0.16666666666666666)
+    """
+    arr = np.asarray(rescaled)
+    if arr.dtype != bool or arr.ndim < 2:
+        raise ValueError(
+            "argument 'rescaled' must be a boolean array of shape (n_blocks, ..., M), got "
+            f"dtype {arr.dtype} and {arr.ndim} dimension(s)"
+        )
+    m = arr.shape[-1]
+    g = m if group_rows is None else group_rows
+    if isinstance(g, bool) or not isinstance(g, int | np.integer) or g < 1 or m % g:
+        raise ValueError(
+            f"argument 'group_rows' must be a positive divisor of M = {m}, got {group_rows!r}"
+        )
+    if arr.shape[0] < 2:
+        return float("nan")
+    later = arr[1:].reshape(arr.shape[0] - 1, -1, m // int(g), int(g))
+    return float(later.any(axis=-1).mean())
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,8 @@ class FlashResult:
     hazard_mask : dict[str, numpy.ndarray]
         Per class of ``hazards`` (``"ok"`` excluded), a bool array shaped like ``out``:
         which output elements that class touched over all blocks (``"clamp"``: whole rows).
+    uncovered : numpy.ndarray or None
+        The elements of :meth:`garbage_mask` (None: none).
     trace : Trace or None
         Per-block state when ``trace=True``.
     config : dict
@@ -214,9 +216,11 @@ class FlashResult:
     uncovered: np.ndarray | None = None
 
     def garbage_mask(self) -> np.ndarray:
-        """Output elements whose value no error bound covers: those a garbage class of the
-        integer add touched (``amla_guarded`` repairs them, so none there) and FP32
-        overflow. ``clamp`` is not garbage: the bounds cover it."""
+        """Output elements whose value came from the integer add's garbage: those a garbage
+        class touched (``amla_guarded`` repairs them: none there), less those that had
+        overflowed FP32 first. No error bound covers them; every other element with a
+        finite reference is covered, so FP32 overflow (finite reference, non-finite output)
+        is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it."""
         if self.uncovered is not None:
             return self.uncovered
         return np.zeros(self.out.shape, bool)
@@ -546,6 +550,11 @@ class _Run:
         }
         m = l = O = sc = None
         log2e = constants(pol)["LOG2E"]
+        # AMLA: elements the integer add's garbage touched, and elements that overflowed in
+        # FP32 (O + PV, the guard's multiply) before any garbage reached them
+        garbage: np.ndarray | None = None
+        fp32_over: np.ndarray | None = None
+        repairs = variant == "amla_guarded"
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
             with np.errstate(invalid="ignore", over="ignore"):
@@ -592,12 +601,17 @@ class _Run:
                         for code, name in enumerate(HAZARDS):
                             if code and counts[name]:
                                 _mark(masks, name, codes == code)
+                        if not repairs:
+                            garbage = codes != 0 if garbage is None else garbage | (codes != 0)
                     clamped = clamped_rows(sc, pol)
                     if clamped is not None:
                         hazards["clamp"] += int(np.count_nonzero(clamped)) * O.shape[-1]
                         _mark(masks, "clamp", np.broadcast_to(clamped[..., None], O.shape))
                     with np.errstate(invalid="ignore", over="ignore"):
                         O = O + pv
+                if not np.isfinite(O).all():
+                    new = ~np.isfinite(O) if garbage is None else ~np.isfinite(O) & ~garbage
+                    fp32_over = new if fp32_over is None else fp32_over | new
             else:
                 pv = self._pv(p, lo, hi)
                 with np.errstate(invalid="ignore", over="ignore"):
@@ -619,12 +633,10 @@ class _Run:
             out = O / den[..., None]
             lse = m.astype(np.float64) + np.log(l.astype(np.float64))
         shape = out.shape
-        garbage = np.zeros(shape, bool)
-        if variant != "amla_guarded":  # the guard repairs every class it detects
-            for name, mask in masks.items():
-                if name != "clamp":
-                    garbage |= mask
-        overflow = self._fp32_overflow(O_final, l, out) & ~garbage
+        junk = np.zeros(shape, bool) if garbage is None else np.broadcast_to(garbage, shape)
+        overflow = self._fp32_overflow(O_final, l, out) & ~junk
+        if fp32_over is not None:
+            overflow |= np.broadcast_to(fp32_over, shape)
         n_over = int(np.count_nonzero(overflow))
         if n_over:
             hazards["overflow"] += n_over
@@ -637,7 +649,7 @@ class _Run:
             if name != "ok"
         }
         tr = self._trace(rec) if self.want_trace else None
-        return out, lse, hazards, full, garbage | overflow, tr
+        return out, lse, hazards, full, junk & ~overflow, tr
 
     @staticmethod
     def _fp32_overflow(O, l, out) -> np.ndarray:

@@ -172,7 +172,7 @@ class Report:
 
 def make_header(config: ReportConfig, argv: list[str] | None = None) -> dict[str, Any]:
     """The report header: tool, versions, seeds, reference precision, command."""
-    libs = {}
+    libs: dict[str, str | None] = {}
     for name in _LIBRARIES:
         try:
             libs[name] = metadata.version(name.replace("_", "-"))
@@ -353,7 +353,7 @@ def hazard_failures(records: Sequence[Record]) -> list[str]:
     return out
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, list[float]]:
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, list[float]]:
     """Mean and two-sided 95 % Student t interval (n - 1 dof) of per-seed values.
 
     One value: its interval is [nan, nan]; a non-finite value makes the mean non-finite and

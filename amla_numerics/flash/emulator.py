@@ -384,7 +384,8 @@ class _Run:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
-        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
+        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
+        self.qk_all: np.ndarray | None = None
         self.scale = self.dt(inp.scale)
         # an additive score bias, rounded (rne) to the work format once
         self.bias = None if inp.bias is None else inp.bias.astype(self.dt)

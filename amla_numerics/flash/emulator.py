@@ -451,31 +451,26 @@ class _Run:
             )
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
+        """Stage 1 for keys ``lo:hi``: ``fl(QK * scale)`` (+ the bias), masked scores -inf."""
         if self.qk_all is not None:
             qk = self.qk_all[..., lo:hi]
-            with np.errstate(over="ignore", invalid="ignore"):
-                s = qk * self.scale
-                if self.bias is not None:
-                    s = s + self.bias[..., lo:hi]
-            if self.inp.keep is not None:
-                s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
-            return s
-        stats = (
-            None
-            if self.k_stats is None
-            else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
-        )
-        qk = matrix_product(
-            self.q,
-            self.kT[..., lo:hi],
-            self.pol.qk,
-            self.dt,
-            a_rounded=True,
-            b_rounded=True,
-            b_stats=stats,
-            b_absmax=self.k_absmax,
-            a_stats=self.q_stats,
-        )
+        else:
+            stats = (
+                None
+                if self.k_stats is None
+                else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
+            )
+            qk = matrix_product(
+                self.q,
+                self.kT[..., lo:hi],
+                self.pol.qk,
+                self.dt,
+                a_rounded=True,
+                b_rounded=True,
+                b_stats=stats,
+                b_absmax=self.k_absmax,
+                a_stats=self.q_stats,
+            )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
             if self.bias is not None:

@@ -511,7 +511,7 @@ def _work_constants(work: str) -> dict[str, Any]:
         return float(dt(x))
 
     def rna_units(eps: float) -> float:
-        return float(rna_int(dt(eps) * k["TWO23"]))
+        return float(rna_int(np.asarray(dt(eps) * k["TWO23"])))
 
     def n_of(m: np.ndarray) -> np.ndarray:
         """AMLA's ``n = rna(fl(-m RECIP_LN2))`` for work-format values ``m`` (-inf: 0)."""
@@ -669,7 +669,7 @@ def bound_inputs(
     v64 = np.asarray(inp.v).astype(np.float64)
     s = scale * (q64 @ np.swapaxes(k64, -1, -2))
     masked = inp.keep is not None
-    if masked:
+    if inp.keep is not None:
         s = np.where(inp.keep, s, -np.inf)
     m = np.max(s, axis=-1, keepdims=True)
     m0 = np.where(np.isfinite(m), m, 0.0)
@@ -867,7 +867,9 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     n_chg_row = np.sum(chg_f, axis=-1, keepdims=True)
 
     # --- AMLA: n at both ends of every jump, the clamp, the compensation mismatch
-    rho_key = dn_key = logk_key = None
+    rho_key: Any = 0.0
+    dn_key: Any = 0.0
+    logk_key: np.ndarray | None = None
     if amla:
         consts = _work_constants(b.work)
         dt = consts["dtype"]
@@ -906,7 +908,8 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     # --- per-key first-order relative terms: t = t_ind (per key) + t_blk (per block)
     #     + t_sys (systematic); numerator and denominator
     span = np.where(fin, smax0 - s0, 0.0) + E + e + (b.tau * _LN2 * (1.0 + 4 * u) if lazy else 0.0)
-    common_ind = e + (u + b.exp_slope) * span + b.exp_u
+    e_sys = (2.0 * u + u * u) * np.abs(s0)  # the scale's rounding (and the product's): linear
+    common_ind = e - e_sys + (u + b.exp_slope) * span + b.exp_u
     v_in = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).unit_roundoff
     num_ind = common_ind + b.terms["fold"] + b.u_cast + v_in
     blk_idx = np.arange(n_keys) // bn
@@ -918,6 +921,10 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     da = _to_keys(d_after, bn, n_keys)
     # a_j = exp(fl(m_{j-1} - m_j)) at change blocks: exp_u + (u + exp_slope) |dm_j| each
     a_err = ca * b.exp_u + (u + b.exp_slope) * da
+    num_blk: Any
+    den_blk: Any
+    num_sys: Any
+    den_sys: Any
     if b.variant == "naive":
         num_blk = np.full_like(s0, pv)
         den_blk = np.full_like(s0, rowsum)
@@ -935,6 +942,8 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
         den_blk = rowsum + count(own) * u + count(na) * u + count(ca) * 2.0 * u
         num_sys = a_err
         den_sys = a_err
+    num_sys = num_sys + e_sys
+    den_sys = den_sys + e_sys
     t_num = num_ind + num_blk + num_sys
     t_den = common_ind + den_blk + den_sys
     with np.errstate(over="ignore"):

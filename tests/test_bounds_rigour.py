@@ -339,3 +339,21 @@ def test_bound_holds_on_random_masked_inputs(
         # 2**dn where the add would clamp) a clamped jump is outside its bound
         assume(np.all(res.trace.dn >= pol.dn_clamp))
     _assert_within(out, ref, det, (variant, _POLICIES[policy]))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp32", "fp16"])
+def test_representability_agrees_with_round_to(fmt):
+    """The bounds charge input rounding only where the inputs are not in the matrix unit's
+    format; the fast FP32/BF16 test agrees with the exact rounder on normals, subnormals
+    and out-of-range values."""
+    from amla_numerics.analysis.bounds import _representable
+    from amla_numerics.formats import get_format
+
+    rng = np.random.default_rng(4)
+    edge = [2.0**-133, 2.0**-134, 2.0**-149, 2.0**-150, 3e38, 1e39, 0.0, -(2.0**-126), 65504.0]
+    cases = [rng.standard_normal(500), _bf16(rng.standard_normal(500))] + [
+        np.array([x]) for x in edge
+    ]
+    for x in cases:
+        want = np.array_equal(np.asarray(round_to(x, get_format(fmt)), dtype=np.float64), x)
+        assert _representable(x, fmt) == want, (fmt, x[:3])

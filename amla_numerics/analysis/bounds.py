@@ -547,6 +547,13 @@ def _representable(x: Any, fmt: str) -> bool:
     if src is not None and _contains(fmt, src):
         return True
     x64 = x.astype(np.float64)
+    if fmt in ("fp32", "bf16"):  # float64 -> float32 is a correctly rounded cast
+        with np.errstate(over="ignore"):
+            x32 = x64.astype(np.float32)
+        if not np.array_equal(x32.astype(np.float64), x64):
+            return False
+        # BF16 = FP32 with the low 16 significand bits zero (same exponent range)
+        return fmt == "fp32" or not np.any(x32.view(np.uint32) & np.uint32(0xFFFF))
     return bool(np.array_equal(np.asarray(round_to(x64, get_format(fmt)), dtype=np.float64), x64))
 
 

@@ -357,3 +357,26 @@ def test_representability_agrees_with_round_to(fmt):
     for x in cases:
         want = np.array_equal(np.asarray(round_to(x, get_format(fmt)), dtype=np.float64), x)
         assert _representable(x, fmt) == want, (fmt, x[:3])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_underflowing_probabilities(variant):
+    """Keys ~95 nats below the max have FP32-subnormal P whose BF16 cast flushes to zero;
+    with |V| ~ 3e37 on them (and one exact key at the max) their absolute rounding errors
+    dominate the output error: the bound's subnormal terms (from the formats) cover them,
+    and without those terms it would not."""
+    rng = np.random.default_rng(11)
+    n, bn = 96, 32
+    k = np.zeros((n, 2))
+    k[:, 0] = _bf16(-rng.uniform(93.0, 97.0, n))
+    k[5, 0] = 0.0
+    q = np.array([[1.0, 0.0], [1.0, 0.0]])
+    v = 3e37 * (1.0 + 0.1 * rng.standard_normal((n, 3)))
+    v[5] = 1.0
+    v = _bf16(v)
+    out, ref, det, res = _run(variant, q, k, v, 1.0, bn)
+    assert not any(res.hazards[h] for h in GARBAGE)
+    _assert_within(out, ref, det, variant)
+    b = a_priori_bound(variant, head_dim=2, kv_len=n, block_n=bn)
+    no_sub = dataclasses.replace(b, sigma_cast=0.0, sigma_work=0.0)
+    assert np.any(np.abs(out - ref) > elementwise_bound(no_sub, q, k, v, 1.0))

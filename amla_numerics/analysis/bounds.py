@@ -1002,9 +1002,12 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + v_in_sig * n_pos * b.r_hat_max * carry
     abs_num = abs_num + b.blocks * (b.sigma_pv_out + b.sigma_o + sig)
-    abs_num = abs_num + n_chg_row * sig * (2.0 * n_pos * x.v_max * b.r_hat_max + 1.0)
+    # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
+    p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau
+    o_max = 2.0 * n_pos * x.v_max * b.r_hat_max * p_max
+    abs_num = abs_num + n_chg_row * sig * (o_max + 1.0)
     abs_out = _times(carry, abs_num) / b.r_hat_min
-    delta_l = sig * (n_pos + n_chg_row * (n_pos + 1.0))
+    delta_l = sig * (n_pos + n_chg_row * (n_pos * p_max + 1.0))
     abs_out = abs_out + _times(x.out_abs + total, delta_l * (1.0 + 2.0 * u)) + sig
     total = total + abs_out
     total = np.where(any_key, total, np.inf)  # no attended key: the output is undefined

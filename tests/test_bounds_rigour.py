@@ -26,6 +26,7 @@ from amla_numerics.flash.policy import MatmulPolicy, get_policy
 from amla_numerics.formats import BF16
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import AMLA_VARIANTS, VARIANTS
+from tests.strategies import examples
 
 LN2 = math.log(2.0)
 GARBAGE = ("zero", "subnormal", "sign_borrow", "underflow", "overflow", "nonfinite")
@@ -305,7 +306,7 @@ _POLICIES = [
 ]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     d=st.sampled_from([1, 4, 16]),

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
-from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics
+from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics, magnitude_scale
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 from amla_numerics.formats import FP32
 from amla_numerics.ulp import ulp
@@ -146,7 +146,8 @@ def evaluate_case(
 
     variants = [check_variant(v) for v in variants]
     w = case.make()
-    ref = reference.attention(w.q, w.k, w.v, w.scale, method="auto")
+    ref, lse_ref = reference.attention(w.q, w.k, w.v, w.scale, method="auto", return_lse=True)
+    mag = magnitude_scale(w.q, w.k, w.v, w.scale)
     unit = ulp(ref, FP32)
     stats = bound_inputs(w.q, w.k, w.v, w.scale)  # shared by every variant's bounds
     records = []
@@ -172,7 +173,7 @@ def evaluate_case(
                 seed=case.seed,
                 rows=case.rows,
                 block_n=case.block_n,
-                metrics=error_metrics(out, ref),
+                metrics=error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref),
                 bound_ulp_fp32=float(np.median(det / unit)),
                 bound_ratio=_max_ratio(err[finite], det[finite]),
                 prob_bound_ratio=_max_ratio(err[finite], prob[finite]),

@@ -15,8 +15,7 @@ Examples
 >>> assert_attention_close(bad, q, k, v, max_cond_err=2.0)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-AssertionError:
-Attention output not within limits of the certified reference
+AssertionError: Attention output not within limits of the certified reference
 Mismatched elements: 1 / 16 (6.25%) with cond_err > 2
 Worst element: index (1, 3): out -0.0363... vs ref -0.0373... (cond_err 1.777e+04)
 cond_err_max measured 17765.7 > limit 2

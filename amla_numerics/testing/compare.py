@@ -169,7 +169,7 @@ class Comparison:
     def failures(self, limits: Mapping[str, float]) -> list[Failure]:
         """Every limit exceeded. Non-finite outputs always fail (metric ``n_nonfinite``)."""
         w = self.worst[0] if self.worst else None
-        loc = {"index": w.index, "out": w.out, "ref": w.ref} if w else {}
+        loc: dict[str, Any] = {"index": w.index, "out": w.out, "ref": w.ref} if w else {}
         fails = []
         if self.metrics.n_nonfinite:
             fails.append(Failure("n_nonfinite", float(self.metrics.n_nonfinite), 0.0, **loc))
@@ -385,7 +385,7 @@ def compare(
     if bit_match is True:
         names = list(VARIANTS)
     elif bit_match:
-        names = [check_variant(n, "bit_match") for n in bit_match]  # type: ignore[union-attr]
+        names = [check_variant(n, "bit_match") for n in bit_match]
     if variant is not None and variant not in names:
         names.append(variant)
     matches: dict[str, float] = {}
@@ -401,7 +401,7 @@ def compare(
                 qa, ka, va, name, scale=sc, block_n=int(block_n), policy=policy, mask=mask
             )
             emu = np.asarray(res.out)
-            if bit_match is True or (bit_match and name in bit_match):  # type: ignore[operator]
+            if bit_match is True or (bit_match and name in bit_match):
                 cast = _cast_like(emu, o.dtype)
                 matches[name] = float(np.mean(_same_bits(cast, o))) if o.size else 1.0
                 with np.errstate(invalid="ignore", over="ignore"):

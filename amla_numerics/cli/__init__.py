@@ -2,8 +2,9 @@
 
 One module per subcommand (:data:`SUBCOMMANDS`: ``formats``, ``report``, ``budgets`` for
 ``check-budgets``, ``compare``, ``make_cases`` for ``make-cases``, ``pipeline``), each
-exposing ``register(subparsers)``: it adds an argparse sub-parser whose ``handler`` takes the parsed namespace, builds a validated configuration,
-calls the library and renders; it returns an exit code. No logic lives here.
+exposing ``register(subparsers)``: it adds an argparse sub-parser whose ``handler`` takes
+the parsed namespace, builds a validated configuration, calls the library and renders; it
+returns an exit code. No logic lives here.
 
 Exit codes: 0 success, 1 a check failed (a budget exceeded, a bound violated),
 2 a usage error (bad option, bad value, unreadable file). A user's mistake is

@@ -360,6 +360,13 @@ def compare(
     TypeError
         A non-float array.
     """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _compare(
+            out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match, n_worst
+        )
+
+
+def _compare(out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match, n_worst):
     o = _float_array(out, "out")
     qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     _check_shapes(o, qa, ka, va)
@@ -447,11 +454,17 @@ def compare(
     cond = np.where(np.isfinite(ref) & ~np.isfinite(o64), np.inf, cond)
     cond = np.where(np.isnan(ref), -1.0, cond)
     flat = cond.reshape(-1)
+    garbage_out = (np.isfinite(ref) & ~np.isfinite(o64)).reshape(-1)
     kk = min(int(n_worst), flat.size)
     worst: list[WorstElement] = []
     if kk > 0:
-        top = np.argpartition(-flat, kk - 1)[:kk]
-        top = top[np.argsort(-flat[top], kind="stable")]
+        # non-finite outputs first, then by error (the first of equal errors)
+        cand = np.flatnonzero(garbage_out)[:kk]
+        if cand.size < kk:
+            top = np.argpartition(-flat, kk - 1)[:kk]
+            top = top[np.argsort(-flat[top], kind="stable")]
+            cand = np.concatenate([cand, top[~np.isin(top, cand)]])[:kk]
+        top = cand
         for t in top:
             idx = tuple(int(i) for i in np.unravel_index(int(t), cond.shape))
             worst.append(

@@ -111,7 +111,7 @@ def test_mask_lse_and_shapes():
     assert c.metrics.cond_err_max <= 1.0 + 1e-6 and c.metrics.lse_err_max == 0
     with pytest.raises(ValueError, match=r"out \(3, 31\) should be \(3, 32\)"):
         compare(np.zeros((3, 31), np.float32), q, k, v)
-    with pytest.raises(ValueError, match="k .* and v .* differ in N"):
+    with pytest.raises(ValueError, match=r"k .* and v .* differ in N"):
         compare(np.zeros((3, 32), np.float32), q, k, v[:10])
     with pytest.raises(ValueError, match=r"lse \(4,\) should be \(3,\)"):
         compare(ref.rounded["fp32"], q, k, v, lse=np.zeros(4))

@@ -113,7 +113,7 @@ def test_find_dumps_expands_directories(tmp_path):
     assert [p.name for p in find_dumps([tmp_path])] == ["a.npz", "b.safetensors"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="holds no .npz or .safetensors"):
+    with pytest.raises(ValueError, match=r"holds no \.npz or \.safetensors"):
         find_dumps([empty])
     with pytest.raises(ValueError, match="no such file or directory"):
         find_dumps([tmp_path / "nope.npz"])

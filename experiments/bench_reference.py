@@ -161,8 +161,8 @@ def sweep(args) -> None:
             reps = args.repeats if n <= 262144 else max(1, args.repeats // 2)
             (t_base, t_auto), _ = best_of_interleaved(
                 [
-                    lambda: plain(q64, k64, v64, scale, True),  # noqa: B023
-                    lambda: attention(q, k, v, scale, method="auto"),  # noqa: B023
+                    lambda a=q64, b=k64, c=v64: plain(a, b, c, scale, True),
+                    lambda a=q, b=k, c=v: attention(a, b, c, scale, method="auto"),
                 ],
                 reps,
             )
@@ -171,7 +171,6 @@ def sweep(args) -> None:
                 f"{_peak_mb():8.0f}",
                 flush=True,
             )
-            del q64, k64, v64
 
 
 if __name__ == "__main__":

@@ -122,32 +122,38 @@ def make_workload(
     return Workload(name, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), float(scale), seed)
 
 
-def load_workload(path: str | Path, *, fmt: Format | str = BF16) -> Workload:
-    """Load user inputs from an ``.npz`` holding ``q``, ``k``, ``v`` and optionally ``scale``.
+def load_workload(path: str | Path, *, fmt: Format | str | None = None) -> Workload:
+    """Load user inputs from a dump (``.npz`` or ``.safetensors``, read by
+    :func:`amla_numerics.dumps.read_dump`) holding ``q``, ``k``, ``v`` and optionally
+    ``scale``.
 
-    The arrays are rounded to ``fmt`` (exactly representable inputs are unchanged).
+    The arrays keep their exact values and dtype (bfloat16 and FP8 included; leading
+    dimensions allowed); with ``fmt`` they are rounded to that format explicitly.
 
     Raises
     ------
     ValueError
-        A missing array, wrong ranks, or mismatched dimensions (the message names it).
+        An unreadable/corrupt file, a missing array, wrong ranks, or mismatched dimensions
+        (the message names it).
     """
+    from amla_numerics.dumps import read_dump
+
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays: dict[str, Any] = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read workload file {str(path)!r}: {exc}") from None
+    dump = read_dump(path)
+    dump.require("q", "k", "v")
+    arrays: dict[str, Any] = dump.arrays
     for key in ("q", "k", "v"):
-        if key not in arrays:
-            raise ValueError(f"workload file {str(path)!r} lacks the array {key!r}")
-        if arrays[key].ndim != 2:
-            raise ValueError(f"array {key!r} in {str(path)!r} must be 2-D, got {arrays[key].shape}")
+        if arrays[key].ndim < 2:
+            raise ValueError(
+                f"array {key!r} in {str(path)!r} must be at least 2-D, got {arrays[key].shape}"
+            )
     q, k, v = arrays["q"], arrays["k"], arrays["v"]
-    if q.shape[1] != k.shape[1] or k.shape[0] != v.shape[0]:
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"shapes q {q.shape}, k {k.shape}, v {v.shape} in {str(path)!r} do not fit"
         )
-    scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[1])
-    fmt = get_format(fmt)
-    return Workload(path.stem, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), scale)
+    scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[-1])
+    if fmt is not None:
+        f = get_format(fmt)
+        q, k, v = round_to(q, f), round_to(k, f), round_to(v, f)
+    return Workload(path.stem, q, k, v, scale)

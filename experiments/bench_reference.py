@@ -13,8 +13,9 @@
 3. ``--sweep``: long contexts (issue 11, section 5): ``method="auto"`` against the
    BLAS-friendly float64 numpy baseline from 1K to 1M keys (``--sweep-n``) for 16 and 128
    query rows (``--sweep-m``), Dk 576, Dv 512 = K[:, :512], BF16; the reference streams over
-   key blocks of ``KEY_BLOCK`` keys, so its working memory stays ``O(M * KEY_BLOCK)``; the
-   peak RSS growth of each call is printed beside its time. Target: <= 10x the baseline.
+   key blocks of ``KEY_BLOCK`` keys, so its working memory is the float64 copy of the inputs
+   plus ``O(M * KEY_BLOCK)``; ``--memory`` prints each call's peak (tracemalloc) beside the
+   inputs' float64 size. Target: <= 10x the baseline.
 
 Run: ``.venv/bin/python experiments/bench_reference.py`` (about a minute on 2 cores);
 ``--sweep`` takes several minutes (the 1M-key cases dominate).
@@ -64,6 +65,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="long-context sweep only")
     ap.add_argument("--sweep-n", default="1024,8192,65536,262144,1048576")
     ap.add_argument("--sweep-m", default="16,128")
+    ap.add_argument(
+        "--memory", action="store_true", help="sweep: also the peak memory (tracemalloc)"
+    )
     args = ap.parse_args()
     if args.sweep:
         sweep(args)
@@ -131,10 +135,16 @@ def main() -> None:
         )
 
 
-def _peak_mb() -> float:
-    import resource
+def _peak_mb(fn) -> float:
+    """Peak memory numpy allocated during one call of ``fn`` (tracemalloc), in MB."""
+    import tracemalloc
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
 
 
 def sweep(args) -> None:
@@ -151,7 +161,10 @@ def sweep(args) -> None:
         f"sweep: Dk 576, Dv 512 = K[:, :512], BF16, KEY_BLOCK {KEY_BLOCK}, best of "
         f"{args.repeats} (interleaved)"
     )
-    print(f"{'M':>4s} {'N':>8s} {'float64 s':>10s} {'auto s':>8s} {'ratio':>6s} {'peak MB':>8s}")
+    print(
+        f"{'M':>4s} {'N':>8s} {'float64 s':>10s} {'auto s':>8s} {'ratio':>6s} {'peak MB':>8s} "
+        f"{'inputs MB':>9s}"
+    )
     for m in ms:
         for n in ns:
             k = k_all[:n]
@@ -166,9 +179,11 @@ def sweep(args) -> None:
                 ],
                 reps,
             )
+            peak = _peak_mb(lambda a=q, b=k, c=v: attention(a, b, c, scale)) if args.memory else 0
+            inputs = 8 * n * 576 / 2**20  # k (and its prefix v) as float64
             print(
                 f"{m:4d} {n:8d} {t_base:10.3f} {t_auto:8.3f} {t_auto / t_base:6.1f} "
-                f"{_peak_mb():8.0f}",
+                f"{peak:8.0f} {inputs:9.0f}",
                 flush=True,
             )
 

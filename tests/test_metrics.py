@@ -203,3 +203,14 @@ def test_error_metrics_refuses_bad_input():
         error_metrics(one, one, mag=one, out_rounding="up")
     d = error_metrics(np.float32(one), one, mag=one).to_dict()
     assert d["worst_index"] == [0] and d["cond_err_max"] == 0.0
+
+
+def test_scale_bias_is_the_least_squares_scale_minus_one():
+    rng = np.random.default_rng(8)
+    ref = rng.standard_normal(300)
+    out = np.float64(np.float32(ref * (1 + 5 * U_FP32)))  # over-scaled by 5 u, then rounded
+    m = error_metrics(out, ref, mag=np.abs(ref) + 1)
+    num = sum(Fraction(float(o)) * Fraction(float(r)) for o, r in zip(out, ref, strict=True))
+    den = sum(Fraction(float(r)) ** 2 for r in ref)
+    assert m.scale_bias == pytest.approx(float((num / den - 1) * 2**24), rel=1e-6)
+    assert 4.5 < m.scale_bias < 5.5

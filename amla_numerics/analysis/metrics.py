@@ -161,7 +161,10 @@ class ErrorMetrics:
     correctly rounded reference) and ``bf16_out_incorrect_frac``; ``lse_err_max`` =
     ``max |lse - lse_ref| / u_fp32``, the relative error of the softmax denominator
     ``exp(lse)`` in units of ``u_fp32`` (NaN without an lse); ``worst_index``, the index
-    (in ``out``'s shape) of ``cond_err_max``.
+    (in ``out``'s shape) of ``cond_err_max``; ``scale_bias``, the multiplicative bias
+    ``<out, ref> / <ref, ref> - 1`` in ``u_fp32`` over the finite outputs (the least-squares
+    scale of the output against the reference: a kernel that systematically over- or
+    under-scales O shows here, whatever the signs of V; NaN when ``ref`` is all zero).
 
     Secondary fields: errors in ULPs of each element's own reference value (``*_ulp_fp32``,
     ``*_ulp_bf16``), the mean signed FP32-ULP error with a two-sided sign test
@@ -182,6 +185,7 @@ class ErrorMetrics:
     bf16_out_incorrect_frac: float
     lse_err_max: float
     worst_index: tuple[int, ...]
+    scale_bias: float
     median_ulp_fp32: float
     p90_ulp_fp32: float
     p99_ulp_fp32: float
@@ -327,6 +331,7 @@ def error_metrics(
         bf16_out_incorrect_frac=bf_frac,
         lse_err_max=lse_err,
         worst_index=worst,
+        scale_bias=_scale_bias(y_f, r_f),
         median_ulp_fp32=q32[0],
         p90_ulp_fp32=q32[1],
         p99_ulp_fp32=q32[2],
@@ -409,6 +414,14 @@ def _lse_error(lse: Any, lse_ref: Any) -> float:
     with np.errstate(invalid="ignore"):
         e = np.where(np.isfinite(a), np.abs(a - b), np.inf)[cov]
     return float(np.max(e)) / U_FP32
+
+
+def _scale_bias(y: np.ndarray, r: np.ndarray) -> float:
+    """``(<y, r> / <r, r> - 1) / u_fp32``, the sums in float64 (NaN for a zero ``r``)."""
+    rr = float(np.dot(r, r))
+    if not rr:
+        return math.nan
+    return (float(np.dot(y - r, r)) / rr) / U_FP32
 
 
 def _percentiles(values: np.ndarray) -> list[float]:

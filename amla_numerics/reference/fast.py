@@ -175,7 +175,7 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53, amax: np.ndarray |
     bv = total - bp
     if bv < 12:
         return None
-    v = vt.T  # (N, Dv): vt is usually the transposed view of a C array
+    v: Any = vt.T  # (N, Dv): vt is usually the transposed view of a C array
     if amax is None:
         amax = _col_absmax(v)
     _, exps = np.frexp(amax)
@@ -193,7 +193,7 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53, amax: np.ndarray |
         np.multiply(v[blk], factor, out=yb)  # exact
         ab = np.abs(yb)
         np.less(ab, thr, out=small[blk])
-    cand = np.flatnonzero(small)  # a bool mask first: much faster than nonzero on floats
+    cand: Any = np.flatnonzero(small)  # a bool mask first: much faster than nonzero on floats
     del small
     yf = y.reshape(-1)  # y is our own C-contiguous array
     if cand.size > 0.25 * y.size:  # many candidates (wider formats): cut every value

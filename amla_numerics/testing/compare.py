@@ -11,7 +11,8 @@ float dtype: float64/32/16, bfloat16, FP8; never re-rounded; leading dims broadc
 - ``worst``: the worst elements (index, out, ref, error, bound);
 - the elementwise a priori bound when ``variant`` names the scheme the kernel implements
   (``bound_cond_max`` on the condition-aware scale, ``bound_ratio`` = max measured/bound over
-  the elements no garbage hazard touched, ``bound_violations``);
+  the elements no garbage hazard of the emulated variant touched, ``bound_covered`` of them,
+  ``bound_violations``; NaN when none is covered);
 - ``hazards``: what the inputs and the output show (non-finite outputs where the reference is
   finite, all-zero V columns, fully masked rows), and with ``variant`` the emulated variant's
   own hazard counts;
@@ -150,6 +151,7 @@ class Comparison:
     bound_cond_median: float = math.nan
     bound_ratio: float = math.nan
     bound_violations: int = 0
+    bound_covered: int = 0
     emulated_hazards: dict[str, int] = field(default_factory=dict)
     ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     lse_ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -199,6 +201,7 @@ class Comparison:
             bound_cond_median=_num(self.bound_cond_median),
             bound_ratio=_num(self.bound_ratio),
             bound_violations=self.bound_violations,
+            bound_covered=self.bound_covered,
             emulated_hazards=dict(self.emulated_hazards),
         )
         return d
@@ -366,7 +369,20 @@ def compare(
         )
 
 
-def _compare(out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match, n_worst):
+def _compare(
+    out: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any,
+    mask: Any,
+    lse: Any,
+    variant: str | None,
+    policy: Any,
+    block_n: int,
+    bit_match: bool | Sequence[str],
+    n_worst: int,
+) -> Comparison:
     o = _float_array(out, "out")
     qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     _check_shapes(o, qa, ka, va)
@@ -430,7 +446,7 @@ def _compare(out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match
     # the a priori bound of the named variant
     bound = None
     b_cond_max = b_cond_med = b_ratio = math.nan
-    n_viol = 0
+    n_viol = n_cov = 0
     if variant is not None:
         bound = _elementwise_bound(variant, qa, ka, va, sc, mask, int(block_n), policy)
         if bound is not None:
@@ -440,6 +456,7 @@ def _compare(out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match
                 bc = np.where(mag > 0, bound / mag / U_FP32, np.where(bound > 0, np.inf, 0.0))
                 ratio = np.where(err == 0, 0.0, err / bound)
             ratio = np.where(np.isfinite(o.astype(np.float64)), ratio, np.inf)
+            n_cov = int(np.count_nonzero(covered))
             if covered.any():
                 b_cond_max = float(np.max(bc[covered]))
                 b_cond_med = float(np.median(bc[covered]))
@@ -499,20 +516,37 @@ def _compare(out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match
         bound_cond_median=b_cond_med,
         bound_ratio=b_ratio,
         bound_violations=n_viol,
+        bound_covered=n_cov,
         emulated_hazards=emu_hazards,
         ref=ref,
         lse_ref=lse_ref,
     )
 
 
-def _elementwise_bound(variant, q, k, v, scale, mask, block_n, policy) -> np.ndarray | None:
-    """The deterministic elementwise bound (None with a mask: the bounds take no mask)."""
-    if mask is not None:
-        return None
+def _elementwise_bound(
+    variant: str,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float | None,
+    mask: Any,
+    block_n: int,
+    policy: Any,
+) -> np.ndarray | None:
+    """The deterministic elementwise bound of ``variant`` (mask included where the bounds
+    module takes one; None where it cannot bound masked inputs)."""
+    import inspect
+
     from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
 
+    kw: dict[str, Any] = {}
+    if mask is not None:
+        if "mask" not in inspect.signature(elementwise_bound).parameters:
+            return None
+        kw["mask"] = mask
     b = a_priori_bound(
         variant, head_dim=int(q.shape[-1]), kv_len=int(k.shape[-2]), block_n=block_n, policy=policy
     )
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return np.asarray(elementwise_bound(b, q, k, v, sc, kind="deterministic"), dtype=np.float64)
+    det = elementwise_bound(b, q, k, v, sc, kind="deterministic", **kw)
+    return np.asarray(det, dtype=np.float64)

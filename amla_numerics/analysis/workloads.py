@@ -181,7 +181,10 @@ def load_workload(path: str | Path, *, fmt: Format | str | None = None) -> Workl
     from amla_numerics.dumps import read_dump
 
     path = Path(path)
-    dump = read_dump(path)
+    try:
+        dump = read_dump(path)
+    except ValueError as exc:
+        raise ValueError(f"cannot read workload file: {exc}") from None
     dump.require("q", "k", "v")
     arrays: dict[str, Any] = dump.arrays
     for key in ("q", "k", "v"):

@@ -36,12 +36,13 @@ Default: ``mla`` at 128 heads x s_q 1, 2 x N 1024, 4096, 16384, and the four haz
 
 Examples
 --------
->>> import tempfile, json, os
+>>> import tempfile, json
 >>> d = tempfile.mkdtemp()
 >>> m = make_cases(d, shapes=[Shape(4, 2, 1024)], workloads=["mla", "sink"])
 >>> [c["name"] for c in m["cases"]]
 ['mla_h4_sq2_n1024', 'sink_h4_sq2_n1024']
->>> man = json.load(open(os.path.join(d, "manifest.json")))
+>>> from pathlib import Path
+>>> man = json.loads((Path(d) / "manifest.json").read_text())
 >>> man["files"]["mla_h4_sq2_n1024.npz"] == man["cases"][0]["sha256"]
 True
 """

@@ -26,6 +26,7 @@ from amla_numerics.flash.policy import MatmulPolicy, get_policy
 from amla_numerics.formats import BF16
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import AMLA_VARIANTS, VARIANTS
+from tests.strategies import examples
 
 LN2 = math.log(2.0)
 GARBAGE = ("zero", "subnormal", "sign_borrow", "underflow", "overflow", "nonfinite")
@@ -305,7 +306,7 @@ _POLICIES = [
 ]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     d=st.sampled_from([1, 4, 16]),
@@ -380,3 +381,19 @@ def test_underflowing_probabilities(variant):
     b = a_priori_bound(variant, head_dim=2, kv_len=n, block_n=bn)
     no_sub = dataclasses.replace(b, sigma_cast=0.0, sigma_work=0.0)
     assert np.any(np.abs(out - ref) > elementwise_bound(no_sub, q, k, v, 1.0))
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy", "amla_exactcomp"])
+def test_additive_bias_masks(variant):
+    """An ALiBi-like additive bias (rounded to FP32 and added to the scaled score by the
+    emulator) with -inf entries: within the bound, which charges both roundings."""
+    rng = np.random.default_rng(8)
+    n, d, rows = 300, 8, 3
+    q = _bf16(rng.standard_normal((rows, d)))
+    k = _bf16(rng.standard_normal((n, d)))
+    v = _bf16(rng.standard_normal((n, 4)) + 0.5)
+    bias = -0.37 * np.abs(np.arange(n)[None, :] - np.array([[50], [150], [299]]))
+    bias[1, 200:] = -np.inf
+    out, ref, det, res = _run(variant, q, k, v, d**-0.5, 64, mask=bias)
+    assert not any(res.hazards[h] for h in GARBAGE)
+    _assert_within(out, ref, det, variant)

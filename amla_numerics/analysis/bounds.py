@@ -557,17 +557,20 @@ def _representable(x: Any, fmt: str) -> bool:
     return bool(np.array_equal(np.asarray(round_to(x64, get_format(fmt)), dtype=np.float64), x64))
 
 
-def _keep_mask(mask: Any, causal: bool, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The boolean keep-mask (True = attend) of ``mask``/``causal``, as the emulator reads
-    them (``amla_numerics.flash._inputs``), broadcast to ``shape`` (..., M, N)."""
-    from amla_numerics.flash._inputs import _mask  # one meaning of a mask, the emulator's
+def _mask_parts(
+    mask: Any, causal: bool, shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(keep, bias)`` of ``mask``/``causal`` as the emulator reads them
+    (:func:`amla_numerics.inputs.split_mask`), broadcast to ``shape`` (..., M, N)."""
+    from amla_numerics.inputs import split_mask  # one meaning of a mask
 
-    keep = _mask(mask, shape[:-2], shape[-2], shape[-1])
+    keep, bias = split_mask(mask, shape[:-2], shape[-2], shape[-1])
     if causal:
         m, n = shape[-2], shape[-1]
         tri = np.arange(n)[None, :] <= np.arange(m)[:, None] + (n - m)
         keep = tri if keep is None else keep & tri
-    return None if keep is None else np.broadcast_to(keep, shape)
+    keep = None if keep is None else np.broadcast_to(keep, shape)
+    return keep, None if bias is None else np.broadcast_to(bias, shape)
 
 
 def softmax_weights(
@@ -575,9 +578,9 @@ def softmax_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Float64 scores ``scale q k^T`` and softmax weights (an approximation, for the bounds).
 
-    ``mask`` is a boolean keep-mask or a float mask of 0 (attend) and ``-inf`` (masked),
-    ``causal`` the emulator's bottom-right aligned causal mask. Masked scores are ``-inf``
-    and their weights 0; a row with no attended key has weights 0.
+    ``mask`` is a boolean keep-mask or an additive float bias (``-inf`` masks), ``causal``
+    the emulator's bottom-right aligned causal mask (:mod:`amla_numerics.inputs`). Masked
+    scores are ``-inf`` and their weights 0; a row with no attended key has weights 0.
 
     Returns
     -------
@@ -587,7 +590,9 @@ def softmax_weights(
     q64 = np.asarray(q).astype(np.float64)
     k64 = np.asarray(k).astype(np.float64)
     s = float(scale) * (q64 @ np.swapaxes(k64, -1, -2))
-    keep = _keep_mask(mask, causal, s.shape) if (mask is not None or causal) else None
+    keep, bias = _mask_parts(mask, causal, s.shape)
+    if bias is not None:
+        s = s + bias
     if keep is not None:
         s = np.where(keep, s, -np.inf)
     m = np.max(s, axis=-1, keepdims=True)
@@ -606,7 +611,8 @@ class BoundInputs:
     All arrays are float64: scores ``s`` (``-inf`` where masked), softmax weights ``w``
     (``(..., M, N)``), the magnitudes ``qk_abs = scale |q| |k|^T``, ``|v|``, ``v**2``,
     ``|out| = |w v|``, the column maxima and sums of ``|v|``, the per-row ``lse`` of the
-    scores, and the row/key 1-norms of q and k (for input rounding into subnormals).
+    scores, the row/key 1-norms of q and k (for input rounding into subnormals) and
+    ``|b|`` of an additive bias mask (None: none; the scores include the bias).
     """
 
     head_dim: int
@@ -625,6 +631,7 @@ class BoundInputs:
     v_sum: np.ndarray | None = field(default=None, repr=False)
     qk_l1: np.ndarray | None = field(default=None, repr=False)
     masked: bool = False
+    bias_abs: np.ndarray | None = field(default=None, repr=False)
 
 
 #: The matrix-unit input formats checked for exact representability of the inputs.
@@ -676,6 +683,11 @@ def bound_inputs(
     v64 = np.asarray(inp.v).astype(np.float64)
     s = scale * (q64 @ np.swapaxes(k64, -1, -2))
     masked = inp.keep is not None
+    bias_abs = None
+    if inp.bias is not None:
+        bias = np.broadcast_to(np.asarray(inp.bias, dtype=np.float64), s.shape)
+        s = s + bias
+        bias_abs = np.abs(bias)
     if inp.keep is not None:
         s = np.where(inp.keep, s, -np.inf)
     m = np.max(s, axis=-1, keepdims=True)
@@ -709,6 +721,7 @@ def bound_inputs(
         v_sum=np.sum(v_abs, axis=-2, keepdims=True),
         qk_l1=abs(scale) * (np.sum(qa, axis=-1)[..., :, None] + np.sum(ka, axis=-1)[..., None, :]),
         masked=masked,
+        bias_abs=bias_abs,
     )
 
 
@@ -840,11 +853,17 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     if prob:
         g_qk = _prob_scale(g_qk, d, u)
     coef_qk = (1.0 + u) ** 2 * (g_qk + 2.0 * k_in + k_in * k_in) + _gamma(d + 2, _U64)
-    e = coef_qk * x.qk_abs + (2.0 * u + u * u) * np.abs(s0)
+    s_qk = np.abs(s0)  # |scale q.k|: with a bias b, at most min(|s| + |b|, scale |q||k|)
+    b_abs = None if x.bias_abs is None else np.where(fin, x.bias_abs, 0.0)
+    if b_abs is not None:
+        s_qk = np.minimum(s_qk + b_abs, x.qk_abs)
+    e = coef_qk * x.qk_abs + (2.0 * u + u * u) * np.abs(s_qk)
     if k_in and x.qk_l1 is not None:
         sig_in = qk_in.min_subnormal
         e = e + (1.0 + u) ** 2 * sig_in * (1.0 + k_in) * (x.qk_l1 + abs(x.scale) * d * sig_in)
     e = e + (1.0 + u) ** 2 * abs(x.scale) * b.sigma_pv_out + 2.0 * b.sigma_work
+    if b_abs is not None:  # fl(S + fl(b)): the bias's rounding and the add
+        e = e + u * b_abs + u * (np.abs(s0) + e + u * b_abs) + 2.0 * b.sigma_work
     e = np.where(fin, e, 0.0)
     E = np.max(e, axis=-1, keepdims=True)  # (..., M, 1)
     any_key = np.any(fin, axis=-1, keepdims=True)
@@ -915,7 +934,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     # --- per-key first-order relative terms: t = t_ind (per key) + t_blk (per block)
     #     + t_sys (systematic); numerator and denominator
     span = np.where(fin, smax0 - s0, 0.0) + E + e + (b.tau * _LN2 * (1.0 + 4 * u) if lazy else 0.0)
-    e_sys = (2.0 * u + u * u) * np.abs(s0)  # the scale's rounding (and the product's): linear
+    e_sys = (2.0 * u + u * u) * np.abs(s_qk)  # the scale's rounding (and the product's): linear
     common_ind = e - e_sys + (u + b.exp_slope) * span + b.exp_u
     v_in = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).unit_roundoff
     num_ind = common_ind + b.terms["fold"] + b.u_cast + v_in

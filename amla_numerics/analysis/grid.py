@@ -121,7 +121,7 @@ def case_from_file(
     """A case measuring the user's arrays in ``path`` (``.npz`` with q, k, v, optional scale
     and mask)."""
     w = load_workload(path)
-    return Case(w.head_dim, w.kv_len, w.name, 0, int(w.q.shape[0]), block_n, c, str(path), policy)
+    return Case(w.head_dim, w.kv_len, w.name, 0, int(w.q.shape[-2]), block_n, c, str(path), policy)
 
 
 @dataclass(frozen=True)

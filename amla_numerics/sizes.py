@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: Keys per block of the streamed reference (:data:`amla_numerics.reference.fast.KEY_BLOCK`).
-KEY_BLOCK = 1 << 15
+KEY_BLOCK = 1 << 12
 _GEMM_S = 4e-11
 _SCORE_S = 2.5e-7
 _SAFETY = 0.8  # refuse above this share of the available memory

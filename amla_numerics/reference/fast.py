@@ -317,8 +317,11 @@ def _one_inner(
     return out, bound, lse, lse_b, dots
 
 
-#: Keys per block of the fast path (its working memory is ``O(M * KEY_BLOCK)``).
-KEY_BLOCK = 1 << 15
+#: Keys per block of the fast path (its working memory is ``O(M * KEY_BLOCK)``). 4096 keys
+#: keep every per-block array (the key limbs, 4096 x 576 float64, 19 MB) under glibc's
+#: 32 MB mmap threshold, so freed blocks are reused from the heap instead of page-faulted
+#: afresh; 32K-key blocks were 1.5-2x slower (``experiments/bench_reference.py --sweep``).
+KEY_BLOCK = 1 << 12
 
 
 class _LazyDots:

@@ -105,3 +105,36 @@ def test_size_guards_refuse_what_cannot_fit(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "GiB of memory" in err and "Traceback" not in err
+
+
+def test_keys_converted_block_by_block_give_the_same_result(monkeypatch):
+    """BF16 keys (MLA: v = k[:, :Dv]) are converted to float64 one key block at a time: the
+    result is bit for bit the one from the whole float64 copy (same formats), no float64 copy
+    of the keys is kept, and the lazy fallback dots equal the dots over every key at once."""
+    import dataclasses
+
+    from amla_numerics.reference._inputs import prepare
+    from amla_numerics.reference.exactdot import exact_dot_any
+
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((300, 48)).astype(ml_dtypes.bfloat16)
+    q = (rng.standard_normal((4, 48)) * 2).astype(ml_dtypes.bfloat16)
+    k64 = k.astype(np.float64)
+    monkeypatch.setattr(fast, "KEY_BLOCK", 64)  # 5 blocks, the last one short
+    for mask in (None, rng.random((4, 300)) < 0.6):
+        prob = prepare(q, k, k[:, :40], 0.2, mask)
+        assert prob.v_of_k and prob.k_in.dtype == ml_dtypes.bfloat16
+        got = fast.fast_problem(prob, want_lse=True)
+        assert "k" not in vars(prob) and "v" not in vars(prob)  # never converted whole
+        whole64 = prepare(q, k, k[:, :40], 0.2, mask)  # converted whole, then the same path
+        whole64 = dataclasses.replace(whole64, k_in=whole64.k, v_in=whole64.v, v_of_k=False)
+        want = fast.fast_problem(whole64, want_lse=True)
+        for name in ("out", "bound", "lse", "lse_bound"):
+            assert getattr(got, name).tobytes() == getattr(want, name).tobytes()
+        # a separate v array (not a view of k) takes the same path
+        sep = certified_attention(q, k, k[:, :40].copy(), 0.2, mask=mask)
+        assert sep.bound.tobytes() == want.bound.tobytes()
+        whole = exact_dot_any(q.astype(np.float64), k64)
+        for i in (0, 3):
+            assert got.dots[0].row_mpf(i) == whole.row_mpf(i)
+    assert np.array_equal(prob.v, k64[:, :40][None])  # the lazy float64 view, on demand

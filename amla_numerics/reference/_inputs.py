@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 from fractions import Fraction
@@ -14,7 +15,7 @@ import numpy as np
 from amla_numerics.inputs import check_shapes, is_leading_columns, split_mask
 from amla_numerics.rounding import to_fraction
 
-__all__ = ["METHODS", "Problem", "Scale", "check_dps", "prepare"]
+__all__ = ["METHODS", "Problem", "Scale", "as_f64", "check_dps", "prepare"]
 
 METHODS = ("auto", "fast", "mpmath")
 
@@ -67,16 +68,38 @@ class Scale:
 
 @dataclass(frozen=True)
 class Problem:
-    """Validated inputs, broadcast and flattened to a batch of 2-D problems (float64, exact)."""
+    """Validated inputs, broadcast and flattened to a batch of 2-D problems.
 
-    q: np.ndarray  # (B, M, Dk)
-    k: np.ndarray  # (B, N, Dk)
-    v: np.ndarray  # (B, N, Dv)
+    ``q`` and ``mask`` are float64. The keys and values are kept in their input format
+    (``k_in``, ``v_in``: BF16 stays 2 bytes a value; ``v_in`` is ``k_in[..., :Dv]`` when
+    ``v_of_k``), so the fast path can convert them to float64 one key block at a time;
+    ``k`` and ``v`` are their exact float64 copies, made on first use.
+    """
+
+    q: np.ndarray  # (B, M, Dk) float64
+    k_in: np.ndarray  # (B, N, Dk), input format (exact in float64)
+    v_in: np.ndarray  # (B, N, Dv), input format
     mask: np.ndarray | None  # (B, M, N) float64 additive (-inf allowed), or None
     scale: Scale
     batch_shape: tuple[int, ...]
     precision: tuple[int, int, int]  # significant bits of q, k, v's formats
     dtypes: tuple[str, str, str]
+    v_of_k: bool = False  # v_in is the view k_in[..., :Dv]
+
+    @functools.cached_property
+    def k(self) -> np.ndarray:
+        """``k_in`` as float64 (exact), (B, N, Dk)."""
+        return as_f64(self.k_in)
+
+    @functools.cached_property
+    def v(self) -> np.ndarray:
+        """``v_in`` as float64 (exact), (B, N, Dv): a view of :attr:`k` when ``v_of_k``."""
+        return self.k[..., : self.v_in.shape[-1]] if self.v_of_k else as_f64(self.v_in)
+
+
+def as_f64(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64 (exact for every accepted format; no copy if already float64)."""
+    return x if x.dtype == np.float64 else x.astype(np.float64)
 
 
 def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
@@ -93,7 +116,7 @@ def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
         # the exponent field tells NaN/inf: a 2-byte pass instead of an 8-byte one
         if np.any((arr.view(np.uint16) & 0x7F80) == 0x7F80):
             raise ValueError(f"argument '{name}' contains NaN or inf")
-        return arr.astype(np.float64), prec, "bfloat16"  # exact
+        return arr, prec, "bfloat16"  # converted to float64 (exactly) where needed
     out = arr.astype(np.float64)  # exact for every float dtype up to float64
     if not np.isfinite(out).all():
         raise ValueError(f"argument '{name}' contains NaN or inf")
@@ -127,8 +150,10 @@ def check_dps(dps: Any) -> int:
 def prepare(q: Any, k: Any, v: Any, scale: Any, mask: Any) -> Problem:
     """Check and broadcast; every error names the offending argument."""
     qa, pq, dq = _as_float(q, "q")
+    qa = as_f64(qa)
     ka, pk, dk_ = _as_float(k, "k")
-    if is_leading_columns(v, k):  # v = k[..., :Dv] (MLA): reuse k's conversion, same values
+    v_of_k = is_leading_columns(v, k)
+    if v_of_k:  # v = k[..., :Dv] (MLA): reuse k's conversion, same values
         va, pv, dv = ka[..., : np.shape(v)[-1]], pk, dk_
     else:
         va, pv, dv = _as_float(v, "v")
@@ -142,5 +167,13 @@ def prepare(q: Any, k: Any, v: Any, scale: Any, mask: Any) -> Problem:
     bk = np.broadcast_to(ka, (*batch, *ka.shape[-2:])).reshape(-1, *ka.shape[-2:])
     bv = np.broadcast_to(va, (*batch, *va.shape[-2:])).reshape(-1, *va.shape[-2:])
     return Problem(
-        bq, bk, bv, msk, make_scale(scale, qa.shape[-1]), tuple(batch), (pq, pk, pv), (dq, dk_, dv)
+        bq,
+        bk,
+        bv,
+        msk,
+        make_scale(scale, qa.shape[-1]),
+        tuple(batch),
+        (pq, pk, pv),
+        (dq, dk_, dv),
+        v_of_k,
     )

@@ -24,7 +24,7 @@ import numpy as np
 
 from amla_numerics.formats import FP32
 from amla_numerics.reference import cache as _cache
-from amla_numerics.reference._inputs import METHODS, Problem, check_dps, prepare
+from amla_numerics.reference._inputs import METHODS, Problem, as_f64, check_dps, prepare
 from amla_numerics.reference.exactdot import exact_dot_any
 from amla_numerics.reference.fast import FastUnavailable, fast_problem
 from amla_numerics.reference.mp import attention_row
@@ -77,17 +77,20 @@ def _mp_problem(
 ):
     """The mpmath path over all rows, or over ``rows``: {(b, i): cols or None} when given."""
     nb, m, _ = prob.q.shape
-    dv = prob.v.shape[2]
+    dv = prob.v_in.shape[2]
     if dots is None:
-        dots = [exact_dot_any(prob.q[b], prob.k[b]) for b in range(nb)]
+        dots = [exact_dot_any(prob.q[b], as_f64(prob.k_in[b])) for b in range(nb)]
     if rows is None:
         rows = {(b, i): None for b in range(nb) for i in range(m)}
     keys = list(rows)
     tasks = []
+    v64: dict[int, np.ndarray] = {}  # v of the batch elements with rows to do, as float64
     for b, i in keys:
         mrow = None if prob.mask is None else prob.mask[b, i]
         raw = [d._mpf_ for d in dots[b].row_mpf(i)]
-        tasks.append((raw, mrow, prob.v[b], prob.scale, dps, rows[(b, i)], want_lse))
+        if b not in v64:
+            v64[b] = as_f64(prob.v_in[b])
+        tasks.append((raw, mrow, v64[b], prob.scale, dps, rows[(b, i)], want_lse))
     results = _run_rows(tasks, jobs)
     if ladder and tasks:
         _ladder(tasks, results, dps)
@@ -233,7 +236,7 @@ def _finish(result: dict, return_lse: bool):
 def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: bool, jobs: int):
     shp = prob.batch_shape
     nb, m, _ = prob.q.shape
-    dv = prob.v.shape[2]
+    dv = prob.v_in.shape[2]
     fast = None
     if method in ("fast", "auto"):
         try:

@@ -55,7 +55,7 @@ from amla_numerics.reference._dd import (
     gamma,
     two_sum,
 )
-from amla_numerics.reference._inputs import Problem, prepare
+from amla_numerics.reference._inputs import Problem, as_f64, prepare
 from amla_numerics.reference.exactdot import (
     ExactDot,
     Limbs,
@@ -236,8 +236,13 @@ def _one_inner(
     sc: tuple[float, float, float],
     prec: tuple[int, int, int],
     want_lse: bool,
+    v_of_k: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
     """One 2-D problem; keys in blocks of at most :data:`KEY_BLOCK` (memory ``O(M block)``).
+
+    ``k`` and ``v`` may be in their input format (BF16...): each key block is converted to
+    float64 (exactly) when it is used, so the float64 copy of the keys is never whole;
+    ``v_of_k``: ``v`` is ``k[:, :Dv]`` (its block is a view of k's converted block).
 
     A single block is the plain algorithm (the shift is the exact row max). Several blocks:
     the shift of a row is a float64 upper bound of its largest score (a plain float64 GEMM
@@ -248,11 +253,15 @@ def _one_inner(
     row's from ``q[i]`` and ``k`` (:class:`_LazyDots`).
     """
     m_rows, n = q.shape[0], k.shape[0]
-    vmax = _col_absmax(v)  # |v| column maxima over every key
+    blocks = [(j0, min(n, j0 + KEY_BLOCK)) for j0 in range(0, n, KEY_BLOCK)]
+    if len(blocks) == 1:
+        shift = None
+        kb, vb = _kv_block(k, v, v_of_k, 0, n)
+        vmax = _col_absmax(vb)  # |v| column maxima over every key
+    else:
+        shift, vmax = _row_shift(q, k, v, v_of_k, mask, sc)
     if vmax.size and vmax.max() > 2.0**900:
         raise FastUnavailable("values too large for the fast path")
-    blocks = [(j0, min(n, j0 + KEY_BLOCK)) for j0 in range(0, n, KEY_BLOCK)]
-    shift = None if len(blocks) == 1 else _row_shift(q, k, mask, sc)
     terms: list[np.ndarray] = []
     lterms: list[np.ndarray] = []
     rel = np.zeros(m_rows)
@@ -263,7 +272,8 @@ def _one_inner(
     mxs = np.zeros(m_rows)
     dots: Any = None
     for j0, j1 in blocks:
-        kb, vb = k[j0:j1], v[j0:j1]
+        if len(blocks) > 1:
+            kb, vb = _kv_block(k, v, v_of_k, j0, j1)
         mb = None if mask is None else mask[:, j0:j1]
         res = _block(q, kb, vb, mb, sc, prec, shift, vmax)
         terms += res["terms"]
@@ -324,8 +334,20 @@ def _one_inner(
 KEY_BLOCK = 1 << 12
 
 
+def _kv_block(
+    k: np.ndarray, v: np.ndarray, v_of_k: bool, j0: int, j1: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ``j0:j1`` of ``k`` and ``v`` as float64 (exact; a view if already float64)."""
+    kb = as_f64(k[j0:j1])
+    return kb, (kb[:, : v.shape[1]] if v_of_k else as_f64(v[j0:j1]))
+
+
 class _LazyDots:
-    """Exact dot products of one query row at a time (the mpmath fallback of long rows)."""
+    """Exact dot products of one query row at a time (the mpmath fallback of long rows).
+
+    Computed key block by key block (each block's values are exact, so the row is the
+    same as one product over every key), without a float64 copy of the whole of ``k``.
+    """
 
     def __init__(self, q: np.ndarray, k: np.ndarray) -> None:
         self.q, self.k = q, k
@@ -333,13 +355,23 @@ class _LazyDots:
     def row_mpf(self, i: int) -> list[mpmath.mpf]:
         from amla_numerics.reference.exactdot import exact_dot_any
 
-        return exact_dot_any(self.q[i : i + 1], self.k).row_mpf(0)
+        row: list[mpmath.mpf] = []
+        for j0 in range(0, self.k.shape[0], KEY_BLOCK):
+            kb = as_f64(self.k[j0 : j0 + KEY_BLOCK])
+            row += exact_dot_any(self.q[i : i + 1], kb).row_mpf(0)
+        return row
 
 
 def _row_shift(
-    q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, sc: tuple[float, float, float]
-) -> np.ndarray:
-    """Per row, a float64 ``m >= max_j (scale q_i . k_j + mask_ij)`` (the exact scores).
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    v_of_k: bool,
+    mask: np.ndarray | None,
+    sc: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, a float64 ``m >= max_j (scale q_i . k_j + mask_ij)`` (the exact scores),
+    and (same pass over the key blocks) the column maxima of ``|v|``.
 
     ``fl(q k^T)`` per key block, plus its rounding bound ``gamma_{Dk} |q||k|^T`` (bounded by
     ``gamma_{Dk} ||q_i||_1 max|k|``), times ``|sc_hi| + |sc_lo| + e_sc``, plus the mask's,
@@ -349,8 +381,10 @@ def _row_shift(
     s_abs = abs(sch) + abs(scl) + esc
     qn = np.abs(q).sum(axis=1)
     best = np.full(q.shape[0], -np.inf)
+    vmax = np.zeros(v.shape[1])
     for j0 in range(0, k.shape[0], KEY_BLOCK):
-        kb = k[j0 : j0 + KEY_BLOCK]
+        kb, vb = _kv_block(k, v, v_of_k, j0, min(k.shape[0], j0 + KEY_BLOCK))
+        np.maximum(vmax, _col_absmax(vb), out=vmax)
         kmax = float(max(kb.max(), -kb.min())) if kb.size else 0.0
         g = q @ kb.T  # float64, any order: |g - q.k| <= gamma_Dk |q||k|
         slack = (gamma(q.shape[1] + 2) * qn * kmax) * s_abs
@@ -364,7 +398,7 @@ def _row_shift(
         dot_max = np.abs(g).max(axis=1) + gamma(q.shape[1] + 2) * qn * kmax
         cap = row + slack + np.abs(row) * 2.0**-50 + dot_max * (abs(scl) + esc) + 2.0**-1000
         best = np.maximum(best, np.where(row == -np.inf, -np.inf, cap))
-    return np.where(np.isfinite(best), best * (1 + np.sign(best) * 2.0**-40), best)
+    return np.where(np.isfinite(best), best * (1 + np.sign(best) * 2.0**-40), best), vmax
 
 
 def _block(q, k, v, mask, sc, prec, shift, vmax) -> dict[str, Any]:
@@ -490,7 +524,14 @@ def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:
         mask = None if prob.mask is None else prob.mask[b]
         try:
             o, bd, ls, lb, d = _one(
-                prob.q[b], prob.k[b], prob.v[b], mask, sc, prob.precision, want_lse
+                prob.q[b],
+                prob.k_in[b],
+                prob.v_in[b],
+                mask,
+                sc,
+                prob.precision,
+                want_lse,
+                prob.v_of_k,
             )
         except FastUnavailable:
             raise
@@ -502,7 +543,7 @@ def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:
         lbs.append(lb)
         dots.append(d)
     shp = prob.batch_shape
-    m, dv = prob.q.shape[1], prob.v.shape[2]
+    m, dv = prob.q.shape[1], prob.v_in.shape[2]
     return FastResult(
         np.stack(outs).reshape(*shp, m, dv),
         np.stack(bounds).reshape(*shp, m, dv),

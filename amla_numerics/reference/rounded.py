@@ -107,7 +107,7 @@ def rounded_reference(
     fmts = {name: get_format(name) for name in formats}
     shp = prob.batch_shape
     nb, m, _ = prob.q.shape
-    dv = prob.v.shape[2]
+    dv = prob.v_in.shape[2]
     try:
         fast = fast_problem(prob, True)
     except FastUnavailable:

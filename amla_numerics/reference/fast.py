@@ -384,8 +384,9 @@ def _row_shift(
     vmax = np.zeros(v.shape[1])
     for j0 in range(0, k.shape[0], KEY_BLOCK):
         kb, vb = _kv_block(k, v, v_of_k, j0, min(k.shape[0], j0 + KEY_BLOCK))
-        np.maximum(vmax, _col_absmax(vb), out=vmax)
-        kmax = float(max(kb.max(), -kb.min())) if kb.size else 0.0
+        kcol = _col_absmax(kb)  # one pass over the block for max|k| and (MLA) max|v|
+        np.maximum(vmax, kcol[: v.shape[1]] if v_of_k else _col_absmax(vb), out=vmax)
+        kmax = float(kcol.max()) if kb.size else 0.0
         g = q @ kb.T  # float64, any order: |g - q.k| <= gamma_Dk |q||k|
         slack = (gamma(q.shape[1] + 2) * qn * kmax) * s_abs
         with np.errstate(over="ignore", invalid="ignore"):

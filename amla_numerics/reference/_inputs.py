@@ -102,6 +102,20 @@ def as_f64(x: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.float64 else x.astype(np.float64)
 
 
+def _bf16_finite(arr: np.ndarray) -> bool:
+    """No NaN or inf in a BF16 array: its exponent field (a 2-byte pass, no float64 copy),
+    in chunks of 1M values so that the temporaries stay small whatever the size."""
+    bits = arr.view(np.uint16)
+    flat = bits.reshape(-1) if bits.flags.c_contiguous else bits.copy().reshape(-1)
+    step = 1 << 20
+    tmp = np.empty(min(step, flat.size), dtype=np.uint16)
+    for i in range(0, flat.size, step):
+        t = np.bitwise_and(flat[i : i + step], 0x7F80, out=tmp[: flat[i : i + step].size])
+        if (t == 0x7F80).any():
+            return False
+    return True
+
+
 def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
     arr = np.asarray(x)
     prec = _precision(arr.dtype)
@@ -113,8 +127,7 @@ def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
     if arr.size == 0:
         raise ValueError(f"argument '{name}' is empty (shape {arr.shape})")
     if arr.dtype == ml_dtypes.bfloat16:
-        # the exponent field tells NaN/inf: a 2-byte pass instead of an 8-byte one
-        if np.any((arr.view(np.uint16) & 0x7F80) == 0x7F80):
+        if not _bf16_finite(arr):
             raise ValueError(f"argument '{name}' contains NaN or inf")
         return arr, prec, "bfloat16"  # converted to float64 (exactly) where needed
     out = arr.astype(np.float64)  # exact for every float dtype up to float64

@@ -462,7 +462,8 @@ def choose_widths_rows(spans_a: np.ndarray, spans_b: np.ndarray, total: int) -> 
         rows = sp.size
         top = int(sp[-1]) if rows else 0
         c = max(1, -(-top // bits))
-        n = [rows] + [rows - int(np.searchsorted(sp, s * bits, side="right")) for s in range(1, c)]
+        above = np.searchsorted(sp, np.arange(1, c) * bits, side="right")  # one call, c - 1 limbs
+        n = [rows] + [rows - int(x) for x in above]
         multi = n[1] if c > 1 else 0
         return float(sum(n)), 3.0 * rows + 20.0 * c * multi
 

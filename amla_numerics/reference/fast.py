@@ -94,16 +94,32 @@ class FastResult:
     dots: tuple[ExactDot, ...]
 
 
-def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    hi, lo, mag = terms[0], np.zeros_like(terms[0]), np.abs(terms[0])
-    for t in terms[1:]:
-        hi, e = two_sum(hi, t)
-        lo += e
-        mag += np.abs(t)
-    hi, lo = two_sum(hi, lo)
-    n = len(terms)
-    err = (gamma(n - 1) ** 2 * mag * _INFLATE) if n > 1 else np.zeros_like(hi)
-    return hi, lo, err
+class _Sum2:
+    """Sum2 (Ogita, Rump, Oishi) fed term by term: the key blocks' terms are folded in as
+    they come (memory ``O(M Dv)``, not one array per term of every block); ``result`` is
+    ``(hi, lo, err)`` with ``err = gamma_{n-1}**2 sum |terms|`` (inflated)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.hi: Any = None
+        self.lo: Any = None
+        self.mag: Any = None
+
+    def add(self, terms: list[np.ndarray]) -> None:
+        for t in terms:
+            if self.n == 0:
+                self.hi, self.lo, self.mag = t, np.zeros_like(t), np.abs(t)
+            else:
+                self.hi, e = two_sum(self.hi, t)
+                self.lo += e
+                self.mag += np.abs(t)
+            self.n += 1
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        hi, lo = two_sum(self.hi, self.lo)
+        n = self.n
+        err = (gamma(n - 1) ** 2 * self.mag * _INFLATE) if n > 1 else np.zeros_like(hi)
+        return hi, lo, err
 
 
 _CHUNK = 1 << 14
@@ -262,8 +278,7 @@ def _one_inner(
         shift, vmax = _row_shift(q, k, v, v_of_k, mask, sc)
     if vmax.size and vmax.max() > 2.0**900:
         raise FastUnavailable("values too large for the fast path")
-    terms: list[np.ndarray] = []
-    lterms: list[np.ndarray] = []
+    terms, lterms = _Sum2(), _Sum2()  # every block's exact terms, folded in as they come
     rel = np.zeros(m_rows)
     psum = np.zeros(m_rows)
     tau_sum = np.zeros(m_rows)
@@ -276,8 +291,8 @@ def _one_inner(
             kb, vb = _kv_block(k, v, v_of_k, j0, j1)
         mb = None if mask is None else mask[:, j0:j1]
         res = _block(q, kb, vb, mb, sc, prec, shift, vmax)
-        terms += res["terms"]
-        lterms += res["lterms"]
+        terms.add(res["terms"])
+        lterms.add(res["lterms"])
         rel = np.maximum(rel, res["rel"])
         psum += res["psum"]
         tau_sum += res["tau_sum"]
@@ -287,12 +302,14 @@ def _one_inner(
         dots = res["dots"] if len(blocks) == 1 else _LazyDots(q, k)
     # sum_j err_p_j with err_p_j = rel_j p_j + EXP_ABS + tau_j <= rel_row p_j + EXP_ABS + tau_j
     big_e = (rel * psum * _INFLATE + n * EXP_ABS + tau_sum) * (1 + gamma(n + 1))
-    if not terms:
-        terms, lterms = [np.zeros((v.shape[1], m_rows))], [np.zeros(m_rows)]
-    oh, ol, e2 = _sum2(terms)
+    if not terms.n:  # no live weight limb anywhere (then no limb sum either)
+        terms, lterms = _Sum2(), _Sum2()
+        terms.add([np.zeros((v.shape[1], m_rows))])
+        lterms.add([np.zeros(m_rows)])
+    oh, ol, e2 = terms.result()
     e2 = e2 + e_lo
     oh, ol, e2 = oh.T, ol.T, e2.T
-    lh, ll, el = _sum2(lterms)
+    lh, ll, el = lterms.result()
     d_o = big_e[:, None] * vmax[None, :] * _INFLATE + e2
     d_l = big_e + el
     yh, yl = dd_div(oh, ol, lh[:, None], ll[:, None])

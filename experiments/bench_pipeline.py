@@ -15,10 +15,12 @@ import platform
 import time
 
 from amla_numerics.pipeline.analytic import analyze
-from amla_numerics.pipeline.build import build_graph
+from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import load_hardware
 from amla_numerics.pipeline.model import run
-from amla_numerics.pipeline.workload import Workload, default_schedule
+from amla_numerics.pipeline.plan import make_plan
+from amla_numerics.pipeline.schedule import default_schedule
+from amla_numerics.pipeline.shape import AttentionShape as Workload
 
 BATCHES = (8, 32, 64, 128, 256)
 KV_LENS = (1024, 4096, 8192, 16384, 32768)
@@ -44,7 +46,7 @@ def main() -> None:
     assert len(configs) == 100
     print(f"python {platform.python_version()} on {platform.machine()}")
 
-    t_ana = _time(lambda: [analyze(hw, wl, sch) for wl, sch in configs])
+    t_ana = _time(lambda: [analyze(make_plan(hw, wl, sch)) for wl, sch in configs])
     t_sweep = _time(lambda: [run(hw, wl, sch) for wl, sch in configs])
     print(
         f"sweep of {len(configs)} configurations (batch {BATCHES} x kv {KV_LENS} x q {Q_LENS}"
@@ -53,9 +55,9 @@ def main() -> None:
     )
 
     wl, sch = Workload(128, 2, 32768), default_schedule(hw, "amla")
-    ops = len(build_graph(hw, wl, sch).graph)
+    ops = len(build_graph(make_plan(hw, wl, sch)).graph)
     t_one = _time(lambda: run(hw, wl, sch), repeat=3)
-    t_one_ana = _time(lambda: analyze(hw, wl, sch), repeat=3)
+    t_one_ana = _time(lambda: analyze(make_plan(hw, wl, sch)), repeat=3)
     r = run(hw, wl, sch)
     print(
         f"batch 128, q-len 2, kv-len 32768, amla: {t_one:.3f} s (target <= 2 s), {ops} ops"

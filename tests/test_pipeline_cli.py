@@ -130,8 +130,8 @@ def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) ->
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--batch", "-4"], "workload.batch must be >= 1, got -4"),
-        (["--kv-len", "0"], "workload.kv_len must be >= 1"),
+        (["--batch", "-4"], "shape.batch must be >= 1, got -4"),
+        (["--kv-len", "0"], "shape.kv_len must be >= 1"),
         (["--batch", "two"], "--batch must be an integer"),
         (["--batch", "4,8"], "lists of values need --sweep"),
         (["--rescale", "fp64"], "unknown variant 'fp64' for argument '--rescale'"),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from amla_numerics.pipeline.analytic import split_work
-from amla_numerics.pipeline.build import rescaled_blocks
 from amla_numerics.pipeline.calibrate import ANCHORS, anchor_result, anchor_value, fit_constant
+from amla_numerics.pipeline.graph import rescaled_blocks
 from amla_numerics.pipeline.hardware import load_hardware
 from amla_numerics.pipeline.model import evaluate, run
-from amla_numerics.pipeline.workload import Workload, default_schedule
+from amla_numerics.pipeline.plan import split_work
+from amla_numerics.pipeline.schedule import default_schedule
+from amla_numerics.pipeline.shape import AttentionShape
 
 AMLA = ANCHORS["amla_614"]
 
@@ -27,7 +28,7 @@ def amla_anchor():
 @pytest.fixture(scope="module")
 def fa_anchor():
     hw = load_hardware("ascend910c")
-    return run(hw, Workload(**AMLA.workload), default_schedule(hw, "fa_fp32"))
+    return run(hw, AttentionShape(**AMLA.workload), default_schedule(hw, "fa_fp32"))
 
 
 def test_amla_614_tflops_within_5_percent(amla_anchor) -> None:
@@ -57,7 +58,7 @@ def test_fa_fp32_baseline_is_lower_and_the_reason_is_the_o_round_trip(
     # Reason, as data movement: FA reads O back GM -> UB every rescaled block. The extra L2
     # read bytes are exactly that traffic (an identity: rescaled blocks x 256 rows x 512 x 4 B).
     hw = load_hardware("ascend910c")
-    wl = Workload(**AMLA.workload)
+    wl = AttentionShape(**AMLA.workload)
     split = split_work(hw, wl, default_schedule(hw, "fa_fp32"))
     rescaled = sum(sum(rescaled_blocks(len(s), 1.0)) for _, s in split.pieces)
     cycles = lambda r, k: r.engines[k] * r.time_us * 1e-6 * 1.8e9  # noqa: E731

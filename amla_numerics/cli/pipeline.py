@@ -13,7 +13,7 @@ hardware     ascend910c
 rescale      amla
 ...
 0
->>> main(["pipeline", "--batch", "0"])  # stderr: workload.batch must be >= 1, got 0
+>>> main(["pipeline", "--batch", "0"])  # stderr: shape.batch must be >= 1, got 0
 2
 """
 
@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
-from amla_numerics.pipeline.workload import SCHEDULES, Schedule, Workload, default_schedule
+from amla_numerics.pipeline.schedule import SCHEDULES, Schedule, default_schedule
+from amla_numerics.pipeline.shape import AttentionShape
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = ["register", "render", "run_cli"]
@@ -155,7 +156,7 @@ def run_cli(args: argparse.Namespace) -> int:
     overrides.update(_settings(args.set or []))
     results = []
     for rescale, batch, q_len, kv_len in combos:
-        wl = Workload(batch=batch, q_len=q_len, kv_len=kv_len, heads=args.heads)
+        wl = AttentionShape(batch=batch, q_len=q_len, kv_len=kv_len, heads=args.heads)
         prob = args.rescale_prob if rescale == "lazy" else None
         sch = default_schedule(hw, rescale, rescale_prob=prob, **overrides)
         if args.trace or args.plot:

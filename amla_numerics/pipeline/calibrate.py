@@ -31,7 +31,8 @@ from types import MappingProxyType
 
 from amla_numerics.pipeline.hardware import Hardware, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
-from amla_numerics.pipeline.workload import Workload, default_schedule
+from amla_numerics.pipeline.schedule import default_schedule
+from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = ["ANCHORS", "Anchor", "anchor_result", "anchor_value", "fit_constant"]
 
@@ -45,7 +46,7 @@ class Anchor:
     name, hardware, rescale : str
         Anchor name, hardware file, rescale variant.
     workload : Mapping[str, int]
-        Keyword arguments of :class:`~amla_numerics.pipeline.workload.Workload`.
+        Keyword arguments of :class:`~amla_numerics.pipeline.shape.AttentionShape`.
     metric : str
         ``"tflops"`` or ``"hbm_gbps"``.
     target, tolerance : float
@@ -136,7 +137,7 @@ ANCHORS: Mapping[str, Anchor] = MappingProxyType(
 def anchor_result(anchor: Anchor, hw: Hardware | None = None) -> PipelineResult:
     """Simulate ``anchor``'s configuration (on ``hw``, default: its shipped hardware file)."""
     hw = hw or load_hardware(anchor.hardware)
-    res = run(hw, Workload(**anchor.workload), default_schedule(hw, anchor.rescale))
+    res = run(hw, AttentionShape(**anchor.workload), default_schedule(hw, anchor.rescale))
     assert isinstance(res, PipelineResult)
     return res
 

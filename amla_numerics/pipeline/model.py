@@ -1,7 +1,8 @@
 """The pipeline model's front door: simulate one configuration and report its throughput.
 
-:func:`run` takes a hardware description, a workload and a schedule; it checks the
-tiling, builds the busiest core's operation graph, simulates it and reports time,
+`run` takes a hardware description, an attention shape and a schedule; it computes the
+plan once (capacity, split, costs), builds the busiest core's operation graph, simulates
+it and reports time,
 TFLOPS, utilisation against every named peak, achieved HBM bandwidth, per-engine busy
 fractions, the binding engine and the critical-path attribution, next to the analytic
 roofline. :func:`evaluate` is the keyword interface the numerics report calls once per
@@ -24,10 +25,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from amla_numerics.pipeline.analytic import Analytic, analyze
-from amla_numerics.pipeline.build import build_graph
 from amla_numerics.pipeline.des import SimResult, simulate
+from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import Hardware, load_hardware
-from amla_numerics.pipeline.workload import Schedule, Workload, default_schedule
+from amla_numerics.pipeline.plan import make_plan
+from amla_numerics.pipeline.schedule import Schedule, default_schedule
+from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = ["PipelineResult", "evaluate", "run"]
 
@@ -118,7 +121,7 @@ def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
 
 
 def run(
-    hw: Hardware, wl: Workload, sch: Schedule, *, keep_sim: bool = False
+    hw: Hardware, wl: AttentionShape, sch: Schedule, *, keep_sim: bool = False
 ) -> PipelineResult | tuple[PipelineResult, SimResult]:
     """Simulate ``wl`` under ``sch`` on ``hw``.
 
@@ -137,14 +140,15 @@ def run(
     Examples
     --------
     >>> hw = load_hardware("ascend910c")
-    >>> wl = Workload(batch=48, q_len=2, kv_len=4096)
+    >>> wl = AttentionShape(batch=48, q_len=2, kv_len=4096)
     >>> pre = run(hw, wl, default_schedule(hw, "fa_fp32"))
     >>> ser = run(hw, wl, default_schedule(hw, "fa_fp32", order="serial"))
     >>> ser.time_us > pre.time_us
     True
     """
-    ana: Analytic = analyze(hw, wl, sch)
-    built = build_graph(hw, wl, sch)
+    plan = make_plan(hw, wl, sch)
+    ana: Analytic = analyze(plan)
+    built = build_graph(plan)
     sim = simulate(built.graph)
     cycles = sim.makespan
     time_us = cycles / built.clock_ghz * 1e-3
@@ -220,6 +224,6 @@ def evaluate(
     True
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
-    wl = Workload(batch=batch, q_len=q_len, kv_len=kv_len, heads=heads)
+    wl = AttentionShape(batch=batch, q_len=q_len, kv_len=kv_len, heads=heads)
     sch = default_schedule(hw, rescale, order=schedule, rescale_prob=rescale_prob)
     return run(hw, wl, sch)  # type: ignore[return-value]

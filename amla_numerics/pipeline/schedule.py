@@ -1,17 +1,17 @@
-"""What is computed (:class:`Workload`) and how it is tiled and ordered (:class:`Schedule`).
+"""How the work is tiled and ordered (:class:`Schedule`), and whether the tiles fit.
 
-The two are separate on purpose: the workload fixes the FLOPs and bytes, the schedule
-decides which engine waits for which. :func:`check_capacity` verifies first that every
-on-chip buffer (L1, L0A, L0B, L0C, UB on Ascend; shared memory on a GPU) holds the
-tiles the schedule asks for, and rejects a tiling that does not fit with the reason.
+The shape (:class:`~amla_numerics.pipeline.shape.AttentionShape`) fixes the FLOPs and
+bytes; the schedule decides which engine waits for which. :func:`check_capacity`
+verifies first that every on-chip buffer (L1, L0A, L0B, L0C, UB on Ascend; shared
+memory on a GPU) holds the tiles the schedule asks for, and rejects a
+tiling that does not fit with the reason.
 
 Examples
 --------
 >>> from amla_numerics.pipeline.hardware import load_hardware
 >>> hw = load_hardware("ascend910c")
->>> wl = Workload(batch=128, q_len=2, kv_len=16384)
->>> wl.rows, wl.flops
-(256, 1168231104512.0)
+>>> from amla_numerics.pipeline.shape import AttentionShape
+>>> wl = AttentionShape(batch=128, q_len=2, kv_len=16384)
 >>> sch = default_schedule(hw, "amla")
 >>> sorted(check_capacity(hw, wl, sch))
 ['L0A', 'L0B', 'L0C', 'L1', 'UB']
@@ -28,12 +28,12 @@ import math
 
 from amla_numerics.pipeline.hardware import Hardware
 from amla_numerics.pipeline.rescale import rescale_cost
+from amla_numerics.pipeline.shape import AttentionShape, check_int
 from amla_numerics.variants import check_variant
 
 __all__ = [
     "SCHEDULES",
     "Schedule",
-    "Workload",
     "check_capacity",
     "default_schedule",
     "tasks_per_request",
@@ -41,83 +41,6 @@ __all__ = [
 
 #: The orderings the simulator knows.
 SCHEDULES: tuple[str, ...] = ("serial", "preload")
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """MLA decode attention: ``batch`` requests of ``q_len`` tokens over ``kv_len`` cached ones.
-
-    Parameters
-    ----------
-    batch, q_len, kv_len : int
-        Requests, query tokens per request (s_q), cached tokens (s_k).
-    heads : int
-        Query heads sharing the latent KV cache (rows per request = heads x q_len).
-    d_qk, d_v : int
-        Score and value dims (576 = 512 latent + 64 rope; V = first 512 columns of K).
-    kv_bytes : int
-        Bytes per cached element (2 for BF16).
-
-    Notes
-    -----
-    FLOPs = 2 * batch * q_len * heads * kv_len * (d_qk + d_v);
-    HBM bytes = batch * kv_len * d_qk * kv_bytes (the cache, read once)
-    + batch * rows * (d_qk + d_v) * 2 (Q in, output out, BF16).
-
-    Examples
-    --------
-    >>> Workload(batch=-1, q_len=1, kv_len=8)
-    Traceback (most recent call last):
-    ...
-    ValueError: workload.batch must be >= 1, got -1
-    """
-
-    batch: int
-    q_len: int
-    kv_len: int
-    heads: int = 128
-    d_qk: int = 576
-    d_v: int = 512
-    kv_bytes: int = 2
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_int("workload", f.name, getattr(self, f.name))
-        if self.d_v > self.d_qk:
-            raise ValueError(
-                f"workload.d_v ({self.d_v}) must be <= d_qk ({self.d_qk}): "
-                "V is the first d_v columns of the cached K rows"
-            )
-
-    @property
-    def rows(self) -> int:
-        """Query rows per request (heads x q_len)."""
-        return self.heads * self.q_len
-
-    @property
-    def flops(self) -> float:
-        """Useful FLOPs of the whole workload (QK^T and PV)."""
-        return 2.0 * self.batch * self.rows * self.kv_len * (self.d_qk + self.d_v)
-
-    @property
-    def hbm_bytes(self) -> float:
-        """Compulsory HBM bytes: the KV cache once, Q in and the output out (BF16)."""
-        return float(
-            self.batch
-            * (self.kv_len * self.d_qk * self.kv_bytes + self.rows * (self.d_qk + self.d_v) * 2)
-        )
-
-    @property
-    def intensity(self) -> float:
-        """FLOP per compulsory HBM byte."""
-        return self.flops / self.hbm_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +104,7 @@ class Schedule:
             )
         for f in dataclasses.fields(self):
             if f.type == "int" or f.type is int:
-                _check_int("schedule", f.name, getattr(self, f.name))
+                check_int("schedule", f.name, getattr(self, f.name))
         if not isinstance(self.split_kv, bool):
             raise TypeError(f"schedule.split_kv must be a bool, got {type(self.split_kv).__name__}")
         if self.rescale_prob is not None:
@@ -232,7 +155,7 @@ def _divides(field: str, a: int, b_name: str, b: int) -> None:
         raise ValueError(f"schedule.{field} ({a}) must divide {b_name} ({b})")
 
 
-def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple[int, int]]:
+def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str, tuple[int, int]]:
     """Check that the schedule's tiles fit every buffer; return name -> (used, capacity) bytes.
 
     Raises
@@ -323,6 +246,6 @@ def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple
     return out
 
 
-def tasks_per_request(wl: Workload, sch: Schedule) -> int:
+def tasks_per_request(wl: AttentionShape, sch: Schedule) -> int:
     """Row tiles per request (ceil(rows / m_tile))."""
     return math.ceil(wl.rows / sch.m_tile)

@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -97,30 +98,35 @@ def block_demand(plan: Plan, m: int, n: int, *, rescaled: bool = True) -> BlockD
         }
         traffic = {"L2 read (per SM)": g.load, "HBM (chip share)": g.hbm}
         return BlockDemand(flops, MappingProxyType(engines), MappingProxyType(traffic))
-    c1, c2 = plan.c1(m, n), plan.c2(m, n)
-    v1, ro = plan.v1(m, n), plan.rescale_o(m)
+    c1, c2, v1 = plan.c1(m, n), plan.c2(m, n), plan.v1(m, n)
     nv = plan.nv
+    if plan.cost.design == "atomic":
+        ro = plan.rescale_o(m)
+        o = (p * ro.read, p * ro.vec, p * ro.write, p * ro.atomic, p * ro.hbm)
+    else:
+        o = plan.update_o(m, first=not rescaled)
     aic_mte2 = c1.mte2 + c2.mte2
     fix = c1.fix + c2.fix
-    aiv_read = v1.read + p * ro.read
-    aiv_write = v1.write + p * ro.write
-    aiv_atomic = p * ro.atomic
+    aiv_read = v1.read + o[0]
+    aiv_write = v1.write + o[2]
+    aiv_atomic = o[3]
     l2r = aic_mte2 + nv * aiv_read
     l2w = fix + nv * (aiv_write + aiv_atomic)
+    rmw = c1.fix + plan.fix_l2_bytes(c2.fix) - fix + nv * aiv_atomic * plan.rmw
     engines = {
         "AIC.MTE2": aic_mte2 / hw["l2_read_bpc"],
         "AIC.MTE1": (c1.mte1 + c2.mte1) / hw["mte1_bpc"],
         "AIC.Cube": c1.cube + c2.cube,
         "AIC.FIX": fix / hw["fix_bpc"],
         "AIV.MTE2": aiv_read / hw["aiv_mte2_bpc"],
-        "AIV.Vector": v1.vec + p * ro.vec,
+        "AIV.Vector": v1.vec + o[1],
         "AIV.MTE3": aiv_write / hw["mte3_bpc"] + aiv_atomic / hw["atomic_bpc"],
     }
     traffic = {
         "L2 read port": l2r,
         "L2 write port": l2w,
-        "L2 (chip share)": l2r + l2w,
-        "HBM (chip share)": c1.hbm + nv * v1.hbm,
+        "L2 (chip share)": l2r + l2w + rmw,
+        "HBM (chip share)": c1.hbm + c2.hbm + nv * (v1.hbm + o[4]),
     }
     return BlockDemand(flops, MappingProxyType(engines), MappingProxyType(traffic))
 
@@ -243,9 +249,9 @@ def workload_totals(plan: Plan) -> dict[str, float]:
     >>> t["flops"] == wl.flops, t["hbm_bytes"] == wl.hbm_bytes
     (True, True)
     """
-    plan = dataclasses.replace(plan, spill=False)  # compulsory bytes: no workspace spills
+    plan = dataclasses.replace(plan, spill=0.0)  # compulsory bytes: no workspace spills
     wl, sch = plan.shape, plan.schedule
-    nb = plan.split.blocks_per_task
+    nb = math.ceil(wl.kv_len / sch.kv_block)
     sizes = [sch.kv_block] * (nb - 1) + [wl.kv_len - (nb - 1) * sch.kv_block]
     flops = hbm = 0.0
     for t, m in enumerate(plan.split.row_tiles):
@@ -254,5 +260,5 @@ def workload_totals(plan: Plan) -> dict[str, float]:
             d = block_demand(plan, m, n, rescaled=j > 0)
             flops += d.flops / m * real  # d.flops is a multiple of m: exact
             hbm += d.traffic["HBM (chip share)"]
-    per_request_io = wl.rows * (wl.d_qk + wl.d_v) * 2  # Q in (BF16), output out (BF16)
-    return {"flops": flops * wl.batch, "hbm_bytes": (hbm + per_request_io) * wl.batch}
+    per_group_io = wl.rows * (wl.d_qk + wl.d_v) * 2  # Q in (BF16), output out (BF16)
+    return {"flops": flops * wl.groups, "hbm_bytes": (hbm + per_group_io) * wl.groups}

@@ -59,6 +59,12 @@ class OpGraph:
     def __len__(self) -> int:
         return len(self.pipe)
 
+    def set_rates(self, rates: Mapping[str, float]) -> None:
+        """Change the bytes per cycle of existing resources (the ops stay as they are)."""
+        for r, v in rates.items():
+            if r in self._res_index:
+                self._inv_rate[self._res_index[r]] = 1.0 / float(v)
+
     def add(
         self,
         pipe: str,

@@ -126,6 +126,7 @@ class _Ascend:
         self.s_read_last: dict[int, list[int]] = {}
         self.a_write_last: dict[int, list[int]] = {}
         self.rescale_last: dict[int, list[int]] = {}
+        self.u_read_last: dict[int, list[int]] = {}
 
     # -- AIC ---------------------------------------------------------------------------
     def _output_column(
@@ -140,10 +141,12 @@ class _Ascend:
         fix_bytes: float,
         load_deps: list[tuple[int, float]],
         fix_deps: list[tuple[int, float]],
+        fix_chip: float | None = None,
     ) -> None:
         """One output column tile: ``kc`` L1 chunks in, then per row sub-tile (each in its own
         L0C tile, ping-pong) one MTE1 move and one MMAD per chunk, then its FIX out."""
         g, sch = self.g, self.sch
+        chip = fix_bytes if fix_chip is None else fix_chip
         loads = []
         for i in range(kc):
             d = list(load_deps) if i == 0 else []
@@ -181,7 +184,7 @@ class _Ascend:
                     "AIC.FIX",
                     fix_bytes / self.hw["fix_bpc"],
                     [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 else [])],
-                    [("L2 write port", fix_bytes), ("L2 (chip share)", fix_bytes)],
+                    [("L2 write port", fix_bytes), ("L2 (chip share)", chip)],
                     label,
                 )
             )
@@ -224,19 +227,24 @@ class _Ascend:
         c = self.plan.c2(m, n)
         chunks = c.cols * c.kc
         a_ready = [(op, self.lat) for op in self.a_write_last[t]]
-        o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
+        if self.plan.cost.design == "atomic":  # P V is added into O after O's rescale
+            o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
+        else:  # the partial workspace slot is free once U(t - depth) read it
+            o_ready = [(op, self.lat) for op in self.u_read_last.get(t - self.depth, [])]
+        per_fix = c.fix / (c.cols * c.tm)
         for i_v in range(c.cols):
             self._output_column(
                 label,
                 c.kc,
                 c.tm,
                 c.mte2 / chunks,
-                0.0,
+                c.hbm / chunks,
                 c.mte1 / (chunks * c.tm),
                 c.cube / (chunks * c.tm),
-                c.fix / (c.cols * c.tm),
+                per_fix,
                 a_ready if i_v == 0 else [],
                 o_ready if i_v == 0 else [],
+                self.plan.fix_l2_bytes(per_fix),
             )
         self.c2_mte2_last[t] = self.mte2_ops[-1]  # the A workspace slot is read
         self.c2_fix_last[t] = self.fix_ops[-1]
@@ -277,7 +285,10 @@ class _Ascend:
             f"AIV{v}.MTE3",
             cyc,
             [(vo, 0.0), *write_deps],
-            [("L2 write port", write + atomic), ("L2 (chip share)", write + atomic)],
+            [
+                ("L2 write port", write + atomic),
+                ("L2 (chip share)", write + atomic * (1.0 + self.plan.rmw)),
+            ],
             label,
         )
         ub.append(wo)
@@ -329,6 +340,30 @@ class _Ascend:
         self.a_write_last[t] = a_last
         self.rescale_last[t] = o_last
 
+    def u(self, t: int, m: int, first: bool) -> None:
+        """``workspace``/``ub`` designs: each AIV reads the P V partial of block t (and the
+        old O), RowMuls + Add, writes O; its own stage after C2(t)."""
+        r = m / self.nv
+        subs = max(1, math.ceil(r / self.sch.vec_rows))
+        uo = self.plan.update_o(m, first)
+        ready = [(self.c2_fix_last[t], self.lat)]
+        last = []
+        for v in range(self.nv):
+            for s in range(subs):
+                rd, _ = self._sub(
+                    v,
+                    f"U {t}",
+                    uo.read / subs,
+                    uo.vec / subs,
+                    uo.write / subs,
+                    0.0,
+                    uo.hbm / subs,
+                    ready if s == 0 else [],
+                    [],
+                )
+            last.append(rd)
+        self.u_read_last[t] = last
+
     def v2(self, t: int, m: int) -> None:
         r = m / self.nv
         subs = max(1, math.ceil(r / self.sch.vec_rows))
@@ -361,20 +396,29 @@ def _build_ascend(plan: Plan) -> OpGraph:
     d = sch.depth
     c1_done = c2_done = v1_done = 0  # blocks emitted per stage
     v2_queue: list[int] = []
+    atomic = cost.design == "atomic"
 
     def drain() -> None:
         nonlocal v1_done
         while True:
-            if v2_queue and c2_done > v2_queue[0] and (v1_done >= min(v2_queue[0] + d, nblk)):
+            if (
+                atomic
+                and v2_queue
+                and c2_done > v2_queue[0]
+                and (v1_done >= min(v2_queue[0] + d, nblk))
+            ):
                 t = v2_queue.pop(0)
                 em.v2(t, blocks[t][0])
                 continue
             t = v1_done
-            if t < nblk and c1_done > t and (t == 0 or c2_done >= t):
+            # atomic: the rescale in V1(t) follows C2(t-1); otherwise V1(t) only needs its
+            # A slot, freed by C2(t-d)
+            ready = (t == 0 or c2_done >= t) if atomic else c2_done >= t - d + 1
+            if t < nblk and c1_done > t and ready:
                 m, n, _, last, resc = blocks[t]
-                em.v1(t, m, n, resc)
+                em.v1(t, m, n, resc and atomic)
                 v1_done += 1
-                if last:
+                if last and atomic:
                     v2_queue.append(t)
                 continue
             return
@@ -387,9 +431,14 @@ def _build_ascend(plan: Plan) -> OpGraph:
             drain()
         c = it - (d - 1)
         if c >= 0:
-            m, n, _, _, resc = blocks[c]
+            m, n, first, last, resc = blocks[c]
             em.c2(c, m, n, resc)
             c2_done += 1
+            if not atomic:
+                drain()  # V1(c + d - 1 ...) before U(c): the kernel's preload order
+                em.u(c, m, first)
+                if last:
+                    em.v2(c, m)
             drain()
     drain()
     if v2_queue or v1_done != nblk:  # pragma: no cover - an emission-order bug

@@ -28,7 +28,16 @@ from amla_numerics.pipeline.analytic import Analytic, analyze
 from amla_numerics.pipeline.des import SimResult, simulate
 from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import Hardware, load_hardware
-from amla_numerics.pipeline.plan import make_plan
+from amla_numerics.pipeline.analytic import block_demand, piece_demand
+from amla_numerics.pipeline.plan import (
+    Combine,
+    Plan,
+    chip_bandwidth,
+    combine_cost,
+    make_plan,
+    resource_rates,
+    tile_keys,
+)
 from amla_numerics.pipeline.schedule import Schedule, default_schedule
 from amla_numerics.pipeline.shape import AttentionShape
 
@@ -42,11 +51,12 @@ class PipelineResult:
     Attributes
     ----------
     hardware, rescale, schedule : str
-        Hardware name, rescale variant, schedule order (``preload`` or ``serial``).
-    batch, q_len, kv_len, heads : int
-        The workload.
+        Hardware name, rescale variant or model design, schedule order (``preload`` or ``serial``).
+    batch, q_len, kv_len, heads, kv_heads : int
+        The shape.
     time_us : float
-        Simulated kernel time in microseconds.
+        Kernel time in microseconds: the simulated busiest core, plus the fixed launch
+        cost, plus the split-KV combine.
     tflops : float
         Useful FLOPs (2 b s_q h s_k (d_qk + d_v)) / time.
     utilization : float
@@ -67,6 +77,18 @@ class PipelineResult:
         The analytic layer's bound (the simulation can only be slower).
     blocks_per_core, active_cores : int
         The busiest core's KV blocks and the cores that received work.
+    launch_us, combine_us : float
+        The fixed launch cost and the split-KV combine's time (0 without split tasks).
+    splits : int
+        The largest number of pieces a task was split into (1: no combine).
+    l2_working_set, l2_spill : float
+        Bytes of GM workspaces all cores keep live, and the fraction of their traffic that
+        spills to HBM (0 when they fit L2).
+    traffic_bytes : Mapping[str, float]
+        Whole-kernel ``hbm_read``, ``hbm_write``, ``l2_read``, ``l2_write`` bytes.
+    tflops_range, time_us_range, utilization_range : tuple of float or None
+        (lo, hi) over the unsourced parameters' ranges (:mod:`.sensitivity`); None unless
+        asked for (``samples > 0``).
     """
 
     hardware: str
@@ -90,6 +112,18 @@ class PipelineResult:
     roofline_bound: str
     blocks_per_core: int
     active_cores: int
+    kv_heads: int = 1
+    launch_us: float = 0.0
+    combine_us: float = 0.0
+    splits: int = 1
+    l2_working_set: float = 0.0
+    l2_spill: float = 0.0
+    traffic_bytes: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    tflops_range: tuple[float, float] | None = None
+    time_us_range: tuple[float, float] | None = None
+    utilization_range: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of every field.
@@ -120,6 +154,72 @@ def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
     return "latency" if cp.get("latency", 0.0) > cands[best] else best
 
 
+def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
+    """Simulate with the chip resources shared among the active cores (processor sharing).
+
+    The rate a core sees on a chip resource depends on how often the other cores use it,
+    u = this core's busy fraction (the cores run the same work out of phase): a fixed
+    point. Start from the analytic layer's duty (resource cycles / roofline cycles at the
+    static share), simulate, re-measure u, and simulate again if the rates moved by more
+    than 2 %. The result is held to the chip-bandwidth roofline (N cores x bytes / B),
+    which the fixed point approaches but may undershoot by its residual.
+    """
+    n = plan.split.active_cores
+    chip = chip_bandwidth(plan.hw)
+    top = max(ana.engine_cycles.values())
+    busy = {r: ana.engine_cycles.get(r, 0.0) / top for r in chip}
+    cur = plan.with_rates(resource_rates(plan.hw, n, busy))
+    graph = build_graph(cur).graph  # the ops do not depend on the rates: built once
+    sim = simulate(graph)
+    for _ in range(2):
+        res_busy = sim.resource_busy()
+        span = sim.makespan or 1.0
+        busy = {r: res_busy.get(r, 0.0) / span for r in chip}
+        rates = resource_rates(plan.hw, n, busy)
+        moved = max(abs(rates[r] / cur.rates[r] - 1.0) for r in chip)
+        if moved < 0.02:
+            break
+        cur = plan.with_rates(rates)
+        graph.set_rates(rates)
+        sim = simulate(graph)
+    # the chip roofline: every active core moves the busiest core's bytes at most
+    floor = max((ana.engine_cycles.get(r, 0.0) for r in chip), default=0.0)
+    return cur, sim, max(sim.makespan, floor)
+
+
+def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
+    """Whole-kernel HBM and L2 read/write bytes (every task, no split, plus the combine)."""
+    wl = plan.shape
+    unsplit = dataclasses.replace(plan, spill=plan.spill)
+    tiles = plan.split.row_tiles
+    hbm = l2r = l2w = 0.0
+    for t, m in enumerate(tiles):
+        keys = tile_keys(wl, plan.schedule, t)
+        nb = -(-keys // plan.schedule.kv_block)
+        sizes = [plan.schedule.kv_block] * (nb - 1) + [keys - (nb - 1) * plan.schedule.kv_block]
+        for d in [piece_demand(unsplit, m)] + [
+            block_demand(unsplit, m, n, rescaled=j > 0) for j, n in enumerate(sizes)
+        ]:
+            hbm += d.traffic["HBM (chip share)"]
+            if plan.hw.kind == "gpu":
+                l2r += d.traffic["L2 read (per SM)"]
+            else:
+                l2r += d.traffic["L2 read port"]
+                l2w += d.traffic["L2 write port"]
+    g = wl.groups
+    out = wl.groups * wl.rows * wl.d_v * 2
+    if plan.hw.kind == "gpu":
+        l2w = float(out)
+    hbm_write = out + plan.spill * max(0.0, l2w * g - out)
+    hbm_total = hbm * g
+    return {
+        "hbm_read": hbm_total - hbm_write,
+        "hbm_write": hbm_write,
+        "l2_read": l2r * g + combine.read,
+        "l2_write": l2w * g + combine.write,
+    }
+
+
 def run(
     hw: Hardware, wl: AttentionShape, sch: Schedule, *, keep_sim: bool = False
 ) -> PipelineResult | tuple[PipelineResult, SimResult]:
@@ -128,7 +228,7 @@ def run(
     Parameters
     ----------
     hw, wl, sch
-        Hardware description, workload and schedule.
+        Hardware description, shape and schedule.
     keep_sim : bool
         Also return the :class:`~amla_numerics.pipeline.des.SimResult` (for traces and plots).
 
@@ -148,16 +248,17 @@ def run(
     """
     plan = make_plan(hw, wl, sch)
     ana: Analytic = analyze(plan)
-    built = build_graph(plan)
-    sim = simulate(built.graph)
-    cycles = sim.makespan
-    time_us = cycles / built.clock_ghz * 1e-3
+    cur, sim, cycles = _simulate(plan, ana)
+    comb = combine_cost(plan)
+    launch = hw["launch_us"]
+    time_us = cycles / plan.clock_ghz * 1e-3 + launch + comb.time_us
     tflops = wl.flops / time_us * 1e-6
     peaks = hw.peaks()
     name, peak = peaks[0]
     engines = {k: v / cycles for k, v in sim.pipe_busy().items()}
     engines.update({k: v / cycles for k, v in sim.resource_busy().items()})
     cp = sim.critical_path_attribution()
+    roof_us = ana.time_us + launch + comb.time_us
     res = PipelineResult(
         hardware=hw.name,
         rescale=sch.rescale,
@@ -176,10 +277,17 @@ def run(
         bound=_bound(sim, cp),
         engines=MappingProxyType(engines),
         critical_path=MappingProxyType(cp),
-        roofline_tflops=ana.tflops,
+        roofline_tflops=wl.flops / roof_us * 1e-6,
         roofline_bound=ana.bound,
-        blocks_per_core=built.blocks,
-        active_cores=built.active_cores,
+        blocks_per_core=plan.split.blocks_per_core,
+        active_cores=plan.split.active_cores,
+        kv_heads=wl.kv_heads,
+        launch_us=launch,
+        combine_us=comb.time_us,
+        splits=plan.split.max_splits,
+        l2_working_set=float(plan.capacity["L2"][0]),
+        l2_spill=plan.spill,
+        traffic_bytes=MappingProxyType(kernel_traffic(plan, comb)),
     )
     return (res, sim) if keep_sim else res
 
@@ -192,25 +300,46 @@ def evaluate(
     q_len: int = 2,
     kv_len: int = 16384,
     heads: int = 128,
+    kv_heads: int = 1,
+    d_qk: int = 576,
+    d_v: int = 512,
+    shared_kv: bool = True,
+    kv_cache: str = "bf16",
+    causal: bool = False,
+    block_n: int | None = None,
+    splits: int | None = None,
     rescale_prob: float | None = None,
-    schedule: str = "preload",
+    schedule: str | None = None,
+    samples: int = 0,
+    seed: int = 0,
 ) -> PipelineResult:
-    """Modelled throughput of the MLA decode kernel for one rescale variant.
+    """Modelled throughput of one attention kernel configuration for one rescale variant.
 
     Parameters
     ----------
     hardware : str, path or Hardware
         A shipped hardware name (``ascend910c`` ...), a TOML path, or a loaded description.
     rescale : str
-        Any name in :data:`amla_numerics.variants.VARIANTS`.
-    batch, q_len, kv_len, heads : int
-        The MLA decode workload (d_qk 576, d_v 512, BF16 cache).
+        Any name in :data:`amla_numerics.variants.VARIANTS`, or a model-only design
+        (:data:`~amla_numerics.pipeline.rescale.MODEL_DESIGNS`, e.g. ``fa_fp32_ub``).
+    batch, q_len, kv_len, heads, kv_heads, d_qk, d_v, shared_kv, kv_cache, causal
+        The shape (:class:`~amla_numerics.pipeline.shape.AttentionShape`; default: MLA
+        decode, d_qk 576, d_v 512, one latent KV head, BF16 cache).
+    block_n : int, optional
+        KV block size (default: the kernel's, 512 on Ascend, 64 on a GPU).
+    splits : int, optional
+        Explicit split-KV count (default: the kernels' heuristic).
     rescale_prob : float, optional
-        ``lazy`` only: the fraction of blocks that rescale (None: the documented default
-        :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
-    schedule : str
-        ``"preload"`` (depth 2, as in the AMLA kernel) or ``"serial"``. On ``h800_sxm5``
-        the FlashMLA model's own order is ``"serial"`` (see docs/pipeline.md).
+        ``lazy`` only: the fraction of (block, row group) pairs that rescale, measured per
+        group of :func:`~amla_numerics.pipeline.rescale.rows_per_decision` rows (None: the
+        documented default :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
+    schedule : str, optional
+        ``"preload"`` (depth 2, as in the AMLA kernel) or ``"serial"``; None: the
+        hardware's kernel (preload on Ascend, FlashMLA's serial order on a GPU).
+    samples : int
+        0: no uncertainty. Otherwise the Latin-hypercube samples over the unsourced
+        parameters' ranges that give ``tflops_range`` and the other ranges
+        (:func:`~amla_numerics.pipeline.sensitivity.interval`), with ``seed``.
 
     Returns
     -------
@@ -224,6 +353,28 @@ def evaluate(
     True
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
-    wl = AttentionShape(batch=batch, q_len=q_len, kv_len=kv_len, heads=heads)
-    sch = default_schedule(hw, rescale, order=schedule, rescale_prob=rescale_prob)
-    return run(hw, wl, sch)  # type: ignore[return-value]
+    wl = AttentionShape(
+        batch=batch,
+        q_len=q_len,
+        kv_len=kv_len,
+        heads=heads,
+        kv_heads=kv_heads,
+        d_qk=d_qk,
+        d_v=d_v,
+        shared_kv=shared_kv,
+        kv_cache=kv_cache,
+        causal=causal,
+    )
+    over: dict[str, object] = {"rescale_prob": rescale_prob, "splits": splits}
+    if schedule is not None:
+        over["order"] = schedule
+    if block_n is not None:
+        over["kv_block"] = block_n
+    sch = default_schedule(hw, rescale, **over)
+    res = run(hw, wl, sch)
+    assert isinstance(res, PipelineResult)
+    if samples:
+        from amla_numerics.pipeline.sensitivity import interval
+
+        return interval(hw, wl, sch, samples=samples, seed=seed, nominal=res)
+    return res

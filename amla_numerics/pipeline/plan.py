@@ -10,7 +10,8 @@ Stage costs of one KV block of ``m`` rows x ``n`` tokens (Ascend):
 
 - :meth:`Plan.c1` S = Q K^T on the AIC: K bytes through MTE2, MTE1 bytes, Cube cycles, S out by FIX;
 - :meth:`Plan.v1` softmax on one AIV (its ``m / vector_per_core`` rows): S in, A out;
-- :meth:`Plan.rescale_o` the variant's rescale of O on one AIV (a rescaled block only);
+- :meth:`Plan.rescale_o` the variant's rescale of O on one AIV (``atomic`` design, a rescaled block);
+- :meth:`Plan.update_o` the partial-plus-old-O update on one AIV (``workspace``/``ub`` designs);
 - :meth:`Plan.c2` O += A V on the AIC: V and A in, PV out by FIX;
 - :meth:`Plan.v2` once per piece on one AIV: O in, normalise, BF16 out;
 - :meth:`Plan.gpu_block` a GPU block: load, tensor (QK, PV), SIMT.
@@ -42,6 +43,7 @@ from amla_numerics.pipeline.schedule import Schedule, check_capacity
 from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = [
+    "Combine",
     "CubeStage",
     "GpuBlock",
     "Plan",
@@ -49,9 +51,13 @@ __all__ = [
     "WorkSplit",
     "make_plan",
     "pad16",
+    "CHIP_RESOURCES",
+    "chip_bandwidth",
+    "combine_cost",
+    "l2_working_set",
     "resource_rates",
-    "spills",
     "split_work",
+    "tile_keys",
 ]
 
 
@@ -73,6 +79,18 @@ class WorkSplit:
     blocks_per_core: int
     pieces: tuple[tuple[int, tuple[int, ...]], ...]
     row_tiles: tuple[int, ...]
+    split_tasks: int = 0
+    partials: int = 0
+    max_splits: int = 1
+
+
+def _pieces_per_task(lengths: list[int], per: int) -> list[int]:
+    """Pieces each task of the flattened block list falls into when cut every ``per`` blocks."""
+    out, a = [], 0
+    for n in lengths:
+        out.append((a + n - 1) // per - a // per + 1)
+        a += n
+    return out
 
 
 def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
@@ -88,51 +106,122 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
     (128, 32, 86, 48, 3)
     """
     row_tiles = tuple(pad16(min(sch.m_tile, wl.rows - i)) for i in range(0, wl.rows, sch.m_tile))
-    nb = math.ceil(wl.kv_len / sch.kv_block)
-    sizes = [sch.kv_block] * (nb - 1) + [wl.kv_len - (nb - 1) * sch.kv_block]
+    tile_sizes = [_block_sizes(tile_keys(wl, sch, t), sch.kv_block) for t in range(len(row_tiles))]
+    nb = max(len(x) for x in tile_sizes)
     cores = int(hw["cores"])
-    tasks = wl.batch * len(row_tiles)
-    if sch.split_kv:
-        total = tasks * nb
+    tasks = wl.groups * len(row_tiles)
+    lengths = [len(tile_sizes[t % len(row_tiles)]) for t in range(tasks)]
+    if sch.splits is not None:
+        # S pieces per task (at most one per block), dealt round-robin to the cores
+        counts = [min(sch.splits, n) for n in lengths]
+        total_pieces = sum(counts)
+        per_core = math.ceil(total_pieces / cores)
+        active = math.ceil(total_pieces / per_core)
+        # the busiest core: per_core of the largest pieces (ceil(blocks / S) blocks each)
+        big = max(range(len(row_tiles)), key=lambda t: len(tile_sizes[t]))
+        sizes = tile_sizes[big]
+        k = min(sch.splits, len(sizes))
+        piece = tuple(sizes[: -(-len(sizes) // k)])
+        pieces = [(row_tiles[big], piece)] * per_core
+        per = sum(len(x) for _, x in pieces)
+    elif sch.split_kv:
+        total = sum(lengths)
         per = math.ceil(total / cores)
         active = math.ceil(total / per)
+        counts = _pieces_per_task(lengths, per)
         # the busiest core: blocks [0, per) of the flattened (task, block) list
         pieces = []
         b = 0
+        task = j = 0
         while b < per:
-            task, j = divmod(b, nb)
-            take = min(nb - j, per - b)
+            sizes = tile_sizes[task % len(row_tiles)]
+            take = min(len(sizes) - j, per - b)
             pieces.append((row_tiles[task % len(row_tiles)], tuple(sizes[j : j + take])))
             b += take
+            j += take
+            if j == len(sizes):
+                task, j = task + 1, 0
     else:
+        counts = [1] * tasks
         per_tasks = math.ceil(tasks / cores)
         active = math.ceil(tasks / per_tasks)
-        per = per_tasks * nb
-        pieces = [(row_tiles[t % len(row_tiles)], tuple(sizes)) for t in range(per_tasks)]
-    return WorkSplit(tasks, nb, active, per, tuple(pieces), row_tiles)
+        pieces = [
+            (row_tiles[t % len(row_tiles)], tuple(tile_sizes[t % len(row_tiles)]))
+            for t in range(per_tasks)
+        ]
+        per = sum(len(x) for _, x in pieces)
+    split = [c for c in counts if c > 1]
+    return WorkSplit(
+        tasks, nb, active, per, tuple(pieces), row_tiles, len(split), sum(split), max(counts)
+    )
 
 
-def resource_rates(hw: Hardware, active_cores: int) -> dict[str, float]:
-    """Shared resources seen by one core, in bytes per cycle of the simulation clock."""
+def _block_sizes(keys: int, block: int) -> list[int]:
+    nb = math.ceil(keys / block)
+    return [block] * (nb - 1) + [keys - (nb - 1) * block]
+
+
+def tile_keys(wl: AttentionShape, sch: Schedule, tile: int) -> int:
+    """Keys row tile ``tile`` visits: all of them, or (causal) up to its last query's position.
+
+    Rows are ordered (query position, head) as FlashMLA packs them (``q_seq_per_hk``).
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.schedule import Schedule
+    >>> wl = AttentionShape(1, 4, 1000, heads=64, causal=True)
+    >>> [tile_keys(wl, Schedule(m_tile=128), t) for t in range(2)]
+    [998, 1000]
+    """
+    if not wl.causal:
+        return wl.kv_len
+    last_row = min((tile + 1) * sch.m_tile, wl.rows) - 1
+    position = last_row // (wl.heads // wl.kv_heads)
+    return wl.kv_len - wl.q_len + position + 1
+
+
+#: The shared chip resources whose bandwidth the active cores divide among themselves.
+CHIP_RESOURCES: tuple[str, ...] = ("L2 (chip share)", "HBM (chip share)")
+
+
+def chip_bandwidth(hw: Hardware) -> dict[str, float]:
+    """Chip-wide bytes per cycle (simulation clock) of each shared chip resource."""
+    clock = hw["sustained_clock_ghz"] if hw.kind == "gpu" else hw["clock_ghz"]
+    out = {"HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock}
+    if hw.kind != "gpu":
+        out["L2 (chip share)"] = hw["l2_chip_gbps"] / clock
+    return out
+
+
+def resource_rates(
+    hw: Hardware, active_cores: int, busy: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Shared resources seen by one core, in bytes per cycle of the simulation clock.
+
+    ``busy`` maps a chip resource to the fraction u of the time this core has a transfer
+    on it. The other ``active_cores - 1`` cores run the same kind of work out of phase, so
+    on average ``(active_cores - 1) u`` of them share the resource with it at any moment
+    (processor sharing): its rate is ``B / (1 + (active_cores - 1) u)``. None (or u = 1)
+    is the static share ``B / active_cores``; a core alone gets all of ``B``.
+    """
+    chip = chip_bandwidth(hw)
+    busy = busy or {}
+
+    def share(name: str) -> float:
+        u = min(1.0, max(0.0, busy.get(name, 1.0)))
+        return chip[name] / (1.0 + (active_cores - 1) * u)
+
     if hw.kind == "gpu":
-        clock = hw["sustained_clock_ghz"]
         return {
             "L2 read (per SM)": hw["l2_read_bpc"],
-            "HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock / active_cores,
+            "HBM (chip share)": share("HBM (chip share)"),
         }
-    clock = hw["clock_ghz"]
     return {
         "L2 read port": hw["l2_read_bpc"],
         "L2 write port": hw["l2_write_bpc"],
-        "L2 (chip share)": hw["l2_chip_gbps"] / clock / active_cores,
-        "HBM (chip share)": hw["hbm_gbps"] * hw["hbm_efficiency"] / clock / active_cores,
+        "L2 (chip share)": share("L2 (chip share)"),
+        "HBM (chip share)": share("HBM (chip share)"),
     }
-
-
-def spills(hw: Hardware, wl: AttentionShape, sch: Schedule, active_cores: int) -> bool:
-    """Whether the naive schedule's whole-row S and P workspaces overflow L2 into HBM."""
-    per_task = sch.m_tile * wl.kv_len * (4 + 2)
-    return active_cores * per_task > hw["l2_bytes"]
 
 
 class CubeStage(NamedTuple):
@@ -178,6 +267,30 @@ class GpuBlock(NamedTuple):
     simt: float
 
 
+def l2_working_set(
+    hw: Hardware, wl: AttentionShape, sch: Schedule, cost: RescaleCost, active: int
+) -> float:
+    """Bytes of GM workspaces that must stay in L2 at once, all active cores together.
+
+    Per core: ``depth`` slots of S (FP32) and of P (``p_bytes``) for a row tile x KV block,
+    the O accumulator in GM (``atomic`` and ``workspace`` designs, FP32 or BF16) and
+    ``depth`` P V partial slots (``workspace`` and ``ub``); the two-pass schedule keeps S
+    and P of whole rows. The KV cache itself streams (read once from HBM per request).
+    """
+    m, n, d = sch.m_tile, sch.kv_block, sch.depth
+    if cost.two_pass:
+        per_core = m * wl.kv_len * (4 + 2)
+    else:
+        per_core = d * m * n * (4 + cost.p_bytes)
+        if cost.design in ("atomic", "workspace"):
+            per_core += m * wl.d_v * cost.o_store_bytes
+        if cost.design in ("workspace", "ub"):
+            per_core += d * m * wl.d_v * 4
+    if hw.kind == "gpu" and not cost.two_pass:
+        return 0.0  # S, P and O live in registers and shared memory
+    return float(active * per_core)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything decided before simulating: computed once by :func:`make_plan`.
@@ -187,15 +300,17 @@ class Plan:
     hw, shape, schedule
         The configuration.
     capacity : Mapping[str, tuple[int, int]]
-        Buffer -> (used, capacity) bytes (:func:`~amla_numerics.pipeline.schedule.check_capacity`).
+        Buffer -> (used, capacity) bytes (:func:`~amla_numerics.pipeline.schedule.check_capacity`),
+        including ``"L2"`` (the workspaces of all active cores against the L2 size).
     cost : RescaleCost
-        The variant's rescale cost.
+        The variant's cost.
     split : WorkSplit
         The busiest core's work.
     rates : Mapping[str, float]
         Shared resource -> bytes per cycle seen by one core.
-    spill : bool
-        The two-pass workspaces overflow L2.
+    spill : float
+        Fraction of the GM workspace traffic that misses L2 and goes to HBM (0 when the
+        working set fits; ``1 - L2 / working set`` otherwise, each byte read or written).
     clock_ghz : float
         Clock of the simulated cycles.
     """
@@ -207,12 +322,12 @@ class Plan:
     cost: RescaleCost
     split: WorkSplit
     rates: Mapping[str, float]
-    spill: bool
+    spill: float
     clock_ghz: float
 
     @property
     def tiles(self) -> int:
-        """Row tiles per request (the KV cache is read once per request)."""
+        """Row tiles per (request, KV head): its KV cache is read from HBM once, then from L2."""
         return math.ceil(self.shape.rows / self.schedule.m_tile)
 
     @property
@@ -220,33 +335,51 @@ class Plan:
         """Vector cores per AI core."""
         return int(self.hw["vector_per_core"])
 
+    @property
+    def rmw(self) -> float:
+        """1 if an atomic add costs a read and a write inside L2 (the switchable assumption)."""
+        return float(self.hw.values.get("atomic_rmw", 0.0))
+
+    def with_rates(self, rates: Mapping[str, float]) -> Plan:
+        """The same plan with other shared-resource rates."""
+        return dataclasses.replace(self, rates=MappingProxyType(dict(rates)))
+
     # -- Ascend stage costs ------------------------------------------------------------
     def q_bytes(self, m: int) -> float:
         """Q of a row tile (BF16), loaded once per piece."""
         return m * self.shape.d_qk * 2
 
     def c1(self, m: int, n: int) -> CubeStage:
-        """S = Q K^T of one block."""
+        """S = Q K^T of one block; S (FP32) to the GM workspace."""
         hw, wl, sch = self.hw, self.shape, self.schedule
         n16 = pad16(n)
         tm, tn = math.ceil(m / sch.cube_m), math.ceil(n / sch.cube_n)
         kq = wl.d_qk // sch.l1_k_qk
-        k_bytes = n * wl.d_qk * wl.kv_bytes
+        k_bytes = n * wl.k_token_bytes
         cube = 2.0 * m * n16 * wl.d_qk / hw.flop_per_cycle + hw["mmad_overhead_cycles"] * tm * tn
-        mte1 = tn * m * wl.d_qk * 2 + tm * n * wl.d_qk * 2
-        return CubeStage(k_bytes, k_bytes / self.tiles, mte1, cube, m * n * 4, tn, kq, tm)
+        mte1 = tn * m * wl.d_qk * 2 + tm * n * wl.d_qk * 2  # BF16 in L0 (an FP8 cache dequantised)
+        s_bytes = m * n * 4
+        hbm = k_bytes / self.tiles + self.spill * s_bytes
+        return CubeStage(k_bytes, hbm, mte1, cube, s_bytes, tn, kq, tm)
 
     def c2(self, m: int, n: int) -> CubeStage:
-        """O += A V of one block (V = the first d_v columns of the cached rows)."""
-        hw, wl, sch = self.hw, self.shape, self.schedule
+        """O += P V of one block (MLA: V = the first d_v columns of the cached rows)."""
+        hw, wl, sch, cost = self.hw, self.shape, self.schedule, self.cost
         n16 = pad16(n)
         tm, tv = math.ceil(m / sch.cube_m), math.ceil(wl.d_v / sch.cube_n)
         kp = math.ceil(n / sch.l1_k_pv)
-        mte2 = n * wl.d_v * wl.kv_bytes + m * n * 2  # V slice of the cache + A
+        v_bytes = n * wl.v_token_bytes
+        p_bytes = m * n * cost.p_bytes
+        mte2 = v_bytes + p_bytes
         cube = 2.0 * m * n16 * wl.d_v / hw.flop_per_cycle + hw["mmad_overhead_cycles"] * tm * tv
         mte1 = tv * m * n * 2 + tm * n * wl.d_v * 2
-        fix = m * wl.d_v * self.cost.o_store_bytes
-        return CubeStage(mte2, 0.0, mte1, cube, fix, tv, kp, tm)
+        fix = m * wl.d_v * (cost.o_store_bytes if cost.design == "atomic" else 4)
+        hbm = (0.0 if wl.shared_kv else v_bytes / self.tiles) + self.spill * (p_bytes + fix)
+        return CubeStage(mte2, hbm, mte1, cube, fix, tv, kp, tm)
+
+    def fix_l2_bytes(self, fix: float) -> float:
+        """Chip-L2 bytes of a P V drain: an atomic add reads and writes (``atomic_rmw``)."""
+        return fix * (1.0 + self.rmw) if self.cost.design == "atomic" else fix
 
     def v1(self, m: int, n: int) -> VectorStage:
         """Online softmax of one block on one AIV (the two-pass schedule re-reads S)."""
@@ -255,70 +388,149 @@ class Plan:
         rep, speed = hw["vector_bytes_per_repeat"], hw["vector_repeats_per_cycle"]
         s_passes = SOFTMAX_PASSES + cost.softmax_extra_passes
         read = r * n * 4
-        hbm = 0.0
         if cost.two_pass:
             read += r * n * 4
             s_passes += 1
-            if self.spill:  # S written, read twice; P written, read once
-                hbm = (m * n * 4 * 3 + m * n * 2 * 2) / self.nv
-        vec = (r * n * 4 / rep * s_passes + cost.row_ops * math.ceil(r * 4 / rep)) / speed
-        return VectorStage(read, vec, r * n * 2, 0.0, hbm)
+        write = r * n * cost.p_bytes
+        vec = (
+            r * n * 4 / rep * (s_passes + hw["exp_cost_per_repeat"])
+            + cost.row_ops * math.ceil(r * 4 / rep)
+        ) / speed
+        hbm = self.spill * (read + write)
+        return VectorStage(read, vec, write, 0.0, hbm)
 
     def rescale_o(self, m: int) -> VectorStage:
-        """The variant's rescale of O on one AIV, for one rescaled block."""
+        """``atomic`` design: the variant's rescale of O in GM on one AIV, one rescaled block."""
         hw, cost = self.hw, self.cost
         ro = m / self.nv * self.shape.d_v
         vec = ro * 4 / hw["vector_bytes_per_repeat"] * cost.o_passes
         vec /= hw["vector_repeats_per_cycle"]
-        return VectorStage(
-            ro * cost.o_read_bytes, vec, ro * cost.o_write_bytes, ro * cost.o_atomic_bytes, 0.0
-        )
+        rd, wr, at = ro * cost.o_read_bytes, ro * cost.o_write_bytes, ro * cost.o_atomic_bytes
+        return VectorStage(rd, vec, wr, at, self.spill * (rd + wr + at))
+
+    def update_o(self, m: int, first: bool) -> VectorStage:
+        """``workspace``/``ub`` designs: read the P V partial (and the old O), RowMuls + Add,
+        write O (``workspace``), on one AIV; the first block of a piece only moves the partial."""
+        hw, cost = self.hw, self.cost
+        ro = m / self.nv * self.shape.d_v
+        passes = 1.0 if first else cost.o_passes
+        vec = ro * 4 / hw["vector_bytes_per_repeat"] * passes / hw["vector_repeats_per_cycle"]
+        read = ro * 4 + (0.0 if first else ro * cost.o_read_bytes)
+        write = ro * (4 if cost.design == "workspace" else 0)
+        return VectorStage(read, vec, write, 0.0, self.spill * (read + write))
 
     def v2(self, m: int) -> VectorStage:
-        """Normalise O and write the BF16 output, once per piece, on one AIV."""
+        """Normalise O and write the BF16 output, once per piece, on one AIV (``ub``: O in UB)."""
         hw = self.hw
         r = m / self.nv
-        o_read = r * self.shape.d_v * 4
+        o_read = 0.0 if self.cost.design == "ub" else r * self.shape.d_v * 4
         out = r * self.shape.d_v * 2
-        vec = 2 * o_read / hw["vector_bytes_per_repeat"] / hw["vector_repeats_per_cycle"]
-        return VectorStage(o_read, vec, out, 0.0, out)
+        vec = 2 * r * self.shape.d_v * 4 / hw["vector_bytes_per_repeat"]
+        vec /= hw["vector_repeats_per_cycle"]
+        return VectorStage(o_read, vec, out, 0.0, out + self.spill * o_read)
 
     # -- GPU stage costs ---------------------------------------------------------------
     def gpu_block(self, m: int, n: int, p: float) -> GpuBlock:
         """One block of the ``m``-row tile x ``n`` tokens on one SM (the SM computes a full
         ``m_tile``); ``p`` the fraction of O rescaled (1 or 0 in the simulation)."""
         hw, wl, sch, cost = self.hw, self.shape, self.schedule, self.cost
-        k_bytes = n * wl.d_qk * wl.kv_bytes
+        k_bytes = n * wl.cache_token_bytes
         ws = m * n * (4 * 3 + 2 * 2) if cost.two_pass else 0.0
         m = sch.m_tile
         lanes = hw["fp32_lanes"]
         passes = SOFTMAX_PASSES + cost.softmax_extra_passes + (1 if cost.two_pass else 0)
+        # O lives in registers and the P V MMA accumulates into it: the Add of a
+        # workspace design is free on a GPU, only the RowMuls pass remains
+        o_passes = cost.o_passes - (1 if cost.design != "atomic" else 0)
         simt = (
             m * n * passes / lanes
-            + m * n / hw["sfu_per_cycle"]
-            + p * m * wl.d_v * cost.o_passes / lanes
+            + m * n * hw["exp_cost_per_repeat"] / hw["sfu_per_cycle"]
+            + p * m * wl.d_v * o_passes / lanes
             + cost.row_ops * m / lanes
         )
         fpc = hw.flop_per_cycle
         qk = 2.0 * m * pad16(n) * wl.d_qk / fpc + hw["block_overhead_cycles"]
         pv = 2.0 * m * pad16(n) * wl.d_v / fpc
-        hbm = k_bytes / self.tiles + (ws if self.spill else 0.0)
+        hbm = k_bytes / self.tiles + self.spill * ws
         return GpuBlock(k_bytes + ws, hbm, qk, pv, simt)
 
 
-def make_plan(hw: Hardware, shape: AttentionShape, schedule: Schedule) -> Plan:
+class Combine(NamedTuple):
+    """The split-KV combine: ``time_us`` (fixed cost + transfer/vector time), ``read`` and
+    ``write`` bytes (partials and lse out of the pieces and back in, the BF16 output)."""
+
+    time_us: float
+    fixed_us: float
+    read: float
+    write: float
+
+
+def combine_cost(plan: Plan) -> Combine:
+    """Time and traffic of merging the split tasks' partial outputs.
+
+    Each piece of a split task writes its partial O (FP32) and its lse (FP32 max and sum,
+    8 bytes per row) instead of the BF16 output; the combine reads them all back, weighs
+    each by exp(lse_s - lse) and writes the BF16 output. Ascend runs it in the same kernel
+    on the vector cores after an all-core synchronisation (``sync_us``; CANN
+    ``FiaBlockVecFlashDecode`` after ``ComputeLogSumExpAndCopyToGm``); a GPU launches a
+    second kernel (``launch_us``; FlashMLA ``mla_combine``). The bytes move at the chip's
+    L2 bandwidth (the partials are small and recent), the vector work (4 FP32 passes:
+    exp weight, multiply, add, cast) runs on every vector unit.
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.hardware import load_hardware
+    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> hw = load_hardware("ascend910c")
+    >>> combine_cost(make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw))).time_us
+    0.0
+    >>> c = combine_cost(make_plan(hw, AttentionShape(1, 1, 65536), default_schedule(hw)))
+    >>> c.fixed_us > 0 and c.read > 0
+    True
+    """
+    sp, hw, wl = plan.split, plan.hw, plan.shape
+    if sp.split_tasks == 0:
+        return Combine(0.0, 0.0, 0.0, 0.0)
+    m = plan.schedule.m_tile
+    part = m * (wl.d_v * 4 + 8)
+    read = sp.partials * part
+    write = sp.partials * part + sp.split_tasks * m * wl.d_v * 2
+    clock = plan.clock_ghz
+    if hw.kind == "gpu":
+        fixed = hw["launch_us"]
+        bw = hw["l2_read_bpc"] * hw["cores"] * clock  # GB/s
+        lanes = hw["fp32_lanes"] * hw["cores"]
+        vec_us = sp.partials * m * wl.d_v * 4 / lanes / clock * 1e-3
+    else:
+        fixed = hw["sync_us"]
+        bw = hw["l2_chip_gbps"]
+        units = hw["cores"] * hw["vector_per_core"]
+        per_rep = hw["vector_bytes_per_repeat"] * hw["vector_repeats_per_cycle"]
+        vec_us = sp.partials * m * wl.d_v * 4 * 4 / per_rep / units / clock * 1e-3
+    xfer_us = (read + write) / bw * 1e-3
+    return Combine(fixed + max(xfer_us, vec_us), fixed, read, write)
+
+
+def make_plan(
+    hw: Hardware, shape: AttentionShape, schedule: Schedule, busy: Mapping[str, float] | None = None
+) -> Plan:
     """Check the tiling and compute the plan of ``shape`` under ``schedule`` on ``hw``.
+
+    ``busy`` is passed to :func:`resource_rates` (None: static shares).
 
     Raises
     ------
     ValueError
         If the tiling does not fit a buffer (naming the schedule field and the buffer).
     """
-    capacity = check_capacity(hw, shape, schedule)
+    capacity = dict(check_capacity(hw, shape, schedule))
     cost = rescale_cost(schedule.rescale, schedule.rescale_prob)
     split = split_work(hw, shape, schedule)
-    rates = resource_rates(hw, split.active_cores)
-    spill = cost.two_pass and spills(hw, shape, schedule, split.active_cores)
+    rates = resource_rates(hw, split.active_cores, busy)
+    ws = l2_working_set(hw, shape, schedule, cost, split.active_cores)
+    l2 = hw["l2_bytes"]
+    capacity["L2"] = (int(ws), int(l2))
+    spill = 0.0 if ws <= l2 else 1.0 - l2 / ws
     clock = hw["sustained_clock_ghz"] if hw.kind == "gpu" else hw["clock_ghz"]
     return Plan(
         hw,

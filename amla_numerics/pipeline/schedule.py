@@ -27,9 +27,8 @@ import dataclasses
 import math
 
 from amla_numerics.pipeline.hardware import Hardware
-from amla_numerics.pipeline.rescale import rescale_cost
+from amla_numerics.pipeline.rescale import check_model_variant, rescale_cost
 from amla_numerics.pipeline.shape import AttentionShape, check_int
-from amla_numerics.variants import check_variant
 
 __all__ = [
     "SCHEDULES",
@@ -72,8 +71,13 @@ class Schedule:
         (None: :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
     split_kv : bool
         Balance work across cores by splitting requests along the KV axis
-        (flash-decoding). Every piece ends with its own normalisation pass; the
-        cross-piece combine (a few KB per row tile) is not modelled.
+        (flash-decoding), as the kernels' own heuristics do: the (task, KV block) list is
+        cut into equal runs of blocks, one per core (FlashMLA ``get_mla_metadata``: payload
+        = ceil(total blocks / SM parts); CANN flash-decode tiling: KV split when the tasks
+        do not fill the cores). A task cut into several pieces needs the combine stage.
+    splits : int or None
+        An explicit split count S (every task cut into S pieces of equal block counts,
+        pieces dealt round-robin to cores); None: the heuristic above (``split_kv``).
     """
 
     rescale: str = "amla"
@@ -95,9 +99,10 @@ class Schedule:
     vec_rows: int = 16
     rescale_prob: float | None = None
     split_kv: bool = True
+    splits: int | None = None
 
     def __post_init__(self) -> None:
-        check_variant(self.rescale, "schedule.rescale")
+        check_model_variant(self.rescale, "schedule.rescale")
         if self.order not in SCHEDULES:
             raise ValueError(
                 f"schedule.order must be one of {', '.join(SCHEDULES)}, got {self.order!r}"
@@ -105,6 +110,8 @@ class Schedule:
         for f in dataclasses.fields(self):
             if f.type == "int" or f.type is int:
                 check_int("schedule", f.name, getattr(self, f.name))
+        if self.splits is not None:
+            check_int("schedule", "splits", self.splits)
         if not isinstance(self.split_kv, bool):
             raise TypeError(f"schedule.split_kv must be a bool, got {type(self.split_kv).__name__}")
         if self.rescale_prob is not None:
@@ -140,6 +147,10 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
             l0_k_pv=64,
             order="serial",
         )
+    elif rescale_cost(rescale).design == "ub":
+        # O resident in UB: 32 rows x 512 x 4 B = 64 KB per AIV beside 8-row S/P/partial
+        # tiles, so a row tile holds 64 rows (the layout of DeepSeek's Ascend kernels)
+        base = dict(m_tile=64, cube_m=64, vec_rows=8)
     else:
         base = {}
     base.update(overrides)
@@ -166,7 +177,7 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
     if hw.kind == "gpu":
         smem = int(hw["smem_bytes"])
         q = sch.m_tile * wl.d_qk * 2
-        kv = 2 * sch.kv_block * wl.d_qk * wl.kv_bytes
+        kv = 2 * sch.kv_block * wl.cache_token_bytes
         p = sch.m_tile * sch.kv_block * 2
         used = q + kv + p
         if used > smem:
@@ -235,12 +246,14 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
     cap = int(hw["ub_bytes"])
     tile = sch.vec_rows * (sch.kv_block * 4 + sch.kv_block * 2 + wl.d_v * 4)
     rowvec = per_aiv * 4 * 8  # m, l, n, r^, cof, N, scale, spare: FP32/INT32 per row
-    used = sch.ub_buffers * tile + rowvec
+    resident = per_aiv * wl.d_v * 4 if rescale_cost(sch.rescale).design == "ub" else 0
+    used = sch.ub_buffers * tile + rowvec + resident
     if used > cap:
+        extra = f" + O resident {_kb(resident)}" if resident else ""
         raise ValueError(
             f"schedule.vec_rows: the tiling does not fit UB: {sch.ub_buffers} x "
             f"{_kb(tile)} (S fp32 + A bf16 + O fp32 for {sch.vec_rows} rows) + "
-            f"{_kb(rowvec)} row vectors = {_kb(used)} > {_kb(cap)}"
+            f"{_kb(rowvec)} row vectors{extra} = {_kb(used)} > {_kb(cap)}"
         )
     out["UB"] = (used, cap)
     return out

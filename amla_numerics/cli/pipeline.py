@@ -291,7 +291,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--samples",
         type=int,
         default=None,
-        help="Latin-hypercube samples of the joint interval (default 16 with --sensitivity, else 0)",
+        help="Latin-hypercube samples of the joint interval (16 with --sensitivity, else 0)",
     )
     p.add_argument(
         "--rescale-prob",

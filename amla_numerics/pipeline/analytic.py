@@ -83,8 +83,8 @@ def block_demand(plan: Plan, m: int, n: int, *, rescaled: bool = True) -> BlockD
     >>> from amla_numerics.pipeline.shape import AttentionShape
     >>> plan = make_plan(hw, AttentionShape(1, 2, 512), default_schedule(hw, "fa_fp32"))
     >>> d = block_demand(plan, 256, 512)
-    >>> d.engines["AIC.Cube"], d.traffic["HBM (chip share)"]   # 34816 + 16 tiles x 274
-    (39200.0, 589824.0)
+    >>> d.engines["AIC.Cube"], d.traffic["HBM (chip share)"]   # 34816 + 16 tiles x 279
+    (39280.0, 589824.0)
     """
     hw, wl = plan.hw, plan.shape
     p = plan.cost.probability if rescaled else 0.0

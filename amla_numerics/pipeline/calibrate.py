@@ -171,7 +171,8 @@ ANCHORS: Mapping[str, Anchor] = MappingProxyType(
 def anchor_result(anchor: Anchor, hw: Hardware | None = None) -> PipelineResult:
     """Simulate ``anchor``'s configuration (on ``hw``, default: its shipped hardware file)."""
     hw = hw or load_hardware(anchor.hardware)
-    res = run(hw, AttentionShape(**anchor.workload), default_schedule(hw, anchor.rescale))
+    wl = AttentionShape(**anchor.workload)  # type: ignore[arg-type]
+    res = run(hw, wl, default_schedule(hw, anchor.rescale))
     assert isinstance(res, PipelineResult)
     return res
 
@@ -197,8 +198,8 @@ def fit_constant(
 
     Examples
     --------
-    >>> fit_constant(ANCHORS["flashmla_3000"], "hbm_efficiency", 0.5, 1.0, 0.005, 2)
-    0.9
+    >>> fit_constant(ANCHORS["flashmla_3000"], "hbm_efficiency", 0.5, 1.0, 0.0025, 3)
+    0.931
     """
     base = load_hardware(anchor.hardware)
 

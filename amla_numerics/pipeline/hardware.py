@@ -5,8 +5,8 @@ A hardware file is a TOML document of sections (``chip``, ``memory``, ``rates``,
 The source is a citation, the word ``assumption`` or the word ``calibration``
 (fitted on a named anchor; see ``docs/pipeline.md``). A field no public document fixes
 also carries ``range = [lo, hi]`` (its plausible interval, the source saying why): the
-sensitivity analysis (:mod:`~amla_numerics.pipeline.sensitivity`) sweeps exactly these. Peak FLOPS are derived
-(cores x FLOP/cycle x clock), never typed in; a published peak is kept as a
+sensitivity analysis (:mod:`~amla_numerics.pipeline.sensitivity`) sweeps exactly these.
+Peak FLOPS are derived (cores x FLOP/cycle x clock), never typed in; a published peak is kept as a
 separately named reference.
 
 Examples

@@ -24,11 +24,10 @@ import os
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from amla_numerics.pipeline.analytic import Analytic, analyze
+from amla_numerics.pipeline.analytic import Analytic, analyze, block_demand, piece_demand
 from amla_numerics.pipeline.des import SimResult, simulate
 from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import Hardware, load_hardware
-from amla_numerics.pipeline.analytic import block_demand, piece_demand
 from amla_numerics.pipeline.plan import (
     Combine,
     Plan,
@@ -248,7 +247,7 @@ def run(
     """
     plan = make_plan(hw, wl, sch)
     ana: Analytic = analyze(plan)
-    cur, sim, cycles = _simulate(plan, ana)
+    _, sim, cycles = _simulate(plan, ana)
     comb = combine_cost(plan)
     launch = hw["launch_us"]
     time_us = cycles / plan.clock_ghz * 1e-3 + launch + comb.time_us

@@ -10,7 +10,7 @@ Stage costs of one KV block of ``m`` rows x ``n`` tokens (Ascend):
 
 - :meth:`Plan.c1` S = Q K^T on the AIC: K bytes through MTE2, MTE1 bytes, Cube cycles, S out by FIX;
 - :meth:`Plan.v1` softmax on one AIV (its ``m / vector_per_core`` rows): S in, A out;
-- :meth:`Plan.rescale_o` the variant's rescale of O on one AIV (``atomic`` design, a rescaled block);
+- :meth:`Plan.rescale_o` the variant's rescale of O on one AIV (``atomic`` design);
 - :meth:`Plan.update_o` the partial-plus-old-O update on one AIV (``workspace``/``ub`` designs);
 - :meth:`Plan.c2` O += A V on the AIC: V and A in, PV out by FIX;
 - :meth:`Plan.v2` once per piece on one AIV: O in, normalise, BF16 out;
@@ -25,8 +25,8 @@ Examples
 >>> p = make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw, "amla"))
 >>> p.split.blocks_per_core, p.split.active_cores, p.clock_ghz
 (86, 48, 1.8)
->>> p.c1(256, 512).cube   # 2*256*512*576/8192 + 274 x (2 x 4 output tiles)
-20624.0
+>>> p.c1(256, 512).cube   # 2*256*512*576/8192 + 279 x (2 x 4 output tiles)
+20664.0
 """
 
 from __future__ import annotations
@@ -43,18 +43,18 @@ from amla_numerics.pipeline.schedule import Schedule, check_capacity
 from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = [
+    "CHIP_RESOURCES",
     "Combine",
     "CubeStage",
     "GpuBlock",
     "Plan",
     "VectorStage",
     "WorkSplit",
-    "make_plan",
-    "pad16",
-    "CHIP_RESOURCES",
     "chip_bandwidth",
     "combine_cost",
     "l2_working_set",
+    "make_plan",
+    "pad16",
     "resource_rates",
     "split_work",
     "tile_keys",
@@ -482,7 +482,7 @@ def combine_cost(plan: Plan) -> Combine:
     >>> from amla_numerics.pipeline.hardware import load_hardware
     >>> from amla_numerics.pipeline.schedule import default_schedule
     >>> hw = load_hardware("ascend910c")
-    >>> combine_cost(make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw))).time_us
+    >>> combine_cost(make_plan(hw, AttentionShape(48, 2, 16384), default_schedule(hw))).time_us
     0.0
     >>> c = combine_cost(make_plan(hw, AttentionShape(1, 1, 65536), default_schedule(hw)))
     >>> c.fixed_us > 0 and c.read > 0

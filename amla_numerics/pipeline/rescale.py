@@ -30,7 +30,7 @@ amla            atomic     0       0        4         1         broadcast N, INT
 amla_nocomp     atomic     0       0        4         1         same, fewer per-row ops (eps = 0)
 amla_fp32r      atomic     0       0        4         1         same, no BF16 rounding of r
 amla_exactcomp  atomic     4       4        4         2         INT32 atomic add + FP32 cof multiply
-amla_guarded    atomic     4       4        0         5         O in, exponent check, add, mul, select
+amla_guarded    atomic     4       4        0         5         O in, exponent test, add, mul, sel.
 lazy            atomic     4 p     4 p      0         1 p       FP32 multiply on a fraction p
 naive           (2-pass)   0       0        0         0         S and P spill to GM
 fa_fp8          workspace  4+4     4        0         2         fa_fp32 with P cast to FP8 (1 byte)
@@ -179,7 +179,8 @@ def check_model_variant(name: object, argument: str = "rescale") -> str:
     """
     if not isinstance(name, str) or name not in MODEL_VARIANTS:
         raise ValueError(
-            f"unknown variant {name!r} for argument {argument!r}; valid: {', '.join(MODEL_VARIANTS)}"
+            f"unknown variant {name!r} for argument {argument!r}; "
+            f"valid: {', '.join(MODEL_VARIANTS)}"
         )
     return name
 

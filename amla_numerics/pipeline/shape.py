@@ -33,7 +33,7 @@ KV_CACHES: tuple[str, ...] = ("bf16", "fp8")
 
 @dataclasses.dataclass(frozen=True)
 class AttentionShape:
-    """A decode or prefill attention shape: ``batch`` requests of ``q_len`` tokens over ``kv_len`` keys.
+    """A decode or prefill shape: ``batch`` requests of ``q_len`` tokens over ``kv_len`` keys.
 
     Parameters
     ----------

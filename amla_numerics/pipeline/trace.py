@@ -38,6 +38,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "C1": ("C1: S = Q K^T", "#1f77b4"),
     "V1": ("V1: softmax, A", "#2ca02c"),
     "R": ("rescale O", "#d62728"),
+    "U": ("O = O x s + partial", "#8c564b"),
     "C2": ("C2: O += A V", "#ff7f0e"),
     "V2": ("V2: normalise", "#9467bd"),
     "KV": ("KV load", "#17becf"),

@@ -1,7 +1,9 @@
 """Benchmark of the pipeline model: a 100-configuration sweep and one large configuration.
 
-Targets (issue 6, section 8), on the 2-core development machine: the sweep in <= 30 s,
-batch 128 x kv-len 32768 in <= 2 s. The baseline measured in the same run is the analytic
+Targets (issues 6 and 12), on the 2-core development machine: the sweep in <= 30 s,
+batch 128 x kv-len 32768 in <= 2 s, ``--sensitivity`` of one configuration (tornado over
+every ranged parameter
++ a 16-point Latin hypercube) in <= 60 s. The baseline measured in the same run is the analytic
 (roofline) layer on the same configurations: the ratio says what the discrete-event
 simulation costs over the closed-form sums.
 
@@ -66,5 +68,23 @@ def main() -> None:
     )
 
 
+def sensitivity() -> None:
+    from amla_numerics.pipeline.sensitivity import interval, tornado
+
+    hw = load_hardware("ascend910c")
+    wl, sch = Workload(128, 2, 16384), default_schedule(hw, "amla")
+    t = time.perf_counter()
+    sw = tornado(hw, wl, sch)
+    r = interval(hw, wl, sch, samples=16, swings=sw)
+    dt = time.perf_counter() - t
+    lo, hi = r.tflops_range  # type: ignore[misc]
+    print(
+        f"--sensitivity of batch 128, q-len 2, kv-len 16384, amla: {dt:.1f} s (target <= 60 s),"
+        f" {2 * len(sw) + 16 + 1} configurations; {r.tflops:.1f} TFLOPS [{lo:.1f}, {hi:.1f}];"
+        f" largest swing {sw[0].name} {sw[0].swing:.1f} us"
+    )
+
+
 if __name__ == "__main__":
     main()
+    sensitivity()

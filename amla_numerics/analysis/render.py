@@ -71,7 +71,16 @@ _ACCURACY_COLUMNS = (
     "meas/bound",
     "hazards",
 )
-_THROUGHPUT_COLUMNS = ("variant", "TFLOPS", "util", "peak", "bound by", "time us", "HBM GB/s")
+_THROUGHPUT_COLUMNS = (
+    "variant",
+    "TFLOPS",
+    "TFLOPS interval",
+    "util",
+    "peak",
+    "bound by",
+    "time us",
+    "HBM GB/s",
+)
 _LEGEND = (
     "ULP32/ULP16: |out - ref| in FP32/BF16 ULPs at the reference; mean signed: mean signed "
     "FP32 ULP error (bias), sign p: two-sided sign-test p-value; bound ULP32: deterministic a "
@@ -103,9 +112,11 @@ def _accuracy_row(r: Record) -> list[str]:
 
 
 def _throughput_row(t: dict[str, Any]) -> list[str]:
+    rng = t.get("tflops_range")
     return [
         t["variant"],
         f"{t['tflops']:.1f}",
+        f"[{rng[0]:.1f}, {rng[1]:.1f}]" if rng else "-",
         f"{100 * t['utilization']:.1f} %",
         t["peak_name"],
         str(t["bound"]),

@@ -222,9 +222,9 @@ def run_cli(args: argparse.Namespace) -> int:
         if samples:
             from amla_numerics.pipeline.sensitivity import interval, tornado
 
-            res = interval(hw, wl, sch, samples=samples, nominal=res, ends=args.sensitivity)
             if args.sensitivity:
                 tornado_rows = list(tornado(hw, wl, sch))
+            res = interval(hw, wl, sch, samples=samples, nominal=res, swings=tornado_rows)  # type: ignore[arg-type]
         results.append(res)
     print(render(results, args.format, tornado_rows))
     return 0

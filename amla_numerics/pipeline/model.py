@@ -153,37 +153,50 @@ def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
     return "latency" if cp.get("latency", 0.0) > cands[best] else best
 
 
-def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
-    """Simulate with the chip resources shared among the active cores (processor sharing).
+def _shared_rates(plan: Plan, demand: dict[str, float], span: float) -> dict[str, float]:
+    """Rates one core sees if it runs ``span`` cycles and moves ``demand`` bytes per chip resource.
 
-    The rate a core sees on a chip resource depends on how often the other cores use it,
-    u = this core's busy fraction (the cores run the same work out of phase): a fixed
-    point. Start from the analytic layer's duty (resource cycles / roofline cycles at the
-    static share), simulate, re-measure u, and simulate again if the rates moved by more
-    than 2 %. The result is held to the chip-bandwidth roofline (N cores x bytes / B),
-    which the fixed point approaches but may undershoot by its residual.
+    Processor sharing among the N active cores, which run the same work out of phase: the
+    other N - 1 use ``demand / span`` bytes per cycle each on average, so this core gets
+    what they leave, ``B - (N - 1) demand / span``, and never less than the static share B / N.
     """
     n = plan.split.active_cores
     chip = chip_bandwidth(plan.hw)
-    top = max(ana.engine_cycles.values())
-    busy = {r: ana.engine_cycles.get(r, 0.0) / top for r in chip}
-    cur = plan.with_rates(resource_rates(plan.hw, n, busy))
-    graph = build_graph(cur).graph  # the ops do not depend on the rates: built once
-    sim = simulate(graph)
-    for _ in range(2):
-        res_busy = sim.resource_busy()
-        span = sim.makespan or 1.0
-        busy = {r: res_busy.get(r, 0.0) / span for r in chip}
-        rates = resource_rates(plan.hw, n, busy)
-        moved = max(abs(rates[r] / cur.rates[r] - 1.0) for r in chip)
-        if moved < 0.02:
-            break
-        cur = plan.with_rates(rates)
-        graph.set_rates(rates)
-        sim = simulate(graph)
-    # the chip roofline: every active core moves the busiest core's bytes at most
+    rates = dict(plan.rates)
+    for r, b in chip.items():
+        rates[r] = max(b / n, b - (n - 1) * demand.get(r, 0.0) / span)
+    return rates
+
+
+def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
+    """Simulate with the chip resources processor-shared among the active cores.
+
+    The rates depend on the kernel time T (:func:`_shared_rates`) and T on the rates: a
+    fixed point T = sim(rates(T)). f(T) = sim(rates(T)) - T decreases in T; it is >= 0 at
+    the analytic roofline T0 (a lower bound) and <= 0 at T1 = sim(rates(T0)), so one
+    regula-falsi step between them and a final simulation give the root (3 simulations; 1
+    when the rates do not move). The result is also held to the chip-bandwidth roofline
+    (N cores x bytes / B).
+    """
+    chip = chip_bandwidth(plan.hw)
+    demand = {r: ana.engine_cycles.get(r, 0.0) * plan.rates[r] for r in chip}  # bytes
+    t0 = max(ana.engine_cycles.values())
+    graph = build_graph(plan).graph  # the ops do not depend on the rates: built once
+
+    def sim_at(span: float) -> SimResult:
+        graph.set_rates(_shared_rates(plan, demand, span))
+        return simulate(graph)
+
+    sim = sim_at(t0)
+    t1 = sim.makespan
+    r0, r1 = _shared_rates(plan, demand, t0), _shared_rates(plan, demand, t1)
+    if max(abs(r1[r] / r0[r] - 1.0) for r in chip) > 0.005:
+        f0 = t1 - t0
+        f1 = sim_at(t1).makespan - t1
+        t2 = t0 + f0 * (t1 - t0) / (f0 - f1) if f0 - f1 > 0 else t1
+        sim = sim_at(t2)
     floor = max((ana.engine_cycles.get(r, 0.0) for r in chip), default=0.0)
-    return cur, sim, max(sim.makespan, floor)
+    return plan, sim, max(sim.makespan, floor)
 
 
 def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:

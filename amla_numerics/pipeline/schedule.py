@@ -153,6 +153,11 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
         base = dict(m_tile=64, cube_m=64, vec_rows=8)
     else:
         base = {}
+    kv = overrides.get("kv_block")
+    if hw.kind != "gpu" and isinstance(kv, int) and kv > 0 and "l1_k_pv" not in overrides:
+        # smaller KV blocks: the PV K split follows the block (CANN tiles s2 the same way)
+        base["l1_k_pv"] = min(256, kv)
+        base["l0_k_pv"] = min(128, kv)
     base.update(overrides)
     return Schedule(rescale=rescale, **base)  # type: ignore[arg-type]
 

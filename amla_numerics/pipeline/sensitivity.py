@@ -116,18 +116,21 @@ def interval(
     seed: int = 0,
     nominal: PipelineResult | None = None,
     ends: bool = False,
+    swings: Sequence[Swing] = (),
 ) -> PipelineResult:
     """The nominal result with ``tflops_range``, ``time_us_range``, ``utilization_range``.
 
     Evaluated at the nominal point and at ``samples`` Latin-hypercube points over all
     ranged parameters jointly; with ``ends`` also at both ends of every parameter (the
-    tornado's points, so the interval contains the one-at-a-time swings).
+    tornado's points, so the interval contains the one-at-a-time swings), or with the
+    times of an already computed :func:`tornado` (``swings``).
     """
     _check_samples(samples)
     nominal = nominal or run(hw, wl, sch)  # type: ignore[assignment]
     assert isinstance(nominal, PipelineResult)
     pts = _points(hw, samples, seed) if ends else latin_hypercube(dict(hw.ranges), samples, seed)
     times = [nominal.time_us] + [_time(hw.replace(**p), wl, sch) for p in pts]
+    times += [t for s in swings for t in (s.time_lo_us, s.time_hi_us)]
     lo, hi = min(times), max(times)
     tf = (wl.flops / hi * 1e-6, wl.flops / lo * 1e-6)
     peak = nominal.peak_tflops

@@ -309,29 +309,6 @@ def test_result_fields_and_json() -> None:
         r.tflops = 1.0  # type: ignore[misc]
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.integers(2, 9), st.integers(1, 3), st.sampled_from([1, 2, 4, 8]), st.data())
-def test_rescale_prob_from_trace_counts_groups_with_any_rescaled_row(nb, lead, g, data) -> None:
-    import numpy as np
-
-    from amla_numerics.pipeline.rescale import rescale_prob_from_trace
-
-    m = 8
-    flat = data.draw(st.lists(st.booleans(), min_size=nb * lead * m, max_size=nb * lead * m))
-    arr = np.array(flat, bool).reshape(nb, lead, m)
-    hits = total = 0  # oracle: plain loops over blocks 1.., leading index, row groups
-    for j in range(1, nb):
-        for i in range(lead):
-            for start in range(0, m, g):
-                total += 1
-                hits += any(arr[j, i, start : start + g])
-    assert rescale_prob_from_trace(arr, group_rows=g) == float(Fraction(hits, total))
-    with pytest.raises(ValueError, match="group_rows must be a positive divisor"):
-        rescale_prob_from_trace(arr, group_rows=3)
-    with pytest.raises(ValueError, match="boolean array"):
-        rescale_prob_from_trace(arr.astype(int))
-
-
 @settings(max_examples=40, deadline=None)
 @given(
     wl=st.builds(

@@ -34,7 +34,6 @@ from amla_numerics.pipeline.plan import (
     chip_bandwidth,
     combine_cost,
     make_plan,
-    resource_rates,
     tile_keys,
 )
 from amla_numerics.pipeline.schedule import Schedule, default_schedule

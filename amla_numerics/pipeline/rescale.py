@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from amla_numerics.variants import VARIANTS
 
 __all__ = [
@@ -71,7 +69,6 @@ __all__ = [
     "RescaleCost",
     "check_model_variant",
     "rescale_cost",
-    "rescale_prob_from_trace",
     "rows_per_decision",
 ]
 
@@ -87,7 +84,8 @@ DESIGNS: tuple[str, ...] = ("atomic", "workspace", "ub")
 MODEL_DESIGNS: dict[str, str] = {"fa_fp32_ub": "fa_fp32"}
 
 #: Default fraction of blocks a lazy (FA4-style, tau = 8 in log2 units) rescale touches.
-#: Measured with :func:`rescale_prob_from_trace` on the emulator's lazy trace of the seeded
+#: Measured from the emulator's lazy trace (per row group: the numerics side's one definition)
+#: of the seeded
 #: ``mla`` workload (``amla_numerics.analysis.workloads``: 128 rows, 576/512 dims, 16384
 #: tokens, 512-token blocks, seed 0): no block rescales. Other workloads differ (``peaky``
 #: 0.84, ``drift`` 1.0; docs/pipeline.md); the report passes its own measured value.
@@ -188,9 +186,10 @@ def check_model_variant(name: object, argument: str = "rescale") -> str:
 def rows_per_decision(m_tile: int = 256, vector_per_core: int = 2) -> int:
     """Rows one vector core decides a lazy rescale for together (its share of a row tile).
 
-    The emulator's lazy trace is turned into the pipeline's rescale probability per group
-    of this many rows (:func:`rescale_prob_from_trace` with ``group_rows``): the Vector core
-    rescales its whole O tile if any of its rows needs it.
+    The numerics side turns the emulator's lazy trace into the rescale probability per
+    group of this many rows (``amla_numerics.flash.rescale_probability(trace.rescaled,
+    group_rows)``, the one definition; the pipeline never imports the emulator and takes
+    the number): the Vector core rescales its whole O tile if any of its rows needs it.
 
     Examples
     --------
@@ -231,41 +230,3 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
     ):
         raise ValueError(f"rescale_prob must be a number in [0, 1], got {rescale_prob!r}")
     return dataclasses.replace(cost, probability=float(rescale_prob))
-
-
-def rescale_prob_from_trace(rescaled: object, group_rows: int | None = None) -> float:
-    """The per-block rescale probability of a lazy run, from the emulator's trace.
-
-    A vector core rescales a group of rows if *any* row in it needs it, so the
-    probability is the fraction of (block, row group) pairs, over blocks 1 .. N-1, in
-    which at least one row rescaled.
-
-    Parameters
-    ----------
-    rescaled : array_like of bool, shape (n_blocks, ..., M)
-        ``Trace.rescaled`` of :func:`amla_numerics.flash.emulator.attention` with
-        ``variant="lazy"`` and ``trace=True`` (block 0 is ignored).
-    group_rows : int, optional
-        Rows decided together (default: all M rows of the last axis).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
-    >>> rescale_prob_from_trace(r), rescale_prob_from_trace(r, group_rows=2)
-    (0.6666666666666666, 0.3333333333333333)
-    """
-    arr = np.asarray(rescaled)
-    if arr.dtype != bool or arr.ndim < 2:
-        raise ValueError(
-            "rescaled must be a boolean array of shape (n_blocks, ..., M), got "
-            f"dtype {arr.dtype} and {arr.ndim} dimension(s)"
-        )
-    if arr.shape[0] < 2:
-        raise ValueError("rescaled must cover at least 2 blocks (block 0 never rescales)")
-    m = arr.shape[-1]
-    g = m if group_rows is None else group_rows
-    if isinstance(g, bool) or not isinstance(g, int) or g < 1 or m % g:
-        raise ValueError(f"group_rows must be a positive divisor of M = {m}, got {group_rows!r}")
-    later = arr[1:].reshape(arr.shape[0] - 1, -1, m // g, g)
-    return float(later.any(axis=-1).mean())

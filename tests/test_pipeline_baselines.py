@@ -23,6 +23,7 @@ from amla_numerics.pipeline.rescale import MODEL_VARIANTS, rescale_cost, rows_pe
 from amla_numerics.pipeline.schedule import check_capacity, default_schedule
 from amla_numerics.pipeline.shape import AttentionShape
 from amla_numerics.variants import VARIANTS
+from tests.strategies import examples
 
 ASCEND = load_hardware("ascend910c")
 H800 = load_hardware("h800_sxm5")
@@ -149,7 +150,7 @@ def test_rows_per_decision_is_a_vector_cores_share() -> None:
     assert rows_per_decision(64, 2) == 32
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(
     batch=st.integers(1, 64),
     q_len=st.integers(1, 4),

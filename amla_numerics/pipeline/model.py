@@ -174,7 +174,8 @@ def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
     fixed point T = sim(rates(T)). f(T) = sim(rates(T)) - T decreases in T; it is >= 0 at
     the analytic roofline T0 (a lower bound) and <= 0 at T1 = sim(rates(T0)), so one
     regula-falsi step between them and a final simulation give the root (3 simulations; 1
-    when the rates do not move). The result is also held to the chip-bandwidth roofline
+    when the rates do not move or the chip resources hold < 1 % of the critical path: a
+    faster resource that binds nothing changes nothing). The result is also held to the chip-bandwidth roofline
     (N cores x bytes / B).
     """
     chip = chip_bandwidth(plan.hw)
@@ -189,7 +190,8 @@ def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
     sim = sim_at(t0)
     t1 = sim.makespan
     r0, r1 = _shared_rates(plan, demand, t0), _shared_rates(plan, demand, t1)
-    if max(abs(r1[r] / r0[r] - 1.0) for r in chip) > 0.005:
+    on_path = sum(sim.critical_path_attribution().get(r, 0.0) for r in chip)
+    if on_path > 0.01 and max(abs(r1[r] / r0[r] - 1.0) for r in chip) > 0.005:
         f0 = t1 - t0
         f1 = sim_at(t1).makespan - t1
         t2 = t0 + f0 * (t1 - t0) / (f0 - f1) if f0 - f1 > 0 else t1

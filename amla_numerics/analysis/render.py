@@ -44,7 +44,13 @@ def render(report: Report, style: str = "table") -> str:
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
         parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
     if report.throughput:
-        title = "modelled throughput, MLA decode on the Ascend 910 pipeline model"
+        t0 = report.throughput[0]
+        title = (
+            f"modelled throughput (pipeline model, {t0.get('hardware')}): the MLA decode shape "
+            f"batch {t0.get('batch')}, s_q {t0.get('q_len')}, s_k {t0.get('kv_len')}, "
+            f"{t0.get('heads')} heads, d 576/512 (not the grid's shapes); intervals over the "
+            "unsourced hardware parameters"
+        )
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
         parts.append(
             _table(_THROUGHPUT_COLUMNS, [_throughput_row(t) for t in report.throughput], md)

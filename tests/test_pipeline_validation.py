@@ -21,8 +21,12 @@ from amla_numerics.pipeline.model import evaluate
 AMLA = ANCHORS["amla_614"]
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
 
-#: prediction anchors that miss by more than 15 %, with the reason written in the docs.
-EXPLAINED_MISSES: dict[str, str] = {}
+#: prediction anchors that miss by more than 15 %, written down in docs/pipeline.md section 6
+#: (a finding, never a constant fitted away).
+EXPLAINED_MISSES: dict[str, str] = {
+    "b2_fa_4k": "short single-head prefill: ~38 us per call missing (above the launch range)",
+    "b2_fa_16k": "the same trend: the error falls with length (+49 %, +15 %, -4 %)",
+}
 
 
 def test_amla_614_is_fitted_and_cube_bound() -> None:

@@ -15,6 +15,9 @@ flashmla_660        h800_sxm5    fits ``block_overhead_cycles``    660 TFLOPS
 flashmla_3000       h800_sxm5    fits ``hbm_efficiency``           3000 GB/s
 h20_sq3             h20          prediction                        129 TFLOPS
 h20_sq8             h20          prediction                        120 TFLOPS
+b2_fa_4k            ascend910b2  prediction                        72.61 TFLOPS
+b2_fa_16k           ascend910b2  prediction                        122.88 TFLOPS
+b2_fa_32k           ascend910b2  prediction                        150.78 TFLOPS
 ==================  ===========  ================================  ======================
 
 Examples
@@ -50,6 +53,8 @@ class Anchor:
         Anchor name, hardware file, rescale variant.
     workload : Mapping[str, int]
         Keyword arguments of :class:`~amla_numerics.pipeline.shape.AttentionShape`.
+    schedule : Mapping[str, int]
+        Overrides of the default schedule (a head dim the default K split does not divide).
     metric : str
         ``"tflops"`` or ``"hbm_gbps"``.
     target, tolerance : float
@@ -70,6 +75,7 @@ class Anchor:
     tolerance: float
     role: str
     source: str
+    schedule: Mapping[str, int] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
 
 
 def _anchor(
@@ -163,6 +169,35 @@ ANCHORS: Mapping[str, Anchor] = MappingProxyType(
                 kv_len=8192,
                 heads=64,
             ),
+            *(
+                dataclasses.replace(
+                    _anchor(
+                        f"b2_fa_{seq // 1024}k",
+                        "ascend910b2",
+                        "fa_fp32",
+                        "tflops",
+                        published,
+                        0.15,
+                        "prediction",
+                        "hw-native-sys/pto-isa kernels/manual/common/flash_atten/README.md, 910B2 "
+                        f"table, torch_npu baseline: S0 = S1 = {seq}, one head of 128, "
+                        f"{us} us, {published} TFLOPS",
+                        batch=1,
+                        q_len=seq,
+                        kv_len=seq,
+                        heads=1,
+                        d_qk=128,
+                        d_v=128,
+                        shared_kv=False,  # type: ignore[arg-type]
+                    ),
+                    schedule=MappingProxyType({"l1_k_qk": 128, "l0_k_qk": 128}),
+                )
+                for seq, us, published in (
+                    (4096, 118.302, 72.61),
+                    (16384, 1118.462, 122.88),
+                    (32768, 3646.173, 150.78),
+                )
+            ),
         )
     }
 )
@@ -172,7 +207,7 @@ def anchor_result(anchor: Anchor, hw: Hardware | None = None) -> PipelineResult:
     """Simulate ``anchor``'s configuration (on ``hw``, default: its shipped hardware file)."""
     hw = hw or load_hardware(anchor.hardware)
     wl = AttentionShape(**anchor.workload)  # type: ignore[arg-type]
-    res = run(hw, wl, default_schedule(hw, anchor.rescale))
+    res = run(hw, wl, default_schedule(hw, anchor.rescale, **anchor.schedule))
     assert isinstance(res, PipelineResult)
     return res
 

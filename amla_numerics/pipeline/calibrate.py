@@ -188,7 +188,7 @@ ANCHORS: Mapping[str, Anchor] = MappingProxyType(
                         heads=1,
                         d_qk=128,
                         d_v=128,
-                        shared_kv=False,  # type: ignore[arg-type]
+                        shared_kv=False,
                     ),
                     schedule=MappingProxyType({"l1_k_qk": 128, "l0_k_qk": 128}),
                 )

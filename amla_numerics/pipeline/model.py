@@ -175,8 +175,8 @@ def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
     the analytic roofline T0 (a lower bound) and <= 0 at T1 = sim(rates(T0)), so one
     regula-falsi step between them and a final simulation give the root (3 simulations; 1
     when the rates do not move or the chip resources hold < 1 % of the critical path: a
-    faster resource that binds nothing changes nothing). The result is also held to the chip-bandwidth roofline
-    (N cores x bytes / B).
+    faster resource that binds nothing changes nothing). The result is also held to the
+    chip-bandwidth roofline (N cores x bytes / B).
     """
     chip = chip_bandwidth(plan.hw)
     demand = {r: ana.engine_cycles.get(r, 0.0) * plan.rates[r] for r in chip}  # bytes

@@ -203,15 +203,14 @@ def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
 def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
     """Whole-kernel HBM and L2 read/write bytes (every task, no split, plus the combine)."""
     wl = plan.shape
-    unsplit = dataclasses.replace(plan, spill=plan.spill)
     tiles = plan.split.row_tiles
     hbm = l2r = l2w = 0.0
     for t, m in enumerate(tiles):
         keys = tile_keys(wl, plan.schedule, t)
         nb = -(-keys // plan.schedule.kv_block)
         sizes = [plan.schedule.kv_block] * (nb - 1) + [keys - (nb - 1) * plan.schedule.kv_block]
-        for d in [piece_demand(unsplit, m)] + [
-            block_demand(unsplit, m, n, rescaled=j > 0) for j, n in enumerate(sizes)
+        for d in [piece_demand(plan, m)] + [
+            block_demand(plan, m, n, rescaled=j > 0) for j, n in enumerate(sizes)
         ]:
             hbm += d.traffic["HBM (chip share)"]
             if plan.hw.kind == "gpu":

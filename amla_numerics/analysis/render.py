@@ -49,7 +49,13 @@ def render(report: Report, style: str = "table") -> str:
             rows = [r for r in report.records if r.head_dim == d]
             parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
     if report.throughput:
-        title = "modelled throughput, MLA decode on the Ascend 910 pipeline model"
+        t0 = report.throughput[0]
+        title = (
+            f"modelled throughput (pipeline model, {t0.get('hardware')}): the MLA decode shape "
+            f"batch {t0.get('batch')}, s_q {t0.get('q_len')}, s_k {t0.get('kv_len')}, "
+            f"{t0.get('heads')} heads, d 576/512 (not the grid's shapes); intervals over the "
+            "unsourced hardware parameters"
+        )
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
         parts.append(
             _table(_THROUGHPUT_COLUMNS, [_throughput_row(t) for t in report.throughput], md)
@@ -99,7 +105,16 @@ _SEED_COLUMNS = (
     "meas/bound",
     "hazards",
 )
-_THROUGHPUT_COLUMNS = ("variant", "TFLOPS", "util", "peak", "bound by", "time us", "HBM GB/s")
+_THROUGHPUT_COLUMNS = (
+    "variant",
+    "TFLOPS",
+    "TFLOPS interval",
+    "util",
+    "peak",
+    "bound by",
+    "time us",
+    "HBM GB/s",
+)
 _LEGEND = (
     "cond: |out - ref| / sum_k p_ik |v_kj| in u_fp32 = 2**-24 (max, 99.9th percentile, median; "
     "bias: signed mean); row max: max over rows of ||out_i - ref_i|| / ||ref_i||; rel Frob: "
@@ -185,9 +200,11 @@ def _pct(x: float) -> str:
 
 
 def _throughput_row(t: dict[str, Any]) -> list[str]:
+    rng = t.get("tflops_range")
     return [
         t["variant"],
         f"{t['tflops']:.1f}",
+        f"[{rng[0]:.1f}, {rng[1]:.1f}]" if rng else "-",
         f"{100 * t['utilization']:.1f} %",
         t["peak_name"],
         str(t["bound"]),

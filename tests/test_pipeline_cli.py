@@ -160,3 +160,12 @@ def test_usage_errors_exit_2_with_one_sentence(argv, needle, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("amla-numerics: error:") and needle in err, err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kv_len", ["100000000", "1000000000000"])
+def test_too_big_to_simulate_is_refused_in_one_sentence(kv_len, capsys):
+    """Sizes are estimated before anything is built: a refusal in one sentence, exit 2."""
+    assert main(["pipeline", "--kv-len", kv_len]) == 2
+    err = capsys.readouterr().err
+    assert "KV blocks on the busiest core" in err and "Traceback" not in err
+    assert err.count("\n") == 1

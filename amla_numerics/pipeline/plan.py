@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
@@ -44,14 +45,18 @@ from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = [
     "CHIP_RESOURCES",
+    "LONG_SIMULATION_BLOCKS",
+    "MAX_SIMULATED_BLOCKS",
     "Combine",
     "CubeStage",
     "GpuBlock",
     "Plan",
     "VectorStage",
     "WorkSplit",
+    "check_size",
     "chip_bandwidth",
     "combine_cost",
+    "estimated_blocks",
     "l2_working_set",
     "make_plan",
     "pad16",
@@ -105,6 +110,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
     >>> s.tasks, s.blocks_per_task, s.blocks_per_core, s.active_cores, len(s.pieces)
     (128, 32, 86, 48, 3)
     """
+    check_size(hw, wl, sch)
     row_tiles = tuple(pad16(min(sch.m_tile, wl.rows - i)) for i in range(0, wl.rows, sch.m_tile))
     tile_sizes = [_block_sizes(tile_keys(wl, sch, t), sch.kv_block) for t in range(len(row_tiles))]
     nb = max(len(x) for x in tile_sizes)
@@ -154,6 +160,57 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
     return WorkSplit(
         tasks, nb, active, per, tuple(pieces), row_tiles, len(split), sum(split), max(counts)
     )
+
+
+#: The most KV blocks the event simulation runs on the busiest core. Measured on the 2-core
+#: development machine: about 10 ms and 160 KB of operation graph per block (batch 128, s_q 2,
+#: 16K and 64K keys), so the cap is about 100 s and 1.6 GB; beyond it a configuration is refused.
+MAX_SIMULATED_BLOCKS: int = 10_000
+#: Above this many blocks on the busiest core, a note with the estimated time goes to stderr.
+LONG_SIMULATION_BLOCKS: int = 1_000
+
+
+def estimated_blocks(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
+    """An upper estimate of the KV blocks the busiest core simulates, from sizes alone (O(1)).
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline.hardware import load_hardware
+    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> hw = load_hardware("ascend910c")
+    >>> estimated_blocks(hw, AttentionShape(128, 2, 16384), default_schedule(hw))
+    86
+    """
+    nb = math.ceil(wl.kv_len / sch.kv_block)
+    tasks = wl.groups * math.ceil(wl.rows / sch.m_tile)
+    cores = int(hw["cores"])
+    if sch.splits is not None:
+        k = min(sch.splits, nb)
+        return math.ceil(tasks * k / cores) * math.ceil(nb / k)
+    if sch.split_kv:
+        return math.ceil(tasks * nb / cores)
+    return math.ceil(tasks / cores) * nb
+
+
+def check_size(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
+    """Refuse (ValueError, one sentence) a configuration too big to simulate; note a long one.
+
+    Returns the estimated blocks on the busiest core (:func:`estimated_blocks`).
+    """
+    blocks = estimated_blocks(hw, wl, sch)
+    if blocks > MAX_SIMULATED_BLOCKS:
+        raise ValueError(
+            f"the configuration needs about {blocks:,} KV blocks on the busiest core, more than "
+            f"the {MAX_SIMULATED_BLOCKS:,} the event simulation handles (about 100 s, 1.6 GB);"
+            " use a shorter kv_len, a larger block, or fewer requests per core"
+        )
+    if blocks > LONG_SIMULATION_BLOCKS:
+        print(
+            f"amla-numerics: simulating about {blocks:,} KV blocks on the busiest core "
+            f"(roughly {blocks / 100:.0f} s)",
+            file=sys.stderr,
+        )
+    return blocks
 
 
 def _block_sizes(keys: int, block: int) -> list[int]:

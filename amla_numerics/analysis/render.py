@@ -53,8 +53,8 @@ def render(report: Report, style: str = "table") -> str:
         title = (
             f"modelled throughput (pipeline model, {t0.get('hardware')}): the MLA decode shape "
             f"batch {t0.get('batch')}, s_q {t0.get('q_len')}, s_k {t0.get('kv_len')}, "
-            f"{t0.get('heads')} heads, d 576/512 (not the grid's shapes); intervals over the "
-            "unsourced hardware parameters"
+            f"{t0.get('heads')} heads, d 576/512 (not the grid's shapes); intervals: nominal and "
+            "a 16-point Latin hypercube over the unsourced hardware parameters' ranges, jointly"
         )
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
         parts.append(

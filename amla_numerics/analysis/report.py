@@ -101,8 +101,9 @@ __all__ = [
 MLA_DECODE: dict[str, Any] = {"hardware": "ascend910c", "batch": 128, "q_len": 2, "kv_len": 16384}
 
 #: Latin-hypercube samples behind each throughput row's interval (same seed for every
-#: variant, so the rows share their parameter samples; docs/pipeline.md section 7).
-THROUGHPUT_SAMPLES = 2
+#: variant, so the rows share their parameter samples; docs/pipeline.md section 7): 16
+#: strata per ranged parameter, jointly; about 0.35 s per sample and variant.
+THROUGHPUT_SAMPLES = 16
 
 DEFAULT_HEAD_DIMS: tuple[int, ...] = (64, 128, 192, 256, 576)
 

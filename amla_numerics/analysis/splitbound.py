@@ -10,7 +10,7 @@ and merges them (:mod:`amla_numerics.flash.splitkv`). This module bounds
   on the split's keys: each split *is* an unsplit run on them);
 * the relative error ``rho_s`` of the split's weight ``lambda^_s = l^_s e**(m^_s)`` against
   ``lambda_s = sum_{k in s} e**(s_k)`` (the denominator chain of the unsplit analysis, whose
-  rescale factors ``a_j`` no longer cancel: ``|rho_s| <= T_s / (1 - T_s)`` below);
+  rescale factors ``a_j`` no longer cancel: ``|rho_s| <= R_s`` below);
 * the combine's own roundings (CANN: the exp of ``m_s - M``, the product by ``l_s``, the
   sequential sum, the division, the products and the sequential sum over splits;
   FlashMLA: the log2 lse, the warp sum, ``log2`` and ``exp2``, the FMA chain).
@@ -19,7 +19,8 @@ Examples
 --------
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
->>> q, k, v = rng.standard_normal((2, 16)), rng.standard_normal((300, 16)), rng.standard_normal((300, 4))
+>>> q, k = rng.standard_normal((2, 16)), rng.standard_normal((300, 16))
+>>> v = rng.standard_normal((300, 4))
 >>> e = split_bound("fa_fp32", q, k, v, 0.25, splits=4, block_n=32)
 >>> e.shape, bool(np.all(e > 0))
 ((2, 4), True)
@@ -169,9 +170,11 @@ def split_bound(
     ``|out^ - out| <= [sum_s W_s (1 + A_s) E_s + sum_s A_s sum_{k in s} w_k |v_k|
     + |out| sum_s W_s B_s] / (1 - max_s B_s)``
 
-    with ``A_s = infl(T_s + a'_s)``, ``B_s = infl(T_s + b'_s)`` (``a'``, ``b'`` from
-    :func:`combine_terms`, ``infl(t) = t / (1 - t)``) and ``T_s`` the largest first-order
-    relative error of ``lambda^_s`` over the split's keys ``k`` (block ``j_k`` of the
+    with ``A_s = (1 + R_s)(1 + infl(a'_s)) - 1``, ``B_s = (1 + R_s)(1 + infl(b'_s)) - 1``
+    (``a'``, ``b'`` from :func:`combine_terms`, ``infl(t) = t / (1 - t)``) and
+    ``R_s = sum_{k in s} w_k infl(t_k) / W_s`` the bound of the relative error of
+    ``lambda^_s = sum_k e**(s_k) (1 + beta_k)`` (a weighted mean of the per-key
+    ``|beta_k| <= infl(t_k)``), with ``t_k`` over the split's keys ``k`` (block ``j_k`` of the
     split's ``J_s``): ``score_k + (u + exp_slope)(m_s - s_k + stale) + exp_u + rowsum
     + 3u (J_s - 1 - j_k) + u [j_k > 0] + u (range_s) + n_s 2**-149`` (the score and exp terms
     of :func:`~amla_numerics.analysis.bounds.a_priori_bound`; ``3u`` per later block for
@@ -220,13 +223,16 @@ def split_bound(
             + 3.0 * u * later
             + u * own_add
         )
-        t_s = np.max(t_k, axis=-1) + u * srange[..., 0] + ns * 2.0**-149
+        t_k = t_k + u * srange + ns * 2.0**-149
         ws = np.sum(w_all[..., lo:hi], axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # the weighted mean over keys
+            r_s = np.sum(w_all[..., lo:hi] * _inflate(t_k), axis=-1) / ws
+        r_s = np.where(ws > 0, r_s, np.max(_inflate(t_k), axis=-1))
         lam = np.log(np.sum(np.exp(s - m_s), axis=-1))  # ln l_s
         parts.append(
             {
                 "e": e_s,
-                "t": t_s,
+                "r": r_s,
                 "W": ws,
                 "wv": w_all[..., lo:hi] @ x.v_abs[..., lo:hi, :],
                 "dm": row_max[..., 0] - m_s[..., 0] + score_max[..., 0],
@@ -235,7 +241,7 @@ def split_bound(
                 "m_abs": np.abs(m_s[..., 0]),
             }
         )
-    stack = {key: np.stack([p[key] for p in parts]) for key in ("t", "W", "dm", "lse2")}
+    stack = {key: np.stack([p[key] for p in parts]) for key in ("r", "W", "dm", "lse2")}
     num1, den1 = combine_terms(
         combine,
         n_splits=n_live,
@@ -247,8 +253,8 @@ def split_bound(
         log2_l=np.stack([p["log2_l"] for p in parts]) + 1.0,
         m_abs=np.stack([p["m_abs"] for p in parts]) + 1.0,
     )
-    a = _inflate(stack["t"] + num1)
-    b = _inflate(stack["t"] + den1)
+    a = (1.0 + stack["r"]) * (1.0 + _inflate(num1)) - 1.0
+    b = (1.0 + stack["r"]) * (1.0 + _inflate(den1)) - 1.0
     total_num = np.zeros_like(x.out_abs)
     for i, p in enumerate(parts):
         wa = (p["W"] * (1.0 + a[i]))[..., None]

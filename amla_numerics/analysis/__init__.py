@@ -41,6 +41,7 @@ from amla_numerics.analysis.plots import (
 )
 from amla_numerics.analysis.render import render
 from amla_numerics.analysis.report import Report, ReportConfig, build_report, write_outputs
+from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "run_grid",
     "save_report_plots",
     "softmax_weights",
+    "split_bound",
     "update_budgets",
     "write_outputs",
 ]

@@ -372,3 +372,38 @@ def test_exp2_and_log2_are_correctly_rounded():
     y = np.concatenate([rng.uniform(0, 1e6, 300), [1.0, 2.0, 3.0, 2.0**-130, 1 + 2.0**-23]])
     y = y.astype(np.float32)
     assert log2_cr(y).tolist() == [_mp32(_log2, float(t)) for t in y]
+
+
+_REF_LSE = reference.certified_attention(_W.q, _W.k, _W.v, _W.scale, return_lse=True)
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
+@pytest.mark.parametrize("combine", list(COMBINES))
+@pytest.mark.parametrize("policy", [None, FP32_ONLY], ids=["ascend", "fp32"])
+def test_split_lse_within_its_bound(variant, combine, policy):
+    for n_splits in (2, 7, 16):
+        res = flash.attention(
+            _W.q,
+            _W.k,
+            _W.v,
+            variant,
+            scale=_W.scale,
+            block_n=32,
+            splits=n_splits,
+            combine=combine,
+            policy=policy,
+        )
+        _, lse_b = split_bound(
+            variant,
+            _W.q,
+            _W.k,
+            _W.v,
+            float(np.float32(_W.scale)),
+            splits=n_splits,
+            block_n=32,
+            combine=combine,
+            policy=policy,
+            return_lse=True,
+        )
+        err = np.abs(res.lse - _REF_LSE.lse) + _REF_LSE.lse_bound
+        assert np.all(err <= lse_b), (variant, combine, n_splits, err, lse_b)

@@ -65,7 +65,7 @@ def combine_terms(
     lse2: np.ndarray | None = None,
     log2_l: np.ndarray | None = None,
     m_abs: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First-order relative error of each split's combine weight: numerator and denominator.
 
     Parameters
@@ -84,9 +84,13 @@ def combine_terms(
     Returns
     -------
     num, den : numpy.ndarray
-        (S, ..., M) first-order sums (to be added to the split's ``T_s`` and inflated):
+        (S, ..., M) first-order sums (inflated and composed with the split's ``R_s``):
         ``a_s`` multiplies split ``s``'s partial in the numerator, ``b_s`` its weight in the
         normalising denominator.
+    lse : numpy.ndarray
+        (1, ..., M): the combine's own absolute error of the output lse in nats beyond the
+        denominator's (CANN: 0, its lse is ``M + ln L`` from the denominator; FlashMLA:
+        ``ln 2 (max_t d_t + u (|log2 sum| + |G|)) + sigma``).
 
     Notes
     -----
@@ -104,7 +108,8 @@ def combine_terms(
     method = check_combine(method)
     if method == "cann":
         eps = exp_u + (u + exp_slope) * dm + u
-        return eps + (n_splits + 1) * u, eps + (n_splits - 1) * u
+        den = eps + (n_splits - 1) * u
+        return eps + (n_splits + 1) * u, den, np.zeros_like(den[:1])
     assert lse2 is not None and log2_l is not None and m_abs is not None
     live = np.isfinite(lse2)
     lse_f = np.where(live, lse2, 0.0)
@@ -123,7 +128,8 @@ def combine_terms(
     log2_sum = np.abs(g - top) + 1.0
     xi = _LN2 * (d + d_max + u * (log2_sum + g_abs) + u * (np.abs(lse_f - g) + 1.0)) + sigma + u
     num = xi + n_splits * u
-    return num, np.zeros_like(num)
+    lse_term = _LN2 * (d_max + u * (log2_sum + g_abs)) + sigma
+    return num, np.zeros_like(num), lse_term
 
 
 def split_bound(
@@ -139,7 +145,8 @@ def split_bound(
     tau: float = DEFAULT_TAU,
     policy: Any = None,
     combine: str = "cann",
-) -> np.ndarray:
+    return_lse: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Absolute error bound of every output element of a split-KV run (float64, out's shape).
 
     Parameters
@@ -156,10 +163,12 @@ def split_bound(
         As :func:`~amla_numerics.analysis.bounds.a_priori_bound`.
     combine : {"cann", "flashmla"}
         The combine modelled.
+    return_lse : bool
+        Also return the bound of the output lse's absolute error (nats, (..., M)).
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, or (numpy.ndarray, numpy.ndarray) with ``return_lse``
 
     Notes
     -----
@@ -242,7 +251,7 @@ def split_bound(
             }
         )
     stack = {key: np.stack([p[key] for p in parts]) for key in ("r", "W", "dm", "lse2")}
-    num1, den1 = combine_terms(
+    num1, den1, lse1 = combine_terms(
         combine,
         n_splits=n_live,
         u=u,
@@ -263,4 +272,13 @@ def split_bound(
     b_max = np.max(b, axis=0)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         total = np.where(b_max < 1.0, (total_num + den) / (1.0 - b_max), np.inf)
-    return total * (1.0 + 2.0**-20)
+    total = total * (1.0 + 2.0**-20)
+    if not return_lse:
+        return total
+    r_max = np.max(stack["r"], axis=0)
+    b_lse = b_max[..., 0] if combine == "cann" else r_max
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse_b = np.where(b_lse < 1.0, -np.log1p(-np.minimum(b_lse, 0.999999)), np.inf)
+    lse_abs = np.abs(np.max(stack["lse2"], axis=0)) * _LN2 + math.log(n_live) + 1.0
+    lse_b = (lse_b + lse1[0] + 2.0**-52 * lse_abs) * (1.0 + 2.0**-20)
+    return total, lse_b

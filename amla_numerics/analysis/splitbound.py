@@ -28,13 +28,19 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
+from amla_numerics.analysis.bounds import (
+    BoundInputs,
+    a_priori_bound,
+    bound_inputs,
+    elementwise_bound,
+)
 from amla_numerics.flash.splitkv import check_combine, split_ranges
 from amla_numerics.formats import get_format
 from amla_numerics.variants import DEFAULT_C, DEFAULT_TAU, check_variant
@@ -52,6 +58,26 @@ def _inflate(t: np.ndarray) -> np.ndarray:
     t = np.asarray(t, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return np.where(t < 1.0, t / (1.0 - np.minimum(t, 0.999999)), np.inf)
+
+
+def _split_inputs(x: BoundInputs, v: np.ndarray, lo: int, hi: int) -> BoundInputs:
+    """The bound inputs of the keys ``[lo, hi)`` sliced from the whole problem's (the
+    representable formats of the whole hold for every part)."""
+    s = x.s[..., lo:hi]
+    w = np.exp(s - np.max(s, axis=-1, keepdims=True))
+    w /= np.sum(w, axis=-1, keepdims=True)
+    v_s = np.asarray(v[..., lo:hi, :], dtype=np.float64)
+    return dataclasses.replace(
+        x,
+        kv_len=hi - lo,
+        s=s,
+        w=w,
+        qk_abs=x.qk_abs[..., lo:hi],
+        v_abs=x.v_abs[..., lo:hi, :],
+        v_sq=x.v_sq[..., lo:hi, :],
+        out_abs=np.abs(w @ v_s),
+        v_max=np.max(x.v_abs[..., lo:hi, :], axis=-2, keepdims=True),
+    )
 
 
 def combine_terms(
@@ -217,7 +243,7 @@ def split_bound(
         bs = a_priori_bound(
             variant, head_dim=x.head_dim, kv_len=ns, block_n=block_n, c=c, tau=tau, policy=policy
         )
-        e_s = elementwise_bound(bs, q64, k64[..., lo:hi, :], v64[..., lo:hi, :], scale)
+        e_s = elementwise_bound(bs, _split_inputs(x, v64, lo, hi))
         s = s_all[..., lo:hi]
         m_s = np.max(s, axis=-1, keepdims=True)
         srange = m_s - np.min(s, axis=-1, keepdims=True)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from amla_numerics.formats import BF16, FP16, FP32, FP64
 from amla_numerics.reference import (
     attention,
-    core,
+    dispatch,
     exact_dot,
     mp_logsumexp,
     mp_softmax,
@@ -163,7 +163,7 @@ def test_online_softmax_blocks():
 
 
 def test_precision_ladder_raises(monkeypatch):
-    real = core.attention_row
+    real = dispatch.attention_row
 
     def drifting(dots, mask_row, v, scale, dps, cols=None, *, want_lse=False):
         r = real(dots, mask_row, v, scale, dps, cols, want_lse=want_lse)
@@ -172,7 +172,7 @@ def test_precision_ladder_raises(monkeypatch):
             return type(r)(out, r.out_mpf, r.lse, r.lse_mpf, r.prec)
         return r
 
-    monkeypatch.setattr(core, "attention_row", drifting)
+    monkeypatch.setattr(dispatch, "attention_row", drifting)
     with pytest.raises(RuntimeError, match="precision ladder"):
         attention(np.ones((1, 2)), np.eye(2), np.eye(2), method="mpmath", dps=20)
 

@@ -60,6 +60,9 @@ def test_one_split_is_the_unsplit_run(variant):
         res = flash.attention(q, k, v, variant, block_n=32, trace=True, splits=plan)
         assert _same(res.out, base.out) and _same(res.lse, base.lse)
         assert res.hazards == base.hazards and res.splits is None
+        assert res.hazard_mask.keys() == base.hazard_mask.keys()
+        assert all(_same(res.hazard_mask[h], base.hazard_mask[h]) for h in base.hazard_mask)
+        assert _same(res.garbage_mask(), base.garbage_mask())
         assert all(_same(getattr(res.trace, f), getattr(base.trace, f)) for f in ("m", "n", "N"))
 
 
@@ -291,6 +294,11 @@ def test_a_split_whose_first_blocks_are_masked_is_an_amla_zero_hazard():
     bad = ~np.isfinite(am.splits.out[1, 0]) | (np.abs(am.splits.out[1, 0]) > 1e3)
     assert am.hazards["split_nonfinite"] == int(np.sum(~np.isfinite(am.splits.out[1, 0])))
     assert bad.any() and np.all(np.isfinite(am.out[1:]))
+    # per element: the garbage and the split classes mark row 0 only
+    assert am.garbage_mask()[0].any() and not am.garbage_mask()[1:].any()
+    assert am.hazard_mask["split_masked"].sum() == 0
+    assert am.hazard_mask["zero"][0].any() and not am.hazard_mask["zero"][1:].any()
+    assert not gd.garbage_mask().any()
 
 
 @pytest.mark.parametrize("variant", AMLA_VARIANTS)

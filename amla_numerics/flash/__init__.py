@@ -23,6 +23,7 @@ from amla_numerics.flash.emulator import (
     Trace,
     attention,
     mla_attention,
+    rescale_probability,
 )
 from amla_numerics.flash.policy import PRESETS, MatmulPolicy, Policy, get_policy
 from amla_numerics.flash.splitkv import COMBINES, SplitTrace
@@ -47,4 +48,5 @@ __all__ = [
     "attention",
     "get_policy",
     "mla_attention",
+    "rescale_probability",
 ]

@@ -7,7 +7,8 @@ matrix-unit model needs it). The stage definitions are in ``docs/numerics.md``; 
 per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne rounding):
 
 1. ``S_j = fl(QK_j * scale)`` with ``QK_j`` the matrix-unit product (policy ``qk``) and
-   ``scale`` rounded to the work format; masked scores are ``-inf``.
+   ``scale`` rounded to the work format; with an additive bias mask ``S_j = fl(S_j + b)``,
+   ``b`` rounded (rne) to the work format; masked scores are ``-inf``.
 2. ``m_j = max(m_{j-1}, rowmax S_j)`` (exact; ``m_{-1} = -inf``).
 3. ``P_j = exp(fl(S_j - m_j))`` (correctly rounded, or the polynomial model), using
    ``m_j := 0`` on rows with no unmasked score yet (so their P is 0).
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ml_dtypes
@@ -65,7 +66,7 @@ from amla_numerics.flash._exactsum import (
 )
 from amla_numerics.flash._inputs import block_bounds, check_inputs
 from amla_numerics.flash.accumulate import vector_sum
-from amla_numerics.flash.amla import amla_rescale, amla_scalars
+from amla_numerics.flash.amla import amla_rescale, amla_scalars, clamped_rows
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.splitkv import SplitTrace, check_combine, run_splits, split_ranges
 from amla_numerics.flash.stages import (
@@ -77,9 +78,19 @@ from amla_numerics.flash.stages import (
     matrix_product,
     round_input,
 )
+from amla_numerics.inputs import is_leading_columns
 from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
 
-__all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
+__all__ = [
+    "MLA_DK",
+    "MLA_DV",
+    "MLA_SCALE",
+    "FlashResult",
+    "Trace",
+    "attention",
+    "mla_attention",
+    "rescale_probability",
+]
 
 #: The MLA decode preset (DeepSeek-V3 absorbed form): score dim, value dim, softmax scale.
 MLA_DK, MLA_DV, MLA_SCALE = 576, 512, 1.0 / math.sqrt(192.0)
@@ -113,6 +124,62 @@ class Trace:
     N: np.ndarray
     rescaled: np.ndarray
 
+    def rescale_prob(self, group_rows: int | None = None) -> float:
+        """The per-block rescale probability of the run: :func:`rescale_probability` of
+        :attr:`rescaled` (the one definition the report and the pipeline model use)."""
+        return rescale_probability(self.rescaled, group_rows)
+
+
+def rescale_probability(rescaled: Any, group_rows: int | None = None) -> float:
+    """Fraction of (block, row group) steps, over blocks 1 .. J-1, in which O was rescaled.
+
+    A vector core rescales a group of rows together when *any* row in it needs it (the
+    ``lazy`` variant's branch is taken per group), so the probability of a step is whether
+    any row of the group rescaled. This is the one definition of the lazy variant's rescale
+    probability: the report records it per case and the pipeline model takes the number.
+
+    Parameters
+    ----------
+    rescaled : array_like of bool, shape (n_blocks, ..., M)
+        :attr:`Trace.rescaled` (block 0 never rescales and is ignored).
+    group_rows : int, optional
+        Rows decided together; a positive divisor of M (default: all M rows of the last
+        axis, one group per leading index).
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when there is only one block (no step can rescale).
+
+    Raises
+    ------
+    ValueError
+        Not a boolean array with at least 2 dimensions, or a bad ``group_rows``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
+    >>> rescale_probability(r), rescale_probability(r, group_rows=2), rescale_probability(r, 1)
+    (0.6666666666666666, 0.3333333333333333, 0.16666666666666666)
+    """
+    arr = np.asarray(rescaled)
+    if arr.dtype != bool or arr.ndim < 2:
+        raise ValueError(
+            "argument 'rescaled' must be a boolean array of shape (n_blocks, ..., M), got "
+            f"dtype {arr.dtype} and {arr.ndim} dimension(s)"
+        )
+    m = arr.shape[-1]
+    g = m if group_rows is None else group_rows
+    if isinstance(g, bool) or not isinstance(g, int | np.integer) or g < 1 or m % g:
+        raise ValueError(
+            f"argument 'group_rows' must be a positive divisor of M = {m}, got {group_rows!r}"
+        )
+    if arr.shape[0] < 2:
+        return float("nan")
+    later = arr[1:].reshape(arr.shape[0] - 1, -1, m // int(g), int(g))
+    return float(later.any(axis=-1).mean())
+
 
 @dataclass(frozen=True)
 class FlashResult:
@@ -126,7 +193,16 @@ class FlashResult:
         (..., M) float64 log-sum-exp of the scaled scores, ``m + ln(l)``.
     hazards : dict[str, int]
         Every class of :data:`amla_numerics.exp2add.HAZARDS` -> number of elements of O
-        that hit it, summed over all integer adds (zeros for non-AMLA variants).
+        that hit it, summed over all integer adds, plus ``"clamp"``: elements of O in rows
+        whose ``dn`` the kernel's clamp raised, summed over blocks (informational: a
+        deterministic feature the bounds cover). ``"overflow"`` also counts, for every
+        variant, the output elements of attended rows that are not finite because O, l or
+        the division overflowed FP32 (and no integer-add hazard touched them).
+    hazard_mask : dict[str, numpy.ndarray]
+        Per class of ``hazards`` (``"ok"`` excluded), a bool array shaped like ``out``:
+        which output elements that class touched over all blocks (``"clamp"``: whole rows).
+    uncovered : numpy.ndarray or None
+        The elements of :meth:`garbage_mask` (None: none).
     trace : Trace or None
         Per-block state when ``trace=True`` (unsplit runs; a split run keeps each split's
         in ``splits.traces``).
@@ -142,7 +218,19 @@ class FlashResult:
     hazards: dict[str, int]
     trace: Trace | None
     config: dict[str, Any]
+    hazard_mask: dict[str, np.ndarray] = field(default_factory=dict)
+    uncovered: np.ndarray | None = None
     splits: SplitTrace | None = None
+
+    def garbage_mask(self) -> np.ndarray:
+        """Output elements whose value came from the integer add's garbage: those a garbage
+        class touched (``amla_guarded`` repairs them: none there), less those that had
+        overflowed FP32 first. No error bound covers them; every other element with a
+        finite reference is covered, so FP32 overflow (finite reference, non-finite output)
+        is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it."""
+        if self.uncovered is not None:
+            return self.uncovered
+        return np.zeros(self.out.shape, bool)
 
 
 def attention(
@@ -185,7 +273,8 @@ def attention(
     tau : float
         ``lazy``'s threshold in log2 units.
     mask : array_like of bool or float, optional
-        Broadcastable to (..., M, N): True (or 0.0) attends, False (or -inf) masks.
+        Broadcastable to (..., M, N), with the meaning of :mod:`amla_numerics.inputs`: a
+        boolean keep-mask (True attends), or an additive float bias (finite, or -inf to mask).
     causal : bool
         Row ``i`` attends keys ``j <= i + N - M`` (bottom-right aligned).
     splits : int or sequence of (lo, hi), optional
@@ -222,11 +311,11 @@ def attention(
     split_trace = None
     if len(ranges) == 1:
         blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
-        out, lse, hazards, tr = run.execute(blocks)
+        out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
         n_blocks = len(blocks)
     else:
         plan = [_split_blocks(lo, hi, variant, int(block_n)) for lo, hi in ranges]
-        out, lse, hazards, split_trace = run_splits(run, ranges, plan, combine)
+        out, lse, hazards, masks, uncovered, split_trace = run_splits(run, ranges, plan, combine)
         tr = None
         n_blocks = sum(len(b) for b in plan)
     config = {
@@ -244,7 +333,7 @@ def attention(
     if split_trace is not None:
         config["splits"] = [list(r) for r in ranges]
         config["combine"] = combine
-    return FlashResult(out, lse, hazards, tr, config, split_trace)
+    return FlashResult(out, lse, hazards, tr, config, masks, uncovered, split_trace)
 
 
 def _split_blocks(lo: int, hi: int, variant: str, block_n: int) -> list[tuple[int, int]]:
@@ -305,14 +394,12 @@ def _absmax(x: np.ndarray, raw: np.ndarray | None = None) -> float:
     return float(max(x.max(), -x.min()))
 
 
-def _leading_columns_of(v: np.ndarray, k: np.ndarray) -> bool:
-    """True if ``v`` is exactly the view ``k[..., :Dv]`` (same memory, strides and dtype)."""
-    return (
-        v.dtype == k.dtype
-        and v.shape[:-1] == k.shape[:-1]
-        and v.strides == k.strides
-        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
-    )
+def _mark(masks: dict[str, np.ndarray], name: str, touched: np.ndarray) -> None:
+    """OR ``touched`` into the mask of class ``name`` (created on first use)."""
+    if name in masks:
+        masks[name] = masks[name] | touched
+    else:
+        masks[name] = np.array(touched, dtype=bool)
 
 
 class _Run:
@@ -331,13 +418,15 @@ class _Run:
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
         self.q = round_input(inp.q, pol.qk.in_format)
         self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
-        self.v_is_k = _leading_columns_of(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format
+        self.v_is_k = is_leading_columns(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format
         if self.v_is_k:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
         self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
         self.scale = self.dt(inp.scale)
+        # an additive score bias, rounded (rne) to the work format once
+        self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
         self.k_stats = self.v_parts = None
@@ -404,6 +493,8 @@ class _Run:
             qk = self.qk_all[..., lo:hi]
             with np.errstate(over="ignore", invalid="ignore"):
                 s = qk * self.scale
+                if self.bias is not None:
+                    s = s + self.bias[..., lo:hi]
             if self.inp.keep is not None:
                 s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
             return s
@@ -425,6 +516,8 @@ class _Run:
         )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
+            if self.bias is not None:
+                s = s + self.bias[..., lo:hi]
         if self.inp.keep is not None:
             s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
         return s
@@ -496,12 +589,18 @@ class _Run:
         pol, dt, variant = self.pol, self.dt, self.variant
         if not prepared:
             self.prepare(blocks)
-        hazards = dict.fromkeys(HAZARDS, 0)
+        hazards = dict.fromkeys((*HAZARDS, "clamp"), 0)
+        masks: dict[str, np.ndarray] = {}
         rec: dict[str, list] = {
             key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")
         }
         m = l = O = sc = None
         log2e = constants(pol)["LOG2E"]
+        # AMLA: elements the integer add's garbage touched, and elements that overflowed in
+        # FP32 (O + PV, the guard's multiply) before any garbage reached them
+        garbage: np.ndarray | None = None
+        fp32_over: np.ndarray | None = None
+        repairs = variant == "amla_guarded"
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
             with np.errstate(invalid="ignore", over="ignore"):
@@ -541,11 +640,24 @@ class _Run:
                 if j == 0:
                     O = pv
                 else:
-                    O, counts = amla_rescale(O, sc, pol, variant)
+                    O, counts, codes = amla_rescale(O, sc, pol, variant)
                     for key, val in counts.items():
                         hazards[key] += val
+                    if codes is not None:
+                        for code, name in enumerate(HAZARDS):
+                            if code and counts[name]:
+                                _mark(masks, name, codes == code)
+                        if not repairs:
+                            garbage = codes != 0 if garbage is None else garbage | (codes != 0)
+                    clamped = clamped_rows(sc, pol)
+                    if clamped is not None:
+                        hazards["clamp"] += int(np.count_nonzero(clamped)) * O.shape[-1]
+                        _mark(masks, "clamp", np.broadcast_to(clamped[..., None], O.shape))
                     with np.errstate(invalid="ignore", over="ignore"):
                         O = O + pv
+                if not np.isfinite(O).all():
+                    new = ~np.isfinite(O) if garbage is None else ~np.isfinite(O) & ~garbage
+                    fp32_over = new if fp32_over is None else fp32_over | new
             else:
                 pv = self._pv(p, lo, hi)
                 with np.errstate(invalid="ignore", over="ignore"):
@@ -558,6 +670,7 @@ class _Run:
             m = m_new
             if self.want_trace:
                 self._record(rec, m_new, sc if self.is_amla else None, resc, j)
+        O_final = O
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
                 O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))
@@ -565,9 +678,33 @@ class _Run:
             den = l * sc.r_hat if self.is_amla else l
             out = O / den[..., None]
             lse = m.astype(np.float64) + np.log(l.astype(np.float64))
+        shape = out.shape
+        junk = np.zeros(shape, bool) if garbage is None else np.broadcast_to(garbage, shape)
+        overflow = self._fp32_overflow(O_final, l, out) & ~junk
+        if fp32_over is not None:
+            overflow |= np.broadcast_to(fp32_over, shape)
+        n_over = int(np.count_nonzero(overflow))
+        if n_over:
+            hazards["overflow"] += n_over
+            _mark(masks, "overflow", overflow)
+        full = {
+            name: np.broadcast_to(masks[name], shape).copy()
+            if name in masks
+            else np.zeros(shape, bool)
+            for name in hazards
+            if name != "ok"
+        }
         tr = self._trace(rec) if self.want_trace else None
         self.final_m, self.final_l, self.final_sc = m, l, sc
-        return out, lse, hazards, tr
+        return out, lse, hazards, full, junk & ~overflow, tr
+
+    @staticmethod
+    def _fp32_overflow(O, l, out) -> np.ndarray:
+        """Outputs of attended rows (``l > 0``) that are not finite because O (before any
+        clip), l or the division overflowed FP32."""
+        with np.errstate(invalid="ignore"):
+            attended = np.broadcast_to((l > 0)[..., None], out.shape)
+        return attended & (~np.isfinite(out) | ~np.isfinite(O) | ~np.isfinite(l)[..., None])
 
     @staticmethod
     def _record(rec, m_new, sc, resc, j):

@@ -399,13 +399,16 @@ def run_splits(
     ranges: list[tuple[int, int]],
     plan: list[list[tuple[int, int]]],
     combine: str,
-) -> tuple[np.ndarray, np.ndarray, dict[str, int], SplitTrace]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], dict[str, np.ndarray], np.ndarray, SplitTrace]:
     """Run every split with the emulator state ``run`` and merge them.
 
     ``plan[s]`` are split ``s``'s KV blocks (absolute key indices; empty for an empty
-    split). Returns ``out``, ``lse``, the hazard counts (every class of
-    :data:`~amla_numerics.exp2add.HAZARDS` summed over the splits, plus
-    :data:`SPLIT_HAZARDS`) and the :class:`SplitTrace`.
+    split). Returns ``out``, ``lse``, the hazard counts (every class the unsplit run
+    counts, summed over the splits, plus :data:`SPLIT_HAZARDS`), the per-class element
+    masks shaped like ``out`` (a class touched the element in any split; the split classes
+    as counted), the uncovered (garbage) elements of ``out`` (a live split's garbage
+    element: the combine carries it to the same output element) and the
+    :class:`SplitTrace`.
     """
     from amla_numerics.flash._exactsum import _LONG
     from amla_numerics.flash.stages import constants
@@ -419,19 +422,27 @@ def run_splits(
                 run.v_small.pop(lo, None)
     inp = run.inp
     row_shape = (*inp.batch, inp.m)
-    outs, ms, ls, ns, rs, hz = [], [], [], [], [], []
+    out_shape = (*row_shape, inp.dv)
+    outs, ms, ls, ns, rs = [], [], [], [], []
+    hz: list[dict[str, int]] = []
     traces: list[Trace | None] = []
+    masks: dict[str, np.ndarray] = {}
+    garbage = []
     for blocks in plan:
         if not blocks:
-            outs.append(np.zeros((*row_shape, inp.dv), dt))
+            outs.append(np.zeros(out_shape, dt))
             ms.append(np.full(row_shape, -np.inf, dt))
             ls.append(np.zeros(row_shape, dt))
             ns.append(np.zeros(row_shape))
             rs.append(np.ones(row_shape))
-            hz.append(dict.fromkeys(HAZARDS, 0))
+            hz.append({})
+            garbage.append(np.zeros(out_shape, bool))
             traces.append(None)
             continue
-        o, _, counts, tr = run.execute(blocks, prepared=True)
+        o, _, counts, full, uncovered, tr = run.execute(blocks, prepared=True)
+        for name, touched in full.items():
+            masks[name] = masks[name] | touched if name in masks else np.array(touched, bool)
+        garbage.append(np.broadcast_to(uncovered, out_shape))
         outs.append(np.broadcast_to(o, (*row_shape, inp.dv)))
         ms.append(np.broadcast_to(run.final_m, row_shape).astype(dt))
         ls.append(np.broadcast_to(run.final_l, row_shape).astype(dt))
@@ -444,14 +455,27 @@ def run_splits(
     log2e = constants(run.pol)["LOG2E"]
     out, lse, w = combine_partials(out_s, m_s, l_s, combine, exp=run.exp, log2e=log2e)
     dead = np.isneginf(m_s) | (l_s == 0)
-    hazards = {key: sum(h[key] for h in hz) for key in HAZARDS}
-    dv = inp.dv
+    keys = list(dict.fromkeys(k for h in hz for k in h)) or list(HAZARDS)
+    hazards = {key: sum(h.get(key, 0) for h in hz) for key in keys}
     empty = np.array([hi == lo for lo, hi in ranges])
-    hazards["split_empty"] = int(empty.sum()) * int(np.prod(row_shape)) * dv
-    hazards["split_masked"] = int((dead & ~empty.reshape(-1, *[1] * len(row_shape))).sum()) * dv
+    masked = dead & ~empty.reshape(-1, *[1] * len(row_shape))
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(out_s) & ~dead[..., None]
+    split_masks = {
+        "split_empty": np.broadcast_to(empty.any(), out_shape),
+        "split_masked": np.broadcast_to(masked.any(axis=0)[..., None], out_shape),
+        "split_nonfinite": bad.any(axis=0),
+    }
+    hazards["split_empty"] = int(empty.sum()) * int(np.prod(out_shape))
+    hazards["split_masked"] = int(masked.sum()) * inp.dv
     hazards["split_nonfinite"] = int(bad.sum())
+    for name, touched in split_masks.items():
+        masks[name] = np.array(touched, bool)
+    for name in hazards:
+        if name != "ok" and name not in masks:
+            masks[name] = np.zeros(out_shape, bool)
+    live = ~dead[..., None]
+    uncovered = np.any(np.stack(garbage) & live, axis=0)
     trace = SplitTrace(
         ranges=tuple(ranges),
         combine=combine,
@@ -465,4 +489,4 @@ def run_splits(
         hazards=tuple(hz),
         traces=tuple(traces),
     )
-    return out, lse, hazards, trace
+    return out, lse, hazards, masks, uncovered, trace

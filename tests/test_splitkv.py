@@ -415,3 +415,62 @@ def test_split_lse_within_its_bound(variant, combine, policy):
         )
         err = np.abs(res.lse - _REF_LSE.lse) + _REF_LSE.lse_bound
         assert np.all(err <= lse_b), (variant, combine, n_splits, err, lse_b)
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+
+
+def test_report_measures_split_runs_against_the_split_bound():
+    from amla_numerics.analysis import ReportConfig, build_report
+    from amla_numerics.analysis.render import render
+
+    cfg = ReportConfig(
+        head_dims=(16,),
+        kv_lens=(512,),
+        block_n=64,
+        variants=("fa_fp32", "amla"),
+        workloads=("drift",),
+        seeds=(0, 1),
+        rows=3,
+        splits=(1, 4),
+        combine="flashmla",
+        plots=False,
+    )
+    rep = build_report(cfg, throughput=False)
+    assert sorted({(r.splits, r.combine) for r in rep.records}) == [
+        (1, "flashmla"),
+        (4, "flashmla"),
+    ]
+    assert all(r.bound_ratio <= 1 and r.n_violations == 0 for r in rep.records)
+    split_recs = [r for r in rep.records if r.splits == 4]
+    assert all(math.isnan(r.prob_bound_ratio) for r in split_recs)  # no probabilistic split bound
+    sums = [s for s in rep.summaries if s["splits"] == 4]
+    assert len(sums) == 2 and all(s["n_seeds"] == 2 for s in sums)
+    assert "512/S4" in render(rep)
+
+
+def test_report_cli_splits_and_bad_values():
+    from amla_numerics.cli import main
+
+    small = [
+        "report",
+        "--head-dims",
+        "16",
+        "--kv-lens",
+        "256",
+        "--block-n",
+        "64",
+        "--rows",
+        "2",
+        "--variants",
+        "amla",
+        "--workloads",
+        "random",
+        "--no-throughput",
+        "--jobs",
+        "1",
+    ]
+    assert main([*small, "--splits", "1,2"]) == 0
+    assert main([*small, "--splits", "0"]) == 2
+    assert main([*small, "--splits", "2", "--combine", "nvidia"]) == 2

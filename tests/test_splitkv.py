@@ -92,7 +92,7 @@ def _check_bound(variant, splits, combine, policy=None, w=_W, ref=_REF, block_n=
         w.q,
         w.k,
         w.v,
-        float(np.float32(w.scale)),
+        w.scale,
         splits=splits,
         block_n=block_n,
         combine=combine,
@@ -406,7 +406,7 @@ def test_split_lse_within_its_bound(variant, combine, policy):
             _W.q,
             _W.k,
             _W.v,
-            float(np.float32(_W.scale)),
+            _W.scale,
             splits=n_splits,
             block_n=32,
             combine=combine,
@@ -474,3 +474,31 @@ def test_report_cli_splits_and_bad_values():
     assert main([*small, "--splits", "1,2"]) == 0
     assert main([*small, "--splits", "0"]) == 2
     assert main([*small, "--splits", "2", "--combine", "nvidia"]) == 2
+
+
+@pytest.mark.parametrize("combine", list(COMBINES))
+def test_compare_judges_a_split_kernel_against_the_matching_bound(combine):
+    from amla_numerics.testing.compare import compare
+
+    w = make_workload("drift", head_dim=16, kv_len=1024, rows=4, seed=3)
+    kernel = flash.attention(
+        w.q, w.k, w.v, "amla", scale=w.scale, block_n=64, splits=4, combine=combine
+    ).out.astype(ml_dtypes.bfloat16)
+    c = compare(
+        kernel,
+        w.q,
+        w.k,
+        w.v,
+        scale=w.scale,
+        variant="amla",
+        block_n=64,
+        splits=4,
+        combine=combine,
+        bit_match=["amla"],
+    )
+    assert c.bit_match["amla"] == 1.0 and c.splits == 4 and c.combine == combine
+    assert c.bound_ratio <= 1 and c.bound_violations == 0
+    plain = compare(kernel, w.q, w.k, w.v, scale=w.scale, block_n=64, bit_match=["amla"])
+    assert plain.bit_match["amla"] < 1.0  # the unsplit emulation is another kernel
+    with pytest.raises(ValueError, match="'splits' must be an integer >= 1"):
+        compare(kernel, w.q, w.k, w.v, splits=0)

@@ -280,12 +280,12 @@ def evaluate_case(
         if stats is None or (case.splits > 1 and w.mask is not None):
             det = prob = np.full(ref.shape, np.nan)
         elif case.splits > 1:  # no probabilistic split bound: reported as none
-            det = split_bound(
+            det = split_bound(  # type: ignore[assignment]
                 variant,
                 w.q,
                 w.k,
                 w.v,
-                float(np.float32(w.scale)),
+                w.scale,
                 splits=case.splits,
                 block_n=case.block_n,
                 c=c,

@@ -502,3 +502,49 @@ def test_compare_judges_a_split_kernel_against_the_matching_bound(combine):
     assert plain.bit_match["amla"] < 1.0  # the unsplit emulation is another kernel
     with pytest.raises(ValueError, match="'splits' must be an integer >= 1"):
         compare(kernel, w.q, w.k, w.v, splits=0)
+
+
+# ---------------------------------------------------------------------------------------
+# golden cases a split kernel must pass
+
+
+def test_split_cases_are_what_they_say():
+    from amla_numerics.testing.cases import CASE_WORKLOADS, SPLIT_WORKLOADS, Shape, make_case
+
+    assert set(SPLIT_WORKLOADS) <= set(CASE_WORKLOADS)
+    s = Shape(2, 1, 4096, 64, 32)
+    sd = make_case("split_drift", s)
+    scores = (sd["q"].astype(np.float64) @ sd["k"].astype(np.float64).T) * float(sd["scale"])
+    quarter = [scores[..., i * 1024 : (i + 1) * 1024].max(axis=-1) for i in range(4)]
+    assert np.all(quarter[3] - quarter[0] > 25)  # the first split's max far below the row's
+    sm = make_case("split_masked", s)
+    assert not sm["mask"][..., 1024:2048].any() and sm["mask"][..., :1024].all()
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla"])
+def test_a_split_kernel_passes_the_split_cases_with_its_split_count(variant, tmp_path):
+    from amla_numerics.cli import main
+    from amla_numerics.dumps import write_dump
+    from amla_numerics.testing.cases import Shape, make_case
+
+    s = Shape(4, 1, 4096, 64, 32)
+    for name in ("split_drift", "split_masked"):
+        c = make_case(name, s)
+        res = flash.attention(
+            c["q"],
+            c["k"],
+            c["v"],
+            variant,
+            scale=float(c["scale"]),
+            mask=c["mask"],
+            block_n=256,
+            splits=8,
+        )
+        if name == "split_masked":  # splits 2 and 3 hold only masked keys
+            assert res.hazards["split_masked"] == 2 * 4 * 32
+        arrays = {n: c[n] for n in ("q", "k", "v", "scale", "mask") if c[n] is not None}
+        arrays["out"] = res.out
+        write_dump(tmp_path / f"{name}.npz", arrays, metadata={"case": name})
+    base = ["compare", str(tmp_path), "--variant", variant, "--block-n", "256"]
+    assert main([*base, "--splits", "8", "--no-bit-match"]) == 0
+    assert main([*base, "--splits", "0"]) == 2

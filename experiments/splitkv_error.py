@@ -161,6 +161,7 @@ def plot(rows: list[dict], path: Path, lengths, variants) -> None:
         for row, (key, label) in enumerate(
             [
                 ("cond_max", "max error / sum p|v|  [2^-24]"),
+                ("combine_err_max", "the combine's own error / sum p|v|  [2^-24]"),
                 ("lse_err_max", "max |lse error|  [2^-24 nats]"),
             ]
         ):
@@ -219,8 +220,24 @@ def main() -> None:
         "--bound-max-n", type=int, default=32768, help="evaluate the bounds up to this N"
     )
     ap.add_argument("--out", type=Path, default=Path("experiments/out/splitkv_error"))
+    ap.add_argument(
+        "--plot-from", type=Path, default=None, help="redraw the figure from a CSV of this script"
+    )
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.plot_from is not None:
+        with open(args.plot_from) as fh:
+            rows = [
+                {k: (v if k in ("variant", "combine") else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(fh)
+            ]
+        for r in rows:
+            r["kv_len"], r["splits"] = int(r["kv_len"]), int(r["splits"])
+        lengths = sorted({r["kv_len"] for r in rows})
+        variants = list(dict.fromkeys(r["variant"] for r in rows))
+        plot(rows, args.out.with_suffix(".png"), lengths, variants)
+        print(f"wrote {args.out.with_suffix('.png')}")
+        return
     with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=FIELDS)
         wr.writeheader()

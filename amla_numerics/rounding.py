@@ -432,7 +432,7 @@ def _compose(
     if ftz:
         mag = np.where(mag < fmt.min_normal, 0.0, mag)
     special = parts.special
-    if np.any(special):
+    if (special != 0).any():  # NaN counts as special (np.any on NaN warns)
         inf_to = (
             np.inf if fmt.has_inf and not saturate else (fmt.max_finite if saturate else np.nan)
         )

@@ -15,6 +15,7 @@ from amla_numerics.analysis.workloads import WORKLOADS, make_workload
 from amla_numerics.formats import BF16
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import VARIANTS
+from tests.strategies import examples
 
 HAZARD_FREE = [w for w in WORKLOADS if w != "adversarial"]
 
@@ -27,7 +28,8 @@ def _check(variant, q, k, v, scale, block_n, policy=None):
         variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n, policy=policy
     )
     det = elementwise_bound(bound, q, k, v, scale)
-    assert not any(n for h, n in res.hazards.items() if h != "ok"), res.hazards
+    # clamp is informational (the bound covers it); the garbage classes must not occur
+    assert not any(n for h, n in res.hazards.items() if h not in ("ok", "clamp")), res.hazards
     err = np.abs(out - ref)
     worst = np.unravel_index(np.argmax(err / det), err.shape)
     assert np.all(err <= det), (variant, worst, err[worst], det[worst])
@@ -41,7 +43,7 @@ def test_measured_error_within_the_deterministic_bound(variant, workload):
     _check(variant, w.q, w.k, w.v, w.scale, 256)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(
     seed=st.integers(0, 2**32 - 1),
     d=st.sampled_from([1, 3, 16, 64]),

@@ -134,3 +134,23 @@ def test_fully_masked_rows_are_not_overflow():
         res = flash.attention(q, k, v, variant, block_n=8, mask=keep)
         assert np.all(np.isnan(res.out[1]))
         assert res.hazards["overflow"] == 0 and not res.garbage_mask().any()
+
+
+def test_rescale_probability_counts_row_groups_from_the_trace():
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((4, 8)) * 0.1
+    q[:, 0] = np.array([1.0, 2.0, 3.0, 4.0]) * np.sqrt(8)  # the max grows 0.75-3 nats/block
+    k = rng.standard_normal((256, 8)) * 0.1
+    k[:, 0] = np.linspace(0, 12, 256)  # rows rescale every few blocks (tau = 8 bits)
+    res = flash.attention(q, k, rng.standard_normal((256, 2)), "lazy", block_n=16, trace=True)
+    r = np.asarray(res.trace.rescaled)
+    later = r[1:]
+    # independent counts: a step is a (block >= 1, group) pair; it rescales if any row did
+    assert res.trace.rescale_prob(1) == later.mean()
+    assert res.trace.rescale_prob(2) == np.mean(later[:, 0::2] | later[:, 1::2])
+    assert res.trace.rescale_prob() == np.mean(later.any(axis=-1))
+    assert 0 < res.trace.rescale_prob(1) < res.trace.rescale_prob() <= 1
+    with pytest.raises(ValueError, match="group_rows"):
+        flash.rescale_probability(r, 3)
+    eager = flash.attention(q, k, rng.standard_normal((256, 2)), "fa_fp32", block_n=16, trace=True)
+    assert eager.trace.rescale_prob(1) == 1.0

@@ -22,7 +22,7 @@ from amla_numerics.reference import (
     online_softmax,
 )
 from amla_numerics.rounding import round_to
-from tests.strategies import attention_inputs, format_arrays
+from tests.strategies import attention_inputs, examples, format_arrays
 
 
 def oracle(q, k, v, scale, prec, mask=None):
@@ -59,7 +59,7 @@ def rounded(x):
 
 
 @pytest.mark.parametrize("fmt", [BF16, FP16, FP32], ids=lambda f: f.name)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(data=st.data())
 def test_exact_dot_matches_fractions(fmt, data):
     m = data.draw(st.integers(1, 3))
@@ -77,7 +77,7 @@ def test_exact_dot_matches_fractions(fmt, data):
 
 
 @pytest.mark.parametrize("fmt", [BF16, FP16, FP32], ids=lambda f: f.name)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10))
 @given(data=st.data())
 def test_mpmath_path_is_correctly_rounded(fmt, data):
     q, k, v, scale = data.draw(attention_inputs(fmt, max_m=2, max_n=12, max_dk=6, max_dv=3))

@@ -386,7 +386,9 @@ def plot_block_trace(trace: Any, *, rows: Sequence[int] = (0,), title: str = "")
     return fig
 
 
-def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]]) -> Figure:
+def plot_pareto(
+    records: Sequence[Record], throughput: Sequence[dict[str, Any]], *, title: str = ""
+) -> Figure:
     """Error against modelled TFLOPS, one marker a variant (legend, no overlapping labels).
 
     The error is the median relative Frobenius error over the ``mla`` records (the workload
@@ -415,7 +417,7 @@ def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]])
     ax.set_yscale("log")
     ax.set_xlabel("modelled throughput, MLA decode on Ascend 910C (TFLOPS)")
     ax.set_ylabel(f"median relative Frobenius error ({'mla' if mla else 'all'} workload)")
-    ax.set_title("accuracy vs throughput (lower right is better)")
+    ax.set_title(title or "accuracy vs throughput (lower right is better)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig
@@ -449,7 +451,12 @@ def save_report_plots(report: Any, out_dir: str | Path) -> list[Path]:
         if len({r.kv_len for r in sub}) > 1:
             figs[f"error_vs_kv_len_{w}.png"] = plot_error_vs(sub, "kv_len", workload=w)
     if report.throughput:
-        figs["pareto.png"] = plot_pareto(records, report.throughput)
+        figs["pareto.png"] = plot_pareto(
+            records,
+            report.throughput,
+            title=f"accuracy vs throughput (lower right is better; policy {policy}, "
+            f"seeds {_span(seeds)})",
+        )
     if report.c_sweep:
         figs["error_vs_c.png"] = plot_error_vs_c(config["c_sweep"], report.c_sweep)
     if report.trace is not None:

@@ -175,7 +175,7 @@ class Report:
 
 def make_header(config: ReportConfig, argv: list[str] | None = None) -> dict[str, Any]:
     """The report header: tool, versions, seeds, reference precision, command."""
-    libs = {}
+    libs: dict[str, str | None] = {}
     for name in _LIBRARIES:
         try:
             libs[name] = metadata.version(name.replace("_", "-"))
@@ -250,7 +250,9 @@ def build_report(
     ]
     records = run_grid(cases, variants, jobs=jobs, scheduler=scheduler, progress=progress)
     rows = throughput_rows(variants, records) if throughput else ()
-    sweep, trace, scatter = _plot_measurements(config) if config.plots else ((), None, None)
+    sweep, trace, scatter = (
+        _plot_measurements(config, jobs=jobs) if config.plots else ((), None, None)
+    )
     return Report(
         header=make_header(config, argv),
         records=tuple(records),
@@ -268,19 +270,33 @@ def build_report(
 _SCATTER_POINTS = 20000
 
 
-def _plot_measurements(config: ReportConfig) -> tuple[list[Record], Any, dict[str, Any]]:
-    """The plots' own measurements: the compensation sweep over seeds, one traced ``amla``
-    run, and the per-element errors of the scatter case."""
+def _sweep_seed(case: Case, cs: tuple[float, ...]) -> list[Record]:
+    """One seed of the compensation sweep: ``amla`` at every c, then the two references."""
+    return evaluate_case(case, ["amla"], cs=cs) + evaluate_case(case, ["amla_nocomp", "fa_fp32"])
+
+
+def _plot_measurements(
+    config: ReportConfig, *, jobs: int = 1
+) -> tuple[list[Record], Any, dict[str, Any]]:
+    """The plots' own measurements: the compensation sweep over seeds (on ``jobs``
+    processes), one traced ``amla`` run, and the per-element errors of the scatter case."""
     import dataclasses
+    from concurrent.futures import ProcessPoolExecutor
 
     from amla_numerics import flash, reference
     from amla_numerics.analysis.metrics import magnitude_scale
 
-    sweep: list[Record] = []
-    for seed in config.c_sweep_seeds:
-        case = dataclasses.replace(config.c_sweep_case, seed=seed, policy=config.policy)
-        sweep += evaluate_case(case, ["amla"], cs=config.c_sweep)
-        sweep += evaluate_case(case, ["amla_nocomp", "fa_fp32"])
+    cases = [
+        dataclasses.replace(config.c_sweep_case, seed=seed, policy=config.policy)
+        for seed in config.c_sweep_seeds
+    ]
+    cs = tuple(config.c_sweep)
+    if jobs > 1 and len(cases) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            parts = list(pool.map(_sweep_seed, cases, [cs] * len(cases)))
+    else:
+        parts = [_sweep_seed(case, cs) for case in cases]
+    sweep: list[Record] = [r for part in parts for r in part]
     t = config.trace_case
     w = t.make()
     res = flash.attention(
@@ -342,7 +358,7 @@ def hazard_failures(records: Sequence[Record]) -> list[str]:
     return out
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, list[float]]:
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, list[float]]:
     """Mean and two-sided 95 % Student t interval (n - 1 dof) of per-seed values.
 
     One value: its interval is [nan, nan]; a non-finite value makes the mean non-finite and

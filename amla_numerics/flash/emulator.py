@@ -423,7 +423,8 @@ class _Run:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
-        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
+        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
+        self.qk_all: np.ndarray | None = None
         self.scale = self.dt(inp.scale)
         # an additive score bias, rounded (rne) to the work format once
         self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
@@ -489,31 +490,26 @@ class _Run:
             )
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
+        """Stage 1 for keys ``lo:hi``: ``fl(QK * scale)`` (+ the bias), masked scores -inf."""
         if self.qk_all is not None:
             qk = self.qk_all[..., lo:hi]
-            with np.errstate(over="ignore", invalid="ignore"):
-                s = qk * self.scale
-                if self.bias is not None:
-                    s = s + self.bias[..., lo:hi]
-            if self.inp.keep is not None:
-                s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
-            return s
-        stats = (
-            None
-            if self.k_stats is None
-            else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
-        )
-        qk = matrix_product(
-            self.q,
-            self.kT[..., lo:hi],
-            self.pol.qk,
-            self.dt,
-            a_rounded=True,
-            b_rounded=True,
-            b_stats=stats,
-            b_absmax=self.k_absmax,
-            a_stats=self.q_stats,
-        )
+        else:
+            stats = (
+                None
+                if self.k_stats is None
+                else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
+            )
+            qk = matrix_product(
+                self.q,
+                self.kT[..., lo:hi],
+                self.pol.qk,
+                self.dt,
+                a_rounded=True,
+                b_rounded=True,
+                b_stats=stats,
+                b_absmax=self.k_absmax,
+                a_stats=self.q_stats,
+            )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
             if self.bias is not None:

@@ -201,7 +201,7 @@ def read_dump(path: str | os.PathLike, *, dtypes: Mapping[str, str] | None = Non
 def _read_npz(p: Path, hints: dict[str, str]) -> Dump:
     try:
         raw = {}
-        with np.load(p, allow_pickle=False) as z:
+        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             for name in z.files:
                 try:
                     raw[name] = z[name]

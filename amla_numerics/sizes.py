@@ -8,9 +8,10 @@ before any allocation; what fits but is long gets an estimate the caller can sho
 The models are deliberately simple upper estimates, calibrated on this repository's 2-core
 development machine (``experiments/bench_reference.py``):
 
-- reference (certified fast oracle, keys streamed in blocks of :data:`KEY_BLOCK`): the
-  inputs as float64 (``8 N (Dk + Dv)``), the output, and per key block about 12 float64
-  ``M x block`` arrays (scores, weights, 4 weight limbs, dd temporaries); time about
+- reference (certified fast oracle, keys streamed in blocks of
+  :data:`amla_numerics.reference.fast.KEY_BLOCK`): the inputs as float64
+  (``8 (M Dk + N (Dk + Dv))``; a mask adds ``8 M N``), the output, and per key block about
+  12 float64 ``M x block`` arrays (scores, weights, 4 weight limbs, dd temporaries); time about
   ``4e-11 s`` per multiply-add of ``M N (Dk + Dv)`` plus ``2.5e-7 s`` per score (the
   double-double exp and the limb splits).
 - emulator (one variant): ``M x N`` float64 scores, weights and their casts (about 8
@@ -38,12 +39,13 @@ __all__ = [
     "Cost",
     "available_memory",
     "check_fits",
+    "check_grid",
     "check_reference_fits",
     "emulator_cost",
     "reference_cost",
 ]
 
-#: Keys per block of the streamed reference (bounds its working memory).
+#: Keys per block of the streamed reference (:data:`amla_numerics.reference.fast.KEY_BLOCK`).
 KEY_BLOCK = 1 << 15
 _GEMM_S = 4e-11
 _SCORE_S = 2.5e-7
@@ -82,7 +84,7 @@ def reference_cost(
     """Estimate of :func:`amla_numerics.reference.attention` (method "auto") on one problem."""
     m, n, b = int(rows), int(kv_len), int(batch)
     blk = min(n, KEY_BLOCK)
-    inputs = 8 * b * (m * head_dim + n * (head_dim + v_dim)) * 2
+    inputs = 8 * b * (m * head_dim + n * (head_dim + v_dim))  # the float64 copies
     work = 8 * m * blk * (12 + (1 if masked else 0)) + 8 * m * n * (1 if masked else 0)
     outputs = 8 * 4 * b * m * v_dim
     secs = b * (_GEMM_S * m * n * (head_dim + 2 * v_dim) + _SCORE_S * m * n)
@@ -127,3 +129,33 @@ def check_reference_fits(
     return check_fits(
         reference_cost(rows, kv_len, head_dim, v_dim, batch), what, available=available
     )
+
+
+def check_grid(
+    head_dims: tuple[int, ...],
+    kv_lens: tuple[int, ...],
+    rows: int,
+    n_variants: int,
+    n_cases: int,
+    *,
+    available: int | None = None,
+) -> Cost:
+    """The report grid: refuse (ValueError) a case whose reference or emulation cannot fit;
+    return the estimated peak memory of the largest case and the total time.
+
+    >>> check_grid((64,), (10_000_000,), 16, 9, 1, available=8 * 2**30)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: a report case with head dim 64, 10000000 keys and 16 rows needs about ...
+    """
+    d, n = max(head_dims), max(kv_lens)
+    worst = reference_cost(rows, n, d, d) + emulator_cost(rows, n, d, d)
+    what = f"a report case with head dim {d}, {n} keys and {rows} rows"
+    check_fits(worst, what, available=available)
+    total = 0.0
+    for hd in head_dims:
+        for kv in kv_lens:
+            one = reference_cost(rows, kv, hd, hd).seconds
+            total += one + n_variants * emulator_cost(rows, kv, hd, hd).seconds
+    per_combo = max(1, len(head_dims) * len(kv_lens))
+    return Cost(worst.bytes, total * n_cases / per_combo)

@@ -214,3 +214,26 @@ def test_pytest_plugin_and_the_docs_example(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "1 failed, 2 passed" in r.stdout, r.stdout + r.stderr
     assert "test_tight_budget" in r.stdout and "cond_err_max measured" in r.stdout
+
+
+def test_the_docs_example_test_passes_as_written(tmp_path):
+    """docs/testing.md's copyable test, run by pytest with the plugin."""
+    doc = (Path(__file__).parents[1] / "docs" / "testing.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```python\n")[1:]]
+    (example,) = [b for b in blocks if "def test_my_kernel" in b]
+    (tmp_path / "test_example.py").write_text(example)
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "amla_numerics.testing.plugin",
+        "-p",
+        "no:cacheprovider",
+        "test_example.py",
+    ]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "1 passed" in r.stdout, r.stdout + r.stderr

@@ -4,6 +4,7 @@ Dask and process-pool runs identical to a serial run."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 

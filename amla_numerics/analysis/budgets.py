@@ -24,7 +24,7 @@ Layout
 
     [kernels.mykernel]        # a user's kernel: checked by `compare --budget F --kernel mykernel`
     cond_err_max = 4096.0     # limits for every dump
-    bf16_out_max_ulp = 1
+    bf16_out_incorrect_frac = 0.01
     [[kernels.mykernel.cases]]
     match = "mla_*"           # a glob on the case name (the dump's file stem), and/or
     kv_len = 16384            # workload / head_dim / kv_len from the dump (metadata or shapes)

@@ -63,19 +63,33 @@ def _split_inputs(x: BoundInputs, v: np.ndarray, lo: int, hi: int) -> BoundInput
     """The bound inputs of the keys ``[lo, hi)`` sliced from the whole problem's (the
     representable formats of the whole hold for every part)."""
     s = x.s[..., lo:hi]
-    w = np.exp(s - np.max(s, axis=-1, keepdims=True))
-    w /= np.sum(w, axis=-1, keepdims=True)
+    m = np.max(s, axis=-1, keepdims=True)
+    w = np.exp(s - m)
+    tot = np.sum(w, axis=-1, keepdims=True)
+    w /= tot
     v_s = np.asarray(v[..., lo:hi, :], dtype=np.float64)
+    v_abs = x.v_abs[..., lo:hi, :]
+    extra: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(x)}
+    if "lse" in names and x.lse is not None:
+        extra["lse"] = m + np.log(tot)
+    if "v_sum" in names and x.v_sum is not None:
+        extra["v_sum"] = np.sum(v_abs, axis=-2, keepdims=True)
+    if "qk_l1" in names and x.qk_l1 is not None:
+        extra["qk_l1"] = x.qk_l1[..., lo:hi]
+    if "bias_abs" in names and x.bias_abs is not None:
+        extra["bias_abs"] = x.bias_abs[..., lo:hi]
     return dataclasses.replace(
         x,
         kv_len=hi - lo,
         s=s,
         w=w,
         qk_abs=x.qk_abs[..., lo:hi],
-        v_abs=x.v_abs[..., lo:hi, :],
+        v_abs=v_abs,
         v_sq=x.v_sq[..., lo:hi, :],
         out_abs=np.abs(w @ v_s),
-        v_max=np.max(x.v_abs[..., lo:hi, :], axis=-2, keepdims=True),
+        v_max=np.max(v_abs, axis=-2, keepdims=True),
+        **extra,
     )
 
 

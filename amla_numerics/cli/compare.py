@@ -21,6 +21,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from amla_numerics.cli import CheckFailed
 
 __all__ = ["register", "render_verdicts"]
@@ -102,6 +104,14 @@ def _run(args: argparse.Namespace) -> int:
     hints = parse_dtype_hints(args.dtype)
     paths = find_dumps(args.dumps)
     dumps = [load_attention_dump(p, dtypes=hints) for p in paths]  # all bad files first
+    from amla_numerics.sizes import check_fits, emulator_cost, reference_cost
+
+    for d in dumps:  # what cannot fit is refused before any work
+        m = int(np.prod(d.out.shape[:-1]))
+        cost = reference_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
+        if not args.no_bit_match or args.variant:
+            cost = cost + emulator_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
+        check_fits(cost, f"{d.path} ({m} rows, {d.kv_len} keys)")
     verdicts = []
     show = len(dumps) > 1 and sys.stderr.isatty()
     for i, d in enumerate(dumps):

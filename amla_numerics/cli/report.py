@@ -195,6 +195,13 @@ def _run_report(args: argparse.Namespace) -> int:
         len(config.head_dims) * len(config.kv_lens) * len(config.workloads) * len(config.seeds)
     )
     n_cases += len(config.inputs)
+    from amla_numerics.sizes import check_grid
+
+    est = check_grid(
+        config.head_dims, config.kv_lens, config.rows, len(config.variants), n_cases
+    )  # refuses (exit 2) what cannot fit before any work
+    if est.seconds > 60:
+        print(f"estimated time: about {est.seconds / 60:.0f} min", file=sys.stderr)
     progress, close = _progress_bar(n_cases)
     try:
         report = build_report(

@@ -45,12 +45,13 @@ kernel is judged with its split count: ``amla-numerics compare DIR --splits S --
 
 Examples
 --------
->>> import tempfile, json, os
+>>> import tempfile, json
 >>> d = tempfile.mkdtemp()
 >>> m = make_cases(d, shapes=[Shape(4, 2, 1024)], workloads=["mla", "sink"])
 >>> [c["name"] for c in m["cases"]]
 ['mla_h4_sq2_n1024', 'sink_h4_sq2_n1024']
->>> man = json.load(open(os.path.join(d, "manifest.json")))
+>>> from pathlib import Path
+>>> man = json.loads((Path(d) / "manifest.json").read_text())
 >>> man["files"]["mla_h4_sq2_n1024.npz"] == man["cases"][0]["sha256"]
 True
 """

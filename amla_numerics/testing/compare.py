@@ -11,7 +11,8 @@ float dtype: float64/32/16, bfloat16, FP8; never re-rounded; leading dims broadc
 - ``worst``: the worst elements (index, out, ref, error, bound);
 - the elementwise a priori bound when ``variant`` names the scheme the kernel implements
   (``bound_cond_max`` on the condition-aware scale, ``bound_ratio`` = max measured/bound over
-  the elements no garbage hazard touched, ``bound_violations``);
+  the elements no garbage hazard of the emulated variant touched, ``bound_covered`` of them,
+  ``bound_violations``; NaN when none is covered);
 - ``hazards``: what the inputs and the output show (non-finite outputs where the reference is
   finite, all-zero V columns, fully masked rows), and with ``variant`` the emulated variant's
   own hazard counts;
@@ -152,6 +153,7 @@ class Comparison:
     bound_cond_median: float = math.nan
     bound_ratio: float = math.nan
     bound_violations: int = 0
+    bound_covered: int = 0
     emulated_hazards: dict[str, int] = field(default_factory=dict)
     ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     lse_ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -203,6 +205,7 @@ class Comparison:
             bound_cond_median=_num(self.bound_cond_median),
             bound_ratio=_num(self.bound_ratio),
             bound_violations=self.bound_violations,
+            bound_covered=self.bound_covered,
             emulated_hazards=dict(self.emulated_hazards),
         )
         return d
@@ -392,8 +395,21 @@ def compare(
 
 
 def _compare(
-    out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match, n_worst, splits, combine
-):
+    out: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any,
+    mask: Any,
+    lse: Any,
+    variant: str | None,
+    policy: Any,
+    block_n: int,
+    bit_match: bool | Sequence[str],
+    n_worst: int,
+    splits: int | None = None,
+    combine: str = "cann",
+) -> Comparison:
     o = _float_array(out, "out")
     qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     _check_shapes(o, qa, ka, va)
@@ -474,7 +490,7 @@ def _compare(
     # the a priori bound of the named variant
     bound = None
     b_cond_max = b_cond_med = b_ratio = math.nan
-    n_viol = 0
+    n_viol = n_cov = 0
     if variant is not None:
         bound = _elementwise_bound(
             variant, qa, ka, va, sc, mask, int(block_n), policy, n_splits, combine
@@ -486,6 +502,7 @@ def _compare(
                 bc = np.where(mag > 0, bound / mag / U_FP32, np.where(bound > 0, np.inf, 0.0))
                 ratio = np.where(err == 0, 0.0, err / bound)
             ratio = np.where(np.isfinite(o.astype(np.float64)), ratio, np.inf)
+            n_cov = int(np.count_nonzero(covered))
             if covered.any():
                 b_cond_max = float(np.max(bc[covered]))
                 b_cond_med = float(np.median(bc[covered]))
@@ -547,6 +564,7 @@ def _compare(
         bound_cond_median=b_cond_med,
         bound_ratio=b_ratio,
         bound_violations=n_viol,
+        bound_covered=n_cov,
         emulated_hazards=emu_hazards,
         ref=ref,
         lse_ref=lse_ref,
@@ -554,13 +572,25 @@ def _compare(
 
 
 def _elementwise_bound(
-    variant, q, k, v, scale, mask, block_n, policy, splits=1, combine="cann"
+    variant: str,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float | None,
+    mask: Any,
+    block_n: int,
+    policy: Any,
+    splits: int = 1,
+    combine: str = "cann",
 ) -> np.ndarray | None:
-    """The deterministic elementwise bound (None with a mask: the bounds take no mask);
-    the split bound for a split-KV kernel."""
-    if mask is not None:
-        return None
+    """The deterministic elementwise bound of ``variant`` (mask included where the bounds
+    module takes one; None where it cannot bound masked inputs); for a split-KV kernel
+    (``splits > 1``) the split bound (no mask: None)."""
+    import inspect
+
     if splits > 1:
+        if mask is not None:
+            return None
         from amla_numerics.analysis.splitbound import split_bound
 
         sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -578,8 +608,14 @@ def _elementwise_bound(
         return np.asarray(sb, dtype=np.float64)
     from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
 
+    kw: dict[str, Any] = {}
+    if mask is not None:
+        if "mask" not in inspect.signature(elementwise_bound).parameters:
+            return None
+        kw["mask"] = mask
     b = a_priori_bound(
         variant, head_dim=int(q.shape[-1]), kv_len=int(k.shape[-2]), block_n=block_n, policy=policy
     )
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return np.asarray(elementwise_bound(b, q, k, v, sc, kind="deterministic"), dtype=np.float64)
+    det = elementwise_bound(b, q, k, v, sc, kind="deterministic", **kw)
+    return np.asarray(det, dtype=np.float64)

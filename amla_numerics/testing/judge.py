@@ -129,8 +129,8 @@ def load_attention_dump(
         mask=mask,
         lse=lse,
         workload=meta.get("workload"),
-        head_dim=int(meta.get("head_dim", q.shape[-1])),
-        kv_len=int(meta.get("kv_len", k.shape[-2])),
+        head_dim=int(meta["head_dim"]) if "head_dim" in meta else int(q.shape[-1]),
+        kv_len=int(meta["kv_len"]) if "kv_len" in meta else int(k.shape[-2]),
     )
 
 
@@ -196,8 +196,8 @@ def judge(
         combine=combine,
     )
     lim: dict[str, float] = {"n_nonfinite": 0.0}
-    if variant is not None and dump.mask is None:
-        lim["bound_ratio"] = 1.0
+    if variant is not None and not math.isnan(c.bound_ratio):
+        lim["bound_ratio"] = 1.0  # every covered element within the variant's bound
     if budget is not None:
         lim.update(
             budget.limits_for(

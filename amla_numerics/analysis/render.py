@@ -124,7 +124,8 @@ _LEGEND = (
     "med: the deterministic a priori bound on the cond scale (cond max <= bound max when it "
     "holds); meas/bound: max over covered elements of error / bound (> 1 fails; < 0.01 loose); "
     "hazards: counts by class (clamp is informational; 'excluded' elements, touched by integer-add "
-    "garbage, are left out of the bound check)."
+    "garbage, are left out of the bound check); N/S8: the keys split into 8 split-KV splits "
+    "(--splits), the bound is the split bound."
 )
 _SEED_LEGEND = (
     "Over seeds: means with two-sided 95 % Student t intervals; rel Frob: ||out - ref||_F / "
@@ -133,6 +134,11 @@ _SEED_LEGEND = (
     "wrong: mean share of BF16 outputs not correctly rounded; bound max, meas/bound: worst "
     "seed (> 1 fails); hazards: totals by class (clamp informational)."
 )
+
+
+def _n(kv_len: int, splits: int) -> str:
+    """The KV length, with ``/S`` for a split-KV run of S splits."""
+    return str(kv_len) if splits == 1 else f"{kv_len}/S{splits}"
 
 
 def _hazard_text(hazards: dict[str, int], excluded: int, nonfinite: int) -> str:
@@ -149,7 +155,7 @@ def _accuracy_row(r: Record) -> list[str]:
     return [
         r.variant,
         r.workload,
-        str(r.kv_len),
+        _n(r.kv_len, r.splits),
         _g(m.cond_err_max),
         _g(m.cond_err_p999),
         _g(m.cond_err_median),
@@ -169,7 +175,7 @@ def _seed_row(s: dict[str, Any]) -> list[str]:
     return [
         s["variant"],
         s["workload"],
-        str(s["kv_len"]),
+        _n(s["kv_len"], s.get("splits", 1)),
         str(s["n_seeds"]),
         _ci(s["rel_fro_mean"], s["rel_fro_ci95"]),
         _ci(s["cond_err_median_mean"], s["cond_err_median_ci95"]),

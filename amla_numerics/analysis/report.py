@@ -127,6 +127,9 @@ class ReportConfig:
     policy: str = "ascend"
     #: Rows decided together for the lazy rescale probability (None: all rows of a case).
     group_rows: int | None = None
+    #: Split-KV split counts measured (``--splits``; 1: unsplit) and the combine modelled.
+    splits: tuple[int, ...] = (1,)
+    combine: str = "cann"
     #: Run the plots' own measurements (the c sweep, the traced case, the scatter case) as
     #: part of the build.
     plots: bool = True
@@ -243,6 +246,8 @@ def build_report(
         c=config.c,
         policy=config.policy,
         group_rows=config.group_rows,
+        splits=config.splits,
+        combine=config.combine,
     )
     cases += [
         case_from_file(path, block_n=config.block_n, c=config.c, policy=config.policy)
@@ -405,7 +410,7 @@ def paired_ratio_ci95(num: Sequence[float], den: Sequence[float]) -> tuple[float
 
 
 def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """One summary per (head dim, KV length, variant, workload) over its seeds.
+    """One summary per (head dim, KV length, splits, variant, workload) over its seeds.
 
     Means and 95 % t intervals of ``rel_fro``, ``cond_err_median`` and ``cond_err_max``,
     the worst ``cond_err_max`` and bound, and the ratios to ``fa_fp32`` paired by seed (when
@@ -413,9 +418,9 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple, list[Record]] = {}
     for r in records:
-        groups.setdefault((r.head_dim, r.kv_len, r.variant, r.workload), []).append(r)
+        groups.setdefault((r.head_dim, r.kv_len, r.splits, r.variant, r.workload), []).append(r)
     out = []
-    for (d, n, variant, workload), recs in groups.items():
+    for (d, n, splits, variant, workload), recs in groups.items():
         recs = sorted(recs, key=lambda r: r.seed)
         fro_m, fro_ci = mean_ci95([r.metrics.rel_fro for r in recs])
         med_m, med_ci = mean_ci95([r.metrics.cond_err_median for r in recs])
@@ -427,6 +432,7 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "head_dim": d,
             "kv_len": n,
+            "splits": splits,
             "variant": variant,
             "workload": workload,
             "seeds": [r.seed for r in recs],
@@ -446,7 +452,7 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
             "n_violations": sum(r.n_violations for r in recs),
             "hazards": hz,
         }
-        base = {r.seed: r for r in groups.get((d, n, "fa_fp32", workload), [])}
+        base = {r.seed: r for r in groups.get((d, n, splits, "fa_fp32", workload), [])}
         pairs = [(r, base[r.seed]) for r in recs if r.seed in base]
         for key in ("rel_fro", "cond_err_median"):
             if pairs:

@@ -11,11 +11,8 @@ roofline bound of the schedule, which the discrete-event simulation can only exc
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.plan import make_plan
->>> from amla_numerics.pipeline.schedule import default_schedule
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, make_plan
 >>> hw = load_hardware("ascend910c")
->>> from amla_numerics.pipeline.shape import AttentionShape
 >>> a = analyze(make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw, "amla")))
 >>> a.bound, a.blocks_per_core
 ('AIC.Cube', 86)
@@ -76,11 +73,9 @@ def block_demand(plan: Plan, m: int, n: int, *, rescaled: bool = True) -> BlockD
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.plan import make_plan
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import (AttentionShape, default_schedule, load_hardware,
+    ...     make_plan)
     >>> hw = load_hardware("ascend910c")
-    >>> from amla_numerics.pipeline.shape import AttentionShape
     >>> plan = make_plan(hw, AttentionShape(1, 2, 512), default_schedule(hw, "fa_fp32"))
     >>> d = block_demand(plan, 256, 512)
     >>> d.engines["AIC.Cube"], d.traffic["HBM (chip share)"]   # 34816 + 16 tiles x 279
@@ -136,11 +131,9 @@ def piece_demand(plan: Plan, m: int) -> BlockDemand:
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.plan import make_plan
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import (AttentionShape, default_schedule, load_hardware,
+    ...     make_plan)
     >>> hw = load_hardware("ascend910c")
-    >>> from amla_numerics.pipeline.shape import AttentionShape
     >>> d = piece_demand(make_plan(hw, AttentionShape(1, 2, 512), default_schedule(hw)), 256)
     >>> d.traffic["HBM (chip share)"] == 256 * (576 + 512) * 2   # Q in, output out (BF16)
     True
@@ -239,11 +232,9 @@ def workload_totals(plan: Plan) -> dict[str, float]:
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.plan import make_plan
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import (AttentionShape, default_schedule, load_hardware,
+    ...     make_plan)
     >>> hw = load_hardware("ascend910c")
-    >>> from amla_numerics.pipeline.shape import AttentionShape
     >>> wl = AttentionShape(4, 2, 1000)
     >>> t = workload_totals(make_plan(hw, wl, default_schedule(hw)))
     >>> t["flops"] == wl.flops, t["hbm_bytes"] == wl.hbm_bytes

@@ -33,10 +33,7 @@ Load (TMA), Tensor and SIMT pipes, O in registers and no cross-core flags.
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.plan import make_plan
->>> from amla_numerics.pipeline.schedule import default_schedule
->>> from amla_numerics.pipeline.shape import AttentionShape
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, make_plan
 >>> hw = load_hardware("ascend910c")
 >>> sch = default_schedule(hw, "amla", split_kv=False)
 >>> b = build_graph(make_plan(hw, AttentionShape(1, 2, 1024), sch))
@@ -504,10 +501,8 @@ def build_graph(plan: Plan) -> Built:
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.plan import make_plan
-    >>> from amla_numerics.pipeline.schedule import default_schedule
-    >>> from amla_numerics.pipeline.shape import AttentionShape
+    >>> from amla_numerics.pipeline import (AttentionShape, default_schedule, load_hardware,
+    ...     make_plan)
     >>> hw = load_hardware("h800_sxm5")
     >>> sch = default_schedule(hw, "fa_fp32", split_kv=False)
     >>> b = build_graph(make_plan(hw, AttentionShape(1, 1, 256, heads=64), sch))

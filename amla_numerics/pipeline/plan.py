@@ -18,9 +18,7 @@ Stage costs of one KV block of ``m`` rows x ``n`` tokens (Ascend):
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.schedule import default_schedule
->>> from amla_numerics.pipeline.shape import AttentionShape
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
 >>> hw = load_hardware("ascend910c")
 >>> p = make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw, "amla"))
 >>> p.split.blocks_per_core, p.split.active_cores, p.clock_ghz
@@ -103,8 +101,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import default_schedule, load_hardware
     >>> hw = load_hardware("ascend910c")
     >>> s = split_work(hw, AttentionShape(128, 2, 16384), default_schedule(hw))
     >>> s.tasks, s.blocks_per_task, s.blocks_per_core, s.active_cores, len(s.pieces)
@@ -175,8 +172,7 @@ def estimated_blocks(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import default_schedule, load_hardware
     >>> hw = load_hardware("ascend910c")
     >>> estimated_blocks(hw, AttentionShape(128, 2, 16384), default_schedule(hw))
     86
@@ -536,8 +532,7 @@ def combine_cost(plan: Plan) -> Combine:
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import default_schedule, load_hardware
     >>> hw = load_hardware("ascend910c")
     >>> combine_cost(make_plan(hw, AttentionShape(48, 2, 16384), default_schedule(hw))).time_us
     0.0

@@ -8,9 +8,8 @@ tiling that does not fit with the reason.
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
+>>> from amla_numerics.pipeline import AttentionShape, load_hardware
 >>> hw = load_hardware("ascend910c")
->>> from amla_numerics.pipeline.shape import AttentionShape
 >>> wl = AttentionShape(batch=128, q_len=2, kv_len=16384)
 >>> sch = default_schedule(hw, "amla")
 >>> sorted(check_capacity(hw, wl, sch))

@@ -14,9 +14,7 @@ tornado) and returns the result with ``tflops_range``, ``time_us_range`` and
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.schedule import default_schedule
->>> from amla_numerics.pipeline.shape import AttentionShape
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
 >>> hw = load_hardware("h800_sxm5")
 >>> r = interval(hw, AttentionShape(8, 1, 2048), default_schedule(hw, "fa_fp32"), samples=4)
 >>> lo, hi = r.tflops_range
@@ -158,8 +156,7 @@ def paired_gap(
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline import default_schedule, load_hardware
     >>> hw = load_hardware("h800_sxm5")
     >>> g = paired_gap(hw, AttentionShape(4, 1, 1024),
     ...                [default_schedule(hw, v) for v in ("amla", "fa_fp32")], samples=2)

@@ -6,10 +6,7 @@ Gantt plot draws the same bars with matplotlib's object API (no pyplot state, Ag
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.model import run
->>> from amla_numerics.pipeline.schedule import default_schedule
->>> from amla_numerics.pipeline.shape import AttentionShape
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, run
 >>> hw = load_hardware("ascend910c")
 >>> res, sim = run(hw, AttentionShape(1, 2, 1024), default_schedule(hw), keep_sim=True)
 >>> doc = chrome_trace(sim, clock_ghz=1.8)
@@ -105,17 +102,14 @@ def write_trace(
 def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int = 6) -> Figure:
     """A Gantt chart up to the end of KV block ``blocks - 1``: one row per pipe, time in µs.
 
-        Examples
-        --------
-        >>> from amla_numerics.pipeline.hardware import load_hardware
-        >>> from amla_numerics.pipeline.model import run
-        >>> from amla_numerics.pipeline.schedule import default_schedule
-    >>> from amla_numerics.pipeline.shape import AttentionShape
-        >>> hw = load_hardware("ascend910c")
-        >>> _, sim = run(hw, AttentionShape(1, 2, 2048), default_schedule(hw), keep_sim=True)
-        >>> fig = gantt_figure(sim, 1.8, blocks=3)
-        >>> fig.axes[0].get_xlabel()
-        'time (µs)'
+    Examples
+    --------
+    >>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, run
+    >>> hw = load_hardware("ascend910c")
+    >>> _, sim = run(hw, AttentionShape(1, 2, 2048), default_schedule(hw), keep_sim=True)
+    >>> fig = gantt_figure(sim, 1.8, blocks=3)
+    >>> fig.axes[0].get_xlabel()
+    'time (µs)'
     """
     if blocks < 1:
         raise ValueError(f"blocks must be >= 1, got {blocks}")

@@ -47,7 +47,7 @@ import dataclasses
 import math
 
 from amla_numerics.pipeline.des import OpGraph
-from amla_numerics.pipeline.plan import GpuBlock, Plan
+from amla_numerics.pipeline.plan import CubeStage, GpuBlock, Plan
 from amla_numerics.pipeline.rescale import RescaleCost
 
 __all__ = ["Built", "build_graph", "rescaled_blocks"]
@@ -186,6 +186,32 @@ class _Ascend:
                 )
             )
 
+    def _cube_stage(
+        self,
+        label: str,
+        c: CubeStage,
+        load_deps: list[tuple[int, float]],
+        fix_deps: list[tuple[int, float]],
+        fix_chip: float | None = None,
+    ) -> None:
+        """All ``c.cols`` output column tiles of one AIC stage, the stage's totals cut evenly
+        into ``chunks x tm`` ops; ``load_deps`` and ``fix_deps`` gate the first column only."""
+        chunks = c.cols * c.kc
+        for i in range(c.cols):
+            self._output_column(
+                label,
+                c.kc,
+                c.tm,
+                c.mte2 / chunks,
+                c.hbm / chunks,
+                c.mte1 / (chunks * c.tm),
+                c.cube / (chunks * c.tm),
+                c.fix / (c.cols * c.tm),
+                load_deps if i == 0 else [],
+                fix_deps if i == 0 else [],
+                fix_chip,
+            )
+
     def c1(self, t: int, m: int, n: int, first_of_piece: bool) -> None:
         label = f"C1 {t}"
         if first_of_piece:  # Q of the new row tile stays resident in L1
@@ -197,52 +223,25 @@ class _Ascend:
                 [("L2 read port", qb), ("L2 (chip share)", qb), ("HBM (chip share)", qb)],
                 f"Q {t}",
             )
-        c = self.plan.c1(m, n)
-        chunks = c.cols * c.kc
         s_free = (
             [(op, self.lat) for op in self.s_read_last[t - self.depth]]
             if t - self.depth in self.s_read_last
             else []
         )  # S workspace slot
-        for i_n in range(c.cols):
-            self._output_column(
-                label,
-                c.kc,
-                c.tm,
-                c.mte2 / chunks,
-                c.hbm / chunks,
-                c.mte1 / (chunks * c.tm),
-                c.cube / (chunks * c.tm),
-                c.fix / (c.cols * c.tm),
-                [],
-                s_free if i_n == 0 else [],
-            )
+        self._cube_stage(label, self.plan.c1(m, n), [], s_free)
         self.c1_fix[t] = self.fix_ops[-1]
 
     def c2(self, t: int, m: int, n: int, rescaled: bool) -> None:
         label = f"C2 {t}"
         c = self.plan.c2(m, n)
-        chunks = c.cols * c.kc
         a_ready = [(op, self.lat) for op in self.a_write_last[t]]
         if self.plan.cost.design == "atomic":  # P V is added into O after O's rescale
             o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
         else:  # the partial workspace slot is free once U(t - depth) read it
             o_ready = [(op, self.lat) for op in self.u_read_last.get(t - self.depth, [])]
-        per_fix = c.fix / (c.cols * c.tm)
-        for i_v in range(c.cols):
-            self._output_column(
-                label,
-                c.kc,
-                c.tm,
-                c.mte2 / chunks,
-                c.hbm / chunks,
-                c.mte1 / (chunks * c.tm),
-                c.cube / (chunks * c.tm),
-                per_fix,
-                a_ready if i_v == 0 else [],
-                o_ready if i_v == 0 else [],
-                self.plan.fix_l2_bytes(per_fix),
-            )
+        self._cube_stage(
+            label, c, a_ready, o_ready, self.plan.fix_l2_bytes(c.fix / (c.cols * c.tm))
+        )
         self.c2_mte2_last[t] = self.mte2_ops[-1]  # the A workspace slot is read
         self.c2_fix_last[t] = self.fix_ops[-1]
 

@@ -47,7 +47,7 @@ import dataclasses
 import math
 
 from amla_numerics.pipeline.des import OpGraph
-from amla_numerics.pipeline.plan import CubeStage, GpuBlock, Plan
+from amla_numerics.pipeline.plan import CubeStage, GpuBlock, Plan, VectorStage
 from amla_numerics.pipeline.rescale import RescaleCost
 
 __all__ = ["Built", "build_graph", "rescaled_blocks"]
@@ -290,6 +290,35 @@ class _Ascend:
         ub.append(wo)
         return (vo if prev is None else prev), wo
 
+    def _vector_stage(
+        self,
+        v: int,
+        label: str,
+        st: VectorStage,
+        subs: int,
+        deps: list[tuple[int, float]],
+        write_deps: list[tuple[int, float]],
+        *,
+        count_hbm: bool = True,
+    ) -> tuple[int, int]:
+        """One AIV stage on vector core ``v`` cut into ``subs`` UB sub-tiles (``deps`` and
+        ``write_deps`` gate the first); ``count_hbm=False`` charges no HBM bytes. Returns
+        :meth:`_sub`'s pair for the last sub-tile."""
+        last = (-1, -1)
+        for s in range(subs):
+            last = self._sub(
+                v,
+                label,
+                st.read / subs,
+                st.vec / subs,
+                st.write / subs,
+                st.atomic / subs,
+                st.hbm / subs if count_hbm else 0.0,
+                deps if s == 0 else [],
+                write_deps if s == 0 else [],
+            )
+        return last
+
     def v1(self, t: int, m: int, n: int, rescaled: bool) -> None:
         r = m / self.nv
         subs = max(1, math.ceil(r / self.sch.vec_rows))
@@ -303,34 +332,12 @@ class _Ascend:
         )
         s_last, a_last, o_last = [], [], []
         for v in range(self.nv):
-            for s in range(subs):
-                rd, wo = self._sub(
-                    v,
-                    f"V1 {t}",
-                    v1.read / subs,
-                    v1.vec / subs,
-                    v1.write / subs,
-                    0.0,
-                    v1.hbm / subs,
-                    s_ready if s == 0 else [],
-                    a_free if s == 0 else [],
-                )
+            rd, wo = self._vector_stage(v, f"V1 {t}", v1, subs, s_ready, a_free)
             s_last.append(rd)
             a_last.append(wo)
             if rescaled:
                 o_after = [(self.c2_fix_last[t - 1], self.lat)] if t - 1 in self.c2_fix_last else []
-                for s in range(subs):
-                    _, wo = self._sub(
-                        v,
-                        f"R {t}",
-                        ro.read / subs,
-                        ro.vec / subs,
-                        ro.write / subs,
-                        ro.atomic / subs,
-                        0.0,
-                        o_after if s == 0 else [],
-                        [],
-                    )
+                _, wo = self._vector_stage(v, f"R {t}", ro, subs, o_after, [], count_hbm=False)
                 o_last.append(wo)
         self.s_read_last[t] = s_last
         self.a_write_last[t] = a_last
@@ -345,18 +352,7 @@ class _Ascend:
         ready = [(self.c2_fix_last[t], self.lat)]
         last = []
         for v in range(self.nv):
-            for s in range(subs):
-                rd, _ = self._sub(
-                    v,
-                    f"U {t}",
-                    uo.read / subs,
-                    uo.vec / subs,
-                    uo.write / subs,
-                    0.0,
-                    uo.hbm / subs,
-                    ready if s == 0 else [],
-                    [],
-                )
+            rd, _ = self._vector_stage(v, f"U {t}", uo, subs, ready, [])
             last.append(rd)
         self.u_read_last[t] = last
 
@@ -366,18 +362,7 @@ class _Ascend:
         v2 = self.plan.v2(m)
         ready = [(self.c2_fix_last[t], self.lat)]
         for v in range(self.nv):
-            for s in range(subs):
-                self._sub(
-                    v,
-                    f"V2 {t}",
-                    v2.read / subs,
-                    v2.vec / subs,
-                    v2.write / subs,
-                    0.0,
-                    v2.hbm / subs,
-                    ready if s == 0 else [],
-                    [],
-                )
+            self._vector_stage(v, f"V2 {t}", v2, subs, ready, [])
 
 
 def _build_ascend(plan: Plan) -> OpGraph:

@@ -126,66 +126,6 @@ class _Ascend:
         self.u_read_last: dict[int, list[int]] = {}
 
     # -- AIC ---------------------------------------------------------------------------
-    def _output_column(
-        self,
-        label: str,
-        kc: int,
-        tm: int,
-        mte2_bytes: float,
-        hbm: float,
-        mte1_bytes: float,
-        cube: float,
-        fix_bytes: float,
-        load_deps: list[tuple[int, float]],
-        fix_deps: list[tuple[int, float]],
-        fix_chip: float | None = None,
-    ) -> None:
-        """One output column tile: ``kc`` L1 chunks in, then per row sub-tile (each in its own
-        L0C tile, ping-pong) one MTE1 move and one MMAD per chunk, then its FIX out."""
-        g, sch = self.g, self.sch
-        chip = fix_bytes if fix_chip is None else fix_chip
-        loads = []
-        for i in range(kc):
-            d = list(load_deps) if i == 0 else []
-            back = sch.l1_stream_buffers  # an L1 block is free once its last use moved on
-            if len(self.l1_last_use) >= back:
-                d.append((self.l1_last_use[-back], 0.0))
-            loads.append(
-                g.add(
-                    "AIC.MTE2",
-                    0.0,
-                    d,
-                    [
-                        ("L2 read port", mte2_bytes),
-                        ("L2 (chip share)", mte2_bytes),
-                        ("HBM (chip share)", hbm),
-                    ],
-                    label,
-                )
-            )
-            self.l1_last_use.append(-1)
-        self.mte2_ops.append(loads[-1])
-        for i_m in range(tm):
-            for i in range(kc):
-                d1 = [(loads[i], 0.0)]
-                if len(self.cube_ops) >= sch.l0_buffers:  # L0A/L0B ping-pong
-                    d1.append((self.cube_ops[-sch.l0_buffers], 0.0))
-                m1 = g.add("AIC.MTE1", mte1_bytes / self.hw["mte1_bpc"], d1, (), label)
-                self.l1_last_use[len(self.l1_last_use) - kc + i] = m1
-                dc = [(m1, 0.0)]
-                if i == 0 and len(self.fix_ops) >= sch.l0c_buffers:  # a free L0C tile
-                    dc.append((self.fix_ops[-sch.l0c_buffers], 0.0))
-                self.cube_ops.append(g.add("AIC.Cube", cube, dc, (), label))
-            self.fix_ops.append(
-                g.add(
-                    "AIC.FIX",
-                    fix_bytes / self.hw["fix_bpc"],
-                    [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 else [])],
-                    [("L2 write port", fix_bytes), ("L2 (chip share)", chip)],
-                    label,
-                )
-            )
-
     def _cube_stage(
         self,
         label: str,
@@ -194,23 +134,60 @@ class _Ascend:
         fix_deps: list[tuple[int, float]],
         fix_chip: float | None = None,
     ) -> None:
-        """All ``c.cols`` output column tiles of one AIC stage, the stage's totals cut evenly
-        into ``chunks x tm`` ops; ``load_deps`` and ``fix_deps`` gate the first column only."""
-        chunks = c.cols * c.kc
-        for i in range(c.cols):
-            self._output_column(
-                label,
-                c.kc,
-                c.tm,
-                c.mte2 / chunks,
-                c.hbm / chunks,
-                c.mte1 / (chunks * c.tm),
-                c.cube / (chunks * c.tm),
-                c.fix / (c.cols * c.tm),
-                load_deps if i == 0 else [],
-                fix_deps if i == 0 else [],
-                fix_chip,
-            )
+        """All ``c.cols`` output column tiles of one AIC stage, its totals cut evenly into
+        ``chunks x tm`` ops; ``load_deps`` and ``fix_deps`` gate the first column only.
+
+        Per column tile: ``kc`` L1 chunks in, then per row sub-tile (each in its own L0C
+        tile, ping-pong) one MTE1 move and one MMAD per chunk, then its FIX out."""
+        g, sch = self.g, self.sch
+        kc, tm = c.kc, c.tm
+        chunks = c.cols * kc
+        mte2_bytes, hbm = c.mte2 / chunks, c.hbm / chunks
+        mte1_bytes, cube = c.mte1 / (chunks * tm), c.cube / (chunks * tm)
+        fix_bytes = c.fix / (c.cols * tm)
+        chip = fix_bytes if fix_chip is None else fix_chip
+        for i_col in range(c.cols):
+            loads = []
+            for i in range(kc):
+                d = list(load_deps) if i == 0 and i_col == 0 else []
+                back = sch.l1_stream_buffers  # an L1 block is free once its last use moved on
+                if len(self.l1_last_use) >= back:
+                    d.append((self.l1_last_use[-back], 0.0))
+                loads.append(
+                    g.add(
+                        "AIC.MTE2",
+                        0.0,
+                        d,
+                        [
+                            ("L2 read port", mte2_bytes),
+                            ("L2 (chip share)", mte2_bytes),
+                            ("HBM (chip share)", hbm),
+                        ],
+                        label,
+                    )
+                )
+                self.l1_last_use.append(-1)
+            self.mte2_ops.append(loads[-1])
+            for i_m in range(tm):
+                for i in range(kc):
+                    d1 = [(loads[i], 0.0)]
+                    if len(self.cube_ops) >= sch.l0_buffers:  # L0A/L0B ping-pong
+                        d1.append((self.cube_ops[-sch.l0_buffers], 0.0))
+                    m1 = g.add("AIC.MTE1", mte1_bytes / self.hw["mte1_bpc"], d1, (), label)
+                    self.l1_last_use[len(self.l1_last_use) - kc + i] = m1
+                    dc = [(m1, 0.0)]
+                    if i == 0 and len(self.fix_ops) >= sch.l0c_buffers:  # a free L0C tile
+                        dc.append((self.fix_ops[-sch.l0c_buffers], 0.0))
+                    self.cube_ops.append(g.add("AIC.Cube", cube, dc, (), label))
+                self.fix_ops.append(
+                    g.add(
+                        "AIC.FIX",
+                        fix_bytes / self.hw["fix_bpc"],
+                        [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 and i_col == 0 else [])],
+                        [("L2 write port", fix_bytes), ("L2 (chip share)", chip)],
+                        label,
+                    )
+                )
 
     def c1(self, t: int, m: int, n: int, first_of_piece: bool) -> None:
         label = f"C1 {t}"
@@ -246,50 +223,6 @@ class _Ascend:
         self.c2_fix_last[t] = self.fix_ops[-1]
 
     # -- AIV ---------------------------------------------------------------------------
-    def _sub(
-        self,
-        v: int,
-        label: str,
-        read: float,
-        vec: float,
-        write: float,
-        atomic: float,
-        hbm: float,
-        deps: list[tuple[int, float]],
-        write_deps: list[tuple[int, float]],
-    ) -> tuple[int, int]:
-        g, hw = self.g, self.hw
-        ub = self.ub_out[v]
-        d = list(deps)
-        if len(ub) >= self.sch.ub_buffers:
-            d.append((ub[-self.sch.ub_buffers], 0.0))
-        prev = None
-        if read > 0 or hbm > 0:
-            prev = g.add(
-                f"AIV{v}.MTE2",
-                read / hw["aiv_mte2_bpc"],
-                d,
-                [("L2 read port", read), ("L2 (chip share)", read), ("HBM (chip share)", hbm)],
-                label,
-            )
-            d = []
-        vo = g.add(
-            f"AIV{v}.Vector", vec, d + ([(prev, 0.0)] if prev is not None else []), (), label
-        )
-        cyc = write / hw["mte3_bpc"] + atomic / hw["atomic_bpc"]
-        wo = g.add(
-            f"AIV{v}.MTE3",
-            cyc,
-            [(vo, 0.0), *write_deps],
-            [
-                ("L2 write port", write + atomic),
-                ("L2 (chip share)", write + atomic * (1.0 + self.plan.rmw)),
-            ],
-            label,
-        )
-        ub.append(wo)
-        return (vo if prev is None else prev), wo
-
     def _vector_stage(
         self,
         v: int,
@@ -301,22 +234,45 @@ class _Ascend:
         *,
         count_hbm: bool = True,
     ) -> tuple[int, int]:
-        """One AIV stage on vector core ``v`` cut into ``subs`` UB sub-tiles (``deps`` and
-        ``write_deps`` gate the first); ``count_hbm=False`` charges no HBM bytes. Returns
-        :meth:`_sub`'s pair for the last sub-tile."""
+        """One AIV stage on vector core ``v`` cut into ``subs`` UB sub-tiles, each MTE2 in
+        (when it reads), Vector, MTE3 out; ``deps`` and ``write_deps`` gate the first,
+        ``count_hbm=False`` charges no HBM bytes. Returns the last sub-tile's first op (its
+        read, else its Vector op) and its write."""
+        g, hw = self.g, self.hw
+        read, vec, write, atomic = st.read / subs, st.vec / subs, st.write / subs, st.atomic / subs
+        hbm = st.hbm / subs if count_hbm else 0.0
+        ub = self.ub_out[v]
         last = (-1, -1)
         for s in range(subs):
-            last = self._sub(
-                v,
-                label,
-                st.read / subs,
-                st.vec / subs,
-                st.write / subs,
-                st.atomic / subs,
-                st.hbm / subs if count_hbm else 0.0,
-                deps if s == 0 else [],
-                write_deps if s == 0 else [],
+            d = list(deps) if s == 0 else []
+            if len(ub) >= self.sch.ub_buffers:
+                d.append((ub[-self.sch.ub_buffers], 0.0))
+            prev = None
+            if read > 0 or hbm > 0:
+                prev = g.add(
+                    f"AIV{v}.MTE2",
+                    read / hw["aiv_mte2_bpc"],
+                    d,
+                    [("L2 read port", read), ("L2 (chip share)", read), ("HBM (chip share)", hbm)],
+                    label,
+                )
+                d = []
+            vo = g.add(
+                f"AIV{v}.Vector", vec, d + ([(prev, 0.0)] if prev is not None else []), (), label
             )
+            cyc = write / hw["mte3_bpc"] + atomic / hw["atomic_bpc"]
+            wo = g.add(
+                f"AIV{v}.MTE3",
+                cyc,
+                [(vo, 0.0), *(write_deps if s == 0 else [])],
+                [
+                    ("L2 write port", write + atomic),
+                    ("L2 (chip share)", write + atomic * (1.0 + self.plan.rmw)),
+                ],
+                label,
+            )
+            ub.append(wo)
+            last = (vo if prev is None else prev), wo
         return last
 
     def v1(self, t: int, m: int, n: int, rescaled: bool) -> None:

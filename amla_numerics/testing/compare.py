@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.reference.cache import hash_arrays
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = [
@@ -223,13 +224,7 @@ def _num(x: Any) -> Any:
 
 def _key(arrs: Sequence[Any], scale: Any) -> str:
     h = hashlib.sha256(repr(scale).encode())
-    for a in arrs:
-        if a is None:
-            h.update(b"|none")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"|{a.dtype.str}{a.dtype.name}{a.shape}".encode())
-        h.update(a.tobytes())
+    hash_arrays(h, arrs, dtype_name=True)
     return h.hexdigest()
 
 

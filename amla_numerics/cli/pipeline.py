@@ -34,13 +34,11 @@ from amla_numerics.pipeline.shape import KV_CACHES, AttentionShape
 
 __all__ = ["register", "render", "run_cli"]
 
+#: The fields that name a case, first in both the sweep table and the single-result listing.
+_CASE_KEYS = ("hardware", "rescale", "schedule", "batch", "q_len", "kv_len")
+
 _SWEEP_COLUMNS = (
-    "hardware",
-    "rescale",
-    "schedule",
-    "batch",
-    "q_len",
-    "kv_len",
+    *_CASE_KEYS,
     "time_us",
     "tflops",
     "tflops_range",
@@ -115,12 +113,7 @@ def render(
         lines = [
             (k, _fmt(getattr(r, k)))
             for k in (
-                "hardware",
-                "rescale",
-                "schedule",
-                "batch",
-                "q_len",
-                "kv_len",
+                *_CASE_KEYS,
                 "heads",
                 "kv_heads",
                 "time_us",

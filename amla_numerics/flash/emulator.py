@@ -19,6 +19,10 @@ per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne r
 6. O: block 0 stores ``PV_0``; then ``fa_fp32``: ``O = fl(fl(a_j O) + PV_j)``; ``fa_bf16``:
    the same, cast to BF16 (policy ``o_lowp``); AMLA variants: :mod:`~amla_numerics.flash.amla`
    rescale, then ``O = fl(O + PV_j)``; ``lazy``: see below.
+   With a static P scale or an FP8 P cast, step 5 is :mod:`~amla_numerics.flash.fp8`'s
+   stage (``cast(fl(P_j S))``, product, ``fl(PV_j / S)``); variants ``fa_fp8`` (as
+   ``fa_fp32``) and ``amla_fp8`` (as ``amla``) run under its :func:`variant_policy`.
+   Policy ``kv_order="reverse"`` visits the blocks last to first (trace in visit order).
 7. ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``), after the optional ``o_clip``.
    ``lse = m + ln(l)`` in float64 from the final work-format ``m`` and ``l``.
 
@@ -65,6 +69,7 @@ from amla_numerics.flash._exactsum import (
 from amla_numerics.flash._inputs import block_bounds, check_inputs
 from amla_numerics.flash.accumulate import vector_sum
 from amla_numerics.flash.amla import amla_rescale, amla_scalars
+from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import (
     PRECISION,
@@ -100,6 +105,11 @@ class Trace:
         The increment added to O's bits at block j (0 at block 0 and for non-AMLA variants).
     rescaled : bool
         Whether block j rescaled O (False at block 0; data-dependent for ``lazy``).
+    p_underflow, p_saturate : int64
+        Per row and block: P (or A) elements non-zero before the P cast and zero after it,
+        and elements the cast saturated (:mod:`~amla_numerics.flash.fp8`).
+
+    Blocks are in visit order (last to first under ``kv_order="reverse"``).
     """
 
     m: np.ndarray
@@ -110,6 +120,8 @@ class Trace:
     dn: np.ndarray
     N: np.ndarray
     rescaled: np.ndarray
+    p_underflow: np.ndarray | None = None
+    p_saturate: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -193,13 +205,15 @@ def attention(
         Arguments of the wrong type.
     """
     variant = check_variant(variant)
-    pol = get_policy(policy)
+    pol = variant_policy(get_policy(policy), variant)
     if not isinstance(trace, (bool, np.bool_)):
         raise TypeError(f"argument 'trace' must be a bool, got {type(trace).__name__}")
     inp = check_inputs(
         q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau
     )
     blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
+    if pol.kv_order == "reverse":
+        blocks = blocks[::-1]
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
     out, lse, hazards, tr = run.execute(blocks)
     config = {
@@ -391,7 +405,9 @@ class _Run:
         return s
 
     def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
+        staged = p_cast_stage(p, self.pol)
+        self.p_counts = (staged.underflow, staged.saturate)
+        pc = staged.values
         stats = None
         if self.v_parts is not None and self.pol.pv.in_format == "bf16":
             # exactness test of the P V tile: V's column quanta in this block, and a bound of
@@ -400,18 +416,24 @@ class _Run:
             if small is not None:
                 nb = np.full(small.shape, math.sqrt(hi - lo) * self.v_absmax * (1 + 2.0**-30))
                 stats = (nb, quantum_exp_from_min(small, self.v_parts))
-        exact_in = self.pol.p_cast is not None and self.pol.p_cast == self.pol.pv.in_format
+        exact_in = self.pol.p_cast is not None and (
+            self.pol.p_cast == self.pol.pv.in_format
+            or self.pol.p_cast in FP8_FORMATS  # FP8 values fit every in_format
+        )
         if exact_in:  # the cast already put P in the matrix unit's input format
             pc = pc.astype(np.float64)
-        return matrix_product(
-            pc,
-            self.v[..., lo:hi, :],
-            self.pol.pv,
-            self.dt,
-            a_rounded=exact_in,
-            b_rounded=True,
-            b_stats=stats,
-            b_absmax=self.v_absmax,
+        return remove_p_scale(
+            matrix_product(
+                pc,
+                self.v[..., lo:hi, :],
+                self.pol.pv,
+                self.dt,
+                a_rounded=exact_in,
+                b_rounded=True,
+                b_stats=stats,
+                b_absmax=self.v_absmax,
+            ),
+            self.pol,
         )
 
     def _block_small(self, blocks) -> dict[int, np.ndarray] | None:
@@ -448,11 +470,23 @@ class _Run:
 
     def execute(self, blocks):
         pol, dt, variant = self.pol, self.dt, self.variant
-        self.v_small = self._block_small(blocks)
+        self.v_small = self._block_small(sorted(blocks))
         self._all_scores(blocks)
         hazards = dict.fromkeys(HAZARDS, 0)
         rec: dict[str, list] = {
-            key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")
+            key: []
+            for key in (
+                "m",
+                "n",
+                "r_hat",
+                "cof",
+                "eps",
+                "dn",
+                "N",
+                "rescaled",
+                "p_underflow",
+                "p_saturate",
+            )
         }
         m = l = O = sc = None
         log2e = constants(pol)["LOG2E"]
@@ -512,6 +546,8 @@ class _Run:
             m = m_new
             if self.want_trace:
                 self._record(rec, m_new, sc if self.is_amla else None, resc, j)
+                rec["p_underflow"].append(self.p_counts[0])
+                rec["p_saturate"].append(self.p_counts[1])
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
                 O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))

@@ -107,6 +107,10 @@ _TABLE: dict[str, RescaleCost] = {
     "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12, softmax_extra_passes=1),
     "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 5, row_ops=12, softmax_extra_passes=1),
     "lazy": RescaleCost("lazy", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
+    # TEMPORARY (fp8 branch) until the pipe branch's FP8 entries land: the rescale of O is
+    # fa_fp32's / amla's; the halved P bytes are not modelled here.
+    "fa_fp8": RescaleCost("fa_fp8", 4, 4, 0, 1, row_ops=2),
+    "amla_fp8": RescaleCost("amla_fp8", 0, 0, 4, 1, row_ops=12, softmax_extra_passes=1),
 }
 if set(_TABLE) != set(VARIANTS):  # pragma: no cover - guards the shared name list
     raise ImportError(

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amla_numerics import flash
-from amla_numerics.formats import BF16, FP32
+from amla_numerics.formats import BF16, E4M3, FP32
 from tests.oracle import oracle_round
 
 F = Fraction
@@ -32,6 +32,11 @@ def r32(x) -> np.float32:
 
 def bf16(x, mode="rna") -> np.float32:
     return f32(oracle_round(F(float(x)), BF16, mode))
+
+
+def e4m3(x) -> np.float32:
+    """The FP8 variants' P cast: E4M3, rne, saturating (docs/numerics.md section 5)."""
+    return f32(oracle_round(F(float(x)), E4M3, "rne", saturate=True))
 
 
 def exp32(x: np.float32) -> np.float32:
@@ -87,6 +92,7 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
         else [(lo, min(lo + block, n_keys)) for lo in range(0, n_keys, block)]
     )
     amla = variant.startswith("amla")
+    pcast = e4m3 if variant in ("fa_fp8", "amla_fp8") else bf16
     out = np.zeros((m_rows, dv), f32)
     for i in range(m_rows):
         m = l = None
@@ -124,7 +130,7 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                 )
                 dn = f32(0) if n_prev is None else n - n_prev
                 dnc = max(dn, f32(-30))
-                A = [bf16(x * r_hat) for x in p]
+                A = [pcast(x * r_hat) for x in p]
                 pv = [dot32(A, [v[t][col] for t in range(lo, hi)]) for col in range(dv)]
                 if j == 0:
                     O = pv
@@ -140,7 +146,7 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                         O[col] = O[col] + pv[col]
                 n_prev, cof_prev, last_r_hat = n, cof, r_hat
             else:
-                P = [bf16(x) for x in p]
+                P = [pcast(x) for x in p]
                 pv = [dot32(P, [v[t][col] for t in range(lo, hi)]) for col in range(dv)]
                 for col in range(dv):
                     if j == 0:

@@ -120,6 +120,14 @@ class Bound:
         The constant added to AMLA's ``eps`` (1e-6 in the kernel).
     tau : float
         Lazy rescale threshold (log2 units).
+    p_absolute : float
+        Absolute error of one element of the P cast, in probability units (the P frame):
+        half the cast format's smallest subnormal (a whole one for ``rz``) divided by the
+        static scale ``S``, times ``sqrt(2) (1 + 2**-7)`` for AMLA (whose cast sees
+        ``P r^`` with ``r^ >= 2**-1/2 (1 - 2**-8)``). 0 without a cast.
+    p_saturate : bool
+        Whether the cast may saturate (``S`` times the largest tile value above the cast
+        format's ``max_finite``); then a cast value is only known to lie in ``[0, X]``.
     terms : dict
         Named numerator-side coefficients (documentation and the report).
     """
@@ -144,6 +152,8 @@ class Bound:
     eps_bias: float = 1e-6
     tau: float = DEFAULT_TAU
     clamp: bool = True
+    p_absolute: float = 0.0
+    p_saturate: bool = False
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
     def coefficient(self, name: str) -> float:
@@ -239,6 +249,16 @@ def a_priori_bound(
       and ``eta <= u (2 |m| + 4)`` the error of the FP32 residual ``r = exp(m + n ln 2)``.
       ``amla_nocomp``: ``rho = |cof ratio - 1| + 2 eta``; ``amla_exactcomp``: ``3u + 2 eta``
       (the ratio by an FP32 multiply); ``amla_fp32r``: ``cof = 1``, ``rho = bias + e_N + 2eta``.
+    * the FP8 P cast (``fa_fp8``, ``amla_fp8`` or any policy with an FP8 ``p_cast``): the
+      relative ``u_c`` above holds on the cast format's normal range; below it the cast's
+      error is absolute, at most ``p_absolute`` per key in the P frame (the underflow of a
+      probability to 0 included). A key of block ``j`` enters the output with weight
+      ``P_i exp(m_j - m) / l`` and ``exp(m_j - m) <= 1``, ``l >= L (1 - max beta)`` with
+      ``L = sum exp(s - m) = 1 / max_i w_i``: so the numerator gains at most
+      ``p_absolute max_i w_i sum_i |V_i| / (1 - max beta)``. With ``S != 1``: ``2u`` more
+      (the multiply ``fl(X S)`` and the division of the tile by ``S``). A cast that may
+      saturate has relative error up to 1 (``0 <= cast(X) <= X``): ``alpha`` becomes
+      ``1 + 2 alpha``.
     * the final division: ``u`` (``O / l``), ``2u`` for AMLA (``O / (l r^)``).
     * the clamp of ``dn`` at -30: when a row max jumps by more than ``30 ln 2`` nats, the old
       O is under-scaled; its weight in the final frame is at most ``2**-30 N max|V| * 1.5``
@@ -259,7 +279,7 @@ def a_priori_bound(
             raise ValueError(f"argument {arg!r} must be an integer >= 1, got {value!r}")
     c = check_c(c)
     tau = check_tau(tau)
-    pol = _resolve_policy(policy)
+    pol = _resolve_policy(policy, variant)
     u = get_format(pol.work).unit_roundoff
     u_cast = get_format(pol.p_cast).unit_roundoff if pol.p_cast else 0.0
     if not _contains(pol.pv.in_format, pol.p_cast or pol.work):  # P re-rounded for the matmul
@@ -274,6 +294,8 @@ def a_priori_bound(
     pv_gamma = _accumulation_gamma(pol.pv.accumulation.model, b, pv_u)
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
+    p_abs, p_sat, scale_u = _p_cast_terms(pol, variant, float(tau), u)
+    u_cast += scale_u
     bound = Bound(
         variant=variant,
         head_dim=int(head_dim),
@@ -295,6 +317,8 @@ def a_priori_bound(
         eps_bias=float(pol.eps_bias),
         tau=float(tau),
         clamp=pol.dn_clamp is not None and pol.rescale == "int_add",
+        p_absolute=p_abs,
+        p_saturate=p_sat,
     )
     terms = {
         "exp": exp_u,
@@ -308,10 +332,27 @@ def a_priori_bound(
     return dataclasses.replace(bound, terms=terms)
 
 
-def _resolve_policy(policy: Any):
-    from amla_numerics.flash.policy import get_policy  # the policy record, not the emulator
+def _resolve_policy(policy: Any, variant: str):
+    # the policy record and the variant's FP8 P cast, not the emulator
+    from amla_numerics.flash.fp8 import variant_policy
+    from amla_numerics.flash.policy import get_policy
 
-    return get_policy(policy)
+    return variant_policy(get_policy(policy), variant)
+
+
+def _p_cast_terms(pol: Any, variant: str, tau: float, u: float) -> tuple[float, bool, float]:
+    """(p_absolute, p_saturate, extra relative error of the static scale) of the P cast."""
+    s = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
+    scale_u = 0.0 if s == 1.0 else 2.0 * u
+    if pol.p_cast is None:
+        return 0.0, False, scale_u
+    fmt = get_format(pol.p_cast)
+    tiny = fmt.min_subnormal * (1.0 if pol.p_cast_rounding == "rz" else 0.5)
+    amla = variant in AMLA_VARIANTS
+    frame = math.sqrt(2.0) * (1.0 + 2.0**-7) if amla else 1.0
+    top = 2.0**tau if variant == "lazy" else 1.0  # the largest P (lazy: a stale max)
+    biggest = s * top * frame * (1.0 + 4.0 * u)
+    return tiny / s * frame, biggest > fmt.max_finite, scale_u
 
 
 def _contains(outer: str, inner: str) -> bool:
@@ -525,6 +566,8 @@ def elementwise_bound(
         num = num + count(later) * (2.0 * u + b.u_o) + count(own_add) * u + b.u_o
         den = den + count(later) * 2.0 * u + count(own_add) * u
     alpha = _inflate(num)
+    if b.p_saturate:
+        alpha = 1.0 + 2.0 * alpha
     beta = _inflate(den)
     out_abs = x.out_abs
     bnum = (w * alpha) @ x.v_abs
@@ -535,6 +578,9 @@ def elementwise_bound(
             bden, LAMBDA * out_abs * np.sqrt(np.sum((w * beta) ** 2, axis=-1, keepdims=True))
         )
     beta_max = np.max(beta, axis=-1, keepdims=True)
+    if b.p_absolute:
+        w_max = np.max(w, axis=-1, keepdims=True)
+        bnum = bnum + b.p_absolute * w_max * np.sum(x.v_abs, axis=-2, keepdims=True)
     total = (bnum + bden) / (1.0 - beta_max)
     total = total * (1.0 + b.terms["division"]) + b.terms["division"] * out_abs
     vmax = x.v_max

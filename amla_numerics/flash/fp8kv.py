@@ -163,7 +163,7 @@ def split_errors(q: Any, kv: Any, variant: str = "amla", **options: Any) -> dict
     kvb = kv_bf16(kv)
     kvq = kv_fp8_roundtrip(kvb)
     scale = options.get("scale", MLA_SCALE)
-    ref = reference.attention(q, kvb, kvb[..., :MLA_DV], scale, method="auto")
-    ref_q = reference.attention(q, kvq, kvq[..., :MLA_DV], scale, method="auto")
+    ref = np.asarray(reference.attention(q, kvb, kvb[..., :MLA_DV], scale, method="auto"))
+    ref_q = np.asarray(reference.attention(q, kvq, kvq[..., :MLA_DV], scale, method="auto"))
     out = np.asarray(mla_attention(q, kvq, variant, **options).out, np.float64)
     return {"quant": ref_q - ref, "kernel": out - ref_q, "ref": ref, "ref_q": ref_q, "out": out}

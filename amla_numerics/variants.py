@@ -43,6 +43,7 @@ VARIANT_DESCRIPTIONS: dict[str, str] = {
     "lazy": "FlashAttention-4-style: rescale only when the max grew by more than tau (log2)",
     "fa_fp8": "FlashAttention-3 FP8 P V: O rescaled by an FP32 multiply, P cast to FP8 (E4M3)",
     "amla_fp8": "AMLA's exponent-add rescale with the folded P r^ tile cast to FP8 (E4M3)",
+    "fa4": "FlashAttention-4 softmax: scale folded into one FMA, polynomial exp2, lazy rescale",
 }
 
 #: The public variant names, in report order.

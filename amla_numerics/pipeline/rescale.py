@@ -111,6 +111,7 @@ _TABLE: dict[str, RescaleCost] = {
     # fa_fp32's / amla's; the halved P bytes are not modelled here.
     "fa_fp8": RescaleCost("fa_fp8", 4, 4, 0, 1, row_ops=2),
     "amla_fp8": RescaleCost("amla_fp8", 0, 0, 4, 1, row_ops=12, softmax_extra_passes=1),
+    "fa4": RescaleCost("fa4", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
 }
 if set(_TABLE) != set(VARIANTS):  # pragma: no cover - guards the shared name list
     raise ImportError(

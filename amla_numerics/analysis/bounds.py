@@ -113,7 +113,8 @@ class Bound:
     exp_u, exp_slope : float
         Relative error of the exponential of ``x``: ``exp_u + exp_slope |x|`` (``u`` and 0
         when correctly rounded; ``8u`` and ``2u`` for the polynomial exp2 model, whose
-        ``fl(x log2 e)`` with a rounded ``log2 e`` costs ``2u |x|``: docs/numerics.md).
+        ``fl(x log2 e)`` with a rounded ``log2 e`` costs ``2u |x|``: docs/numerics.md;
+        ``fa4``: :data:`~amla_numerics.flash.fa4.FA4_EX2_REL_ERR` and ``2u``).
     c : float
         AMLA's compensation coefficient.
     eps_bias : float
@@ -295,6 +296,14 @@ def a_priori_bound(
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
     p_abs, p_sat, scale_u = _p_cast_terms(pol, variant, float(tau), u)
+    if variant == "fa4" and pol.work == "fp32":
+        # FA4's exp2: polynomial + FMA roundings (FA4_EX2_REL_ERR), the FMA's and the
+        # constant c's roundings (2u |s - m|) and that of m c (u |m| <= u |s| + u |s - m|,
+        # inside the score's 2u |s|); x < -126 gives a subnormal pattern: absolute 2**-125
+        from amla_numerics.flash.fa4 import FA4_EX2_REL_ERR
+
+        exp_u, exp_slope = FA4_EX2_REL_ERR, 2.0 * u
+        p_abs += 2.0**-125
     u_cast += scale_u
     bound = Bound(
         variant=variant,
@@ -350,7 +359,7 @@ def _p_cast_terms(pol: Any, variant: str, tau: float, u: float) -> tuple[float, 
     tiny = fmt.min_subnormal * (1.0 if pol.p_cast_rounding == "rz" else 0.5)
     amla = variant in AMLA_VARIANTS
     frame = math.sqrt(2.0) * (1.0 + 2.0**-7) if amla else 1.0
-    top = 2.0**tau if variant == "lazy" else 1.0  # the largest P (lazy: a stale max)
+    top = 2.0**tau if variant in ("lazy", "fa4") else 1.0  # the largest P (lazy: stale max)
     biggest = s * top * frame * (1.0 + 4.0 * u)
     return tiny / s * frame, biggest > fmt.max_finite, scale_u
 
@@ -541,7 +550,7 @@ def elementwise_bound(
     # common to numerator and denominator: score, subtraction, exp
     qk_term = b.qk_gamma * qk_abs if not prob else _prob_scale(b.qk_gamma, b.head_dim, u) * qk_abs
     score = qk_term + 2 * u * abs_s
-    stale = b.tau * _LN2 if b.variant == "lazy" else 0.0
+    stale = b.tau * _LN2 if b.variant in ("lazy", "fa4") else 0.0
     common = score + (u + b.exp_slope) * (m - s + stale) + b.exp_u
 
     rowsum = b.rowsum_gamma if not prob else _prob_scale(b.rowsum_gamma, b.block_n, u)

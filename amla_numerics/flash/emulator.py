@@ -26,6 +26,8 @@ per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne r
 7. ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``), after the optional ``o_clip``.
    ``lse = m + ln(l)`` in float64 from the final work-format ``m`` and ``l``.
 
+``fa4`` (FlashAttention-4's softmax): raw scores, ``exp2`` of one FMA by a polynomial, the
+lazy rescale in log2 units (:mod:`~amla_numerics.flash.fa4`); its trace's ``m`` is raw.
 ``naive`` is the same with a single block holding all keys. ``lazy`` (FlashAttention-4):
 the running max ``m`` is stale; at block ``j >= 1`` with ``m' = max(m, rowmax S_j)`` the row
 rescales (``a = exp(fl(m - m'))``, ``O = fl(a O)``, ``l = fl(a l)``, ``m = m'``) only if
@@ -69,6 +71,7 @@ from amla_numerics.flash._exactsum import (
 from amla_numerics.flash._inputs import block_bounds, check_inputs
 from amla_numerics.flash.accumulate import vector_sum
 from amla_numerics.flash.amla import amla_rescale, amla_scalars
+from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
 from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import (
@@ -313,6 +316,8 @@ class _Run:
             self.v = round_input(inp.v, pol.pv.in_format)
         self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
         self.scale = self.dt(inp.scale)
+        if variant == "fa4":  # raw scores; the scale is folded into the exp2's FMA
+            self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
         self.k_stats = self.v_parts = None
@@ -493,28 +498,14 @@ class _Run:
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
             with np.errstate(invalid="ignore", over="ignore"):
-                mblk = s.max(axis=-1)
-                if j == 0:
-                    m_new, resc = mblk, np.zeros(mblk.shape, bool)
-                else:
-                    cand = np.maximum(m, mblk)
-                    if variant == "lazy":
-                        grow = (cand - m) * log2e  # -inf -> finite: inf; -inf -> -inf: nan
-                        resc = grow > dt(self.tau)
-                        m_new = np.where(resc, cand, m)
-                    else:
-                        m_new, resc = cand, np.ones(cand.shape, bool)
-                m_eff = np.where(np.isfinite(m_new), m_new, dt(0))
-                p = self.exp(s - m_eff[..., None])
-                rs = vector_sum(p, pol.rowsum)
-                if j == 0:
-                    l = rs
-                else:
-                    d = np.where(
-                        np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new
+                if variant == "fa4":  # raw scores, log2-domain softmax (flash/fa4.py)
+                    m_new, resc, p, a = fa4_block(
+                        s, None if j == 0 else m, self.c_log2, dt(self.tau), exact=dt != np.float32
                     )
-                    a = self.exp(d)
-                    l = np.where(resc, a * l, l) + rs
+                else:
+                    m_new, resc, p, a = self._softmax_step(s, m, j, log2e)
+                rs = vector_sum(p, pol.rowsum)
+                l = rs if j == 0 else np.where(resc, a * l, l) + rs
             if self.is_amla:
                 sc = amla_scalars(
                     m_new,
@@ -554,9 +545,34 @@ class _Run:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             den = l * sc.r_hat if self.is_amla else l
             out = O / den[..., None]
-            lse = m.astype(np.float64) + np.log(l.astype(np.float64))
+            m64 = m.astype(np.float64) * (self.inp.scale if variant == "fa4" else 1.0)
+            lse = m64 + np.log(l.astype(np.float64))
         tr = self._trace(rec) if self.want_trace else None
         return out, lse, hazards, tr
+
+    def _softmax_step(self, s, m, j, log2e):
+        """Steps 2-4 (max, exp, rescale factor) for every variant but ``fa4``."""
+        dt = self.dt
+        mblk = s.max(axis=-1)
+        if j == 0:
+            m_new, resc = mblk, np.zeros(mblk.shape, bool)
+        else:
+            cand = np.maximum(m, mblk)
+            if self.variant == "lazy":
+                grow = (cand - m) * log2e  # -inf -> finite: inf; -inf -> -inf: nan
+                resc = grow > dt(self.tau)
+                m_new = np.where(resc, cand, m)
+            else:
+                m_new, resc = cand, np.ones(cand.shape, bool)
+        m_eff = np.where(np.isfinite(m_new), m_new, dt(0))
+        p = self.exp(s - m_eff[..., None])
+        a = None
+        if j > 0:
+            d = np.where(
+                np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new
+            )
+            a = self.exp(d)
+        return m_new, resc, p, a
 
     @staticmethod
     def _record(rec, m_new, sc, resc, j):

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from amla_numerics._arrays import broadcast_named
+
 __all__ = [
     "HAZARDS",
     "HazardReport",
@@ -137,14 +139,7 @@ def exp2_add_bits(x: Any, N: Any) -> np.ndarray:
     >>> exp2_add_bits(np.float32(1.0), 2**22)  # mantissa 1.0 -> 1.5
     array(1.5, dtype=float32)
     """
-    xa = _float32(x)
-    Na = _increments(N, "N")
-    try:
-        xa, Na = np.broadcast_arrays(xa, Na)
-    except ValueError:
-        raise ValueError(
-            f"arguments 'x' {xa.shape} and the increment {Na.shape} do not broadcast"
-        ) from None
+    xa, Na = broadcast_named(x=_float32(x), N=_increments(N, "N"))
     bits = xa.view(np.uint32).astype(np.int64)
     out = np.asarray((bits + Na) & 0xFFFFFFFF).astype(np.uint32)
     return out.view(np.float32)
@@ -157,14 +152,7 @@ def exp2_add_hazards(x: Any, n: Any) -> HazardReport:
 
 def exp2_add_bits_hazards(x: Any, N: Any) -> HazardReport:
     """Hazard codes of :func:`exp2_add_bits` (see the module docstring for the classes)."""
-    xa = _float32(x)
-    Na = _increments(N, "N")
-    try:
-        xa, Na = np.broadcast_arrays(xa, Na)
-    except ValueError:
-        raise ValueError(
-            f"arguments 'x' {xa.shape} and the increment {Na.shape} do not broadcast"
-        ) from None
+    xa, Na = broadcast_named(x=_float32(x), N=_increments(N, "N"))
     mag = xa.view(np.uint32).astype(np.int64) & 0x7FFFFFFF
     field_ = mag >> 23
     moved = mag + Na

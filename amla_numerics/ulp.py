@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from amla_numerics._arrays import broadcast_named
 from amla_numerics.formats import FP64, Format, get_format
 from amla_numerics.rounding import as_real_array, decompose, round_to, to_fraction
 
@@ -81,12 +82,7 @@ def signed_ulp_error(y: Any, ref: Any, fmt: Format | str) -> np.ndarray:
     if yarr.dtype.kind not in "fV":
         yarr = as_real_array(y, "y")
     ref_arr = as_real_array(ref, "ref")
-    try:
-        yarr, ref_arr = np.broadcast_arrays(yarr, ref_arr)
-    except ValueError:
-        raise ValueError(
-            f"arguments 'y' {np.shape(yarr)} and 'ref' {np.shape(ref_arr)} do not broadcast"
-        ) from None
+    yarr, ref_arr = broadcast_named(y=yarr, ref=ref_arr)
     unit = ulp(ref_arr, fmt)
     if ref_arr.dtype.kind != "O" and yarr.dtype.kind != "O":
         with np.errstate(invalid="ignore"):
@@ -143,12 +139,7 @@ def ulp_distance(a: Any, b: Any, fmt: Format | str) -> np.ndarray:
     fmt = get_format(fmt)
     ia = _ordered_index(a, fmt, "a")
     ib = _ordered_index(b, fmt, "b")
-    try:
-        ia, ib = np.broadcast_arrays(ia, ib)
-    except ValueError:
-        raise ValueError(
-            f"arguments 'a' {np.shape(ia)} and 'b' {np.shape(ib)} do not broadcast"
-        ) from None
+    ia, ib = broadcast_named(a=ia, b=ib)
     if ia.dtype == object:  # FP64-wide indices: Python ints, then back to int64 if they fit
         d = np.abs(ia - ib)
         if d.size and max(d.reshape(-1)) >= 2**63:

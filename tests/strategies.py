@@ -6,16 +6,35 @@ the extremes come up as often as they matter) and returns arrays in the format's
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32, Format
 
-__all__ = ["FORMATS_UNDER_TEST", "attention_inputs", "finite_values", "format_arrays"]
+__all__ = [
+    "FORMATS_UNDER_TEST",
+    "NARROW_FORMATS",
+    "attention_inputs",
+    "examples",
+    "finite_values",
+    "format_arrays",
+]
 
-#: One list of formats drives every parametrised test.
+#: One list of formats drives every parametrised test (subsets below are derived from it).
 FORMATS_UNDER_TEST: tuple[Format, ...] = (FP32, BF16, FP16, E4M3, E5M2)
+#: The formats of at most 16 bits: small enough to enumerate every bit pattern.
+NARROW_FORMATS: tuple[Format, ...] = tuple(f for f in FORMATS_UNDER_TEST if f.dtype.itemsize <= 2)
+
+_PROFILE_SCALE = {"quick": 1, "thorough": 20}
+
+
+def examples(n: int) -> int:
+    """A property test's example budget under the active hypothesis profile (tests/conftest.py)."""
+    return n * _PROFILE_SCALE.get(os.environ.get("AMLA_HYPOTHESIS_PROFILE", "quick"), 1)
+
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 

@@ -19,6 +19,7 @@ from amla_numerics.flash.accumulate import (
 )
 from amla_numerics.formats import FP32
 from tests.oracle import oracle_round
+from tests.strategies import examples
 
 F = Fraction
 
@@ -148,7 +149,7 @@ MODELS = [
     n=st.integers(1, 3),
     spread=st.sampled_from([0, 4, 12, 30]),
 )
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 def test_model_matches_fraction_oracle(name, acc, oracle, seed, m, k, n, spread):
     a, b = _tile(seed, m, k, n, spread)
     got = matmul(a, b, acc, "fp32")
@@ -158,7 +159,7 @@ def test_model_matches_fraction_oracle(name, acc, oracle, seed, m, k, n, spread)
 
 @pytest.mark.parametrize("p", [None, 8])
 @given(seed=st.integers(0, 2**32 - 1), tail=st.sampled_from([0.0, 1e-7, 1e-20]))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 @example(seed=0, tail=1e-20)
 def test_exact_model_with_ties_and_tails(p, seed, tail):
     """Sums that land on FP32 ties, decided (or not) by a tiny tail: the hard path."""
@@ -196,7 +197,7 @@ def test_add_rounded_is_one_rounding(x, y, mode):
 
 @pytest.mark.parametrize("order", ["seq", "pairwise", "exact"])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 17))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 def test_vector_sum_orders(order, seed, n):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((2, n)) * np.exp2(rng.integers(-20, 20, (2, n)))).astype(np.float32)
@@ -246,7 +247,7 @@ def test_row_chunking_does_not_change_results(model, monkeypatch):
     batch=st.booleans(),
     mode=st.sampled_from(["rne", "rz"]),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 def test_exact_model_fast_path_matches_oracle(seed, m, k, n, spread, batch, mode):
     """The BF16 fast path (row exactness test, hi/lo split, bounds, fsum) on wide-range tiles."""
     a, b = _tile(seed, m, k, n, spread)

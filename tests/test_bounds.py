@@ -15,6 +15,7 @@ from amla_numerics.analysis.workloads import WORKLOADS, make_workload
 from amla_numerics.formats import BF16
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import VARIANTS
+from tests.strategies import examples
 
 HAZARD_FREE = [w for w in WORKLOADS if w != "adversarial"]
 
@@ -41,7 +42,7 @@ def test_measured_error_within_the_deterministic_bound(variant, workload):
     _check(variant, w.q, w.k, w.v, w.scale, 256)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(
     seed=st.integers(0, 2**32 - 1),
     d=st.sampled_from([1, 3, 16, 64]),

@@ -15,14 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amla_numerics import flash
+from amla_numerics import flash, reference
 from amla_numerics.exp2add import HAZARDS
 from amla_numerics.flash import Accumulation, MatmulPolicy, get_policy
 from amla_numerics.variants import AMLA_VARIANTS, FP8_P_VARIANTS, VARIANTS
-from tests.strategies import attention_inputs
+from tests.strategies import attention_inputs, examples
+from tests.tolerances import tol
 
 AMLA = AMLA_VARIANTS
-EXACT_RTOL = 1e-12  # the "exact" policy: float64 stages, so recurrences agree to ~1e-15
+EXACT_RTOL = tol("exact_policy")
 
 
 def mp_attention(q, k, v, scale, keep=None):
@@ -109,7 +110,7 @@ def test_exact_policy_with_rounded_r_needs_the_compensation():
     block_n=st.integers(1, 32),
     variant=st.sampled_from(VARIANTS),
 )
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 def test_exact_policy_property(data, block_n, variant):
     q, k, v, scale = data
     ref, _, ref_abs = mp_attention(q, k, v, scale)
@@ -129,7 +130,7 @@ def test_exact_policy_property(data, block_n, variant):
     block_n=st.integers(1, 40),
     variant=st.sampled_from(VARIANTS),
 )
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 def test_ascend_policy_is_close_deterministic_and_well_formed(data, block_n, variant):
     q, k, v, scale = data
     ref, _lse, ref_abs = mp_attention(q, k, v, scale)
@@ -340,7 +341,8 @@ def test_unknown_variant_lists_the_valid_ones():
         ({"scale": float("nan")}, "scale"),
         ({"tau": -1.0}, "tau"),
         ({"mask": np.ones((2, 2), bool)}, "mask"),
-        ({"mask": np.full((3, 37), 1.0)}, "mask"),
+        ({"mask": np.full((3, 37), np.nan)}, "mask"),
+        ({"mask": np.full((3, 37), np.inf)}, "mask"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -449,3 +451,21 @@ def test_value_view_of_keys_gives_the_same_bits_as_a_copy():
         assert np.array_equal(
             other.out, flash.attention(q, kv, np.array(kv[:, 2:7]), variant, block_n=16).out
         )
+
+
+def test_additive_bias_mask_has_the_reference_meaning():
+    """A float mask is an additive bias (finite or -inf), in the emulator as in the reference:
+    under the "exact" policy the emulator's recurrences equal the certified reference."""
+    q, k, v = _data(4)
+    rng = np.random.default_rng(4)
+    bias = rng.standard_normal((3, 37)) * 3.0
+    bias[:, 5] = -np.inf
+    ref = reference.attention(q, k, v, None, mask=bias)
+    for variant in ("fa_fp32", "amla"):
+        got = flash.attention(q, k, v, variant, block_n=8, mask=bias, policy="exact").out
+        np.testing.assert_allclose(got, ref, rtol=EXACT_RTOL, atol=0)
+    # the boolean keep-mask and the -inf bias mean the same thing, bit for bit
+    keep = np.isfinite(bias)
+    a = flash.attention(q, k, v, "amla", block_n=8, mask=keep).out
+    b = flash.attention(q, k, v, "amla", block_n=8, mask=np.where(keep, 0.0, -np.inf)).out
+    assert a.tobytes() == b.tobytes()

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from amla_numerics import flash
 from amla_numerics.formats import BF16, E4M3, FP32
 from tests.oracle import oracle_round
+from tests.strategies import examples
 
 F = Fraction
 f32 = np.float32
@@ -206,7 +207,7 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
     mag=st.sampled_from([0.5, 2.0, 6.0]),
     variant=st.sampled_from(flash.VARIANTS),
 )
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 def test_emulator_matches_independent_scalar_implementation(seed, n, block, mag, variant):
     rng = np.random.default_rng(seed)
     bf = ml_dtypes.bfloat16

@@ -15,6 +15,7 @@ from amla_numerics.flash.amla import amla_scalars
 from amla_numerics.flash.stages import _exp32, cast, exp_cr, exp_poly, rna_int
 from amla_numerics.formats import BF16, FP32
 from tests.oracle import oracle_round
+from tests.strategies import examples
 
 
 def _mp_exp32(x: float) -> float:
@@ -34,7 +35,7 @@ f32 = st.floats(-104.0, 89.0, width=32)
 @example(x=float(np.float32(88.72283)))  # near FP32 overflow
 @example(x=float(np.float32(-103.97)))  # subnormal result
 @example(x=float(np.float32(-87.33655)))  # near the normal/subnormal boundary
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 def test_exp_cr_is_correctly_rounded(x):
     got = exp_cr(np.float32(x))
     assert got.dtype == np.float32
@@ -51,7 +52,7 @@ def test_exp_cr_hard_case_path_agrees_with_fast_path():
 
 @given(x=st.floats(-80.0, 80.0, width=32))
 @example(x=45.84578323364258).via("LOG2E's own rounding error matters: above (|x| + 8) 2**-24")
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 def test_exp_poly_error_bound(x):
     got = float(exp_poly(np.float32(x)))
     want = _mp_exp32(x)
@@ -118,7 +119,7 @@ def test_exp_cr_refuses_other_dtypes(bad):
     zeros=st.booleans(),
     shift=st.integers(-40, 2),
 )
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 def test_all_ok_shortcut_agrees_with_the_foundation_hazard_counts(seed, scale_exp, zeros, shift):
     from amla_numerics.exp2add import exp2_add_bits_hazards
     from amla_numerics.flash.amla import _all_ok_counts

@@ -26,6 +26,7 @@ from amla_numerics.pipeline.model import evaluate, run
 from amla_numerics.pipeline.rescale import rescale_cost
 from amla_numerics.pipeline.workload import Schedule, Workload, check_capacity, default_schedule
 from amla_numerics.variants import VARIANTS
+from tests.strategies import examples
 
 ASCEND = load_hardware("ascend910c")
 H800 = load_hardware("h800_sxm5")
@@ -42,7 +43,7 @@ workloads = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(wl=workloads, variant=st.sampled_from(VARIANTS), gpu=st.booleans())
 def test_flops_bytes_intensity_match_the_closed_forms_exactly(wl, variant, gpu) -> None:
     b, sq, h, sk = wl.batch, wl.q_len, wl.heads, wl.kv_len
@@ -159,7 +160,7 @@ def graphs(draw):
     return npipes, ops
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(graphs())
 def test_des_without_resources_matches_the_recurrence(spec) -> None:
     npipes, ops = spec
@@ -300,7 +301,7 @@ def test_result_fields_and_json() -> None:
         r.tflops = 1.0  # type: ignore[misc]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80))
 @given(st.integers(2, 9), st.integers(1, 3), st.sampled_from([1, 2, 4, 8]), st.data())
 def test_rescale_prob_from_trace_counts_groups_with_any_rescaled_row(nb, lead, g, data) -> None:
     import numpy as np
@@ -323,7 +324,7 @@ def test_rescale_prob_from_trace_counts_groups_with_any_rescaled_row(nb, lead, g
         rescale_prob_from_trace(arr.astype(int))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(
     wl=st.builds(
         Workload,

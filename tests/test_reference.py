@@ -23,6 +23,7 @@ from tests.strategies import (
     ADVERSARIAL_KINDS,
     adversarial_attention_inputs,
     attention_inputs,
+    examples,
     format_arrays,
 )
 
@@ -55,7 +56,7 @@ def check_certified(q, k, v, scale, mask=None, *, require_tight=True):
 
 
 @pytest.mark.parametrize("fmt", [*FORMATS, E4M3, E5M2], ids=lambda f: f.name)
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(12))
 @given(data=st.data())
 def test_fast_within_bound_random(fmt, data):
     q, k, v, scale = data.draw(attention_inputs(fmt, max_m=3, max_n=24, max_dk=12, max_dv=4))
@@ -67,7 +68,7 @@ def test_fast_within_bound_random(fmt, data):
 
 @pytest.mark.parametrize("kind", ADVERSARIAL_KINDS)
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=examples(5))
 @given(data=st.data())
 def test_fast_within_bound_adversarial(fmt, kind, data):
     q, k, v, scale, _ = data.draw(adversarial_attention_inputs(fmt, kind))
@@ -172,7 +173,7 @@ def test_float64_inputs_certified():
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10))
 @given(data=st.data())
 def test_fast_within_bound_bit_patterns(fmt, data):
     """Inputs drawn from raw bit patterns (subnormals, extremes), magnitudes up to 8."""
@@ -204,7 +205,7 @@ def test_mla_decode_full_n_against_truth():
             assert abs(mpmath.mpf(float(r.out[idx])) - ref[idx]) <= mpmath.mpf(float(r.bound[idx]))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(data=st.data())
 def test_fast_within_bound_with_random_masks(data):
     """Additive masks: finite offsets and -inf (fully masked rows included)."""
@@ -261,7 +262,7 @@ def test_near_cancellation_goes_to_mpmath(dtype, delta, scale):
 # --- the speed-ups of the fast path keep exactness (row-block limbs, exp reduction, views) ---
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(data=st.data())
 def test_exact_dot_row_blocks_match_fractions(data):
     """Rows of very different spans: later limbs are nonzero on a few rows only (and may be

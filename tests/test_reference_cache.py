@@ -9,7 +9,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from amla_numerics.reference import attention, core
+from amla_numerics.reference import attention, dispatch
 from amla_numerics.reference import cache as cache_mod
 
 Q = np.array([[1.0, 0.5]], dtype=np.float32)
@@ -65,7 +65,7 @@ def test_cache_roundtrip_and_hit(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed despite a cache hit")
 
-    monkeypatch.setattr(core, "_compute", boom)
+    monkeypatch.setattr(dispatch, "_compute", boom)
     again = attention(Q, K, V, method="mpmath", dps=20, return_lse=True)
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])

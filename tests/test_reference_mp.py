@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from amla_numerics.formats import BF16, FP16, FP32, FP64
 from amla_numerics.reference import (
     attention,
-    core,
+    dispatch,
     exact_dot,
     mp_logsumexp,
     mp_softmax,
     online_softmax,
 )
 from amla_numerics.rounding import round_to
-from tests.strategies import attention_inputs, format_arrays
+from tests.strategies import attention_inputs, examples, format_arrays
 
 
 def oracle(q, k, v, scale, prec, mask=None):
@@ -59,7 +59,7 @@ def rounded(x):
 
 
 @pytest.mark.parametrize("fmt", [BF16, FP16, FP32], ids=lambda f: f.name)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(data=st.data())
 def test_exact_dot_matches_fractions(fmt, data):
     m = data.draw(st.integers(1, 3))
@@ -77,7 +77,7 @@ def test_exact_dot_matches_fractions(fmt, data):
 
 
 @pytest.mark.parametrize("fmt", [BF16, FP16, FP32], ids=lambda f: f.name)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10))
 @given(data=st.data())
 def test_mpmath_path_is_correctly_rounded(fmt, data):
     q, k, v, scale = data.draw(attention_inputs(fmt, max_m=2, max_n=12, max_dk=6, max_dv=3))
@@ -163,7 +163,7 @@ def test_online_softmax_blocks():
 
 
 def test_precision_ladder_raises(monkeypatch):
-    real = core.attention_row
+    real = dispatch.attention_row
 
     def drifting(dots, mask_row, v, scale, dps, cols=None, *, want_lse=False):
         r = real(dots, mask_row, v, scale, dps, cols, want_lse=want_lse)
@@ -172,7 +172,7 @@ def test_precision_ladder_raises(monkeypatch):
             return type(r)(out, r.out_mpf, r.lse, r.lse_mpf, r.prec)
         return r
 
-    monkeypatch.setattr(core, "attention_row", drifting)
+    monkeypatch.setattr(dispatch, "attention_row", drifting)
     with pytest.raises(RuntimeError, match="precision ladder"):
         attention(np.ones((1, 2)), np.eye(2), np.eye(2), method="mpmath", dps=20)
 

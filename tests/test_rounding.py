@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32, FP64, Format
 from amla_numerics.rounding import MODES, round_to
 from tests.oracle import oracle_round, pattern_values
+from tests.strategies import NARROW_FORMATS
 
 DETERMINISTIC = [m for m in MODES if m != "stochastic"]
-NARROW = [BF16, FP16, E4M3, E5M2]
+NARROW = NARROW_FORMATS
 
 
 def same(a, b) -> bool:

@@ -7,11 +7,12 @@ import mpmath
 import numpy as np
 import pytest
 
-from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32, Format
+from amla_numerics.formats import BF16, E4M3, FP16, FP32, Format
 from amla_numerics.ulp import signed_ulp_error, ulp, ulp_distance, ulp_error
 from tests.oracle import bits_to_values
+from tests.strategies import NARROW_FORMATS
 
-SMALL = [BF16, FP16, E4M3, E5M2]
+SMALL = NARROW_FORMATS
 
 
 def positive_finite_patterns(fmt: Format) -> np.ndarray:

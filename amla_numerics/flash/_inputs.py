@@ -12,6 +12,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from amla_numerics.inputs import check_shapes, is_leading_columns, split_mask
 from amla_numerics.variants import check_c, check_tau
 
 __all__ = ["Inputs", "block_bounds", "check_inputs"]
@@ -25,24 +26,13 @@ class Inputs:
     k: np.ndarray
     v: np.ndarray
     keep: np.ndarray | None  # bool (..., M, N), True = attend; None = attend to all
+    bias: np.ndarray | None  # float64 (..., M, N) additive score bias (0 where masked); None: none
     scale: float
     batch: tuple[int, ...]
     m: int
     n: int
     dk: int
     dv: int
-
-
-def _same_memory_columns(v: Any, k: np.ndarray) -> bool:
-    """True if ``v`` is an array viewing the leading columns of ``k`` (MLA's V = K[..., :Dv])."""
-    return (
-        isinstance(v, np.ndarray)
-        and v.dtype == k.dtype
-        and v.shape[:-1] == k.shape[:-1]
-        and v.shape[-1] <= k.shape[-1]
-        and v.strides == k.strides
-        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
-    )
 
 
 def _array(x: Any, name: str, finite_checked: bool = False) -> np.ndarray:
@@ -52,11 +42,6 @@ def _array(x: Any, name: str, finite_checked: bool = False) -> np.ndarray:
         raise TypeError(f"argument {name!r} must be an array of real numbers") from exc
     if a.dtype.kind not in "fViu" or (a.dtype.kind == "V" and a.dtype.itemsize > 8):
         raise TypeError(f"argument {name!r} must hold real numbers, got dtype {a.dtype}")
-    if a.ndim < 2:
-        raise ValueError(
-            f"argument {name!r} must have at least 2 dimensions (..., rows, features), "
-            f"got shape {a.shape}"
-        )
     if not finite_checked and not _all_finite(a):  # a view of checked memory needs no second look
         raise ValueError(f"argument {name!r} contains NaN or infinite values")
     return a
@@ -97,25 +82,8 @@ def check_inputs(
 ) -> Inputs:
     """Check shapes and options; build the combined boolean mask (see :func:`attention`)."""
     qa, ka = _array(q, "q"), _array(k, "k")
-    va = _array(v, "v", finite_checked=_same_memory_columns(v, ka))
-    if qa.shape[-1] != ka.shape[-1]:
-        raise ValueError(
-            f"arguments 'q' {qa.shape} and 'k' {ka.shape} differ in the feature dimension Dk"
-        )
-    if ka.shape[-2] != va.shape[-2]:
-        raise ValueError(
-            f"arguments 'k' {ka.shape} and 'v' {va.shape} differ in the number of keys N"
-        )
-    m, n, dk, dv = qa.shape[-2], ka.shape[-2], qa.shape[-1], va.shape[-1]
-    if min(m, n, dk, dv) < 1:
-        raise ValueError(f"empty dimension: q {qa.shape}, k {ka.shape}, v {va.shape}")
-    try:
-        batch = np.broadcast_shapes(qa.shape[:-2], ka.shape[:-2], va.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"leading dimensions of 'q' {qa.shape}, 'k' {ka.shape} and 'v' {va.shape} "
-            "do not broadcast"
-        ) from None
+    va = _array(v, "v", finite_checked=is_leading_columns(v, ka))
+    batch, m, n, dk, dv = check_shapes(qa, ka, va)
     if isinstance(block_n, bool) or not isinstance(block_n, (int, np.integer)) or block_n < 1:
         raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
     if scale is None:
@@ -129,41 +97,13 @@ def check_inputs(
     check_tau(tau)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"argument 'causal' must be a bool, got {type(causal).__name__}")
-    keep = _mask(mask, batch, m, n)
+    keep, bias = split_mask(mask, batch, m, n)
     if causal:
         rows = np.arange(m)[:, None]
         cols = np.arange(n)[None, :]
         tri = cols <= rows + (n - m)  # bottom-right aligned: the last query sees every key
         keep = tri if keep is None else keep & tri
-    return Inputs(qa, ka, va, keep, scale, tuple(batch), m, n, dk, dv)
-
-
-def _mask(mask: Any, batch: tuple[int, ...], m: int, n: int) -> np.ndarray | None:
-    if mask is None:
-        return None
-    ma = np.asarray(mask)
-    if ma.dtype == np.bool_:
-        keep = ma
-    elif ma.dtype.kind == "f":
-        ok = (ma == 0) | np.isneginf(ma)
-        if not np.all(ok):
-            raise ValueError(
-                "argument 'mask' as floats must hold only 0 (attend) and -inf (masked)"
-            )
-        keep = ma == 0
-    else:
-        raise TypeError(
-            f"argument 'mask' must be boolean (True = attend) or float 0/-inf, got {ma.dtype}"
-        )
-    target = (*tuple(batch), m, n)
-    try:
-        if np.broadcast_shapes(keep.shape, target) != target:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"argument 'mask' {keep.shape} does not broadcast to the scores {(*tuple(batch), m, n)}"
-        ) from None
-    return keep
+    return Inputs(qa, ka, va, keep, bias, scale, tuple(batch), m, n, dk, dv)
 
 
 def block_bounds(n: int, block_n: int) -> list[tuple[int, int]]:

@@ -7,7 +7,8 @@ matrix-unit model needs it). The stage definitions are in ``docs/numerics.md``; 
 per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne rounding):
 
 1. ``S_j = fl(QK_j * scale)`` with ``QK_j`` the matrix-unit product (policy ``qk``) and
-   ``scale`` rounded to the work format; masked scores are ``-inf``.
+   ``scale`` rounded to the work format; with an additive bias mask ``S_j = fl(S_j + b)``,
+   ``b`` rounded (rne) to the work format; masked scores are ``-inf``.
 2. ``m_j = max(m_{j-1}, rowmax S_j)`` (exact; ``m_{-1} = -inf``).
 3. ``P_j = exp(fl(S_j - m_j))`` (correctly rounded, or the polynomial model), using
    ``m_j := 0`` on rows with no unmasked score yet (so their P is 0).
@@ -83,6 +84,7 @@ from amla_numerics.flash.stages import (
     matrix_product,
     round_input,
 )
+from amla_numerics.inputs import is_leading_columns
 from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
 
 __all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
@@ -191,7 +193,8 @@ def attention(
     tau : float
         ``lazy``'s threshold in log2 units.
     mask : array_like of bool or float, optional
-        Broadcastable to (..., M, N): True (or 0.0) attends, False (or -inf) masks.
+        Broadcastable to (..., M, N), with the meaning of :mod:`amla_numerics.inputs`: a
+        boolean keep-mask (True attends), or an additive float bias (finite, or -inf to mask).
     causal : bool
         Row ``i`` attends keys ``j <= i + N - M`` (bottom-right aligned).
 
@@ -283,16 +286,6 @@ def _absmax(x: np.ndarray, raw: np.ndarray | None = None) -> float:
     return float(max(x.max(), -x.min()))
 
 
-def _leading_columns_of(v: np.ndarray, k: np.ndarray) -> bool:
-    """True if ``v`` is exactly the view ``k[..., :Dv]`` (same memory, strides and dtype)."""
-    return (
-        v.dtype == k.dtype
-        and v.shape[:-1] == k.shape[:-1]
-        and v.strides == k.strides
-        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
-    )
-
-
 class _Run:
     """One emulation: the state of the recurrence over the KV blocks."""
 
@@ -309,7 +302,7 @@ class _Run:
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
         self.q = round_input(inp.q, pol.qk.in_format)
         self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
-        self.v_is_k = _leading_columns_of(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format
+        self.v_is_k = is_leading_columns(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format
         if self.v_is_k:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
@@ -318,6 +311,17 @@ class _Run:
         self.scale = self.dt(inp.scale)
         if variant == "fa4":  # raw scores; the scale is folded into the exp2's FMA
             self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
+        # an additive score bias, rounded (rne) to the work format once
+        self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
+        if (
+            variant == "fa4"
+            and self.bias is not None
+            and np.any(np.isfinite(self.bias) & (self.bias != 0))
+        ):
+            raise ValueError(
+                "variant 'fa4' works on raw (unscaled) scores: argument 'mask' must be boolean "
+                "or a 0/-inf bias"
+            )
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
         self.k_stats = self.v_parts = None
@@ -380,31 +384,30 @@ class _Run:
             )
 
     def _scores(self, lo: int, hi: int) -> np.ndarray:
+        """Stage 1 for keys ``lo:hi``: ``fl(QK * scale)`` (+ the bias), masked scores -inf."""
         if self.qk_all is not None:
             qk = self.qk_all[..., lo:hi]
-            with np.errstate(over="ignore", invalid="ignore"):
-                s = qk * self.scale
-            if self.inp.keep is not None:
-                s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
-            return s
-        stats = (
-            None
-            if self.k_stats is None
-            else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
-        )
-        qk = matrix_product(
-            self.q,
-            self.kT[..., lo:hi],
-            self.pol.qk,
-            self.dt,
-            a_rounded=True,
-            b_rounded=True,
-            b_stats=stats,
-            b_absmax=self.k_absmax,
-            a_stats=self.q_stats,
-        )
+        else:
+            stats = (
+                None
+                if self.k_stats is None
+                else (self.k_stats[0][..., lo:hi], self.k_stats[1][..., lo:hi])
+            )
+            qk = matrix_product(
+                self.q,
+                self.kT[..., lo:hi],
+                self.pol.qk,
+                self.dt,
+                a_rounded=True,
+                b_rounded=True,
+                b_stats=stats,
+                b_absmax=self.k_absmax,
+                a_stats=self.q_stats,
+            )
         with np.errstate(over="ignore", invalid="ignore"):
             s = qk * self.scale
+            if self.bias is not None:
+                s = s + self.bias[..., lo:hi]
         if self.inp.keep is not None:
             s = np.where(self.inp.keep[..., lo:hi], s, self.dt(-np.inf))
         return s

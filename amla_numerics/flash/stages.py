@@ -30,7 +30,7 @@ import numpy as np
 from amla_numerics.flash.accumulate import matmul as _acc_matmul
 from amla_numerics.flash.policy import MatmulPolicy, Policy
 from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32
-from amla_numerics.rounding import round_to
+from amla_numerics.rounding import bf16_round_bits, round_to
 
 __all__ = [
     "POLY_EXP2_COEFFS",
@@ -226,9 +226,12 @@ def cast(x: np.ndarray, fmt: str | None, mode: str) -> np.ndarray:
     x = np.asarray(x)
     if fmt in SATURATING:
         return cast_saturating(x, fmt, mode)[0]
-    if fmt == "bf16" and x.dtype == np.float32 and mode in _BF16_ADD:
-        return _cast_bf16_fp32(x, mode)
+    if fmt == "bf16" and x.dtype == np.float32 and mode in _BF16_MODES:
+        return bf16_round_bits(x, mode).view(np.float32)  # the same bits, kept as FP32
     return round_to(x, _LOWP[fmt], mode).astype(x.dtype)
+
+
+_BF16_MODES = ("rne", "rna", "rz")
 
 
 def cast_saturating(x: np.ndarray, fmt: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -252,35 +255,6 @@ def cast_saturating(x: np.ndarray, fmt: str, mode: str) -> tuple[np.ndarray, np.
     if sat.any():
         y = np.where(sat, np.copysign(x.dtype.type(f.max_finite), x), y)
     return y, sat
-
-
-# FP32 -> BF16 on the bit pattern, kept as FP32 bits: the magnitude plus a bias, cut at bit 16
-# (rne: 0x7FFF + the kept lsb). The same results as round_to's FP32 -> BF16 paths (correct for
-# normals, subnormals, overflow to inf and infinities); NaN becomes the quiet NaN they give.
-_BF16_ADD = {"rne": None, "rna": 0x8000, "rz": 0}
-
-
-def _cast_bf16_fp32(x: np.ndarray, mode: str) -> np.ndarray:
-    b = x.view(np.uint32)
-    mag = b & np.uint32(0x7FFFFFFF)
-    bias = _BF16_ADD[mode]
-    if bias is None:
-        top = mag >> np.uint32(16)
-        top &= np.uint32(1)
-        top += np.uint32(0x7FFF)
-        top += mag
-    else:
-        top = mag + np.uint32(bias)
-    top &= np.uint32(0xFFFF0000)
-    nan = mag > np.uint32(0x7F800000)
-    if nan.any():  # rne goes through ml_dtypes' cast: the canonical quiet NaN
-        top[nan] = (
-            0x7FC00000
-            if bias is None
-            else ((mag[nan] >> np.uint32(16)) | np.uint32(0x40)) << np.uint32(16)
-        )
-    top |= b & np.uint32(0x80000000)
-    return top.view(np.float32)
 
 
 def round_input(x: np.ndarray, in_format: str) -> np.ndarray:

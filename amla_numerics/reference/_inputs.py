@@ -11,6 +11,7 @@ import ml_dtypes
 import mpmath
 import numpy as np
 
+from amla_numerics.inputs import check_shapes, is_leading_columns, split_mask
 from amla_numerics.rounding import to_fraction
 
 __all__ = ["METHODS", "Problem", "Scale", "check_dps", "prepare"]
@@ -86,28 +87,12 @@ def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
             f"argument '{name}' must be a float array no wider than float64 (float64, "
             f"float32, float16, bfloat16, FP8), got dtype {arr.dtype}"
         )
-    if arr.ndim < 2:
-        raise ValueError(f"argument '{name}' must have at least 2 dimensions, got {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"argument '{name}' is empty (shape {arr.shape})")
     out = arr.astype(np.float64)  # exact for every float dtype up to float64
     if not np.isfinite(out).all():
         raise ValueError(f"argument '{name}' contains NaN or inf")
     return out, prec, arr.dtype.name
-
-
-def _prefix_view(v: Any, k: Any) -> bool:
-    """``v`` occupies the same memory as ``k[..., :Dv]`` (same dtype, strides, start)."""
-    if not (isinstance(v, np.ndarray) and isinstance(k, np.ndarray)):
-        return False
-    return (
-        v.dtype == k.dtype
-        and v.ndim == k.ndim >= 2
-        and v.shape[:-1] == k.shape[:-1]
-        and 0 < v.shape[-1] <= k.shape[-1]
-        and v.strides == k.strides
-        and v.__array_interface__["data"][0] == k.__array_interface__["data"][0]
-    )
 
 
 def make_scale(scale: Any, dk: int) -> Scale:
@@ -138,39 +123,16 @@ def prepare(q: Any, k: Any, v: Any, scale: Any, mask: Any) -> Problem:
     """Check and broadcast; every error names the offending argument."""
     qa, pq, dq = _as_float(q, "q")
     ka, pk, dk_ = _as_float(k, "k")
-    if _prefix_view(v, k):  # v = k[..., :Dv] (MLA): reuse k's conversion, same values
+    if is_leading_columns(v, k):  # v = k[..., :Dv] (MLA): reuse k's conversion, same values
         va, pv, dv = ka[..., : np.shape(v)[-1]], pk, dk_
     else:
         va, pv, dv = _as_float(v, "v")
-    if qa.shape[-1] != ka.shape[-1]:
-        raise ValueError(f"argument 'k' has Dk = {ka.shape[-1]} but 'q' has Dk = {qa.shape[-1]}")
-    if ka.shape[-2] != va.shape[-2]:
-        raise ValueError(f"argument 'v' has N = {va.shape[-2]} rows but 'k' has {ka.shape[-2]}")
-    try:
-        batch = np.broadcast_shapes(qa.shape[:-2], ka.shape[:-2], va.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"leading dimensions of 'q' {qa.shape}, 'k' {ka.shape}, 'v' {va.shape} do not broadcast"
-        ) from None
-    m, n = qa.shape[-2], ka.shape[-2]
-    full = (*batch, m, n)
+    batch, m, n, _, _ = check_shapes(qa, ka, va)
+    keep, bias = split_mask(mask, batch, m, n)
     msk = None
-    if mask is not None:
-        ma = np.asarray(mask)
-        if ma.dtype == bool:
-            ma = np.where(ma, 0.0, -np.inf)
-        elif ma.dtype.kind not in "fiuV":
-            raise TypeError(f"argument 'mask' must be boolean or float, got dtype {ma.dtype}")
-        ma = ma.astype(np.float64)
-        if np.isnan(ma).any() or (ma == np.inf).any():
-            raise ValueError("argument 'mask' contains NaN or +inf (only -inf is allowed)")
-        try:
-            ma = np.broadcast_to(ma, full)
-        except ValueError:
-            raise ValueError(
-                f"argument 'mask' shape {ma.shape} does not broadcast to {full}"
-            ) from None
-        msk = np.ascontiguousarray(ma.reshape(-1, m, n))
+    if keep is not None:  # the fast and mpmath paths take one additive float64 mask
+        add = np.where(keep, 0.0 if bias is None else bias, -np.inf)
+        msk = np.ascontiguousarray(add.reshape(-1, m, n))
     bq = np.broadcast_to(qa, (*batch, *qa.shape[-2:])).reshape(-1, *qa.shape[-2:])
     bk = np.broadcast_to(ka, (*batch, *ka.shape[-2:])).reshape(-1, *ka.shape[-2:])
     bv = np.broadcast_to(va, (*batch, *va.shape[-2:])).reshape(-1, *va.shape[-2:])

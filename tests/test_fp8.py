@@ -26,6 +26,7 @@ from amla_numerics.formats import BF16, E4M3, E5M2, FP32
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import AMLA_VARIANTS, FP8_P_VARIANTS, VARIANTS
 from tests.oracle import oracle_round, pattern_values
+from tests.tolerances import tol
 
 FMTS = {"e4m3": E4M3, "e5m2": E5M2}
 
@@ -219,7 +220,7 @@ def test_reverse_order_recurrence_matches_reference_under_exact_policy():
     pol = get_policy("exact").replace(kv_order="reverse")
     for variant in ("fa_fp32", "fa_fp8", "amla", "amla_fp8", "lazy"):
         res = flash.attention(w.q, w.k, w.v, variant, scale=w.scale, block_n=32, policy=pol)
-        assert np.max(np.abs(res.out - ref)) < 1e-12, variant
+        assert np.max(np.abs(res.out - ref)) <= tol("exact_policy") * np.abs(ref).max(), variant
 
 
 def test_sinks_underflow_forward_not_reverse():

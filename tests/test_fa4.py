@@ -16,7 +16,8 @@ from amla_numerics.flash.fa4 import (
     fma32,
     softmax_scale_log2,
 )
-from amla_numerics.formats import FP32
+from amla_numerics.formats import BF16, FP32
+from amla_numerics.rounding import round_to
 from tests.oracle import oracle_round
 from tests.test_flash_bitexact import ex2_fa4
 from tests.tolerances import tol
@@ -62,11 +63,7 @@ def test_scale_constant_and_masked_scores():
     assert softmax_scale_log2(0.125) == np.float32(0.125 / np.log(2))
     assert ex2_emu(np.float32([-np.inf]))[0] == 0.0
     rng = np.random.default_rng(3)
-    q, k, v = (
-        rng.standard_normal((3, 8)),
-        rng.standard_normal((50, 8)),
-        rng.standard_normal((50, 2)),
-    )
+    q, k, v = (round_to(rng.standard_normal(sh), BF16) for sh in ((3, 8), (50, 8), (50, 2)))
     mask = np.ones((3, 50), bool)
     mask[:, 10:20] = False
     a = flash.attention(q, k, v, "fa4", block_n=16, mask=mask, trace=True)
@@ -76,4 +73,18 @@ def test_scale_constant_and_masked_scores():
     ref = flash.attention(q, k, v, "fa4", block_n=16, mask=mask, policy="exact")
     ref_c = flash.attention(q, k[mask[0]], v[mask[0]], "fa_fp32", block_n=16, policy="exact")
     assert np.max(np.abs(ref.out - ref_c.out)) <= tol("exact_policy") * np.abs(v).max()
+    assert np.max(np.abs(a.out - ref.out)) <= tol("bf16_p_run") * np.abs(v).max()
+
+
+def test_float_bias_takes_the_score_mod_path():
+    """A finite additive bias: scores scaled and biased first, c = log2 e (FA4's score_mod);
+    the run stays close to the exact-policy recurrence (same BF16 inputs)."""
+    rng = np.random.default_rng(5)
+    q, k, v = (round_to(rng.standard_normal(sh), BF16) for sh in ((3, 8), (40, 8), (40, 2)))
+    bias = -0.1 * np.abs(np.arange(40)[None, :] - np.arange(3)[:, None] * 10.0)  # ALiBi-like
+    a = flash.attention(q, k, v, "fa4", block_n=16, mask=bias)
+    ref = flash.attention(q, k, v, "fa_fp32", block_n=16, mask=bias, policy="exact")
+    assert np.isfinite(a.lse).all()
+    # l: the polynomial's relative error per P (and FP32 sums): lse within 2 of it
+    assert np.max(np.abs(a.lse - ref.lse)) <= 2 * FA4_EX2_REL_ERR
     assert np.max(np.abs(a.out - ref.out)) <= tol("bf16_p_run") * np.abs(v).max()

@@ -309,19 +309,15 @@ class _Run:
             self.v = round_input(inp.v, pol.pv.in_format)
         self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
         self.scale = self.dt(inp.scale)
-        if variant == "fa4":  # raw scores; the scale is folded into the exp2's FMA
-            self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
         # an additive score bias, rounded (rne) to the work format once
         self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
-        if (
-            variant == "fa4"
-            and self.bias is not None
-            and np.any(np.isfinite(self.bias) & (self.bias != 0))
-        ):
-            raise ValueError(
-                "variant 'fa4' works on raw (unscaled) scores: argument 'mask' must be boolean "
-                "or a 0/-inf bias"
-            )
+        # fa4: raw scores with the scale folded into the exp2's FMA; with a bias (FA4's
+        # score_mod path) the scores are scaled and biased first and c = log2 e
+        self.fa4_raw = variant == "fa4" and self.bias is None
+        if self.fa4_raw:
+            self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
+        elif variant == "fa4":
+            self.c_log2 = softmax_scale_log2(1.0, self.dt)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
         self.k_stats = self.v_parts = None
@@ -548,7 +544,7 @@ class _Run:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             den = l * sc.r_hat if self.is_amla else l
             out = O / den[..., None]
-            m64 = m.astype(np.float64) * (self.inp.scale if variant == "fa4" else 1.0)
+            m64 = m.astype(np.float64) * (self.inp.scale if self.fa4_raw else 1.0)
             lse = m64 + np.log(l.astype(np.float64))
         tr = self._trace(rec) if self.want_trace else None
         return out, lse, hazards, tr

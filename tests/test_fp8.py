@@ -281,12 +281,17 @@ def test_measured_error_within_bound_fp8_adversarial(variant, delta, s_p, order)
 def test_fp8_bound_terms():
     from amla_numerics.analysis.bounds import a_priori_bound
 
+    u = 2.0**-24
     b = a_priori_bound("fa_fp8", head_dim=64, kv_len=1024)
-    assert b.u_cast == 2.0**-4 and b.p_absolute == 2.0**-10 and not b.p_saturate
+    assert b.u_cast == 2.0**-4 and b.sigma_cast == 2.0**-9 and not b.p_saturate
     pol = get_policy("ascend").replace(p_scale=256.0)
     b = a_priori_bound("fa_fp8", head_dim=64, kv_len=1024, policy=pol)
-    assert b.p_absolute == 2.0**-18 and b.u_cast == 2.0**-4 + 2 * 2.0**-24
+    assert b.sigma_cast == 2.0**-17 and b.u_cast == 2.0**-4 + 2 * u * (1 + 2.0**-4)
+    assert b.p_scale_abs == 2.0**-149
     b = a_priori_bound("amla_fp8", head_dim=64, kv_len=1024, policy=pol.replace(p_scale=448.0))
     assert b.p_saturate  # 448 * r^ can exceed 448
-    assert a_priori_bound("fa_fp32", head_dim=64, kv_len=1024).p_absolute == 2.0**-134
-    assert a_priori_bound("fa_fp8", head_dim=8, kv_len=8, policy="exact").p_absolute == 0.0
+    assert not a_priori_bound("amla_fp8", head_dim=64, kv_len=1024, policy=pol).p_saturate
+    assert a_priori_bound("fa_fp32", head_dim=64, kv_len=1024).sigma_cast == 2.0**-133
+    assert a_priori_bound("fa_fp8", head_dim=8, kv_len=8, policy="exact").sigma_cast == 0.0
+    rev = a_priori_bound("fa_fp8", head_dim=8, kv_len=8, policy=pol.replace(kv_order="reverse"))
+    assert rev.kv_order == "reverse"

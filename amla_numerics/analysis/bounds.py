@@ -1,13 +1,17 @@
-"""A priori error bounds for every rescaling variant, per output element.
+"""Rigorous error bounds for every rescaling variant, per output element.
 
 Each variant's error is bounded as a sum of per-key relative perturbations of the softmax
-weights, one per rounding (or compensation) stage, chained over the KV blocks. The bound is
-*a priori*: it is a function of the head dim ``d``, the KV length ``N``, the block size
-``B``, the formats of the :class:`~amla_numerics.flash.policy.Policy` and magnitudes of the
-data (``|q| |k|`` products, score range, ``sum_i w_i |v_i|``), never of the computed output.
-
-:func:`a_priori_bound` returns a :class:`Bound` (the per-stage coefficients);
-:func:`elementwise_bound` evaluates it on inputs, giving an absolute bound per output element.
+weights, one per rounding (or compensation) stage, chained over the KV blocks, plus a few
+absolute terms (underflow, the ``dn`` clamp). The constants come from the
+:class:`~amla_numerics.flash.policy.Policy` the bound is for (its formats, roundings,
+accumulation models, clamp and bias): :func:`a_priori_bound` returns them as a
+:class:`Bound`. :func:`elementwise_bound` evaluates the bound on inputs: it reads the exact
+(float64) scores to find, per row, the KV blocks where the running max can change (the
+only blocks where a rescale does anything but round, and the only ones where AMLA's
+compensation mismatch or its ``dn`` clamp act), and returns an absolute bound per output
+element. The bound is never NaN; it is ``+inf`` only on rows with no attended key (the
+output is undefined there) or where a relative weight error exceeds ``e**709``.
+The derivation is ``docs/bounds.md``; the Notes of :func:`a_priori_bound` summarise it.
 
 Examples
 --------
@@ -29,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -61,9 +66,11 @@ __all__ = [
 LAMBDA: float = 5.0
 
 _LN2 = math.log(2.0)
-_LOG2E = 1.0 / _LN2
-#: Nats a row max must jump before the kernel's clamp of ``dn`` at -30 under-scales O.
-_CLAMP_NATS = 30.0 * _LN2
+#: Slack on the float64 evaluation of the bound itself (weights, sums, products: relative
+#: errors ~1e-13, far below every term).
+_F64_SLACK = 1.0 + 2.0**-20
+#: Unit roundoff of float64, for the float64 evaluation of the exact scores.
+_U64 = 2.0**-53
 
 
 def _gamma(n: float, u: float) -> float:
@@ -89,20 +96,37 @@ def _accumulation_gamma(model: str, n: int, u: float) -> float:
     raise ValueError(f"unknown accumulation model {model!r}")
 
 
+def _cast_u(fmt: str | None, mode: str) -> float:
+    """Relative error bound of one cast to ``fmt`` in ``mode`` (0: no cast)."""
+    if fmt is None:
+        return 0.0
+    u = get_format(fmt).unit_roundoff
+    return 2.0 * u if mode in ("rz", "ru", "rd") else u
+
+
+def _sigma(fmt: str | None) -> float:
+    """Absolute error bound of one rounding into ``fmt``'s subnormal range (its spacing)."""
+    return 0.0 if fmt is None else get_format(fmt).min_subnormal
+
+
 @dataclass(frozen=True)
 class Bound:
-    """Per-stage coefficients of a variant's error bound (see :func:`a_priori_bound`).
+    """Per-stage constants of a variant's error bound (see :func:`a_priori_bound`).
 
     Attributes
     ----------
     variant : str
     head_dim, kv_len, block_n, blocks : int
-        ``blocks = ceil(kv_len / block_n)``.
+        ``blocks = ceil(kv_len / block_n)`` (1 for ``naive``).
     u_work, u_cast, u_r, u_o : float
         Unit roundoffs of the vector stages, of the P cast as the matrix unit sees it (the
         cast, plus the rounding to the P V input format when the cast's values do not all
         fit it; 0: neither), of AMLA's r^ cast (0: r^ = r) and of O between blocks
-        (``fa_bf16``; 0 otherwise).
+        (``fa_bf16``; 0 otherwise); a directed cast counts twice its format's ``u``.
+    sigma_work, sigma_cast, sigma_o, sigma_pv_out : float
+        Absolute errors of one rounding into the subnormal range of the work format, of
+        the P cast (and P V input re-rounding), of O's storage format and of the P V
+        product's output format (each format's smallest subnormal).
     qk_in, pv_in : str
         The matrix unit's input formats: inputs not representable in them are rounded
         (:func:`elementwise_bound` checks and charges that).
@@ -112,25 +136,44 @@ class Bound:
         Relative bounds of one block's P V tile and one block's row sum.
     exp_u, exp_slope : float
         Relative error of the exponential of ``x``: ``exp_u + exp_slope |x|`` (``u`` and 0
-        when correctly rounded; ``8u`` and ``2u`` for the polynomial exp2 model, whose
-        ``fl(x log2 e)`` with a rounded ``log2 e`` costs ``2u |x|``: docs/numerics.md;
-        ``fa4``: :data:`~amla_numerics.flash.fa4.FA4_EX2_REL_ERR` and ``2u``).
+        when correctly rounded; ``8u`` and ``2u`` for the polynomial exp2 model).
     c : float
-        AMLA's compensation coefficient.
+        AMLA's compensation coefficient (as the work format holds it).
     eps_bias : float
-        The constant added to AMLA's ``eps`` (1e-6 in the kernel).
+        The constant added to AMLA's ``eps`` (the policy's, as the work format holds it).
     tau : float
         Lazy rescale threshold (log2 units).
-    p_absolute : float
-        Absolute error of one element of the P cast, in probability units (the P frame):
-        half the cast format's smallest subnormal (a whole one for ``rz``) divided by the
-        static scale ``S``, times ``sqrt(2) (1 + 2**-7)`` for AMLA (whose cast sees
-        ``P r^`` with ``r^ >= 2**-1/2 (1 - 2**-8)``). 0 without a cast.
+    dn_clamp : int or None
+        The clamp of ``dn`` that this variant's rescale applies (None: none applies).
+    rescale : str
+        The policy's AMLA rescale (``"int_add"`` or ``"exact"``).
+    work, exp_model, r_cast, r_cast_rounding : str
+        The policy's work format, exp model and r^ cast (AMLA's scalars are recomputed
+        from them on the score intervals: see :func:`elementwise_bound`).
+    bias_units : int
+        ``nu_0``: the integer AMLA adds to O's bits at a block where the row max does not
+        change (``rna(fl(eps_bias) 2**23)``: 8 for the kernel's 1e-6; 0 without it).
+    eta_slope, eta_const : float
+        ``|ln(r / (e**m 2**n))| <= eta_slope |m| + eta_const``: the error of AMLA's FP32
+        residual ``r`` (from the rounded constants ``LN2``, ``RECIP_LN2`` and the exp).
+    r_hat_min, r_hat_max : float
+        Bounds of ``r^`` (1 for the FA variants).
     p_saturate : bool
-        Whether the cast may saturate (``S`` times the largest tile value above the cast
-        format's ``max_finite``); then a cast value is only known to lie in ``[0, X]``.
+        Whether the P cast may saturate (an FP8 ``p_cast`` with ``p_scale`` times the
+        largest tile value above its ``max_finite``): a saturated value lies in
+        ``[0, X]``, a relative error up to 1 on top of the others (``1 + alpha`` doubles).
+    p_scale_abs : float
+        Absolute error per output element and block of the removal of a static P scale
+        (``fl(PV' / S)`` rounding into the work format's subnormals; 0 when ``S = 1``).
+    kv_order : {"forward", "reverse"}
+        The policy's block visit order; :func:`elementwise_bound` evaluates a reverse run on
+        the keys reversed (and front-padded with masked keys to whole blocks), which is the
+        same recurrence visited forward.
     terms : dict
-        Named numerator-side coefficients (documentation and the report).
+        Named constants (documentation, the report, tests): ``exp``, ``fold``, ``cast``,
+        ``pv``, ``rowsum``, ``division``, ``bias_step`` (the relative change of O at a
+        block where the max does not move), ``rescale_step`` (the compensation mismatch
+        at a block where it moves, for ``|m| = 0`` and ``dn = 0``).
     """
 
     variant: str
@@ -152,9 +195,24 @@ class Bound:
     c: float = DEFAULT_C
     eps_bias: float = 1e-6
     tau: float = DEFAULT_TAU
-    clamp: bool = True
-    p_absolute: float = 0.0
+    dn_clamp: int | None = -30
+    rescale: str = "int_add"
+    work: str = "fp32"
+    exp_model: str = "cr"
+    r_cast: str | None = "bf16"
+    r_cast_rounding: str = "rna"
+    bias_units: int = 0
+    eta_slope: float = 0.0
+    eta_const: float = 0.0
+    r_hat_min: float = 1.0
+    r_hat_max: float = 1.0
+    sigma_work: float = 0.0
+    sigma_cast: float = 0.0
+    sigma_o: float = 0.0
+    sigma_pv_out: float = 0.0
     p_saturate: bool = False
+    p_scale_abs: float = 0.0
+    kv_order: str = "forward"
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
     def coefficient(self, name: str) -> float:
@@ -162,14 +220,83 @@ class Bound:
         return self.terms[name]
 
     @property
+    def clamp(self) -> bool:
+        """Whether the bound carries the ``dn`` clamp term."""
+        return self.dn_clamp is not None
+
+    @property
     def eps_max(self) -> float:
-        """A priori ``|eps_j|``: ``c |cof_{j-1}/cof_j - 1| + bias`` with ``|cof - 1| <= u_r``."""
-        if self.variant == "amla_nocomp" or self.variant == "amla_exactcomp":
+        """A priori ``|eps_j|`` (0 for the variants that apply no ``eps``)."""
+        if self.variant not in AMLA_VARIANTS or self.rescale != "int_add":
+            return 0.0
+        if self.variant in ("amla_nocomp", "amla_exactcomp"):
             return 0.0
         if self.variant == "amla_fp32r":
-            return self.eps_bias
-        ratio = (1.0 + self.u_r) / (1.0 - self.u_r) - 1.0
-        return self.c * ratio * (1.0 + 4 * self.u_work) + self.eps_bias
+            return abs(self.eps_bias)
+        u = self.u_work
+        dev = self._q_hi * (1.0 + _gamma(3, u)) - 1.0  # |ratio - 1|
+        return (self.c * dev * (1.0 + u) + abs(self.eps_bias)) * (1.0 + u)
+
+    @property
+    def _q_hi(self) -> float:
+        """Largest ``cof_{j-1} / cof_j`` (exact quotient of the exact cofs)."""
+        return (1.0 + self.u_r) / (1.0 - self.u_r)
+
+    def _rho_a(
+        self,
+        dn_max: np.ndarray | float,
+        q_lo: np.ndarray | float | None = None,
+        q_hi: np.ndarray | float | None = None,
+    ) -> np.ndarray | float:
+        """``a`` of AMLA's change-block mismatch ``rho = (1 + a) H - 1`` (docs/bounds.md),
+        for at most ``dn_max`` binades of ``|dnc|`` and ``cof_{j-1}/cof_j`` in
+        ``[q_lo, q_hi]`` (default: the a priori range); 0 for the non-AMLA variants."""
+        v, u = self.variant, self.u_work
+        if v not in AMLA_VARIANTS:
+            return 0.0
+        if q_lo is None or q_hi is None:
+            q_lo, q_hi = 1.0 / self._q_hi, self._q_hi
+        q_lo = np.asarray(q_lo, dtype=np.float64)
+        q_hi = np.asarray(q_hi, dtype=np.float64)
+        mult = (1.0 + _gamma(3, u)) * (1.0 + u) - 1.0  # O * ratio: ratio / q and the multiply
+        nocomp = np.maximum(1.0 / q_lo - 1.0, 1.0 - 1.0 / q_hi)  # |1/q - 1|
+        if self.rescale != "int_add":
+            if v == "amla_nocomp":
+                return nocomp
+            return 0.0 if v == "amla_fp32r" else mult
+        if v == "amla_nocomp":
+            return nocomp
+        if v == "amla_exactcomp":
+            return mult
+        b_abs, e_max, c = abs(self.eps_bias), self.eps_max, self.c
+        x = e_max * (1.0 + u) + u * (1.0 + np.asarray(dn_max, dtype=np.float64))
+        h_hi, h_lo = 1.0 + x, 0.5 / (1.0 + x)
+        if v == "amla_fp32r":  # ratio = 1, eps = fl(bias) exactly
+            return h_hi * (b_abs + u * (b_abs + 1.0))
+        kappa = np.maximum(
+            np.abs(h_hi * c * (1 + u) ** 2 - 1.0), np.abs(h_lo * c * (1 - u) ** 2 - 1.0)
+        )
+        dq = np.maximum(q_hi - 1.0, 1.0 - q_lo)
+        base = (
+            kappa * dq
+            + h_hi * c * (1 + u) ** 2 * q_hi * _gamma(3, u)
+            + h_hi * (b_abs * (1.0 + u) + u * (e_max + 1.0))
+        )
+        a = base / q_lo
+        return np.maximum(a, mult) if v == "amla_guarded" else a
+
+    def _dn_coef(self, dn_max: np.ndarray | float) -> np.ndarray | float:
+        """Coefficient of ``sum |dnc_j|`` (the rounding of ``fl(dnc + eps)``) in AMLA's
+        mismatch, before the factor ``H``; 0 where N is formed without ``eps``."""
+        if (
+            self.variant not in ("amla", "amla_guarded", "amla_fp32r", "amla_fp8")
+            or self.rescale != "int_add"
+        ):
+            return 0.0
+        u = self.u_work
+        x = self.eps_max * (1.0 + u) + u * (1.0 + np.asarray(dn_max, dtype=np.float64))
+        q_lo = 1.0 if self.variant == "amla_fp32r" else 1.0 / self._q_hi
+        return (1.0 + x) * u / q_lo
 
 
 def a_priori_bound(
@@ -182,7 +309,7 @@ def a_priori_bound(
     tau: float = DEFAULT_TAU,
     policy: Any = None,
 ) -> Bound:
-    """The stage coefficients of ``variant``'s error bound.
+    """The stage constants of ``variant``'s error bound under ``policy``.
 
     Parameters
     ----------
@@ -195,8 +322,8 @@ def a_priori_bound(
     tau : float
         The lazy variant's threshold (log2 units).
     policy : Policy or str, optional
-        The emulator's precision policy (default ``"ascend"``): its formats and
-        accumulation models set ``u_work``, ``u_cast``, ``qk_gamma``, ``pv_gamma``.
+        The emulator's precision policy (default ``"ascend"``): every constant is read
+        from it (formats, roundings, accumulation models, ``dn_clamp``, ``eps_bias``).
 
     Returns
     -------
@@ -209,84 +336,83 @@ def a_priori_bound(
 
     Notes
     -----
-    Write ``w_i`` for the exact softmax weights of a row, ``V_i`` for one value column,
-    ``out = sum_i w_i V_i``. If the computed numerator weights are ``w_i (1 + alpha_i)`` and
-    the denominator weights ``w_i (1 + beta_i)`` (both relative to the exact frame), then
-    exactly ``out' - out = (sum w_i alpha_i V_i - out sum w_i beta_i) / sum w_i (1 + beta_i)``,
-    so ``|out' - out| <= (sum_i w_i |alpha_i| |V_i| + |out| sum_i w_i |beta_i|)
-    / (1 - max |beta|)``.
-    Each ``|alpha_i|`` (``|beta_i|``) is bounded by ``t / (1 - t)`` where ``t`` is the sum of
-    the first-order relative errors of every stage key ``i`` goes through (a product of
-    factors ``1 + delta_k`` with ``sum |delta_k| = t < 1`` differs from 1 by at most
-    ``e**t - 1 <= t / (1 - t)``). The stages, with ``u`` the work unit roundoff, ``u_c`` the
-    P cast's, ``k_i`` the number of blocks after key ``i``'s and ``T`` the block count:
+    Full derivation: ``docs/bounds.md``. Write ``w_i`` for the exact softmax weights of a
+    row, ``V_i`` for one value column, ``out = sum_i w_i V_i``. If the computed numerator
+    weights are ``w_i (1 + alpha_i)`` and the denominator weights ``w_i (1 + beta_i)``
+    (relative to the exact ones in a common frame), then
+    ``|out' - out| <= (sum_i w_i |alpha_i| |V_i| + |out| sum_i w_i |beta_i|) / D`` with
+    ``D = max(1 - sum_i w_i |beta_i|, e**-E / L)`` (``L = sum_i e**(s_i - max s) >= 1``,
+    ``E`` the largest score error: the computed ``l`` is at least 1). A product of
+    factors ``1 + delta_k`` with ``sum |delta_k| <= t`` is within ``expm1(t)`` of 1, so
+    ``|alpha_i| <= expm1(t_i)`` with ``t_i`` the sum of the stage terms key ``i`` goes
+    through (``u`` the work unit roundoff, ``u_c`` the cast's):
 
-    * score: ``|s^_i - s_i| <= scale * g_qk * sum|q||k_i| + 2 u |s_i|`` (the dot product,
-      the FP32 scale and the product); a score error ``e`` is a relative weight error
-      ``e**|e| - 1``; the subtraction ``s - m`` adds ``u |s_i - m|`` (``+ tau ln 2`` for
-      ``lazy``, whose stale max may lie below ``s_i``). Common to numerator and denominator.
-    * ``exp``: ``u`` (correctly rounded), or ``(8 + 2 |s_i - m|) u`` for the polynomial
-      exp2 model; common.
-    * numerator only: the AMLA fold ``P r^`` (``u``), the cast (``u_c``; plus the P V input
-      format's unit roundoff when the cast's (or, without a cast, the work format's)
-      values do not all fit it, e.g. an FP16 cast fed to a BF16 matrix unit), the block's
-      P V tile (``g_pv``).
-    * inputs not representable in the matrix unit's input formats: ``2 u_in`` times
-      ``scale sum|q||k|`` on the score, ``u_in`` on V.
-    * denominator only: the block's row sum (``g_rowsum``).
-    * the chain, per later block: ``fa_fp32``/``lazy``: multiply and add, ``2u`` on O and
-      on l (the same computed ``a_j`` scales both and cancels); ``fa_bf16``: plus ``u_o``
-      for O's storage; AMLA: the add on O (``u``) plus the rescale mismatch ``rho`` below,
-      and on l ``3u`` plus ``u |dm_j|`` (l is scaled by the FP32 ``a_j = exp(m_{j-1}-m_j)``
-      while O gets a power of two: the error of ``a_j`` no longer cancels; ``sum |dm_j|`` is
-      at most the row's score range).
-    * AMLA's rescale mismatch per step (AMLA's folding and compensation error): adding
-      ``delta 2**23`` to the bits of ``x = 2**e (1 + f)`` multiplies it by
-      ``1 + delta h`` with ``h in [1/2, 1]`` (``h = 1/(1+f)`` without carry; a carry or
-      borrow stays in the same range), while the intended factor is ``1 + (eps - bias)/c``.
-      So ``rho <= |eps| kappa(c) + bias/c + eps**2 + e_N + 2 eta`` with
-      ``kappa(c) = max(|1 - 1/c|, |1/2 - 1/c|)``, ``|eps| <= c (u_c-ratio) + bias``,
-      ``e_N = 2**-24 + u (|dn| + |eps|)`` (``N`` rounded to an integer, ``dn + eps`` to FP32)
-      and ``eta <= u (2 |m| + 4)`` the error of the FP32 residual ``r = exp(m + n ln 2)``.
-      ``amla_nocomp``: ``rho = |cof ratio - 1| + 2 eta``; ``amla_exactcomp``: ``3u + 2 eta``
-      (the ratio by an FP32 multiply); ``amla_fp32r``: ``cof = 1``, ``rho = bias + e_N + 2eta``.
-    * the FP8 P cast (``fa_fp8``, ``amla_fp8`` or any policy with an FP8 ``p_cast``): the
-      relative ``u_c`` above holds on the cast format's normal range; below it the cast's
-      error is absolute, at most ``p_absolute`` per key in the P frame (the underflow of a
-      probability to 0 included). A key of block ``j`` enters the output with weight
-      ``P_i exp(m_j - m) / l`` and ``exp(m_j - m) <= 1``, ``l >= L (1 - max beta)`` with
-      ``L = sum exp(s - m) = 1 / max_i w_i``: so the numerator gains at most
-      ``p_absolute max_i w_i sum_i |V_i| / (1 - max beta)``. With ``S != 1``: ``2u`` more
-      (the multiply ``fl(X S)`` and the division of the tile by ``S``). A cast that may
-      saturate has relative error up to 1 (``0 <= cast(X) <= X``): ``alpha`` becomes
-      ``1 + 2 alpha``.
-    * the final division: ``u`` (``O / l``), ``2u`` for AMLA (``O / (l r^)``).
-    * the clamp of ``dn`` at -30: when a row max jumps by more than ``30 ln 2`` nats, the old
-      O is under-scaled; its weight in the final frame is at most ``2**-30 N max|V| * 1.5``
-      per jump (``l >= 1`` after a rescale, ``r^ <= 2**(1/2)``): an absolute term.
-    * subnormal probabilities: an absolute ``2 N 2**-133 max|V|``.
+    * common to numerator and denominator: the score error ``e_i`` (dot product, scale,
+      input rounding, float64 evaluation of ``s``), the subtraction ``u |x_i|`` and the
+      exp ``exp_u + exp_slope |x_i|`` with ``|x_i| <= max s - s_i + E + e_i``
+      (``+ tau ln 2`` for ``lazy``);
+    * numerator only: AMLA's fold (``u``), the cast (``u_c``), V's rounding to the matrix
+      unit's format, the block's P V tile (``g_pv``); denominator only: the row sum;
+    * per later block ``j``: the add of the next tile (``u``, both sides). Blocks where
+      the exact scores prove the row max cannot change (``max_{block j}(s + e) <=
+      max_{blocks < j}(s - e)``) rescale by exactly 1 (``a_j = exp(0) = 1``; AMLA:
+      ``n``, ``r^``, ``cof`` unchanged, ``ratio = 1``) except AMLA's bias: the add of
+      ``nu_0 = rna(fl(bias) 2**23)`` (8 units for 1e-6) scales O by ``1 + theta_0``,
+      ``0 < theta_0 <= nu_0 2**-23 (1 + nu_0 2**-23)``, a systematic term. At blocks
+      where the max may change: FA: the multiply (``u``) and ``a_j``'s error
+      ``exp_u + (u + exp_slope) |dm_j|`` (on both sides: it does not cancel between old
+      and new keys); AMLA: on l the same, on O the mismatch ``rho = (1 + a) H - 1``
+      between the add's factor ``2**dnc (1 + h nu 2**-23)`` (``h`` in ``[1/2, 1]`` up
+      to ``1 + |nu| 2**-23``, carries and borrows included) and the exact
+      ``2**dn cof_{j-1}/cof_j`` times ``H = exp(2 eta)``, ``eta <= eta_slope |m| +
+      eta_const`` the FP32 residual's error; ``a`` collects ``kappa |q - 1|`` with
+      ``kappa = max |h c - 1|``, the roundings of the cofs, the ratio and ``eps``, the
+      bias and ``u (1 + |eps|)`` from N's rounding, plus ``u |dnc_j|`` per block
+      (``sum |dnc_j|`` over the later blocks bounded from the exact scores).
+    * the clamp (``dn_j < dn_clamp``): O is scaled by ``2**dn_clamp`` instead of
+      ``2**dn_j``: the keys before block ``j`` are over-weighted by
+      ``K_j = 2**(dn_clamp - dn_j)`` with ``dn_j >= n_j^lo - n_{j-1}^hi``, ``n`` bounded
+      at BOTH ends of the jump from the score interval of the running max (the kernel's
+      own ``rna(fl(-m RECIP_LN2))``). Added as the absolute term
+      ``sum_i w_i (1 + alpha_i) (K_i - 1) |V_i|`` (``K_i`` the product over the clamped
+      blocks after key ``i``'s), evaluated as ``exp(s_i - lse + ln K_i)``: finite even
+      when ``w_i`` underflows. ``amla_guarded`` (which multiplies where the add would be
+      clamped) and policies without a clamp get none.
+    * the final division: ``u`` (``O / l``), ``gamma_2`` for AMLA (``O / fl(l r^)``).
+    * underflow (absolute): each rounding into a subnormal range costs that format's
+      smallest subnormal: the exp, the fold and the cast per key, the P V output and
+      O's storage per block, ``a_j`` and l per change block.
 
-    The probabilistic bound (``kind="probabilistic"``) replaces every count ``n`` of
-    rounding errors of size ``u`` by ``LAMBDA sqrt(n)`` (Higham & Mary 2019), and the sums
-    over keys ``sum_i w_i alpha_i |V_i|`` by ``LAMBDA sqrt(sum_i (w_i alpha_i V_i)**2)``
-    (each key's errors independent and mean-zero): it holds with high probability under
-    that model, not always, so a ratio above 1 against it is reported, never fatal.
-    Hazards of the integer add (zero, subnormal, underflow) are outside the model: the
-    report counts them and does not hold such records to the bound.
+    The probabilistic bound (``kind="probabilistic"``) keeps every systematic term linear
+    (AMLA's bias, its compensation mismatch, the clamp, ``a_j``'s error, the scale's
+    rounding), counts the per-block roundings as ``LAMBDA sqrt(n)`` (Higham & Mary 2019)
+    and adds the per-key independent roundings (exp, cast, fold, dot products) over the
+    keys in quadrature: it holds with high probability under that model, not always, so
+    a ratio above 1 against it is reported, never fatal. Hazards of the integer add
+    (zero, subnormal, underflow, sign borrow, overflow) are outside the model: the
+    report excludes the elements they touch.
     """
     variant = check_variant(variant)
     for arg, value in (("head_dim", head_dim), ("kv_len", kv_len), ("block_n", block_n)):
-        if not isinstance(value, int | np.integer) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"argument {arg!r} must be an integer >= 1, got {value!r}")
     c = check_c(c)
     tau = check_tau(tau)
     pol = _resolve_policy(policy, variant)
-    u = get_format(pol.work).unit_roundoff
-    u_cast = get_format(pol.p_cast).unit_roundoff if pol.p_cast else 0.0
+    work = get_format(pol.work)
+    u = work.unit_roundoff
+    amla = variant in AMLA_VARIANTS
+    u_cast = _cast_u(pol.p_cast, pol.p_cast_rounding)
+    sigma_cast = _sigma(pol.p_cast)
     if not _contains(pol.pv.in_format, pol.p_cast or pol.work):  # P re-rounded for the matmul
-        u_cast += get_format(pol.pv.in_format).unit_roundoff * (1.0 + u_cast)
-    u_r = get_format(pol.r_cast).unit_roundoff if pol.r_cast else 0.0
-    u_o = get_format(pol.o_lowp).unit_roundoff if (variant == "fa_bf16" and pol.o_lowp) else 0.0
+        u_in = get_format(pol.pv.in_format).unit_roundoff
+        u_cast = u_cast + u_in * (1.0 + u_cast)
+        sigma_cast = sigma_cast * (1.0 + u_in) + _sigma(pol.pv.in_format)
+    u_r = 0.0
+    if amla and variant != "amla_fp32r" and pol.r_cast is not None:
+        u_r = _cast_u(pol.r_cast, pol.r_cast_rounding)
+    fa_bf16 = variant == "fa_bf16" and pol.o_lowp is not None
+    u_o = _cast_u(pol.o_lowp, pol.o_lowp_rounding) if fa_bf16 else 0.0
     b = int(kv_len) if variant == "naive" else int(block_n)
     blocks = 1 if variant == "naive" else -(-int(kv_len) // int(block_n))
     qk_u = get_format(pol.qk.out_format).unit_roundoff
@@ -295,16 +421,41 @@ def a_priori_bound(
     pv_gamma = _accumulation_gamma(pol.pv.accumulation.model, b, pv_u)
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
-    p_abs, p_sat, scale_u = _p_cast_terms(pol, variant, float(tau), u)
+    sigma_work = work.min_subnormal
     if variant == "fa4" and pol.work == "fp32":
-        # FA4's exp2: polynomial + FMA roundings (FA4_EX2_REL_ERR), the FMA's and the
-        # constant c's roundings (2u |s - m|) and that of m c (u |m| <= u |s| + u |s - m|,
-        # inside the score's 2u |s|); x < -126 gives a subnormal pattern: absolute 2**-125
+        # FA4's exp2 (docs/numerics.md section 13): FA4_EX2_REL_ERR for x >= -126; the
+        # FMA's and c's roundings (2u |x| in nats: exp_slope) and that of fl(m c) (u |m|,
+        # inside the score's systematic 2u |s| plus u |s - m|); below 2**-126 the result is
+        # a subnormal pattern or 0, off by < 2**-126: sigma_work raised to 2**-125 (it only
+        # enlarges every subnormal term)
         from amla_numerics.flash.fa4 import FA4_EX2_REL_ERR
 
         exp_u, exp_slope = FA4_EX2_REL_ERR, 2.0 * u
-        p_abs += 2.0**-125
-    u_cast += scale_u
+        sigma_work = max(sigma_work, 2.0**-125)
+    p_sat, p_scale_abs, sigma_cast, u_cast = _p_scale_terms(
+        pol, variant, float(tau), sigma_cast, u_cast
+    )
+    consts = _work_constants(pol.work)
+    c_w, bias_w = consts["round"](c), consts["round"](float(pol.eps_bias))
+    # AMLA's residual r = exp(fl(fl(fl(m RECIP) + n) LN2)): |ln(r / (e**m 2**n))| <= eta
+    rho_r, rho_l = consts["recip_err"], consts["ln2_err"]
+    t3_max = 0.5 * _LN2 * (1.0 + rho_l) * (1.0 + u) + work.min_subnormal
+    d_exp = exp_u + exp_slope * t3_max
+    eta_slope = rho_r + u * (1.0 + rho_r)
+    eta_const = (
+        0.5 * _LN2 * (rho_l + u * (1.0 + rho_l)) + 2.0 * work.min_subnormal - math.log1p(-d_exp)
+    )
+    r_min, r_max = 1.0, 1.0
+    if amla:
+        r_lo, r_hi = math.exp(-t3_max) * (1.0 - d_exp), math.exp(t3_max) * (1.0 + d_exp)
+        u_rc = _cast_u(pol.r_cast, pol.r_cast_rounding) if variant != "amla_fp32r" else 0.0
+        r_min, r_max = r_lo * (1.0 - u_rc), r_hi * (1.0 + u_rc)
+    clamp = pol.dn_clamp if amla else None
+    if variant == "amla_guarded" and pol.rescale == "int_add":
+        clamp = None  # the guard multiplies by the exact 2**dn where the add would clamp
+    nu0 = 0
+    if amla and pol.rescale == "int_add" and variant not in ("amla_nocomp", "amla_exactcomp"):
+        nu0 = int(consts["rna_units"](bias_w))
     bound = Bound(
         variant=variant,
         head_dim=int(head_dim),
@@ -322,46 +473,124 @@ def a_priori_bound(
         rowsum_gamma=rowsum_gamma,
         exp_u=exp_u,
         exp_slope=exp_slope,
-        c=float(c),
-        eps_bias=float(pol.eps_bias),
+        c=c_w,
+        eps_bias=bias_w,
         tau=float(tau),
-        clamp=pol.dn_clamp is not None and pol.rescale == "int_add",
-        p_absolute=p_abs,
+        dn_clamp=clamp,
+        rescale=pol.rescale,
+        work=pol.work,
+        exp_model=pol.exp,
+        r_cast=None if variant == "amla_fp32r" else pol.r_cast,
+        r_cast_rounding=pol.r_cast_rounding,
+        bias_units=nu0,
+        eta_slope=eta_slope if amla else 0.0,
+        eta_const=eta_const if amla else 0.0,
+        r_hat_min=r_min,
+        r_hat_max=r_max,
+        sigma_work=sigma_work,
+        sigma_cast=sigma_cast,
+        sigma_o=_sigma(pol.o_lowp) if fa_bf16 else 0.0,
+        sigma_pv_out=_sigma(pol.pv.out_format),
         p_saturate=p_sat,
+        p_scale_abs=p_scale_abs,
+        kv_order="forward" if variant == "naive" else pol.kv_order,
     )
+    nu_rel = abs(nu0) * 2.0**-23
     terms = {
         "exp": exp_u,
-        "fold": u if variant in AMLA_VARIANTS else 0.0,
+        "fold": u if amla else 0.0,
         "cast": u_cast,
         "pv": pv_gamma,
         "rowsum": rowsum_gamma,
-        "rescale_step": _rho_const(bound),
-        "division": 2 * u if variant in AMLA_VARIANTS else u,
+        "bias_step": nu_rel * (1.0 + nu_rel),
+        "rescale_step": float(
+            (1.0 + bound._rho_a(0.0)) * math.exp(2.0 * bound.eta_const) - 1.0 if amla else 0.0
+        ),
+        "division": _gamma(2, u) if amla else u,
     }
     return dataclasses.replace(bound, terms=terms)
 
 
 def _resolve_policy(policy: Any, variant: str):
-    # the policy record and the variant's FP8 P cast, not the emulator
+    # the policy record and the variant's FP8 P cast (flash.fp8), not the emulator
     from amla_numerics.flash.fp8 import variant_policy
     from amla_numerics.flash.policy import get_policy
 
     return variant_policy(get_policy(policy), variant)
 
 
-def _p_cast_terms(pol: Any, variant: str, tau: float, u: float) -> tuple[float, bool, float]:
-    """(p_absolute, p_saturate, extra relative error of the static scale) of the P cast."""
+def _p_scale_terms(
+    pol: Any, variant: str, tau: float, sigma_cast: float, u_cast: float
+) -> tuple[bool, float, float, float]:
+    """The static P scale ``S`` and the FP8 saturation: (p_saturate, p_scale_abs,
+    sigma_cast, u_cast). The cast sees ``fl(X S)``: its subnormal spacing is ``sigma / S``
+    in the P frame; ``S != 1`` adds the multiply's and the division's roundings (``2u``
+    relative, one subnormal spacing of ``W`` absolute per block). Saturation is possible
+    when ``S`` times the largest tile value (1; ``2**(tau + 1)`` with a stale max; AMLA's
+    ``P r^ <= 2**(1/2) (1 + 2**-7)``) exceeds the cast format's ``max_finite``."""
+    work = get_format(pol.work)
+    u = work.unit_roundoff
     s = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
-    scale_u = 0.0 if s == 1.0 else 2.0 * u
-    if pol.p_cast is None:
-        return 0.0, False, scale_u
-    fmt = get_format(pol.p_cast)
-    tiny = fmt.min_subnormal * (1.0 if pol.p_cast_rounding == "rz" else 0.5)
-    amla = variant in AMLA_VARIANTS
-    frame = math.sqrt(2.0) * (1.0 + 2.0**-7) if amla else 1.0
-    top = 2.0**tau if variant in ("lazy", "fa4") else 1.0  # the largest P (lazy: stale max)
-    biggest = s * top * frame * (1.0 + 4.0 * u)
-    return tiny / s * frame, biggest > fmt.max_finite, scale_u
+    p_scale_abs = 0.0
+    if s != 1.0:
+        u_cast = u_cast + 2.0 * u * (1.0 + u_cast)
+        sigma_cast = sigma_cast / s
+        p_scale_abs = work.min_subnormal
+    sat = False
+    if pol.p_cast is not None and get_format(pol.p_cast).name in ("e4m3", "e5m2"):
+        top = 2.0 ** (tau + 1.0) if variant in ("lazy", "fa4") else 1.0
+        if variant in AMLA_VARIANTS:
+            top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
+        sat = s * top * (1.0 + 4.0 * u) > get_format(pol.p_cast).max_finite
+    return sat, p_scale_abs, sigma_cast, u_cast
+
+
+@lru_cache(maxsize=4)
+def _work_constants(work: str) -> dict[str, Any]:
+    """The kernel constants' relative errors in ``work`` and the exact rounding helpers.
+
+    ``ln2_err = |LN2 / ln 2 - 1|`` and ``recip_err = |RECIP_LN2 ln 2 - 1|`` with
+    ``LN2 = fl(ln 2)``, ``RECIP_LN2 = fl(1 / LN2)`` (as :func:`flash.stages.constants`),
+    evaluated exactly with mpmath.
+    """
+    import mpmath
+
+    from amla_numerics.flash.policy import Policy
+    from amla_numerics.flash.stages import constants, rna_int
+
+    pol = Policy(work=work, rescale="exact" if work != "fp32" else "int_add")
+    k = constants(pol)
+    dt = type(k["LN2"])
+    with mpmath.workprec(200):
+        ln2 = mpmath.log(2)
+        ln2_err = abs(mpmath.mpf(float(k["LN2"])) / ln2 - 1)
+        recip_err = abs(mpmath.mpf(float(k["RECIP_LN2"])) * ln2 - 1)
+        # round the errors up to float64
+        ln2_err_f = float(ln2_err) * (1 + 2.0**-50)
+        recip_err_f = float(recip_err) * (1 + 2.0**-50)
+
+    def rnd(x: float) -> float:
+        return float(dt(x))
+
+    def rna_units(eps: float) -> float:
+        return float(rna_int(np.asarray(dt(eps) * k["TWO23"])))
+
+    def n_of(m: np.ndarray) -> np.ndarray:
+        """AMLA's ``n = rna(fl(-m RECIP_LN2))`` for work-format values ``m`` (-inf: 0)."""
+        m = np.asarray(m, dtype=dt)
+        with np.errstate(invalid="ignore", over="ignore"):
+            m_eff = np.where(np.isfinite(m), m, dt(0))
+            return np.asarray(rna_int(m_eff * (-k["RECIP_LN2"])), dtype=np.float64)
+
+    return {
+        "ln2_err": ln2_err_f,
+        "recip_err": recip_err_f,
+        "round": rnd,
+        "rna_units": rna_units,
+        "n_of": n_of,
+        "dtype": dt,
+        "k": k,
+    }
 
 
 def _contains(outer: str, inner: str) -> bool:
@@ -380,31 +609,40 @@ def _representable(x: Any, fmt: str) -> bool:
     if src is not None and _contains(fmt, src):
         return True
     x64 = x.astype(np.float64)
+    if fmt in ("fp32", "bf16"):  # float64 -> float32 is a correctly rounded cast
+        with np.errstate(over="ignore"):
+            x32 = x64.astype(np.float32)
+        if not np.array_equal(x32.astype(np.float64), x64):
+            return False
+        # BF16 = FP32 with the low 16 significand bits zero (same exponent range)
+        return fmt == "fp32" or not np.any(x32.view(np.uint32) & np.uint32(0xFFFF))
     return bool(np.array_equal(np.asarray(round_to(x64, get_format(fmt)), dtype=np.float64), x64))
 
 
-def _kappa(c: float) -> float:
-    return max(abs(1.0 - 1.0 / c), abs(0.5 - 1.0 / c))
+def _mask_parts(
+    mask: Any, causal: bool, shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(keep, bias)`` of ``mask``/``causal`` as the emulator reads them
+    (:func:`amla_numerics.inputs.split_mask`), broadcast to ``shape`` (..., M, N)."""
+    from amla_numerics.inputs import split_mask  # one meaning of a mask
 
-
-def _rho_const(b: Bound) -> float:
-    """The data-independent part of AMLA's per-step rescale mismatch (0 for the others)."""
-    if b.variant not in AMLA_VARIANTS:
-        return 0.0
-    u = b.u_work
-    if b.variant == "amla_nocomp":
-        return (1.0 + b.u_r) / (1.0 - b.u_r) - 1.0
-    if b.variant == "amla_exactcomp":
-        return 3.0 * u
-    eps = b.eps_max
-    kappa = 1.0 if b.variant == "amla_fp32r" else _kappa(b.c)
-    return eps * kappa + b.eps_bias / b.c + eps * eps + 2.0**-24 + u * eps
+    keep, bias = split_mask(mask, shape[:-2], shape[-2], shape[-1])
+    if causal:
+        m, n = shape[-2], shape[-1]
+        tri = np.arange(n)[None, :] <= np.arange(m)[:, None] + (n - m)
+        keep = tri if keep is None else keep & tri
+    keep = None if keep is None else np.broadcast_to(keep, shape)
+    return keep, None if bias is None else np.broadcast_to(bias, shape)
 
 
 def softmax_weights(
-    q: Any, k: Any, scale: float, mask: Any = None
+    q: Any, k: Any, scale: float, mask: Any = None, *, causal: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Float64 scores ``scale q k^T`` and softmax weights (an approximation, for the bounds).
+
+    ``mask`` is a boolean keep-mask or an additive float bias (``-inf`` masks), ``causal``
+    the emulator's bottom-right aligned causal mask (:mod:`amla_numerics.inputs`). Masked
+    scores are ``-inf`` and their weights 0; a row with no attended key has weights 0.
 
     Returns
     -------
@@ -414,11 +652,17 @@ def softmax_weights(
     q64 = np.asarray(q).astype(np.float64)
     k64 = np.asarray(k).astype(np.float64)
     s = float(scale) * (q64 @ np.swapaxes(k64, -1, -2))
-    if mask is not None:
-        s = s + np.asarray(mask, dtype=np.float64)
+    keep, bias = _mask_parts(mask, causal, s.shape)
+    if bias is not None:
+        s = s + bias
+    if keep is not None:
+        s = np.where(keep, s, -np.inf)
     m = np.max(s, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
     w = np.exp(s - m)
-    w /= np.sum(w, axis=-1, keepdims=True)
+    tot = np.sum(w, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(tot > 0, w / np.where(tot > 0, tot, 1.0), 0.0)
     return s, w
 
 
@@ -426,9 +670,11 @@ def softmax_weights(
 class BoundInputs:
     """What the bounds need of one set of inputs, computed once (see :func:`bound_inputs`).
 
-    All arrays are float64: scores ``s``, softmax weights ``w`` (``(..., M, N)``), the
-    magnitudes ``qk_abs = scale |q| |k|^T``, ``|v|``, ``v**2``, ``|out| = |w v|`` and the
-    column maxima of ``|v|``.
+    All arrays are float64: scores ``s`` (``-inf`` where masked), softmax weights ``w``
+    (``(..., M, N)``), the magnitudes ``qk_abs = scale |q| |k|^T``, ``|v|``, ``v**2``,
+    ``|out| = |w v|``, the column maxima and sums of ``|v|``, the per-row ``lse`` of the
+    scores, the row/key 1-norms of q and k (for input rounding into subnormals) and
+    ``|b|`` of an additive bias mask (None: none; the scores include the bias).
     """
 
     head_dim: int
@@ -442,14 +688,43 @@ class BoundInputs:
     v_max: np.ndarray = field(repr=False)
     qk_formats: frozenset[str] = frozenset()
     v_formats: frozenset[str] = frozenset()
+    scale: float = 1.0
+    lse: np.ndarray | None = field(default=None, repr=False)
+    v_sum: np.ndarray | None = field(default=None, repr=False)
+    qk_l1: np.ndarray | None = field(default=None, repr=False)
+    masked: bool = False
+    bias_abs: np.ndarray | None = field(default=None, repr=False)
 
 
 #: The matrix-unit input formats checked for exact representability of the inputs.
 _IN_FORMATS = ("bf16", "fp16", "fp32", "fp64")
 
 
-def bound_inputs(q: Any, k: Any, v: Any, scale: float) -> BoundInputs:
+def bound_inputs(
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: float | None = None,
+    *,
+    mask: Any = None,
+    causal: bool = False,
+) -> BoundInputs:
     """Precompute the input-dependent quantities of :func:`elementwise_bound` once.
+
+    Parameters
+    ----------
+    q, k, v : array_like
+        ``(..., M, d)``, ``(..., N, d)``, ``(..., N, dv)`` (any real dtype; leading dims
+        broadcast), finite.
+    scale : float, optional
+        The softmax scale (default ``1/sqrt(d)``, as the emulator's).
+    mask, causal
+        As :func:`amla_numerics.flash.attention` reads them.
+
+    Raises
+    ------
+    ValueError, TypeError
+        The emulator's checks of shapes, values and mask (one sentence naming the argument).
 
     Examples
     --------
@@ -459,24 +734,56 @@ def bound_inputs(q: Any, k: Any, v: Any, scale: float) -> BoundInputs:
     >>> bi.w.shape, sorted(bi.v_formats)
     ((2, 5), ['fp64'])
     """
-    q64 = np.asarray(q).astype(np.float64)
-    k64 = np.asarray(k).astype(np.float64)
-    v64 = np.asarray(v).astype(np.float64)
-    s, w = softmax_weights(q64, k64, scale)
-    v_abs = np.abs(v64)
-    fits = {name: _representable(q, name) and _representable(k, name) for name in _IN_FORMATS}
+    from amla_numerics.flash._inputs import check_inputs  # the emulator's argument checks
+
+    inp = check_inputs(
+        q, k, v, scale=scale, block_n=1, mask=mask, causal=causal, c=DEFAULT_C, tau=DEFAULT_TAU
+    )
+    scale = inp.scale
+    q64 = np.asarray(inp.q).astype(np.float64)
+    k64 = np.asarray(inp.k).astype(np.float64)
+    v64 = np.asarray(inp.v).astype(np.float64)
+    s = scale * (q64 @ np.swapaxes(k64, -1, -2))
+    masked = inp.keep is not None
+    bias_abs = None
+    if inp.bias is not None:
+        bias = np.broadcast_to(np.asarray(inp.bias, dtype=np.float64), s.shape)
+        s = s + bias
+        bias_abs = np.abs(bias)
+    if inp.keep is not None:
+        s = np.where(inp.keep, s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True)
+    m0 = np.where(np.isfinite(m), m, 0.0)
+    w = np.exp(s - m0)
+    tot = np.sum(w, axis=-1, keepdims=True)
+    ok = tot > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(ok, w / np.where(ok, tot, 1.0), 0.0)
+        lse = np.where(ok, m0 + np.log(np.where(ok, tot, 1.0)), -np.inf)
+    v_t = np.ascontiguousarray(np.swapaxes(v64, -1, -2))  # (..., Dv, N): see _mm
+    v_abs = np.swapaxes(np.abs(v_t), -1, -2)
+    fits = {
+        name: _representable(inp.q, name) and _representable(inp.k, name) for name in _IN_FORMATS
+    }
+    qa, ka = np.abs(q64), np.abs(k64)
     return BoundInputs(
         head_dim=int(q64.shape[-1]),
         kv_len=int(k64.shape[-2]),
         s=s,
         w=w,
-        qk_abs=float(scale) * (np.abs(q64) @ np.swapaxes(np.abs(k64), -1, -2)),
+        qk_abs=abs(scale) * (qa @ np.swapaxes(ka, -1, -2)),
         v_abs=v_abs,
-        v_sq=v64**2,
-        out_abs=np.abs(w @ v64),
+        v_sq=np.swapaxes(v_t * v_t, -1, -2),
+        out_abs=np.abs(_mm(w, np.swapaxes(v_t, -1, -2))),
         v_max=np.max(v_abs, axis=-2, keepdims=True),
-        qk_formats=frozenset(n for n, ok in fits.items() if ok),
-        v_formats=frozenset(n for n in _IN_FORMATS if _representable(v, n)),
+        qk_formats=frozenset(n for n, good in fits.items() if good),
+        v_formats=frozenset(n for n in _IN_FORMATS if _representable(inp.v, n)),
+        scale=float(scale),
+        lse=lse,
+        v_sum=np.sum(v_abs, axis=-2, keepdims=True),
+        qk_l1=abs(scale) * (np.sum(qa, axis=-1)[..., :, None] + np.sum(ka, axis=-1)[..., None, :]),
+        masked=masked,
+        bias_abs=bias_abs,
     )
 
 
@@ -488,6 +795,8 @@ def elementwise_bound(
     scale: float | None = None,
     *,
     kind: str = "deterministic",
+    mask: Any = None,
+    causal: bool = False,
 ) -> np.ndarray:
     """Evaluate ``bound`` on inputs: an absolute error bound for every output element.
 
@@ -499,20 +808,25 @@ def elementwise_bound(
         ``(M, d)``, ``(N, d)``, ``(N, dv)`` (any float dtype; leading dims broadcast).
         Or pass a :class:`BoundInputs` as ``q`` alone, to evaluate several bounds on the
         same inputs without recomputing their statistics.
-    scale : float
-        The softmax scale (with arrays).
+    scale : float, optional
+        The softmax scale (with arrays; default ``1/sqrt(d)``).
     kind : {"deterministic", "probabilistic"}
         See the Notes of :func:`a_priori_bound`.
+    mask, causal
+        With arrays: the attention mask, as :func:`amla_numerics.flash.attention` reads it.
 
     Returns
     -------
     numpy.ndarray
-        float64, shape ``(..., M, dv)``.
+        float64, shape ``(..., M, dv)``, never NaN: ``+inf`` on rows with no attended key
+        (their output is undefined) and where a weight's relative error bound exceeds
+        ``e**709`` (scores beyond ~1e31).
 
     Notes
     -----
-    The weights ``w_i`` are evaluated in float64 (relative error ~1e-13, far below every
-    term); the bound is then inflated by ``1 + 2**-20`` to cover that evaluation.
+    The exact scores decide, per row and KV block, whether the running max can change
+    (near-ties count as changes); the weights and sums are evaluated in float64 (relative
+    error ~1e-13, far below every term) and the bound is then inflated by ``1 + 2**-20``.
     """
     if kind not in ("deterministic", "probabilistic"):
         raise ValueError(
@@ -522,89 +836,342 @@ def elementwise_bound(
         raise TypeError(f"argument 'bound' must be a Bound, got {type(bound).__name__}")
     if isinstance(q, BoundInputs):
         x = q
-    elif k is None or v is None or scale is None:
-        raise TypeError("pass q, k, v and scale, or a BoundInputs as q alone")
+    elif k is None or v is None:
+        raise TypeError("pass q, k, v (and scale), or a BoundInputs as q alone")
     else:
-        x = bound_inputs(q, k, v, scale)
+        x = bound_inputs(q, k, v, scale, mask=mask, causal=causal)
     if x.kv_len != bound.kv_len or x.head_dim != bound.head_dim:
         raise ValueError(
             f"inputs (d={x.head_dim}, N={x.kv_len}) do not match the bound "
             f"(d={bound.head_dim}, N={bound.kv_len})"
         )
-    prob = kind == "probabilistic"
+    if bound.kv_order == "reverse" and bound.blocks > 1:
+        x = _reverse_keys(x, bound.blocks * bound.block_n)
+    return _evaluate(bound, x, kind == "probabilistic")
+
+
+def _reverse_keys(x: BoundInputs, n_pad: int) -> BoundInputs:
+    """``x`` with its keys reversed and ``n_pad - N`` masked keys in front: visiting its
+    blocks forward is visiting the original blocks last to first (same boundaries)."""
+    extra = n_pad - x.kv_len
+
+    def rev(a: np.ndarray | None, axis: int, fill: float) -> np.ndarray | None:
+        if a is None or a.shape[axis] == 1:
+            return a
+        a = np.flip(a, axis=axis)
+        shape = list(a.shape)
+        shape[axis] = extra
+        return np.concatenate([np.full(shape, fill), a], axis=axis)
+
+    return dataclasses.replace(
+        x,
+        kv_len=n_pad,
+        s=rev(x.s, -1, -np.inf),
+        w=rev(x.w, -1, 0.0),
+        qk_abs=rev(x.qk_abs, -1, 0.0),
+        v_abs=rev(x.v_abs, -2, 0.0),
+        v_sq=rev(x.v_sq, -2, 0.0),
+        qk_l1=rev(x.qk_l1, -1, 0.0),
+        bias_abs=rev(x.bias_abs, -1, 0.0),
+        masked=x.masked or extra > 0,
+    )
+
+
+def _blocked(a: np.ndarray, t: int, bn: int, fill: float) -> np.ndarray:
+    """(..., N) -> (..., T, B), padding the last block with ``fill``."""
+    n = a.shape[-1]
+    if t * bn != n:
+        pad = np.full((*a.shape[:-1], t * bn - n), fill)
+        a = np.concatenate([a, pad], axis=-1)
+    return a.reshape(*a.shape[:-1], t, bn)
+
+
+def _after(a: np.ndarray) -> np.ndarray:
+    """Per block b, the sum of ``a`` over the blocks strictly after b (last axis)."""
+    tot = np.cumsum(a[..., ::-1], axis=-1)[..., ::-1]
+    return tot - a
+
+
+def _to_keys(a: np.ndarray, bn: int, n: int) -> np.ndarray:
+    """(..., T) per-block values -> (..., N) per key."""
+    return np.repeat(a, bn, axis=-1)[..., :n]
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for ``a`` (..., M, N) and ``b`` (..., N, Dv), computed as ``(b^T a^T)^T``:
+    the same sums, but a long ``N`` as the inner dimension of a BLAS product with the
+    small ``M`` outside is pathologically slow under multithreaded OpenBLAS on a loaded
+    machine (seconds instead of milliseconds); ``b`` is best a transposed view of a
+    C-contiguous (..., Dv, N) array (as :func:`bound_inputs` stores ``|v|``)."""
+    return np.swapaxes(np.swapaxes(b, -1, -2) @ np.swapaxes(a, -1, -2), -1, -2)
+
+
+def _weighted_sum(wa: np.ndarray, v_abs: np.ndarray) -> np.ndarray:
+    """``wa @ v_abs`` where an infinite (or undefined 0 * inf) ``wa`` entry meeting a
+    non-zero ``|V|`` gives +inf and meeting a zero gives 0 (never NaN)."""
+    bad = ~np.isfinite(wa)
+    if not bad.any():
+        return _mm(wa, v_abs)
+    res = _mm(np.where(bad, 0.0, wa), v_abs)
+    hit = _mm(bad.astype(np.float64), (v_abs > 0).astype(np.float64)) > 0
+    return np.where(hit, np.inf, res)
+
+
+def _times(a: Any, b: Any) -> np.ndarray:
+    """``a * b`` with ``0 * inf = 0`` (a zero factor is an exact zero here)."""
+    with np.errstate(invalid="ignore"):
+        r = np.multiply(a, b)
+    return np.where(np.isnan(r), 0.0, r)
+
+
+def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
+    u, n_keys = b.u_work, x.kv_len
+    s, w = x.s, x.w
+    fin = np.isfinite(s)  # attended keys
+    s0 = np.where(fin, s, 0.0)
+    amla = b.variant in AMLA_VARIANTS
+    lazy = b.variant in ("lazy", "fa4")  # a stale max: P up to 2**tau
 
     def count(n: np.ndarray | float) -> np.ndarray | float:
         """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""
         return np.minimum(n, LAMBDA * np.sqrt(n)) if prob else n
 
-    b, u = bound, bound.u_work
-    s, w, qk_abs = x.s, x.w, x.qk_abs
-    n_keys = s.shape[-1]
-    m = np.max(s, axis=-1, keepdims=True)
-    srange = m - np.min(s, axis=-1, keepdims=True)  # >= sum_j |dm_j| for every key
-    abs_s = np.abs(s)
-    block = np.arange(n_keys) // b.block_n if b.variant != "naive" else np.zeros(n_keys, int)
-    later = (b.blocks - 1 - block).astype(np.float64)  # k_i: rescales after key i's block
-    own_add = (block > 0).astype(np.float64)  # key i's tile is added to an existing O
+    # --- score error e_i (absolute, nats): dot product, input rounding, scale, float64 s
+    d = x.head_dim
+    qk_in = get_format(b.qk_in)
+    k_in = 0.0 if b.qk_in in x.qk_formats else qk_in.unit_roundoff
+    g_qk = b.qk_gamma * (1.0 + k_in) ** 2
+    if prob:
+        g_qk = _prob_scale(g_qk, d, u)
+    coef_qk = (1.0 + u) ** 2 * (g_qk + 2.0 * k_in + k_in * k_in) + _gamma(d + 2, _U64)
+    s_qk = np.abs(s0)  # |scale q.k|: with a bias b, at most min(|s| + |b|, scale |q||k|)
+    b_abs = None if x.bias_abs is None else np.where(fin, x.bias_abs, 0.0)
+    if b_abs is not None:
+        s_qk = np.minimum(s_qk + b_abs, x.qk_abs)
+    e = coef_qk * x.qk_abs + (2.0 * u + u * u) * np.abs(s_qk)
+    if k_in and x.qk_l1 is not None:
+        sig_in = qk_in.min_subnormal
+        e = e + (1.0 + u) ** 2 * sig_in * (1.0 + k_in) * (x.qk_l1 + abs(x.scale) * d * sig_in)
+    e = e + (1.0 + u) ** 2 * abs(x.scale) * b.sigma_pv_out + 2.0 * b.sigma_work
+    if b_abs is not None:  # fl(S + fl(b)): the bias's rounding and the add
+        e = e + u * b_abs + u * (np.abs(s0) + e + u * b_abs) + 2.0 * b.sigma_work
+    e = np.where(fin, e, 0.0)
+    E = np.max(e, axis=-1, keepdims=True)  # (..., M, 1)
+    any_key = np.any(fin, axis=-1, keepdims=True)
+    smax = np.max(np.where(fin, s, -np.inf), axis=-1, keepdims=True)
+    smax0 = np.where(any_key, smax, 0.0)
 
-    # common to numerator and denominator: score, subtraction, exp
-    qk_term = b.qk_gamma * qk_abs if not prob else _prob_scale(b.qk_gamma, b.head_dim, u) * qk_abs
-    score = qk_term + 2 * u * abs_s
-    stale = b.tau * _LN2 if b.variant in ("lazy", "fa4") else 0.0
-    common = score + (u + b.exp_slope) * (m - s + stale) + b.exp_u
-
-    rowsum = b.rowsum_gamma if not prob else _prob_scale(b.rowsum_gamma, b.block_n, u)
-    pv = b.pv_gamma if not prob else _prob_scale(b.pv_gamma, b.block_n, u)
-    if b.qk_in not in x.qk_formats:
-        common = common + 2.0 * get_format(b.qk_in).unit_roundoff * (1.0 + u) * qk_abs
-    v_round = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).unit_roundoff
-    num = common + b.terms["fold"] + b.u_cast + pv + v_round
-    den = common + rowsum
-    if b.variant in AMLA_VARIANTS:
-        absm = np.max(np.abs(s), axis=-1, keepdims=True)
-        eta = u * (2.0 * absm + 4.0)
-        rho = b.terms["rescale_step"] + 2.0 * eta
-        if b.variant != "amla_exactcomp":
-            # e_N: u (|dn| + |eps|) per step, sum over steps of |dn| <= range log2 e + steps
-            rho_dn = u * (srange * _LOG2E + 1.0)
-        else:
-            rho_dn = 0.0
-        num = num + count(later) * (rho + u) + rho_dn + count(own_add) * u
-        den = den + count(later) * 3.0 * u + u * srange + count(own_add) * u
-    elif b.variant != "naive":
-        num = num + count(later) * (2.0 * u + b.u_o) + count(own_add) * u + b.u_o
-        den = den + count(later) * 2.0 * u + count(own_add) * u
-    alpha = _inflate(num)
-    if b.p_saturate:
-        alpha = 1.0 + 2.0 * alpha
-    beta = _inflate(den)
-    out_abs = x.out_abs
-    bnum = (w * alpha) @ x.v_abs
-    bden = out_abs * np.sum(w * beta, axis=-1, keepdims=True)
-    if prob:  # independent mean-zero errors across keys add in quadrature
-        bnum = np.minimum(bnum, LAMBDA * np.sqrt((w * alpha) ** 2 @ x.v_sq))
-        bden = np.minimum(
-            bden, LAMBDA * out_abs * np.sqrt(np.sum((w * beta) ** 2, axis=-1, keepdims=True))
+    # --- per block: can the running max change? bounds of m_j
+    t_blk = b.blocks
+    bn = n_keys if b.variant == "naive" else b.block_n
+    hi_blk = np.max(_blocked(np.where(fin, s + e, -np.inf), t_blk, bn, -np.inf), axis=-1)
+    lo_blk = np.max(_blocked(np.where(fin, s - e, -np.inf), t_blk, bn, -np.inf), axis=-1)
+    m_hi = np.maximum.accumulate(hi_blk, axis=-1)  # m_j <= m_hi_j
+    m_lo = np.maximum.accumulate(lo_blk, axis=-1)  # m_j >= m_lo_j
+    chg = np.zeros(hi_blk.shape, dtype=bool)
+    chg[..., 1:] = hi_blk[..., 1:] > m_lo[..., :-1]
+    chg_f = chg.astype(np.float64)
+    chg_after = _after(chg_f)  # (..., M, T): change blocks after block b
+    later = np.arange(t_blk - 1, -1, -1, dtype=np.float64)  # blocks after block b
+    nochg_after = later - chg_after
+    # sum_{j > b} |dm_j| <= m_T - m_b (monotone); lazy's stale max trails by <= tau ln 2
+    with np.errstate(invalid="ignore"):
+        d_after = np.where(
+            (chg_after > 0) & np.isfinite(m_lo),
+            m_hi[..., -1:] - m_lo + (b.tau * _LN2 * (1.0 + 4 * u) if lazy else 0.0),
+            0.0,
         )
-    beta_max = np.max(beta, axis=-1, keepdims=True)
-    if b.p_absolute:
-        w_max = np.max(w, axis=-1, keepdims=True)
-        bnum = bnum + b.p_absolute * w_max * np.sum(x.v_abs, axis=-2, keepdims=True)
-    total = (bnum + bden) / (1.0 - beta_max)
-    total = total * (1.0 + b.terms["division"]) + b.terms["division"] * out_abs
-    vmax = x.v_max
-    if b.variant in AMLA_VARIANTS and b.clamp:
-        jumps = np.floor(srange / _CLAMP_NATS)
-        total = total + jumps * 1.5 * 2.0**-30 * n_keys * vmax
-    total = total + 2.0 * n_keys * 2.0**-133 * vmax
-    return total * (1.0 + 2.0**-20)
+    n_chg_row = np.sum(chg_f, axis=-1, keepdims=True)
+
+    # --- AMLA: n at both ends of every jump, the clamp, the compensation mismatch
+    rho_key: Any = 0.0
+    dn_key: Any = 0.0
+    logk_key: np.ndarray | None = None
+    if amla:
+        consts = _work_constants(b.work)
+        dt = consts["dtype"]
+        n_of = consts["n_of"]
+        with np.errstate(over="ignore", invalid="ignore"):
+            lo_w = np.asarray(m_lo, dtype=dt)  # round to the work format, then outward
+            lo_w = np.where(lo_w < m_lo, np.nextafter(lo_w, dt(np.inf)), lo_w)
+            hi_w = np.asarray(m_hi, dtype=dt)
+            hi_w = np.where(hi_w > m_hi, np.nextafter(hi_w, dt(-np.inf)), hi_w)
+        started = np.isfinite(m_hi)  # some attended key in blocks <= j
+        n_hi = np.where(started, n_of(lo_w), 0.0)  # n is non-increasing in m
+        n_lo = np.where(started, n_of(hi_w), 0.0)
+        dn_lo = np.zeros_like(n_lo)
+        dn_hi = np.zeros_like(n_lo)
+        dn_lo[..., 1:] = n_lo[..., 1:] - n_hi[..., :-1]
+        dn_hi[..., 1:] = n_hi[..., 1:] - n_lo[..., :-1]
+        old = np.zeros_like(chg)
+        old[..., 1:] = started[..., :-1]  # keys before block j exist
+        dn_abs = np.where(chg & old, np.maximum(-dn_lo, dn_hi), 0.0)
+        if b.dn_clamp is not None:
+            dn_abs = np.minimum(dn_abs, abs(b.dn_clamp))
+        dn_max = np.max(dn_abs, axis=-1, keepdims=True)
+        absm = np.max(np.where(fin, np.abs(s) + e, 0.0), axis=-1, keepdims=True)
+        eta = b.eta_slope * absm + b.eta_const
+        h_fac = np.exp(2.0 * eta)  # H = (1 + eta_{j-1}) / (1 + eta_j) <= e**(2 eta)
+        q_lo, q_hi = _cof_quotients(b, consts, lo_w, hi_w, n_lo, n_hi, started)
+        rho = (1.0 + b._rho_a(dn_max, q_lo, q_hi)) * h_fac - 1.0  # (..., M, T)
+        rho_key = _to_keys(_after(np.where(chg, rho, 0.0)), bn, n_keys)
+        dn_key = _to_keys(_after(dn_abs), bn, n_keys) * (b._dn_coef(dn_max) * h_fac)
+        if b.dn_clamp is not None:
+            clamped = chg & old & (dn_lo < b.dn_clamp)
+            if clamped.any():
+                logk = np.where(clamped, (b.dn_clamp - dn_lo) * _LN2, 0.0)
+                logk_key = _to_keys(_after(logk), bn, n_keys)
+
+    # --- per-key first-order relative terms: t = t_ind (per key) + t_blk (per block)
+    #     + t_sys (systematic); numerator and denominator
+    span = np.where(fin, smax0 - s0, 0.0) + E + e + (b.tau * _LN2 * (1.0 + 4 * u) if lazy else 0.0)
+    e_sys = (2.0 * u + u * u) * np.abs(s_qk)  # the scale's rounding (and the product's): linear
+    common_ind = e - e_sys + (u + b.exp_slope) * span + b.exp_u
+    v_in = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).unit_roundoff
+    num_ind = common_ind + b.terms["fold"] + b.u_cast + v_in
+    blk_idx = np.arange(n_keys) // bn
+    own = (blk_idx > 0).astype(np.float64)  # key i's tile is added to an existing O
+    pv = _prob_scale(b.pv_gamma, bn, u) if prob else b.pv_gamma
+    rowsum = _prob_scale(b.rowsum_gamma, bn, u) if prob else b.rowsum_gamma
+    ca = _to_keys(chg_after, bn, n_keys)
+    na = _to_keys(nochg_after, bn, n_keys)
+    da = _to_keys(d_after, bn, n_keys)
+    # a_j = exp(fl(m_{j-1} - m_j)) at change blocks: exp_u + (u + exp_slope) |dm_j| each
+    a_err = ca * b.exp_u + (u + b.exp_slope) * da
+    num_blk: Any
+    den_blk: Any
+    num_sys: Any
+    den_sys: Any
+    if b.variant == "naive":
+        num_blk = np.full_like(s0, pv)
+        den_blk = np.full_like(s0, rowsum)
+        num_sys = np.zeros_like(s0)
+        den_sys = np.zeros_like(s0)
+    elif amla:
+        num_blk = pv + count(own) * u + count(na + ca) * u
+        den_blk = rowsum + count(own) * u + count(na) * u + count(ca) * 2.0 * u
+        num_sys = na * b.terms["bias_step"] + rho_key + dn_key
+        den_sys = a_err
+    else:  # fa_fp32, fa_bf16, lazy: a_j scales O and l alike, but not the new keys
+        later_k = na + ca
+        num_blk = pv + count(own) * u + count(na) * u + count(ca) * 2.0 * u
+        num_blk = num_blk + count(later_k + 1.0) * b.u_o
+        den_blk = rowsum + count(own) * u + count(na) * u + count(ca) * 2.0 * u
+        num_sys = a_err
+        den_sys = a_err
+    num_sys = num_sys + e_sys
+    den_sys = den_sys + e_sys
+    t_num = num_ind + num_blk + num_sys
+    t_den = common_ind + den_blk + den_sys
+    with np.errstate(over="ignore"):
+        alpha = np.where(fin, np.expm1(t_num), 0.0)
+        if b.p_saturate:  # a saturated cast lies in [0, X]: (1 + alpha) doubles
+            alpha = np.where(fin, 1.0 + 2.0 * alpha, 0.0)
+        beta = np.where(fin, np.expm1(t_den), 0.0)
+
+    # --- assemble: numerator, denominator, the clamp, the division
+    wa = _times(w, alpha)
+    wa = np.where(fin & (w == 0) & np.isinf(alpha), np.inf, wa)
+    wb = _times(w, beta)
+    wb = np.where(fin & (w == 0) & np.isinf(beta), np.inf, wb)
+    if prob:
+        infl_n = np.where(t_num > 0, alpha / np.where(t_num > 0, t_num, 1.0), 1.0)
+        infl_d = np.where(t_den > 0, beta / np.where(t_den > 0, t_den, 1.0), 1.0)
+        wi = _times(w, num_ind * infl_n)
+        quad = LAMBDA * np.sqrt(_weighted_sum(wi * wi, x.v_sq))
+        bnum = np.minimum(_weighted_sum(wi, x.v_abs), quad)
+        bnum = bnum + _weighted_sum(_times(w, (num_blk + num_sys) * infl_n), x.v_abs)
+        wdi = _times(w, common_ind * infl_d)
+        sb_ind = np.minimum(
+            np.sum(wdi, axis=-1, keepdims=True),
+            LAMBDA * np.sqrt(np.sum(wdi * wdi, axis=-1, keepdims=True)),
+        )
+        sb_p = sb_ind + np.sum(_times(w, (den_blk + den_sys) * infl_d), axis=-1, keepdims=True)
+    else:
+        bnum = _weighted_sum(wa, x.v_abs)
+    sb = np.sum(wb, axis=-1, keepdims=True)  # sum_i w_i |beta_i|
+    lse = x.lse if x.lse is not None else np.zeros_like(E)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # D >= e**-E / L: the computed l is >= 1 and the exact L' <= L e**E
+        floor = np.exp(-E - np.where(any_key, lse - smax0, 0.0))
+    den_factor = np.maximum(1.0 - sb, floor)
+    bden = _times(x.out_abs, sb_p if prob else sb)
+    rel = (bnum + bden) / den_factor
+    if logk_key is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            wk = np.exp(np.where(fin & (logk_key > 0), s0 - lse + logk_key, -np.inf))
+        rel = rel + _weighted_sum(_times(wk, 1.0 + alpha), x.v_abs) / den_factor
+    div = b.terms["division"]
+    total = rel * (1.0 + div) + div * x.out_abs
+
+    # --- underflow (absolute): subnormal roundings, carried by at most 1 + alpha_max
+    alpha_max = np.max(alpha, axis=-1, keepdims=True)
+    carry = 1.0 + alpha_max
+    sig = b.sigma_work
+    per_key = sig * b.r_hat_max + (sig if amla else 0.0) + b.sigma_cast
+    v_sum = x.v_sum if x.v_sum is not None else np.sum(x.v_abs, axis=-2, keepdims=True)
+    v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
+    n_pos = float(n_keys)
+    abs_num = per_key * v_sum * (1.0 + v_in) + v_in_sig * n_pos * b.r_hat_max * carry
+    abs_num = abs_num + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
+    # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
+    p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau
+    o_max = 2.0 * n_pos * x.v_max * b.r_hat_max * p_max
+    abs_num = abs_num + n_chg_row * sig * (o_max + 1.0)
+    abs_out = _times(carry, abs_num) / b.r_hat_min
+    delta_l = sig * (n_pos + n_chg_row * (n_pos * p_max + 1.0))
+    abs_out = abs_out + _times(x.out_abs + total, delta_l * (1.0 + 2.0 * u)) + sig
+    total = total + abs_out
+    total = np.where(any_key, total, np.inf)  # no attended key: the output is undefined
+    return total * _F64_SLACK
 
 
-def _inflate(t: np.ndarray) -> np.ndarray:
-    """``t / (1 - t)``: a product of ``1 + delta_k`` with ``sum |delta_k| = t`` is within it."""
-    t = np.asarray(t, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.where(t < 1.0, t / (1.0 - np.minimum(t, 0.999999)), np.inf)
+def _cof_quotients(
+    b: Bound,
+    consts: dict[str, Any],
+    lo_w: np.ndarray,
+    hi_w: np.ndarray,
+    n_lo: np.ndarray,
+    n_hi: np.ndarray,
+    started: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of ``q_j = cof_{j-1} / cof_j`` (exact cofs ``r / r^``) per row and block.
+
+    AMLA's ``r_j`` is a monotone function of the work-format max ``m_j`` while ``n_j`` is
+    constant (correctly rounded exp), so where ``n`` and the cast ``r^`` agree at both ends
+    of ``m_j``'s interval, ``r^_j`` is known and ``r_j`` lies between the two end values:
+    the kernel's own scalars, recomputed. Elsewhere (or with the polynomial exp, which need
+    not be monotone) the a priori range ``[1/(1+u_r), 1/(1-u_r)]`` of a cof is used.
+    Block 0's entry is unused.
+    """
+    q_top = b._q_hi
+    cof_lo = np.full(lo_w.shape, 1.0 / (1.0 + b.u_r))
+    cof_hi = np.full(lo_w.shape, 1.0 / (1.0 - b.u_r))
+    if b.u_r > 0 and b.exp_model == "cr":
+        from amla_numerics.flash.stages import cast, exp_cr
+
+        dt, k = consts["dtype"], consts["k"]
+
+        def r_of(m: np.ndarray, n: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore", over="ignore"):
+                m_eff = np.where(np.isfinite(m), m, dt(0))
+                return exp_cr((m_eff * k["RECIP_LN2"] + n.astype(dt)) * k["LN2"])
+
+        r_a, r_b = r_of(lo_w, n_hi), r_of(hi_w, n_lo)
+        h_a = cast(r_a, b.r_cast, b.r_cast_rounding)
+        h_b = cast(r_b, b.r_cast, b.r_cast_rounding)
+        known = (n_lo == n_hi) & (h_a == h_b) & (h_a > 0)
+        known &= started | ~np.isfinite(hi_w)
+        ra = r_a.astype(np.float64)
+        rb = r_b.astype(np.float64)
+        rh = np.where(known, h_a.astype(np.float64), 1.0)
+        cof_lo = np.where(known, np.minimum(ra, rb) / rh * (1 - 2.0**-50), cof_lo)
+        cof_hi = np.where(known, np.maximum(ra, rb) / rh * (1 + 2.0**-50), cof_hi)
+    q_lo = np.full(lo_w.shape, 1.0 / q_top)
+    q_hi = np.full(lo_w.shape, q_top)
+    q_lo[..., 1:] = np.maximum(cof_lo[..., :-1] / cof_hi[..., 1:] * (1 - 2.0**-50), 1.0 / q_top)
+    q_hi[..., 1:] = np.minimum(cof_hi[..., :-1] / cof_lo[..., 1:] * (1 + 2.0**-50), q_top)
+    return q_lo, q_hi
 
 
 def _prob_scale(gamma: float, n: int, u: float) -> float:

@@ -25,7 +25,7 @@ _FORMATS = {"fp32": FP32, "fp64": FP64}
 _DTYPES = {"fp32": np.float32, "fp64": np.float64}
 
 
-def _round_odd(t: np.ndarray, err: np.ndarray) -> np.ndarray:
+def _round_odd(t: np.ndarray | np.floating, err: np.ndarray | np.floating) -> np.ndarray:
     """Round-to-odd float64 of ``t + err`` where ``t = fl(t + err)`` (nearest)."""
     t = np.asarray(t, dtype=np.float64)
     even = (t.view(np.int64) & 1) == 0

@@ -163,7 +163,7 @@ def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
     return r.reshape(shape)
 
 
-def _exp_mp(v: float) -> np.float32:
+def _exp_mp(v: float) -> np.ndarray:
     with mpmath.workprec(_MP_BITS):
         return round_to(mpmath.exp(mpmath.mpf(v)), FP32)[()]
 

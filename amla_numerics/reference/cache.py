@@ -161,7 +161,7 @@ class Store:
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **payload)
+                np.savez(fh, **payload)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
             os.replace(tmp, self.path(key))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -220,7 +220,7 @@ def attention(
         if hit is not None:
             return _finish(hit, return_lse)
     result = _compute(prob, method, dps, return_lse, return_mpf, int(jobs))
-    if store is not None:
+    if store is not None and key is not None:
         store.save(key, result)
     return _finish(result, return_lse)
 

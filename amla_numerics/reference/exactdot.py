@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import mpmath
 import numpy as np
@@ -215,6 +216,7 @@ def choose_widths(
         key = (cost, abs(ba - bb))
         if best is None or key < best[0]:
             best = (key, ba, bb)
+    assert best is not None  # total >= 2: the loop ran
     return best[1], best[2]
 
 
@@ -259,8 +261,8 @@ class ExactDot:
         can overflow.
         """
         if rows.step not in (None, 1):  # elementwise: the same values as slicing the whole
-            hi, lo, err = self.to_dd()
-            return hi[rows], lo[rows], err[rows]
+            whole = self.to_dd()
+            return whole[0][rows], whole[1][rows], whole[2][rows]
         r0, r1, _ = rows.indices(self.ea.size)
         ea = self.ea[rows]
         empty = ea.size == 0 or self.eb.size == 0
@@ -276,7 +278,9 @@ class ExactDot:
             and ea.max() + max(self.shifts) < 1000
         )
         fb = np.ldexp(1.0, self.eb)[None, :]
-        hi = lo = mag = None
+        hi: Any = None  # hi, lo, mag: set by the first term
+        lo: Any = None
+        mag: Any = None
         for n, (g, sh) in enumerate(zip(self.terms, self.shifts, strict=True)):
             br, bc = self._block(n)
             if br is None and bc is None:
@@ -397,7 +401,9 @@ def exact_dot(
     ea, eb = np.frexp(ra[0])[1], np.frexp(rb[0])[1]
     la = _row_limbs(a, ba, ea, spa)
     lb = _row_limbs(b, bb, eb, spb)
-    terms, shifts, blocks = [], [], []
+    terms: list[np.ndarray] = []
+    shifts: list[int] = []
+    blocks: list[Any] = []
     for s, rs, pa in la:
         for t, rt, pb in lb:
             if rs is None and rt is None:
@@ -461,6 +467,7 @@ def choose_widths_rows(spans_a: np.ndarray, spans_b: np.ndarray, total: int) -> 
         key = (cost, abs(ba - bb))
         if best is None or key < best[0]:
             best = (key, ba, bb)
+    assert best is not None  # total >= 2: the loop ran
     return best[1], best[2]
 
 
@@ -477,12 +484,12 @@ def _row_limbs(x: np.ndarray, bits: int, exps: np.ndarray, spans: np.ndarray) ->
         return [(0, None, limbs(x, bits, exps=exps, single=True).parts[0])]
     if multi.size == x.shape[0]:
         parts = limbs(x, bits, exps=exps).parts
-        out = [(0, None, parts[0])]
+        out: list[tuple[int, Any, np.ndarray]] = [(0, None, parts[0])]
     else:
         p0 = limbs(x, bits, exps=exps, single=True).parts[0]  # our own array
         sub = limbs(x[multi], bits, exps=exps[multi])
         p0[multi] = sub.parts[0]
-        out = [(0, None, p0)]
+        out = [(0, None, p0)]  # same type as below
         for s, p in enumerate(sub.parts[1:], start=1):
             nz = p.any(axis=1)
             if nz.any():

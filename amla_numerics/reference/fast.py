@@ -170,7 +170,7 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
     bv = total - bp
     if bv < 12:
         return None
-    v = vt.T  # (N, Dv): vt is usually the transposed view of a C array
+    v: Any = vt.T  # (N, Dv): vt is usually the transposed view of a C array
     amax = np.maximum(v.max(axis=0), -v.min(axis=0))  # |v| column maxima, no |v| copy
     _, exps = np.frexp(amax)
     exps = exps.astype(np.int64)
@@ -187,7 +187,7 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
         np.multiply(v[blk], factor, out=yb)  # exact
         ab = np.abs(yb)
         np.less(ab, thr, out=small[blk])
-    cand = np.flatnonzero(small)  # a bool mask first: much faster than nonzero on floats
+    cand: Any = np.flatnonzero(small)  # a bool mask first: much faster than nonzero on floats
     del small
     yf = y.reshape(-1)  # y is our own C-contiguous array
     if cand.size > 0.25 * y.size:  # many candidates (wider formats): cut every value
@@ -309,7 +309,7 @@ def _one_inner(
         for t, vpart in enumerate(lv.parts):
             g = vpart @ ppt
             terms.append((g * (fcol * 2.0 ** (-bv - t * bv))) * fs)
-    e_lo = 0.0
+    e_lo: Any = 0.0  # a float, or an array once V_lo exists
     if v_lo is not None:
         # float64 product of the sparse remainder with p_hi: error <= (gamma_{k+1} + 2**-52)
         # * (|V_lo| @ p_hi) (p_lo neglected, |p_lo| <= 2**-52 p_hi); k = nonzeros per column

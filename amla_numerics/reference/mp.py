@@ -192,11 +192,11 @@ def attention_row(
             tiny = mpmath.ldexp(mpmath.mpf(1), 1 - prec)
             sc = scale.mpf()
             sd = [sc * d for d in dg]
-            s = [a + b if b else a for a, b in zip(sd, mg, strict=True)]
-            m = max(s)
-            x = [a - m for a in s]
+            sv = [a + b if b else a for a, b in zip(sd, mg, strict=True)]
+            smax = max(sv)
+            x = [a - smax for a in sv]
             p = [mpmath.exp(a) for a in x]
-            eps = max(abs(a) + abs(b) + abs(c) for a, b, c in zip(sd, s, x, strict=True))
+            eps = max(abs(a) + abs(b) + abs(c) for a, b, c in zip(sd, sv, x, strict=True))
             rel = tiny + 1.01 * tiny * eps
             # exact sums of the (rounded) weights: integers on a common grid
             # (weights below 2**-cut, exponents astronomically far down, are dropped and
@@ -241,9 +241,9 @@ def attention_row(
             pending = still
             if lse_pending:
                 lg = mpmath.log(l_mp)
-                y = m + lg
+                y = smax + lg
                 if y != 0:
-                    err = 1.01 * rel_l + tiny * (abs(m) + abs(lg) + abs(y))
+                    err = 1.01 * rel_l + tiny * (abs(smax) + abs(lg) + abs(y))
                     beta = err / abs(y) + tiny
                     if _settled(y, beta, target):
                         lse, lse_mpf = _f64(y), y
@@ -384,7 +384,8 @@ class OnlineTrace:
 
     def as_float64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(m, l, o)`` correctly rounded to float64 (with ``round_to``)."""
-        return tuple(round_to(a, FP64).astype(np.float64) for a in (self.m, self.l, self.o))
+        m, l, o = (round_to(a, FP64).astype(np.float64) for a in (self.m, self.l, self.o))
+        return m, l, o
 
 
 def online_softmax(

@@ -855,8 +855,8 @@ def _reverse_keys(x: BoundInputs, n_pad: int) -> BoundInputs:
     blocks forward is visiting the original blocks last to first (same boundaries)."""
     extra = n_pad - x.kv_len
 
-    def rev(a: np.ndarray | None, axis: int, fill: float) -> np.ndarray | None:
-        if a is None or a.shape[axis] == 1:
+    def rev(a: np.ndarray, axis: int, fill: float) -> np.ndarray:
+        if a.shape[axis] == 1:
             return a
         a = np.flip(a, axis=axis)
         shape = list(a.shape)
@@ -871,8 +871,8 @@ def _reverse_keys(x: BoundInputs, n_pad: int) -> BoundInputs:
         qk_abs=rev(x.qk_abs, -1, 0.0),
         v_abs=rev(x.v_abs, -2, 0.0),
         v_sq=rev(x.v_sq, -2, 0.0),
-        qk_l1=rev(x.qk_l1, -1, 0.0),
-        bias_abs=rev(x.bias_abs, -1, 0.0),
+        qk_l1=None if x.qk_l1 is None else rev(x.qk_l1, -1, 0.0),
+        bias_abs=None if x.bias_abs is None else rev(x.bias_abs, -1, 0.0),
         masked=x.masked or extra > 0,
     )
 

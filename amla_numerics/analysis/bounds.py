@@ -368,7 +368,10 @@ def a_priori_bound(
       eta_const`` the FP32 residual's error; ``a`` collects ``kappa |q - 1|`` with
       ``kappa = max |h c - 1|``, the roundings of the cofs, the ratio and ``eps``, the
       bias and ``u (1 + |eps|)`` from N's rounding, plus ``u |dnc_j|`` per block
-      (``sum |dnc_j|`` over the later blocks bounded from the exact scores).
+      (``sum |dnc_j|`` over the later blocks bounded from the exact scores). ``q_j =
+      cof_{j-1} / cof_j`` is bounded from the kernel's own ``n``, ``r`` and ``r^``
+      recomputed at both ends of the running max's score interval (where they agree;
+      the a priori ``|cof - 1| <= u_r`` elsewhere).
     * the clamp (``dn_j < dn_clamp``): O is scaled by ``2**dn_clamp`` instead of
       ``2**dn_j``: the keys before block ``j`` are over-weighted by
       ``K_j = 2**(dn_clamp - dn_j)`` with ``dn_j >= n_j^lo - n_{j-1}^hi``, ``n`` bounded

@@ -119,3 +119,5 @@ def test_split_errors_and_kernel_bound(variant):
     det = elementwise_bound(b, w.q, kvq, kvq[:, :512], flash.MLA_SCALE)
     assert np.all(np.abs(parts["kernel"]) <= det)
     assert np.max(np.abs(parts["quant"])) > 0  # the cache does change the answer
+    with pytest.raises(ValueError, match="kv_cache"):
+        flash.mla_attention(w.q, w.k, variant, kv_cache="fp4")

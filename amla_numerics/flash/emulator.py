@@ -74,6 +74,7 @@ from amla_numerics.flash.accumulate import vector_sum
 from amla_numerics.flash.amla import amla_rescale, amla_scalars
 from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
 from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
+from amla_numerics.flash.fp8kv import kv_fp8_roundtrip
 from amla_numerics.flash.policy import Policy, get_policy
 from amla_numerics.flash.stages import (
     PRECISION,
@@ -237,11 +238,15 @@ def attention(
     return FlashResult(out, lse, hazards, tr, config)
 
 
-def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> FlashResult:
+def mla_attention(
+    q: Any, kv: Any, variant: str = "amla", *, kv_cache: str = "bf16", **options: Any
+) -> FlashResult:
     """MLA decode preset: ``v = kv[..., :512]``, scale ``1/sqrt(192)`` unless given.
 
     ``q`` is (..., M, 576) and ``kv`` (..., N, 576) (the latent cache: 512 latent + 64 rope
-    columns); the other options go to :func:`attention`.
+    columns); ``kv_cache="fp8"`` stores it in FlashMLA's 656-byte FP8 cache first and runs
+    on the dequantised values (:mod:`~amla_numerics.flash.fp8kv`; ``"bf16"``: as given);
+    the other options go to :func:`attention`.
 
     Examples
     --------
@@ -254,6 +259,10 @@ def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> Fla
     kv = np.asarray(kv)
     if kv.ndim < 2 or kv.shape[-1] != MLA_DK:
         raise ValueError(f"argument 'kv' must have shape (..., N, {MLA_DK}), got {kv.shape}")
+    if kv_cache not in ("bf16", "fp8"):
+        raise ValueError(f"argument 'kv_cache' must be 'bf16' or 'fp8', got {kv_cache!r}")
+    if kv_cache == "fp8":
+        kv = kv_fp8_roundtrip(kv)
     options.setdefault("scale", MLA_SCALE)
     return attention(q, kv, kv[..., :MLA_DV], variant, **options)
 

@@ -165,5 +165,5 @@ def split_errors(q: Any, kv: Any, variant: str = "amla", **options: Any) -> dict
     scale = options.get("scale", MLA_SCALE)
     ref = np.asarray(reference.attention(q, kvb, kvb[..., :MLA_DV], scale, method="auto"))
     ref_q = np.asarray(reference.attention(q, kvq, kvq[..., :MLA_DV], scale, method="auto"))
-    out = np.asarray(mla_attention(q, kvq, variant, **options).out, np.float64)
+    out = np.asarray(mla_attention(q, kvb, variant, kv_cache="fp8", **options).out, np.float64)
     return {"quant": ref_q - ref, "kernel": out - ref_q, "ref": ref, "ref_q": ref_q, "out": out}

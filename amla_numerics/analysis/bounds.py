@@ -895,6 +895,40 @@ def _after(a: np.ndarray) -> np.ndarray:
     return tot - a
 
 
+def _cast_abs(
+    b: Bound,
+    x: BoundInputs,
+    s0: np.ndarray,
+    e: np.ndarray,
+    fin: np.ndarray,
+    m_hi: np.ndarray,
+    m_lo: np.ndarray,
+    bn: int,
+    alpha: np.ndarray,
+) -> np.ndarray:
+    """The P cast's absolute (below-normal) errors, summed over keys with ``|V|``, in the
+    final frame. Key ``i`` of block ``j`` is cast in block ``j``'s frame, where one rounding
+    into the subnormals errs by at most ``sigma_cast``; carried to the row's final max it
+    shrinks by ``exp(m_j - m) <= min(1, exp(m_hi_j - m_lo_T))`` (the computed max never
+    decreases; a stale max trails the true one by at most ``tau ln 2``). A value below the
+    normal range also rounds to within ``[0, 2x]`` (two roundings: ``3x``), ``x`` the
+    computed tile value: in the final frame at most ``r^_max exp(min(s_i + e_i - m_lo_T,
+    stale)) (1 + alpha_i)`` (the computed final max is >= every computed score, minus
+    ``stale = tau ln 2`` for a stale max)."""
+    if not b.sigma_cast:
+        return np.zeros(1)
+    n = s0.shape[-1]
+    stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in ("lazy", "fa4") else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        lift = np.minimum(m_hi - m_lo[..., -1:] + stale, 0.0)
+        frame = np.nan_to_num(np.exp(lift), nan=1.0)
+        x_fin = b.r_hat_max * np.exp(np.minimum(s0 + e - m_lo[..., -1:], stale))
+        x_fin = np.nan_to_num(x_fin, nan=1.0, posinf=1.0) * (1.0 + alpha)
+    per = np.minimum(b.sigma_cast * _to_keys(frame, bn, n), 3.0 * x_fin)
+    per = np.where(fin, per, 0.0)
+    return _weighted_sum(per, x.v_abs)
+
+
 def _to_keys(a: np.ndarray, bn: int, n: int) -> np.ndarray:
     """(..., T) per-block values -> (..., N) per key."""
     return np.repeat(a, bn, axis=-1)[..., :n]
@@ -1111,12 +1145,13 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     alpha_max = np.max(alpha, axis=-1, keepdims=True)
     carry = 1.0 + alpha_max
     sig = b.sigma_work
-    per_key = sig * b.r_hat_max + (sig if amla else 0.0) + b.sigma_cast
+    per_key = sig * b.r_hat_max + (sig if amla else 0.0)
     v_sum = x.v_sum if x.v_sum is not None else np.sum(x.v_abs, axis=-2, keepdims=True)
+    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha)
     v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + v_in_sig * n_pos * b.r_hat_max * carry
-    abs_num = abs_num + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
+    abs_num = abs_num + cast_abs + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
     # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
     p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau
     o_max = 2.0 * n_pos * x.v_max * b.r_hat_max * p_max

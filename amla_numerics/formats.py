@@ -147,12 +147,12 @@ class Format:
         }
 
 
-FP64 = Format("fp64", 53, -1022, 1023, dtype=np.float64)
-FP32 = Format("fp32", 24, -126, 127, dtype=np.float32)
-BF16 = Format("bf16", 8, -126, 127, dtype=ml_dtypes.bfloat16)
-FP16 = Format("fp16", 11, -14, 15, dtype=np.float16)
-E4M3 = Format("e4m3", 4, -6, 8, has_inf=False, dtype=ml_dtypes.float8_e4m3fn)
-E5M2 = Format("e5m2", 3, -14, 15, dtype=ml_dtypes.float8_e5m2)
+FP64 = Format("fp64", 53, -1022, 1023, dtype=np.dtype(np.float64))
+FP32 = Format("fp32", 24, -126, 127, dtype=np.dtype(np.float32))
+BF16 = Format("bf16", 8, -126, 127, dtype=np.dtype(ml_dtypes.bfloat16))
+FP16 = Format("fp16", 11, -14, 15, dtype=np.dtype(np.float16))
+E4M3 = Format("e4m3", 4, -6, 8, has_inf=False, dtype=np.dtype(ml_dtypes.float8_e4m3fn))
+E5M2 = Format("e5m2", 3, -14, 15, dtype=np.dtype(ml_dtypes.float8_e5m2))
 
 #: The built-in formats by name, widest first.
 FORMATS: dict[str, Format] = {f.name: f for f in (FP64, FP32, BF16, FP16, E4M3, E5M2)}

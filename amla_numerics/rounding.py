@@ -410,7 +410,8 @@ def _compose(
         up = parts.inexact & ~sign
     elif mode == "rd":
         up = parts.inexact & sign
-    else:  # stochastic
+    else:  # stochastic (round_to checked that rng is given)
+        assert rng is not None
         draws = rng.integers(0, 2**bits, size=k.shape, dtype=np.int64).astype(np.float64)
         up = parts.tail + draws >= 2.0**bits
     up &= parts.inexact

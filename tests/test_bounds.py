@@ -28,7 +28,8 @@ def _check(variant, q, k, v, scale, block_n, policy=None):
         variant, head_dim=q.shape[-1], kv_len=k.shape[-2], block_n=block_n, policy=policy
     )
     det = elementwise_bound(bound, q, k, v, scale)
-    assert not any(n for h, n in res.hazards.items() if h != "ok"), res.hazards
+    # clamp is informational (the bound covers it); the garbage classes must not occur
+    assert not any(n for h, n in res.hazards.items() if h not in ("ok", "clamp")), res.hazards
     err = np.abs(out - ref)
     worst = np.unravel_index(np.argmax(err / det), err.shape)
     assert np.all(err <= det), (variant, worst, err[worst], det[worst])

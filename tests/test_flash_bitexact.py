@@ -177,8 +177,14 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                     for col in range(dv):
                         if variant == "amla_exactcomp":
                             O[col] = int_add(O[col], int(dnc) * 2**23) * ratio
-                        elif variant == "amla_guarded" and is_hazard(O[col], N):
-                            O[col] = O[col] * f32(math.ldexp(float(ratio), int(dnc)))
+                        elif variant == "amla_guarded" and (is_hazard(O[col], N) or dn < -30):
+                            # the exact power of two (unclamped dn), rounded once
+                            x = float(O[col] * ratio)  # one FP32 multiply
+                            try:
+                                y = math.ldexp(x, int(dn))  # exact in double here
+                            except OverflowError:
+                                y = math.copysign(math.inf, x)
+                            O[col] = f32(y)
                         else:
                             O[col] = int_add(O[col], N)
                         O[col] = O[col] + pv[col]

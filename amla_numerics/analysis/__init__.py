@@ -9,8 +9,8 @@ Examples
 >>> from amla_numerics import analysis
 >>> w = analysis.make_workload("random", head_dim=16, kv_len=64, rows=2)
 >>> rec = analysis.evaluate_case(analysis.Case(16, 64, "random", rows=2, block_n=32), ["amla"])[0]
->>> rec.variant, rec.bound_ratio <= 1
-('amla', True)
+>>> rec.variant, rec.bound_ratio <= 1, rec.n_violations
+('amla', True, 0)
 """
 
 from amla_numerics.analysis.bounds import (
@@ -30,9 +30,11 @@ from amla_numerics.analysis.budgets import (
     update_budgets,
 )
 from amla_numerics.analysis.grid import Case, Record, evaluate_case, expand_grid, run_grid
-from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics
+from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics, magnitude_scale
 from amla_numerics.analysis.plots import (
     plot_block_trace,
+    plot_cond_distribution,
+    plot_error_scatter,
     plot_error_vs,
     plot_error_vs_c,
     plot_pareto,
@@ -40,7 +42,13 @@ from amla_numerics.analysis.plots import (
     save_report_plots,
 )
 from amla_numerics.analysis.render import render
-from amla_numerics.analysis.report import Report, ReportConfig, build_report, write_outputs
+from amla_numerics.analysis.report import (
+    Report,
+    ReportConfig,
+    build_report,
+    summarize,
+    write_outputs,
+)
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 
 __all__ = [
@@ -66,8 +74,11 @@ __all__ = [
     "expand_grid",
     "load_budgets",
     "load_workload",
+    "magnitude_scale",
     "make_workload",
     "plot_block_trace",
+    "plot_cond_distribution",
+    "plot_error_scatter",
     "plot_error_vs",
     "plot_error_vs_c",
     "plot_pareto",
@@ -76,6 +87,7 @@ __all__ = [
     "run_grid",
     "save_report_plots",
     "softmax_weights",
+    "summarize",
     "update_budgets",
     "write_outputs",
 ]

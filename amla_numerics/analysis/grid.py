@@ -1,10 +1,18 @@
 """The measurement grid: (head dim, KV length, workload, seed) cases, every variant in each.
 
 One case builds its workload once, computes the reference once
-(:func:`amla_numerics.reference.attention`, certified ``method="auto"``), runs every
-requested variant through the emulator (:func:`amla_numerics.flash.attention`) and turns
-each output into a :class:`Record`: the error metrics, the a priori bound and the
-measured/bound ratio, the hazard counts and how often the variant rescaled.
+(:func:`amla_numerics.reference.attention`, certified ``method="auto"``, with the workload's
+mask), the condition-aware scale ``sum_k p_ik |v_kj|``
+(:func:`~amla_numerics.analysis.metrics.magnitude_scale`) and the bounds' input statistics,
+runs every requested variant through the emulator (:func:`amla_numerics.flash.attention`)
+under the case's policy, and turns each output into a :class:`Record`: the error metrics, the
+elementwise a priori bound on the same scale, the bound check, the hazard counts and the
+rescale probability.
+
+The bound check covers every element whose reference is finite, except exactly the elements
+an integer-add garbage class touched (:meth:`amla_numerics.flash.FlashResult.garbage_mask`):
+a covered element fails when its error exceeds its bound or it is not finite (FP32 overflow
+included). A record is never exempt as a whole.
 
 Cases are independent, so a grid runs serially, on a process pool (``jobs > 1``) or on a
 Dask distributed cluster (``scheduler="tcp://..."``); records come back in case order,
@@ -15,13 +23,16 @@ Examples
 >>> cases = expand_grid(head_dims=[64], kv_lens=[256], workloads=["random"], seeds=[0],
 ...                     rows=2, block_n=128)
 >>> recs = run_grid(cases, variants=["fa_fp32", "amla"])
->>> [(r.variant, r.head_dim, r.bound_ratio <= 1) for r in recs]
-[('fa_fp32', 64, True), ('amla', 64, True)]
+>>> [(r.variant, r.head_dim, r.n_violations, r.bound_ratio <= 1) for r in recs]
+[('fa_fp32', 64, 0, True), ('amla', 64, 0, True)]
+>>> recs[1].metrics.cond_err_max <= recs[1].bound_cond_max
+True
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,13 +41,32 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
-from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics
+from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 from amla_numerics.formats import FP32
 from amla_numerics.ulp import ulp
 from amla_numerics.variants import DEFAULT_C, VARIANTS, check_variant
 
-__all__ = ["Case", "Record", "case_from_file", "evaluate_case", "expand_grid", "run_grid"]
+__all__ = [
+    "HAZARD_CLASSES",
+    "Case",
+    "Record",
+    "case_from_file",
+    "evaluate_case",
+    "expand_grid",
+    "run_grid",
+]
+
+#: Hazard classes every record counts (the integer add's classes, ``clamp``, FP32 overflow).
+HAZARD_CLASSES: tuple[str, ...] = (
+    "zero",
+    "subnormal",
+    "sign_borrow",
+    "underflow",
+    "overflow",
+    "nonfinite",
+    "clamp",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,10 @@ class Case:
     block_n: int = 512
     c: float = DEFAULT_C
     path: str | None = None
+    #: The emulator's precision policy: a preset name (:data:`amla_numerics.flash.PRESETS`).
+    policy: str = "ascend"
+    #: Rows a vector core decides together for the lazy rescale probability (None: all).
+    group_rows: int | None = None
 
     def __post_init__(self) -> None:
         for arg in ("head_dim", "kv_len", "rows", "block_n"):
@@ -63,6 +97,10 @@ class Case:
                 raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
         if self.path is None and self.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {self.workload!r}; valid: {', '.join(WORKLOADS)}")
+        from amla_numerics.flash.policy import PRESETS
+
+        if self.policy not in PRESETS:
+            raise ValueError(f"unknown policy {self.policy!r}; valid: {', '.join(PRESETS)}")
 
     def make(self) -> Workload:
         """The case's inputs."""
@@ -77,21 +115,43 @@ class Case:
         )
 
 
-def case_from_file(path: str, *, block_n: int = 512, c: float = DEFAULT_C) -> Case:
-    """A case measuring the user's arrays in ``path`` (``.npz`` with q, k, v, optional scale)."""
+def case_from_file(
+    path: str, *, block_n: int = 512, c: float = DEFAULT_C, policy: str = "ascend"
+) -> Case:
+    """A case measuring the user's arrays in ``path`` (``.npz`` with q, k, v, optional scale
+    and mask)."""
     w = load_workload(path)
-    return Case(w.head_dim, w.kv_len, w.name, 0, int(w.q.shape[0]), block_n, c, str(path))
+    return Case(w.head_dim, w.kv_len, w.name, 0, int(w.q.shape[0]), block_n, c, str(path), policy)
 
 
 @dataclass(frozen=True)
 class Record:
     """One (case, variant) measurement: a report row.
 
-    ``bound_ratio`` is ``max_i err_i / bound_i`` over the finite outputs (the deterministic
-    a priori bound, so above 1 means a bug or a wrong model); ``prob_bound_ratio`` the same
-    against the probabilistic bound. ``bound_ulp_fp32`` is the deterministic bound in FP32
-    ULPs at the median element. ``rescale_rate`` is the fraction of (row, block) steps after
-    the first block in which the variant rescaled O (1 for every eager variant).
+    Attributes
+    ----------
+    metrics : ErrorMetrics
+        The condition-aware, row, Frobenius, BF16-output and secondary ULP measures.
+    bound_cond_max, bound_cond_median : float
+        The deterministic elementwise a priori bound divided by ``sum_k p_ik |v_kj|``, in
+        ``u_fp32``, max and median over the covered elements: the same scale as
+        ``metrics.cond_err_*``, so ``cond_err_max <= bound_cond_max`` whenever the bound
+        holds (inf where the bound is genuinely unbounded).
+    bound_ratio : float
+        Max over the covered elements of ``|out - ref| / bound`` (inf at a covered
+        non-finite output; NaN when nothing is covered). Above 1 means a bug or a wrong model.
+    prob_bound_ratio : float
+        The same against the probabilistic bound (may exceed 1 with small probability).
+    bound_ulp_fp32 : float
+        Secondary: the deterministic bound in FP32 ULPs at the reference, median element.
+    n_covered, n_uncovered, n_violations : int
+        Elements the bound check covers (finite reference, no integer-add garbage), the
+        elements excluded (garbage), and the covered elements above their bound or not finite.
+    hazards : dict[str, int]
+        Counts per class of :data:`HAZARD_CLASSES` (``clamp`` and FP32 overflow included).
+    rescale_rate : float
+        :func:`amla_numerics.flash.rescale_probability` of the run's trace with the case's
+        ``group_rows`` (1 for every eager variant; NaN with a single block).
     """
 
     head_dim: int
@@ -102,18 +162,33 @@ class Record:
     rows: int
     block_n: int
     metrics: ErrorMetrics
-    bound_ulp_fp32: float
+    bound_cond_max: float
+    bound_cond_median: float
     bound_ratio: float
     prob_bound_ratio: float
+    bound_ulp_fp32: float = math.nan
+    n_covered: int = 0
+    n_uncovered: int = 0
+    n_violations: int = 0
     hazards: dict[str, int] = field(default_factory=dict)
     rescale_rate: float = 1.0
     c: float = DEFAULT_C
+    policy: str = "ascend"
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-ready dict (the report's record schema)."""
         out = {k: v for k, v in asdict(self).items() if k != "metrics"}
         out.update(self.metrics.to_dict())
         return out
+
+    @property
+    def garbage_hazards(self) -> int:
+        """Hazard counts that mean wrong values: every class but the informational ``clamp``;
+        none for ``amla_guarded``, which repairs what it detects (its FP32 overflow, like
+        every variant's, already fails the bound check as a non-finite covered output)."""
+        if self.variant == "amla_guarded":
+            return 0
+        return int(sum(v for k, v in self.hazards.items() if k != "clamp"))
 
 
 def expand_grid(
@@ -125,12 +200,19 @@ def expand_grid(
     rows: int = 16,
     block_n: int = 512,
     c: float = DEFAULT_C,
+    policy: str = "ascend",
+    group_rows: int | None = None,
 ) -> list[Case]:
     """Every combination, in (workload, head dim, KV length, seed) order."""
     return [
-        Case(d, n, w, s, rows, block_n, c)
+        Case(d, n, w, s, rows, block_n, c, None, policy, group_rows)
         for w, d, n, s in itertools.product(workloads, head_dims, kv_lens, seeds)
     ]
+
+
+def _bound_stats(w: Workload):
+    """The bounds' input statistics, with the workload's mask."""
+    return bound_inputs(w.q, w.k, w.v, w.scale, mask=w.mask)
 
 
 def evaluate_case(
@@ -138,31 +220,54 @@ def evaluate_case(
 ) -> list[Record]:
     """Measure every variant on one case (a pure function of its arguments).
 
-    The workload, its reference and the bounds' input statistics are computed once. With
-    ``cs``, every variant is measured once per compensation coefficient (records in
-    ``(c, variant)`` order) instead of at ``case.c`` only.
+    The workload, its reference, the magnitude scale and the bounds' input statistics are
+    computed once. With ``cs``, every variant is measured once per compensation coefficient
+    (records in ``(c, variant)`` order) instead of at ``case.c`` only.
     """
     from amla_numerics import flash, reference  # heavy imports stay out of module import
 
     variants = [check_variant(v) for v in variants]
     w = case.make()
-    ref = reference.attention(w.q, w.k, w.v, w.scale, method="auto")
-    unit = ulp(ref, FP32)
-    stats = bound_inputs(w.q, w.k, w.v, w.scale)  # shared by every variant's bounds
+    ref, lse_ref = reference.attention(
+        w.q, w.k, w.v, w.scale, mask=w.mask, method="auto", return_lse=True
+    )
+    ref = np.asarray(ref, dtype=np.float64)
+    mag = magnitude_scale(w.q, w.k, w.v, w.scale, mask=w.mask)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = ulp(np.where(np.isfinite(ref), ref, 0.0), FP32)
+    stats = _bound_stats(w)  # shared by every variant's bounds
     records = []
     pairs = [(case.c, v) for v in variants] if cs is None else itertools.product(cs, variants)
     for c, variant in pairs:
         res = flash.attention(
-            w.q, w.k, w.v, variant, scale=w.scale, block_n=case.block_n, trace=True, c=c
+            w.q,
+            w.k,
+            w.v,
+            variant,
+            scale=w.scale,
+            block_n=case.block_n,
+            trace=True,
+            c=c,
+            mask=w.mask,
+            policy=case.policy,
         )
         out = np.asarray(res.out, dtype=np.float64)
-        bound = a_priori_bound(
-            variant, head_dim=case.head_dim, kv_len=case.kv_len, block_n=case.block_n, c=c
-        )
-        det = elementwise_bound(bound, stats, kind="deterministic")
-        prob = elementwise_bound(bound, stats, kind="probabilistic")
-        err = np.abs(out - ref)
-        finite = np.isfinite(out)
+        metrics = error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref)
+        if stats is None:
+            det = prob = np.full(ref.shape, np.nan)
+        else:
+            bound = a_priori_bound(
+                variant,
+                head_dim=case.head_dim,
+                kv_len=case.kv_len,
+                block_n=case.block_n,
+                c=c,
+                policy=case.policy,
+            )
+            det = elementwise_bound(bound, stats, kind="deterministic")
+            prob = elementwise_bound(bound, stats, kind="probabilistic")
+        covered = np.isfinite(ref) & ~res.garbage_mask()
+        check = _bound_check(out, ref, det, covered)
         records.append(
             Record(
                 head_dim=case.head_dim,
@@ -172,13 +277,19 @@ def evaluate_case(
                 seed=case.seed,
                 rows=case.rows,
                 block_n=case.block_n,
-                metrics=error_metrics(out, ref),
-                bound_ulp_fp32=float(np.median(det / unit)),
-                bound_ratio=_max_ratio(err[finite], det[finite]),
-                prob_bound_ratio=_max_ratio(err[finite], prob[finite]),
-                hazards={k: int(v) for k, v in res.hazards.items() if k != "ok"},
-                rescale_rate=_rescale_rate(res.trace),
+                metrics=metrics,
+                bound_cond_max=_cond_max(det, mag, covered),
+                bound_cond_median=_cond_median(det, mag, covered),
+                bound_ratio=check["ratio"],
+                prob_bound_ratio=_bound_check(out, ref, prob, covered)["ratio"],
+                bound_ulp_fp32=_median(det[covered] / unit[covered]),
+                n_covered=int(np.count_nonzero(covered)),
+                n_uncovered=int(np.count_nonzero(np.isfinite(ref) & ~covered)),
+                n_violations=check["violations"],
+                hazards={k: int(res.hazards.get(k, 0)) for k in HAZARD_CLASSES},
+                rescale_rate=_rescale_rate(res.trace, case.group_rows),
                 c=float(c),
+                policy=case.policy,
             )
         )
     return records
@@ -246,22 +357,50 @@ def _run_dask(cases, variants, scheduler, progress) -> list[list[Record]]:
         return results
 
 
-def _max_ratio(err: np.ndarray, bound: np.ndarray) -> float:
-    if err.size == 0:
-        return float("nan")
+def _bound_check(
+    out: np.ndarray, ref: np.ndarray, bound: np.ndarray, covered: np.ndarray
+) -> dict[str, Any]:
+    """Max of ``|out - ref| / bound`` over the covered elements, and the count of covered
+    elements above their bound or not finite. Where no bound exists (NaN: inputs the bounds
+    module cannot bound, such as masked ones) the ratio is NaN and only non-finite outputs
+    count."""
+    if not np.any(covered):
+        return {"ratio": math.nan, "violations": 0}
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(out - ref)[covered]
+    b = bound[covered]
+    if np.all(np.isnan(b)):
+        return {"ratio": math.nan, "violations": int(np.count_nonzero(~np.isfinite(err)))}
+    bad = ~np.isfinite(err) | np.isnan(b) | (err > b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(err == 0, 0.0, err / bound)
-    return float(np.max(ratio))
+        ratio = np.where(err == 0, 0.0, err / b)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # no bound or a non-finite output
+    return {"ratio": float(np.max(ratio)), "violations": int(np.count_nonzero(bad))}
 
 
-def _rescale_rate(trace: Any) -> float:
-    """Fraction of (row, block > 1) steps that rescaled O, from the emulator's trace."""
+def _cond_scale(bound: np.ndarray, mag: np.ndarray) -> np.ndarray:
+    """``bound / mag / u_fp32`` with ``0 / 0 = 0`` (a zero column) and ``b / 0 = inf``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bound == 0, 0.0, bound / mag / U_FP32)
+
+
+def _cond_median(bound: np.ndarray, mag: np.ndarray, covered: np.ndarray) -> float:
+    return _median(_cond_scale(bound[covered], mag[covered]))
+
+
+def _cond_max(bound: np.ndarray, mag: np.ndarray, covered: np.ndarray) -> float:
+    x = _cond_scale(bound[covered], mag[covered])
+    return float(np.max(x)) if x.size else math.nan
+
+
+def _median(x: np.ndarray) -> float:
+    return float(np.median(x)) if x.size else math.nan
+
+
+def _rescale_rate(trace: Any, group_rows: int | None = None) -> float:
+    """The rescale probability of the run, by the one definition next to the trace."""
     if trace is None:
-        return float("nan")
-    decisions = (
-        trace.get("rescaled") if isinstance(trace, dict) else getattr(trace, "rescaled", None)
-    )
-    if decisions is None:
-        return float("nan")
-    d = np.asarray(decisions, dtype=bool)
-    return float(d[1:].mean()) if d.shape[0] > 1 else 0.0
+        return math.nan
+    from amla_numerics.flash import rescale_probability
+
+    return rescale_probability(np.asarray(trace.rescaled, dtype=bool), group_rows)

@@ -1,4 +1,5 @@
-"""Plots of a report: ULP distributions, error vs head dim / KV length / c, block traces, Pareto.
+"""Plots of a report: error distributions, error vs head dim / KV length / c, the error against
+``sum p|v|``, block traces, Pareto.
 
 Every function returns a :class:`matplotlib.figure.Figure` built with the object API (no
 pyplot state, no display needed), so notebooks show it and scripts save it.
@@ -11,10 +12,14 @@ Examples
 >>> fig = plot_ulp_distribution(recs)
 >>> [ax.get_xlabel() for ax in fig.axes]
 ['|error| (FP32 ULPs at the reference)', '|error| (FP32 ULPs at the reference)']
+>>> fig = plot_cond_distribution(recs)
+>>> fig.get_supxlabel()
+'|out - ref| / sum_k p_k |v_k|  (units of u_fp32 = 2^-24)'
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from amla_numerics.analysis.grid import Record
-from amla_numerics.analysis.metrics import HIST_EDGES
+from amla_numerics.analysis.metrics import COND_EDGES, HIST_EDGES, U_FP32
 
 __all__ = [
+    "C_THEORY",
     "plot_block_trace",
+    "plot_cond_distribution",
+    "plot_error_scatter",
     "plot_error_vs",
     "plot_error_vs_c",
     "plot_pareto",
@@ -35,6 +43,14 @@ __all__ = [
 ]
 
 _ULP_LABEL = "|error| (FP32 ULPs at the reference)"
+_COND_LABEL = "|out - ref| / sum_k p_k |v_k|  (units of u_fp32 = 2^-24)"
+
+#: Compensation coefficients of note: name -> c (see ``docs/numerics.md`` and the README).
+C_THEORY: dict[str, float] = {
+    "2 ln 2 (mean-square optimum, uniform mantissas)": 2.0 * math.log(2.0),
+    "1/ln 2 (zero bias)": 1.0 / math.log(2.0),
+    "1.5 (CANN kernel)": 1.5,
+}
 
 
 def _variants(records: Sequence[Record]) -> list[str]:
@@ -44,8 +60,11 @@ def _variants(records: Sequence[Record]) -> list[str]:
 def plot_ulp_distribution(records: Sequence[Record], *, title: str = "") -> Figure:
     """Histogram and ECDF of the FP32 ULP errors per variant (all records pooled).
 
-    The records carry fixed power-of-two bins (:data:`~amla_numerics.analysis.metrics.HIST_EDGES`),
-    so the ECDF is exact at every bin edge.
+    Secondary: an error in ULPs of each element's own reference value explodes where the
+    output nearly cancels (``|ref| << sum p|v|``), so its tail ranks kernels by their
+    cancelling outputs; :func:`plot_cond_distribution` is the headline view. The records carry
+    fixed power-of-two bins (:data:`~amla_numerics.analysis.metrics.HIST_EDGES`), so the ECDF
+    is exact at every bin edge.
     """
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_h, ax_c = fig.subplots(1, 2)
@@ -68,21 +87,88 @@ def plot_ulp_distribution(records: Sequence[Record], *, title: str = "") -> Figu
     ax_h.set_title("ULP error histogram")
     ax_c.set_title("ULP error ECDF")
     ax_c.legend(fontsize="small", loc="lower right")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(
+        title
+        or "secondary view: error in FP32 ULPs at each reference value (explodes near zero outputs)"
+    )
     return fig
+
+
+def plot_cond_distribution(records: Sequence[Record], *, title: str = "") -> Figure:
+    """ECDF of the condition-aware error per variant, one panel per (workload, head dim).
+
+    Pooled over seeds and KV lengths from each record's fixed power-of-two histogram
+    (:data:`~amla_numerics.analysis.metrics.COND_EDGES`, exact at every edge). A dashed
+    vertical line of the variant's colour marks its largest bound on the same scale
+    (``bound_cond_max``, worst over the pooled records); the headline error must stay left
+    of it.
+    """
+    workloads = list(dict.fromkeys(r.workload for r in records))
+    dims = sorted({r.head_dim for r in records})
+    variants = _variants(records)
+    fig = Figure(figsize=(3.6 * len(dims) + 1.5, 3.0 * len(workloads) + 0.8), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(workloads), len(dims), squeeze=False))
+    edges = np.asarray(COND_EDGES[1:-1])
+    xs = np.concatenate([edges, [edges[-1] * 2]])
+    for wi, w in enumerate(workloads):
+        for di, d in enumerate(dims):
+            ax = axes[wi, di]
+            for vi, variant in enumerate(variants):
+                sub = [
+                    r
+                    for r in records
+                    if r.variant == variant and r.workload == w and r.head_dim == d
+                ]
+                counts = np.sum([r.metrics.hist_cond_err for r in sub], axis=0) if sub else None
+                if counts is None or np.sum(counts) == 0:
+                    continue
+                col = f"C{vi % 10}"
+                frac = np.cumsum(counts) / np.sum(counts)
+                ax.step(xs, frac, where="post", color=col, label=variant)
+                bmax = max(r.bound_cond_max for r in sub)
+                if np.isfinite(bmax) and bmax > 0:
+                    ax.axvline(bmax, color=col, linestyle="--", linewidth=0.8, alpha=0.7)
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(edges[0], xs[-1])
+            ax.set_ylim(0, 1.02)
+            ax.grid(True, alpha=0.3)
+            ax.set_title(f"{w}, d = {d}", fontsize="medium")
+            if di == 0:
+                ax.set_ylabel("fraction of elements <= x")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="grey", linestyle="--"))
+        labels.append("a priori bound (max, same scale)")
+        fig.legend(handles, labels, loc="outside right center", fontsize="small")
+    fig.supxlabel(_COND_LABEL, fontsize="medium")
+    fig.suptitle(
+        title
+        or "condition-aware error: ECDF per workload and head dim (pooled over seeds, KV lengths)"
+    )
+    return fig
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and the two half-widths of its 95 % t interval (0 with one value)."""
+    from amla_numerics.analysis.report import mean_ci95
+
+    m, (lo, hi) = mean_ci95(values)
+    if math.isnan(lo):
+        return m, 0.0, 0.0
+    return m, m - lo, hi - m
 
 
 def plot_error_vs(
     records: Sequence[Record], axis: str = "head_dim", *, workload: str | None = None
 ) -> Figure:
-    """Error and its a priori bound vs ``axis`` ("head_dim" or "kv_len"), one line per variant.
+    """Condition-aware error and its bound vs ``axis`` ("head_dim" or "kv_len").
 
-    Left: the median FP32 ULP error (solid) and the deterministic bound at the median element
-    (dashed, same colour). Right: measured/bound, the max over elements of error/bound
-    (above 1 would be a bug or a wrong model). Values are the worst over seeds and the
-    other axis. (The max ULP error is not drawn against the bound: it sits at outputs that
-    nearly cancel, where one FP32 ULP is tiny and both numbers are huge.)
+    Left: the max condition-aware error per variant (solid, mean over seeds with a 95 % t
+    interval as error bars) and the largest a priori bound on the same scale (dashed, same
+    colour, worst seed), both in u_fp32. Right: measured/bound, the max over covered
+    elements of error/bound (worst seed; above 1 fails).
     """
     if axis not in ("head_dim", "kv_len"):
         raise ValueError(f"argument 'axis' must be 'head_dim' or 'kv_len', got {axis!r}")
@@ -93,16 +179,19 @@ def plot_error_vs(
         xs = sorted({getattr(r, axis) for r in recs if r.variant == variant})
         group = [[r for r in recs if r.variant == variant and getattr(r, axis) == x] for x in xs]
         col = f"C{i % 10}"
-        ax_e.plot(
+        stats = [_mean_ci([r.metrics.cond_err_max for r in g]) for g in group]
+        ax_e.errorbar(
             xs,
-            [max(r.metrics.median_ulp_fp32 for r in g) for g in group],
+            [s[0] for s in stats],
+            yerr=[[s[1] for s in stats], [s[2] for s in stats]],
             marker="o",
             color=col,
+            capsize=3,
             label=variant,
         )
         ax_e.plot(
             xs,
-            [max(r.bound_ulp_fp32 for r in g) for g in group],
+            [max(r.bound_cond_max for r in g) for g in group],
             linestyle="--",
             color=col,
             alpha=0.6,
@@ -110,15 +199,19 @@ def plot_error_vs(
         ax_r.plot(
             xs, [max(r.bound_ratio for r in g) for g in group], marker="o", color=col, label=variant
         )
-    ax_r.axhline(1.0, color="k", linewidth=1.0)
+    ax_r.axhline(1.0, color="k", linewidth=1.0, label="bound (fails above)")
     for ax in (ax_e, ax_r):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("head dim d" if axis == "head_dim" else "KV length N (tokens)")
         ax.grid(True, which="both", alpha=0.3)
-    ax_e.set_ylabel("median |error| (FP32 ULPs at the reference)")
-    ax_e.set_title("median error (solid), a priori bound (dashed)", fontsize="medium")
-    ax_r.set_ylabel("measured / bound (max over elements)")
+    ax_e.set_ylabel("max |out - ref| / sum p|v|  (u_fp32 = 2^-24)")
+    ax_e.set_title(
+        "max condition-aware error (solid, mean and 95 % CI over seeds);\n"
+        "a priori bound, same scale (dashed, same colour)",
+        fontsize="medium",
+    )
+    ax_r.set_ylabel("measured / bound (max over covered elements)")
     ax_r.set_title("how tight the bound is (must stay below 1)", fontsize="medium")
     ax_r.legend(fontsize="small", ncol=2)
     where = f", {workload} workload" if workload else ""
@@ -127,34 +220,145 @@ def plot_error_vs(
 
 
 def plot_error_vs_c(cs: Sequence[float], records: Sequence[Record]) -> Figure:
-    """Relative Frobenius error and mean signed ULP error of ``amla`` against ``c``.
+    """AMLA's error against the compensation coefficient ``c``, over seeds with intervals.
 
-    ``records`` is a report's ``c_sweep`` (its ``amla`` records in ``cs`` order, then the
-    ``amla_nocomp`` and ``fa_fp32`` references drawn as horizontal lines).
+    ``records`` is a report's ``c_sweep``: per seed, ``amla`` at each c and ``amla_nocomp``
+    and ``fa_fp32`` once. Left: relative Frobenius error as a ratio to ``fa_fp32`` paired by
+    seed (geometric mean and 95 % t interval): the mean-square criterion. Right: the
+    multiplicative bias ``scale_bias`` (least-squares scale of out against ref, minus 1, in
+    u_fp32; mean and 95 % t interval over seeds): the zero-bias criterion (a mean signed
+    error would cancel over V's random signs). ``amla_nocomp`` and ``fa_fp32`` are drawn as
+    horizontal lines; vertical lines mark 2 ln 2, 1/ln 2 and the kernel's 1.5
+    (:data:`C_THEORY`).
     """
+    from amla_numerics.analysis.report import paired_ratio_ci95
+
     amla = [r for r in records if r.variant == "amla"]
-    if len(amla) != len(cs):
+    seeds = sorted({r.seed for r in amla})
+    if not amla or len(amla) != len(cs) * len(seeds):
         raise ValueError("records do not match cs: pass a report's c_sweep")
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    base = {r.seed: r for r in records if r.variant == "fa_fp32"}
+    nocomp = {r.seed: r for r in records if r.variant == "amla_nocomp"}
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
     ax_f, ax_b = fig.subplots(1, 2)
-    ax_f.plot(cs, [r.metrics.rel_fro for r in amla], marker="o", label="amla")
-    ax_b.plot(cs, [r.metrics.mean_signed_ulp_fp32 for r in amla], marker="o", label="amla")
-    for i, r in enumerate(x for x in records if x.variant != "amla"):
-        ax_f.axhline(r.metrics.rel_fro, color=f"C{i + 1}", linestyle="--", label=r.variant)
-        ax_b.axhline(
-            r.metrics.mean_signed_ulp_fp32, color=f"C{i + 1}", linestyle="--", label=r.variant
+
+    def ratio(recs: Sequence[Record]) -> tuple[float, float, float]:
+        pairs = [(r, base[r.seed]) for r in recs if r.seed in base]
+        m, (lo, hi) = paired_ratio_ci95(
+            [a.metrics.rel_fro for a, _ in pairs], [b.metrics.rel_fro for _, b in pairs]
         )
-    ax_f.set_yscale("log")
-    ax_f.set_ylabel("relative Frobenius error")
-    ax_b.set_ylabel("mean signed error (FP32 ULPs): bias")
+        return m, (m - lo if np.isfinite(lo) else 0.0), (hi - m if np.isfinite(hi) else 0.0)
+
+    per_c = [[r for r in amla if r.c == c] for c in cs]
+    fr = [ratio(g) for g in per_c]
+    bias = [_mean_ci([r.metrics.scale_bias for r in g]) for g in per_c]
+    ax_f.errorbar(
+        cs,
+        [x[0] for x in fr],
+        yerr=[[x[1] for x in fr], [x[2] for x in fr]],
+        marker="o",
+        capsize=3,
+        label="amla",
+    )
+    ax_b.errorbar(
+        cs,
+        [x[0] for x in bias],
+        yerr=[[x[1] for x in bias], [x[2] for x in bias]],
+        marker="o",
+        capsize=3,
+        label="amla",
+    )
+    if nocomp:
+        m, lo, hi = ratio(list(nocomp.values()))
+        ax_f.axhline(
+            m,
+            color="C1",
+            linestyle="--",
+            label=f"amla_nocomp: {m:.3g} [{m - lo:.3g}, {m + hi:.3g}]",
+        )
+        bm, blo, bhi = _mean_ci([r.metrics.scale_bias for r in nocomp.values()])
+        ax_b.axhline(
+            bm,
+            color="C1",
+            linestyle="--",
+            label=f"amla_nocomp: {bm:.3g} [{bm - blo:.3g}, {bm + bhi:.3g}]",
+        )
+    if base:
+        bm, blo, bhi = _mean_ci([r.metrics.scale_bias for r in base.values()])
+        ax_b.axhline(bm, color="C2", linestyle=":", label=f"fa_fp32: {bm:.3g}")
+    ax_f.axhline(1.0, color="C2", linestyle=":", label="fa_fp32 (= 1)")
     ax_b.axhline(0.0, color="k", linewidth=0.5)
+    styles = ("-.", ":", "-")
+    for (name, c), ls in zip(C_THEORY.items(), styles, strict=True):
+        for ax in (ax_f, ax_b):
+            ax.axvline(c, color="grey", linestyle=ls, linewidth=0.9, label=f"c = {c:.3f}: {name}")
+    ax_f.set_ylabel("rel. Frobenius error / fa_fp32's (paired by seed)")
+    ax_f.set_title("mean-square criterion (geometric mean, 95 % CI)", fontsize="medium")
+    ax_b.set_ylabel("<out, ref> / <ref, ref> - 1  (u_fp32): scale bias")
+    ax_b.set_title("zero-bias criterion (mean, 95 % CI over seeds)", fontsize="medium")
     for ax in (ax_f, ax_b):
         ax.set_xlabel("compensation coefficient c")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+    ax_f.legend(fontsize="x-small")
+    ax_b.legend(fontsize="x-small")
     r0 = amla[0]
     fig.suptitle(
-        f"AMLA error vs c ({r0.workload}, d={r0.head_dim}, N={r0.kv_len}, block {r0.block_n})"
+        f"AMLA error vs c ({r0.workload}, d={r0.head_dim}, N={r0.kv_len}, block {r0.block_n}, "
+        f"{len(seeds)} seeds, policy {r0.policy})"
+    )
+    return fig
+
+
+def plot_error_scatter(scatter: dict[str, Any], *, title: str = "") -> Figure:
+    """Why max-ULP errors explode: per-element errors against the cancellation ratio.
+
+    ``scatter`` is a report's ``scatter``: ``{variant: {"err", "ref", "mag"}}`` plus the
+    ``"case"``. The x axis is ``|ref| / sum_k p_k |v_k|`` (1: no cancellation; small: the
+    weighted sum of V nearly cancels). Left: the error relative to the element's own value,
+    ``|out - ref| / |ref|`` in u_fp32 (what a ULP-at-reference error measures): it grows like
+    ``1 / x`` (grey line: the median condition-aware error divided by x), so its maximum sits
+    at the most cancelling output. Right: the condition-aware error ``|out - ref| / sum p|v|``
+    of the same elements: one flat band, independent of x (grey: its median).
+    """
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_r, ax_m = fig.subplots(1, 2)
+    variants = [k for k in scatter if k != "case"]
+    xs_all, cond_all = [], []
+    for i, variant in enumerate(variants):
+        d = scatter[variant]
+        err = np.asarray(d["err"], dtype=np.float64)
+        ref = np.asarray(d["ref"], dtype=np.float64)
+        mag = np.asarray(d["mag"], dtype=np.float64)
+        ok = np.isfinite(err) & (err > 0) & (ref > 0) & (mag > 0)
+        x = ref[ok] / mag[ok]
+        rel = err[ok] / ref[ok] / U_FP32
+        cond = err[ok] / mag[ok] / U_FP32
+        kw = {"s": 2, "alpha": 0.35, "color": f"C{i}", "label": variant, "rasterized": True}
+        ax_r.scatter(x, rel, **kw)
+        ax_m.scatter(x, cond, **kw)
+        xs_all.append(x)
+        cond_all.append(cond)
+    if xs_all and np.concatenate(xs_all).size:
+        x = np.concatenate(xs_all)
+        med = float(np.median(np.concatenate(cond_all)))
+        grid = np.geomspace(float(np.min(x)), float(np.max(x)), 50)
+        ax_r.plot(grid, med / grid, color="grey", linestyle="--", label=f"{med:.3g} / x")
+        ax_m.axhline(med, color="grey", linestyle="--", label=f"median {med:.3g}")
+    ax_r.set_ylabel("|out - ref| / |ref|  (u_fp32 = 2^-24): ~ ULPs at ref")
+    ax_m.set_ylabel("|out - ref| / sum_k p_k |v_k|  (u_fp32 = 2^-24)")
+    for ax in (ax_r, ax_m):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("|ref| / sum_k p_k |v_k|  (small: the output cancels)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", markerscale=4)
+    ax_r.set_title("error relative to |ref|: explodes as the output cancels", fontsize="medium")
+    ax_m.set_title("condition-aware error: one flat band", fontsize="medium")
+    c = scatter.get("case", {})
+    fig.suptitle(
+        title
+        or f"per-element errors, {c.get('workload')} workload (d={c.get('head_dim')}, "
+        f"N={c.get('kv_len')}, block {c.get('block_n')}, seed {c.get('seed')})"
     )
     return fig
 
@@ -182,7 +386,9 @@ def plot_block_trace(trace: Any, *, rows: Sequence[int] = (0,), title: str = "")
     return fig
 
 
-def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]]) -> Figure:
+def plot_pareto(
+    records: Sequence[Record], throughput: Sequence[dict[str, Any]], *, title: str = ""
+) -> Figure:
     """Error against modelled TFLOPS, one marker a variant (legend, no overlapping labels).
 
     The error is the median relative Frobenius error over the ``mla`` records (the workload
@@ -211,7 +417,7 @@ def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]])
     ax.set_yscale("log")
     ax.set_xlabel("modelled throughput, MLA decode on Ascend 910C (TFLOPS)")
     ax.set_ylabel(f"median relative Frobenius error ({'mla' if mla else 'all'} workload)")
-    ax.set_title("accuracy vs throughput (lower right is better)")
+    ax.set_title(title or "accuracy vs throughput (lower right is better)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig
@@ -220,12 +426,24 @@ def plot_pareto(records: Sequence[Record], throughput: Sequence[dict[str, Any]])
 def save_report_plots(report: Any, out_dir: str | Path) -> list[Path]:
     """Every plot of a report as PNG files in ``out_dir``; returns the paths.
 
-    Draws only: the compensation sweep and the traced case were measured by
-    :func:`~amla_numerics.analysis.report.build_report` (``report.c_sweep``, ``report.trace``).
+    Draws only: the compensation sweep, the traced case and the scatter case were measured
+    by :func:`~amla_numerics.analysis.report.build_report` (``report.c_sweep``,
+    ``report.trace``, ``report.scatter``). Every plot draws the report's own records
+    (its head dims, KV lengths, workloads, seeds, policy).
     """
     out_dir = Path(out_dir)
     records = list(report.records)
-    figs: dict[str, Figure] = {"ulp_distribution.png": plot_ulp_distribution(records)}
+    config = report.header["config"]
+    policy = report.header.get("policy", "ascend")
+    seeds = report.header.get("seeds", [])
+    figs: dict[str, Figure] = {}
+    if records:
+        figs["cond_error_distribution.png"] = plot_cond_distribution(
+            records,
+            title=f"condition-aware error ECDF per workload and head dim (policy {policy}, "
+            f"seeds {_span(seeds)}, N {_span(sorted({r.kv_len for r in records}))})",
+        )
+        figs["ulp_distribution.png"] = plot_ulp_distribution(records)
     for w in dict.fromkeys(r.workload for r in records):
         sub = [r for r in records if r.workload == w]
         if len({r.head_dim for r in sub}) > 1:
@@ -233,8 +451,12 @@ def save_report_plots(report: Any, out_dir: str | Path) -> list[Path]:
         if len({r.kv_len for r in sub}) > 1:
             figs[f"error_vs_kv_len_{w}.png"] = plot_error_vs(sub, "kv_len", workload=w)
     if report.throughput:
-        figs["pareto.png"] = plot_pareto(records, report.throughput)
-    config = report.header["config"]
+        figs["pareto.png"] = plot_pareto(
+            records,
+            report.throughput,
+            title=f"accuracy vs throughput (lower right is better; policy {policy}, "
+            f"seeds {_span(seeds)})",
+        )
     if report.c_sweep:
         figs["error_vs_c.png"] = plot_error_vs_c(config["c_sweep"], report.c_sweep)
     if report.trace is not None:
@@ -243,11 +465,22 @@ def save_report_plots(report: Any, out_dir: str | Path) -> list[Path]:
             report.trace,
             rows=(0, 1),
             title=f"AMLA per-block trace, {t['workload']} workload "
-            f"(d={t['head_dim']}, N={t['kv_len']}, block {t['block_n']})",
+            f"(d={t['head_dim']}, N={t['kv_len']}, block {t['block_n']}, policy {policy})",
         )
+    if getattr(report, "scatter", None):
+        figs["error_scatter.png"] = plot_error_scatter(report.scatter)
     paths = []
     for name, fig in figs.items():
         path = out_dir / name
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
+
+
+def _span(values: Sequence[int]) -> str:
+    v = list(values)
+    if not v:
+        return "-"
+    if len(v) > 3 and v == list(range(v[0], v[0] + len(v))):
+        return f"{v[0]}-{v[-1]}"
+    return ",".join(str(x) for x in v)

@@ -38,11 +38,16 @@ def render(report: Report, style: str = "table") -> str:
     parts = []
     if md:
         parts.append(f"# amla-numerics report\n\n`{report.header['command']}`\n")
+    seeded = len(report.header.get("seeds", ())) > 1 and bool(report.summaries)
     for d in sorted({r.head_dim for r in report.records}):
-        rows = [r for r in report.records if r.head_dim == d]
         title = f"head dim {d}"
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
-        parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
+        if seeded:
+            rows_s = [s for s in report.summaries if s["head_dim"] == d]
+            parts.append(_table(_SEED_COLUMNS, [_seed_row(s) for s in rows_s], md))
+        else:
+            rows = [r for r in report.records if r.head_dim == d]
+            parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
     if report.throughput:
         title = "modelled throughput, MLA decode on the Ascend 910 pipeline model"
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
@@ -50,9 +55,16 @@ def render(report: Report, style: str = "table") -> str:
             _table(_THROUGHPUT_COLUMNS, [_throughput_row(t) for t in report.throughput], md)
         )
     if report.violations:
-        parts.append("BOUND VIOLATIONS (measured/bound > 1: a bug or a wrong model):")
-        parts.extend(f"  - {v}" for v in report.violations)
-    parts.append(_LEGEND)
+        parts.append(
+            "BOUND VIOLATIONS (a covered element above its bound or not finite: a bug, "
+            "FP32 overflow or a wrong model):\n" + "\n".join(f"  - {v}" for v in report.violations)
+        )
+    if report.hazard_failures:
+        parts.append(
+            "HAZARDS (wrong values from the integer add or FP32 overflow; exit 1 with "
+            "--fail-on-hazard):\n" + "\n".join(f"  - {v}" for v in report.hazard_failures)
+        )
+    parts.append(_SEED_LEGEND if seeded else _LEGEND)
     return "\n\n".join(parts) + "\n"
 
 
@@ -60,46 +72,116 @@ _ACCURACY_COLUMNS = (
     "variant",
     "workload",
     "N",
-    "max ULP32",
-    "p99.9 ULP32",
-    "med ULP32",
-    "max ULP16",
-    "mean signed",
-    "sign p",
+    "cond max",
+    "cond p99.9",
+    "cond med",
+    "bias",
+    "row max",
     "rel Frob",
-    "bound ULP32",
+    "BF16 ULP",
+    "BF16 wrong",
+    "bound max",
+    "bound med",
+    "meas/bound",
+    "hazards",
+)
+_SEED_COLUMNS = (
+    "variant",
+    "workload",
+    "N",
+    "seeds",
+    "rel Frob mean [95% CI]",
+    "cond med mean [95% CI]",
+    "cond max mean [95% CI]",
+    "Frob / fa_fp32 [95% CI]",
+    "BF16 wrong",
+    "bound max",
     "meas/bound",
     "hazards",
 )
 _THROUGHPUT_COLUMNS = ("variant", "TFLOPS", "util", "peak", "bound by", "time us", "HBM GB/s")
 _LEGEND = (
-    "ULP32/ULP16: |out - ref| in FP32/BF16 ULPs at the reference; mean signed: mean signed "
-    "FP32 ULP error (bias), sign p: two-sided sign-test p-value; bound ULP32: deterministic a "
-    "priori bound at the median element; meas/bound: max over elements of error/bound "
-    "(> 1 fails the report; < 0.01 marks a loose bound); hazards: integer-add hazards by class."
+    "cond: |out - ref| / sum_k p_ik |v_kj| in u_fp32 = 2**-24 (max, 99.9th percentile, median; "
+    "bias: signed mean); row max: max over rows of ||out_i - ref_i|| / ||ref_i||; rel Frob: "
+    "||out - ref||_F / ||ref||_F; BF16 ULP / wrong: the output cast to BF16 against the "
+    "correctly rounded reference (max ULP distance, which counts every tiny value between two "
+    "outputs near zero; share not correctly rounded); bound max / "
+    "med: the deterministic a priori bound on the cond scale (cond max <= bound max when it "
+    "holds); meas/bound: max over covered elements of error / bound (> 1 fails; < 0.01 loose); "
+    "hazards: counts by class (clamp is informational; 'excluded' elements, touched by integer-add "
+    "garbage, are left out of the bound check)."
 )
+_SEED_LEGEND = (
+    "Over seeds: means with two-sided 95 % Student t intervals; rel Frob: ||out - ref||_F / "
+    "||ref||_F; cond: |out - ref| / sum_k p_ik |v_kj| in u_fp32 = 2**-24 (median, max per seed); "
+    "Frob / fa_fp32: geometric mean of the per-seed ratio to fa_fp32, paired by seed; BF16 "
+    "wrong: mean share of BF16 outputs not correctly rounded; bound max, meas/bound: worst "
+    "seed (> 1 fails); hazards: totals by class (clamp informational)."
+)
+
+
+def _hazard_text(hazards: dict[str, int], excluded: int, nonfinite: int) -> str:
+    hz = ", ".join(f"{k}={v}" for k, v in sorted(hazards.items()) if v) or "-"
+    if excluded:
+        hz += f" ({excluded} excluded)"
+    if nonfinite:
+        hz += f" ({nonfinite} non-finite out)"
+    return hz
 
 
 def _accuracy_row(r: Record) -> list[str]:
     m = r.metrics
-    hz = ", ".join(f"{k}={v}" for k, v in sorted(r.hazards.items()) if v) or "-"
-    if m.n_nonfinite:
-        hz += f" ({m.n_nonfinite} non-finite out)"
     return [
         r.variant,
         r.workload,
         str(r.kv_len),
-        _g(m.max_ulp_fp32),
-        _g(m.p999_ulp_fp32),
-        _g(m.median_ulp_fp32),
-        _g(m.max_ulp_bf16),
-        f"{m.mean_signed_ulp_fp32:+.3g}",
-        _g(m.sign_test_p),
+        _g(m.cond_err_max),
+        _g(m.cond_err_p999),
+        _g(m.cond_err_median),
+        _signed(m.cond_err_mean_signed),
+        _g(m.row_rel_max),
         _g(m.rel_fro),
-        _g(r.bound_ulp_fp32),
-        _ratio(r.bound_ratio, any(r.hazards.values())),
-        hz,
+        _g(m.bf16_out_max_ulp),
+        _pct(m.bf16_out_incorrect_frac),
+        _g(r.bound_cond_max),
+        _g(r.bound_cond_median),
+        _ratio(r.bound_ratio, r.n_violations),
+        _hazard_text(r.hazards, r.n_uncovered, m.n_nonfinite),
     ]
+
+
+def _seed_row(s: dict[str, Any]) -> list[str]:
+    return [
+        s["variant"],
+        s["workload"],
+        str(s["kv_len"]),
+        str(s["n_seeds"]),
+        _ci(s["rel_fro_mean"], s["rel_fro_ci95"]),
+        _ci(s["cond_err_median_mean"], s["cond_err_median_ci95"]),
+        _ci(s["cond_err_max_mean"], s["cond_err_max_ci95"]),
+        _ci(s["rel_fro_ratio_fa_fp32"], s["rel_fro_ratio_fa_fp32_ci95"]),
+        _pct(s["bf16_out_incorrect_frac_mean"]),
+        _g(s["bound_cond_max_worst"]),
+        _ratio(s["bound_ratio_max"], s["n_violations"]),
+        _hazard_text(s["hazards"], 0, 0),
+    ]
+
+
+def _ci(mean: float | None, ci: list[float | None]) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    lo, hi = ci
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return _g(mean)
+    return f"{_g(mean)} [{_g(lo)}, {_g(hi)}]"
+
+
+def _signed(x: float) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{x:+.3g}"
+
+
+def _pct(x: float) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{100 * x:.3g} %"
 
 
 def _throughput_row(t: dict[str, Any]) -> list[str]:
@@ -118,13 +200,15 @@ def _throughput_row(t: dict[str, Any]) -> list[str]:
 LOOSE_RATIO = 1e-2
 
 
-def _ratio(x: float, hazards: bool) -> str:
-    if x > 1.0:  # a record with integer-add hazards is outside the bound's model
-        return f"{x:.3g} (hazards)" if hazards else f"{x:.3g} (VIOLATED)"
+def _ratio(x: float, violations: int) -> str:
+    if violations:
+        return f"{_g(x)} (VIOLATED)"
+    if x is None or math.isnan(x):
+        return "no bound"
     return f"{x:.3g} (loose)" if x < LOOSE_RATIO else _g(x)
 
 
-def _g(x: float) -> str:
+def _g(x: float | None) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
@@ -145,6 +229,8 @@ def _render_csv(report: Report) -> str:
         return ""
     for rec in records:
         rec["hazards"] = ";".join(f"{k}={v}" for k, v in sorted(rec["hazards"].items()))
+        for key in ("worst_index", "hist_ulp_fp32", "hist_cond_err"):
+            rec[key] = ";".join(str(x) for x in rec[key])
     writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)

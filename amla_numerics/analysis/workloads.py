@@ -18,7 +18,18 @@ mla        DeepSeek-V3 MLA decode, absorbed form: RMS-normalised latent rows, K 
 adversarial zero V column 0 (AMLA's zero-operand hazard), keys 1-3 exact duplicates of key 0
            lifted ~8 nats (exact ties at the max), and a quarter of the keys pushed ~1000 nats
            down (exp underflow for them).
+causal     ``random`` with a causal mask for queries spread over the sequence: row ``i`` (of
+           ``M``) sits at position ``p_i = ceil((i + 1) N / M) - 1`` and attends keys
+           ``j <= p_i`` (chunked prefill; the last row sees every key).
+padding    ``random`` with left padding: the first ``N // 4`` keys are masked for every row
+           (a left-padded batch element), so the first KV blocks are fully masked.
+alibi      ``random`` with an additive ALiBi bias: ``-slope_i (N - 1 - j)`` nats, slopes
+           ``2**(-(i mod 8 + 1))`` (eight heads' geometric slopes), the query at the last
+           position: recent keys dominate, far keys are hundreds of nats down.
 ========== ===================================================================================
+
+Masks follow :mod:`amla_numerics.inputs`: a boolean keep-mask or an additive float bias
+(``-inf`` drops a key), (M, N), in :attr:`Workload.mask` (None: every key attends).
 
 Examples
 --------
@@ -40,7 +51,17 @@ from amla_numerics.rounding import round_to
 
 __all__ = ["WORKLOADS", "Workload", "load_workload", "make_workload"]
 
-WORKLOADS: tuple[str, ...] = ("random", "peaky", "drift", "sink", "mla", "adversarial")
+WORKLOADS: tuple[str, ...] = (
+    "random",
+    "peaky",
+    "drift",
+    "sink",
+    "mla",
+    "adversarial",
+    "causal",
+    "padding",
+    "alibi",
+)
 
 _DRIFT_PER_BLOCK = 4.0  # nats per 512 keys
 _SINK_GAP = 12.0  # nats
@@ -48,7 +69,8 @@ _SINK_GAP = 12.0  # nats
 
 @dataclass(frozen=True)
 class Workload:
-    """Attention inputs: q (M, Dk), k (N, Dk), v (N, Dv) in the input format, and the scale."""
+    """Attention inputs: q (M, Dk), k (N, Dk), v (N, Dv) in the input format, the scale and
+    an optional mask (M, N): boolean keep-mask or additive float bias."""
 
     name: str
     q: np.ndarray = field(repr=False)
@@ -56,6 +78,7 @@ class Workload:
     v: np.ndarray = field(repr=False)
     scale: float
     seed: int | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def head_dim(self) -> int:
@@ -119,11 +142,30 @@ def make_workload(
         k[0:4, 0] = 8.0
         low = rng.permutation(np.arange(4, n))[: n // 4]
         k[low, 1] = -1000.0
-    return Workload(name, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), float(scale), seed)
+    mask = _mask(name, rows, n)
+    return Workload(
+        name, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), float(scale), seed, mask
+    )
+
+
+def _mask(name: str, rows: int, n: int) -> np.ndarray | None:
+    """The mask of the masked workloads (see the module docstring), else None."""
+    if name == "causal":
+        pos = -(-(np.arange(rows) + 1) * n // rows) - 1  # ceil((i + 1) N / M) - 1
+        return np.arange(n)[None, :] <= pos[:, None]
+    if name == "padding":
+        keep = np.ones((rows, n), bool)
+        keep[:, : n // 4] = False
+        return keep
+    if name == "alibi":
+        slopes = 2.0 ** -(np.arange(rows) % 8 + 1.0)
+        return -slopes[:, None] * (n - 1 - np.arange(n))[None, :].astype(np.float64)
+    return None
 
 
 def load_workload(path: str | Path, *, fmt: Format | str = BF16) -> Workload:
-    """Load user inputs from an ``.npz`` holding ``q``, ``k``, ``v`` and optionally ``scale``.
+    """Load user inputs from an ``.npz`` holding ``q``, ``k``, ``v`` and optionally ``scale``
+    and ``mask`` ((M, N), boolean keep-mask or additive float bias, ``-inf`` drops a key).
 
     The arrays are rounded to ``fmt`` (exactly representable inputs are unchanged).
 
@@ -149,5 +191,19 @@ def load_workload(path: str | Path, *, fmt: Format | str = BF16) -> Workload:
             f"shapes q {q.shape}, k {k.shape}, v {v.shape} in {str(path)!r} do not fit"
         )
     scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[1])
+    mask = arrays.get("mask")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (q.shape[0], k.shape[0]) or (
+            mask.dtype != bool and mask.dtype.kind != "f"
+        ):
+            raise ValueError(
+                f"array 'mask' in {str(path)!r} must be boolean or float of shape "
+                f"{(q.shape[0], k.shape[0])}, got {mask.dtype} {mask.shape}"
+            )
+        if mask.dtype.kind == "f" and (np.any(np.isnan(mask)) or np.any(np.isposinf(mask))):
+            raise ValueError(f"array 'mask' in {str(path)!r} holds NaN or +inf")
     fmt = get_format(fmt)
-    return Workload(path.stem, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), scale)
+    return Workload(
+        path.stem, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), scale, None, mask
+    )

@@ -58,17 +58,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-lens", default=",".join(map(str, d.kv_lens)))
     p.add_argument("--block-n", type=int, default=d.block_n)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--workloads", default=",".join(d.workloads))
-    p.add_argument("--seeds", default="0")
+    p.add_argument(
+        "--workloads",
+        default=None,
+        help=f"comma-separated workloads (default {','.join(d.workloads)}; none when --inputs "
+        "is given without --workloads)",
+    )
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (intervals over them)")
     p.add_argument("--rows", type=int, default=d.rows, help="query rows per case")
     p.add_argument(
         "--inputs",
         action="append",
         default=[],
         metavar="FILE.npz",
-        help="also measure your own q, k, v (and optional scale) arrays; repeatable",
+        help="measure your own q, k, v (optional scale, mask) arrays; repeatable; measured "
+        "on their own unless --workloads is also given",
     )
     p.add_argument("--c", type=float, default=d.c, help="AMLA compensation coefficient")
+    p.add_argument(
+        "--policy", default=d.policy, help="precision policy preset of the emulator and bounds"
+    )
+    p.add_argument(
+        "--group-rows",
+        type=int,
+        default=None,
+        help="rows decided together for the lazy rescale probability (default: all rows)",
+    )
+    p.add_argument(
+        "--fail-on-hazard",
+        action="store_true",
+        help="exit 1 when any hazard (other than the informational clamp) left wrong values",
+    )
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
     p.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table")
@@ -97,16 +117,35 @@ def _config_from_args(args: argparse.Namespace):
         raise ValueError(
             f"--seeds must be a comma-separated list of integers, got {args.seeds!r}"
         ) from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct integers >= 0, got {args.seeds!r}")
+    from amla_numerics.flash.policy import PRESETS
+    from amla_numerics.variants import check_c
+
+    if args.policy not in PRESETS:
+        raise ValueError(f"--policy: unknown preset {args.policy!r}; valid: {', '.join(PRESETS)}")
+    if args.group_rows is not None and (args.group_rows < 1 or args.rows % args.group_rows):
+        raise ValueError(
+            f"--group-rows must be a positive divisor of --rows ({args.rows}), "
+            f"got {args.group_rows}"
+        )
+    check_c(args.c, "--c")
+    if args.workloads is None:
+        workloads = () if args.inputs else ReportConfig().workloads
+    else:
+        workloads = _parse_names(args.workloads, WORKLOADS, "--workloads")
     return ReportConfig(
         head_dims=parse_int_list(args.head_dims, "--head-dims"),
         kv_lens=parse_int_list(args.kv_lens, "--kv-lens"),
         block_n=args.block_n,
         variants=variants,
-        workloads=_parse_names(args.workloads, WORKLOADS, "--workloads"),
+        workloads=workloads,
         seeds=seeds,
         rows=args.rows,
         c=args.c,
         inputs=tuple(args.inputs),
+        policy=args.policy,
+        group_rows=args.group_rows,
         plots=bool(args.out) and not args.no_plots,
     )
 
@@ -156,5 +195,10 @@ def _run_report(args: argparse.Namespace) -> int:
         written = write_outputs(report, out_dir, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     if report.violations:
-        raise CheckFailed(f"{len(report.violations)} record(s) exceed their a priori bound")
+        raise CheckFailed(
+            f"{len(report.violations)} record(s) have covered elements above their a priori "
+            "bound or not finite"
+        )
+    if args.fail_on_hazard and report.hazard_failures:
+        raise CheckFailed(f"{len(report.hazard_failures)} record(s) hit hazards (--fail-on-hazard)")
     return 0

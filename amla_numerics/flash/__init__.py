@@ -24,6 +24,7 @@ from amla_numerics.flash.emulator import (
     Trace,
     attention,
     mla_attention,
+    rescale_probability,
 )
 from amla_numerics.flash.policy import PRESETS, MatmulPolicy, Policy, get_policy
 from amla_numerics.variants import AMLA_VARIANTS, VARIANTS
@@ -45,4 +46,5 @@ __all__ = [
     "attention",
     "get_policy",
     "mla_attention",
+    "rescale_probability",
 ]

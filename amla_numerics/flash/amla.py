@@ -24,9 +24,17 @@ plainly; for ``j >= 1`` the rescale of O (before ``O = fl(O + A_j V_j)``) is
 - ``"amla"``, ``"amla_nocomp"``, ``"amla_fp32r"``: ``O := as_fp32(as_int32(O) + N_j)``
   (:func:`~amla_numerics.exp2add.exp2_add_bits`, wraparound, hazards counted);
 - ``"amla_exactcomp"``: the same add with ``eps_j = 0``, then ``O := fl(O * ratio_j)``;
-- ``"amla_guarded"``: the ``"amla"`` add where its hazard code is ``ok``; elsewhere (zero,
-  subnormal, underflow, sign borrow, overflow or non-finite O) ``O := fl(O * g_j)`` with
-  ``g_j = fl(2**max(dn_j, dn_clamp) * ratio_j)`` (a power-of-two scaling of ``ratio_j``: exact).
+- ``"amla_guarded"``: the ``"amla"`` add where its hazard code is ``ok`` and the clamp did
+  not apply (``dn_j >= dn_clamp``); elsewhere (zero, subnormal, underflow, sign borrow,
+  overflow or non-finite O, or a row whose ``dn_j`` the clamp raised) the exact power of two
+  by FP32 multiplies: ``O := fl(fl(O * ratio_j) * 2**dn_j)`` with the *unclamped* ``dn_j``,
+  the scaling by ``2**dn_j`` rounded once (exact unless the result is subnormal; below
+  ``2**-150`` it is 0, beyond FP32's range inf). A zero O stays a zero of the same sign
+  (``0 * 2**dn`` is 0 for every ``dn``: no ``0 * inf``). Guarantee: wherever the integer add
+  would be garbage, clamped or would wrap, the guarded O equals what ``amla_exactcomp``'s
+  multiply would give without its clamp, so on finite inputs (and O within FP32's range) its
+  output is finite and carries only the ``"amla"`` rounding and compensation errors of the
+  unclamped recurrence (within its a priori bound); a fully masked row stays NaN (0/0).
   Cost: it must read O (GM -> UB), compute the exponent-field check, the add, the multiply
   and a select, then write O back (UB -> GM): the FP32 multiply's round trip plus about
   3 vector ops per element.
@@ -54,7 +62,7 @@ from amla_numerics.exp2add import HAZARDS, count_hazards, exp2_add_bits, exp2_ad
 from amla_numerics.flash.policy import Policy
 from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, rna_int
 
-__all__ = ["AmlaScalars", "amla_rescale", "amla_scalars"]
+__all__ = ["AmlaScalars", "amla_rescale", "amla_scalars", "clamped_rows", "guarded_multiply"]
 
 
 _I32 = (-(2**31), 2**31 - 1)
@@ -109,21 +117,29 @@ def amla_scalars(
     return AmlaScalars(n, r, r_hat, cof, ratio, eps, dn, dnc, N)
 
 
+def clamped_rows(sc: AmlaScalars, policy: Policy) -> np.ndarray | None:
+    """Rows (shape of the scalars) whose ``dn_j`` the clamp raised, or None if none did."""
+    if policy.dn_clamp is None or policy.rescale == "exact":
+        return None
+    rows = np.asarray(sc.dn < sc.dn.dtype.type(policy.dn_clamp))
+    return rows if np.any(rows) else None
+
+
 def amla_rescale(
     O: np.ndarray, sc: AmlaScalars, policy: Policy, variant: str
-) -> tuple[np.ndarray, dict[str, int]]:
-    """O rescaled for a block ``j >= 1`` and the hazard counts of its integer add.
+) -> tuple[np.ndarray, dict[str, int], np.ndarray | None]:
+    """O rescaled for a block ``j >= 1``, the hazard counts of its integer add, and the
+    per-element hazard codes (shape of O; None when every add is ``ok``).
 
     ``O`` has shape (..., M, Dv); the scalars have shape (..., M). For ``amla_guarded`` the
-    counts are the hazards *detected* (and repaired by the multiply).
+    counts and codes are the hazards *detected* (and repaired by the multiply).
     """
-    dt = O.dtype.type
     if policy.rescale == "exact":
         dn = sc.dnc.astype(np.int64)
         factor = np.ldexp(np.ones_like(sc.ratio), dn)
         if variant != "amla_nocomp":
             factor = factor * sc.ratio
-        return O * factor[..., None], count_hazards(np.zeros(0, np.int8))
+        return O * factor[..., None], count_hazards(np.zeros(0, np.int8)), None
     N = sc.N[..., None]
     if variant == "amla_exactcomp":
         N = rna_int(sc.dnc * constants(policy)["TWO23"]).astype(np.int64)[..., None]
@@ -133,13 +149,45 @@ def amla_rescale(
     if variant == "amla_exactcomp":
         with np.errstate(invalid="ignore", over="ignore"):
             added = added * sc.ratio[..., None]
-    elif variant == "amla_guarded" and report is not None:
-        bad = report.codes != 0
-        if np.any(bad):
-            g = np.ldexp(sc.ratio, sc.dnc.astype(np.int32)).astype(dt)
-            with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-                added = np.where(bad, O * g[..., None], added)
-    return added, counts if report is None else report.counts
+    elif variant == "amla_guarded":
+        bad = None if report is None else report.codes != 0
+        clamped = clamped_rows(sc, policy)
+        if clamped is not None:
+            bad = clamped[..., None] if bad is None else bad | clamped[..., None]
+        if bad is not None and np.any(bad):
+            added = np.where(bad, guarded_multiply(O, sc), added)
+    if report is None:
+        assert counts is not None
+        return added, counts, None
+    return added, report.counts, np.broadcast_to(report.codes, added.shape)
+
+
+#: |dn| beyond which ``x * 2**dn`` is 0 or inf for every FP32 ``x`` (and 0 stays 0).
+_DN_LIMIT = 400
+
+
+def guarded_multiply(O: np.ndarray, sc: AmlaScalars) -> np.ndarray:
+    """``fl(fl(O * ratio) * 2**dn)`` with the unclamped ``dn``: the guard's exact power of two.
+
+    ``fl(O * ratio)`` is one work-format multiply; the power of two is applied in float64
+    (exact: ``|dn|`` is clipped to 400, beyond which the FP32 result is 0 or inf anyway)
+    and rounded once (rne) to the work format. Zeros stay zeros of the same sign.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from amla_numerics.flash.policy import get_policy
+    >>> pol = get_policy("ascend")
+    >>> prev = amla_scalars(np.float32([0.0]), None, None, pol, "amla_guarded", 1.5)
+    >>> sc = amla_scalars(np.float32([-100.0]), prev.n, prev.cof, pol, "amla_guarded", 1.5)
+    >>> int(sc.dn[0]), guarded_multiply(np.float32([[0.0, 2.0**-140]]), sc).tolist()
+    (144, [[0.0, 15.96875]])
+    """
+    dt = O.dtype.type
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        t = (O * sc.ratio[..., None].astype(dt)).astype(np.float64)
+        dn = np.clip(np.nan_to_num(sc.dn.astype(np.float64)), -_DN_LIMIT, _DN_LIMIT)
+        return np.ldexp(t, dn.astype(np.int32)[..., None]).astype(dt)
 
 
 def _all_ok_counts(O: np.ndarray, N: np.ndarray) -> dict[str, int] | None:

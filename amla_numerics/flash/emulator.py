@@ -56,7 +56,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ml_dtypes
@@ -71,7 +71,7 @@ from amla_numerics.flash._exactsum import (
 )
 from amla_numerics.flash._inputs import block_bounds, check_inputs
 from amla_numerics.flash.accumulate import vector_sum
-from amla_numerics.flash.amla import amla_rescale, amla_scalars
+from amla_numerics.flash.amla import amla_rescale, amla_scalars, clamped_rows
 from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
 from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
 from amla_numerics.flash.fp8kv import kv_fp8_roundtrip
@@ -88,7 +88,16 @@ from amla_numerics.flash.stages import (
 from amla_numerics.inputs import is_leading_columns
 from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
 
-__all__ = ["MLA_DK", "MLA_DV", "MLA_SCALE", "FlashResult", "Trace", "attention", "mla_attention"]
+__all__ = [
+    "MLA_DK",
+    "MLA_DV",
+    "MLA_SCALE",
+    "FlashResult",
+    "Trace",
+    "attention",
+    "mla_attention",
+    "rescale_probability",
+]
 
 #: The MLA decode preset (DeepSeek-V3 absorbed form): score dim, value dim, softmax scale.
 MLA_DK, MLA_DV, MLA_SCALE = 576, 512, 1.0 / math.sqrt(192.0)
@@ -129,6 +138,62 @@ class Trace:
     p_underflow: np.ndarray | None = None
     p_saturate: np.ndarray | None = None
 
+    def rescale_prob(self, group_rows: int | None = None) -> float:
+        """The per-block rescale probability of the run: :func:`rescale_probability` of
+        :attr:`rescaled` (the one definition the report and the pipeline model use)."""
+        return rescale_probability(self.rescaled, group_rows)
+
+
+def rescale_probability(rescaled: Any, group_rows: int | None = None) -> float:
+    """Fraction of (block, row group) steps, over blocks 1 .. J-1, in which O was rescaled.
+
+    A vector core rescales a group of rows together when *any* row in it needs it (the
+    ``lazy`` variant's branch is taken per group), so the probability of a step is whether
+    any row of the group rescaled. This is the one definition of the lazy variant's rescale
+    probability: the report records it per case and the pipeline model takes the number.
+
+    Parameters
+    ----------
+    rescaled : array_like of bool, shape (n_blocks, ..., M)
+        :attr:`Trace.rescaled` (block 0 never rescales and is ignored).
+    group_rows : int, optional
+        Rows decided together; a positive divisor of M (default: all M rows of the last
+        axis, one group per leading index).
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when there is only one block (no step can rescale).
+
+    Raises
+    ------
+    ValueError
+        Not a boolean array with at least 2 dimensions, or a bad ``group_rows``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
+    >>> rescale_probability(r), rescale_probability(r, group_rows=2), rescale_probability(r, 1)
+    (0.6666666666666666, 0.3333333333333333, 0.16666666666666666)
+    """
+    arr = np.asarray(rescaled)
+    if arr.dtype != bool or arr.ndim < 2:
+        raise ValueError(
+            "argument 'rescaled' must be a boolean array of shape (n_blocks, ..., M), got "
+            f"dtype {arr.dtype} and {arr.ndim} dimension(s)"
+        )
+    m = arr.shape[-1]
+    g = m if group_rows is None else group_rows
+    if isinstance(g, bool) or not isinstance(g, int | np.integer) or g < 1 or m % g:
+        raise ValueError(
+            f"argument 'group_rows' must be a positive divisor of M = {m}, got {group_rows!r}"
+        )
+    if arr.shape[0] < 2:
+        return float("nan")
+    later = arr[1:].reshape(arr.shape[0] - 1, -1, m // int(g), int(g))
+    return float(later.any(axis=-1).mean())
+
 
 @dataclass(frozen=True)
 class FlashResult:
@@ -142,7 +207,16 @@ class FlashResult:
         (..., M) float64 log-sum-exp of the scaled scores, ``m + ln(l)``.
     hazards : dict[str, int]
         Every class of :data:`amla_numerics.exp2add.HAZARDS` -> number of elements of O
-        that hit it, summed over all integer adds (zeros for non-AMLA variants).
+        that hit it, summed over all integer adds, plus ``"clamp"``: elements of O in rows
+        whose ``dn`` the kernel's clamp raised, summed over blocks (informational: a
+        deterministic feature the bounds cover). ``"overflow"`` also counts, for every
+        variant, the output elements of attended rows that are not finite because O, l or
+        the division overflowed FP32 (and no integer-add hazard touched them).
+    hazard_mask : dict[str, numpy.ndarray]
+        Per class of ``hazards`` (``"ok"`` excluded), a bool array shaped like ``out``:
+        which output elements that class touched over all blocks (``"clamp"``: whole rows).
+    uncovered : numpy.ndarray or None
+        The elements of :meth:`garbage_mask` (None: none).
     trace : Trace or None
         Per-block state when ``trace=True``.
     config : dict
@@ -154,6 +228,18 @@ class FlashResult:
     hazards: dict[str, int]
     trace: Trace | None
     config: dict[str, Any]
+    hazard_mask: dict[str, np.ndarray] = field(default_factory=dict)
+    uncovered: np.ndarray | None = None
+
+    def garbage_mask(self) -> np.ndarray:
+        """Output elements whose value came from the integer add's garbage: those a garbage
+        class touched (``amla_guarded`` repairs them: none there), less those that had
+        overflowed FP32 first. No error bound covers them; every other element with a
+        finite reference is covered, so FP32 overflow (finite reference, non-finite output)
+        is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it."""
+        if self.uncovered is not None:
+            return self.uncovered
+        return np.zeros(self.out.shape, bool)
 
 
 def attention(
@@ -222,7 +308,7 @@ def attention(
     if pol.kv_order == "reverse":
         blocks = blocks[::-1]
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
-    out, lse, hazards, tr = run.execute(blocks)
+    out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
     config = {
         "variant": variant,
         "policy": pol.to_dict(),
@@ -235,7 +321,7 @@ def attention(
         "masked": mask is not None,
         "shapes": {"q": list(np.shape(q)), "k": list(np.shape(k)), "v": list(np.shape(v))},
     }
-    return FlashResult(out, lse, hazards, tr, config)
+    return FlashResult(out, lse, hazards, tr, config, masks, uncovered)
 
 
 def mla_attention(
@@ -295,6 +381,14 @@ def _absmax(x: np.ndarray, raw: np.ndarray | None = None) -> float:
     return float(max(x.max(), -x.min()))
 
 
+def _mark(masks: dict[str, np.ndarray], name: str, touched: np.ndarray) -> None:
+    """OR ``touched`` into the mask of class ``name`` (created on first use)."""
+    if name in masks:
+        masks[name] = masks[name] | touched
+    else:
+        masks[name] = np.array(touched, dtype=bool)
+
+
 class _Run:
     """One emulation: the state of the recurrence over the KV blocks."""
 
@@ -316,7 +410,8 @@ class _Run:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
-        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = self.qk_all = None
+        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
+        self.qk_all: np.ndarray | None = None
         self.scale = self.dt(inp.scale)
         # an additive score bias, rounded (rne) to the work format once
         self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
@@ -485,7 +580,8 @@ class _Run:
         pol, dt, variant = self.pol, self.dt, self.variant
         self.v_small = self._block_small(sorted(blocks))
         self._all_scores(blocks)
-        hazards = dict.fromkeys(HAZARDS, 0)
+        hazards = dict.fromkeys((*HAZARDS, "clamp"), 0)
+        masks: dict[str, np.ndarray] = {}
         rec: dict[str, list] = {
             key: []
             for key in (
@@ -503,6 +599,11 @@ class _Run:
         }
         m = l = O = sc = None
         log2e = constants(pol)["LOG2E"]
+        # AMLA: elements the integer add's garbage touched, and elements that overflowed in
+        # FP32 (O + PV, the guard's multiply) before any garbage reached them
+        garbage: np.ndarray | None = None
+        fp32_over: np.ndarray | None = None
+        repairs = variant == "amla_guarded"
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
             with np.errstate(invalid="ignore", over="ignore"):
@@ -528,11 +629,24 @@ class _Run:
                 if j == 0:
                     O = pv
                 else:
-                    O, counts = amla_rescale(O, sc, pol, variant)
+                    O, counts, codes = amla_rescale(O, sc, pol, variant)
                     for key, val in counts.items():
                         hazards[key] += val
+                    if codes is not None:
+                        for code, name in enumerate(HAZARDS):
+                            if code and counts[name]:
+                                _mark(masks, name, codes == code)
+                        if not repairs:
+                            garbage = codes != 0 if garbage is None else garbage | (codes != 0)
+                    clamped = clamped_rows(sc, pol)
+                    if clamped is not None:
+                        hazards["clamp"] += int(np.count_nonzero(clamped)) * O.shape[-1]
+                        _mark(masks, "clamp", np.broadcast_to(clamped[..., None], O.shape))
                     with np.errstate(invalid="ignore", over="ignore"):
                         O = O + pv
+                if not np.isfinite(O).all():
+                    new = ~np.isfinite(O) if garbage is None else ~np.isfinite(O) & ~garbage
+                    fp32_over = new if fp32_over is None else fp32_over | new
             else:
                 pv = self._pv(p, lo, hi)
                 with np.errstate(invalid="ignore", over="ignore"):
@@ -547,6 +661,7 @@ class _Run:
                 self._record(rec, m_new, sc if self.is_amla else None, resc, j)
                 rec["p_underflow"].append(self.p_counts[0])
                 rec["p_saturate"].append(self.p_counts[1])
+        O_final = O
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
                 O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))
@@ -555,8 +670,32 @@ class _Run:
             out = O / den[..., None]
             m64 = m.astype(np.float64) * (self.inp.scale if self.fa4_raw else 1.0)
             lse = m64 + np.log(l.astype(np.float64))
+        shape = out.shape
+        junk = np.zeros(shape, bool) if garbage is None else np.broadcast_to(garbage, shape)
+        overflow = self._fp32_overflow(O_final, l, out) & ~junk
+        if fp32_over is not None:
+            overflow |= np.broadcast_to(fp32_over, shape)
+        n_over = int(np.count_nonzero(overflow))
+        if n_over:
+            hazards["overflow"] += n_over
+            _mark(masks, "overflow", overflow)
+        full = {
+            name: np.broadcast_to(masks[name], shape).copy()
+            if name in masks
+            else np.zeros(shape, bool)
+            for name in hazards
+            if name != "ok"
+        }
         tr = self._trace(rec) if self.want_trace else None
-        return out, lse, hazards, tr
+        return out, lse, hazards, full, junk & ~overflow, tr
+
+    @staticmethod
+    def _fp32_overflow(O, l, out) -> np.ndarray:
+        """Outputs of attended rows (``l > 0``) that are not finite because O (before any
+        clip), l or the division overflowed FP32."""
+        with np.errstate(invalid="ignore"):
+            attended = np.broadcast_to((l > 0)[..., None], out.shape)
+        return attended & (~np.isfinite(out) | ~np.isfinite(O) | ~np.isfinite(l)[..., None])
 
     def _softmax_step(self, s, m, j, log2e):
         """Steps 2-4 (max, exp, rescale factor) for every variant but ``fa4``."""

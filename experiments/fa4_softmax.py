@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, softmax_weights
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+from amla_numerics.analysis.metrics import magnitude_scale
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash.fa4 import FA4_EX2_REL_ERR, ex2_emu
 
@@ -37,8 +38,7 @@ def run(seeds, *, n=4096, rows=16, block=512):
         for seed in seeds:
             w = make_workload(name, head_dim=d, kv_len=n, rows=rows, seed=seed)
             ref = np.asarray(reference.attention(w.q, w.k, w.v, w.scale, method="auto"))
-            _, wt = softmax_weights(w.q, w.k, w.scale)
-            mag = wt @ np.abs(np.asarray(w.v, np.float64))
+            mag = magnitude_scale(w.q, w.k, w.v, w.scale)
             for variant in VARIANTS:
                 res = flash.attention(
                     w.q, w.k, w.v, variant, scale=w.scale, block_n=block, trace=True

@@ -10,9 +10,10 @@ Workload: ``mla`` (DeepSeek-V3 absorbed decode: d = 576, V = K[:, :512], scale
 - ``kernel``: the emulated variant on the cache's values minus the certified reference on
   the same values (the kernel's error);
 
-both as ``max_ij |e_ij| / sum_k w_ik |v_kj|`` (``w``: float64 softmax weights of the BF16
-cache) and as ``||e||_F / ||ref||_F``; ``bound_ratio`` is the kernel error over its a
-priori bound evaluated on the cache's values. Bytes per token: 1152 (BF16) vs 656 (FP8).
+both as ``max_ij |e_ij| / sum_k w_ik |v_kj|``
+(:func:`~amla_numerics.analysis.metrics.magnitude_scale` of the BF16 cache) and as
+``||e||_F / ||ref||_F``; ``bound_ratio`` is the kernel error over its a priori bound
+evaluated on the cache's values. Bytes per token: 1152 (BF16) vs 656 (FP8).
 
 Writes ``fp8_kv.csv`` and ``fp8_kv.png`` into ``--out`` (default ``experiments/results``).
 Run: ``PYTHONPATH=. .venv/bin/python experiments/fp8_kv.py [--quick]``
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, softmax_weights
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+from amla_numerics.analysis.metrics import magnitude_scale
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash.fp8kv import BYTES_PER_TOKEN, kv_fp8_roundtrip
 
@@ -39,8 +41,7 @@ def run(seeds, *, n=4096, rows=16, block=512):
     records = []
     for seed in seeds:
         w = make_workload("mla", head_dim=576, kv_len=n, rows=rows, seed=seed)
-        _, wt = softmax_weights(w.q, w.k, w.scale)
-        mag = wt @ np.abs(np.asarray(w.v, np.float64))
+        mag = magnitude_scale(w.q, w.k, w.v, w.scale)
         ref = np.asarray(reference.attention(w.q, w.k, w.v, w.scale, method="auto"))
         for cache in ("bf16", "fp8"):
             kv = w.k if cache == "bf16" else kv_fp8_roundtrip(w.k)

@@ -17,8 +17,9 @@ the baseline. For each run:
   order, ``Phi((Delta + delta_k - 10 ln 2 - ln S) / sigma)`` with ``delta_k`` the measured
   mean excess of the sink block's max over Delta and ``sigma**2 = (d - 1)/d`` the ordinary
   score variance of this workload (their ``6.93`` is ``10 ln 2``);
-- ``cond_err``: ``max_ij |out - ref| / sum_k w_ik |v_kj|`` (dimensionless; ``w`` the float64
-  softmax weights, ``ref`` the certified reference); ``bound_ratio``: ``max err / bound``
+- ``cond_err``: ``max_ij |out - ref| / sum_k w_ik |v_kj|`` (dimensionless; the denominator
+  is :func:`~amla_numerics.analysis.metrics.magnitude_scale`, ``ref`` the certified
+  reference); ``bound_ratio``: ``max err / bound``
   of :func:`~amla_numerics.analysis.bounds.a_priori_bound` (must be <= 1); ``rel_fro``:
   ``||out - ref||_F / ||ref||_F`` (the root-mean-square view of the published MSEs);
 - ``lost_mass``: the reference softmax weight of the keys the threshold model says are
@@ -41,6 +42,7 @@ import numpy as np
 
 from amla_numerics import flash, reference
 from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, softmax_weights
+from amla_numerics.analysis.metrics import magnitude_scale
 from amla_numerics.analysis.sinks import DEFAULT_SINKS, sink_workload
 from amla_numerics.flash.policy import get_policy
 
@@ -73,7 +75,7 @@ def run(deltas, scales, seeds, *, d=64, n=4096, rows=16, block=512):
             w = sink_workload(delta, head_dim=d, kv_len=n, rows=rows, seed=seed)
             ref = reference.attention(w.q, w.k, w.v, w.scale, method="auto")
             s, wt = softmax_weights(w.q, w.k, w.scale)
-            mag = wt @ np.abs(np.asarray(w.v, np.float64))
+            mag = magnitude_scale(w.q, w.k, w.v, w.scale)
             delta_k = float(np.mean(s[:, :block].max(axis=-1) - delta))
             runs = [("fa_fp32", 1.0, "forward")]
             runs += [

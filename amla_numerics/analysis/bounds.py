@@ -165,6 +165,10 @@ class Bound:
     p_scale_abs : float
         Absolute error per output element and block of the removal of a static P scale
         (``fl(PV' / S)`` rounding into the work format's subnormals; 0 when ``S = 1``).
+    p_min_normal : float
+        The smallest normal of the P cast's format (and of the P V input format when it
+        re-rounds), divided by the static scale: a tile value known to be at least this
+        (in its block's frame) takes no absolute cast error (0: every key may).
     kv_order : {"forward", "reverse"}
         The policy's block visit order; :func:`elementwise_bound` evaluates a reverse run on
         the keys reversed (and front-padded with masked keys to whole blocks), which is the
@@ -212,6 +216,7 @@ class Bound:
     sigma_pv_out: float = 0.0
     p_saturate: bool = False
     p_scale_abs: float = 0.0
+    p_min_normal: float = 0.0
     kv_order: str = "forward"
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
@@ -438,6 +443,13 @@ def a_priori_bound(
     p_sat, p_scale_abs, sigma_cast, u_cast = _p_scale_terms(
         pol, variant, float(tau), sigma_cast, u_cast
     )
+    p_min_normal = 0.0
+    if pol.p_cast is not None:
+        p_min_normal = get_format(pol.p_cast).min_normal
+        if not _contains(pol.pv.in_format, pol.p_cast):
+            p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
+        s_w = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
+        p_min_normal /= s_w
     consts = _work_constants(pol.work)
     c_w, bias_w = consts["round"](c), consts["round"](float(pol.eps_bias))
     # AMLA's residual r = exp(fl(fl(fl(m RECIP) + n) LN2)): |ln(r / (e**m 2**n))| <= eta
@@ -496,6 +508,7 @@ def a_priori_bound(
         sigma_pv_out=_sigma(pol.pv.out_format),
         p_saturate=p_sat,
         p_scale_abs=p_scale_abs,
+        p_min_normal=p_min_normal,
         kv_order="forward" if variant == "naive" else pol.kv_order,
     )
     nu_rel = abs(nu0) * 2.0**-23
@@ -905,6 +918,7 @@ def _cast_abs(
     m_lo: np.ndarray,
     bn: int,
     alpha: np.ndarray,
+    common: np.ndarray,
 ) -> np.ndarray:
     """The P cast's absolute (below-normal) errors, summed over keys with ``|V|``, in the
     final frame. Key ``i`` of block ``j`` is cast in block ``j``'s frame, where one rounding
@@ -914,7 +928,9 @@ def _cast_abs(
     normal range also rounds to within ``[0, 2x]`` (two roundings: ``3x``), ``x`` the
     computed tile value: in the final frame at most ``r^_max exp(min(s_i + e_i - m_lo_T,
     stale)) (1 + alpha_i)`` (the computed final max is >= every computed score, minus
-    ``stale = tau ln 2`` for a stale max)."""
+    ``stale = tau ln 2`` for a stale max). A key whose tile value is surely normal in the
+    cast format (at least ``r^_min exp(s_i - e_i - m_hi_j - common_i) >= p_min_normal``
+    in its block's frame, ``common_i`` the score/exp relative terms) takes none."""
     if not b.sigma_cast:
         return np.zeros(1)
     n = s0.shape[-1]
@@ -925,6 +941,10 @@ def _cast_abs(
         x_fin = b.r_hat_max * np.exp(np.minimum(s0 + e - m_lo[..., -1:], stale))
         x_fin = np.nan_to_num(x_fin, nan=1.0, posinf=1.0) * (1.0 + alpha)
     per = np.minimum(b.sigma_cast * _to_keys(frame, bn, n), 3.0 * x_fin)
+    if b.p_min_normal > 0:
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+            x_lo = b.r_hat_min * np.exp(s0 - e - _to_keys(m_hi, bn, n) - common)
+        per = np.where(np.nan_to_num(x_lo, nan=0.0) >= b.p_min_normal, 0.0, per)
     per = np.where(fin, per, 0.0)
     return _weighted_sum(per, x.v_abs)
 
@@ -1147,7 +1167,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     sig = b.sigma_work
     per_key = sig * b.r_hat_max + (sig if amla else 0.0)
     v_sum = x.v_sum if x.v_sum is not None else np.sum(x.v_abs, axis=-2, keepdims=True)
-    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha)
+    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind)
     v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + v_in_sig * n_pos * b.r_hat_max * carry

@@ -5,7 +5,8 @@ The public API is what ``__all__`` lists; the modules hold the logic:
 :mod:`~amla_numerics.ulp` (ULP metrics), :mod:`~amla_numerics.exp2add` (the INT32
 exponent add), :mod:`~amla_numerics.reference` (arbitrary-precision attention),
 :mod:`~amla_numerics.flash` (bit-exact FlashAttention emulator), :mod:`~amla_numerics.analysis`
-(metrics, bounds, budgets, reports) and :mod:`~amla_numerics.pipeline` (Ascend 910 model).
+(metrics, bounds, budgets, reports), :mod:`~amla_numerics.pipeline` (Ascend 910 model) and
+:mod:`~amla_numerics.testing` (judge a real kernel's outputs; dumps in :mod:`.dumps`).
 """
 
 import importlib
@@ -50,6 +51,7 @@ __all__ = [
     "reference",
     "round_to",
     "signed_ulp_error",
+    "testing",
     "ulp",
     "ulp_distance",
     "ulp_error",

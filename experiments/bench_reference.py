@@ -10,8 +10,15 @@
    <= 20 s and <= 10x the baseline. Also prints how many elements auto sent to mpmath and
    the largest certified bound in FP32 ULPs.
 2. The mpmath path: rows per second at dps 30 and 50 (Dk 576, Dv 512, N = ``--mp-n``).
+3. ``--sweep``: long contexts (issue 11, section 5): ``method="auto"`` against the
+   BLAS-friendly float64 numpy baseline from 1K to 1M keys (``--sweep-n``) for 16 and 128
+   query rows (``--sweep-m``), Dk 576, Dv 512 = K[:, :512], BF16; the reference streams over
+   key blocks of ``KEY_BLOCK`` keys, so its working memory is the float64 copy of the inputs
+   plus ``O(M * KEY_BLOCK)``; ``--memory`` prints each call's peak (tracemalloc) beside the
+   inputs' float64 size. Target: <= 10x the baseline.
 
-Run: ``.venv/bin/python experiments/bench_reference.py`` (about a minute on 2 cores).
+Run: ``.venv/bin/python experiments/bench_reference.py`` (about a minute on 2 cores);
+``--sweep`` takes several minutes (the 1M-key cases dominate).
 """
 
 from __future__ import annotations
@@ -55,7 +62,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--mp-n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sweep", action="store_true", help="long-context sweep only")
+    ap.add_argument("--sweep-n", default="1024,8192,65536,262144,1048576")
+    ap.add_argument("--sweep-m", default="16,128")
+    ap.add_argument(
+        "--memory", action="store_true", help="sweep: also the peak memory (tracemalloc)"
+    )
     args = ap.parse_args()
+    if args.sweep:
+        sweep(args)
+        return
     rng = np.random.default_rng(args.seed)
     m, dk, dv, n = 128, 576, 512, args.n
     k = rng.standard_normal((n, dk)).astype(ml_dtypes.bfloat16)
@@ -117,6 +133,65 @@ def main() -> None:
             f"mpmath path dps={dps}: {rows_done / t:.2f} rows/s "
             f"(N={args.mp_n}, Dk={dk}, Dv={dv}; includes the 2*dps ladder on 2 rows)"
         )
+
+
+def _peak_mb(fn) -> float:
+    """Peak memory numpy allocated during one call of ``fn`` (tracemalloc), in MB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def sweep(args) -> None:
+    """Long contexts: auto vs the BLAS-friendly float64 baseline, interleaved."""
+    from amla_numerics.reference.fast import KEY_BLOCK
+
+    rng = np.random.default_rng(args.seed)
+    scale = 1 / math.sqrt(192)
+    ns = [int(t) for t in args.sweep_n.split(",")]
+    ms = [int(t) for t in args.sweep_m.split(",")]
+    k_all = np.concatenate(  # generated in chunks: no 8-byte copy of the largest k
+        [
+            rng.standard_normal((min(1 << 16, max(ns) - j), 576)).astype(ml_dtypes.bfloat16)
+            for j in range(0, max(ns), 1 << 16)
+        ]
+    )
+    q_all = rng.standard_normal((max(ms), 576)).astype(ml_dtypes.bfloat16)
+    print(
+        f"sweep: Dk 576, Dv 512 = K[:, :512], BF16, KEY_BLOCK {KEY_BLOCK}, best of "
+        f"{args.repeats} (interleaved)"
+    )
+    print(
+        f"{'M':>4s} {'N':>8s} {'float64 s':>10s} {'auto s':>8s} {'ratio':>6s} {'peak MB':>8s} "
+        f"{'inputs MB':>9s}"
+    )
+    for m in ms:
+        for n in ns:
+            k = k_all[:n]
+            q = q_all[:m]
+            v = k[:, :512]
+            q64, k64 = q.astype(np.float64), k.astype(np.float64)
+            v64 = k64[:, :512]  # a view, as v is of k: one float64 copy of the keys
+            reps = args.repeats if n <= 262144 else max(1, args.repeats // 2)
+            (t_base, t_auto), _ = best_of_interleaved(
+                [
+                    lambda a=q64, b=k64, c=v64: plain(a, b, c, scale, True),
+                    lambda a=q, b=k, c=v: attention(a, b, c, scale, method="auto"),
+                ],
+                reps,
+            )
+            peak = _peak_mb(lambda a=q, b=k, c=v: attention(a, b, c, scale)) if args.memory else 0
+            inputs = 8 * n * 576 / 2**20  # k (and its prefix v) as float64
+            print(
+                f"{m:4d} {n:8d} {t_base:10.3f} {t_auto:8.3f} {t_auto / t_base:6.1f} "
+                f"{peak:8.0f} {inputs:9.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

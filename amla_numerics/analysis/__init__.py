@@ -22,9 +22,9 @@ from amla_numerics.analysis.bounds import (
     softmax_weights,
 )
 from amla_numerics.analysis.budgets import (
-    Budget,
     BudgetBook,
-    BudgetResult,
+    Check,
+    KernelBudget,
     check_budgets,
     load_budgets,
     update_budgets,
@@ -49,17 +49,18 @@ from amla_numerics.analysis.report import (
     summarize,
     write_outputs,
 )
+from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 
 __all__ = [
     "WORKLOADS",
     "Bound",
     "BoundInputs",
-    "Budget",
     "BudgetBook",
-    "BudgetResult",
     "Case",
+    "Check",
     "ErrorMetrics",
+    "KernelBudget",
     "Record",
     "Report",
     "ReportConfig",
@@ -87,6 +88,7 @@ __all__ = [
     "run_grid",
     "save_report_plots",
     "softmax_weights",
+    "split_bound",
     "summarize",
     "update_budgets",
     "write_outputs",

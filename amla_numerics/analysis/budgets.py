@@ -1,16 +1,47 @@
-"""ULP budgets: committed per-case error ceilings that regression tests hold.
+"""Error budgets for any kernel: committed ceilings on the condition-aware and BF16-output
+metrics, one TOML format for the built-in variants and for users' kernels.
 
-A budgets file (TOML) has a ``[meta]`` table (the measurement settings and the margin) and
-one ``[[budget]]`` per (variant, head dim, workload, KV length) with ``max_ulp_fp32``, the
-largest FP32 ULP error allowed, and optionally ``median_ulp_fp32``, the largest median (the
-max is set by the few outputs that nearly cancel, where one FP32 ULP is tiny; the median
-tracks the typical element, so a regression in the bulk fails it first). Budgets are set from
-measured values with the stated
-margin (:func:`budgets_from_records`), so a change that makes any case worse by more than
-the margin fails, and loosening a budget is a visible diff of the committed file.
+Layout
+------
+::
 
-The shipped file ``amla_numerics/data/budgets.toml`` covers a small grid that the test
-suite checks; ``amla-numerics check-budgets --budgets FILE`` checks any other.
+    [meta]                    # how check-budgets measures the built-in variants
+    rows = 4                  # query rows per case
+    block_n = 256             # KV block length
+    seed = 0
+    margin = 1.5              # budgets = measured x margin (see budgets_from_records)
+
+    [kernels.amla]            # a built-in variant (the name, or variant = "..."):
+    variant = "amla"          # check-budgets measures it with the emulator
+    cond_err_max = 1e5        # optional limits for every case of this kernel
+
+    [[kernels.amla.cases]]    # one measured case: workload, head_dim, kv_len select it
+    workload = "random"
+    head_dim = 64
+    kv_len = 1024
+    cond_err_max = 3900.0     # limits (any of BUDGET_METRICS, or another LIMIT_METRIC)
+    cond_err_median = 260.0
+
+    [kernels.mykernel]        # a user's kernel: checked by `compare --budget F --kernel mykernel`
+    cond_err_max = 4096.0     # limits for every dump
+    bf16_out_incorrect_frac = 0.01
+    [[kernels.mykernel.cases]]
+    match = "mla_*"           # a glob on the case name (the dump's file stem), and/or
+    kv_len = 16384            # workload / head_dim / kv_len from the dump (metadata or shapes)
+    cond_err_max = 8192.0
+
+A case entry applies when every selector it gives matches; the limits of a kernel are its
+own table's, updated by every matching case entry in file order. Limits are inclusive
+maxima; a NaN measurement never passes; a non-finite output is an infinite error.
+:func:`check_limits` is the one check both ``check-budgets`` (measured emulator records)
+and ``compare --budget`` (a kernel's dumps) use, and every failure reads
+``OVER: <kernel> <case> <metric> measured X > budget Y``.
+
+Margins: :func:`budgets_from_records` sets each limit to the measured value times
+``[meta] margin`` (1.5 in the shipped file: the emulator is deterministic, so the margin only
+absorbs legitimate changes of the model, and anything worse by more than 50 % fails),
+rounded up to 2 significant digits; ``bf16_out_max_ulp`` (an integer count) gets at least
+measured + 1 ULP. Loosening a budget is a visible diff of the committed file.
 
 Examples
 --------
@@ -20,112 +51,208 @@ Examples
 ... block_n = 128
 ... seed = 0
 ... margin = 1.5
-... [[budget]]
-... variant = "fa_fp32"
-... head_dim = 64
-... workload = "random"
-... kv_len = 256
-... max_ulp_fp32 = 1e9
+... [kernels.mykernel]
+... cond_err_max = 100.0
+... [[kernels.mykernel.cases]]
+... match = "sink*"
+... cond_err_max = 10.0
 ... '''
 >>> book = parse_budgets(text)
->>> [r.ok for r in check_budgets(book)]
-[True]
+>>> kb = book.kernels["mykernel"]
+>>> kb.limits_for(name="sink_h8", head_dim=64, kv_len=512)
+{'cond_err_max': 10.0}
+>>> [c.describe() for c in check_limits("mykernel", "sink_h8", {"cond_err_max": 12.5},
+...                                        {"cond_err_max": 10.0})]
+['OVER: mykernel sink_h8 cond_err_max measured 12.5 > budget 10']
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from amla_numerics.analysis.grid import Case, Record, evaluate_case
 from amla_numerics.analysis.workloads import WORKLOADS
-from amla_numerics.variants import check_variant
+from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = [
-    "Budget",
+    "BUDGETS_HEADER",
+    "BUDGET_METRICS",
     "BudgetBook",
-    "BudgetResult",
+    "CaseBudget",
+    "Check",
+    "KernelBudget",
     "budgets_from_records",
     "check_budgets",
+    "check_limits",
     "default_budgets_path",
     "format_budgets",
     "load_budgets",
     "parse_budgets",
-    "render_results",
+    "render_checks",
     "update_budgets",
 ]
 
+#: The metrics the shipped budgets hold (regenerated by ``check-budgets --update``).
+BUDGET_METRICS: tuple[str, ...] = (
+    "cond_err_max",
+    "cond_err_median",
+    "row_rel_max",
+    "bf16_out_max_ulp",
+    "bf16_out_incorrect_frac",
+)
+
+#: Every metric a budget may limit (the record/comparison field of the same name).
+LIMITABLE: tuple[str, ...] = (
+    *BUDGET_METRICS,
+    "cond_err_p999",
+    "row_rel_median",
+    "rel_fro",
+    "lse_err_max",
+    "max_ulp_fp32",
+    "median_ulp_fp32",
+    "max_ulp_bf16",
+    "bound_ratio",
+)
+
 #: The comment block written at the top of a regenerated budgets file.
 BUDGETS_HEADER = (
-    "ULP budgets: measured max and median FP32 ULP errors x the margin below, rounded up to 2\n"
-    "significant digits. Regenerate with: amla-numerics check-budgets --update FILE\n"
+    "Error budgets on the condition-aware metrics (cond_err_*: units of 2**-24 sum_k p_ik|v_kj|),\n"
+    "the per-row relative error and the BF16-output view (bf16_out_*), for the emulated\n"
+    "variants on a small grid. Margin: measured x [meta] margin, rounded up to 2 significant\n"
+    "digits (bf16_out_max_ulp: at least measured + 1). The emulator is deterministic: the\n"
+    "margin absorbs deliberate model changes only. Regenerate with:\n"
+    "  amla-numerics check-budgets --update FILE\n"
     "A change that raises a budget must say why in its commit message."
 )
 
 _META_KEYS = {"rows": int, "block_n": int, "seed": int, "margin": float}
-_BUDGET_KEYS = {
-    "variant": str,
-    "head_dim": int,
-    "workload": str,
-    "kv_len": int,
-    "max_ulp_fp32": float,
-}
+_SELECTORS = {"match": str, "workload": str, "head_dim": int, "kv_len": int}
 
 
 @dataclass(frozen=True)
-class Budget:
-    """The largest FP32 ULP error allowed for one (variant, head dim, workload, KV length)."""
+class CaseBudget:
+    """Limits for the cases a selector picks (None selectors match anything)."""
 
-    variant: str
-    head_dim: int
-    workload: str
-    kv_len: int
-    max_ulp_fp32: float
-    median_ulp_fp32: float | None = None
+    limits: dict[str, float]
+    workload: str | None = None
+    head_dim: int | None = None
+    kv_len: int | None = None
+    match: str | None = None
 
     @property
-    def key(self) -> str:
-        return f"{self.variant} d={self.head_dim} {self.workload} N={self.kv_len}"
+    def label(self) -> str:
+        """The case's name in messages: the glob, or ``workload d=.. N=..``."""
+        if self.match is not None and self.workload is None:
+            return self.match
+        parts = [self.workload or "*", f"d={self.head_dim}", f"N={self.kv_len}"]
+        return " ".join(parts)
+
+    def matches(
+        self,
+        *,
+        name: str | None = None,
+        workload: str | None = None,
+        head_dim: int | None = None,
+        kv_len: int | None = None,
+    ) -> bool:
+        if self.match is not None and (name is None or not fnmatch.fnmatch(name, self.match)):
+            return False
+        for want, have in (
+            (self.workload, workload),
+            (self.head_dim, head_dim),
+            (self.kv_len, kv_len),
+        ):
+            if want is not None and want != have:
+                return False
+        return True
+
+    @property
+    def measurable(self) -> bool:
+        """Names a grid case (workload, head_dim, kv_len): check-budgets can measure it."""
+        return None not in (self.workload, self.head_dim, self.kv_len)
+
+
+@dataclass(frozen=True)
+class KernelBudget:
+    """One ``[kernels.NAME]`` table."""
+
+    name: str
+    variant: str | None
+    limits: dict[str, float] = field(default_factory=dict)
+    cases: tuple[CaseBudget, ...] = ()
+
+    def limits_for(self, **case: Any) -> dict[str, float]:
+        """The kernel's limits updated by every matching case entry (file order)."""
+        out = dict(self.limits)
+        for c in self.cases:
+            if c.matches(**case):
+                out.update(c.limits)
+        return out
 
 
 @dataclass(frozen=True)
 class BudgetBook:
-    """A parsed budgets file: settings shared by every budget, then the budgets."""
+    """A parsed budgets file."""
 
     rows: int
     block_n: int
     seed: int
     margin: float
-    budgets: tuple[Budget, ...]
+    kernels: dict[str, KernelBudget]
+
+    def kernel(self, name: str) -> KernelBudget:
+        """The named kernel's budget; ValueError listing the names otherwise."""
+        if name not in self.kernels:
+            raise ValueError(
+                f"no kernel {name!r} in the budgets file; kernels: {', '.join(self.kernels)}"
+            )
+        return self.kernels[name]
 
 
 @dataclass(frozen=True)
-class BudgetResult:
-    """A budget and what was measured for it."""
+class Check:
+    """One metric of one case against its budget."""
 
-    budget: Budget
+    kernel: str
+    case: str
+    metric: str
     measured: float
-    measured_median: float = math.nan
+    budget: float
 
     @property
     def ok(self) -> bool:
-        median = self.budget.median_ulp_fp32
-        return self.measured <= self.budget.max_ulp_fp32 and (
-            median is None or self.measured_median <= median
-        )
+        return self.measured <= self.budget  # NaN never passes
 
     def describe(self) -> str:
-        """``key: measured > budget`` for each ceiling exceeded (empty when ok)."""
-        b, parts = self.budget, []
-        if not self.measured <= b.max_ulp_fp32:
-            parts.append(f"max {self.measured:.4g} > {b.max_ulp_fp32:.4g}")
-        if b.median_ulp_fp32 is not None and not self.measured_median <= b.median_ulp_fp32:
-            parts.append(f"median {self.measured_median:.4g} > {b.median_ulp_fp32:.4g}")
-        return f"{b.key}: {', '.join(parts)} FP32 ULP" if parts else ""
+        """``OVER: <kernel> <case> <metric> measured X > budget Y`` (or ``ok: ... <=``)."""
+        if self.ok:
+            return (
+                f"ok: {self.kernel} {self.case} {self.metric} measured {self.measured:.6g} "
+                f"<= budget {self.budget:.6g}"
+            )
+        return (
+            f"OVER: {self.kernel} {self.case} {self.metric} measured {self.measured:.6g} "
+            f"> budget {self.budget:.6g}"
+        )
+
+
+def check_limits(
+    kernel: str, case: str, values: Mapping[str, Any], limits: Mapping[str, float]
+) -> list[Check]:
+    """Pair every limit with its measured value (``values[metric]``; missing is NaN)."""
+    out = []
+    for metric, limit in limits.items():
+        raw = values.get(metric, math.nan)
+        measured = float(raw) if isinstance(raw, int | float) else math.nan
+        out.append(Check(kernel, case, metric, measured, float(limit)))
+    return out
 
 
 def default_budgets_path() -> Path:
@@ -155,98 +282,161 @@ def parse_budgets(text: str, source: str = "<string>") -> BudgetBook:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"budgets file {source!r} is not valid TOML: {exc}") from None
-    meta = doc.get("meta")
+    meta = doc.get("meta", {})
     if not isinstance(meta, dict):
-        raise ValueError(f"budgets file {source!r} lacks its [meta] table")
-    settings = {k: _field(meta, k, t, f"{source} [meta]") for k, t in _META_KEYS.items()}
-    entries = doc.get("budget")
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"budgets file {source!r} has no [[budget]] entries")
-    budgets = []
-    for i, entry in enumerate(entries):
-        where = f"{source} budget #{i + 1}"
-        values = {k: _field(entry, k, t, where) for k, t in _BUDGET_KEYS.items()}
-        try:
-            check_variant(values["variant"])
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if values["workload"] not in WORKLOADS:
-            raise ValueError(f"{where}: unknown workload {values['workload']!r}")
-        if "median_ulp_fp32" in entry:
-            values["median_ulp_fp32"] = _field(entry, "median_ulp_fp32", float, where)
-        for key in ("max_ulp_fp32", "median_ulp_fp32"):
-            if key in values and (values[key] < 0 or not math.isfinite(values[key])):
-                raise ValueError(f"{where}: {key} must be finite and >= 0")
-        budgets.append(Budget(**values))
-    return BudgetBook(budgets=tuple(budgets), **settings)
+        raise ValueError(f"budgets file {source!r}: [meta] must be a table")
+    defaults = {"rows": 4, "block_n": 256, "seed": 0, "margin": 1.5}
+    settings: dict[str, Any] = {
+        k: (_field(meta, k, t, f"{source} [meta]") if k in meta else defaults[k])
+        for k, t in _META_KEYS.items()
+    }
+    unknown = set(meta) - set(_META_KEYS)
+    if unknown:
+        raise ValueError(f"{source} [meta]: unknown field(s) {', '.join(sorted(unknown))}")
+    if "budget" in doc:
+        raise ValueError(
+            f"budgets file {source!r} uses the old [[budget]] layout; write [kernels.NAME] "
+            "tables (see amla_numerics.analysis.budgets)"
+        )
+    tables = doc.get("kernels")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"budgets file {source!r} has no [kernels.NAME] table")
+    kernels = {}
+    for name, table in tables.items():
+        where = f"{source} [kernels.{name}]"
+        if not isinstance(table, dict):
+            raise ValueError(f"{where} must be a table")
+        variant = table.get("variant", name if name in VARIANTS else None)
+        if variant is not None:
+            try:
+                variant = check_variant(variant)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        rest = {k: v for k, v in table.items() if k not in ("variant", "cases")}
+        limits = _limits(rest, where)
+        cases_raw = table.get("cases", [])
+        if not isinstance(cases_raw, list):
+            raise ValueError(
+                f"{where}: 'cases' must be an array of tables ([[kernels.{name}.cases]])"
+            )
+        cases = []
+        for i, entry in enumerate(cases_raw):
+            cw = f"{where} case #{i + 1}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{cw} must be a table")
+            sel = {k: _field(entry, k, t, cw) for k, t in _SELECTORS.items() if k in entry}
+            if not sel:
+                raise ValueError(f"{cw}: give at least one of {', '.join(_SELECTORS)}")
+            if "workload" in sel and variant is not None and sel["workload"] not in WORKLOADS:
+                raise ValueError(f"{cw}: unknown workload {sel['workload']!r}")
+            lim = _limits({k: v for k, v in entry.items() if k not in _SELECTORS}, cw)
+            cases.append(CaseBudget(lim, **sel))
+        kernels[name] = KernelBudget(name, variant, limits, tuple(cases))
+    return BudgetBook(kernels=kernels, **settings)
+
+
+def _limits(table: Mapping[str, Any], where: str) -> dict[str, float]:
+    out = {}
+    for key, value in table.items():
+        if key not in LIMITABLE:
+            raise ValueError(f"{where}: unknown metric {key!r}; valid: {', '.join(LIMITABLE)}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+        if not value >= 0:
+            raise ValueError(f"{where}: {key} must be >= 0 (inf allowed), got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _measured_cases(book: BudgetBook) -> list[tuple[KernelBudget, CaseBudget]]:
+    """(kernel, case) pairs check-budgets measures: built-in variants' full-selector cases."""
+    return [
+        (kb, c)
+        for kb in book.kernels.values()
+        if kb.variant is not None
+        for c in kb.cases
+        if c.measurable
+    ]
 
 
 def _measure_book(book: BudgetBook, jobs: int) -> list[Record]:
-    """One record per budget (budget order), each case measured once."""
-    groups: dict[Case, list[Budget]] = {}
-    for b in book.budgets:
-        case = Case(b.head_dim, b.kv_len, b.workload, book.seed, book.rows, book.block_n)
-        groups.setdefault(case, []).append(b)
+    """One record per measured (kernel, case) pair, each grid case evaluated once."""
+    pairs = _measured_cases(book)
+    groups: dict[Case, list[str]] = {}
+    for kb, c in pairs:
+        case = Case(c.head_dim, c.kv_len, c.workload, book.seed, book.rows, book.block_n)  # type: ignore[arg-type]
+        names = groups.setdefault(case, [])
+        if kb.variant not in names:
+            names.append(kb.variant)  # type: ignore[arg-type]
     cases = list(groups)
-    if jobs > 1:
+    if jobs > 1 and len(cases) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            outs = list(pool.map(_measure, cases, [[b.variant for b in groups[c]] for c in cases]))
+            outs = list(pool.map(evaluate_case, cases, [groups[c] for c in cases]))
     else:
-        outs = [_measure(c, [b.variant for b in groups[c]]) for c in cases]
-    by_key: dict[str, Record] = {}
-    for case, recs in zip(cases, outs, strict=True):
-        for b, rec in zip(groups[case], recs, strict=True):
-            by_key[b.key] = rec
-    return [by_key[b.key] for b in book.budgets]
+        outs = [evaluate_case(c, groups[c]) for c in cases]
+    by_key: dict[tuple, Record] = {
+        (r.variant, r.workload, r.head_dim, r.kv_len): r for recs in outs for r in recs
+    }
+    return [by_key[(kb.variant, c.workload, c.head_dim, c.kv_len)] for kb, c in pairs]
 
 
-def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[BudgetResult]:
-    """Measure every budgeted case and pair it with its budget (budget order)."""
+def check_budgets(book: BudgetBook, *, jobs: int = 1) -> list[Check]:
+    """Measure every built-in variant's budgeted cases and check them (file order).
+
+    Kernels without a variant (users' kernels) are checked by ``compare --budget``, not here.
+    """
+    pairs = _measured_cases(book)
     records = _measure_book(book, jobs)
-    return [
-        BudgetResult(b, _worst(r), _median(r)) for b, r in zip(book.budgets, records, strict=True)
-    ]
+    checks = []
+    for (kb, c), rec in zip(pairs, records, strict=True):
+        limits = kb.limits_for(workload=c.workload, head_dim=c.head_dim, kv_len=c.kv_len)
+        checks += check_limits(kb.name, c.label, rec.to_dict(), limits)
+    return checks
 
 
 def update_budgets(book: BudgetBook, *, jobs: int = 1) -> BudgetBook:
-    """The same budgets re-measured: measured values x ``book.margin`` (see
-    :func:`budgets_from_records`); write it with :func:`format_budgets`."""
+    """The same cases re-measured, every :data:`BUDGET_METRICS` set to measured x margin
+    (:func:`budgets_from_records`); users' kernels are kept as they are."""
+    pairs = _measured_cases(book)
     records = _measure_book(book, jobs)
-    new = tuple(budgets_from_records(records, book.margin))
-    return BudgetBook(book.rows, book.block_n, book.seed, book.margin, new)
-
-
-def render_results(results: list[BudgetResult]) -> str:
-    """One line per budget: ``ok``/``OVER``, the key, measured <= budget for max and median."""
-    width = max((len(r.budget.key) for r in results), default=0)
-    lines = []
-    for r in results:
-        status = "ok  " if r.ok else "OVER"
-        med = r.budget.median_ulp_fp32
-        med_txt = "-" if med is None else f"{med:.4g}"
-        lines.append(
-            f"{status} {r.budget.key:<{width}}  max {r.measured:10.4g} <= "
-            f"{r.budget.max_ulp_fp32:10.4g}  median {r.measured_median:10.4g} <= {med_txt:>10}"
+    new_cases: dict[str, list[CaseBudget]] = {}
+    for (kb, c), rec in zip(pairs, records, strict=True):
+        lim = budgets_from_records([rec], book.margin)[0]
+        new_cases.setdefault(kb.name, []).append(
+            CaseBudget(lim, c.workload, c.head_dim, c.kv_len, c.match)
         )
-    return "\n".join(lines)
+    kernels = {}
+    for name, kb in book.kernels.items():
+        if name in new_cases:
+            kept = [c for c in kb.cases if not c.measurable]
+            kernels[name] = KernelBudget(name, kb.variant, {}, tuple(new_cases[name] + kept))
+        else:
+            kernels[name] = kb
+    return BudgetBook(book.rows, book.block_n, book.seed, book.margin, kernels)
 
 
-def budgets_from_records(records: list[Record], margin: float) -> list[Budget]:
-    """Budgets = measured max and median FP32 ULP errors x ``margin``, rounded up to 2
-    significant digits."""
-    return [
-        Budget(
-            r.variant,
-            r.head_dim,
-            r.workload,
-            r.kv_len,
-            _round_up_2sig(_worst(r) * margin),
-            _round_up_2sig(_median(r) * margin),
-        )
-        for r in records
-    ]
+def render_checks(checks: list[Check]) -> str:
+    """One line per check: ``ok: ...`` or ``OVER: ...``."""
+    return "\n".join(c.describe() for c in checks)
+
+
+def budgets_from_records(records: list[Record], margin: float) -> list[dict[str, float]]:
+    """Per record: every :data:`BUDGET_METRICS` value x ``margin``, rounded up to 2
+    significant digits; ``bf16_out_max_ulp`` at least measured + 1; non-finite -> inf."""
+    out = []
+    for r in records:
+        d = r.to_dict()
+        lim = {}
+        for m in BUDGET_METRICS:
+            x = float(d[m])
+            b = _round_up_2sig(x * margin)
+            if m == "bf16_out_max_ulp" and math.isfinite(x):
+                b = max(b, x + 1)
+            lim[m] = b
+        out.append(lim)
+    return out
 
 
 def format_budgets(book: BudgetBook, header: str = "") -> str:
@@ -259,39 +449,47 @@ def format_budgets(book: BudgetBook, header: str = "") -> str:
         f"seed = {book.seed}",
         f"margin = {book.margin!r}",
     ]
-    for b in book.budgets:
-        lines += [
-            "",
-            "[[budget]]",
-            f'variant = "{b.variant}"',
-            f"head_dim = {b.head_dim}",
-            f'workload = "{b.workload}"',
-            f"kv_len = {b.kv_len}",
-            f"max_ulp_fp32 = {b.max_ulp_fp32!r}",
-        ]
-        if b.median_ulp_fp32 is not None:
-            lines.append(f"median_ulp_fp32 = {b.median_ulp_fp32!r}")
+    for kb in book.kernels.values():
+        lines += ["", f"[kernels.{kb.name}]"]
+        if kb.variant is not None:
+            lines.append(f'variant = "{kb.variant}"')
+        lines += [f"{k} = {_toml_num(v)}" for k, v in kb.limits.items()]
+        for c in kb.cases:
+            lines += ["", f"[[kernels.{kb.name}.cases]]"]
+            if c.match is not None:
+                lines.append(f'match = "{c.match}"')
+            if c.workload is not None:
+                lines.append(f'workload = "{c.workload}"')
+            if c.head_dim is not None:
+                lines.append(f"head_dim = {c.head_dim}")
+            if c.kv_len is not None:
+                lines.append(f"kv_len = {c.kv_len}")
+            lines += [f"{k} = {_toml_num(v)}" for k, v in c.limits.items()]
     return "\n".join(lines) + "\n"
 
 
-def _measure(case: Case, variants: list[str]) -> list[Record]:
-    return evaluate_case(case, variants)
-
-
-def _worst(record: Record) -> float:
-    """The budgeted quantity: max FP32 ULP error; a non-finite output counts as infinite."""
-    return math.inf if record.metrics.n_nonfinite else record.metrics.max_ulp_fp32
-
-
-def _median(record: Record) -> float:
-    return math.inf if record.metrics.n_nonfinite else record.metrics.median_ulp_fp32
+def _toml_num(x: float) -> str:
+    if math.isinf(x):
+        return "inf"
+    return repr(float(x))
 
 
 def _round_up_2sig(x: float) -> float:
+    if math.isnan(x):
+        return math.inf
     if not math.isfinite(x) or x <= 0:
         return x if x == 0 else math.inf
-    e = math.floor(math.log10(x)) - 1
-    return math.ceil(x / 10.0**e) * 10.0**e
+    return _ceil_sig(x, math.floor(math.log10(x)) - 1)
+
+
+def _ceil_sig(x: float, e: int) -> float:
+    """``ceil(x / 10**e) * 10**e`` without a float product that lands below x."""
+    from decimal import Decimal
+
+    step = Decimal(10) ** e
+    val = (Decimal(x) / step).to_integral_value(rounding="ROUND_CEILING") * step
+    y = float(val)
+    return y if y >= x else math.nextafter(y, math.inf)
 
 
 def _field(table: Any, key: str, kind: type, where: str) -> Any:

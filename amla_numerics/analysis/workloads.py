@@ -163,47 +163,57 @@ def _mask(name: str, rows: int, n: int) -> np.ndarray | None:
     return None
 
 
-def load_workload(path: str | Path, *, fmt: Format | str = BF16) -> Workload:
-    """Load user inputs from an ``.npz`` holding ``q``, ``k``, ``v`` and optionally ``scale``
-    and ``mask`` ((M, N), boolean keep-mask or additive float bias, ``-inf`` drops a key).
+def load_workload(path: str | Path, *, fmt: Format | str | None = None) -> Workload:
+    """Load user inputs from a dump (``.npz`` or ``.safetensors``, read by
+    :func:`amla_numerics.dumps.read_dump`) holding ``q``, ``k``, ``v`` and optionally
+    ``scale`` and ``mask`` ((..., M, N), boolean keep-mask or additive float bias, ``-inf``
+    drops a key).
 
-    The arrays are rounded to ``fmt`` (exactly representable inputs are unchanged).
+    The arrays keep their exact values and dtype (bfloat16 and FP8 included; leading
+    dimensions allowed); with ``fmt`` they are rounded to that format explicitly.
 
     Raises
     ------
     ValueError
-        A missing array, wrong ranks, or mismatched dimensions (the message names it).
+        An unreadable/corrupt file, a missing array, wrong ranks, or mismatched dimensions
+        (the message names it).
     """
+    from amla_numerics.dumps import read_dump
+
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays: dict[str, Any] = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read workload file {str(path)!r}: {exc}") from None
+        dump = read_dump(path)
+    except ValueError as exc:
+        raise ValueError(f"cannot read workload file: {exc}") from None
+    dump.require("q", "k", "v")
+    arrays: dict[str, Any] = dump.arrays
     for key in ("q", "k", "v"):
-        if key not in arrays:
-            raise ValueError(f"workload file {str(path)!r} lacks the array {key!r}")
-        if arrays[key].ndim != 2:
-            raise ValueError(f"array {key!r} in {str(path)!r} must be 2-D, got {arrays[key].shape}")
+        if arrays[key].ndim < 2:
+            raise ValueError(
+                f"array {key!r} in {str(path)!r} must be at least 2-D, got {arrays[key].shape}"
+            )
     q, k, v = arrays["q"], arrays["k"], arrays["v"]
-    if q.shape[1] != k.shape[1] or k.shape[0] != v.shape[0]:
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"shapes q {q.shape}, k {k.shape}, v {v.shape} in {str(path)!r} do not fit"
         )
-    scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[1])
+    scale = float(arrays["scale"]) if "scale" in arrays else 1.0 / np.sqrt(q.shape[-1])
     mask = arrays.get("mask")
     if mask is not None:
         mask = np.asarray(mask)
-        if mask.shape != (q.shape[0], k.shape[0]) or (
-            mask.dtype != bool and mask.dtype.kind != "f"
-        ):
+        full = (*np.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+        try:
+            fits = np.broadcast_shapes(mask.shape, full) == full
+        except ValueError:
+            fits = False
+        if not fits or (mask.dtype != bool and mask.dtype.kind != "f"):
             raise ValueError(
-                f"array 'mask' in {str(path)!r} must be boolean or float of shape "
-                f"{(q.shape[0], k.shape[0])}, got {mask.dtype} {mask.shape}"
+                f"array 'mask' in {str(path)!r} must be boolean or float broadcastable to "
+                f"{full}, got {mask.dtype} {mask.shape}"
             )
         if mask.dtype.kind == "f" and (np.any(np.isnan(mask)) or np.any(np.isposinf(mask))):
             raise ValueError(f"array 'mask' in {str(path)!r} holds NaN or +inf")
-    fmt = get_format(fmt)
-    return Workload(
-        path.stem, round_to(q, fmt), round_to(k, fmt), round_to(v, fmt), scale, None, mask
-    )
+    if fmt is not None:
+        f = get_format(fmt)
+        q, k, v = round_to(q, f), round_to(k, f), round_to(v, f)
+    return Workload(path.stem, q, k, v, scale, None, mask)

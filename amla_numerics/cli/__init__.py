@@ -1,9 +1,10 @@
 """The ``amla-numerics`` command line: parse, build a config, call the library, render.
 
 One module per subcommand (:data:`SUBCOMMANDS`: ``formats``, ``report``, ``budgets`` for
-``check-budgets``, ``pipeline``), each exposing ``register(subparsers)``: it adds an argparse
-sub-parser whose ``handler`` takes the parsed namespace, builds a validated configuration,
-calls the library and renders; it returns an exit code. No logic lives here.
+``check-budgets``, ``compare``, ``make_cases`` for ``make-cases``, ``pipeline``), each
+exposing ``register(subparsers)``: it adds an argparse sub-parser whose ``handler`` takes
+the parsed namespace, builds a validated configuration, calls the library and renders; it
+returns an exit code. No logic lives here.
 
 Exit codes: 0 success, 1 a check failed (a budget exceeded, a bound violated),
 2 a usage error (bad option, bad value, unreadable file). A user's mistake is
@@ -36,7 +37,7 @@ class CheckFailed(Exception):
 
 
 #: The subcommand modules, in help order; each exposes ``register(subparsers)``.
-SUBCOMMANDS: tuple[str, ...] = ("formats", "report", "budgets", "pipeline")
+SUBCOMMANDS: tuple[str, ...] = ("formats", "report", "budgets", "compare", "make_cases", "pipeline")
 
 
 def _registrars():

@@ -1,5 +1,8 @@
 """``amla-numerics check-budgets``: measure the budgeted cases, print each, fail on any over.
 
+The built-in variants' cases of a budgets file (see :mod:`amla_numerics.analysis.budgets`)
+are measured with the emulator and checked with the same code as ``compare --budget``.
+
 Examples
 --------
 >>> from amla_numerics.cli import main
@@ -37,16 +40,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from amla_numerics.analysis import budgets
 
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     book = budgets.load_budgets(args.budgets)
     if args.update:
         new = budgets.update_budgets(book, jobs=args.jobs)
         Path(args.update).write_text(budgets.format_budgets(new, budgets.BUDGETS_HEADER))
-        print(f"wrote {len(new.budgets)} budgets to {args.update}")
+        n = sum(len(k.cases) for k in new.kernels.values())
+        print(f"wrote {n} case budgets of {len(new.kernels)} kernels to {args.update}")
         return 0
-    results = budgets.check_budgets(book, jobs=args.jobs)
-    print(budgets.render_results(results))
-    over = [r for r in results if not r.ok]
+    checks = budgets.check_budgets(book, jobs=args.jobs)
+    if not checks:
+        raise ValueError("the budgets file has no measurable case of a built-in variant")
+    print(budgets.render_checks(checks))
+    over = [c for c in checks if not c.ok]
     if over:
-        raise CheckFailed("; ".join(r.describe() for r in over))
-    print(f"all {len(results)} budgets hold")
+        raise CheckFailed(
+            f"{len(over)} budget(s) exceeded:\n" + "\n".join(c.describe() for c in over)
+        )
+    print(f"all {len(checks)} budgets hold")
     return 0

@@ -56,6 +56,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,7 @@ from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
 from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
 from amla_numerics.flash.fp8kv import kv_fp8_roundtrip
 from amla_numerics.flash.policy import Policy, get_policy
+from amla_numerics.flash.splitkv import SplitTrace, check_combine, run_splits, split_ranges
 from amla_numerics.flash.stages import (
     PRECISION,
     cast,
@@ -218,9 +220,13 @@ class FlashResult:
     uncovered : numpy.ndarray or None
         The elements of :meth:`garbage_mask` (None: none).
     trace : Trace or None
-        Per-block state when ``trace=True``.
+        Per-block state when ``trace=True`` (unsplit runs; a split run keeps each split's
+        in ``splits.traces``).
     config : dict
         Variant, policy, block size and options: JSON-serialisable.
+    splits : SplitTrace or None
+        A split-KV run's per-split partials (:mod:`~amla_numerics.flash.splitkv`); None
+        when the run was not split.
     """
 
     out: np.ndarray
@@ -230,6 +236,7 @@ class FlashResult:
     config: dict[str, Any]
     hazard_mask: dict[str, np.ndarray] = field(default_factory=dict)
     uncovered: np.ndarray | None = None
+    splits: SplitTrace | None = None
 
     def garbage_mask(self) -> np.ndarray:
         """Output elements whose value came from the integer add's garbage: those a garbage
@@ -256,6 +263,8 @@ def attention(
     tau: float = DEFAULT_TAU,
     mask: Any = None,
     causal: bool = False,
+    splits: int | Sequence[tuple[int, int]] | None = None,
+    combine: str = "cann",
 ) -> FlashResult:
     """Emulate FlashAttention with rescaling scheme ``variant``, bit for bit under ``policy``.
 
@@ -284,6 +293,14 @@ def attention(
         boolean keep-mask (True attends), or an additive float bias (finite, or -inf to mask).
     causal : bool
         Row ``i`` attends keys ``j <= i + N - M`` (bottom-right aligned).
+    splits : int or sequence of (lo, hi), optional
+        Split-KV (flash-decoding): ``S`` splits of whole KV blocks, or explicit key ranges
+        partitioning ``[0, N)`` in order (empty ranges allowed); each split is run as an
+        unsplit call on its keys and the partials are merged by ``combine``
+        (:mod:`~amla_numerics.flash.splitkv`). None or a single split: the unsplit run,
+        bit for bit.
+    combine : {"cann", "flashmla"}
+        The combine kernel modelled (:data:`~amla_numerics.flash.splitkv.COMBINES`).
 
     Returns
     -------
@@ -304,16 +321,29 @@ def attention(
     inp = check_inputs(
         q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau
     )
-    blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
-    if pol.kv_order == "reverse":
-        blocks = blocks[::-1]
+    combine = check_combine(combine)
+    ranges = split_ranges(inp.n, splits, int(block_n))
+    reverse = pol.kv_order == "reverse"
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
-    out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
+    split_trace = None
+    if len(ranges) == 1:
+        blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
+        if reverse:
+            blocks = blocks[::-1]
+        out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
+        n_blocks = len(blocks)
+    else:
+        plan = [_split_blocks(lo, hi, variant, int(block_n)) for lo, hi in ranges]
+        if reverse:  # each split visits its own blocks last to first
+            plan = [p[::-1] for p in plan]
+        out, lse, hazards, masks, uncovered, split_trace = run_splits(run, ranges, plan, combine)
+        tr = None
+        n_blocks = sum(len(b) for b in plan)
     config = {
         "variant": variant,
         "policy": pol.to_dict(),
         "block_n": int(block_n),
-        "n_blocks": len(blocks),
+        "n_blocks": n_blocks,
         "scale": inp.scale,
         "c": float(c),
         "tau": float(tau),
@@ -321,7 +351,19 @@ def attention(
         "masked": mask is not None,
         "shapes": {"q": list(np.shape(q)), "k": list(np.shape(k)), "v": list(np.shape(v))},
     }
-    return FlashResult(out, lse, hazards, tr, config, masks, uncovered)
+    if split_trace is not None:
+        config["splits"] = [list(r) for r in ranges]
+        config["combine"] = combine
+    return FlashResult(out, lse, hazards, tr, config, masks, uncovered, split_trace)
+
+
+def _split_blocks(lo: int, hi: int, variant: str, block_n: int) -> list[tuple[int, int]]:
+    """The KV blocks of the split ``[lo, hi)``: restarted at ``lo`` (one for ``naive``)."""
+    if hi == lo:
+        return []
+    if variant == "naive":
+        return [(lo, hi)]
+    return [(lo + a, lo + b) for a, b in block_bounds(hi - lo, block_n)]
 
 
 def mla_attention(
@@ -576,10 +618,17 @@ class _Run:
         small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         return {lo: small[..., j, :] for j, (lo, _) in enumerate(blocks)}
 
-    def execute(self, blocks):
-        pol, dt, variant = self.pol, self.dt, self.variant
-        self.v_small = self._block_small(sorted(blocks))
+    def prepare(self, blocks):
+        """Column statistics and (when exact) every score, for all ``blocks`` at once."""
+        self.v_small = self._block_small(sorted(blocks))  # any visit order
         self._all_scores(blocks)
+
+    def execute(self, blocks, *, prepared=False):
+        """Run the recurrence over ``blocks`` (block 0 = the first listed); the final W-format
+        ``m``, ``l`` and AMLA scalars are left in ``final_m``, ``final_l``, ``final_sc``."""
+        pol, dt, variant = self.pol, self.dt, self.variant
+        if not prepared:
+            self.prepare(blocks)
         hazards = dict.fromkeys((*HAZARDS, "clamp"), 0)
         masks: dict[str, np.ndarray] = {}
         rec: dict[str, list] = {
@@ -687,6 +736,7 @@ class _Run:
             if name != "ok"
         }
         tr = self._trace(rec) if self.want_trace else None
+        self.final_m, self.final_l, self.final_sc = m, l, sc
         return out, lse, hazards, full, junk & ~overflow, tr
 
     @staticmethod

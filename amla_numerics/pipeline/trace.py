@@ -8,9 +8,10 @@ Examples
 --------
 >>> from amla_numerics.pipeline.hardware import load_hardware
 >>> from amla_numerics.pipeline.model import run
->>> from amla_numerics.pipeline.workload import Workload, default_schedule
+>>> from amla_numerics.pipeline.schedule import default_schedule
+>>> from amla_numerics.pipeline.shape import AttentionShape
 >>> hw = load_hardware("ascend910c")
->>> res, sim = run(hw, Workload(1, 2, 1024), default_schedule(hw), keep_sim=True)
+>>> res, sim = run(hw, AttentionShape(1, 2, 1024), default_schedule(hw), keep_sim=True)
 >>> doc = chrome_trace(sim, clock_ghz=1.8)
 >>> ev = [e for e in doc["traceEvents"] if e["ph"] == "X"]
 >>> len(ev) == len(sim.graph), sorted(ev[0])
@@ -37,6 +38,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "C1": ("C1: S = Q K^T", "#1f77b4"),
     "V1": ("V1: softmax, A", "#2ca02c"),
     "R": ("rescale O", "#d62728"),
+    "U": ("O = O x s + partial", "#8c564b"),
     "C2": ("C2: O += A V", "#ff7f0e"),
     "V2": ("V2: normalise", "#9467bd"),
     "KV": ("KV load", "#17becf"),
@@ -103,16 +105,17 @@ def write_trace(
 def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int = 6) -> Figure:
     """A Gantt chart up to the end of KV block ``blocks - 1``: one row per pipe, time in µs.
 
-    Examples
-    --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.model import run
-    >>> from amla_numerics.pipeline.workload import Workload, default_schedule
-    >>> hw = load_hardware("ascend910c")
-    >>> _, sim = run(hw, Workload(1, 2, 2048), default_schedule(hw), keep_sim=True)
-    >>> fig = gantt_figure(sim, 1.8, blocks=3)
-    >>> fig.axes[0].get_xlabel()
-    'time (µs)'
+        Examples
+        --------
+        >>> from amla_numerics.pipeline.hardware import load_hardware
+        >>> from amla_numerics.pipeline.model import run
+        >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline.shape import AttentionShape
+        >>> hw = load_hardware("ascend910c")
+        >>> _, sim = run(hw, AttentionShape(1, 2, 2048), default_schedule(hw), keep_sim=True)
+        >>> fig = gantt_figure(sim, 1.8, blocks=3)
+        >>> fig.axes[0].get_xlabel()
+        'time (µs)'
     """
     if blocks < 1:
         raise ValueError(f"blocks must be >= 1, got {blocks}")

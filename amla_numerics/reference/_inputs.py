@@ -89,6 +89,11 @@ def _as_float(x: Any, name: str) -> tuple[np.ndarray, int, str]:
         )
     if arr.size == 0:
         raise ValueError(f"argument '{name}' is empty (shape {arr.shape})")
+    if arr.dtype == ml_dtypes.bfloat16:
+        # the exponent field tells NaN/inf: a 2-byte pass instead of an 8-byte one
+        if np.any((arr.view(np.uint16) & 0x7F80) == 0x7F80):
+            raise ValueError(f"argument '{name}' contains NaN or inf")
+        return arr.astype(np.float64), prec, "bfloat16"  # exact
     out = arr.astype(np.float64)  # exact for every float dtype up to float64
     if not np.isfinite(out).all():
         raise ValueError(f"argument '{name}' contains NaN or inf")

@@ -363,7 +363,12 @@ class ExactDot:
 
 
 def exact_dot(
-    a: np.ndarray, b: np.ndarray, *, precision_a: int = 53, precision_b: int = 53
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    precision_a: int = 53,
+    precision_b: int = 53,
+    checked: bool = False,
 ) -> ExactDot:
     """The exact products ``a @ b.T`` of two float arrays (2-D, finite), as :class:`ExactDot`.
 
@@ -375,6 +380,9 @@ def exact_dot(
     precision_a, precision_b : int
         Significant bits of the input formats (BF16: 8); only the limb widths depend on it,
         never the result. Defaults are right for any input.
+    checked : bool
+        The caller has already checked that both are finite 2-D float64 arrays (skips the
+        finiteness scan).
 
     Returns
     -------
@@ -391,7 +399,7 @@ def exact_dot(
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"argument 'b' shape {b.shape} does not match 'a' shape {a.shape}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    if not checked and not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("arguments 'a' and 'b' must be finite")
     k = a.shape[1]
     total = exact_bits(k)

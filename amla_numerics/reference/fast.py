@@ -109,11 +109,14 @@ def _sum2(terms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _CHUNK = 1 << 14
 
 
-def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
+def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out, shift=None) -> None:
     """Scores -> weights for a block of rows, written into the output views.
 
     ``rel_out[r]`` is the row's largest relative weight error (``EXP_REL + 2**-100 |x| +
     1.01 e_x`` maximised over the row: one bound per row is enough, see ``_one_inner``).
+    ``shift`` (per row, optional): the shift ``m`` to use instead of the row max of these
+    scores (a key block of a longer row: any ``m`` at or above every score of the row keeps
+    the weights in (0, 1]); ``dead_out`` then marks rows with no key in this block.
     """
     dh, dl, edot = dots.to_dd(rows)
     sch, scl, esc = sc
@@ -133,7 +136,9 @@ def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
         raise FastUnavailable("scores too large for the fast path")
     mx = sh.max(axis=1)
     dead = mx == -np.inf
-    mxs = np.where(dead, 0.0, mx)
+    if shift is not None:
+        mx = shift
+    mxs = np.where(dead | ~np.isfinite(mx), 0.0, mx)
     xh, xl = dd_add_d(sh, sl, -mxs[:, None])
     if mask is not None:
         xh = np.where(keep, xh, -np.inf)
@@ -151,7 +156,7 @@ def _weights(dots, rows, mask, sc, ph, pl, rel_out, mxs_out, dead_out) -> None:
     dead_out[...] = dead
 
 
-def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
+def _sparse_split(vt: np.ndarray, total: int, prec: int = 53, amax: np.ndarray | None = None):
     """``V = V_hi + V_lo``: ``V_hi`` one exact limb of ``b_v`` bits, ``V_lo`` sparse.
 
     A column's span is set by its few smallest values; cutting every column on the grid
@@ -171,7 +176,8 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
     if bv < 12:
         return None
     v: Any = vt.T  # (N, Dv): vt is usually the transposed view of a C array
-    amax = np.maximum(v.max(axis=0), -v.min(axis=0))  # |v| column maxima, no |v| copy
+    if amax is None:
+        amax = _col_absmax(v)
     _, exps = np.frexp(amax)
     exps = exps.astype(np.int64)
     if exps.min() < -900 or exps.max() > 900:
@@ -212,6 +218,11 @@ def _sparse_split(vt: np.ndarray, total: int, prec: int = 53):
     return bp, bv, Limbs((y.T,), exps, bv, None), lo
 
 
+def _col_absmax(v: np.ndarray) -> np.ndarray:
+    """``|v|`` column maxima of ``v`` (N, Dv) without an ``|v|`` copy."""
+    return np.maximum(v.max(axis=0), -v.min(axis=0))
+
+
 def _one(*args, **kw):
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # masked -inf lanes
         return _one_inner(*args, **kw)
@@ -225,111 +236,53 @@ def _one_inner(
     sc: tuple[float, float, float],
     prec: tuple[int, int, int],
     want_lse: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, ExactDot]:
-    m_rows, n = q.shape[0], k.shape[0]
-    if np.abs(v).max() > 2.0**900:
-        raise FastUnavailable("values too large for the fast path")
-    dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1])
-    # limbs of v's columns (rows of the contiguous v.T) first: they fix the width b_p of p's
-    vt = v.T  # a view: BLAS takes the transposed layout without a copy
-    total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
-    split = _sparse_split(vt, total, prec[2])
-    if split is not None:  # one exact V limb + a sparse remainder (see _sparse_split)
-        bp, bv, lv, v_lo = split
-    else:
-        span_v = span_bits(vt, prec[2])
-        bp, bv = choose_widths(P_BITS + 1, span_v, total, m_rows, vt.shape[0])
-        bp = max(bp, 2)
-        lv, v_lo = limbs(vt, bv, single=span_v <= bv), None
-    if lv.exps.min() < -900:
-        raise FastUnavailable("values too small for the fast path")
-    nlimb = math.ceil((P_BITS + 1) / bp)
-    # weights and their limbs, block of rows by block of rows (the block stays in cache):
-    # p (dd, below 2) on the grid fixed by 2**1, as limbs(ph, bp, lo=pl, exps=1, max_limbs)
-    ph = np.empty((m_rows, n))
-    parts = [np.empty((m_rows, n)) for _ in range(nlimb)]
-    nonzero = [False] * nlimb
-    psums = np.empty((nlimb, m_rows))
-    tau_sum = np.empty(m_rows)
-    rel = np.empty(m_rows)
-    mxs = np.empty(m_rows)
-    dead_row = np.empty(m_rows, dtype=bool)
-    step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
-    pl = np.empty((min(step, m_rows), n))
-    f_p = 2.0 ** (bp - 1)
-    p2 = 2.0**bp
-    back = 2.0 ** (1 - nlimb * bp)  # unit of the remainder after the last limb
-    for r0 in range(0, m_rows, step):
-        rows = slice(r0, min(m_rows, r0 + step))
-        nr = rows.stop - r0
-        plr = pl[:nr]
-        _weights(
-            dots,
-            rows,
-            None if mask is None else mask[rows],
-            sc,
-            ph[rows],
-            plr,
-            rel[rows],
-            mxs[rows],
-            dead_row[rows],
-        )
-        yh = ph[rows] * f_p  # exact: powers of two
-        yl = plr * f_p
-        # while |yl| < 1 its limb is +-0 and adding it changes nothing: skipped (as limbs())
-        top_l = float(np.abs(yl).max()) if yl.size else 0.0
-        for s_ in range(nlimb):
-            th = parts[s_][rows]  # a view: the limb is written in place
-            np.trunc(yh, out=th)
-            yh -= th  # exact (fractional part)
-            if top_l >= 1.0:
-                tl = np.trunc(yl)
-                yl -= tl
-                th += tl  # exact: integers below 2**(bp+1)
-            psums[s_, rows] = th.sum(axis=1)  # exact: integers below 2**53
-            nonzero[s_] = nonzero[s_] or bool(th.any())
-            if s_ + 1 < nlimb:
-                yh *= p2
-                yl *= p2
-                top_l = top_l * p2 if top_l < 1.0 else 1.0  # exact bound, or "may matter"
-        yh *= back
-        yl *= back
-        yh += yl
-        tau_sum[rows] = np.abs(yh, out=yh).sum(axis=1)  # the exact truncated remainders
-    # sum_j err_p_j with err_p_j = rel_j p_j + EXP_ABS + tau_j <= rel_row p_j + EXP_ABS + tau_j
-    big_e = (rel * ph.sum(axis=1) * _INFLATE + n * EXP_ABS + tau_sum) * (1 + gamma(n + 1))
-    fcol = np.ldexp(1.0, lv.exps)[:, None]
-    terms, lterms = [], []
-    for s, pp in enumerate(parts):
-        if not nonzero[s]:
-            continue
-        fs = 2.0 ** (1 - bp - s * bp)
-        lterms.append(psums[s] * fs)  # exact: integers below 2**53, times 2**k
-        ppt = pp.T  # (N, M) view: Vt (Dv, N) @ P^T is BLAS's fast layout here
-        for t, vpart in enumerate(lv.parts):
-            g = vpart @ ppt
-            terms.append((g * (fcol * 2.0 ** (-bv - t * bv))) * fs)
-    e_lo: Any = 0.0  # a float, or an array once V_lo exists
-    if v_lo is not None:
-        # float64 product of the sparse remainder with p_hi: error <= (gamma_{k+1} + 2**-52)
-        # * (|V_lo| @ p_hi) (p_lo neglected, |p_lo| <= 2**-52 p_hi); k = nonzeros per column
-        from scipy import sparse
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+    """One 2-D problem; keys in blocks of at most :data:`KEY_BLOCK` (memory ``O(M block)``).
 
-        kmax = int(np.diff(v_lo.indptr).max())
-        # V_lo and |V_lo| in one sparse product (one C-contiguous copy of p^T inside scipy);
-        # every output row is the same sequential sum as in a separate product
-        both = np.asarray(sparse.vstack([v_lo, abs(v_lo)], format="csr") @ ph.T)
-        dvv = v_lo.shape[0]
-        terms.append(both[:dvv])
-        mag = both[dvv:] * (1 + 2 * gamma(kmax + 1))
-        e_lo = (gamma(kmax + 1) + 2.0**-52) * mag * _INFLATE
+    A single block is the plain algorithm (the shift is the exact row max). Several blocks:
+    the shift of a row is a float64 upper bound of its largest score (a plain float64 GEMM
+    plus its rounding bound, see :func:`_row_shift`), so every weight is in (0, 1] and every
+    block's weights sit on the same limb grid; each block contributes its exact GEMM terms
+    (exact on its own key count) and its exact limb sums to the same Sum2, and its error
+    terms add up. The exact dot products are not kept: the mpmath fallback recomputes a
+    row's from ``q[i]`` and ``k`` (:class:`_LazyDots`).
+    """
+    m_rows, n = q.shape[0], k.shape[0]
+    vmax = _col_absmax(v)  # |v| column maxima over every key
+    if vmax.size and vmax.max() > 2.0**900:
+        raise FastUnavailable("values too large for the fast path")
+    blocks = [(j0, min(n, j0 + KEY_BLOCK)) for j0 in range(0, n, KEY_BLOCK)]
+    shift = None if len(blocks) == 1 else _row_shift(q, k, mask, sc)
+    terms: list[np.ndarray] = []
+    lterms: list[np.ndarray] = []
+    rel = np.zeros(m_rows)
+    psum = np.zeros(m_rows)
+    tau_sum = np.zeros(m_rows)
+    e_lo: Any = 0.0
+    dead_row = np.ones(m_rows, dtype=bool)
+    mxs = np.zeros(m_rows)
+    dots: Any = None
+    for j0, j1 in blocks:
+        kb, vb = k[j0:j1], v[j0:j1]
+        mb = None if mask is None else mask[:, j0:j1]
+        res = _block(q, kb, vb, mb, sc, prec, shift, vmax)
+        terms += res["terms"]
+        lterms += res["lterms"]
+        rel = np.maximum(rel, res["rel"])
+        psum += res["psum"]
+        tau_sum += res["tau_sum"]
+        e_lo = e_lo + res["e_lo"]
+        dead_row &= res["dead"]
+        mxs = res["mxs"] if shift is None else np.where(np.isfinite(shift), shift, 0.0)
+        dots = res["dots"] if len(blocks) == 1 else _LazyDots(q, k)
+    # sum_j err_p_j with err_p_j = rel_j p_j + EXP_ABS + tau_j <= rel_row p_j + EXP_ABS + tau_j
+    big_e = (rel * psum * _INFLATE + n * EXP_ABS + tau_sum) * (1 + gamma(n + 1))
     if not terms:
         terms, lterms = [np.zeros((v.shape[1], m_rows))], [np.zeros(m_rows)]
     oh, ol, e2 = _sum2(terms)
     e2 = e2 + e_lo
     oh, ol, e2 = oh.T, ol.T, e2.T
     lh, ll, el = _sum2(lterms)
-    vmax = np.abs(v).max(axis=0)
     d_o = big_e[:, None] * vmax[None, :] * _INFLATE + e2
     d_l = big_e + el
     yh, yl = dd_div(oh, ol, lh[:, None], ll[:, None])
@@ -362,6 +315,168 @@ def _one_inner(
                     else np.inf
                 )
     return out, bound, lse, lse_b, dots
+
+
+#: Keys per block of the fast path (its working memory is ``O(M * KEY_BLOCK)``).
+KEY_BLOCK = 1 << 15
+
+
+class _LazyDots:
+    """Exact dot products of one query row at a time (the mpmath fallback of long rows)."""
+
+    def __init__(self, q: np.ndarray, k: np.ndarray) -> None:
+        self.q, self.k = q, k
+
+    def row_mpf(self, i: int) -> list[mpmath.mpf]:
+        from amla_numerics.reference.exactdot import exact_dot_any
+
+        return exact_dot_any(self.q[i : i + 1], self.k).row_mpf(0)
+
+
+def _row_shift(
+    q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, sc: tuple[float, float, float]
+) -> np.ndarray:
+    """Per row, a float64 ``m >= max_j (scale q_i . k_j + mask_ij)`` (the exact scores).
+
+    ``fl(q k^T)`` per key block, plus its rounding bound ``gamma_{Dk} |q||k|^T`` (bounded by
+    ``gamma_{Dk} ||q_i||_1 max|k|``), times ``|sc_hi| + |sc_lo| + e_sc``, plus the mask's,
+    rounded up by a relative ``2**-40``. Dead rows (every key masked) get ``-inf``.
+    """
+    sch, scl, esc = sc
+    s_abs = abs(sch) + abs(scl) + esc
+    qn = np.abs(q).sum(axis=1)
+    best = np.full(q.shape[0], -np.inf)
+    for j0 in range(0, k.shape[0], KEY_BLOCK):
+        kb = k[j0 : j0 + KEY_BLOCK]
+        kmax = float(max(kb.max(), -kb.min())) if kb.size else 0.0
+        g = q @ kb.T  # float64, any order: |g - q.k| <= gamma_Dk |q||k|
+        slack = (gamma(q.shape[1] + 2) * qn * kmax) * s_abs
+        with np.errstate(over="ignore", invalid="ignore"):
+            top = g * sch
+            if mask is not None:
+                mb = mask[:, j0 : j0 + KEY_BLOCK]
+                top = np.where(mb == -np.inf, -np.inf, top + mb)
+            row = top.max(axis=1)
+        # the products fl(g * sch) and the mask add: a relative 2**-52 each
+        dot_max = np.abs(g).max(axis=1) + gamma(q.shape[1] + 2) * qn * kmax
+        cap = row + slack + np.abs(row) * 2.0**-50 + dot_max * (abs(scl) + esc) + 2.0**-1000
+        best = np.maximum(best, np.where(row == -np.inf, -np.inf, cap))
+    return np.where(np.isfinite(best), best * (1 + np.sign(best) * 2.0**-40), best)
+
+
+def _block(q, k, v, mask, sc, prec, shift, vmax) -> dict[str, Any]:
+    """One key block's exact GEMM terms, limb sums and error terms (see ``_one_inner``)."""
+    m_rows, n = q.shape[0], k.shape[0]
+    dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1], checked=True)
+    # limbs of v's columns (rows of the contiguous v.T) first: they fix the width b_p of p's
+    vt = v.T  # a view: BLAS takes the transposed layout without a copy
+    total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
+    split = _sparse_split(vt, total, prec[2], amax=vmax)
+    if split is not None:  # one exact V limb + a sparse remainder (see _sparse_split)
+        bp, bv, lv, v_lo = split
+    else:
+        span_v = span_bits(vt, prec[2])
+        bp, bv = choose_widths(P_BITS + 1, span_v, total, m_rows, vt.shape[0])
+        bp = max(bp, 2)
+        lv, v_lo = limbs(vt, bv, single=span_v <= bv), None
+    if lv.exps.min() < -900:
+        raise FastUnavailable("values too small for the fast path")
+    nlimb = math.ceil((P_BITS + 1) / bp)
+    # weights and their limbs, block of rows by block of rows (the block stays in cache):
+    # p (dd, at most 1 + tiny) on the grid fixed by 2**1, as limbs(ph, bp, lo=pl, exps=1)
+    ph = np.empty((m_rows, n))
+    stacked = np.empty((nlimb * m_rows, n))  # every limb's rows: one GEMM reads V once
+    parts = [stacked[s_ * m_rows : (s_ + 1) * m_rows] for s_ in range(nlimb)]
+    nonzero = [False] * nlimb
+    psums = np.empty((nlimb, m_rows))
+    tau_sum = np.empty(m_rows)
+    rel = np.empty(m_rows)
+    mxs = np.empty(m_rows)
+    dead_row = np.empty(m_rows, dtype=bool)
+    step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
+    pl = np.empty((min(step, m_rows), n))
+    f_p = 2.0 ** (bp - 1)
+    p2 = 2.0**bp
+    back = 2.0 ** (1 - nlimb * bp)  # unit of the remainder after the last limb
+    for r0 in range(0, m_rows, step):
+        rows = slice(r0, min(m_rows, r0 + step))
+        nr = rows.stop - r0
+        plr = pl[:nr]
+        _weights(
+            dots,
+            rows,
+            None if mask is None else mask[rows],
+            sc,
+            ph[rows],
+            plr,
+            rel[rows],
+            mxs[rows],
+            dead_row[rows],
+            None if shift is None else shift[rows],
+        )
+        yh = ph[rows] * f_p  # exact: powers of two
+        yl = plr * f_p
+        # while |yl| < 1 its limb is +-0 and adding it changes nothing: skipped (as limbs())
+        top_l = float(np.abs(yl).max()) if yl.size else 0.0
+        for s_ in range(nlimb):
+            th = parts[s_][rows]  # a view: the limb is written in place
+            np.trunc(yh, out=th)
+            yh -= th  # exact (fractional part)
+            if top_l >= 1.0:
+                tl = np.trunc(yl)
+                yl -= tl
+                th += tl  # exact: integers below 2**(bp+1)
+            psums[s_, rows] = th.sum(axis=1)  # exact: integers below 2**53
+            nonzero[s_] = nonzero[s_] or bool(th.any())
+            if s_ + 1 < nlimb:
+                yh *= p2
+                yl *= p2
+                top_l = top_l * p2 if top_l < 1.0 else 1.0  # exact bound, or "may matter"
+        yh *= back
+        yl *= back
+        yh += yl
+        tau_sum[rows] = np.abs(yh, out=yh).sum(axis=1)  # the exact truncated remainders
+    fcol = np.ldexp(1.0, lv.exps)[:, None]
+    terms, lterms = [], []
+    live = [s for s in range(nlimb) if nonzero[s]]
+    # one GEMM per V limb over the nonzero weight limbs side by side: every entry is the
+    # same exact integer sum as a GEMM per limb pair (exact in any order), V is read once
+    if live and live == list(range(live[0], live[-1] + 1)):
+        pstack = stacked[live[0] * m_rows : (live[-1] + 1) * m_rows]
+    else:
+        pstack = np.concatenate([parts[s] for s in live]) if live else stacked[:0]
+    gs = [vpart @ pstack.T for vpart in lv.parts]  # (Dv, N) @ (N, L M): BLAS's fast layout
+    for i, s in enumerate(live):
+        fs = 2.0 ** (1 - bp - s * bp)
+        lterms.append(psums[s] * fs)  # exact: integers below 2**53, times 2**k
+        for t, g_all in enumerate(gs):
+            g = g_all[:, i * m_rows : (i + 1) * m_rows]
+            terms.append((g * (fcol * 2.0 ** (-bv - t * bv))) * fs)
+    e_lo: Any = 0.0
+    if v_lo is not None:
+        # float64 product of the sparse remainder with p_hi: error <= (gamma_{k+1} + 2**-52)
+        # * (|V_lo| @ p_hi) (p_lo neglected, |p_lo| <= 2**-52 p_hi); k = nonzeros per column
+        from scipy import sparse
+
+        kmax = int(np.diff(v_lo.indptr).max())
+        # V_lo and |V_lo| in one sparse product (one C-contiguous copy of p^T inside scipy);
+        # every output row is the same sequential sum as in a separate product
+        both = np.asarray(sparse.vstack([v_lo, abs(v_lo)], format="csr") @ ph.T)
+        dvv = v_lo.shape[0]
+        terms.append(both[:dvv])
+        mag = both[dvv:] * (1 + 2 * gamma(kmax + 1))
+        e_lo = (gamma(kmax + 1) + 2.0**-52) * mag * _INFLATE
+    return {
+        "terms": terms,
+        "lterms": lterms,
+        "rel": rel,
+        "psum": ph.sum(axis=1),
+        "tau_sum": tau_sum,
+        "e_lo": e_lo,
+        "dead": dead_row,
+        "mxs": mxs,
+        "dots": dots,
+    }
 
 
 def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:

@@ -1,9 +1,13 @@
-"""Build the discrete-event graph of the busiest core: each pipe's program order and its waits.
+"""The operation graph of the busiest core: each pipe's program order and its waits.
+
+The costs of every stage come from the :class:`~amla_numerics.pipeline.plan.Plan` (the
+same records the analytic layer sums); this module only cuts them into operations and
+wires the waits.
 
 One core is simulated (every core runs the same kind of work; shared L2 and HBM bandwidth
-enter as the core's share of the chip, :func:`~amla_numerics.pipeline.analytic.resource_rates`).
+enter as the core's share of the chip, :func:`~amla_numerics.pipeline.plan.resource_rates`).
 Its work is the list of (row tile, KV blocks) pieces from
-:func:`~amla_numerics.pipeline.analytic.split_work`, flattened into blocks ``0 .. B-1``.
+:func:`~amla_numerics.pipeline.plan.split_work`, flattened into blocks ``0 .. B-1``.
 
 Ascend (one AIC and ``vector_per_core`` AIVs), per block ``t``:
 
@@ -30,9 +34,12 @@ Load (TMA), Tensor and SIMT pipes, O in registers and no cross-core flags.
 Examples
 --------
 >>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.workload import Workload, default_schedule
+>>> from amla_numerics.pipeline.plan import make_plan
+>>> from amla_numerics.pipeline.schedule import default_schedule
+>>> from amla_numerics.pipeline.shape import AttentionShape
 >>> hw = load_hardware("ascend910c")
->>> b = build_graph(hw, Workload(1, 2, 1024), default_schedule(hw, "amla", split_kv=False))
+>>> sch = default_schedule(hw, "amla", split_kv=False)
+>>> b = build_graph(make_plan(hw, AttentionShape(1, 2, 1024), sch))
 >>> b.blocks, b.graph.pipes[:4]
 (2, ['AIC.MTE2', 'AIC.MTE1', 'AIC.Cube', 'AIC.FIX'])
 """
@@ -42,17 +49,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from amla_numerics.pipeline.analytic import resource_rates, spills, split_work
 from amla_numerics.pipeline.des import OpGraph
-from amla_numerics.pipeline.hardware import Hardware
-from amla_numerics.pipeline.rescale import SOFTMAX_PASSES, RescaleCost, rescale_cost
-from amla_numerics.pipeline.workload import Schedule, Workload, check_capacity
+from amla_numerics.pipeline.plan import GpuBlock, Plan
+from amla_numerics.pipeline.rescale import RescaleCost
 
 __all__ = ["Built", "build_graph", "rescaled_blocks"]
-
-
-def _pad16(x: int) -> int:
-    return -(-x // 16) * 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,26 +103,18 @@ def rescaled_blocks(count: int, probability: float) -> list[bool]:
 class _Ascend:
     """Emits the ops of one Ascend AI core (1 AIC + nv AIVs) in program order."""
 
-    def __init__(
-        self,
-        hw: Hardware,
-        wl: Workload,
-        sch: Schedule,
-        cost: RescaleCost,
-        rates: dict[str, float],
-        spill: bool,
-    ) -> None:
-        self.hw, self.wl, self.sch, self.cost, self.spill = hw, wl, sch, cost, spill
-        self.nv = int(hw["vector_per_core"])
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.hw, self.sch = plan.hw, plan.schedule
+        self.nv = plan.nv
         pipes = ["AIC.MTE2", "AIC.MTE1", "AIC.Cube", "AIC.FIX"]
         for v in range(self.nv):
             pipes += [f"AIV{v}.MTE2", f"AIV{v}.Vector", f"AIV{v}.MTE3"]
-        self.g = OpGraph(pipes, rates)
-        self.lat = hw["flag_latency_cycles"]
-        self.tiles = math.ceil(wl.rows / sch.m_tile)
+        self.g = OpGraph(pipes, plan.rates)
+        self.lat = self.hw["flag_latency_cycles"]
+        self.depth = self.sch.depth
         self.l1_last_use: list[int] = []  # per L1 chunk loaded: the last MTE1 op reading it
         self.mte2_ops: list[int] = []
-        self.depth = sch.depth
         self.cube_ops: list[int] = []
         self.fix_ops: list[int] = []
         self.ub_out: list[list[int]] = [[] for _ in range(self.nv)]  # AIV MTE3 ops (UB frees)
@@ -133,6 +126,7 @@ class _Ascend:
         self.s_read_last: dict[int, list[int]] = {}
         self.a_write_last: dict[int, list[int]] = {}
         self.rescale_last: dict[int, list[int]] = {}
+        self.u_read_last: dict[int, list[int]] = {}
 
     # -- AIC ---------------------------------------------------------------------------
     def _output_column(
@@ -147,10 +141,12 @@ class _Ascend:
         fix_bytes: float,
         load_deps: list[tuple[int, float]],
         fix_deps: list[tuple[int, float]],
+        fix_chip: float | None = None,
     ) -> None:
         """One output column tile: ``kc`` L1 chunks in, then per row sub-tile (each in its own
         L0C tile, ping-pong) one MTE1 move and one MMAD per chunk, then its FIX out."""
         g, sch = self.g, self.sch
+        chip = fix_bytes if fix_chip is None else fix_chip
         loads = []
         for i in range(kc):
             d = list(load_deps) if i == 0 else []
@@ -188,78 +184,67 @@ class _Ascend:
                     "AIC.FIX",
                     fix_bytes / self.hw["fix_bpc"],
                     [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 else [])],
-                    [("L2 write port", fix_bytes), ("L2 (chip share)", fix_bytes)],
+                    [("L2 write port", fix_bytes), ("L2 (chip share)", chip)],
                     label,
                 )
             )
 
     def c1(self, t: int, m: int, n: int, first_of_piece: bool) -> None:
-        hw, wl, sch, g = self.hw, self.wl, self.sch, self.g
         label = f"C1 {t}"
         if first_of_piece:  # Q of the new row tile stays resident in L1
-            qb = m * wl.d_qk * 2
-            g.add(
+            qb = self.plan.q_bytes(m)
+            self.g.add(
                 "AIC.MTE2",
                 0.0,
                 (),
                 [("L2 read port", qb), ("L2 (chip share)", qb), ("HBM (chip share)", qb)],
                 f"Q {t}",
             )
-        n16 = _pad16(n)
-        tm, tn = math.ceil(m / sch.cube_m), math.ceil(n / sch.cube_n)
-        kq = wl.d_qk // sch.l1_k_qk
-        chunks = tn * kq
-        k_bytes = n * wl.d_qk * wl.kv_bytes
-        cube = (
-            2.0 * m * n16 * wl.d_qk / hw.flop_per_cycle + hw["mmad_overhead_cycles"] * tm * tn
-        ) / (chunks * tm)
-        mte1 = (tn * m * wl.d_qk * 2 + tm * n * wl.d_qk * 2) / (chunks * tm)
+        c = self.plan.c1(m, n)
+        chunks = c.cols * c.kc
         s_free = (
             [(op, self.lat) for op in self.s_read_last[t - self.depth]]
             if t - self.depth in self.s_read_last
             else []
         )  # S workspace slot
-        for i_n in range(tn):
+        for i_n in range(c.cols):
             self._output_column(
                 label,
-                kq,
-                tm,
-                k_bytes / chunks,
-                k_bytes / self.tiles / chunks,
-                mte1,
-                cube,
-                m * n * 4 / (tn * tm),
+                c.kc,
+                c.tm,
+                c.mte2 / chunks,
+                c.hbm / chunks,
+                c.mte1 / (chunks * c.tm),
+                c.cube / (chunks * c.tm),
+                c.fix / (c.cols * c.tm),
                 [],
                 s_free if i_n == 0 else [],
             )
         self.c1_fix[t] = self.fix_ops[-1]
 
     def c2(self, t: int, m: int, n: int, rescaled: bool) -> None:
-        hw, wl, sch = self.hw, self.wl, self.sch
         label = f"C2 {t}"
-        n16 = _pad16(n)
-        tm, tv = math.ceil(m / sch.cube_m), math.ceil(wl.d_v / sch.cube_n)
-        kp = math.ceil(n / sch.l1_k_pv)
-        chunks = tv * kp
-        v_bytes = n * wl.d_v * wl.kv_bytes + m * n * 2  # V slice of the cache + A
-        cube = (
-            2.0 * m * n16 * wl.d_v / hw.flop_per_cycle + hw["mmad_overhead_cycles"] * tm * tv
-        ) / (chunks * tm)
-        mte1 = (tv * m * n * 2 + tm * n * wl.d_v * 2) / (chunks * tm)
+        c = self.plan.c2(m, n)
+        chunks = c.cols * c.kc
         a_ready = [(op, self.lat) for op in self.a_write_last[t]]
-        o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
-        for i_v in range(tv):
+        if self.plan.cost.design == "atomic":  # P V is added into O after O's rescale
+            o_ready = [(op, self.lat) for op in self.rescale_last.get(t, [])] if rescaled else []
+        else:  # the partial workspace slot is free once U(t - depth) read it
+            o_ready = [(op, self.lat) for op in self.u_read_last.get(t - self.depth, [])]
+        per_fix = c.fix / (c.cols * c.tm)
+        for i_v in range(c.cols):
             self._output_column(
                 label,
-                kp,
-                tm,
-                v_bytes / chunks,
-                0.0,
-                mte1,
-                cube,
-                m * wl.d_v * self.cost.o_store_bytes / (tv * tm),
+                c.kc,
+                c.tm,
+                c.mte2 / chunks,
+                c.hbm / chunks,
+                c.mte1 / (chunks * c.tm),
+                c.cube / (chunks * c.tm),
+                per_fix,
                 a_ready if i_v == 0 else [],
                 o_ready if i_v == 0 else [],
+                self.plan.fix_l2_bytes(per_fix),
             )
         self.c2_mte2_last[t] = self.mte2_ops[-1]  # the A workspace slot is read
         self.c2_fix_last[t] = self.fix_ops[-1]
@@ -300,26 +285,20 @@ class _Ascend:
             f"AIV{v}.MTE3",
             cyc,
             [(vo, 0.0), *write_deps],
-            [("L2 write port", write + atomic), ("L2 (chip share)", write + atomic)],
+            [
+                ("L2 write port", write + atomic),
+                ("L2 (chip share)", write + atomic * (1.0 + self.plan.rmw)),
+            ],
             label,
         )
         ub.append(wo)
         return (vo if prev is None else prev), wo
 
     def v1(self, t: int, m: int, n: int, rescaled: bool) -> None:
-        hw, wl, sch, cost = self.hw, self.wl, self.sch, self.cost
         r = m / self.nv
-        subs = max(1, math.ceil(r / sch.vec_rows))
-        rep, speed = hw["vector_bytes_per_repeat"], hw["vector_repeats_per_cycle"]
-        s_passes = SOFTMAX_PASSES + cost.softmax_extra_passes
-        read = r * n * 4
-        hbm = 0.0
-        if cost.two_pass:
-            read += r * n * 4
-            s_passes += 1
-            if self.spill:
-                hbm = (m * n * 4 * 3 + m * n * 2 * 2) / self.nv
-        vec = (r * n * 4 / rep * s_passes + cost.row_ops * math.ceil(r * 4 / rep)) / speed
+        subs = max(1, math.ceil(r / self.sch.vec_rows))
+        v1 = self.plan.v1(m, n)
+        ro = self.plan.rescale_o(m)
         s_ready = [(self.c1_fix[t], self.lat)]
         a_free = (
             [(self.c2_mte2_last[t - self.depth], self.lat)]
@@ -332,11 +311,11 @@ class _Ascend:
                 rd, wo = self._sub(
                     v,
                     f"V1 {t}",
-                    read / subs,
-                    vec / subs,
-                    r * n * 2 / subs,
+                    v1.read / subs,
+                    v1.vec / subs,
+                    v1.write / subs,
                     0.0,
-                    hbm / subs,
+                    v1.hbm / subs,
                     s_ready if s == 0 else [],
                     a_free if s == 0 else [],
                 )
@@ -344,15 +323,14 @@ class _Ascend:
             a_last.append(wo)
             if rescaled:
                 o_after = [(self.c2_fix_last[t - 1], self.lat)] if t - 1 in self.c2_fix_last else []
-                ro = r * wl.d_v
                 for s in range(subs):
                     _, wo = self._sub(
                         v,
                         f"R {t}",
-                        ro * cost.o_read_bytes / subs,
-                        ro * 4 / rep * cost.o_passes / subs / speed,
-                        ro * cost.o_write_bytes / subs,
-                        ro * cost.o_atomic_bytes / subs,
+                        ro.read / subs,
+                        ro.vec / subs,
+                        ro.write / subs,
+                        ro.atomic / subs,
                         0.0,
                         o_after if s == 0 else [],
                         [],
@@ -362,57 +340,85 @@ class _Ascend:
         self.a_write_last[t] = a_last
         self.rescale_last[t] = o_last
 
-    def v2(self, t: int, m: int) -> None:
-        hw, wl, sch = self.hw, self.wl, self.sch
+    def u(self, t: int, m: int, first: bool) -> None:
+        """``workspace``/``ub`` designs: each AIV reads the P V partial of block t (and the
+        old O), RowMuls + Add, writes O; its own stage after C2(t)."""
         r = m / self.nv
-        subs = max(1, math.ceil(r / sch.vec_rows))
-        rep, speed = hw["vector_bytes_per_repeat"], hw["vector_repeats_per_cycle"]
+        subs = max(1, math.ceil(r / self.sch.vec_rows))
+        uo = self.plan.update_o(m, first)
+        ready = [(self.c2_fix_last[t], self.lat)]
+        last = []
+        for v in range(self.nv):
+            for s in range(subs):
+                rd, _ = self._sub(
+                    v,
+                    f"U {t}",
+                    uo.read / subs,
+                    uo.vec / subs,
+                    uo.write / subs,
+                    0.0,
+                    uo.hbm / subs,
+                    ready if s == 0 else [],
+                    [],
+                )
+            last.append(rd)
+        self.u_read_last[t] = last
+
+    def v2(self, t: int, m: int) -> None:
+        r = m / self.nv
+        subs = max(1, math.ceil(r / self.sch.vec_rows))
+        v2 = self.plan.v2(m)
         ready = [(self.c2_fix_last[t], self.lat)]
         for v in range(self.nv):
             for s in range(subs):
-                out = r * wl.d_v * 2 / subs
                 self._sub(
                     v,
                     f"V2 {t}",
-                    r * wl.d_v * 4 / subs,
-                    2 * r * wl.d_v * 4 / rep / subs / speed,
-                    out,
+                    v2.read / subs,
+                    v2.vec / subs,
+                    v2.write / subs,
                     0.0,
-                    out,
+                    v2.hbm / subs,
                     ready if s == 0 else [],
                     [],
                 )
 
 
-def _build_ascend(
-    hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost, split, rates: dict[str, float]
-) -> OpGraph:
-    em = _Ascend(
-        hw, wl, sch, cost, rates, cost.two_pass and spills(hw, wl, sch, split.active_cores)
-    )
+def _build_ascend(plan: Plan) -> OpGraph:
+    em = _Ascend(plan)
+    split, cost, sch = plan.split, plan.cost, plan.schedule
     blocks = []  # (m, n, first, last, rescaled)
     for m, sizes in split.pieces:
-        resc = rescaled_blocks(len(sizes), cost.probability)
+        flags = rescaled_blocks(len(sizes), cost.probability)
         for j, n in enumerate(sizes):
-            blocks.append((m, n, j == 0, j == len(sizes) - 1, resc[j]))
+            blocks.append((m, n, j == 0, j == len(sizes) - 1, flags[j]))
     nblk = len(blocks)
     d = sch.depth
     c1_done = c2_done = v1_done = 0  # blocks emitted per stage
     v2_queue: list[int] = []
+    atomic = cost.design == "atomic"
 
     def drain() -> None:
         nonlocal v1_done
         while True:
-            if v2_queue and c2_done > v2_queue[0] and (v1_done >= min(v2_queue[0] + d, nblk)):
+            if (
+                atomic
+                and v2_queue
+                and c2_done > v2_queue[0]
+                and (v1_done >= min(v2_queue[0] + d, nblk))
+            ):
                 t = v2_queue.pop(0)
                 em.v2(t, blocks[t][0])
                 continue
             t = v1_done
-            if t < nblk and c1_done > t and (t == 0 or c2_done >= t):
+            # atomic: the rescale in V1(t) follows C2(t-1); otherwise V1(t) only needs its
+            # A slot, freed by C2(t-d)
+            ready = (t == 0 or c2_done >= t) if atomic else c2_done >= t - d + 1
+            if t < nblk and c1_done > t and ready:
                 m, n, _, last, resc = blocks[t]
-                em.v1(t, m, n, resc)
+                em.v1(t, m, n, resc and atomic)
                 v1_done += 1
-                if last:
+                if last and atomic:
                     v2_queue.append(t)
                 continue
             return
@@ -425,9 +431,14 @@ def _build_ascend(
             drain()
         c = it - (d - 1)
         if c >= 0:
-            m, n, _, _, resc = blocks[c]
+            m, n, first, last, resc = blocks[c]
             em.c2(c, m, n, resc)
             c2_done += 1
+            if not atomic:
+                drain()  # V1(c + d - 1 ...) before U(c): the kernel's preload order
+                em.u(c, m, first)
+                if last:
+                    em.v2(c, m)
             drain()
     drain()
     if v2_queue or v1_done != nblk:  # pragma: no cover - an emission-order bug
@@ -435,16 +446,12 @@ def _build_ascend(
     return em.g
 
 
-def _build_gpu(
-    hw: Hardware, wl: Workload, sch: Schedule, cost: RescaleCost, split, rates: dict[str, float]
-) -> OpGraph:
-    g = OpGraph(["SM.Load", "SM.Tensor", "SM.SIMT"], rates)
-    fpc, lanes = hw.flop_per_cycle, hw["fp32_lanes"]
+def _build_gpu(plan: Plan) -> OpGraph:
+    hw, sch, split, cost = plan.hw, plan.schedule, plan.split, plan.cost
+    g = OpGraph(["SM.Load", "SM.Tensor", "SM.SIMT"], plan.rates)
     rate = hw["l2_read_bpc"]
-    tiles = math.ceil(wl.rows / sch.m_tile)
     d = sch.depth
     stages = 2  # shared-memory KV stages (check_capacity assumes 2)
-    loads: list[int] = []
     pv: dict[int, int] = {}
     qk: dict[int, int] = {}
     blocks = []
@@ -453,12 +460,12 @@ def _build_gpu(
         for j, n in enumerate(sizes):
             blocks.append((m, n, j == 0, resc[j]))
     simt_ops: dict[int, int] = {}
-    spill = cost.two_pass and spills(hw, wl, sch, split.active_cores)
+    costs: dict[int, GpuBlock] = {}
 
     def emit_qk(t: int) -> None:
-        m, n, first, _ = blocks[t]
+        m, n, first, resc = blocks[t]
         if first:
-            qb = m * wl.d_qk * 2
+            qb = plan.q_bytes(m)
             g.add(
                 "SM.Load",
                 qb / rate,
@@ -466,37 +473,21 @@ def _build_gpu(
                 [("L2 read (per SM)", qb), ("HBM (chip share)", qb)],
                 f"Q {t}",
             )
-        k_bytes = n * wl.d_qk * wl.kv_bytes
-        ws = m * n * (4 * 3 + 2 * 2) if cost.two_pass else 0.0
+        c = costs[t] = plan.gpu_block(m, n, 1.0 if resc else 0.0)
         dl = [(pv[t - stages], 0.0)] if t - stages in pv else []
         ld = g.add(
             "SM.Load",
-            (k_bytes + ws) / rate,
+            c.load / rate,
             dl,
-            [
-                ("L2 read (per SM)", k_bytes + ws),
-                ("HBM (chip share)", k_bytes / tiles + (ws if spill else 0.0)),
-            ],
+            [("L2 read (per SM)", c.load), ("HBM (chip share)", c.hbm)],
             f"KV {t}",
         )
-        loads.append(ld)
-        cyc = 2.0 * sch.m_tile * _pad16(n) * wl.d_qk / fpc + hw["block_overhead_cycles"]
-        qk[t] = g.add("SM.Tensor", cyc, [(ld, 0.0)], (), f"QK {t}")
-        passes = SOFTMAX_PASSES + cost.softmax_extra_passes + (1 if cost.two_pass else 0)
-        p = 1.0 if blocks[t][3] else 0.0
-        simt = (
-            sch.m_tile * n * passes / lanes
-            + sch.m_tile * n / hw["sfu_per_cycle"]
-            + p * sch.m_tile * wl.d_v * cost.o_passes / lanes
-            + cost.row_ops * sch.m_tile / lanes
-        )
+        qk[t] = g.add("SM.Tensor", c.qk, [(ld, 0.0)], (), f"QK {t}")
         deps = [(qk[t], 0.0)] + ([(pv[t - 1], 0.0)] if t - 1 in pv else [])
-        simt_ops[t] = g.add("SM.SIMT", simt, deps, (), f"S {t}")
+        simt_ops[t] = g.add("SM.SIMT", c.simt, deps, (), f"S {t}")
 
     def emit_pv(t: int) -> None:
-        n = blocks[t][1]
-        cyc = 2.0 * sch.m_tile * _pad16(n) * wl.d_v / fpc
-        pv[t] = g.add("SM.Tensor", cyc, [(simt_ops[t], 0.0)], (), f"PV {t}")
+        pv[t] = g.add("SM.Tensor", costs[t].pv, [(simt_ops[t], 0.0)], (), f"PV {t}")
 
     nblk = len(blocks)
     for it in range(nblk + d - 1):
@@ -508,39 +499,26 @@ def _build_gpu(
     return g
 
 
-def build_graph(hw: Hardware, wl: Workload, sch: Schedule) -> Built:
-    """Build the operation graph of the busiest core for ``wl`` under ``sch`` on ``hw``.
-
-    Raises
-    ------
-    ValueError
-        If the tiling does not fit a buffer (see
-        :func:`~amla_numerics.pipeline.workload.check_capacity`).
+def build_graph(plan: Plan) -> Built:
+    """Build the operation graph of the busiest core from ``plan``.
 
     Examples
     --------
     >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.workload import Workload, default_schedule
+    >>> from amla_numerics.pipeline.plan import make_plan
+    >>> from amla_numerics.pipeline.schedule import default_schedule
+    >>> from amla_numerics.pipeline.shape import AttentionShape
     >>> hw = load_hardware("h800_sxm5")
     >>> sch = default_schedule(hw, "fa_fp32", split_kv=False)
-    >>> b = build_graph(hw, Workload(1, 1, 256, heads=64), sch)
+    >>> b = build_graph(make_plan(hw, AttentionShape(1, 1, 256, heads=64), sch))
     >>> b.blocks, b.graph.label[:3]
     (4, ['Q 0', 'KV 0', 'QK 0'])
     """
-    check_capacity(hw, wl, sch)
-    cost = rescale_cost(sch.rescale, sch.rescale_prob)
-    split = split_work(hw, wl, sch)
-    rates = resource_rates(hw, split.active_cores)
-    if hw.kind == "gpu":
-        g = _build_gpu(hw, wl, sch, cost, split, rates)
-        clock = hw["sustained_clock_ghz"]
-    else:
-        g = _build_ascend(hw, wl, sch, cost, split, rates)
-        clock = hw["clock_ghz"]
+    g = _build_gpu(plan) if plan.hw.kind == "gpu" else _build_ascend(plan)
     return Built(
         graph=g,
-        blocks=split.blocks_per_core,
-        active_cores=split.active_cores,
-        clock_ghz=clock,
-        cost=cost,
+        blocks=plan.split.blocks_per_core,
+        active_cores=plan.split.active_cores,
+        clock_ghz=plan.clock_ghz,
+        cost=plan.cost,
     )

@@ -1,0 +1,203 @@
+"""``amla-numerics compare DUMP...``: judge a kernel's dumped outputs against the exact answer.
+
+A DUMP is a ``.npz`` or ``.safetensors`` file holding ``q``, ``k``, ``v``, ``out`` and
+optionally ``scale``, ``mask``, ``lse`` (a directory: every dump in it). Every dump is read
+and validated first (a bad file is a usage error: exit 2, one sentence); then each is
+compared with the certified reference and checked against the limits (``--max-*``) and/or
+a budget (``--budget FILE --kernel NAME``). Exit 0 when every dump is within every limit,
+1 when some are not (each failure printed as ``OVER: <kernel> <case> <metric> measured X >
+budget Y`` with the worst index), 2 on a usage error.
+
+Examples
+--------
+>>> from amla_numerics.cli import main
+>>> main(["compare", "no/such/dump.npz"])  # stderr: no such file or directory ...
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from amla_numerics.cli import CheckFailed
+
+__all__ = ["register", "render_verdicts"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand."""
+    p = subparsers.add_parser(
+        "compare",
+        help="judge a kernel's dumped outputs against the certified reference",
+        description="Compare each dump's 'out' with the certified reference of its q, k, v: "
+        "condition-aware error, row error, BF16-output ULPs, worst elements, bit match with "
+        "every emulated variant; exit 1 if a limit or budget is exceeded.",
+    )
+    p.add_argument("dumps", nargs="+", metavar="DUMP", help=".npz/.safetensors files or dirs")
+    p.add_argument("--budget", metavar="FILE", default=None, help="budgets TOML")
+    p.add_argument("--kernel", metavar="NAME", default=None, help="the kernel's table in --budget")
+    p.add_argument("--max-cond-err", type=float, default=None, help="limit on cond_err_max")
+    p.add_argument("--max-bf16-ulp", type=float, default=None, help="limit on bf16_out_max_ulp")
+    p.add_argument("--max-row-rel", type=float, default=None, help="limit on row_rel_max")
+    p.add_argument(
+        "--variant", default=None, help="the scheme the kernel implements (adds its bound)"
+    )
+    p.add_argument("--policy", default=None, help="emulator policy preset (default ascend)")
+    p.add_argument("--block-n", type=int, default=512, help="the kernel's KV block length")
+    p.add_argument(
+        "--splits",
+        type=int,
+        default=None,
+        help="the kernel's split-KV split count: emulate and bound with that many splits",
+    )
+    p.add_argument(
+        "--combine",
+        default="cann",
+        help="the kernel's split-KV combine: cann (max/sum per split) or flashmla (log2 lse)",
+    )
+    p.add_argument(
+        "--dtype",
+        action="append",
+        default=[],
+        metavar="NAME=DTYPE",
+        help="dtype of a raw-byte array (FP8 in .npz), e.g. q=float8_e4m3fn; repeatable",
+    )
+    p.add_argument("--no-bit-match", action="store_true", help="skip emulating every variant")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from amla_numerics.analysis.budgets import load_budgets
+    from amla_numerics.dumps import find_dumps, parse_dtype_hints
+    from amla_numerics.flash.policy import get_policy
+    from amla_numerics.testing.assertions import limits_from
+    from amla_numerics.testing.judge import judge, load_attention_dump
+    from amla_numerics.variants import check_variant
+
+    if (args.budget is None) != (args.kernel is None):
+        raise ValueError("--budget and --kernel go together (the kernel's table in the file)")
+    if args.block_n < 1:
+        raise ValueError(f"--block-n must be >= 1, got {args.block_n}")
+    if args.splits is not None and args.splits < 1:
+        raise ValueError(f"--splits must be >= 1, got {args.splits}")
+    from amla_numerics.flash.splitkv import COMBINES
+
+    if args.combine not in COMBINES:
+        raise ValueError(f"--combine: unknown {args.combine!r}; valid: {', '.join(COMBINES)}")
+    if args.variant is not None:
+        check_variant(args.variant, "--variant")
+    if args.policy is not None:
+        get_policy(args.policy)
+    for opt in ("max_cond_err", "max_bf16_ulp", "max_row_rel"):
+        val = getattr(args, opt)
+        if val is not None and not val >= 0:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 0, got {val}")
+    budget = load_budgets(args.budget).kernel(args.kernel) if args.budget else None
+    limits = limits_from(
+        max_cond_err=args.max_cond_err, max_bf16_ulp=args.max_bf16_ulp, max_row_rel=args.max_row_rel
+    )
+    hints = parse_dtype_hints(args.dtype)
+    paths = find_dumps(args.dumps)
+    dumps = [load_attention_dump(p, dtypes=hints) for p in paths]  # all bad files first
+    from amla_numerics.sizes import check_fits, emulator_cost, reference_cost
+
+    for d in dumps:  # what cannot fit is refused before any work
+        m = int(np.prod(d.out.shape[:-1]))
+        cost = reference_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
+        if not args.no_bit_match or args.variant:
+            cost = cost + emulator_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
+        check_fits(cost, f"{d.path} ({m} rows, {d.kv_len} keys)")
+    verdicts = []
+    show = len(dumps) > 1 and sys.stderr.isatty()
+    for i, d in enumerate(dumps):
+        if show:
+            print(f"[{i + 1}/{len(dumps)}] {d.path}", file=sys.stderr)
+        verdicts.append(
+            judge(
+                d,
+                limits=limits,
+                budget=budget,
+                kernel=args.kernel,
+                variant=args.variant,
+                policy=args.policy,
+                block_n=args.block_n,
+                bit_match=not args.no_bit_match,
+                splits=args.splits,
+                combine=args.combine,
+            )
+        )
+    print(render_verdicts(verdicts, args.format))
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        lines = []
+        for v in failed:
+            w = v.comparison.worst[0] if v.comparison.worst else None
+            where = f" [worst index {list(w.index)}: out {w.out!r} vs ref {w.ref!r}]" if w else ""
+            lines += [c.describe() + where for c in v.over]
+        raise CheckFailed(
+            f"{len(failed)} of {len(verdicts)} dump(s) over budget:\n" + "\n".join(lines)
+        )
+    return 0
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def render_verdicts(verdicts: list, style: str = "table") -> str:
+    """The verdicts as aligned text, markdown or JSON (one object per dump)."""
+    if style == "json":
+        return json.dumps([v.to_dict() for v in verdicts], indent=2)
+    cols = (
+        "case",
+        "pass",
+        "cond_err_max",
+        "cond_err_median",
+        "row_rel_max",
+        "rel_fro",
+        "bf16_out_max_ulp",
+        "bf16_incorrect",
+        "worst_index",
+        "nearest_variant",
+        "bit_match",
+        "nonfinite",
+    )
+    rows = []
+    for v in verdicts:
+        m = v.comparison.metrics
+        c = v.comparison
+        best = c.bit_match.get(c.nearest_variant, float("nan")) if c.nearest_variant else None
+        rows.append(
+            (
+                v.case,
+                "ok" if v.passed else "FAIL",
+                _g(m.cond_err_max),
+                _g(m.cond_err_median),
+                _g(m.row_rel_max),
+                _g(m.rel_fro),
+                _g(m.bf16_out_max_ulp),
+                _g(m.bf16_out_incorrect_frac),
+                str(list(m.worst_index)),
+                c.nearest_variant or "-",
+                "-" if best is None else f"{best:.3f}",
+                str(m.n_nonfinite),
+            )
+        )
+    legend = (
+        "cond_err: |out-ref| / (sum_k p|v|) in units of 2**-24; row_rel: per-row relative "
+        "2-norm error; bf16_*: the output cast to BF16 vs the correctly rounded BF16 reference "
+        "(max ULPs, share incorrect); bit_match: share of elements equal to the nearest "
+        "emulated variant's output"
+    )
+    if style == "markdown":
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join([*lines, "", legend])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*cols), *(fmt.format(*r) for r in rows), legend])

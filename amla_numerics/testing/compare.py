@@ -1,0 +1,621 @@
+"""Judge a kernel's attention output against the certified reference: :func:`compare`.
+
+``compare(out, q, k, v)`` takes the arrays exactly as the kernel saw and wrote them (any
+float dtype: float64/32/16, bfloat16, FP8; never re-rounded; leading dims broadcast as in
+:func:`amla_numerics.reference.attention`) and returns a :class:`Comparison`:
+
+- ``metrics``: every figure of :func:`amla_numerics.analysis.metrics.error_metrics` (the
+  condition-aware error ``cond_err_*`` in ``u_fp32 = 2**-24`` of ``sum_k p_ik |v_kj|``,
+  ``row_rel_*``, ``rel_fro``, the BF16-output view ``bf16_out_*``, ``lse_err_max`` when an
+  ``lse`` is given, and the secondary ULP-at-reference fields): the same code the report uses;
+- ``worst``: the worst elements (index, out, ref, error, bound);
+- the elementwise a priori bound when ``variant`` names the scheme the kernel implements
+  (``bound_cond_max`` on the condition-aware scale, ``bound_ratio`` = max measured/bound over
+  the elements no garbage hazard of the emulated variant touched, ``bound_covered`` of them,
+  ``bound_violations``; NaN when none is covered);
+- ``hazards``: what the inputs and the output show (non-finite outputs where the reference is
+  finite, all-zero V columns, fully masked rows), and with ``variant`` the emulated variant's
+  own hazard counts;
+- ``bit_match``: for each emulated variant, the fraction of elements whose bits equal the
+  emulator's output cast to ``out``'s dtype (round to nearest even), and ``nearest_variant``:
+  the variant with the highest fraction (ties, e.g. all zero for a float32 numpy kernel:
+  the smallest relative Frobenius distance between ``out`` and that variant's output). A
+  kernel implementing AMLA exactly as ``docs/numerics.md`` specifies matches ``amla`` bit
+  for bit (under the same policy and block size).
+
+The reference is computed once per distinct input (an in-process cache keyed by the sha256
+of the exact inputs; the disk cache of :mod:`amla_numerics.reference.cache` applies when
+``AMLA_NUMERICS_CACHE`` is set).
+
+Examples
+--------
+>>> import numpy as np, ml_dtypes
+>>> from amla_numerics import flash
+>>> rng = np.random.default_rng(0)
+>>> q, k, v = (rng.standard_normal(s).astype(ml_dtypes.bfloat16)
+...            for s in ((4, 64), (256, 64), (256, 64)))
+>>> out = flash.attention(q, k, v, "amla", block_n=128).out
+>>> c = compare(out, q, k, v, block_n=128)
+>>> c.nearest_variant, c.bit_match["amla"]
+('amla', 1.0)
+>>> bool(c.metrics.cond_err_max < 2**16), c.failures({"cond_err_max": 2**16})
+(True, [])
+>>> [f.metric for f in c.failures({"cond_err_max": 1.0})]  # BF16 P: far above 1 u_fp32
+['cond_err_max']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.variants import VARIANTS, check_variant
+
+__all__ = [
+    "LIMIT_METRICS",
+    "Comparison",
+    "Failure",
+    "WorstElement",
+    "compare",
+    "reference_for",
+]
+
+#: Metrics a limit (an assertion's ``max_*`` argument, a budget) may name; all are
+#: "smaller is better" and a limit is an inclusive maximum.
+LIMIT_METRICS: tuple[str, ...] = (
+    "cond_err_max",
+    "cond_err_p999",
+    "cond_err_median",
+    "row_rel_max",
+    "row_rel_median",
+    "rel_fro",
+    "bf16_out_max_ulp",
+    "bf16_out_incorrect_frac",
+    "lse_err_max",
+    "max_ulp_fp32",
+    "median_ulp_fp32",
+    "max_ulp_bf16",
+    "bound_ratio",
+)
+
+_CACHE: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class WorstElement:
+    """One output element: where, what the kernel wrote, the reference, the error."""
+
+    index: tuple[int, ...]
+    out: float
+    ref: float
+    cond_err: float
+    mag: float
+    bound: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": list(self.index),
+            "out": _num(self.out),
+            "ref": _num(self.ref),
+            "cond_err": _num(self.cond_err),
+            "mag": _num(self.mag),
+            "bound": _num(self.bound),
+        }
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A metric over its limit (``measured > limit``; NaN measured never passes)."""
+
+    metric: str
+    measured: float
+    limit: float
+    index: tuple[int, ...] = ()
+    out: float = math.nan
+    ref: float = math.nan
+
+    def describe(self) -> str:
+        where = ""
+        if self.index:
+            where = f" (worst at {list(self.index)}: out {self.out!r} vs ref {self.ref!r})"
+        return f"{self.metric} measured {self.measured:.6g} > limit {self.limit:.6g}{where}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything :func:`compare` measured (see the module docstring).
+
+    ``ref`` and ``lse_ref`` are the float64 reference (``method="auto"``: within 1e-3 FP32
+    ULP of the exact value); ``n_elements`` counts the output elements.
+    """
+
+    metrics: ErrorMetrics
+    shape: tuple[int, ...]
+    out_dtype: str
+    worst: tuple[WorstElement, ...]
+    hazards: dict[str, int]
+    bit_match: dict[str, float]
+    nearest_variant: str | None
+    variant: str | None = None
+    policy: str | None = None
+    block_n: int = 512
+    splits: int | None = None
+    combine: str = "cann"
+    bound_cond_max: float = math.nan
+    bound_cond_median: float = math.nan
+    bound_ratio: float = math.nan
+    bound_violations: int = 0
+    bound_covered: int = 0
+    emulated_hazards: dict[str, int] = field(default_factory=dict)
+    ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    lse_ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    @property
+    def worst_index(self) -> tuple[int, ...]:
+        return self.metrics.worst_index
+
+    def value(self, metric: str) -> float:
+        """A limit metric's measured value (:data:`LIMIT_METRICS`)."""
+        if metric == "bound_ratio":
+            return self.bound_ratio
+        if metric not in LIMIT_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(LIMIT_METRICS)}")
+        return float(getattr(self.metrics, metric))
+
+    def failures(self, limits: Mapping[str, float]) -> list[Failure]:
+        """Every limit exceeded. Non-finite outputs always fail (metric ``n_nonfinite``)."""
+        w = self.worst[0] if self.worst else None
+        loc: dict[str, Any] = {"index": w.index, "out": w.out, "ref": w.ref} if w else {}
+        fails = []
+        if self.metrics.n_nonfinite:
+            fails.append(Failure("n_nonfinite", float(self.metrics.n_nonfinite), 0.0, **loc))
+        for metric, limit in limits.items():
+            measured = self.value(metric)
+            if metric == "bound_ratio" and math.isnan(measured):
+                continue  # no variant named: nothing to bound
+            if not measured <= float(limit):
+                fails.append(Failure(metric, measured, float(limit), **loc))
+        return fails
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the metrics, worst elements, hazards, bound, bit matches."""
+        d: dict[str, Any] = {k: _num(v) for k, v in self.metrics.to_dict().items()}
+        d.update(
+            shape=list(self.shape),
+            out_dtype=self.out_dtype,
+            worst_index=list(self.metrics.worst_index),
+            worst=[w.to_dict() for w in self.worst],
+            hazards=dict(self.hazards),
+            bit_match={k: _num(v) for k, v in self.bit_match.items()},
+            nearest_variant=self.nearest_variant,
+            variant=self.variant,
+            policy=self.policy,
+            block_n=self.block_n,
+            splits=self.splits,
+            combine=self.combine,
+            bound_cond_max=_num(self.bound_cond_max),
+            bound_cond_median=_num(self.bound_cond_median),
+            bound_ratio=_num(self.bound_ratio),
+            bound_violations=self.bound_violations,
+            bound_covered=self.bound_covered,
+            emulated_hazards=dict(self.emulated_hazards),
+        )
+        return d
+
+
+def _num(x: Any) -> Any:
+    """JSON-safe number: inf/NaN as strings (JSON has neither)."""
+    if isinstance(x, list | tuple):
+        return [_num(v) for v in x]
+    if isinstance(x, float | np.floating):
+        f = float(x)
+        return f if math.isfinite(f) else str(f)
+    return x
+
+
+def _key(arrs: Sequence[Any], scale: Any) -> str:
+    h = hashlib.sha256(repr(scale).encode())
+    for a in arrs:
+        if a is None:
+            h.update(b"|none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"|{a.dtype.str}{a.dtype.name}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def reference_for(
+    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest."""
+    from amla_numerics.reference import attention
+
+    key = _key((q, k, v, mask), scale)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    out, lse = attention(q, k, v, scale, mask=mask, method="auto", return_lse=True)
+    _CACHE[key] = (out, lse)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return out, lse
+
+
+def _float_array(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind != "f" and not (a.dtype.kind == "V" and a.dtype.itemsize <= 8):
+        try:
+            import ml_dtypes
+
+            ml_dtypes.finfo(a.dtype)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"argument {name!r} must be a float array (float64/32/16, bfloat16, FP8), "
+                f"got dtype {a.dtype}"
+            ) from None
+    return a
+
+
+def _check_shapes(out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    for name, a in (("q", q), ("k", k), ("v", v), ("out", out)):
+        if a.ndim < 2:
+            raise ValueError(f"array {name!r} must have at least 2 dimensions, got {a.shape}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"shapes do not fit: q {q.shape} and k {k.shape} differ in Dk")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"shapes do not fit: k {k.shape} and v {v.shape} differ in N")
+    try:
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"shapes do not fit: leading dims of q {q.shape}, k {k.shape}, v {v.shape} "
+            "do not broadcast"
+        ) from None
+    want = (*batch, q.shape[-2], v.shape[-1])
+    if tuple(out.shape) != want:
+        raise ValueError(
+            f"shapes do not fit: out {out.shape} should be {want} for q {q.shape}, "
+            f"k {k.shape}, v {v.shape}"
+        )
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(f"u{a.dtype.itemsize}")
+
+
+def _cast_like(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``x`` rounded (rne) to ``dtype`` (exact when ``dtype`` is at least as wide)."""
+    if x.dtype == dtype:
+        return x
+    from amla_numerics.rounding import round_to
+
+    if dtype == np.float64:
+        return x.astype(np.float64)
+    for name in ("fp32", "fp16", "bf16", "e4m3", "e5m2"):
+        from amla_numerics.formats import get_format
+
+        fmt = get_format(name)
+        if fmt.dtype == dtype:
+            return np.asarray(round_to(x, fmt)).astype(dtype)
+    return x.astype(dtype)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    nan = np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))
+    return (_bits(a) == _bits(b)) | nan
+
+
+def compare(
+    out: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    scale: Any = None,
+    mask: Any = None,
+    lse: Any = None,
+    variant: str | None = None,
+    policy: Any = None,
+    block_n: int = 512,
+    bit_match: bool | Sequence[str] = True,
+    n_worst: int = 5,
+    splits: int | None = None,
+    combine: str = "cann",
+) -> Comparison:
+    """Measure a kernel's ``out`` against the certified reference of ``q, k, v``.
+
+    Parameters
+    ----------
+    out : array_like, (..., M, Dv)
+        The kernel's output, any float dtype (NaN/inf allowed: they are measured failures).
+    q, k, v : array_like
+        (..., M, Dk), (..., N, Dk), (..., N, Dv): the inputs the kernel read, exactly.
+    scale : float, optional
+        The softmax scale, taken exactly (default the exact ``1/sqrt(Dk)``).
+    mask : array_like, optional
+        Boolean (True attends) or additive float (``-inf`` drops), broadcastable to
+        (..., M, N).
+    lse : array_like, optional
+        The kernel's log-sum-exp (..., M); measured as ``lse_err_max``.
+    variant : str, optional
+        The scheme the kernel implements: adds its elementwise a priori bound.
+    policy : str, Policy or dict, optional
+        The emulator's precision policy (default ``"ascend"``), for the bound and bit match.
+    block_n : int
+        The kernel's KV block length (for the bound and the bit match).
+    bit_match : bool or sequence of str
+        Emulate every variant (True), none (False) or these.
+    n_worst : int
+        How many worst elements to list.
+    splits : int, optional
+        The kernel's split-KV split count (flash-decoding): the emulated variants run with
+        that many splits merged by ``combine`` and the bound is the split bound
+        (:func:`~amla_numerics.analysis.splitbound.split_bound`). None or 1: unsplit.
+    combine : {"cann", "flashmla"}
+        The kernel's combine (with ``splits``).
+
+    Returns
+    -------
+    Comparison
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit (named), NaN/inf in the inputs, an unknown variant.
+    TypeError
+        A non-float array.
+    """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _compare(
+            out,
+            q,
+            k,
+            v,
+            scale,
+            mask,
+            lse,
+            variant,
+            policy,
+            block_n,
+            bit_match,
+            n_worst,
+            splits,
+            combine,
+        )
+
+
+def _compare(
+    out: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any,
+    mask: Any,
+    lse: Any,
+    variant: str | None,
+    policy: Any,
+    block_n: int,
+    bit_match: bool | Sequence[str],
+    n_worst: int,
+    splits: int | None = None,
+    combine: str = "cann",
+) -> Comparison:
+    o = _float_array(out, "out")
+    qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    _check_shapes(o, qa, ka, va)
+    if variant is not None:
+        variant = check_variant(variant)
+    if isinstance(block_n, bool) or not isinstance(block_n, int | np.integer) or block_n < 1:
+        raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
+    if splits is not None and (
+        isinstance(splits, bool) or not isinstance(splits, int | np.integer) or splits < 1
+    ):
+        raise ValueError(f"argument 'splits' must be an integer >= 1, got {splits!r}")
+    from amla_numerics.flash.splitkv import check_combine
+
+    combine = check_combine(combine)
+    n_splits = 1 if splits is None else int(splits)
+    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask)
+    sc = None if scale is None else float(scale)
+    mag = magnitude_scale(qa, ka, va, sc, mask=mask)
+    lse_arr = None
+    if lse is not None:
+        lse_arr = np.asarray(lse, dtype=np.float64)
+        if lse_arr.shape != lse_ref.shape:
+            raise ValueError(f"shapes do not fit: lse {lse_arr.shape} should be {lse_ref.shape}")
+    metrics = error_metrics(
+        o, ref, mag=mag, lse=lse_arr, lse_ref=None if lse_arr is None else lse_ref
+    )
+    pol_name = policy if isinstance(policy, str) or policy is None else "custom"
+
+    # emulated variants: bit match, and the named variant's hazards
+    names: list[str] = []
+    if bit_match is True:
+        names = list(VARIANTS)
+    elif bit_match:
+        names = [check_variant(n, "bit_match") for n in bit_match]
+    if variant is not None and variant not in names:
+        names.append(variant)
+    matches: dict[str, float] = {}
+    dist: dict[str, float] = {}
+    emu_hazards: dict[str, int] = {}
+    garbage = np.zeros(o.shape, dtype=bool)
+    if names:
+        from amla_numerics import flash
+
+        o64 = o.astype(np.float64)
+        for name in names:
+            res = flash.attention(
+                qa,
+                ka,
+                va,
+                name,
+                scale=sc,
+                block_n=int(block_n),
+                policy=policy,
+                mask=mask,
+                splits=n_splits,
+                combine=combine,
+            )
+            emu = np.asarray(res.out)
+            if bit_match is True or (bit_match and name in bit_match):
+                cast = _cast_like(emu, o.dtype)
+                matches[name] = float(np.mean(_same_bits(cast, o))) if o.size else 1.0
+                with np.errstate(invalid="ignore", over="ignore"):
+                    d = np.linalg.norm(np.nan_to_num(o64 - emu.astype(np.float64), nan=np.inf))
+                    nrm = np.linalg.norm(np.nan_to_num(ref, nan=0.0))
+                dist[name] = float(d / nrm) if nrm else float(d)
+            if name == variant:
+                emu_hazards = {
+                    str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv
+                }
+                hm = getattr(res, "hazard_mask", None) or {}
+                for cls, msk in hm.items():
+                    if cls not in ("clamp", "ok"):
+                        garbage |= np.broadcast_to(np.asarray(msk, dtype=bool), o.shape)
+    nearest = None
+    if matches:
+        nearest = max(matches, key=lambda n: (matches[n], -dist.get(n, math.inf)))
+
+    # the a priori bound of the named variant
+    bound = None
+    b_cond_max = b_cond_med = b_ratio = math.nan
+    n_viol = n_cov = 0
+    if variant is not None:
+        bound = _elementwise_bound(
+            variant, qa, ka, va, sc, mask, int(block_n), policy, n_splits, combine
+        )
+        if bound is not None:
+            covered = np.isfinite(ref) & ~garbage
+            err = np.abs(o.astype(np.float64) - ref)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bc = np.where(mag > 0, bound / mag / U_FP32, np.where(bound > 0, np.inf, 0.0))
+                ratio = np.where(err == 0, 0.0, err / bound)
+            ratio = np.where(np.isfinite(o.astype(np.float64)), ratio, np.inf)
+            n_cov = int(np.count_nonzero(covered))
+            if covered.any():
+                b_cond_max = float(np.max(bc[covered]))
+                b_cond_med = float(np.median(bc[covered]))
+                b_ratio = float(np.max(ratio[covered]))
+                n_viol = int(np.count_nonzero(ratio[covered] > 1))
+
+    # the worst elements
+    o64 = o.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = np.abs(o64 - ref)
+        cond = np.where(diff == 0, 0.0, diff / mag / U_FP32)
+    cond = np.where(np.isfinite(ref) & ~np.isfinite(o64), np.inf, cond)
+    cond = np.where(np.isnan(ref), -1.0, cond)
+    flat = cond.reshape(-1)
+    garbage_out = (np.isfinite(ref) & ~np.isfinite(o64)).reshape(-1)
+    kk = min(int(n_worst), flat.size)
+    worst: list[WorstElement] = []
+    if kk > 0:
+        # non-finite outputs first, then by error (the first of equal errors)
+        cand = np.flatnonzero(garbage_out)[:kk]
+        if cand.size < kk:
+            top = np.argpartition(-flat, kk - 1)[:kk]
+            top = top[np.argsort(-flat[top], kind="stable")]
+            cand = np.concatenate([cand, top[~np.isin(top, cand)]])[:kk]
+        top = cand
+        for t in top:
+            idx = tuple(int(i) for i in np.unravel_index(int(t), cond.shape))
+            worst.append(
+                WorstElement(
+                    idx,
+                    float(o64[idx]),
+                    float(ref[idx]),
+                    float(cond[idx]),
+                    float(mag[idx]),
+                    float(bound[idx]) if bound is not None else math.nan,
+                )
+            )
+
+    va64 = np.asarray(va).astype(np.float64)
+    hazards = {
+        "nonfinite_out": int(metrics.n_nonfinite),
+        "zero_v_columns": int(np.count_nonzero(np.all(va64 == 0, axis=-2))),
+        "masked_rows": int(np.count_nonzero(np.all(np.isnan(ref), axis=-1))),
+    }
+    return Comparison(
+        metrics=metrics,
+        shape=tuple(int(s) for s in o.shape),
+        out_dtype=o.dtype.name,
+        worst=tuple(worst),
+        hazards=hazards,
+        bit_match=matches,
+        nearest_variant=nearest,
+        variant=variant,
+        policy=pol_name,
+        block_n=int(block_n),
+        splits=None if splits is None else n_splits,
+        combine=combine,
+        bound_cond_max=b_cond_max,
+        bound_cond_median=b_cond_med,
+        bound_ratio=b_ratio,
+        bound_violations=n_viol,
+        bound_covered=n_cov,
+        emulated_hazards=emu_hazards,
+        ref=ref,
+        lse_ref=lse_ref,
+    )
+
+
+def _elementwise_bound(
+    variant: str,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float | None,
+    mask: Any,
+    block_n: int,
+    policy: Any,
+    splits: int = 1,
+    combine: str = "cann",
+) -> np.ndarray | None:
+    """The deterministic elementwise bound of ``variant`` (mask included where the bounds
+    module takes one; None where it cannot bound masked inputs); for a split-KV kernel
+    (``splits > 1``) the split bound (no mask: None)."""
+    import inspect
+
+    if splits > 1:
+        if mask is not None:
+            return None
+        from amla_numerics.analysis.splitbound import split_bound
+
+        sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        sb = split_bound(
+            variant,
+            q,
+            k,
+            v,
+            float(sc),
+            splits=splits,
+            block_n=block_n,
+            policy=policy,
+            combine=combine,
+        )
+        return np.asarray(sb, dtype=np.float64)
+    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+
+    kw: dict[str, Any] = {}
+    if mask is not None:
+        if "mask" not in inspect.signature(elementwise_bound).parameters:
+            return None
+        kw["mask"] = mask
+    b = a_priori_bound(
+        variant, head_dim=int(q.shape[-1]), kv_len=int(k.shape[-2]), block_n=block_n, policy=policy
+    )
+    sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    det = elementwise_bound(b, q, k, v, sc, kind="deterministic", **kw)
+    return np.asarray(det, dtype=np.float64)

@@ -736,7 +736,9 @@ class _Run:
             if name != "ok"
         }
         tr = self._trace(rec) if self.want_trace else None
-        self.final_m, self.final_l, self.final_sc = m, l, sc
+        # fa4's raw max in score units (nats) for a split combine: fl(m * scale)
+        self.final_m = m * self.dt(self.inp.scale) if self.fa4_raw else m
+        self.final_l, self.final_sc = l, sc
         return out, lse, hazards, full, junk & ~overflow, tr
 
     @staticmethod

@@ -232,10 +232,20 @@ def test_des_and_analytic_carry_the_same_bytes_and_cycles(hw, variant, wl) -> No
     assert sim.makespan >= max(a.engine_cycles.values()) * (1 - 1e-12)  # never beats the roofline
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if rescale_cost(v).design == "atomic"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        v
+        for v in VARIANTS
+        if rescale_cost(v).design == "atomic"
+        and rescale_cost(v).p_bytes == rescale_cost("lazy").p_bytes
+    ],
+)
 def test_rescale_traffic_is_the_variants_data_movement(variant) -> None:
     """Extra L2 bytes of an ``atomic``-design variant over 'no rescale at all' = its O bytes
-    x rescaled blocks (the workspace designs: tests/test_pipeline_baselines.py)."""
+    x rescaled blocks (the workspace designs: tests/test_pipeline_baselines.py). Variants
+    with another P width (``amla_fp8``: 1-byte P) also move fewer P bytes: their traffic
+    is tested with the FP8 P bytes, not here."""
     wl = AttentionShape(96, 2, 8192)
     sch = default_schedule(ASCEND, variant)
     cost = rescale_cost(variant)

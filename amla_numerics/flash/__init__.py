@@ -4,7 +4,9 @@ See :func:`attention` (:mod:`~amla_numerics.flash.emulator`), the precision
 :class:`Policy` (:mod:`~amla_numerics.flash.policy`), the matrix-unit accumulation models
 (:mod:`~amla_numerics.flash.accumulate`), the elementwise stages
 (:mod:`~amla_numerics.flash.stages`), AMLA's rescale (:mod:`~amla_numerics.flash.amla`), the
-split-KV combine (:mod:`~amla_numerics.flash.splitkv`) and ``docs/numerics.md`` (the
+split-KV combine (:mod:`~amla_numerics.flash.splitkv`), the FP8 P cast with its static scale
+(:mod:`~amla_numerics.flash.fp8`), FlashMLA's FP8 KV cache (:mod:`~amla_numerics.flash.fp8kv`),
+FlashAttention-4's softmax (:mod:`~amla_numerics.flash.fa4`) and ``docs/numerics.md`` (the
 stage-by-stage spec).
 
 Examples

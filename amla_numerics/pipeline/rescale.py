@@ -35,6 +35,7 @@ lazy            atomic     4 p     4 p      0         1 p       FP32 multiply on
 naive           (2-pass)   0       0        0         0         S and P spill to GM
 fa_fp8          workspace  4+4     4        0         2         fa_fp32 with P cast to FP8 (1 byte)
 amla_fp8        atomic     0       0        4         1         amla with P cast to FP8 (1 byte)
+fa4             atomic     4 p     4 p      0         1 p       lazy + software exp2 (+6 S passes)
 ==============  =========  ======  =======  ========  ========  =============================
 
 ``fa_bf16`` accumulates P V in BF16: numerically unusable (see the report), so its speed is
@@ -154,9 +155,14 @@ _COSTS: dict[str, RescaleCost] = {
     "lazy": RescaleCost("lazy", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
     "fa_fp8": RescaleCost("fa_fp8", 4, 4, 0, 2, row_ops=2, design="workspace", p_bytes=1),
     "amla_fp8": RescaleCost("amla_fp8", 0, 0, 4, 1, row_ops=12, p_bytes=1, **_AMLA),  # type: ignore[arg-type]
-    # TEMPORARY (fp8 branch): fa4's rescale of O is lazy's (the FMA-pipe exp2 is not costed);
-    # the pipe helper owns the real entry
-    "fa4": RescaleCost("fa4", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
+    # fa4: lazy's conditional rescale of O, plus FA4's software exp2 (docs/numerics.md section
+    # 13): the scale-folding FMA, the fraction split, a degree-3 Horner polynomial and the
+    # exponent add, about 6 FP32 operations per score, charged as extra passes over the score
+    # tile. An upper estimate: the exp unit's own cost is kept too, although FA4 sends only
+    # part of the columns to the polynomial (that split is not modelled).
+    "fa4": RescaleCost(
+        "fa4", 4, 4, 0, 1, row_ops=4, softmax_extra_passes=6, probability=DEFAULT_LAZY_RESCALE_PROB
+    ),
 }
 _MISSING = set(VARIANTS) - set(_COSTS)
 if _MISSING:  # pragma: no cover - guards the shared name list (extra entries are fine)

@@ -22,6 +22,7 @@ __all__ = [
     "AMLA_VARIANTS",
     "DEFAULT_C",
     "DEFAULT_TAU",
+    "FP8_P_VARIANTS",
     "VARIANTS",
     "VARIANT_DESCRIPTIONS",
     "check_c",
@@ -40,6 +41,9 @@ VARIANT_DESCRIPTIONS: dict[str, str] = {
     "amla_fp32r": "AMLA folding the FP32 residual r (no BF16 rounding of r)",
     "amla_guarded": "AMLA with zero/subnormal/underflow elements rescaled by an FP32 multiply",
     "lazy": "FlashAttention-4-style: rescale only when the max grew by more than tau (log2)",
+    "fa_fp8": "FlashAttention-3 FP8 P V: O rescaled by an FP32 multiply, P cast to FP8 (E4M3)",
+    "amla_fp8": "AMLA's exponent-add rescale with the folded P r^ tile cast to FP8 (E4M3)",
+    "fa4": "FlashAttention-4 softmax: scale folded into one FMA, polynomial exp2, lazy rescale",
 }
 
 #: The public variant names, in report order.
@@ -52,7 +56,14 @@ AMLA_VARIANTS: tuple[str, ...] = (
     "amla_exactcomp",
     "amla_fp32r",
     "amla_guarded",
+    "amla_fp8",
 )
+
+#: Variants whose P (or AMLA's A = P r^) tile is cast to FP8 before P V: variant -> the
+#: format used when the policy's ``p_cast`` is a 16-bit one (``"bf16"``/``"fp16"``); a
+#: policy that already names an FP8 ``p_cast`` keeps it, and ``p_cast=None`` (the
+#: ``"exact"`` preset) stays uncast. See :func:`amla_numerics.flash.fp8.variant_policy`.
+FP8_P_VARIANTS: dict[str, str] = {"fa_fp8": "e4m3", "amla_fp8": "e4m3"}
 
 #: AMLA's compensation coefficient in the CANN kernel: ``eps = 1.5 (cof ratio - 1) + 1e-6``.
 DEFAULT_C: float = 1.5

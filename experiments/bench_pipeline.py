@@ -1,7 +1,9 @@
 """Benchmark of the pipeline model: a 100-configuration sweep and one large configuration.
 
-Targets (issue 6, section 8), on the 2-core development machine: the sweep in <= 30 s,
-batch 128 x kv-len 32768 in <= 2 s. The baseline measured in the same run is the analytic
+Targets (issues 6 and 12), on the 2-core development machine: the sweep in <= 30 s,
+batch 128 x kv-len 32768 in <= 2 s, ``--sensitivity`` of one configuration (tornado over
+every ranged parameter
++ a 16-point Latin hypercube) in <= 60 s. The baseline measured in the same run is the analytic
 (roofline) layer on the same configurations: the ratio says what the discrete-event
 simulation costs over the closed-form sums.
 
@@ -15,10 +17,12 @@ import platform
 import time
 
 from amla_numerics.pipeline.analytic import analyze
-from amla_numerics.pipeline.build import build_graph
+from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import load_hardware
 from amla_numerics.pipeline.model import run
-from amla_numerics.pipeline.workload import Workload, default_schedule
+from amla_numerics.pipeline.plan import make_plan
+from amla_numerics.pipeline.schedule import default_schedule
+from amla_numerics.pipeline.shape import AttentionShape as Workload
 
 BATCHES = (8, 32, 64, 128, 256)
 KV_LENS = (1024, 4096, 8192, 16384, 32768)
@@ -44,7 +48,7 @@ def main() -> None:
     assert len(configs) == 100
     print(f"python {platform.python_version()} on {platform.machine()}")
 
-    t_ana = _time(lambda: [analyze(hw, wl, sch) for wl, sch in configs])
+    t_ana = _time(lambda: [analyze(make_plan(hw, wl, sch)) for wl, sch in configs])
     t_sweep = _time(lambda: [run(hw, wl, sch) for wl, sch in configs])
     print(
         f"sweep of {len(configs)} configurations (batch {BATCHES} x kv {KV_LENS} x q {Q_LENS}"
@@ -53,9 +57,9 @@ def main() -> None:
     )
 
     wl, sch = Workload(128, 2, 32768), default_schedule(hw, "amla")
-    ops = len(build_graph(hw, wl, sch).graph)
+    ops = len(build_graph(make_plan(hw, wl, sch)).graph)
     t_one = _time(lambda: run(hw, wl, sch), repeat=3)
-    t_one_ana = _time(lambda: analyze(hw, wl, sch), repeat=3)
+    t_one_ana = _time(lambda: analyze(make_plan(hw, wl, sch)), repeat=3)
     r = run(hw, wl, sch)
     print(
         f"batch 128, q-len 2, kv-len 32768, amla: {t_one:.3f} s (target <= 2 s), {ops} ops"
@@ -64,5 +68,23 @@ def main() -> None:
     )
 
 
+def sensitivity() -> None:
+    from amla_numerics.pipeline.sensitivity import interval, tornado
+
+    hw = load_hardware("ascend910c")
+    wl, sch = Workload(128, 2, 16384), default_schedule(hw, "amla")
+    t = time.perf_counter()
+    sw = tornado(hw, wl, sch)
+    r = interval(hw, wl, sch, samples=16, swings=sw)
+    dt = time.perf_counter() - t
+    lo, hi = r.tflops_range  # type: ignore[misc]
+    print(
+        f"--sensitivity of batch 128, q-len 2, kv-len 16384, amla: {dt:.1f} s (target <= 60 s),"
+        f" {2 * len(sw) + 16 + 1} configurations; {r.tflops:.1f} TFLOPS [{lo:.1f}, {hi:.1f}];"
+        f" largest swing {sw[0].name} {sw[0].swing:.1f} us"
+    )
+
+
 if __name__ == "__main__":
     main()
+    sensitivity()

@@ -25,7 +25,7 @@ from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash.policy import MatmulPolicy, get_policy
 from amla_numerics.formats import BF16
 from amla_numerics.rounding import round_to
-from amla_numerics.variants import AMLA_VARIANTS, VARIANTS
+from amla_numerics.variants import AMLA_VARIANTS, FP8_P_VARIANTS, VARIANTS
 from tests.strategies import examples
 
 LN2 = math.log(2.0)
@@ -97,7 +97,9 @@ def test_the_clamp_is_covered_and_tight(variant, jump, f_old, f_new):
     out, ref, det, res = _run(variant, q, k, v, 1.0, 32)
     assert not any(res.hazards[h] for h in GARBAGE), res.hazards
     worst = _assert_within(out, ref, det, variant)
-    if np.all(res.trace.dn[1] < -30):  # the clamp applied on every row (31 binades may not)
+    # the clamp applied on every row (31 binades may not); with an FP8 P cast the cast's
+    # 2**-4 terms, not the clamp's, dominate the bound (covered, not tight)
+    if np.all(res.trace.dn[1] < -30) and variant not in FP8_P_VARIANTS:
         # the clamp's error dominates and the bound follows it closely
         assert worst > 0.5, worst
 
@@ -129,7 +131,8 @@ def test_two_clamped_jumps_in_one_row():
     for variant in UNGUARDED:
         out, ref, det, res = _run(variant, q, k, v, 1.0, bn)
         assert np.sum(res.trace.dn < -30) == 2 * rows
-        assert _assert_within(out, ref, det, variant) > 0.5
+        worst = _assert_within(out, ref, det, variant)
+        assert worst > (0.05 if variant in FP8_P_VARIANTS else 0.5), (variant, worst)
 
 
 @pytest.mark.parametrize(("jump", "f_old", "f_new"), JUMPS)
@@ -387,7 +390,8 @@ def test_underflowing_probabilities(variant):
     _assert_within(out, ref, det, variant)
     b = a_priori_bound(variant, head_dim=2, kv_len=n, block_n=bn)
     no_sub = dataclasses.replace(b, sigma_cast=0.0, sigma_work=0.0)
-    assert np.any(np.abs(out - ref) > elementwise_bound(no_sub, q, k, v, 1.0))
+    if variant not in FP8_P_VARIANTS:  # an E4M3 P's relative term (2**-4) covers them too
+        assert np.any(np.abs(out - ref) > elementwise_bound(no_sub, q, k, v, 1.0))
 
 
 @pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy", "amla_exactcomp"])

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amla_numerics import flash
-from amla_numerics.formats import BF16, FP32
+from amla_numerics.formats import BF16, E4M3, FP32
 from tests.oracle import oracle_round
 from tests.strategies import examples
 
@@ -33,6 +33,38 @@ def r32(x) -> np.float32:
 
 def bf16(x, mode="rna") -> np.float32:
     return f32(oracle_round(F(float(x)), BF16, mode))
+
+
+def e4m3(x) -> np.float32:
+    """The FP8 variants' P cast: E4M3, rne, saturating (docs/numerics.md section 5)."""
+    return f32(oracle_round(F(float(x)), E4M3, "rne", saturate=True))
+
+
+FA4_C = (
+    F("1.0"),
+    F("0.695146143436431884765625"),
+    F("0.227564394474029541015625"),
+    F("0.077119089663028717041015625"),
+)
+
+
+def fma32(a, b, c) -> np.float32:
+    return r32(F(float(a)) * F(float(b)) + F(float(c)))
+
+
+def ex2_fa4(x: np.float32) -> np.float32:
+    """FA4's exp2 (docs/numerics.md section 13) from exact rationals and the bit pattern."""
+    if abs(x) < 2.0**-126:
+        x = f32(0)
+    x = max(x, f32(-127))  # also -inf -> -127
+    fx = F(float(x))
+    n = fx.numerator // fx.denominator
+    f = f32(float(fx - n))  # exact
+    p = f32(FA4_C[3])
+    for c in (FA4_C[2], FA4_C[1], FA4_C[0]):
+        p = fma32(p, f, f32(c))
+    bits = (int(np.array(p, f32).view(np.uint32)) + n * 2**23) % 2**32
+    return np.array(bits, np.uint32).view(f32)[()]
 
 
 def exp32(x: np.float32) -> np.float32:
@@ -88,29 +120,40 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
         else [(lo, min(lo + block, n_keys)) for lo in range(0, n_keys, block)]
     )
     amla = variant.startswith("amla")
+    fa4 = variant == "fa4"
+    c_log2 = f32(scale * math.log2(math.e))
+    pcast = e4m3 if variant in ("fa_fp8", "amla_fp8") else bf16
     out = np.zeros((m_rows, dv), f32)
     for i in range(m_rows):
         m = l = None
         O = [f32(0)] * dv
         n_prev = cof_prev = None
         for j, (lo, hi) in enumerate(blocks):
-            s = [dot32(q[i], k[t]) * sc for t in range(lo, hi)]
+            s = [dot32(q[i], k[t]) * (f32(1) if fa4 else sc) for t in range(lo, hi)]
             mb = max(s)
             if j == 0:
                 m_new, resc = mb, False
             else:
                 cand = max(m, mb)
-                if variant == "lazy":
+                if fa4:
+                    g = (m - cand) * c_log2
+                    resc = g < -f32(tau)
+                    m_new = cand if resc else m
+                elif variant == "lazy":
                     resc = (cand - m) * LOG2E > f32(tau)
                     m_new = cand if resc else m
                 else:
                     m_new, resc = cand, True
-            p = [exp32(x - m_new) for x in s]
+            if fa4:
+                mc = m_new * c_log2
+                p = [ex2_fa4(fma32(x, c_log2, -mc)) for x in s]
+            else:
+                p = [exp32(x - m_new) for x in s]
             rs = pairwise(p)
             if j == 0:
                 l = rs
             else:
-                a = exp32(m - m_new)
+                a = (ex2_fa4(g) if resc else f32(1)) if fa4 else exp32(m - m_new)
                 l = (a * l if resc else l) + rs
             if amla:
                 n = rna_int(m_new * (-RECIP))
@@ -125,7 +168,7 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                 )
                 dn = f32(0) if n_prev is None else n - n_prev
                 dnc = max(dn, f32(-30))
-                A = [bf16(x * r_hat) for x in p]
+                A = [pcast(x * r_hat) for x in p]
                 pv = [dot32(A, [v[t][col] for t in range(lo, hi)]) for col in range(dv)]
                 if j == 0:
                     O = pv
@@ -147,7 +190,7 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                         O[col] = O[col] + pv[col]
                 n_prev, cof_prev, last_r_hat = n, cof, r_hat
             else:
-                P = [bf16(x) for x in p]
+                P = [pcast(x) for x in p]
                 pv = [dot32(P, [v[t][col] for t in range(lo, hi)]) for col in range(dv)]
                 for col in range(dv):
                     if j == 0:
@@ -210,3 +253,26 @@ def test_hazard_garbage_is_bit_exact_too(variant):
     res = flash.attention(q, k, v, variant, scale=0.5, block_n=6)
     assert res.hazards["zero"] > 0
     assert np.array_equal(res.out.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("variant", ["fa4", "fa_fp8", "amla_fp8"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_variants_match_the_scalar_implementation(variant, seed):
+    """fa4 (polynomial exp2 on FMAs, log2-domain lazy rescale) and the FP8 P casts, with a
+    max that grows by ~7 log2 units per 8-key block: fa4 rescales on some blocks only."""
+    rng = np.random.default_rng(100 + seed)
+    bf = ml_dtypes.bfloat16
+    n = 37
+    q = rng.standard_normal((2, 4)).astype(np.float32)
+    q[:, 0] = 4.0  # score ramp 0.5 * 4 * 12 = 24 nats over the keys
+    q = q.astype(bf).astype(np.float32)
+    k = rng.standard_normal((n, 4)).astype(np.float32)
+    k[:, 0] += np.linspace(0, 12, n).astype(np.float32)  # the max grows by ~40 log2 units
+    k = k.astype(bf).astype(np.float32)
+    v = rng.standard_normal((n, 3)).astype(bf).astype(np.float32)
+    with np.errstate(all="ignore"):
+        want = scalar_attention(q, k, v, variant, 0.5, 8)
+    res = flash.attention(q, k, v, variant, scale=0.5, block_n=8, trace=True)
+    assert np.array_equal(res.out.view(np.uint32), want.view(np.uint32))
+    if variant == "fa4":
+        assert res.trace.rescaled[1:].any() and not res.trace.rescaled[1:].all()

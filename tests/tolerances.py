@@ -12,7 +12,7 @@ True
 
 from __future__ import annotations
 
-from amla_numerics.formats import FP64, Format
+from amla_numerics.formats import BF16, FP64, Format
 
 __all__ = ["ULPS", "tol"]
 
@@ -23,6 +23,11 @@ ULPS: dict[str, tuple[float, Format]] = {
     "exact_policy": (2.0**13, FP64),
     # an exponent add with a fractional increment versus its first-order model x (1 + eps/x)
     "exp2add_first_order": (2.0**3, FP64),
+    # a float64 difference split in two and added back: two roundings, with slack
+    "float64_split_sum": (2.0**2, FP64),
+    # one run with BF16 P against the same recurrence in float64 (fa4 vs its exact policy):
+    # the P cast (2**-8 relative) on numerator only, plus the exp2 polynomial (1e-4), x 4
+    "bf16_p_run": (2.0**2, BF16),
 }
 
 

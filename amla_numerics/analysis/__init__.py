@@ -49,6 +49,7 @@ from amla_numerics.analysis.report import (
     summarize,
     write_outputs,
 )
+from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "run_grid",
     "save_report_plots",
     "softmax_weights",
+    "split_bound",
     "summarize",
     "update_budgets",
     "write_outputs",

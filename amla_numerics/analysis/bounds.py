@@ -158,6 +158,21 @@ class Bound:
         residual ``r`` (from the rounded constants ``LN2``, ``RECIP_LN2`` and the exp).
     r_hat_min, r_hat_max : float
         Bounds of ``r^`` (1 for the FA variants).
+    p_saturate : bool
+        Whether the P cast may saturate (an FP8 ``p_cast`` with ``p_scale`` times the
+        largest tile value above its ``max_finite``): a saturated value lies in
+        ``[0, X]``, a relative error up to 1 on top of the others (``1 + alpha`` doubles).
+    p_scale_abs : float
+        Absolute error per output element and block of the removal of a static P scale
+        (``fl(PV' / S)`` rounding into the work format's subnormals; 0 when ``S = 1``).
+    p_min_normal : float
+        The smallest normal of the P cast's format (and of the P V input format when it
+        re-rounds), divided by the static scale: a tile value known to be at least this
+        (in its block's frame) takes no absolute cast error (0: every key may).
+    kv_order : {"forward", "reverse"}
+        The policy's block visit order; :func:`elementwise_bound` evaluates a reverse run on
+        the keys reversed (and front-padded with masked keys to whole blocks), which is the
+        same recurrence visited forward.
     terms : dict
         Named constants (documentation, the report, tests): ``exp``, ``fold``, ``cast``,
         ``pv``, ``rowsum``, ``division``, ``bias_step`` (the relative change of O at a
@@ -199,6 +214,10 @@ class Bound:
     sigma_cast: float = 0.0
     sigma_o: float = 0.0
     sigma_pv_out: float = 0.0
+    p_saturate: bool = False
+    p_scale_abs: float = 0.0
+    p_min_normal: float = 0.0
+    kv_order: str = "forward"
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
     def coefficient(self, name: str) -> float:
@@ -274,7 +293,10 @@ class Bound:
     def _dn_coef(self, dn_max: np.ndarray | float) -> np.ndarray | float:
         """Coefficient of ``sum |dnc_j|`` (the rounding of ``fl(dnc + eps)``) in AMLA's
         mismatch, before the factor ``H``; 0 where N is formed without ``eps``."""
-        if self.variant not in ("amla", "amla_guarded", "amla_fp32r") or self.rescale != "int_add":
+        if (
+            self.variant not in ("amla", "amla_guarded", "amla_fp32r", "amla_fp8")
+            or self.rescale != "int_add"
+        ):
             return 0.0
         u = self.u_work
         x = self.eps_max * (1.0 + u) + u * (1.0 + np.asarray(dn_max, dtype=np.float64))
@@ -384,7 +406,7 @@ def a_priori_bound(
             raise ValueError(f"argument {arg!r} must be an integer >= 1, got {value!r}")
     c = check_c(c)
     tau = check_tau(tau)
-    pol = _resolve_policy(policy)
+    pol = _resolve_policy(policy, variant)
     work = get_format(pol.work)
     u = work.unit_roundoff
     amla = variant in AMLA_VARIANTS
@@ -407,6 +429,27 @@ def a_priori_bound(
     pv_gamma = _accumulation_gamma(pol.pv.accumulation.model, b, pv_u)
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
+    sigma_work = work.min_subnormal
+    if variant == "fa4" and pol.work == "fp32":
+        # FA4's exp2 (docs/numerics.md section 13): FA4_EX2_REL_ERR for x >= -126; the
+        # FMA's and c's roundings (2u |x| in nats: exp_slope) and that of fl(m c) (u |m|,
+        # inside the score's systematic 2u |s| plus u |s - m|); below 2**-126 the result is
+        # a subnormal pattern or 0, off by < 2**-126: sigma_work raised to 2**-125 (it only
+        # enlarges every subnormal term)
+        from amla_numerics.flash.fa4 import FA4_EX2_REL_ERR
+
+        exp_u, exp_slope = FA4_EX2_REL_ERR, 2.0 * u
+        sigma_work = max(sigma_work, 2.0**-125)
+    p_sat, p_scale_abs, sigma_cast, u_cast = _p_scale_terms(
+        pol, variant, float(tau), sigma_cast, u_cast
+    )
+    p_min_normal = 0.0
+    if pol.p_cast is not None:
+        p_min_normal = get_format(pol.p_cast).min_normal
+        if not _contains(pol.pv.in_format, pol.p_cast):
+            p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
+        s_w = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
+        p_min_normal /= s_w
     consts = _work_constants(pol.work)
     c_w, bias_w = consts["round"](c), consts["round"](float(pol.eps_bias))
     # AMLA's residual r = exp(fl(fl(fl(m RECIP) + n) LN2)): |ln(r / (e**m 2**n))| <= eta
@@ -459,10 +502,14 @@ def a_priori_bound(
         eta_const=eta_const if amla else 0.0,
         r_hat_min=r_min,
         r_hat_max=r_max,
-        sigma_work=work.min_subnormal,
+        sigma_work=sigma_work,
         sigma_cast=sigma_cast,
         sigma_o=_sigma(pol.o_lowp) if fa_bf16 else 0.0,
         sigma_pv_out=_sigma(pol.pv.out_format),
+        p_saturate=p_sat,
+        p_scale_abs=p_scale_abs,
+        p_min_normal=p_min_normal,
+        kv_order="forward" if variant == "naive" else pol.kv_order,
     )
     nu_rel = abs(nu0) * 2.0**-23
     terms = {
@@ -480,10 +527,38 @@ def a_priori_bound(
     return dataclasses.replace(bound, terms=terms)
 
 
-def _resolve_policy(policy: Any):
-    from amla_numerics.flash.policy import get_policy  # the policy record, not the emulator
+def _resolve_policy(policy: Any, variant: str):
+    # the policy record and the variant's FP8 P cast (flash.fp8), not the emulator
+    from amla_numerics.flash.fp8 import variant_policy
+    from amla_numerics.flash.policy import get_policy
 
-    return get_policy(policy)
+    return variant_policy(get_policy(policy), variant)
+
+
+def _p_scale_terms(
+    pol: Any, variant: str, tau: float, sigma_cast: float, u_cast: float
+) -> tuple[bool, float, float, float]:
+    """The static P scale ``S`` and the FP8 saturation: (p_saturate, p_scale_abs,
+    sigma_cast, u_cast). The cast sees ``fl(X S)``: its subnormal spacing is ``sigma / S``
+    in the P frame; ``S != 1`` adds the multiply's and the division's roundings (``2u``
+    relative, one subnormal spacing of ``W`` absolute per block). Saturation is possible
+    when ``S`` times the largest tile value (1; ``2**(tau + 1)`` with a stale max; AMLA's
+    ``P r^ <= 2**(1/2) (1 + 2**-7)``) exceeds the cast format's ``max_finite``."""
+    work = get_format(pol.work)
+    u = work.unit_roundoff
+    s = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
+    p_scale_abs = 0.0
+    if s != 1.0:
+        u_cast = u_cast + 2.0 * u * (1.0 + u_cast)
+        sigma_cast = sigma_cast / s
+        p_scale_abs = work.min_subnormal
+    sat = False
+    if pol.p_cast is not None and get_format(pol.p_cast).name in ("e4m3", "e5m2"):
+        top = 2.0 ** (tau + 1.0) if variant in ("lazy", "fa4") else 1.0
+        if variant in AMLA_VARIANTS:
+            top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
+        sat = s * top * (1.0 + 4.0 * u) > get_format(pol.p_cast).max_finite
+    return sat, p_scale_abs, sigma_cast, u_cast
 
 
 @lru_cache(maxsize=4)
@@ -786,7 +861,36 @@ def elementwise_bound(
             f"inputs (d={x.head_dim}, N={x.kv_len}) do not match the bound "
             f"(d={bound.head_dim}, N={bound.kv_len})"
         )
+    if bound.kv_order == "reverse" and bound.blocks > 1:
+        x = _reverse_keys(x, bound.blocks * bound.block_n)
     return _evaluate(bound, x, kind == "probabilistic")
+
+
+def _reverse_keys(x: BoundInputs, n_pad: int) -> BoundInputs:
+    """``x`` with its keys reversed and ``n_pad - N`` masked keys in front: visiting its
+    blocks forward is visiting the original blocks last to first (same boundaries)."""
+    extra = n_pad - x.kv_len
+
+    def rev(a: np.ndarray, axis: int, fill: float) -> np.ndarray:
+        if a.shape[axis] == 1:
+            return a
+        a = np.flip(a, axis=axis)
+        shape = list(a.shape)
+        shape[axis] = extra
+        return np.concatenate([np.full(shape, fill), a], axis=axis)
+
+    return dataclasses.replace(
+        x,
+        kv_len=n_pad,
+        s=rev(x.s, -1, -np.inf),
+        w=rev(x.w, -1, 0.0),
+        qk_abs=rev(x.qk_abs, -1, 0.0),
+        v_abs=rev(x.v_abs, -2, 0.0),
+        v_sq=rev(x.v_sq, -2, 0.0),
+        qk_l1=None if x.qk_l1 is None else rev(x.qk_l1, -1, 0.0),
+        bias_abs=None if x.bias_abs is None else rev(x.bias_abs, -1, 0.0),
+        masked=x.masked or extra > 0,
+    )
 
 
 def _blocked(a: np.ndarray, t: int, bn: int, fill: float) -> np.ndarray:
@@ -802,6 +906,47 @@ def _after(a: np.ndarray) -> np.ndarray:
     """Per block b, the sum of ``a`` over the blocks strictly after b (last axis)."""
     tot = np.cumsum(a[..., ::-1], axis=-1)[..., ::-1]
     return tot - a
+
+
+def _cast_abs(
+    b: Bound,
+    x: BoundInputs,
+    s0: np.ndarray,
+    e: np.ndarray,
+    fin: np.ndarray,
+    m_hi: np.ndarray,
+    m_lo: np.ndarray,
+    bn: int,
+    alpha: np.ndarray,
+    common: np.ndarray,
+) -> np.ndarray:
+    """The P cast's absolute (below-normal) errors, summed over keys with ``|V|``, in the
+    final frame. Key ``i`` of block ``j`` is cast in block ``j``'s frame, where one rounding
+    into the subnormals errs by at most ``sigma_cast``; carried to the row's final max it
+    shrinks by ``exp(m_j - m) <= min(1, exp(m_hi_j - m_lo_T))`` (the computed max never
+    decreases; a stale max trails the true one by at most ``tau ln 2``). A value below the
+    normal range also rounds to within ``[0, 2x]`` (two roundings: ``3x``), ``x`` the
+    computed tile value: in the final frame at most ``r^_max exp(min(s_i + e_i - m_lo_T,
+    stale)) (1 + alpha_i)`` (the computed final max is >= every computed score, minus
+    ``stale = tau ln 2`` for a stale max). A key whose tile value is surely normal in the
+    cast format (at least ``r^_min exp(s_i - e_i - m_hi_j - common_i) >= p_min_normal``
+    in its block's frame, ``common_i`` the score/exp relative terms) takes none."""
+    if not b.sigma_cast:
+        return np.zeros(1)
+    n = s0.shape[-1]
+    stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in ("lazy", "fa4") else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        lift = np.minimum(m_hi - m_lo[..., -1:] + stale, 0.0)
+        frame = np.nan_to_num(np.exp(lift), nan=1.0)
+        x_fin = b.r_hat_max * np.exp(np.minimum(s0 + e - m_lo[..., -1:], stale))
+        x_fin = np.nan_to_num(x_fin, nan=1.0, posinf=1.0) * (1.0 + alpha)
+    per = np.minimum(b.sigma_cast * _to_keys(frame, bn, n), 3.0 * x_fin)
+    if b.p_min_normal > 0:
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+            x_lo = b.r_hat_min * np.exp(s0 - e - _to_keys(m_hi, bn, n) - common)
+        per = np.where(np.nan_to_num(x_lo, nan=0.0) >= b.p_min_normal, 0.0, per)
+    per = np.where(fin, per, 0.0)
+    return _weighted_sum(per, x.v_abs)
 
 
 def _to_keys(a: np.ndarray, bn: int, n: int) -> np.ndarray:
@@ -842,7 +987,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     fin = np.isfinite(s)  # attended keys
     s0 = np.where(fin, s, 0.0)
     amla = b.variant in AMLA_VARIANTS
-    lazy = b.variant == "lazy"
+    lazy = b.variant in ("lazy", "fa4")  # a stale max: P up to 2**tau
 
     def count(n: np.ndarray | float) -> np.ndarray | float:
         """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""
@@ -977,6 +1122,8 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     t_den = common_ind + den_blk + den_sys
     with np.errstate(over="ignore"):
         alpha = np.where(fin, np.expm1(t_num), 0.0)
+        if b.p_saturate:  # a saturated cast lies in [0, X]: (1 + alpha) doubles
+            alpha = np.where(fin, 1.0 + 2.0 * alpha, 0.0)
         beta = np.where(fin, np.expm1(t_den), 0.0)
 
     # --- assemble: numerator, denominator, the clamp, the division
@@ -1018,12 +1165,13 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     alpha_max = np.max(alpha, axis=-1, keepdims=True)
     carry = 1.0 + alpha_max
     sig = b.sigma_work
-    per_key = sig * b.r_hat_max + (sig if amla else 0.0) + b.sigma_cast
+    per_key = sig * b.r_hat_max + (sig if amla else 0.0)
     v_sum = x.v_sum if x.v_sum is not None else np.sum(x.v_abs, axis=-2, keepdims=True)
+    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind)
     v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + v_in_sig * n_pos * b.r_hat_max * carry
-    abs_num = abs_num + b.blocks * (b.sigma_pv_out + b.sigma_o + sig)
+    abs_num = abs_num + cast_abs + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
     # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
     p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau
     o_max = 2.0 * n_pos * x.v_max * b.r_hat_max * p_max

@@ -89,12 +89,24 @@ class Case:
     policy: str = "ascend"
     #: Rows a vector core decides together for the lazy rescale probability (None: all).
     group_rows: int | None = None
+    #: Split-KV: the keys split into this many splits of whole blocks (1: unsplit), merged
+    #: by ``combine`` (:mod:`amla_numerics.flash.splitkv`); bounds by
+    #: :func:`~amla_numerics.analysis.splitbound.split_bound`.
+    splits: int = 1
+    combine: str = "cann"
 
     def __post_init__(self) -> None:
         for arg in ("head_dim", "kv_len", "rows", "block_n"):
             value = getattr(self, arg)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
+        if isinstance(self.splits, bool) or not isinstance(self.splits, int | np.integer):
+            raise ValueError(f"splits must be an integer >= 1, got {self.splits!r}")
+        if self.splits < 1:
+            raise ValueError(f"splits must be an integer >= 1, got {self.splits!r}")
+        from amla_numerics.flash.splitkv import check_combine
+
+        check_combine(self.combine)
         if self.path is None and self.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {self.workload!r}; valid: {', '.join(WORKLOADS)}")
         from amla_numerics.flash.policy import PRESETS
@@ -174,6 +186,8 @@ class Record:
     rescale_rate: float = 1.0
     c: float = DEFAULT_C
     policy: str = "ascend"
+    splits: int = 1
+    combine: str = "cann"
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-ready dict (the report's record schema)."""
@@ -202,11 +216,13 @@ def expand_grid(
     c: float = DEFAULT_C,
     policy: str = "ascend",
     group_rows: int | None = None,
+    splits: Iterable[int] = (1,),
+    combine: str = "cann",
 ) -> list[Case]:
-    """Every combination, in (workload, head dim, KV length, seed) order."""
+    """Every combination, in (workload, head dim, KV length, splits, seed) order."""
     return [
-        Case(d, n, w, s, rows, block_n, c, None, policy, group_rows)
-        for w, d, n, s in itertools.product(workloads, head_dims, kv_lens, seeds)
+        Case(d, n, w, s, rows, block_n, c, None, policy, group_rows, sp, combine)
+        for w, d, n, sp, s in itertools.product(workloads, head_dims, kv_lens, splits, seeds)
     ]
 
 
@@ -225,6 +241,7 @@ def evaluate_case(
     (records in ``(c, variant)`` order) instead of at ``case.c`` only.
     """
     from amla_numerics import flash, reference  # heavy imports stay out of module import
+    from amla_numerics.analysis.splitbound import split_bound
 
     variants = [check_variant(v) for v in variants]
     w = case.make()
@@ -250,11 +267,27 @@ def evaluate_case(
             c=c,
             mask=w.mask,
             policy=case.policy,
+            splits=case.splits,
+            combine=case.combine,
         )
         out = np.asarray(res.out, dtype=np.float64)
         metrics = error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref)
-        if stats is None:
+        if stats is None or (case.splits > 1 and w.mask is not None):
             det = prob = np.full(ref.shape, np.nan)
+        elif case.splits > 1:  # no probabilistic split bound: reported as none
+            det = split_bound(  # type: ignore[assignment]
+                variant,
+                w.q,
+                w.k,
+                w.v,
+                w.scale,
+                splits=case.splits,
+                block_n=case.block_n,
+                c=c,
+                policy=case.policy,
+                combine=case.combine,
+            )
+            prob = np.full(ref.shape, np.nan)
         else:
             bound = a_priori_bound(
                 variant,
@@ -290,6 +323,8 @@ def evaluate_case(
                 rescale_rate=_rescale_rate(res.trace, case.group_rows),
                 c=float(c),
                 policy=case.policy,
+                splits=case.splits,
+                combine=case.combine,
             )
         )
     return records

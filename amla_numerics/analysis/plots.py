@@ -389,7 +389,7 @@ def plot_block_trace(trace: Any, *, rows: Sequence[int] = (0,), title: str = "")
 def plot_pareto(
     records: Sequence[Record], throughput: Sequence[dict[str, Any]], *, title: str = ""
 ) -> Figure:
-    """Error against modelled TFLOPS, one marker a variant (legend, no overlapping labels).
+    """Error against modelled TFLOPS with the model's interval as a bar, one marker a variant.
 
     The error is the median relative Frobenius error over the ``mla`` records (the workload
     the throughput is modelled on), or over every record when the grid has no ``mla``.
@@ -399,27 +399,43 @@ def plot_pareto(
     fig = Figure(figsize=(8.5, 5), layout="constrained")
     ax = fig.subplots()
     markers = "osD^v<>pPX*h"
+    lo_all, hi_all = [], []
     for i, t in enumerate(throughput):
         errs = [
             r.metrics.rel_fro
             for r in pool
             if r.variant == t["variant"] and np.isfinite(r.metrics.rel_fro)
         ]
-        if errs:
-            ax.scatter(
-                [t["tflops"]],
-                [float(np.median(errs))],
-                color=f"C{i % 10}",
-                marker=markers[i % len(markers)],
-                s=55,
-                label=t["variant"],
-            )
+        if not errs:
+            continue
+        x, y = t["tflops"], float(np.median(errs))
+        rng = t.get("tflops_range") or (x, x)
+        lo_all.append(rng[0])
+        hi_all.append(rng[1])
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=[[x - rng[0]], [rng[1] - x]],
+            color=f"C{i % 10}",
+            marker=markers[i % len(markers)],
+            markersize=7,
+            capsize=4,
+            linestyle="none",
+            label=t["variant"],
+        )
+    if lo_all:
+        # never magnify differences smaller than the uncertainty: the axis spans at least
+        # three times the widest interval, and at least 10 % of the throughput
+        width = max(max(h - lo for lo, h in zip(lo_all, hi_all, strict=True)), 0.0)
+        span = max(3 * width, 0.1 * max(hi_all), max(hi_all) - min(lo_all))
+        mid = 0.5 * (min(lo_all) + max(hi_all))
+        ax.set_xlim(mid - 0.6 * span, mid + 0.6 * span)
     ax.set_yscale("log")
-    ax.set_xlabel("modelled throughput, MLA decode on Ascend 910C (TFLOPS)")
+    ax.set_xlabel("modelled throughput, MLA decode on Ascend 910C (TFLOPS; bars: model interval)")
     ax.set_ylabel(f"median relative Frobenius error ({'mla' if mla else 'all'} workload)")
     ax.set_title(title or "accuracy vs throughput (lower right is better)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="best", ncol=2)
     return fig
 
 

@@ -49,7 +49,13 @@ def render(report: Report, style: str = "table") -> str:
             rows = [r for r in report.records if r.head_dim == d]
             parts.append(_table(_ACCURACY_COLUMNS, [_accuracy_row(r) for r in rows], md))
     if report.throughput:
-        title = "modelled throughput, MLA decode on the Ascend 910 pipeline model"
+        t0 = report.throughput[0]
+        title = (
+            f"modelled throughput (pipeline model, {t0.get('hardware')}): the MLA decode shape "
+            f"batch {t0.get('batch')}, s_q {t0.get('q_len')}, s_k {t0.get('kv_len')}, "
+            f"{t0.get('heads')} heads, d 576/512 (not the grid's shapes); intervals: nominal and "
+            "a 16-point Latin hypercube over the unsourced hardware parameters' ranges, jointly"
+        )
         parts.append(f"## {title}\n" if md else f"{title}\n{'=' * len(title)}")
         parts.append(
             _table(_THROUGHPUT_COLUMNS, [_throughput_row(t) for t in report.throughput], md)
@@ -99,7 +105,16 @@ _SEED_COLUMNS = (
     "meas/bound",
     "hazards",
 )
-_THROUGHPUT_COLUMNS = ("variant", "TFLOPS", "util", "peak", "bound by", "time us", "HBM GB/s")
+_THROUGHPUT_COLUMNS = (
+    "variant",
+    "TFLOPS",
+    "TFLOPS interval",
+    "util",
+    "peak",
+    "bound by",
+    "time us",
+    "HBM GB/s",
+)
 _LEGEND = (
     "cond: |out - ref| / sum_k p_ik |v_kj| in u_fp32 = 2**-24 (max, 99.9th percentile, median; "
     "bias: signed mean); row max: max over rows of ||out_i - ref_i|| / ||ref_i||; rel Frob: "
@@ -109,7 +124,8 @@ _LEGEND = (
     "med: the deterministic a priori bound on the cond scale (cond max <= bound max when it "
     "holds); meas/bound: max over covered elements of error / bound (> 1 fails; < 0.01 loose); "
     "hazards: counts by class (clamp is informational; 'excluded' elements, touched by integer-add "
-    "garbage, are left out of the bound check)."
+    "garbage, are left out of the bound check); N/S8: the keys split into 8 split-KV splits "
+    "(--splits), the bound is the split bound."
 )
 _SEED_LEGEND = (
     "Over seeds: means with two-sided 95 % Student t intervals; rel Frob: ||out - ref||_F / "
@@ -118,6 +134,11 @@ _SEED_LEGEND = (
     "wrong: mean share of BF16 outputs not correctly rounded; bound max, meas/bound: worst "
     "seed (> 1 fails); hazards: totals by class (clamp informational)."
 )
+
+
+def _n(kv_len: int, splits: int) -> str:
+    """The KV length, with ``/S`` for a split-KV run of S splits."""
+    return str(kv_len) if splits == 1 else f"{kv_len}/S{splits}"
 
 
 def _hazard_text(hazards: dict[str, int], excluded: int, nonfinite: int) -> str:
@@ -134,7 +155,7 @@ def _accuracy_row(r: Record) -> list[str]:
     return [
         r.variant,
         r.workload,
-        str(r.kv_len),
+        _n(r.kv_len, r.splits),
         _g(m.cond_err_max),
         _g(m.cond_err_p999),
         _g(m.cond_err_median),
@@ -154,7 +175,7 @@ def _seed_row(s: dict[str, Any]) -> list[str]:
     return [
         s["variant"],
         s["workload"],
-        str(s["kv_len"]),
+        _n(s["kv_len"], s.get("splits", 1)),
         str(s["n_seeds"]),
         _ci(s["rel_fro_mean"], s["rel_fro_ci95"]),
         _ci(s["cond_err_median_mean"], s["cond_err_median_ci95"]),
@@ -185,9 +206,11 @@ def _pct(x: float) -> str:
 
 
 def _throughput_row(t: dict[str, Any]) -> list[str]:
+    rng = t.get("tflops_range")
     return [
         t["variant"],
         f"{t['tflops']:.1f}",
+        f"[{rng[0]:.1f}, {rng[1]:.1f}]" if rng else "-",
         f"{100 * t['utilization']:.1f} %",
         t["peak_name"],
         str(t["bound"]),

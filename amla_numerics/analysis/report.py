@@ -100,6 +100,11 @@ __all__ = [
 #: The pipeline configuration of the throughput join: DeepSeek-V3 MLA decode with MTP.
 MLA_DECODE: dict[str, Any] = {"hardware": "ascend910c", "batch": 128, "q_len": 2, "kv_len": 16384}
 
+#: Latin-hypercube samples behind each throughput row's interval (same seed for every
+#: variant, so the rows share their parameter samples; docs/pipeline.md section 7): 16
+#: strata per ranged parameter, jointly; about 0.35 s per sample and variant.
+THROUGHPUT_SAMPLES = 16
+
 DEFAULT_HEAD_DIMS: tuple[int, ...] = (64, 128, 192, 256, 576)
 
 _LIBRARIES = ("numpy", "mpmath", "scipy", "ml_dtypes", "matplotlib", "gmpy2")
@@ -122,6 +127,9 @@ class ReportConfig:
     policy: str = "ascend"
     #: Rows decided together for the lazy rescale probability (None: all rows of a case).
     group_rows: int | None = None
+    #: Split-KV split counts measured (``--splits``; 1: unsplit) and the combine modelled.
+    splits: tuple[int, ...] = (1,)
+    combine: str = "cann"
     #: Run the plots' own measurements (the c sweep, the traced case, the scatter case) as
     #: part of the build.
     plots: bool = True
@@ -238,6 +246,8 @@ def build_report(
         c=config.c,
         policy=config.policy,
         group_rows=config.group_rows,
+        splits=config.splits,
+        combine=config.combine,
     )
     cases += [
         case_from_file(path, block_n=config.block_n, c=config.c, policy=config.policy)
@@ -400,7 +410,7 @@ def paired_ratio_ci95(num: Sequence[float], den: Sequence[float]) -> tuple[float
 
 
 def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """One summary per (head dim, KV length, variant, workload) over its seeds.
+    """One summary per (head dim, KV length, splits, variant, workload) over its seeds.
 
     Means and 95 % t intervals of ``rel_fro``, ``cond_err_median`` and ``cond_err_max``,
     the worst ``cond_err_max`` and bound, and the ratios to ``fa_fp32`` paired by seed (when
@@ -408,9 +418,9 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple, list[Record]] = {}
     for r in records:
-        groups.setdefault((r.head_dim, r.kv_len, r.variant, r.workload), []).append(r)
+        groups.setdefault((r.head_dim, r.kv_len, r.splits, r.variant, r.workload), []).append(r)
     out = []
-    for (d, n, variant, workload), recs in groups.items():
+    for (d, n, splits, variant, workload), recs in groups.items():
         recs = sorted(recs, key=lambda r: r.seed)
         fro_m, fro_ci = mean_ci95([r.metrics.rel_fro for r in recs])
         med_m, med_ci = mean_ci95([r.metrics.cond_err_median for r in recs])
@@ -422,6 +432,7 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "head_dim": d,
             "kv_len": n,
+            "splits": splits,
             "variant": variant,
             "workload": workload,
             "seeds": [r.seed for r in recs],
@@ -441,7 +452,7 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
             "n_violations": sum(r.n_violations for r in recs),
             "hazards": hz,
         }
-        base = {r.seed: r for r in groups.get((d, n, "fa_fp32", workload), [])}
+        base = {r.seed: r for r in groups.get((d, n, splits, "fa_fp32", workload), [])}
         pairs = [(r, base[r.seed]) for r in recs if r.seed in base]
         for key in ("rel_fro", "cond_err_median"):
             if pairs:
@@ -481,6 +492,7 @@ def throughput_rows(variants: Sequence[str], records: Sequence[Record]) -> list[
             q_len=MLA_DECODE["q_len"],
             kv_len=MLA_DECODE["kv_len"],
             rescale_prob=prob if variant == "lazy" else None,
+            samples=THROUGHPUT_SAMPLES,  # tflops_range over the unsourced parameters' ranges
         )
         row = {"variant": variant, **res.to_dict()}
         row["rescale_prob"] = prob if variant == "lazy" else None

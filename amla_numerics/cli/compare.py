@@ -49,6 +49,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default=None, help="emulator policy preset (default ascend)")
     p.add_argument("--block-n", type=int, default=512, help="the kernel's KV block length")
     p.add_argument(
+        "--splits",
+        type=int,
+        default=None,
+        help="the kernel's split-KV split count: emulate and bound with that many splits",
+    )
+    p.add_argument(
+        "--combine",
+        default="cann",
+        help="the kernel's split-KV combine: cann (max/sum per split) or flashmla (log2 lse)",
+    )
+    p.add_argument(
         "--dtype",
         action="append",
         default=[],
@@ -72,6 +83,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--budget and --kernel go together (the kernel's table in the file)")
     if args.block_n < 1:
         raise ValueError(f"--block-n must be >= 1, got {args.block_n}")
+    if args.splits is not None and args.splits < 1:
+        raise ValueError(f"--splits must be >= 1, got {args.splits}")
+    from amla_numerics.flash.splitkv import COMBINES
+
+    if args.combine not in COMBINES:
+        raise ValueError(f"--combine: unknown {args.combine!r}; valid: {', '.join(COMBINES)}")
     if args.variant is not None:
         check_variant(args.variant, "--variant")
     if args.policy is not None:
@@ -110,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
                 policy=args.policy,
                 block_n=args.block_n,
                 bit_match=not args.no_bit_match,
+                splits=args.splits,
+                combine=args.combine,
             )
         )
     print(render_verdicts(verdicts, args.format))

@@ -2,7 +2,8 @@
 
 Parse, build the configuration, call :func:`~amla_numerics.pipeline.model.run`, render.
 With ``--sweep``, ``--batch``, ``--q-len``, ``--kv-len`` and ``--rescale`` take
-comma-separated lists and every combination is run.
+comma-separated lists and every combination is run. ``--sensitivity`` adds the tornado
+and the joint interval (``tflops_range`` ...); ``--samples N`` the interval alone.
 
 Examples
 --------
@@ -13,7 +14,7 @@ hardware     ascend910c
 rescale      amla
 ...
 0
->>> main(["pipeline", "--batch", "0"])  # stderr: workload.batch must be >= 1, got 0
+>>> main(["pipeline", "--batch", "0"])  # stderr: shape.batch must be >= 1, got 0
 2
 """
 
@@ -27,20 +28,20 @@ from collections.abc import Sequence
 
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
-from amla_numerics.pipeline.workload import SCHEDULES, Schedule, Workload, default_schedule
-from amla_numerics.variants import VARIANTS, check_variant
+from amla_numerics.pipeline.rescale import MODEL_VARIANTS, check_model_variant
+from amla_numerics.pipeline.schedule import SCHEDULES, Schedule, default_schedule
+from amla_numerics.pipeline.shape import KV_CACHES, AttentionShape
 
 __all__ = ["register", "render", "run_cli"]
 
+#: The fields that name a case, first in both the sweep table and the single-result listing.
+_CASE_KEYS = ("hardware", "rescale", "schedule", "batch", "q_len", "kv_len")
+
 _SWEEP_COLUMNS = (
-    "hardware",
-    "rescale",
-    "schedule",
-    "batch",
-    "q_len",
-    "kv_len",
+    *_CASE_KEYS,
     "time_us",
     "tflops",
+    "tflops_range",
     "utilization",
     "hbm_gbps",
     "bound",
@@ -65,8 +66,9 @@ def _settings(items: Sequence[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields or key in ("rescale", "order", "rescale_prob"):
-            valid = ", ".join(k for k in fields if k not in ("rescale", "order", "rescale_prob"))
+        skip = ("rescale", "order", "rescale_prob", "splits")
+        if not sep or key not in fields or key in skip:
+            valid = ", ".join(k for k in fields if k not in skip)
             raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {valid}; got {item!r}")
         if key == "split_kv":
             if value.lower() not in ("true", "false"):
@@ -83,10 +85,16 @@ def _settings(items: Sequence[str]) -> dict[str, object]:
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if v is None:
+        return "-"
     return str(v)
 
 
-def render(results: Sequence[PipelineResult], style: str = "table") -> str:
+def render(
+    results: Sequence[PipelineResult], style: str = "table", tornado: Sequence[object] = ()
+) -> str:
     """Render results as ``json`` (one object, or a list for a sweep) or an aligned ``table``.
 
     Examples
@@ -97,27 +105,33 @@ def render(results: Sequence[PipelineResult], style: str = "table") -> str:
     """
     if style == "json":
         docs = [r.to_dict() for r in results]
+        if tornado:
+            docs[0]["tornado"] = [t.to_dict() for t in tornado]  # type: ignore[attr-defined]
         return json.dumps(docs[0] if len(docs) == 1 else docs, indent=2)
     if len(results) == 1:
         r = results[0]
         lines = [
             (k, _fmt(getattr(r, k)))
             for k in (
-                "hardware",
-                "rescale",
-                "schedule",
-                "batch",
-                "q_len",
-                "kv_len",
+                *_CASE_KEYS,
                 "heads",
+                "kv_heads",
                 "time_us",
+                "time_us_range",
                 "tflops",
+                "tflops_range",
+                "utilization_range",
                 "hbm_gbps",
                 "bound",
                 "roofline_tflops",
                 "roofline_bound",
+                "launch_us",
+                "combine_us",
+                "splits",
+                "l2_spill",
             )
         ]
+        lines += [(f"traffic {k}", f"{v / 1e9:.4g} GB") for k, v in r.traffic_bytes.items()]
         lines += [(f"util vs {n}", f"{u:.1%}") for n, u in r.peaks.items()]
         lines += [(f"busy {k}", f"{v:.1%}") for k, v in r.engines.items()]
         lines += [
@@ -125,6 +139,13 @@ def render(results: Sequence[PipelineResult], style: str = "table") -> str:
             for k, v in sorted(r.critical_path.items(), key=lambda kv: -kv[1])
             if v >= 0.001
         ]
+        for t in tornado:
+            lines.append(
+                (
+                    f"swing {t.name}",  # type: ignore[attr-defined]
+                    f"{t.swing:.4g} us over [{t.lo:g}, {t.hi:g}]",  # type: ignore[attr-defined]
+                )
+            )
         w = max(len(k) for k, _ in lines)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in lines)
     cells = [[_fmt(getattr(r, c)) for c in _SWEEP_COLUMNS] for r in results]
@@ -139,23 +160,44 @@ def run_cli(args: argparse.Namespace) -> int:
     batches = _ints("--batch", args.batch)
     q_lens = _ints("--q-len", args.q_len)
     kv_lens = _ints("--kv-len", args.kv_len)
-    rescales = [check_variant(v.strip(), "--rescale") for v in args.rescale.split(",")]
+    rescales = [check_model_variant(v.strip(), "--rescale") for v in args.rescale.split(",")]
     if args.rescale_prob is not None and "lazy" not in rescales:
         raise ValueError("--rescale-prob applies only to variant 'lazy'")
     combos = list(itertools.product(rescales, batches, q_lens, kv_lens))
     if len(combos) > 1 and not args.sweep:
         raise ValueError("lists of values need --sweep")
-    if args.sweep and (args.trace or args.plot):
-        raise ValueError("--trace and --plot apply to one configuration, not to --sweep")
+    if args.sweep and (args.trace or args.plot or args.sensitivity):
+        raise ValueError(
+            "--trace, --plot and --sensitivity apply to one configuration, not --sweep"
+        )
+    if args.samples is not None and args.samples < 0:
+        raise ValueError(f"--samples must be >= 0, got {args.samples}")
+    samples = args.samples if args.samples is not None else (16 if args.sensitivity else 0)
     overrides: dict[str, object] = {}
     if args.schedule is not None:
         overrides["order"] = args.schedule
     if args.preload_depth is not None:
         overrides["preload_depth"] = args.preload_depth
+    if args.block_n is not None:
+        overrides["kv_block"] = args.block_n
+    if args.splits is not None:
+        overrides["splits"] = args.splits
     overrides.update(_settings(args.set or []))
     results = []
+    tornado_rows: list[object] = []
     for rescale, batch, q_len, kv_len in combos:
-        wl = Workload(batch=batch, q_len=q_len, kv_len=kv_len, heads=args.heads)
+        wl = AttentionShape(
+            batch=batch,
+            q_len=q_len,
+            kv_len=kv_len,
+            heads=args.heads,
+            kv_heads=args.kv_heads,
+            d_qk=args.d_k,
+            d_v=args.d_v,
+            shared_kv=not args.separate_v,
+            kv_cache=args.kv_cache,
+            causal=args.causal,
+        )
         prob = args.rescale_prob if rescale == "lazy" else None
         sch = default_schedule(hw, rescale, rescale_prob=prob, **overrides)
         if args.trace or args.plot:
@@ -170,8 +212,14 @@ def run_cli(args: argparse.Namespace) -> int:
                 write_gantt(args.plot, sim, clock, title)
         else:
             res = run(hw, wl, sch)
+        if samples:
+            from amla_numerics.pipeline.sensitivity import interval, tornado
+
+            if args.sensitivity:
+                tornado_rows = list(tornado(hw, wl, sch))
+            res = interval(hw, wl, sch, samples=samples, nominal=res, swings=tornado_rows)  # type: ignore[arg-type]
         results.append(res)
-    print(render(results, args.format))
+    print(render(results, args.format, tornado_rows))
     return 0
 
 
@@ -192,12 +240,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rescale",
         default="amla",
-        help=f"rescale variant (with --sweep a comma list): {', '.join(VARIANTS)}",
+        help=f"rescale variant or model design (with --sweep a comma list): "
+        f"{', '.join(MODEL_VARIANTS)}",
     )
     p.add_argument("--batch", default="128", help="requests (with --sweep a comma list)")
-    p.add_argument("--q-len", default="2", help="query tokens per request, s_q (list ok)")
-    p.add_argument("--kv-len", default="16384", help="cached tokens, s_k (list ok)")
-    p.add_argument("--heads", type=int, default=128, help="query heads (default 128)")
+    p.add_argument("--q-len", "--s-q", default="2", help="query tokens per request, s_q (list ok)")
+    p.add_argument("--kv-len", "--s-k", default="16384", help="keys, s_k (list ok)")
+    p.add_argument(
+        "--heads",
+        type=int,
+        default=128,
+        help="query heads on this device (default 128; divide by TP)",
+    )
+    p.add_argument(
+        "--kv-heads", type=int, default=1, help="KV heads: 1 MLA/MQA, heads MHA, between GQA"
+    )
+    p.add_argument("--d-k", type=int, default=576, help="score head dim d_k (default 576)")
+    p.add_argument("--d-v", type=int, default=512, help="value head dim d_v (default 512)")
+    p.add_argument(
+        "--separate-v",
+        action="store_true",
+        help="V is its own cache (GQA/MHA), not the first d_v columns of K (MLA)",
+    )
+    p.add_argument("--kv-cache", choices=KV_CACHES, default="bf16", help="KV cache format")
+    p.add_argument(
+        "--causal", action="store_true", help="causal mask (blocks above the diagonal skipped)"
+    )
+    p.add_argument(
+        "--block-n", type=int, default=None, help="KV block size (default: the kernel's)"
+    )
+    p.add_argument(
+        "--splits",
+        type=int,
+        default=None,
+        help="explicit split-KV count (default: the kernels' heuristic)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="tornado (one-at-a-time swing per unsourced parameter) and a joint interval",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="Latin-hypercube samples of the joint interval (16 with --sensitivity, else 0)",
+    )
     p.add_argument(
         "--rescale-prob",
         type=float,
@@ -208,7 +296,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--schedule",
         choices=SCHEDULES,
         default=None,
-        help="block ordering (default: the hardware's kernel: preload on Ascend)",
+        help="block ordering (default: the hardware's kernel: preload on Ascend, serial on a GPU)",
     )
     p.add_argument("--preload-depth", type=int, default=None, help="blocks in flight (2)")
     p.add_argument(

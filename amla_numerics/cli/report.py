@@ -85,6 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rows decided together for the lazy rescale probability (default: all rows)",
     )
     p.add_argument(
+        "--splits",
+        default="1",
+        help="comma-separated split-KV split counts measured per case (1: unsplit)",
+    )
+    p.add_argument(
+        "--combine",
+        default=d.combine,
+        help="split-KV combine modelled: cann (max/sum per split) or flashmla (log2 lse)",
+    )
+    p.add_argument(
         "--fail-on-hazard",
         action="store_true",
         help="exit 1 when any hazard (other than the informational clamp) left wrong values",
@@ -130,6 +140,11 @@ def _config_from_args(args: argparse.Namespace):
             f"got {args.group_rows}"
         )
     check_c(args.c, "--c")
+    splits = parse_int_list(args.splits, "--splits")
+    from amla_numerics.flash.splitkv import COMBINES
+
+    if args.combine not in COMBINES:
+        raise ValueError(f"--combine: unknown {args.combine!r}; valid: {', '.join(COMBINES)}")
     if args.workloads is None:
         workloads = () if args.inputs else ReportConfig().workloads
     else:
@@ -146,6 +161,8 @@ def _config_from_args(args: argparse.Namespace):
         inputs=tuple(args.inputs),
         policy=args.policy,
         group_rows=args.group_rows,
+        splits=splits,
+        combine=args.combine,
         plots=bool(args.out) and not args.no_plots,
     )
 

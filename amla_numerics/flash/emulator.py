@@ -20,9 +20,15 @@ per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne r
 6. O: block 0 stores ``PV_0``; then ``fa_fp32``: ``O = fl(fl(a_j O) + PV_j)``; ``fa_bf16``:
    the same, cast to BF16 (policy ``o_lowp``); AMLA variants: :mod:`~amla_numerics.flash.amla`
    rescale, then ``O = fl(O + PV_j)``; ``lazy``: see below.
+   With a static P scale or an FP8 P cast, step 5 is :mod:`~amla_numerics.flash.fp8`'s
+   stage (``cast(fl(P_j S))``, product, ``fl(PV_j / S)``); variants ``fa_fp8`` (as
+   ``fa_fp32``) and ``amla_fp8`` (as ``amla``) run under its :func:`variant_policy`.
+   Policy ``kv_order="reverse"`` visits the blocks last to first (trace in visit order).
 7. ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``), after the optional ``o_clip``.
    ``lse = m + ln(l)`` in float64 from the final work-format ``m`` and ``l``.
 
+``fa4`` (FlashAttention-4's softmax): raw scores, ``exp2`` of one FMA by a polynomial, the
+lazy rescale in log2 units (:mod:`~amla_numerics.flash.fa4`); its trace's ``m`` is raw.
 ``naive`` is the same with a single block holding all keys. ``lazy`` (FlashAttention-4):
 the running max ``m`` is stale; at block ``j >= 1`` with ``m' = max(m, rowmax S_j)`` the row
 rescales (``a = exp(fl(m - m'))``, ``O = fl(a O)``, ``l = fl(a l)``, ``m = m'``) only if
@@ -50,6 +56,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +73,11 @@ from amla_numerics.flash._exactsum import (
 from amla_numerics.flash._inputs import block_bounds, check_inputs
 from amla_numerics.flash.accumulate import vector_sum
 from amla_numerics.flash.amla import amla_rescale, amla_scalars, clamped_rows
+from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
+from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
+from amla_numerics.flash.fp8kv import kv_fp8_roundtrip
 from amla_numerics.flash.policy import Policy, get_policy
+from amla_numerics.flash.splitkv import SplitTrace, check_combine, run_splits, split_ranges
 from amla_numerics.flash.stages import (
     PRECISION,
     cast,
@@ -111,6 +122,11 @@ class Trace:
         The increment added to O's bits at block j (0 at block 0 and for non-AMLA variants).
     rescaled : bool
         Whether block j rescaled O (False at block 0; data-dependent for ``lazy``).
+    p_underflow, p_saturate : int64
+        Per row and block: P (or A) elements non-zero before the P cast and zero after it,
+        and elements the cast saturated (:mod:`~amla_numerics.flash.fp8`).
+
+    Blocks are in visit order (last to first under ``kv_order="reverse"``).
     """
 
     m: np.ndarray
@@ -121,6 +137,8 @@ class Trace:
     dn: np.ndarray
     N: np.ndarray
     rescaled: np.ndarray
+    p_underflow: np.ndarray | None = None
+    p_saturate: np.ndarray | None = None
 
     def rescale_prob(self, group_rows: int | None = None) -> float:
         """The per-block rescale probability of the run: :func:`rescale_probability` of
@@ -202,9 +220,13 @@ class FlashResult:
     uncovered : numpy.ndarray or None
         The elements of :meth:`garbage_mask` (None: none).
     trace : Trace or None
-        Per-block state when ``trace=True``.
+        Per-block state when ``trace=True`` (unsplit runs; a split run keeps each split's
+        in ``splits.traces``).
     config : dict
         Variant, policy, block size and options: JSON-serialisable.
+    splits : SplitTrace or None
+        A split-KV run's per-split partials (:mod:`~amla_numerics.flash.splitkv`); None
+        when the run was not split.
     """
 
     out: np.ndarray
@@ -214,6 +236,7 @@ class FlashResult:
     config: dict[str, Any]
     hazard_mask: dict[str, np.ndarray] = field(default_factory=dict)
     uncovered: np.ndarray | None = None
+    splits: SplitTrace | None = None
 
     def garbage_mask(self) -> np.ndarray:
         """Output elements whose value came from the integer add's garbage: those a garbage
@@ -240,6 +263,8 @@ def attention(
     tau: float = DEFAULT_TAU,
     mask: Any = None,
     causal: bool = False,
+    splits: int | Sequence[tuple[int, int]] | None = None,
+    combine: str = "cann",
 ) -> FlashResult:
     """Emulate FlashAttention with rescaling scheme ``variant``, bit for bit under ``policy``.
 
@@ -268,6 +293,14 @@ def attention(
         boolean keep-mask (True attends), or an additive float bias (finite, or -inf to mask).
     causal : bool
         Row ``i`` attends keys ``j <= i + N - M`` (bottom-right aligned).
+    splits : int or sequence of (lo, hi), optional
+        Split-KV (flash-decoding): ``S`` splits of whole KV blocks, or explicit key ranges
+        partitioning ``[0, N)`` in order (empty ranges allowed); each split is run as an
+        unsplit call on its keys and the partials are merged by ``combine``
+        (:mod:`~amla_numerics.flash.splitkv`). None or a single split: the unsplit run,
+        bit for bit.
+    combine : {"cann", "flashmla"}
+        The combine kernel modelled (:data:`~amla_numerics.flash.splitkv.COMBINES`).
 
     Returns
     -------
@@ -282,20 +315,35 @@ def attention(
         Arguments of the wrong type.
     """
     variant = check_variant(variant)
-    pol = get_policy(policy)
+    pol = variant_policy(get_policy(policy), variant)
     if not isinstance(trace, (bool, np.bool_)):
         raise TypeError(f"argument 'trace' must be a bool, got {type(trace).__name__}")
     inp = check_inputs(
         q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau
     )
-    blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
+    combine = check_combine(combine)
+    ranges = split_ranges(inp.n, splits, int(block_n))
+    reverse = pol.kv_order == "reverse"
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
-    out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
+    split_trace = None
+    if len(ranges) == 1:
+        blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
+        if reverse:
+            blocks = blocks[::-1]
+        out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
+        n_blocks = len(blocks)
+    else:
+        plan = [_split_blocks(lo, hi, variant, int(block_n)) for lo, hi in ranges]
+        if reverse:  # each split visits its own blocks last to first
+            plan = [p[::-1] for p in plan]
+        out, lse, hazards, masks, uncovered, split_trace = run_splits(run, ranges, plan, combine)
+        tr = None
+        n_blocks = sum(len(b) for b in plan)
     config = {
         "variant": variant,
         "policy": pol.to_dict(),
         "block_n": int(block_n),
-        "n_blocks": len(blocks),
+        "n_blocks": n_blocks,
         "scale": inp.scale,
         "c": float(c),
         "tau": float(tau),
@@ -303,14 +351,30 @@ def attention(
         "masked": mask is not None,
         "shapes": {"q": list(np.shape(q)), "k": list(np.shape(k)), "v": list(np.shape(v))},
     }
-    return FlashResult(out, lse, hazards, tr, config, masks, uncovered)
+    if split_trace is not None:
+        config["splits"] = [list(r) for r in ranges]
+        config["combine"] = combine
+    return FlashResult(out, lse, hazards, tr, config, masks, uncovered, split_trace)
 
 
-def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> FlashResult:
+def _split_blocks(lo: int, hi: int, variant: str, block_n: int) -> list[tuple[int, int]]:
+    """The KV blocks of the split ``[lo, hi)``: restarted at ``lo`` (one for ``naive``)."""
+    if hi == lo:
+        return []
+    if variant == "naive":
+        return [(lo, hi)]
+    return [(lo + a, lo + b) for a, b in block_bounds(hi - lo, block_n)]
+
+
+def mla_attention(
+    q: Any, kv: Any, variant: str = "amla", *, kv_cache: str = "bf16", **options: Any
+) -> FlashResult:
     """MLA decode preset: ``v = kv[..., :512]``, scale ``1/sqrt(192)`` unless given.
 
     ``q`` is (..., M, 576) and ``kv`` (..., N, 576) (the latent cache: 512 latent + 64 rope
-    columns); the other options go to :func:`attention`.
+    columns); ``kv_cache="fp8"`` stores it in FlashMLA's 656-byte FP8 cache first and runs
+    on the dequantised values (:mod:`~amla_numerics.flash.fp8kv`; ``"bf16"``: as given);
+    the other options go to :func:`attention`.
 
     Examples
     --------
@@ -323,6 +387,10 @@ def mla_attention(q: Any, kv: Any, variant: str = "amla", **options: Any) -> Fla
     kv = np.asarray(kv)
     if kv.ndim < 2 or kv.shape[-1] != MLA_DK:
         raise ValueError(f"argument 'kv' must have shape (..., N, {MLA_DK}), got {kv.shape}")
+    if kv_cache not in ("bf16", "fp8"):
+        raise ValueError(f"argument 'kv_cache' must be 'bf16' or 'fp8', got {kv_cache!r}")
+    if kv_cache == "fp8":
+        kv = kv_fp8_roundtrip(kv)
     options.setdefault("scale", MLA_SCALE)
     return attention(q, kv, kv[..., :MLA_DV], variant, **options)
 
@@ -389,6 +457,13 @@ class _Run:
         self.scale = self.dt(inp.scale)
         # an additive score bias, rounded (rne) to the work format once
         self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
+        # fa4: raw scores with the scale folded into the exp2's FMA; with a bias (FA4's
+        # score_mod path) the scores are scaled and biased first and c = log2 e
+        self.fa4_raw = variant == "fa4" and self.bias is None
+        if self.fa4_raw:
+            self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
+        elif variant == "fa4":
+            self.c_log2 = softmax_scale_log2(1.0, self.dt)
         self.is_amla = variant in AMLA_VARIANTS
         # per-key column statistics for the exact accumulation model (computed once)
         self.k_stats = self.v_parts = None
@@ -480,7 +555,9 @@ class _Run:
         return s
 
     def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        pc = cast(p, self.pol.p_cast, self.pol.p_cast_rounding)
+        staged = p_cast_stage(p, self.pol)
+        self.p_counts = (staged.underflow, staged.saturate)
+        pc = staged.values
         stats = None
         if self.v_parts is not None and self.pol.pv.in_format == "bf16":
             # exactness test of the P V tile: V's column quanta in this block, and a bound of
@@ -489,18 +566,24 @@ class _Run:
             if small is not None:
                 nb = np.full(small.shape, math.sqrt(hi - lo) * self.v_absmax * (1 + 2.0**-30))
                 stats = (nb, quantum_exp_from_min(small, self.v_parts))
-        exact_in = self.pol.p_cast is not None and self.pol.p_cast == self.pol.pv.in_format
+        exact_in = self.pol.p_cast is not None and (
+            self.pol.p_cast == self.pol.pv.in_format
+            or self.pol.p_cast in FP8_FORMATS  # FP8 values fit every in_format
+        )
         if exact_in:  # the cast already put P in the matrix unit's input format
             pc = pc.astype(np.float64)
-        return matrix_product(
-            pc,
-            self.v[..., lo:hi, :],
-            self.pol.pv,
-            self.dt,
-            a_rounded=exact_in,
-            b_rounded=True,
-            b_stats=stats,
-            b_absmax=self.v_absmax,
+        return remove_p_scale(
+            matrix_product(
+                pc,
+                self.v[..., lo:hi, :],
+                self.pol.pv,
+                self.dt,
+                a_rounded=exact_in,
+                b_rounded=True,
+                b_stats=stats,
+                b_absmax=self.v_absmax,
+            ),
+            self.pol,
         )
 
     def _block_small(self, blocks) -> dict[int, np.ndarray] | None:
@@ -535,14 +618,33 @@ class _Run:
         small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         return {lo: small[..., j, :] for j, (lo, _) in enumerate(blocks)}
 
-    def execute(self, blocks):
-        pol, dt, variant = self.pol, self.dt, self.variant
-        self.v_small = self._block_small(blocks)
+    def prepare(self, blocks):
+        """Column statistics and (when exact) every score, for all ``blocks`` at once."""
+        self.v_small = self._block_small(sorted(blocks))  # any visit order
         self._all_scores(blocks)
+
+    def execute(self, blocks, *, prepared=False):
+        """Run the recurrence over ``blocks`` (block 0 = the first listed); the final W-format
+        ``m``, ``l`` and AMLA scalars are left in ``final_m``, ``final_l``, ``final_sc``."""
+        pol, dt, variant = self.pol, self.dt, self.variant
+        if not prepared:
+            self.prepare(blocks)
         hazards = dict.fromkeys((*HAZARDS, "clamp"), 0)
         masks: dict[str, np.ndarray] = {}
         rec: dict[str, list] = {
-            key: [] for key in ("m", "n", "r_hat", "cof", "eps", "dn", "N", "rescaled")
+            key: []
+            for key in (
+                "m",
+                "n",
+                "r_hat",
+                "cof",
+                "eps",
+                "dn",
+                "N",
+                "rescaled",
+                "p_underflow",
+                "p_saturate",
+            )
         }
         m = l = O = sc = None
         log2e = constants(pol)["LOG2E"]
@@ -554,28 +656,14 @@ class _Run:
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
             with np.errstate(invalid="ignore", over="ignore"):
-                mblk = s.max(axis=-1)
-                if j == 0:
-                    m_new, resc = mblk, np.zeros(mblk.shape, bool)
-                else:
-                    cand = np.maximum(m, mblk)
-                    if variant == "lazy":
-                        grow = (cand - m) * log2e  # -inf -> finite: inf; -inf -> -inf: nan
-                        resc = grow > dt(self.tau)
-                        m_new = np.where(resc, cand, m)
-                    else:
-                        m_new, resc = cand, np.ones(cand.shape, bool)
-                m_eff = np.where(np.isfinite(m_new), m_new, dt(0))
-                p = self.exp(s - m_eff[..., None])
-                rs = vector_sum(p, pol.rowsum)
-                if j == 0:
-                    l = rs
-                else:
-                    d = np.where(
-                        np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new
+                if variant == "fa4":  # raw scores, log2-domain softmax (flash/fa4.py)
+                    m_new, resc, p, a = fa4_block(
+                        s, None if j == 0 else m, self.c_log2, dt(self.tau), exact=dt != np.float32
                     )
-                    a = self.exp(d)
-                    l = np.where(resc, a * l, l) + rs
+                else:
+                    m_new, resc, p, a = self._softmax_step(s, m, j, log2e)
+                rs = vector_sum(p, pol.rowsum)
+                l = rs if j == 0 else np.where(resc, a * l, l) + rs
             if self.is_amla:
                 sc = amla_scalars(
                     m_new,
@@ -620,6 +708,8 @@ class _Run:
             m = m_new
             if self.want_trace:
                 self._record(rec, m_new, sc if self.is_amla else None, resc, j)
+                rec["p_underflow"].append(self.p_counts[0])
+                rec["p_saturate"].append(self.p_counts[1])
         O_final = O
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
@@ -627,7 +717,8 @@ class _Run:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             den = l * sc.r_hat if self.is_amla else l
             out = O / den[..., None]
-            lse = m.astype(np.float64) + np.log(l.astype(np.float64))
+            m64 = m.astype(np.float64) * (self.inp.scale if self.fa4_raw else 1.0)
+            lse = m64 + np.log(l.astype(np.float64))
         shape = out.shape
         junk = np.zeros(shape, bool) if garbage is None else np.broadcast_to(garbage, shape)
         overflow = self._fp32_overflow(O_final, l, out) & ~junk
@@ -645,6 +736,9 @@ class _Run:
             if name != "ok"
         }
         tr = self._trace(rec) if self.want_trace else None
+        # fa4's raw max in score units (nats) for a split combine: fl(m * scale)
+        self.final_m = m * self.dt(self.inp.scale) if self.fa4_raw else m
+        self.final_l, self.final_sc = l, sc
         return out, lse, hazards, full, junk & ~overflow, tr
 
     @staticmethod
@@ -654,6 +748,30 @@ class _Run:
         with np.errstate(invalid="ignore"):
             attended = np.broadcast_to((l > 0)[..., None], out.shape)
         return attended & (~np.isfinite(out) | ~np.isfinite(O) | ~np.isfinite(l)[..., None])
+
+    def _softmax_step(self, s, m, j, log2e):
+        """Steps 2-4 (max, exp, rescale factor) for every variant but ``fa4``."""
+        dt = self.dt
+        mblk = s.max(axis=-1)
+        if j == 0:
+            m_new, resc = mblk, np.zeros(mblk.shape, bool)
+        else:
+            cand = np.maximum(m, mblk)
+            if self.variant == "lazy":
+                grow = (cand - m) * log2e  # -inf -> finite: inf; -inf -> -inf: nan
+                resc = grow > dt(self.tau)
+                m_new = np.where(resc, cand, m)
+            else:
+                m_new, resc = cand, np.ones(cand.shape, bool)
+        m_eff = np.where(np.isfinite(m_new), m_new, dt(0))
+        p = self.exp(s - m_eff[..., None])
+        a = None
+        if j > 0:
+            d = np.where(
+                np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new
+            )
+            a = self.exp(d)
+        return m_new, resc, p, a
 
     @staticmethod
     def _record(rec, m_new, sc, resc, j):

@@ -41,12 +41,25 @@ from typing import Any
 
 from amla_numerics.flash.accumulate import Accumulation
 
-__all__ = ["EXP_MODELS", "PRESETS", "ROWSUM_ORDERS", "MatmulPolicy", "Policy", "get_policy"]
+__all__ = [
+    "EXP_MODELS",
+    "KV_ORDERS",
+    "PRESETS",
+    "P_CAST_FORMATS",
+    "ROWSUM_ORDERS",
+    "MatmulPolicy",
+    "Policy",
+    "get_policy",
+]
 
 #: exp models: correctly rounded in the working format, or a polynomial exp2 (see stages).
 EXP_MODELS: tuple[str, ...] = ("cr", "poly")
 #: Row-sum orders of the vector unit (see :func:`amla_numerics.flash.accumulate.vector_sum`).
 ROWSUM_ORDERS: tuple[str, ...] = ("pairwise", "seq", "exact")
+#: Formats of the P cast before ``P V`` (None: no cast). The FP8 ones saturate (see stages).
+P_CAST_FORMATS: tuple[str | None, ...] = (None, "bf16", "fp16", "e4m3", "e5m2")
+#: Orders in which the KV blocks are visited.
+KV_ORDERS: tuple[str, ...] = ("forward", "reverse")
 _WORK = ("fp32", "fp64")
 _LOWP = (None, "bf16", "fp16")
 _CAST_MODES = ("rne", "rna", "rz")
@@ -97,7 +110,15 @@ class Policy:
     exp : {"cr", "poly"}
         ``"cr"``: exp correctly rounded to ``work``; ``"poly"``: the polynomial exp2 model.
     p_cast, p_cast_rounding
-        Format (None: no cast) and rounding of the P (or A = P r^) cast before ``P V``.
+        Format (None: no cast; one of :data:`P_CAST_FORMATS`) and rounding of the P (or
+        A = P r^) cast before ``P V``. The FP8 formats saturate to their largest finite
+        value (PTX ``cvt.rn.satfinite``); the 16-bit ones do not.
+    p_scale : float
+        The static scale ``S`` of the P cast: the cast sees ``fl(P * S)`` and the block's
+        product is divided back, ``PV = fl(PV' / S)`` (``S`` rounded to ``work``; a power of
+        two is exact outside the subnormal range). 1.0: no scaling (both steps skipped).
+    kv_order : {"forward", "reverse"}
+        The order in which the KV blocks are visited (block boundaries do not change).
     r_cast, r_cast_rounding
         Format and rounding of AMLA's r^ = cast(r) (None: r^ = r).
     o_lowp, o_lowp_rounding
@@ -124,6 +145,8 @@ class Policy:
     exp: str = "cr"
     p_cast: str | None = "bf16"
     p_cast_rounding: str = "rna"
+    p_scale: float = 1.0
+    kv_order: str = "forward"
     r_cast: str | None = "bf16"
     r_cast_rounding: str = "rna"
     o_lowp: str | None = "bf16"
@@ -138,7 +161,8 @@ class Policy:
         checks = [
             ("work", self.work, _WORK),
             ("exp", self.exp, EXP_MODELS),
-            ("p_cast", self.p_cast, _LOWP),
+            ("p_cast", self.p_cast, P_CAST_FORMATS),
+            ("kv_order", self.kv_order, KV_ORDERS),
             ("r_cast", self.r_cast, _LOWP),
             ("o_lowp", self.o_lowp, _LOWP),
             ("p_cast_rounding", self.p_cast_rounding, _CAST_MODES),
@@ -159,6 +183,14 @@ class Policy:
         ):
             raise ValueError(
                 f"policy field 'o_clip' must be a positive number or None, got {self.o_clip!r}"
+            )
+        if (
+            isinstance(self.p_scale, bool)
+            or not isinstance(self.p_scale, (int, float))
+            or not (0 < self.p_scale < float("inf"))
+        ):
+            raise ValueError(
+                f"policy field 'p_scale' must be a positive finite number, got {self.p_scale!r}"
             )
         if not isinstance(self.eps_bias, (int, float)):
             raise TypeError(f"policy field 'eps_bias' must be a number, got {self.eps_bias!r}")

@@ -29,13 +29,14 @@ import numpy as np
 
 from amla_numerics.flash.accumulate import matmul as _acc_matmul
 from amla_numerics.flash.policy import MatmulPolicy, Policy
-from amla_numerics.formats import BF16, FP16, FP32
+from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32
 from amla_numerics.rounding import bf16_round_bits, round_to
 
 __all__ = [
     "POLY_EXP2_COEFFS",
     "PRECISION",
     "cast",
+    "cast_saturating",
     "constants",
     "exp_cr",
     "exp_poly",
@@ -45,7 +46,10 @@ __all__ = [
     "work_dtype",
 ]
 
-_LOWP = {"bf16": BF16, "fp16": FP16}
+_LOWP = {"bf16": BF16, "fp16": FP16, "e4m3": E4M3, "e5m2": E5M2}
+#: Formats whose casts saturate to +-max_finite (PTX ``cvt.rn.satfinite.{e4m3,e5m2}x2.f32``:
+#: ``.satfinite`` is part of every FP32 -> FP8 conversion instruction).
+SATURATING = ("e4m3", "e5m2")
 #: Significant bits of the matrix-unit input formats (fp64 operands get no speed-up hint).
 PRECISION = {"bf16": 8, "fp16": 11, "fp32": 24}
 _DT = {"fp32": np.float32, "fp64": np.float64}
@@ -209,16 +213,48 @@ def rna_int(t: np.ndarray) -> np.ndarray:
 
 
 def cast(x: np.ndarray, fmt: str | None, mode: str) -> np.ndarray:
-    """Round ``x`` to ``fmt`` ("bf16"/"fp16"; None: identity) with ``mode``, in ``x``'s dtype."""
+    """Round ``x`` to ``fmt`` (``"bf16"``/``"fp16"``/``"e4m3"``/``"e5m2"``; None: identity)
+    with ``mode``, in ``x``'s dtype. The FP8 formats saturate (:func:`cast_saturating`).
+
+    Examples
+    --------
+    >>> cast(np.float32([0.3, 500.0, 2.0**-11]), "e4m3", "rne")  # 500 saturates; 2**-11 -> 0
+    array([3.125e-01, 4.480e+02, 0.000e+00], dtype=float32)
+    """
     if fmt is None:
         return x
     x = np.asarray(x)
+    if fmt in SATURATING:
+        return cast_saturating(x, fmt, mode)[0]
     if fmt == "bf16" and x.dtype == np.float32 and mode in _BF16_MODES:
         return bf16_round_bits(x, mode).view(np.float32)  # the same bits, kept as FP32
     return round_to(x, _LOWP[fmt], mode).astype(x.dtype)
 
 
 _BF16_MODES = ("rne", "rna", "rz")
+
+
+def cast_saturating(x: np.ndarray, fmt: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` rounded once to ``fmt`` with ``mode``, saturated, and where it saturated.
+
+    The exact value of each element is rounded to ``fmt`` with an unbounded exponent
+    range; where that result exceeds ``fmt.max_finite`` (an overflow of the non-saturating
+    cast: NaN for E4M3, inf for E5M2) the result is ``+-max_finite`` instead and the mask
+    is True. Infinite inputs saturate too (counted); NaN stays NaN. Returned in ``x``'s dtype.
+
+    Examples
+    --------
+    >>> y, sat = cast_saturating(np.float32([448.0, 464.0, 465.0, -1e6]), "e4m3", "rne")
+    >>> y.tolist(), sat.tolist()  # 464 is a tie: to the even 448 (no overflow)
+    ([448.0, 448.0, 448.0, -448.0], [False, False, True, True])
+    """
+    x = np.asarray(x)
+    f = _LOWP[fmt]
+    y = round_to(x, f, mode).astype(x.dtype)
+    sat = ~np.isfinite(y) & ~np.isnan(x)
+    if sat.any():
+        y = np.where(sat, np.copysign(x.dtype.type(f.max_finite), x), y)
+    return y, sat
 
 
 def round_input(x: np.ndarray, in_format: str) -> np.ndarray:

@@ -1,10 +1,12 @@
 """A tiled Ascend 910 (and H800) pipeline model of MLA decode attention.
 
-Hardware descriptions as data (:mod:`.hardware`), workload and schedule with capacity
-checks (:mod:`.workload`), each rescale variant as data movement (:mod:`.rescale`), the
-analytic roofline (:mod:`.analytic`), the discrete-event simulator (:mod:`.des`, built
-by :mod:`.build`), the front door :func:`evaluate` / :func:`run` (:mod:`.model`),
-published anchors (:mod:`.calibrate`), traces and plots (:mod:`.trace`), the CLI (:mod:`.cli`).
+Hardware descriptions as data (:mod:`.hardware`), the attention shape (:mod:`.shape`),
+the schedule with its capacity check (:mod:`.schedule`), each rescale variant as data
+movement (:mod:`.rescale`), the plan computed once with every per-block cost formula
+(:mod:`.plan`), the analytic roofline (:mod:`.analytic`), the operation graph
+(:mod:`.graph`) and its discrete-event simulator (:mod:`.des`), the front door
+:func:`evaluate` / :func:`run` (:mod:`.model`), published anchors (:mod:`.calibrate`),
+traces and plots (:mod:`.trace`); the CLI is :mod:`amla_numerics.cli.pipeline`.
 
 Examples
 --------
@@ -15,17 +17,21 @@ Examples
 
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, Hardware, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, evaluate, run
-from amla_numerics.pipeline.workload import Schedule, Workload, check_capacity, default_schedule
+from amla_numerics.pipeline.plan import Plan, make_plan
+from amla_numerics.pipeline.schedule import Schedule, check_capacity, default_schedule
+from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = [
     "HARDWARE_NAMES",
+    "AttentionShape",
     "Hardware",
     "PipelineResult",
+    "Plan",
     "Schedule",
-    "Workload",
     "check_capacity",
     "default_schedule",
     "evaluate",
     "load_hardware",
+    "make_plan",
     "run",
 ]

@@ -59,6 +59,12 @@ class OpGraph:
     def __len__(self) -> int:
         return len(self.pipe)
 
+    def set_rates(self, rates: Mapping[str, float]) -> None:
+        """Change the bytes per cycle of existing resources (the ops stay as they are)."""
+        for r, v in rates.items():
+            if r in self._res_index:
+                self._inv_rate[self._res_index[r]] = 1.0 / float(v)
+
     def add(
         self,
         pipe: str,
@@ -212,14 +218,14 @@ def simulate(graph: OpGraph) -> SimResult:
         head[p] += 1
         done += 1
         offer(p)
-        for d, lat in dependents[op]:
-            if e + lat > ready[d]:
-                ready[d] = e + lat
-                ready_from[d] = ("latency" if lat > 0 else "", op)
-            pending[d] -= 1
-            if pending[d] == 0:
-                q = g.pipe[d]
-                if head[q] < len(queues[q]) and queues[q][head[q]] == d:
+        for nxt, lat in dependents[op]:
+            if e + lat > ready[nxt]:
+                ready[nxt] = e + lat
+                ready_from[nxt] = ("latency" if lat > 0 else "", op)
+            pending[nxt] -= 1
+            if pending[nxt] == 0:
+                q = g.pipe[nxt]
+                if head[q] < len(queues[q]) and queues[q][head[q]] == nxt:
                     offer(q)
     if done != n:
         stuck = [g.label[queues[p][head[p]]] for p in range(npipes) if head[p] < len(queues[p])]

@@ -3,8 +3,10 @@
 A hardware file is a TOML document of sections (``chip``, ``memory``, ``rates``,
 ``calibration``) whose fields are inline tables ``{value = ..., source = "..."}``.
 The source is a citation, the word ``assumption`` or the word ``calibration``
-(fitted on a named anchor; see ``docs/pipeline.md``). Peak FLOPS are derived
-(cores x FLOP/cycle x clock), never typed in; a published peak is kept as a
+(fitted on a named anchor; see ``docs/pipeline.md``). A field no public document fixes
+also carries ``range = [lo, hi]`` (its plausible interval, the source saying why): the
+sensitivity analysis (:mod:`~amla_numerics.pipeline.sensitivity`) sweeps exactly these.
+Peak FLOPS are derived (cores x FLOP/cycle x clock), never typed in; a published peak is kept as a
 separately named reference.
 
 Examples
@@ -39,7 +41,16 @@ __all__ = [
 ]
 
 #: Shipped hardware files (``amla_numerics/pipeline/hardware/<name>.toml``).
-HARDWARE_NAMES: tuple[str, ...] = ("ascend910c", "ascend910c_die", "ascend910b2", "h800_sxm5")
+HARDWARE_NAMES: tuple[str, ...] = (
+    "ascend910c",
+    "ascend910c_die",
+    "ascend910b2",
+    "ascend910b3",
+    "ascend910b4",
+    "h800_sxm5",
+    "h100_sxm5",
+    "h20",
+)
 
 _COMMON = (
     "chip.name",
@@ -51,6 +62,8 @@ _COMMON = (
     "memory.hbm_gbps",
     "memory.hbm_efficiency",
     "rates.l2_read_bpc",
+    "rates.exp_cost_per_repeat",
+    "calibration.launch_us",
 )
 
 #: kind -> the dotted fields a hardware file of that kind must define.
@@ -75,6 +88,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
         "calibration.atomic_bpc",
         "calibration.flag_latency_cycles",
         "calibration.mmad_overhead_cycles",
+        "calibration.atomic_rmw",
+        "calibration.sync_us",
     ),
     "gpu": (
         *_COMMON,
@@ -90,6 +105,9 @@ _STRING_FIELDS = frozenset({"chip.name", "chip.kind"})
 _FRACTION_FIELDS = frozenset({"memory.hbm_efficiency"})
 _NONNEGATIVE_FIELDS = frozenset(
     {
+        "calibration.atomic_rmw",
+        "calibration.launch_us",
+        "calibration.sync_us",
         "calibration.flag_latency_cycles",
         "calibration.mmad_overhead_cycles",
         "calibration.block_overhead_cycles",
@@ -111,6 +129,8 @@ class Hardware:
         Short field name -> source text (citation, ``assumption`` or ``calibration``).
     origin : str
         Where the description was read from.
+    ranges : Mapping[str, tuple[float, float]]
+        Short field name -> plausible (lo, hi) of the fields no public document fixes.
 
     Examples
     --------
@@ -124,6 +144,9 @@ class Hardware:
     values: Mapping[str, float]
     sources: Mapping[str, str]
     origin: str = "<dict>"
+    ranges: Mapping[str, tuple[float, float]] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def __getitem__(self, key: str) -> float:
         try:
@@ -205,6 +228,8 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
     ValueError: hardware file <dict>: field 'chip.name' is missing
     """
 
+    ranges: dict[str, tuple[float, float]] = {}
+
     def field(dotted: str) -> tuple[object, str]:
         section, key = dotted.split(".")
         sec = doc.get(section)
@@ -219,6 +244,20 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
         src = entry["source"]
         if not isinstance(src, str) or not src.strip():
             raise ValueError(f"hardware file {origin}: field {dotted!r} has an empty source")
+        if "range" in entry:
+            rng = entry["range"]
+            ok = (
+                isinstance(rng, list)
+                and len(rng) == 2
+                and all(isinstance(x, int | float) and not isinstance(x, bool) for x in rng)
+                and rng[0] <= entry["value"] <= rng[1]
+            )
+            if not ok:
+                raise ValueError(
+                    f"hardware file {origin}: field {dotted!r} has a malformed range "
+                    f"{rng!r} (expected [lo, hi] around the value)"
+                )
+            ranges[dotted.split(".")[1]] = (float(rng[0]), float(rng[1]))
         return entry["value"], src
 
     if not isinstance(doc, Mapping):
@@ -260,6 +299,7 @@ def hardware_from_dict(doc: Mapping[str, object], origin: str = "<dict>") -> Har
         values=MappingProxyType(values),
         sources=MappingProxyType(sources),
         origin=origin,
+        ranges=MappingProxyType(ranges),
     )
 
 

@@ -1,7 +1,8 @@
 """The pipeline model's front door: simulate one configuration and report its throughput.
 
-:func:`run` takes a hardware description, a workload and a schedule; it checks the
-tiling, builds the busiest core's operation graph, simulates it and reports time,
+`run` takes a hardware description, an attention shape and a schedule; it computes the
+plan once (capacity, split, costs), builds the busiest core's operation graph, simulates
+it and reports time,
 TFLOPS, utilisation against every named peak, achieved HBM bandwidth, per-engine busy
 fractions, the binding engine and the critical-path attribution, next to the analytic
 roofline. :func:`evaluate` is the keyword interface the numerics report calls once per
@@ -23,11 +24,20 @@ import os
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from amla_numerics.pipeline.analytic import Analytic, analyze
-from amla_numerics.pipeline.build import build_graph
+from amla_numerics.pipeline.analytic import Analytic, analyze, block_demand, piece_demand
 from amla_numerics.pipeline.des import SimResult, simulate
+from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import Hardware, load_hardware
-from amla_numerics.pipeline.workload import Schedule, Workload, default_schedule
+from amla_numerics.pipeline.plan import (
+    Combine,
+    Plan,
+    chip_bandwidth,
+    combine_cost,
+    make_plan,
+    tile_keys,
+)
+from amla_numerics.pipeline.schedule import Schedule, default_schedule
+from amla_numerics.pipeline.shape import AttentionShape
 
 __all__ = ["PipelineResult", "evaluate", "run"]
 
@@ -39,11 +49,12 @@ class PipelineResult:
     Attributes
     ----------
     hardware, rescale, schedule : str
-        Hardware name, rescale variant, schedule order (``preload`` or ``serial``).
-    batch, q_len, kv_len, heads : int
-        The workload.
+        Hardware name, rescale variant or model design, schedule order (``preload`` or ``serial``).
+    batch, q_len, kv_len, heads, kv_heads : int
+        The shape.
     time_us : float
-        Simulated kernel time in microseconds.
+        Kernel time in microseconds: the simulated busiest core, plus the fixed launch
+        cost, plus the split-KV combine.
     tflops : float
         Useful FLOPs (2 b s_q h s_k (d_qk + d_v)) / time.
     utilization : float
@@ -64,6 +75,18 @@ class PipelineResult:
         The analytic layer's bound (the simulation can only be slower).
     blocks_per_core, active_cores : int
         The busiest core's KV blocks and the cores that received work.
+    launch_us, combine_us : float
+        The fixed launch cost and the split-KV combine's time (0 without split tasks).
+    splits : int
+        The largest number of pieces a task was split into (1: no combine).
+    l2_working_set, l2_spill : float
+        Bytes of GM workspaces all cores keep live, and the fraction of their traffic that
+        spills to HBM (0 when they fit L2).
+    traffic_bytes : Mapping[str, float]
+        Whole-kernel ``hbm_read``, ``hbm_write``, ``l2_read``, ``l2_write`` bytes.
+    tflops_range, time_us_range, utilization_range : tuple of float or None
+        (lo, hi) over the unsourced parameters' ranges (:mod:`.sensitivity`); None unless
+        asked for (``samples > 0``).
     """
 
     hardware: str
@@ -87,6 +110,18 @@ class PipelineResult:
     roofline_bound: str
     blocks_per_core: int
     active_cores: int
+    kv_heads: int = 1
+    launch_us: float = 0.0
+    combine_us: float = 0.0
+    splits: int = 1
+    l2_working_set: float = 0.0
+    l2_spill: float = 0.0
+    traffic_bytes: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    tflops_range: tuple[float, float] | None = None
+    time_us_range: tuple[float, float] | None = None
+    utilization_range: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of every field.
@@ -117,15 +152,95 @@ def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
     return "latency" if cp.get("latency", 0.0) > cands[best] else best
 
 
+def _shared_rates(plan: Plan, demand: dict[str, float], span: float) -> dict[str, float]:
+    """Rates one core sees if it runs ``span`` cycles and moves ``demand`` bytes per chip resource.
+
+    Processor sharing among the N active cores, which run the same work out of phase: the
+    other N - 1 use ``demand / span`` bytes per cycle each on average, so this core gets
+    what they leave, ``B - (N - 1) demand / span``, and never less than the static share B / N.
+    """
+    n = plan.split.active_cores
+    chip = chip_bandwidth(plan.hw)
+    rates = dict(plan.rates)
+    for r, b in chip.items():
+        rates[r] = max(b / n, b - (n - 1) * demand.get(r, 0.0) / span)
+    return rates
+
+
+def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
+    """Simulate with the chip resources processor-shared among the active cores.
+
+    The rates depend on the kernel time T (:func:`_shared_rates`) and T on the rates: a
+    fixed point T = sim(rates(T)). f(T) = sim(rates(T)) - T decreases in T; it is >= 0 at
+    the analytic roofline T0 (a lower bound) and <= 0 at T1 = sim(rates(T0)), so one
+    regula-falsi step between them and a final simulation give the root (3 simulations; 1
+    when the rates do not move or the chip resources hold < 1 % of the critical path: a
+    faster resource that binds nothing changes nothing). The result is also held to the
+    chip-bandwidth roofline (N cores x bytes / B).
+    """
+    chip = chip_bandwidth(plan.hw)
+    demand = {r: ana.engine_cycles.get(r, 0.0) * plan.rates[r] for r in chip}  # bytes
+    t0 = max(ana.engine_cycles.values())
+    graph = build_graph(plan).graph  # the ops do not depend on the rates: built once
+
+    def sim_at(span: float) -> SimResult:
+        graph.set_rates(_shared_rates(plan, demand, span))
+        return simulate(graph)
+
+    sim = sim_at(t0)
+    t1 = sim.makespan
+    r0, r1 = _shared_rates(plan, demand, t0), _shared_rates(plan, demand, t1)
+    on_path = sum(sim.critical_path_attribution().get(r, 0.0) for r in chip)
+    if on_path > 0.01 and max(abs(r1[r] / r0[r] - 1.0) for r in chip) > 0.005:
+        f0 = t1 - t0
+        f1 = sim_at(t1).makespan - t1
+        t2 = t0 + f0 * (t1 - t0) / (f0 - f1) if f0 - f1 > 0 else t1
+        sim = sim_at(t2)
+    floor = max((ana.engine_cycles.get(r, 0.0) for r in chip), default=0.0)
+    return plan, sim, max(sim.makespan, floor)
+
+
+def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
+    """Whole-kernel HBM and L2 read/write bytes (every task, no split, plus the combine)."""
+    wl = plan.shape
+    tiles = plan.split.row_tiles
+    hbm = l2r = l2w = 0.0
+    for t, m in enumerate(tiles):
+        keys = tile_keys(wl, plan.schedule, t)
+        nb = -(-keys // plan.schedule.kv_block)
+        sizes = [plan.schedule.kv_block] * (nb - 1) + [keys - (nb - 1) * plan.schedule.kv_block]
+        for d in [piece_demand(plan, m)] + [
+            block_demand(plan, m, n, rescaled=j > 0) for j, n in enumerate(sizes)
+        ]:
+            hbm += d.traffic["HBM (chip share)"]
+            if plan.hw.kind == "gpu":
+                l2r += d.traffic["L2 read (per SM)"]
+            else:
+                l2r += d.traffic["L2 read port"]
+                l2w += d.traffic["L2 write port"]
+    g = wl.groups
+    out = wl.groups * wl.rows * wl.d_v * 2
+    if plan.hw.kind == "gpu":
+        l2w = float(out)
+    hbm_write = out + plan.spill * max(0.0, l2w * g - out)
+    hbm_total = hbm * g
+    return {
+        "hbm_read": hbm_total - hbm_write,
+        "hbm_write": hbm_write,
+        "l2_read": l2r * g + combine.read,
+        "l2_write": l2w * g + combine.write,
+    }
+
+
 def run(
-    hw: Hardware, wl: Workload, sch: Schedule, *, keep_sim: bool = False
+    hw: Hardware, wl: AttentionShape, sch: Schedule, *, keep_sim: bool = False
 ) -> PipelineResult | tuple[PipelineResult, SimResult]:
     """Simulate ``wl`` under ``sch`` on ``hw``.
 
     Parameters
     ----------
     hw, wl, sch
-        Hardware description, workload and schedule.
+        Hardware description, shape and schedule.
     keep_sim : bool
         Also return the :class:`~amla_numerics.pipeline.des.SimResult` (for traces and plots).
 
@@ -137,23 +252,25 @@ def run(
     Examples
     --------
     >>> hw = load_hardware("ascend910c")
-    >>> wl = Workload(batch=48, q_len=2, kv_len=4096)
+    >>> wl = AttentionShape(batch=48, q_len=2, kv_len=4096)
     >>> pre = run(hw, wl, default_schedule(hw, "fa_fp32"))
     >>> ser = run(hw, wl, default_schedule(hw, "fa_fp32", order="serial"))
     >>> ser.time_us > pre.time_us
     True
     """
-    ana: Analytic = analyze(hw, wl, sch)
-    built = build_graph(hw, wl, sch)
-    sim = simulate(built.graph)
-    cycles = sim.makespan
-    time_us = cycles / built.clock_ghz * 1e-3
+    plan = make_plan(hw, wl, sch)
+    ana: Analytic = analyze(plan)
+    _, sim, cycles = _simulate(plan, ana)
+    comb = combine_cost(plan)
+    launch = hw["launch_us"]
+    time_us = cycles / plan.clock_ghz * 1e-3 + launch + comb.time_us
     tflops = wl.flops / time_us * 1e-6
     peaks = hw.peaks()
     name, peak = peaks[0]
     engines = {k: v / cycles for k, v in sim.pipe_busy().items()}
     engines.update({k: v / cycles for k, v in sim.resource_busy().items()})
     cp = sim.critical_path_attribution()
+    roof_us = ana.time_us + launch + comb.time_us
     res = PipelineResult(
         hardware=hw.name,
         rescale=sch.rescale,
@@ -172,10 +289,17 @@ def run(
         bound=_bound(sim, cp),
         engines=MappingProxyType(engines),
         critical_path=MappingProxyType(cp),
-        roofline_tflops=ana.tflops,
+        roofline_tflops=wl.flops / roof_us * 1e-6,
         roofline_bound=ana.bound,
-        blocks_per_core=built.blocks,
-        active_cores=built.active_cores,
+        blocks_per_core=plan.split.blocks_per_core,
+        active_cores=plan.split.active_cores,
+        kv_heads=wl.kv_heads,
+        launch_us=launch,
+        combine_us=comb.time_us,
+        splits=plan.split.max_splits,
+        l2_working_set=float(plan.capacity["L2"][0]),
+        l2_spill=plan.spill,
+        traffic_bytes=MappingProxyType(kernel_traffic(plan, comb)),
     )
     return (res, sim) if keep_sim else res
 
@@ -188,25 +312,46 @@ def evaluate(
     q_len: int = 2,
     kv_len: int = 16384,
     heads: int = 128,
+    kv_heads: int = 1,
+    d_qk: int = 576,
+    d_v: int = 512,
+    shared_kv: bool = True,
+    kv_cache: str = "bf16",
+    causal: bool = False,
+    block_n: int | None = None,
+    splits: int | None = None,
     rescale_prob: float | None = None,
-    schedule: str = "preload",
+    schedule: str | None = None,
+    samples: int = 0,
+    seed: int = 0,
 ) -> PipelineResult:
-    """Modelled throughput of the MLA decode kernel for one rescale variant.
+    """Modelled throughput of one attention kernel configuration for one rescale variant.
 
     Parameters
     ----------
     hardware : str, path or Hardware
         A shipped hardware name (``ascend910c`` ...), a TOML path, or a loaded description.
     rescale : str
-        Any name in :data:`amla_numerics.variants.VARIANTS`.
-    batch, q_len, kv_len, heads : int
-        The MLA decode workload (d_qk 576, d_v 512, BF16 cache).
+        Any name in :data:`amla_numerics.variants.VARIANTS`, or a model-only design
+        (:data:`~amla_numerics.pipeline.rescale.MODEL_DESIGNS`, e.g. ``fa_fp32_ub``).
+    batch, q_len, kv_len, heads, kv_heads, d_qk, d_v, shared_kv, kv_cache, causal
+        The shape (:class:`~amla_numerics.pipeline.shape.AttentionShape`; default: MLA
+        decode, d_qk 576, d_v 512, one latent KV head, BF16 cache).
+    block_n : int, optional
+        KV block size (default: the kernel's, 512 on Ascend, 64 on a GPU).
+    splits : int, optional
+        Explicit split-KV count (default: the kernels' heuristic).
     rescale_prob : float, optional
-        ``lazy`` only: the fraction of blocks that rescale (None: the documented default
-        :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
-    schedule : str
-        ``"preload"`` (depth 2, as in the AMLA kernel) or ``"serial"``. On ``h800_sxm5``
-        the FlashMLA model's own order is ``"serial"`` (see docs/pipeline.md).
+        ``lazy`` only: the fraction of (block, row group) pairs that rescale, measured per
+        group of :func:`~amla_numerics.pipeline.rescale.rows_per_decision` rows (None: the
+        documented default :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
+    schedule : str, optional
+        ``"preload"`` (depth 2, as in the AMLA kernel) or ``"serial"``; None: the
+        hardware's kernel (preload on Ascend, FlashMLA's serial order on a GPU).
+    samples : int
+        0: no uncertainty. Otherwise the Latin-hypercube samples over the unsourced
+        parameters' ranges that give ``tflops_range`` and the other ranges
+        (:func:`~amla_numerics.pipeline.sensitivity.interval`), with ``seed``.
 
     Returns
     -------
@@ -220,6 +365,28 @@ def evaluate(
     True
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
-    wl = Workload(batch=batch, q_len=q_len, kv_len=kv_len, heads=heads)
-    sch = default_schedule(hw, rescale, order=schedule, rescale_prob=rescale_prob)
-    return run(hw, wl, sch)  # type: ignore[return-value]
+    wl = AttentionShape(
+        batch=batch,
+        q_len=q_len,
+        kv_len=kv_len,
+        heads=heads,
+        kv_heads=kv_heads,
+        d_qk=d_qk,
+        d_v=d_v,
+        shared_kv=shared_kv,
+        kv_cache=kv_cache,
+        causal=causal,
+    )
+    over: dict[str, object] = {"rescale_prob": rescale_prob, "splits": splits}
+    if schedule is not None:
+        over["order"] = schedule
+    if block_n is not None:
+        over["kv_block"] = block_n
+    sch = default_schedule(hw, rescale, **over)
+    res = run(hw, wl, sch)
+    assert isinstance(res, PipelineResult)
+    if samples:
+        from amla_numerics.pipeline.sensitivity import interval
+
+        return interval(hw, wl, sch, samples=samples, seed=seed, nominal=res)
+    return res

@@ -1,29 +1,56 @@
 """What each rescaling variant costs, as data movement and vector work (no fudge factors).
 
-Each variant of :data:`amla_numerics.variants.VARIANTS` maps to a :class:`RescaleCost`:
-bytes per O element moved GM -> UB, UB -> GM (plain) and UB -> GM (atomic add), vector
-passes over the O tile, per-row scalar-vector work, extra passes over the score tile,
-the O storage width, and the fraction of blocks that rescale at all.
+Each variant of :data:`amla_numerics.variants.VARIANTS`, plus the model-only designs of
+:data:`MODEL_DESIGNS`, maps to a :class:`RescaleCost`: where the P V product goes (the
+``design``), bytes per O element moved GM -> UB, UB -> GM (plain) and UB -> GM (atomic
+add), vector passes over the O tile, per-row vector work, extra passes over the score
+tile, the O storage width, the bytes of P, and the fraction of blocks that rescale.
 
-==============  ======  =======  ========  ==========  =====================================
-variant         read    write    atomic    O passes    what the kernel does per block
-==============  ======  =======  ========  ==========  =====================================
-fa_fp32         4       4        0         1           O GM->UB, FP32 multiply, UB->GM
-fa_bf16         2       2        0         3           same with O in BF16 (cast, mul, cast)
-amla            0       0        4         1           broadcast N, INT32 atomic add onto O
-amla_nocomp     0       0        4         1           same, fewer per-row ops (eps = 0)
-amla_fp32r      0       0        4         1           same, no BF16 rounding of r
-amla_exactcomp  4       4        4         2           INT32 atomic add + FP32 cof multiply
-amla_guarded    4       4        0         5           O GM->UB, exponent check, add, mul, select
-lazy            4 p     4 p      0         1 p         fa_fp32 on a fraction p of the blocks
-naive           0       0        0         0           two-pass: S and P spill to GM
-==============  ======  =======  ========  ==========  =====================================
+Designs (how the P V product of a block meets the accumulator O):
+
+- ``atomic``: the Fixpipe atomically adds P V into O in GM; the Vector rescales O in GM
+  before that (AMLA: an INT32 atomic add of N onto O, CANN FIA AMLA path,
+  ``AmlaVecCompute`` / ``ProcessAmlaNupdate`` in hicann/ops-transformer's MLA vector
+  services; ``fa_bf16``, ``lazy``, ``amla_guarded``, ``amla_exactcomp`` as stated below).
+- ``workspace``: the Fixpipe writes P V to a ping-pong workspace; a Vector stage of its
+  own reads the partial AND the old O, RowMuls then Add, writes O (CANN's non-AMLA MLA
+  path: ``IncreFlashAttentionAttenPreloadMla::DealBmm2ResBaseBlock`` in
+  ``attention/incre_flash_attention/op_kernel/incre_flash_attention_preload_mla.h`` of
+  hicann/ops-transformer; the first block of a piece only copies).
+- ``ub``: as ``workspace`` but O stays resident in UB, which only fits with fewer rows per
+  core (64-row tiles): the partial is read, O never leaves UB until the end.
+
+==============  =========  ======  =======  ========  ========  =============================
+variant         design     read    write    atomic    O passes  what the kernel does per block
+==============  =========  ======  =======  ========  ========  =============================
+fa_fp32         workspace  4+4     4        0         2         partial + O in, RowMuls, Add, O out
+fa_fp32_ub      ub         4       0        0         2         partial in, RowMuls, Add (O in UB)
+fa_bf16         atomic     2       2        0         3         O GM->UB, cast, mul, cast (BF16 O)
+amla            atomic     0       0        4         1         broadcast N, INT32 atomic add onto O
+amla_nocomp     atomic     0       0        4         1         same, fewer per-row ops (eps = 0)
+amla_fp32r      atomic     0       0        4         1         same, no BF16 rounding of r
+amla_exactcomp  atomic     4       4        4         2         INT32 atomic add + FP32 cof multiply
+amla_guarded    atomic     4       4        0         5         O in, exponent test, add, mul, sel.
+lazy            atomic     4 p     4 p      0         1 p       FP32 multiply on a fraction p
+naive           (2-pass)   0       0        0         0         S and P spill to GM
+fa_fp8          workspace  4+4     4        0         2         fa_fp32 with P cast to FP8 (1 byte)
+amla_fp8        atomic     0       0        4         1         amla with P cast to FP8 (1 byte)
+fa4             atomic     4 p     4 p      0         1 p       lazy + software exp2 (+6 S passes)
+==============  =========  ======  =======  ========  ========  =============================
+
+``fa_bf16`` accumulates P V in BF16: numerically unusable (see the report), so its speed is
+not a like-for-like option. ``fa_fp8`` / ``amla_fp8`` halve the bytes of P (FP8, the
+FlashAttention-3 trick); the matrix rate is left at the BF16 rate (an assumption: the
+Ascend 910 Cube has no FP8 mode). Costs for names not yet in ``VARIANTS`` are tolerated
+(another branch may add them); every name in ``VARIANTS`` must have a cost.
 
 Examples
 --------
 >>> c = rescale_cost("amla")
->>> c.o_atomic_bytes, c.o_read_bytes, c.o_passes
-(4, 0, 1)
+>>> c.o_atomic_bytes, c.o_read_bytes, c.o_passes, c.design
+(4, 0, 1, 'atomic')
+>>> rescale_cost("fa_fp32").design, rescale_cost("fa_fp32_ub").design
+('workspace', 'ub')
 >>> rescale_cost("lazy", rescale_prob=0.25).probability, rescale_cost("lazy").probability
 (0.25, 0.0)
 """
@@ -32,24 +59,34 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from amla_numerics.variants import VARIANTS, check_variant
+from amla_numerics.variants import VARIANTS
 
 __all__ = [
     "DEFAULT_LAZY_RESCALE_PROB",
+    "DESIGNS",
+    "MODEL_DESIGNS",
+    "MODEL_VARIANTS",
     "SOFTMAX_PASSES",
     "RescaleCost",
+    "check_model_variant",
     "rescale_cost",
-    "rescale_prob_from_trace",
+    "rows_per_decision",
 ]
 
-#: Vector passes (FP32 width) over the score tile for the online softmax: scale, row max,
-#: subtract, exp, row sum, cast to BF16, and the update of m and l (assumption).
-SOFTMAX_PASSES: float = 6.0
+#: Plain vector passes (FP32 width) over the score tile for the online softmax: scale,
+#: row max, subtract, row sum, cast to BF16 (assumption: one pass each). The exp is
+#: charged separately, at the hardware's ``exp_cost_per_repeat`` (a multi-cycle op).
+SOFTMAX_PASSES: float = 5.0
+
+#: How the P V product of a block meets O (see the module docstring).
+DESIGNS: tuple[str, ...] = ("atomic", "workspace", "ub")
+
+#: Model-only designs that are not numerics variants (their numerics equal the named one).
+MODEL_DESIGNS: dict[str, str] = {"fa_fp32_ub": "fa_fp32"}
 
 #: Default fraction of blocks a lazy (FA4-style, tau = 8 in log2 units) rescale touches.
-#: Measured with :func:`rescale_prob_from_trace` on the emulator's lazy trace of the seeded
+#: Measured from the emulator's lazy trace (per row group: the numerics side's one definition)
+#: of the seeded
 #: ``mla`` workload (``amla_numerics.analysis.workloads``: 128 rows, 576/512 dims, 16384
 #: tokens, 512-token blocks, seed 0): no block rescales. Other workloads differ (``peaky``
 #: 0.84, ``drift`` 1.0; docs/pipeline.md); the report passes its own measured value.
@@ -58,14 +95,15 @@ DEFAULT_LAZY_RESCALE_PROB: float = 0.0
 
 @dataclasses.dataclass(frozen=True)
 class RescaleCost:
-    """The per-block cost of one variant's rescale of the O accumulator.
+    """The per-block cost of one variant's update of the O accumulator.
 
     Attributes
     ----------
     variant : str
         Variant name.
     o_read_bytes, o_write_bytes, o_atomic_bytes : float
-        Bytes per O element read GM -> UB, written UB -> GM, atomically added UB -> GM.
+        Bytes per O element read GM -> UB, written UB -> GM, atomically added UB -> GM
+        (the old O; a ``workspace``/``ub`` design reads the P V partial besides).
     o_passes : float
         Vector passes (256-byte repeats at FP32 width) over the O tile.
     row_ops : float
@@ -73,11 +111,15 @@ class RescaleCost:
     softmax_extra_passes : float
         Passes over the score tile beyond :data:`SOFTMAX_PASSES` (AMLA folds r^ into P).
     o_store_bytes : int
-        Bytes per O element in GM (4 FP32, 2 BF16); the Fixpipe's atomic add of PV uses it.
+        Bytes per O element in GM (4 FP32, 2 BF16); the Fixpipe's add or write of P V uses it.
     probability : float
         Fraction of blocks (after the first) that rescale.
     two_pass : bool
         The non-flash schedule (naive): S for the whole row to GM, then softmax, then PV.
+    design : str
+        ``"atomic"``, ``"workspace"`` or ``"ub"`` (:data:`DESIGNS`).
+    p_bytes : int
+        Bytes per element of P (A) between the Vector and the Cube (2 BF16, 1 FP8).
     """
 
     variant: str
@@ -90,6 +132,8 @@ class RescaleCost:
     o_store_bytes: int = 4
     probability: float = 1.0
     two_pass: bool = False
+    design: str = "atomic"
+    p_bytes: int = 2
 
     @property
     def touches_o(self) -> bool:
@@ -97,21 +141,71 @@ class RescaleCost:
         return (self.o_read_bytes + self.o_write_bytes + self.o_atomic_bytes) > 0
 
 
-_TABLE: dict[str, RescaleCost] = {
+_AMLA = dict(softmax_extra_passes=1)
+_COSTS: dict[str, RescaleCost] = {
     "naive": RescaleCost("naive", row_ops=2, two_pass=True),
-    "fa_fp32": RescaleCost("fa_fp32", 4, 4, 0, 1, row_ops=2),
+    "fa_fp32": RescaleCost("fa_fp32", 4, 4, 0, 2, row_ops=2, design="workspace"),
+    "fa_fp32_ub": RescaleCost("fa_fp32_ub", 0, 0, 0, 2, row_ops=2, design="ub"),
     "fa_bf16": RescaleCost("fa_bf16", 2, 2, 0, 3, row_ops=2, o_store_bytes=2),
-    "amla": RescaleCost("amla", 0, 0, 4, 1, row_ops=12, softmax_extra_passes=1),
-    "amla_nocomp": RescaleCost("amla_nocomp", 0, 0, 4, 1, row_ops=7, softmax_extra_passes=1),
-    "amla_fp32r": RescaleCost("amla_fp32r", 0, 0, 4, 1, row_ops=11, softmax_extra_passes=1),
-    "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12, softmax_extra_passes=1),
-    "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 5, row_ops=12, softmax_extra_passes=1),
+    "amla": RescaleCost("amla", 0, 0, 4, 1, row_ops=12, **_AMLA),  # type: ignore[arg-type]
+    "amla_nocomp": RescaleCost("amla_nocomp", 0, 0, 4, 1, row_ops=7, **_AMLA),  # type: ignore[arg-type]
+    "amla_fp32r": RescaleCost("amla_fp32r", 0, 0, 4, 1, row_ops=11, **_AMLA),  # type: ignore[arg-type]
+    "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12, **_AMLA),  # type: ignore[arg-type]
+    "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 5, row_ops=12, **_AMLA),  # type: ignore[arg-type]
     "lazy": RescaleCost("lazy", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
+    "fa_fp8": RescaleCost("fa_fp8", 4, 4, 0, 2, row_ops=2, design="workspace", p_bytes=1),
+    "amla_fp8": RescaleCost("amla_fp8", 0, 0, 4, 1, row_ops=12, p_bytes=1, **_AMLA),  # type: ignore[arg-type]
+    # fa4: lazy's conditional rescale of O, plus FA4's software exp2 (docs/numerics.md section
+    # 13): the scale-folding FMA, the fraction split, a degree-3 Horner polynomial and the
+    # exponent add, about 6 FP32 operations per score, charged as extra passes over the score
+    # tile. An upper estimate: the exp unit's own cost is kept too, although FA4 sends only
+    # part of the columns to the polynomial (that split is not modelled).
+    "fa4": RescaleCost(
+        "fa4", 4, 4, 0, 1, row_ops=4, softmax_extra_passes=6, probability=DEFAULT_LAZY_RESCALE_PROB
+    ),
 }
-if set(_TABLE) != set(VARIANTS):  # pragma: no cover - guards the shared name list
-    raise ImportError(
-        f"pipeline rescale costs out of sync with VARIANTS: {sorted(set(_TABLE) ^ set(VARIANTS))}"
-    )
+_MISSING = set(VARIANTS) - set(_COSTS)
+if _MISSING:  # pragma: no cover - guards the shared name list (extra entries are fine)
+    raise ImportError(f"pipeline rescale costs missing for variants: {sorted(_MISSING)}")
+
+#: Every name the pipeline model accepts: the numerics variants, then the model-only designs.
+MODEL_VARIANTS: tuple[str, ...] = (*VARIANTS, *(k for k in _COSTS if k not in VARIANTS))
+
+
+def check_model_variant(name: object, argument: str = "rescale") -> str:
+    """Return ``name`` if the pipeline model can cost it, else raise a ValueError naming them.
+
+    Examples
+    --------
+    >>> check_model_variant("fa_fp32_ub")
+    'fa_fp32_ub'
+    >>> check_model_variant("fp64")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown variant 'fp64' for argument 'rescale'; valid: ...
+    """
+    if not isinstance(name, str) or name not in MODEL_VARIANTS:
+        raise ValueError(
+            f"unknown variant {name!r} for argument {argument!r}; "
+            f"valid: {', '.join(MODEL_VARIANTS)}"
+        )
+    return name
+
+
+def rows_per_decision(m_tile: int = 256, vector_per_core: int = 2) -> int:
+    """Rows one vector core decides a lazy rescale for together (its share of a row tile).
+
+    The numerics side turns the emulator's lazy trace into the rescale probability per
+    group of this many rows (``amla_numerics.flash.rescale_probability(trace.rescaled,
+    group_rows)``, the one definition; the pipeline never imports the emulator and takes
+    the number): the Vector core rescales its whole O tile if any of its rows needs it.
+
+    Examples
+    --------
+    >>> rows_per_decision()
+    128
+    """
+    return m_tile // vector_per_core
 
 
 def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost:
@@ -132,8 +226,8 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
     ...
     ValueError: rescale_prob applies only to variant 'lazy', got variant 'fa_fp32'
     """
-    check_variant(variant, "rescale")
-    cost = _TABLE[variant]
+    check_model_variant(variant, "rescale")
+    cost = _COSTS[variant]
     if rescale_prob is None:
         return cost
     if variant != "lazy":
@@ -145,41 +239,3 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
     ):
         raise ValueError(f"rescale_prob must be a number in [0, 1], got {rescale_prob!r}")
     return dataclasses.replace(cost, probability=float(rescale_prob))
-
-
-def rescale_prob_from_trace(rescaled: object, group_rows: int | None = None) -> float:
-    """The per-block rescale probability of a lazy run, from the emulator's trace.
-
-    A vector core rescales a group of rows if *any* row in it needs it, so the
-    probability is the fraction of (block, row group) pairs, over blocks 1 .. N-1, in
-    which at least one row rescaled.
-
-    Parameters
-    ----------
-    rescaled : array_like of bool, shape (n_blocks, ..., M)
-        ``Trace.rescaled`` of :func:`amla_numerics.flash.emulator.attention` with
-        ``variant="lazy"`` and ``trace=True`` (block 0 is ignored).
-    group_rows : int, optional
-        Rows decided together (default: all M rows of the last axis).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> r = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
-    >>> rescale_prob_from_trace(r), rescale_prob_from_trace(r, group_rows=2)
-    (0.6666666666666666, 0.3333333333333333)
-    """
-    arr = np.asarray(rescaled)
-    if arr.dtype != bool or arr.ndim < 2:
-        raise ValueError(
-            "rescaled must be a boolean array of shape (n_blocks, ..., M), got "
-            f"dtype {arr.dtype} and {arr.ndim} dimension(s)"
-        )
-    if arr.shape[0] < 2:
-        raise ValueError("rescaled must cover at least 2 blocks (block 0 never rescales)")
-    m = arr.shape[-1]
-    g = m if group_rows is None else group_rows
-    if isinstance(g, bool) or not isinstance(g, int) or g < 1 or m % g:
-        raise ValueError(f"group_rows must be a positive divisor of M = {m}, got {group_rows!r}")
-    later = arr[1:].reshape(arr.shape[0] - 1, -1, m // g, g)
-    return float(later.any(axis=-1).mean())

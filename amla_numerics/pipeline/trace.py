@@ -6,11 +6,9 @@ Gantt plot draws the same bars with matplotlib's object API (no pyplot state, Ag
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
->>> from amla_numerics.pipeline.model import run
->>> from amla_numerics.pipeline.workload import Workload, default_schedule
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, run
 >>> hw = load_hardware("ascend910c")
->>> res, sim = run(hw, Workload(1, 2, 1024), default_schedule(hw), keep_sim=True)
+>>> res, sim = run(hw, AttentionShape(1, 2, 1024), default_schedule(hw), keep_sim=True)
 >>> doc = chrome_trace(sim, clock_ghz=1.8)
 >>> ev = [e for e in doc["traceEvents"] if e["ph"] == "X"]
 >>> len(ev) == len(sim.graph), sorted(ev[0])
@@ -37,6 +35,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "C1": ("C1: S = Q K^T", "#1f77b4"),
     "V1": ("V1: softmax, A", "#2ca02c"),
     "R": ("rescale O", "#d62728"),
+    "U": ("O = O x s + partial", "#8c564b"),
     "C2": ("C2: O += A V", "#ff7f0e"),
     "V2": ("V2: normalise", "#9467bd"),
     "KV": ("KV load", "#17becf"),
@@ -105,11 +104,9 @@ def gantt_figure(sim: SimResult, clock_ghz: float, title: str = "", blocks: int 
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.hardware import load_hardware
-    >>> from amla_numerics.pipeline.model import run
-    >>> from amla_numerics.pipeline.workload import Workload, default_schedule
+    >>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, run
     >>> hw = load_hardware("ascend910c")
-    >>> _, sim = run(hw, Workload(1, 2, 2048), default_schedule(hw), keep_sim=True)
+    >>> _, sim = run(hw, AttentionShape(1, 2, 2048), default_schedule(hw), keep_sim=True)
     >>> fig = gantt_figure(sim, 1.8, blocks=3)
     >>> fig.axes[0].get_xlabel()
     'time (µs)'

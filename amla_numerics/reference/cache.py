@@ -27,6 +27,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 from amla_numerics._version import __version__
 from amla_numerics.reference._inputs import Problem
 
-__all__ = ["ENV_VAR", "Store", "default_dir", "key_for", "store_for"]
+__all__ = ["ENV_VAR", "Store", "default_dir", "hash_arrays", "key_for", "store_for"]
 
 ENV_VAR = "AMLA_NUMERICS_CACHE"
 _REPORTED: set[str] = set()
@@ -69,14 +70,33 @@ def key_for(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: bool
     h.update(head.encode())
     h.update(prob.scale.token().encode())
     h.update(repr((prob.batch_shape, prob.precision, prob.dtypes)).encode())
-    for arr in (prob.q, prob.k, prob.v, prob.mask):
+    hash_arrays(h, (prob.q, prob.k, prob.v, prob.mask))
+    return h.hexdigest()
+
+
+def hash_arrays(h: Any, arrays: Iterable[Any], *, dtype_name: bool = False) -> None:
+    """Feed each array's dtype, shape and bytes (``|none`` for ``None``) into the hash ``h``.
+
+    ``dtype_name=True`` adds ``dtype.name``: ``dtype.str`` alone is ``<V2`` for every
+    2-byte ml_dtypes type, so a key that holds no other dtype record needs it.
+
+    Examples
+    --------
+    >>> import hashlib
+    >>> a, b = hashlib.sha256(), hashlib.sha256()
+    >>> hash_arrays(a, [np.zeros(2), None])
+    >>> hash_arrays(b, [np.zeros(2, dtype=np.float32), None])
+    >>> a.hexdigest() == b.hexdigest()
+    False
+    """
+    for arr in arrays:
         if arr is None:
             h.update(b"|none")
             continue
         a = np.ascontiguousarray(arr)
-        h.update(f"|{a.dtype.str}{a.shape}".encode())
+        name = a.dtype.name if dtype_name else ""
+        h.update(f"|{a.dtype.str}{name}{a.shape}".encode())
         h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _encode(a: np.ndarray) -> tuple[np.ndarray, bool]:

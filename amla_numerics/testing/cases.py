@@ -30,9 +30,18 @@ Cases (``workload`` names)
     ``N/2 + 7``.
 ``masked_lead``
     the first two 512-key blocks fully masked, and every score about 60 nats below zero.
+``split_drift``
+    long context for split-KV kernels: the scores drift up by 40 nats from the first key to
+    the last (through a feature outside V), so every split's max lies far below the row max
+    (combine weights over many binades, a different AMLA ``2**n`` and ``r^`` per split).
+``split_masked``
+    long context for split-KV kernels: keys ``[N/4, N/2)`` masked for every row, so the
+    splits inside that range have no live key (max ``-inf``, sum 0: the combine's guard).
 
-Default: ``mla`` at 128 heads x s_q 1, 2 x N 1024, 4096, 16384, and the four hazard cases at
-128 heads x s_q 1 x N 4096.
+Default: ``mla`` at 128 heads x s_q 1, 2 x N 1024, 4096, 16384, the four hazard cases at
+128 heads x s_q 1 x N 4096, and the two split cases at 16 heads x s_q 1 x N 131072. A split
+kernel is judged with its split count: ``amla-numerics compare DIR --splits S --variant V``
+(the bound and the bit match then model S splits, :mod:`amla_numerics.flash.splitkv`).
 
 Examples
 --------
@@ -71,6 +80,8 @@ __all__ = [
     "DEFAULT_SHAPES",
     "HAZARD_SHAPE",
     "HAZARD_WORKLOADS",
+    "SPLIT_SHAPE",
+    "SPLIT_WORKLOADS",
     "Shape",
     "make_case",
     "make_cases",
@@ -79,12 +90,15 @@ __all__ = [
 
 #: The hazard cases a kernel must survive.
 HAZARD_WORKLOADS: tuple[str, ...] = ("zero_vcol", "sink", "max_jump", "masked_lead")
+#: The long-context cases a split-KV (flash-decoding) kernel must pass.
+SPLIT_WORKLOADS: tuple[str, ...] = ("split_drift", "split_masked")
 #: Every case workload.
-CASE_WORKLOADS: tuple[str, ...] = ("mla", *HAZARD_WORKLOADS)
+CASE_WORKLOADS: tuple[str, ...] = ("mla", *HAZARD_WORKLOADS, *SPLIT_WORKLOADS)
 
 _SINK_NATS = 12.0
 _JUMP_NATS = 40.0
 _LOW_NATS = -60.0
+_DRIFT_NATS = 40.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,8 @@ DEFAULT_SHAPES: tuple[Shape, ...] = tuple(
     Shape(128, sq, n) for n in (1024, 4096, 16384) for sq in (1, 2)
 )
 HAZARD_SHAPE = Shape(128, 1, 4096)
+#: The split-KV cases' long context (16 heads keep the certified reference quick).
+SPLIT_SHAPE = Shape(16, 1, 131072)
 
 
 def parse_shape(text: str) -> Shape:
@@ -168,7 +184,13 @@ def make_case(workload: str, shape: Shape, seed: int = 0) -> dict[str, Any]:
     lever = d - 1  # a feature outside V (the rope part when Dv < Dk)
     if workload == "zero_vcol":
         k[:, 0] = 0.0
-    elif workload in ("sink", "max_jump", "masked_lead"):
+    elif workload == "split_masked":
+        if n < 4:
+            raise ValueError("case 'split_masked' needs kv_len >= 4")
+        hole = (np.arange(n) < n // 4) | (np.arange(n) >= n // 2)
+        mask = hole[None, None, :] if mask is None else (mask & hole[None, None, :])
+        mask = np.broadcast_to(mask, (shape.s_q, 1, n))
+    elif workload in ("sink", "max_jump", "masked_lead", "split_drift"):
         if lever < shape.v_dim:
             raise ValueError(f"case {workload!r} needs head_dim > v_dim (a feature outside V)")
         q[..., lever] = 1.0 / scale  # score gains k[j, lever] nats
@@ -177,6 +199,8 @@ def make_case(workload: str, shape: Shape, seed: int = 0) -> dict[str, Any]:
             k[0, lever] = _SINK_NATS
         elif workload == "max_jump":
             k[min(n - 1, n // 2 + 7), lever] = _JUMP_NATS
+        elif workload == "split_drift":
+            k[:, lever] = np.linspace(-_DRIFT_NATS, 0.0, n)
         else:
             k[:, lever] = _LOW_NATS
             if n <= 1024:
@@ -258,11 +282,18 @@ def make_cases(
             raise ValueError(f"unknown case workload {w!r}; valid: {', '.join(CASE_WORKLOADS)}")
     if shapes is None and workloads is None:
         plan = [("mla", s) for s in DEFAULT_SHAPES] + [(w, HAZARD_SHAPE) for w in HAZARD_WORKLOADS]
+        plan += [(w, SPLIT_SHAPE) for w in SPLIT_WORKLOADS]
     elif shapes is None:
         plan = [
             (w, s)
             for w in workloads or ()
-            for s in (DEFAULT_SHAPES if w == "mla" else (HAZARD_SHAPE,))
+            for s in (
+                DEFAULT_SHAPES
+                if w == "mla"
+                else (SPLIT_SHAPE,)
+                if w in SPLIT_WORKLOADS
+                else (HAZARD_SHAPE,)
+            )
         ]
     else:
         plan = [(w, s) for w in (workloads or CASE_WORKLOADS) for s in shapes]

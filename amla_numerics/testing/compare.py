@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.reference.cache import hash_arrays
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = [
@@ -147,6 +148,8 @@ class Comparison:
     variant: str | None = None
     policy: str | None = None
     block_n: int = 512
+    splits: int | None = None
+    combine: str = "cann"
     bound_cond_max: float = math.nan
     bound_cond_median: float = math.nan
     bound_ratio: float = math.nan
@@ -197,6 +200,8 @@ class Comparison:
             variant=self.variant,
             policy=self.policy,
             block_n=self.block_n,
+            splits=self.splits,
+            combine=self.combine,
             bound_cond_max=_num(self.bound_cond_max),
             bound_cond_median=_num(self.bound_cond_median),
             bound_ratio=_num(self.bound_ratio),
@@ -219,13 +224,7 @@ def _num(x: Any) -> Any:
 
 def _key(arrs: Sequence[Any], scale: Any) -> str:
     h = hashlib.sha256(repr(scale).encode())
-    for a in arrs:
-        if a is None:
-            h.update(b"|none")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"|{a.dtype.str}{a.dtype.name}{a.shape}".encode())
-        h.update(a.tobytes())
+    hash_arrays(h, arrs, dtype_name=True)
     return h.hexdigest()
 
 
@@ -325,6 +324,8 @@ def compare(
     block_n: int = 512,
     bit_match: bool | Sequence[str] = True,
     n_worst: int = 5,
+    splits: int | None = None,
+    combine: str = "cann",
 ) -> Comparison:
     """Measure a kernel's ``out`` against the certified reference of ``q, k, v``.
 
@@ -351,6 +352,12 @@ def compare(
         Emulate every variant (True), none (False) or these.
     n_worst : int
         How many worst elements to list.
+    splits : int, optional
+        The kernel's split-KV split count (flash-decoding): the emulated variants run with
+        that many splits merged by ``combine`` and the bound is the split bound
+        (:func:`~amla_numerics.analysis.splitbound.split_bound`). None or 1: unsplit.
+    combine : {"cann", "flashmla"}
+        The kernel's combine (with ``splits``).
 
     Returns
     -------
@@ -365,7 +372,20 @@ def compare(
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         return _compare(
-            out, q, k, v, scale, mask, lse, variant, policy, block_n, bit_match, n_worst
+            out,
+            q,
+            k,
+            v,
+            scale,
+            mask,
+            lse,
+            variant,
+            policy,
+            block_n,
+            bit_match,
+            n_worst,
+            splits,
+            combine,
         )
 
 
@@ -382,6 +402,8 @@ def _compare(
     block_n: int,
     bit_match: bool | Sequence[str],
     n_worst: int,
+    splits: int | None = None,
+    combine: str = "cann",
 ) -> Comparison:
     o = _float_array(out, "out")
     qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -390,6 +412,14 @@ def _compare(
         variant = check_variant(variant)
     if isinstance(block_n, bool) or not isinstance(block_n, int | np.integer) or block_n < 1:
         raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
+    if splits is not None and (
+        isinstance(splits, bool) or not isinstance(splits, int | np.integer) or splits < 1
+    ):
+        raise ValueError(f"argument 'splits' must be an integer >= 1, got {splits!r}")
+    from amla_numerics.flash.splitkv import check_combine
+
+    combine = check_combine(combine)
+    n_splits = 1 if splits is None else int(splits)
     ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask)
     sc = None if scale is None else float(scale)
     mag = magnitude_scale(qa, ka, va, sc, mask=mask)
@@ -421,7 +451,16 @@ def _compare(
         o64 = o.astype(np.float64)
         for name in names:
             res = flash.attention(
-                qa, ka, va, name, scale=sc, block_n=int(block_n), policy=policy, mask=mask
+                qa,
+                ka,
+                va,
+                name,
+                scale=sc,
+                block_n=int(block_n),
+                policy=policy,
+                mask=mask,
+                splits=n_splits,
+                combine=combine,
             )
             emu = np.asarray(res.out)
             if bit_match is True or (bit_match and name in bit_match):
@@ -448,7 +487,9 @@ def _compare(
     b_cond_max = b_cond_med = b_ratio = math.nan
     n_viol = n_cov = 0
     if variant is not None:
-        bound = _elementwise_bound(variant, qa, ka, va, sc, mask, int(block_n), policy)
+        bound = _elementwise_bound(
+            variant, qa, ka, va, sc, mask, int(block_n), policy, n_splits, combine
+        )
         if bound is not None:
             covered = np.isfinite(ref) & ~garbage
             err = np.abs(o.astype(np.float64) - ref)
@@ -512,6 +553,8 @@ def _compare(
         variant=variant,
         policy=pol_name,
         block_n=int(block_n),
+        splits=None if splits is None else n_splits,
+        combine=combine,
         bound_cond_max=b_cond_max,
         bound_cond_median=b_cond_med,
         bound_ratio=b_ratio,
@@ -532,11 +575,32 @@ def _elementwise_bound(
     mask: Any,
     block_n: int,
     policy: Any,
+    splits: int = 1,
+    combine: str = "cann",
 ) -> np.ndarray | None:
     """The deterministic elementwise bound of ``variant`` (mask included where the bounds
-    module takes one; None where it cannot bound masked inputs)."""
+    module takes one; None where it cannot bound masked inputs); for a split-KV kernel
+    (``splits > 1``) the split bound (no mask: None)."""
     import inspect
 
+    if splits > 1:
+        if mask is not None:
+            return None
+        from amla_numerics.analysis.splitbound import split_bound
+
+        sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        sb = split_bound(
+            variant,
+            q,
+            k,
+            v,
+            float(sc),
+            splits=splits,
+            block_n=block_n,
+            policy=policy,
+            combine=combine,
+        )
+        return np.asarray(sb, dtype=np.float64)
     from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
 
     kw: dict[str, Any] = {}

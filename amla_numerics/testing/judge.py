@@ -173,6 +173,8 @@ def judge(
     policy: Any = None,
     block_n: int = 512,
     bit_match: bool = True,
+    splits: int | None = None,
+    combine: str = "cann",
 ) -> Verdict:
     """Compare one dump and check it: ``budget``'s limits for the case, then ``limits``.
 
@@ -190,6 +192,8 @@ def judge(
         policy=policy,
         block_n=block_n,
         bit_match=bit_match,
+        splits=splits,
+        combine=combine,
     )
     lim: dict[str, float] = {"n_nonfinite": 0.0}
     if variant is not None and not math.isnan(c.bound_ratio):

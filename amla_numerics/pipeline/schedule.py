@@ -1,17 +1,16 @@
-"""What is computed (:class:`Workload`) and how it is tiled and ordered (:class:`Schedule`).
+"""How the work is tiled and ordered (:class:`Schedule`), and whether the tiles fit.
 
-The two are separate on purpose: the workload fixes the FLOPs and bytes, the schedule
-decides which engine waits for which. :func:`check_capacity` verifies first that every
-on-chip buffer (L1, L0A, L0B, L0C, UB on Ascend; shared memory on a GPU) holds the
-tiles the schedule asks for, and rejects a tiling that does not fit with the reason.
+The shape (:class:`~amla_numerics.pipeline.shape.AttentionShape`) fixes the FLOPs and
+bytes; the schedule decides which engine waits for which. :func:`check_capacity`
+verifies first that every on-chip buffer (L1, L0A, L0B, L0C, UB on Ascend; shared
+memory on a GPU) holds the tiles the schedule asks for, and rejects a
+tiling that does not fit with the reason.
 
 Examples
 --------
->>> from amla_numerics.pipeline.hardware import load_hardware
+>>> from amla_numerics.pipeline import AttentionShape, load_hardware
 >>> hw = load_hardware("ascend910c")
->>> wl = Workload(batch=128, q_len=2, kv_len=16384)
->>> wl.rows, wl.flops
-(256, 1168231104512.0)
+>>> wl = AttentionShape(batch=128, q_len=2, kv_len=16384)
 >>> sch = default_schedule(hw, "amla")
 >>> sorted(check_capacity(hw, wl, sch))
 ['L0A', 'L0B', 'L0C', 'L1', 'UB']
@@ -27,13 +26,12 @@ import dataclasses
 import math
 
 from amla_numerics.pipeline.hardware import Hardware
-from amla_numerics.pipeline.rescale import rescale_cost
-from amla_numerics.variants import check_variant
+from amla_numerics.pipeline.rescale import check_model_variant, rescale_cost
+from amla_numerics.pipeline.shape import AttentionShape, check_int
 
 __all__ = [
     "SCHEDULES",
     "Schedule",
-    "Workload",
     "check_capacity",
     "default_schedule",
     "tasks_per_request",
@@ -41,83 +39,6 @@ __all__ = [
 
 #: The orderings the simulator knows.
 SCHEDULES: tuple[str, ...] = ("serial", "preload")
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """MLA decode attention: ``batch`` requests of ``q_len`` tokens over ``kv_len`` cached ones.
-
-    Parameters
-    ----------
-    batch, q_len, kv_len : int
-        Requests, query tokens per request (s_q), cached tokens (s_k).
-    heads : int
-        Query heads sharing the latent KV cache (rows per request = heads x q_len).
-    d_qk, d_v : int
-        Score and value dims (576 = 512 latent + 64 rope; V = first 512 columns of K).
-    kv_bytes : int
-        Bytes per cached element (2 for BF16).
-
-    Notes
-    -----
-    FLOPs = 2 * batch * q_len * heads * kv_len * (d_qk + d_v);
-    HBM bytes = batch * kv_len * d_qk * kv_bytes (the cache, read once)
-    + batch * rows * (d_qk + d_v) * 2 (Q in, output out, BF16).
-
-    Examples
-    --------
-    >>> Workload(batch=-1, q_len=1, kv_len=8)
-    Traceback (most recent call last):
-    ...
-    ValueError: workload.batch must be >= 1, got -1
-    """
-
-    batch: int
-    q_len: int
-    kv_len: int
-    heads: int = 128
-    d_qk: int = 576
-    d_v: int = 512
-    kv_bytes: int = 2
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_int("workload", f.name, getattr(self, f.name))
-        if self.d_v > self.d_qk:
-            raise ValueError(
-                f"workload.d_v ({self.d_v}) must be <= d_qk ({self.d_qk}): "
-                "V is the first d_v columns of the cached K rows"
-            )
-
-    @property
-    def rows(self) -> int:
-        """Query rows per request (heads x q_len)."""
-        return self.heads * self.q_len
-
-    @property
-    def flops(self) -> float:
-        """Useful FLOPs of the whole workload (QK^T and PV)."""
-        return 2.0 * self.batch * self.rows * self.kv_len * (self.d_qk + self.d_v)
-
-    @property
-    def hbm_bytes(self) -> float:
-        """Compulsory HBM bytes: the KV cache once, Q in and the output out (BF16)."""
-        return float(
-            self.batch
-            * (self.kv_len * self.d_qk * self.kv_bytes + self.rows * (self.d_qk + self.d_v) * 2)
-        )
-
-    @property
-    def intensity(self) -> float:
-        """FLOP per compulsory HBM byte."""
-        return self.flops / self.hbm_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +70,13 @@ class Schedule:
         (None: :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
     split_kv : bool
         Balance work across cores by splitting requests along the KV axis
-        (flash-decoding). Every piece ends with its own normalisation pass; the
-        cross-piece combine (a few KB per row tile) is not modelled.
+        (flash-decoding), as the kernels' own heuristics do: the (task, KV block) list is
+        cut into equal runs of blocks, one per core (FlashMLA ``get_mla_metadata``: payload
+        = ceil(total blocks / SM parts); CANN flash-decode tiling: KV split when the tasks
+        do not fill the cores). A task cut into several pieces needs the combine stage.
+    splits : int or None
+        An explicit split count S (every task cut into S pieces of equal block counts,
+        pieces dealt round-robin to cores); None: the heuristic above (``split_kv``).
     """
 
     rescale: str = "amla"
@@ -172,16 +98,19 @@ class Schedule:
     vec_rows: int = 16
     rescale_prob: float | None = None
     split_kv: bool = True
+    splits: int | None = None
 
     def __post_init__(self) -> None:
-        check_variant(self.rescale, "schedule.rescale")
+        check_model_variant(self.rescale, "schedule.rescale")
         if self.order not in SCHEDULES:
             raise ValueError(
                 f"schedule.order must be one of {', '.join(SCHEDULES)}, got {self.order!r}"
             )
         for f in dataclasses.fields(self):
             if f.type == "int" or f.type is int:
-                _check_int("schedule", f.name, getattr(self, f.name))
+                check_int("schedule", f.name, getattr(self, f.name))
+        if self.splits is not None:
+            check_int("schedule", "splits", self.splits)
         if not isinstance(self.split_kv, bool):
             raise TypeError(f"schedule.split_kv must be a bool, got {type(self.split_kv).__name__}")
         if self.rescale_prob is not None:
@@ -217,8 +146,17 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
             l0_k_pv=64,
             order="serial",
         )
+    elif rescale_cost(rescale).design == "ub":
+        # O resident in UB: 32 rows x 512 x 4 B = 64 KB per AIV beside 8-row S/P/partial
+        # tiles, so a row tile holds 64 rows (the layout of DeepSeek's Ascend kernels)
+        base = dict(m_tile=64, cube_m=64, vec_rows=8)
     else:
         base = {}
+    kv = overrides.get("kv_block")
+    if hw.kind != "gpu" and isinstance(kv, int) and kv > 0 and "l1_k_pv" not in overrides:
+        # smaller KV blocks: the PV K split follows the block (CANN tiles s2 the same way)
+        base["l1_k_pv"] = min(256, kv)
+        base["l0_k_pv"] = min(128, kv)
     base.update(overrides)
     return Schedule(rescale=rescale, **base)  # type: ignore[arg-type]
 
@@ -232,7 +170,7 @@ def _divides(field: str, a: int, b_name: str, b: int) -> None:
         raise ValueError(f"schedule.{field} ({a}) must divide {b_name} ({b})")
 
 
-def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple[int, int]]:
+def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str, tuple[int, int]]:
     """Check that the schedule's tiles fit every buffer; return name -> (used, capacity) bytes.
 
     Raises
@@ -243,7 +181,7 @@ def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple
     if hw.kind == "gpu":
         smem = int(hw["smem_bytes"])
         q = sch.m_tile * wl.d_qk * 2
-        kv = 2 * sch.kv_block * wl.d_qk * wl.kv_bytes
+        kv = 2 * sch.kv_block * wl.cache_token_bytes
         p = sch.m_tile * sch.kv_block * 2
         used = q + kv + p
         if used > smem:
@@ -312,17 +250,19 @@ def check_capacity(hw: Hardware, wl: Workload, sch: Schedule) -> dict[str, tuple
     cap = int(hw["ub_bytes"])
     tile = sch.vec_rows * (sch.kv_block * 4 + sch.kv_block * 2 + wl.d_v * 4)
     rowvec = per_aiv * 4 * 8  # m, l, n, r^, cof, N, scale, spare: FP32/INT32 per row
-    used = sch.ub_buffers * tile + rowvec
+    resident = per_aiv * wl.d_v * 4 if rescale_cost(sch.rescale).design == "ub" else 0
+    used = sch.ub_buffers * tile + rowvec + resident
     if used > cap:
+        extra = f" + O resident {_kb(resident)}" if resident else ""
         raise ValueError(
             f"schedule.vec_rows: the tiling does not fit UB: {sch.ub_buffers} x "
             f"{_kb(tile)} (S fp32 + A bf16 + O fp32 for {sch.vec_rows} rows) + "
-            f"{_kb(rowvec)} row vectors = {_kb(used)} > {_kb(cap)}"
+            f"{_kb(rowvec)} row vectors{extra} = {_kb(used)} > {_kb(cap)}"
         )
     out["UB"] = (used, cap)
     return out
 
 
-def tasks_per_request(wl: Workload, sch: Schedule) -> int:
+def tasks_per_request(wl: AttentionShape, sch: Schedule) -> int:
     """Row tiles per request (ceil(rows / m_tile))."""
     return math.ceil(wl.rows / sch.m_tile)

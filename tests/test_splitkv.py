@@ -1,0 +1,550 @@
+"""Split-KV runs: one split is the unsplit run bit for bit; every variant with S = 2..16
+splits stays within its split bound against the certified reference; both combines agree
+bit for bit with a scalar Fraction oracle; empty, masked and dead splits; AMLA's scale and
+r^ are undone per split."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import ml_dtypes
+import mpmath
+import numpy as np
+import pytest
+
+from amla_numerics import flash, reference
+from amla_numerics.analysis.splitbound import split_bound
+from amla_numerics.analysis.workloads import make_workload
+from amla_numerics.flash import Accumulation, MatmulPolicy, get_policy
+from amla_numerics.flash.splitkv import (
+    COMBINES,
+    SPLIT_HAZARDS,
+    combine_partials,
+    exp2_cr,
+    log2_cr,
+    split_ranges,
+)
+from amla_numerics.flash.stages import exp_cr
+from amla_numerics.formats import FP32
+from amla_numerics.variants import AMLA_VARIANTS, VARIANTS
+from tests.oracle import oracle_round
+
+MM32 = MatmulPolicy("fp32", Accumulation("exact"), "fp32")
+#: Every stage in FP32 (no BF16 casts): the combine's own error is not hidden by the casts.
+FP32_ONLY = get_policy("ascend").replace(p_cast=None, r_cast=None, qk=MM32, pv=MM32)
+
+
+def _same(a, b) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+
+
+def _data(seed, m=3, n=300, dk=16, dv=6, mag=2.0):
+    rng = np.random.default_rng(seed)
+    return (
+        (rng.standard_normal((m, dk)) * mag).astype(ml_dtypes.bfloat16),
+        rng.standard_normal((n, dk)).astype(ml_dtypes.bfloat16),
+        rng.standard_normal((n, dv)).astype(ml_dtypes.bfloat16),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# splits=1 is today's run
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_split_is_the_unsplit_run(variant):
+    q, k, v = _data(1)
+    base = flash.attention(q, k, v, variant, block_n=32, trace=True)
+    for plan in (1, [(0, 300)]):
+        res = flash.attention(q, k, v, variant, block_n=32, trace=True, splits=plan)
+        assert _same(res.out, base.out) and _same(res.lse, base.lse)
+        assert res.hazards == base.hazards and res.splits is None
+        assert res.hazard_mask.keys() == base.hazard_mask.keys()
+        assert all(_same(res.hazard_mask[h], base.hazard_mask[h]) for h in base.hazard_mask)
+        assert _same(res.garbage_mask(), base.garbage_mask())
+        assert all(_same(getattr(res.trace, f), getattr(base.trace, f)) for f in ("m", "n", "N"))
+
+
+# ---------------------------------------------------------------------------------------
+# the bound
+
+
+_W = make_workload("drift", head_dim=16, kv_len=700, rows=3, seed=5)
+_REF = reference.certified_attention(_W.q, _W.k, _W.v, _W.scale)
+
+
+def _check_bound(variant, splits, combine, policy=None, w=_W, ref=_REF, block_n=32):
+    res = flash.attention(
+        w.q,
+        w.k,
+        w.v,
+        variant,
+        scale=w.scale,
+        block_n=block_n,
+        splits=splits,
+        combine=combine,
+        policy=policy,
+    )
+    assert not any(res.hazards[h] for h in res.hazards if h not in ("ok", "split_empty"))
+    eb = split_bound(
+        variant,
+        w.q,
+        w.k,
+        w.v,
+        w.scale,
+        splits=splits,
+        block_n=block_n,
+        combine=combine,
+        policy=policy,
+    )
+    err = np.abs(res.out.astype(np.float64) - ref.out) + ref.bound
+    ratio = err / eb
+    worst = np.unravel_index(np.argmax(ratio), ratio.shape)
+    assert np.all(err <= eb), (
+        f"{variant} S={splits} {combine}: {int(np.sum(err > eb))} of {err.size} elements "
+        f"over the bound; worst {worst}: error {err[worst]:.3e} > bound {eb[worst]:.3e}"
+    )
+    return float(np.max(ratio))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n_splits", range(2, 17))
+def test_every_variant_within_its_split_bound(variant, n_splits):
+    for combine in COMBINES:
+        _check_bound(variant, n_splits, combine)
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla_fp32r", "lazy", "naive"])
+@pytest.mark.parametrize("combine", list(COMBINES))
+def test_split_bound_holds_with_every_stage_in_fp32(variant, combine):
+    """No BF16 cast: the split weights' and the combine's FP32 errors are the visible ones."""
+    for plan in (2, 16, [(0, 5), (5, 5), (5, 333), (333, 700)]):
+        _check_bound(variant, plan, combine, policy=FP32_ONLY)
+
+
+# ---------------------------------------------------------------------------------------
+# the combine against a scalar Fraction oracle
+
+
+def _r32(x: Fraction) -> float:
+    return oracle_round(x, FP32, "rne")
+
+
+def _f(x) -> Fraction:
+    return Fraction(float(x))
+
+
+def _mp32(fn, x: float) -> float:
+    """``fn(x)`` of mpmath at 200 bits, rounded once to FP32 through an exact Fraction."""
+    if x == -math.inf:
+        return 0.0 if fn is mpmath.exp or fn is _pow2 else -math.inf
+    with mpmath.workprec(200):
+        sign, man, exp, _ = fn(mpmath.mpf(x))._mpf_
+        frac = Fraction(int(man)) * Fraction(2) ** int(exp)
+        return _r32(-frac if sign else frac)
+
+
+def _pow2(x):
+    return mpmath.power(2, x)
+
+
+def _log2(x):
+    return mpmath.log(x, 2)
+
+
+def _oracle_cann(o, m, l, row):
+    S = o.shape[0]
+    live = [s for s in range(S) if m[s, row] != -np.inf]
+    big = float(np.finfo(np.float32).max)
+    mx = max([-big] + [float(m[s, row]) for s in live])
+    t = [
+        _r32(_f(l[s, row]) * _f(_mp32(mpmath.exp, _r32(_f(m[s, row]) - _f(mx)))))
+        if s in live
+        else 0.0
+        for s in range(S)
+    ]
+    tot = 0.0
+    for s in range(S):
+        tot = _r32(_f(tot) + _f(t[s]))
+    w = [_r32(_f(t[s]) / _f(tot)) for s in range(S)]
+    out = []
+    for c in range(o.shape[-1]):
+        p = [float(o[s, row, c]) if s in live else 0.0 for s in range(S)]
+        acc = _r32(_f(w[0]) * _f(p[0]))
+        for s in range(1, S):
+            acc = _r32(_f(acc) + _f(_r32(_f(w[s]) * _f(p[s]))))
+        out.append(acc)
+    return out, w
+
+
+def _oracle_flashmla(o, m, l, row):
+    S = o.shape[0]
+    log2e = float(np.float32(1.0 / math.log(2.0)))
+    live = [s for s in range(S) if l[s, row] != 0]
+    lse = [
+        _r32(_f(_mp32(_log2, float(l[s, row]))) + _f(_r32(_f(m[s, row]) * _f(log2e))))
+        if s in live
+        else -math.inf
+        for s in range(S)
+    ]
+    mx = max(lse)
+    mx = 0.0 if mx == -math.inf else mx
+    lanes = [0.0] * 32
+    for s in range(S):  # lane s % 32 adds its splits in order (S <= 32 here)
+        e = _mp32(_pow2, _r32(_f(lse[s]) - _f(mx))) if lse[s] != -math.inf else 0.0
+        lanes[s % 32] = _r32(_f(lanes[s % 32]) + _f(e))
+    for off in (16, 8, 4, 2, 1):
+        lanes = [_r32(_f(lanes[j]) + _f(lanes[j ^ off])) for j in range(32)]
+    g = _r32(_f(_mp32(_log2, lanes[0])) + _f(mx))
+    w = [_mp32(_pow2, _r32(_f(lse[s]) - _f(g))) if lse[s] != -math.inf else 0.0 for s in range(S)]
+    out = []
+    for c in range(o.shape[-1]):
+        acc = 0.0
+        for s in range(S):
+            p = float(o[s, row, c]) if s in live else 0.0
+            acc = _r32(_f(w[s]) * _f(p) + _f(acc))  # one rounding: the FMA
+        out.append(acc)
+    return out, w
+
+
+@pytest.mark.parametrize("method", list(COMBINES))
+@pytest.mark.parametrize("seed", range(4))
+def test_combine_matches_the_fraction_oracle(method, seed):
+    rng = np.random.default_rng(seed)
+    S, rows, dv = int(rng.integers(2, 17)), 5, 3
+    m = rng.uniform(-40, 40, (S, rows)).astype(np.float32)
+    l = rng.uniform(1, 600, (S, rows)).astype(np.float32)
+    o = rng.standard_normal((S, rows, dv)).astype(np.float32)
+    dead = rng.random((S, rows)) < 0.25
+    dead[0, 0] = True
+    dead[:, 1] = False
+    dead[rng.integers(S), 1] = False
+    m[dead], l[dead] = -np.inf, 0.0
+    o[dead] = np.nan  # the dead split's 0/0 partial must never reach the output
+    dead[:, 2] = False  # a row of equal maxima: ties in every max
+    m[:, 2] = 3.0
+    l[:, 2] = rng.uniform(1, 600, S).astype(np.float32)
+    o[:, 2] = rng.standard_normal((S, dv)).astype(np.float32)
+    out, _, w = combine_partials(o, m, l, method, exp=exp_cr)
+    oracle = _oracle_cann if method == "cann" else _oracle_flashmla
+    for row in range(rows):
+        if np.all(dead[:, row]):
+            continue
+        want, want_w = oracle(o, m, l, row)
+        assert out[row].tolist() == want, (method, row)
+        assert w[:, row].tolist() == want_w, (method, row)
+
+
+def test_a_row_with_no_live_split_is_the_kernels_convention():
+    o = np.full((3, 1, 2), np.nan, np.float32)
+    m = np.full((3, 1), -np.inf, np.float32)
+    l = np.zeros((3, 1), np.float32)
+    out, lse, _ = combine_partials(o, m, l, "cann", exp=exp_cr)
+    assert np.all(np.isnan(out)) and lse[0] == -np.inf  # 0/0, as the unsplit run
+    out, lse, _ = combine_partials(o, m, l, "flashmla", exp=exp_cr)
+    assert np.all(out == 0) and lse[0] == np.inf  # FlashMLA: lse = +inf, O = 0
+
+
+# ---------------------------------------------------------------------------------------
+# empty, masked and dead splits; AMLA per split
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_empty_splits_change_nothing(variant):
+    q, k, v = _data(2)
+    plain = flash.attention(q, k, v, variant, block_n=32, splits=[(0, 96), (96, 300)])
+    holed = flash.attention(
+        q, k, v, variant, block_n=32, splits=[(0, 0), (0, 96), (96, 96), (96, 300), (300, 300)]
+    )
+    assert _same(holed.out, plain.out) and _same(holed.lse, plain.lse)
+    assert holed.hazards["split_empty"] == 3 * q.shape[0] * v.shape[1]
+    assert plain.hazards["split_empty"] == 0
+    assert holed.splits is not None and holed.splits.dead[[0, 2, 4]].all()
+    assert np.all(holed.splits.weight[[0, 2, 4]] == 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_fully_masked_split_equals_dropping_its_keys(variant):
+    q, k, v = _data(3)
+    keep = np.ones((q.shape[0], 300), bool)
+    keep[:, 96:160] = False
+    masked = flash.attention(
+        q, k, v, variant, block_n=32, mask=keep, splits=[(0, 96), (96, 160), (160, 300)]
+    )
+    idx = np.r_[0:96, 160:300]
+    dropped = flash.attention(q, k[idx], v[idx], variant, block_n=32, splits=[(0, 96), (96, 236)])
+    assert _same(masked.out, dropped.out)
+    assert masked.hazards["split_masked"] == q.shape[0] * v.shape[1]
+    assert masked.splits is not None and np.all(np.isneginf(masked.splits.m[1]))
+
+
+def test_a_split_whose_first_blocks_are_masked_is_an_amla_zero_hazard():
+    q, k, v = _data(4)
+    keep = np.ones((q.shape[0], 300), bool)
+    keep[0, 150:214] = False  # row 0: the second split's first two blocks
+    kw = dict(block_n=32, mask=keep, splits=[(0, 150), (150, 300)])
+    am = flash.attention(q, k, v, "amla", **kw)
+    gd = flash.attention(q, k, v, "amla_guarded", **kw)
+    fa = flash.attention(q, k, v, "fa_fp32", **kw)
+    assert gd.hazards["zero"] >= am.hazards["zero"] > 0  # guarded O stays 0 one block longer
+    assert fa.hazards["zero"] == 0
+    assert np.all(np.isfinite(gd.out))
+    # the garbage stays in row 0's second partial and reaches only row 0 of the output
+    bad = ~np.isfinite(am.splits.out[1, 0]) | (np.abs(am.splits.out[1, 0]) > 1e3)
+    assert am.hazards["split_nonfinite"] == int(np.sum(~np.isfinite(am.splits.out[1, 0])))
+    assert bad.any() and np.all(np.isfinite(am.out[1:]))
+    # per element: the garbage and the split classes mark row 0 only
+    assert am.garbage_mask()[0].any() and not am.garbage_mask()[1:].any()
+    assert am.hazard_mask["split_masked"].sum() == 0
+    assert am.hazard_mask["zero"][0].any() and not am.hazard_mask["zero"][1:].any()
+    assert not gd.garbage_mask().any()
+
+
+@pytest.mark.parametrize("variant", AMLA_VARIANTS)
+def test_amla_partials_are_unsplit_runs_on_their_keys(variant):
+    """Each split restarts AMLA (n, r^, cof, the plain block-0 store) and its final division
+    by l r^ undoes its own 2**n and r^: the partial is the unsplit run on its keys."""
+    w = make_workload("drift", head_dim=16, kv_len=400, rows=4, seed=7)
+    plan = [(0, 64), (64, 250), (250, 400)]
+    res = flash.attention(
+        w.q, w.k, w.v, variant, scale=w.scale, block_n=32, splits=plan, trace=True
+    )
+    assert res.splits is not None
+    for s, (lo, hi) in enumerate(plan):
+        sub = flash.attention(
+            w.q, w.k[lo:hi], w.v[lo:hi], variant, scale=w.scale, block_n=32, trace=True
+        )
+        assert _same(res.splits.out[s], sub.out)
+        assert np.array_equal(res.splits.n[s], sub.trace.n[-1])
+        assert np.array_equal(res.splits.r_hat[s], sub.trace.r_hat[-1])
+        assert _same(res.splits.traces[s].m, sub.trace.m)
+    # the splits' scales differ (the max drifts), so a combine that forgot to undo them
+    # would be off by powers of two
+    assert len({tuple(res.splits.n[s].ravel()) for s in range(3)}) > 1
+
+
+def test_split_hazard_classes_are_reported():
+    q, k, v = _data(5)
+    res = flash.attention(q, k, v, "amla", block_n=32, splits=4)
+    assert set(SPLIT_HAZARDS) <= set(res.hazards)
+    assert res.config["splits"] == [list(r) for r in split_ranges(300, 4, 32)]
+    assert res.config["combine"] == "cann" and res.config["n_blocks"] == 10
+
+
+# ---------------------------------------------------------------------------------------
+# plans and arguments
+
+
+def test_split_ranges_deal_whole_blocks():
+    assert split_ranges(700, 3, 32) == [(0, 224), (224, 448), (448, 700)]
+    for n, S, b in ((700, 16, 32), (5, 4, 2), (1, 7, 512)):
+        r = split_ranges(n, S, b)
+        assert len(r) == S and r[0][0] == 0 and r[-1][1] == n
+        assert all(r[i][1] == r[i + 1][0] for i in range(S - 1))
+        assert all(lo % b == 0 for lo, _ in r)
+
+
+@pytest.mark.parametrize(
+    "splits, err, match",
+    [
+        (0, ValueError, "must be >= 1"),
+        (True, TypeError, "int or a sequence"),
+        ([(0, 10), (12, 300)], ValueError, "partition"),
+        ([(0, 10), (10, 200)], ValueError, "end at 200"),
+        ([(0, 300, 1)], TypeError, "int or a sequence"),
+        ([], ValueError, "at least one"),
+        ([(0.0, 300)], TypeError, "integers"),
+        ("two", TypeError, "int or a sequence"),
+    ],
+)
+def test_bad_split_plans_are_named(splits, err, match):
+    q, k, v = _data(6)
+    with pytest.raises(err, match=match):
+        flash.attention(q, k, v, "amla", splits=splits)
+
+
+def test_unknown_combine_is_named():
+    q, k, v = _data(6)
+    with pytest.raises(ValueError, match=r"unknown combine 'nvidia'.*cann, flashmla"):
+        flash.attention(q, k, v, "amla", splits=2, combine="nvidia")
+
+
+def test_exp2_and_log2_are_correctly_rounded():
+    rng = np.random.default_rng(11)
+    x = np.concatenate(
+        [rng.uniform(-60, 60, 300), [0.0, 1.0, -1.0, 0.5, 2.0**-24, -(2.0**-24), 127.9]]
+    ).astype(np.float32)
+    got = exp2_cr(x)
+    assert got.tolist() == [_mp32(_pow2, float(t)) for t in x]
+    y = np.concatenate([rng.uniform(0, 1e6, 300), [1.0, 2.0, 3.0, 2.0**-130, 1 + 2.0**-23]])
+    y = y.astype(np.float32)
+    assert log2_cr(y).tolist() == [_mp32(_log2, float(t)) for t in y]
+
+
+_REF_LSE = reference.certified_attention(_W.q, _W.k, _W.v, _W.scale, return_lse=True)
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
+@pytest.mark.parametrize("combine", list(COMBINES))
+@pytest.mark.parametrize("policy", [None, FP32_ONLY], ids=["ascend", "fp32"])
+def test_split_lse_within_its_bound(variant, combine, policy):
+    for n_splits in (2, 7, 16):
+        res = flash.attention(
+            _W.q,
+            _W.k,
+            _W.v,
+            variant,
+            scale=_W.scale,
+            block_n=32,
+            splits=n_splits,
+            combine=combine,
+            policy=policy,
+        )
+        _, lse_b = split_bound(
+            variant,
+            _W.q,
+            _W.k,
+            _W.v,
+            _W.scale,
+            splits=n_splits,
+            block_n=32,
+            combine=combine,
+            policy=policy,
+            return_lse=True,
+        )
+        err = np.abs(res.lse - _REF_LSE.lse) + _REF_LSE.lse_bound
+        assert np.all(err <= lse_b), (variant, combine, n_splits, err, lse_b)
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+
+
+def test_report_measures_split_runs_against_the_split_bound():
+    from amla_numerics.analysis import ReportConfig, build_report
+    from amla_numerics.analysis.render import render
+
+    cfg = ReportConfig(
+        head_dims=(16,),
+        kv_lens=(512,),
+        block_n=64,
+        variants=("fa_fp32", "amla"),
+        workloads=("drift",),
+        seeds=(0, 1),
+        rows=3,
+        splits=(1, 4),
+        combine="flashmla",
+        plots=False,
+    )
+    rep = build_report(cfg, throughput=False)
+    assert sorted({(r.splits, r.combine) for r in rep.records}) == [
+        (1, "flashmla"),
+        (4, "flashmla"),
+    ]
+    assert all(r.bound_ratio <= 1 and r.n_violations == 0 for r in rep.records)
+    split_recs = [r for r in rep.records if r.splits == 4]
+    assert all(math.isnan(r.prob_bound_ratio) for r in split_recs)  # no probabilistic split bound
+    sums = [s for s in rep.summaries if s["splits"] == 4]
+    assert len(sums) == 2 and all(s["n_seeds"] == 2 for s in sums)
+    assert "512/S4" in render(rep)
+
+
+def test_report_cli_splits_and_bad_values():
+    from amla_numerics.cli import main
+
+    small = [
+        "report",
+        "--head-dims",
+        "16",
+        "--kv-lens",
+        "256",
+        "--block-n",
+        "64",
+        "--rows",
+        "2",
+        "--variants",
+        "amla",
+        "--workloads",
+        "random",
+        "--no-throughput",
+        "--jobs",
+        "1",
+    ]
+    assert main([*small, "--splits", "1,2"]) == 0
+    assert main([*small, "--splits", "0"]) == 2
+    assert main([*small, "--splits", "2", "--combine", "nvidia"]) == 2
+
+
+@pytest.mark.parametrize("combine", list(COMBINES))
+def test_compare_judges_a_split_kernel_against_the_matching_bound(combine):
+    from amla_numerics.testing.compare import compare
+
+    w = make_workload("drift", head_dim=16, kv_len=1024, rows=4, seed=3)
+    kernel = flash.attention(
+        w.q, w.k, w.v, "amla", scale=w.scale, block_n=64, splits=4, combine=combine
+    ).out.astype(ml_dtypes.bfloat16)
+    c = compare(
+        kernel,
+        w.q,
+        w.k,
+        w.v,
+        scale=w.scale,
+        variant="amla",
+        block_n=64,
+        splits=4,
+        combine=combine,
+        bit_match=["amla"],
+    )
+    assert c.bit_match["amla"] == 1.0 and c.splits == 4 and c.combine == combine
+    assert c.bound_ratio <= 1 and c.bound_violations == 0
+    plain = compare(kernel, w.q, w.k, w.v, scale=w.scale, block_n=64, bit_match=["amla"])
+    assert plain.bit_match["amla"] < 1.0  # the unsplit emulation is another kernel
+    with pytest.raises(ValueError, match="'splits' must be an integer >= 1"):
+        compare(kernel, w.q, w.k, w.v, splits=0)
+
+
+# ---------------------------------------------------------------------------------------
+# golden cases a split kernel must pass
+
+
+def test_split_cases_are_what_they_say():
+    from amla_numerics.testing.cases import CASE_WORKLOADS, SPLIT_WORKLOADS, Shape, make_case
+
+    assert set(SPLIT_WORKLOADS) <= set(CASE_WORKLOADS)
+    s = Shape(2, 1, 4096, 64, 32)
+    sd = make_case("split_drift", s)
+    scores = (sd["q"].astype(np.float64) @ sd["k"].astype(np.float64).T) * float(sd["scale"])
+    quarter = [scores[..., i * 1024 : (i + 1) * 1024].max(axis=-1) for i in range(4)]
+    assert np.all(quarter[3] - quarter[0] > 25)  # the first split's max far below the row's
+    sm = make_case("split_masked", s)
+    assert not sm["mask"][..., 1024:2048].any() and sm["mask"][..., :1024].all()
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla"])
+def test_a_split_kernel_passes_the_split_cases_with_its_split_count(variant, tmp_path):
+    from amla_numerics.cli import main
+    from amla_numerics.dumps import write_dump
+    from amla_numerics.testing.cases import Shape, make_case
+
+    s = Shape(4, 1, 4096, 64, 32)
+    for name in ("split_drift", "split_masked"):
+        c = make_case(name, s)
+        res = flash.attention(
+            c["q"],
+            c["k"],
+            c["v"],
+            variant,
+            scale=float(c["scale"]),
+            mask=c["mask"],
+            block_n=256,
+            splits=8,
+        )
+        if name == "split_masked":  # splits 2 and 3 hold only masked keys
+            assert res.hazards["split_masked"] == 2 * 4 * 32
+        arrays = {n: c[n] for n in ("q", "k", "v", "scale", "mask") if c[n] is not None}
+        arrays["out"] = res.out
+        write_dump(tmp_path / f"{name}.npz", arrays, metadata={"case": name})
+    base = ["compare", str(tmp_path), "--variant", variant, "--block-n", "256"]
+    assert main([*base, "--splits", "8", "--no-bit-match"]) == 0
+    assert main([*base, "--splits", "0"]) == 2

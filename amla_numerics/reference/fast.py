@@ -347,7 +347,7 @@ def _one_inner(
 #: Keys per block of the fast path (its working memory is ``O(M * KEY_BLOCK)``). 4096 keys
 #: keep every per-block array (the key limbs, 4096 x 576 float64, 19 MB) under glibc's
 #: 32 MB mmap threshold, so freed blocks are reused from the heap instead of page-faulted
-#: afresh; 32K-key blocks were 1.5-2x slower (``experiments/bench_reference.py --sweep``).
+#: afresh (32K-key blocks: 1.5-2x slower in one A/B run, see docs/reference.md).
 KEY_BLOCK = 1 << 12
 
 

@@ -10,7 +10,8 @@ development machine (``experiments/bench_reference.py``):
 
 - reference (certified fast oracle, keys streamed in blocks of
   :data:`amla_numerics.reference.fast.KEY_BLOCK`): the inputs as float64
-  (``8 (M Dk + N (Dk + Dv))``; a mask adds ``8 M N``), the output, and per key block about
+  (``8 (M Dk + N (Dk + Dv))``, an upper estimate: BF16 keys and values stay 2 bytes and
+  are converted block by block; a mask adds ``8 M N``), the output, and per key block about
   12 float64 ``M x block`` arrays (scores, weights, 4 weight limbs, dd temporaries); time about
   ``4e-11 s`` per multiply-add of ``M N (Dk + Dv)`` plus ``2.5e-7 s`` per score (the
   double-double exp and the limb splits).

@@ -10,7 +10,7 @@ policy "ascend", against the certified reference: ``rel_fro = ||out - ref||_F / 
 (median, min-max over seeds), with ``bound_ratio`` (max err / a priori bound) in the CSV.
 
 Writes ``fa4_softmax.csv`` and ``fa4_softmax.png`` into ``--out`` (default
-``experiments/results``). Run: ``PYTHONPATH=. .venv/bin/python experiments/fa4_softmax.py``
+``docs/figures``). Run: ``PYTHONPATH=. .venv/bin/python experiments/fa4_softmax.py``
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def plot(records, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--quick", action="store_true", help="1 seed, N = 1024, 4 rows")
     args = ap.parse_args(argv)
     out = Path(args.out)

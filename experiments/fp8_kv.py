@@ -15,7 +15,7 @@ both as ``max_ij |e_ij| / sum_k w_ik |v_kj|``
 ``||e||_F / ||ref||_F``; ``bound_ratio`` is the kernel error over its a priori bound
 evaluated on the cache's values. Bytes per token: 1152 (BF16) vs 656 (FP8).
 
-Writes ``fp8_kv.csv`` and ``fp8_kv.png`` into ``--out`` (default ``experiments/results``).
+Writes ``fp8_kv.csv`` and ``fp8_kv.png`` into ``--out`` (default ``docs/figures``).
 Run: ``PYTHONPATH=. .venv/bin/python experiments/fp8_kv.py [--quick]``
 """
 
@@ -113,7 +113,7 @@ def plot(records, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--quick", action="store_true", help="1 seed, N = 1024, 4 rows")
     args = ap.parse_args(argv)
     out = Path(args.out)

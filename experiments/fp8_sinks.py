@@ -26,7 +26,7 @@ the baseline. For each run:
   lost (the first-order output error is that mass times the spread of V).
 
 Writes ``fp8_sinks.csv`` and ``fp8_sinks.png`` into ``--out`` (default
-``experiments/results``). Run:
+``docs/figures``). Run:
 ``PYTHONPATH=. .venv/bin/python experiments/fp8_sinks.py [--quick] [--out DIR]``
 """
 
@@ -209,7 +209,7 @@ def plot(records, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--quick", action="store_true", help="3 deltas, 1 seed, N = 1024")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -53,6 +53,26 @@ C_THEORY: dict[str, float] = {
 }
 
 
+#: Distinct colours for up to 18 variants: matplotlib's tab10, then Dark2 (a cycle of ten
+#: would give two variants the same colour once FP8 and FA4 join the nine BF16 ones).
+_PALETTE: tuple = (
+    *(f"C{i}" for i in range(10)),
+    "#1b9e77",
+    "#d95f02",
+    "#7570b3",
+    "#e7298a",
+    "#66a61e",
+    "#e6ab02",
+    "#a6761d",
+    "#000000",
+)
+
+
+def _color(i: int) -> str:
+    """The colour of the ``i``-th variant of a plot."""
+    return _PALETTE[i % len(_PALETTE)]
+
+
 def _variants(records: Sequence[Record]) -> list[str]:
     return list(dict.fromkeys(r.variant for r in records))
 
@@ -122,7 +142,7 @@ def plot_cond_distribution(records: Sequence[Record], *, title: str = "") -> Fig
                 counts = np.sum([r.metrics.hist_cond_err for r in sub], axis=0) if sub else None
                 if counts is None or np.sum(counts) == 0:
                     continue
-                col = f"C{vi % 10}"
+                col = _color(vi)
                 frac = np.cumsum(counts) / np.sum(counts)
                 ax.step(xs, frac, where="post", color=col, label=variant)
                 bmax = max(r.bound_cond_max for r in sub)
@@ -178,7 +198,7 @@ def plot_error_vs(
     for i, variant in enumerate(_variants(recs)):
         xs = sorted({getattr(r, axis) for r in recs if r.variant == variant})
         group = [[r for r in recs if r.variant == variant and getattr(r, axis) == x] for x in xs]
-        col = f"C{i % 10}"
+        col = _color(i)
         stats = [_mean_ci([r.metrics.cond_err_max for r in g]) for g in group]
         ax_e.errorbar(
             xs,
@@ -333,7 +353,7 @@ def plot_error_scatter(scatter: dict[str, Any], *, title: str = "") -> Figure:
         x = ref[ok] / mag[ok]
         rel = err[ok] / ref[ok] / U_FP32
         cond = err[ok] / mag[ok] / U_FP32
-        kw = {"s": 2, "alpha": 0.35, "color": f"C{i}", "label": variant, "rasterized": True}
+        kw = {"s": 2, "alpha": 0.35, "color": _color(i), "label": variant, "rasterized": True}
         ax_r.scatter(x, rel, **kw)
         ax_m.scatter(x, cond, **kw)
         xs_all.append(x)
@@ -416,7 +436,7 @@ def plot_pareto(
             [x],
             [y],
             xerr=[[x - rng[0]], [rng[1] - x]],
-            color=f"C{i % 10}",
+            color=_color(i),
             marker=markers[i % len(markers)],
             markersize=7,
             capsize=4,

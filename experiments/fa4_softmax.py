@@ -16,11 +16,11 @@ Writes ``fa4_softmax.csv`` and ``fa4_softmax.png`` into ``--out`` (default
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import results_dir, write_csv  # experiments/_results.py (the script's folder)
 
 from amla_numerics import flash, reference
 from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
@@ -118,14 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--quick", action="store_true", help="1 seed, N = 1024, 4 rows")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args.out)
     t0 = time.perf_counter()
     records = run([0], n=1024, rows=4) if args.quick else run([0, 1, 2])
-    with open(out / "fa4_softmax.csv", "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(records[0]))
-        wr.writeheader()
-        wr.writerows(records)
+    write_csv(records, out / "fa4_softmax.csv")
     plot(records, out / "fa4_softmax.png")
     print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s -> {out}")
     print("workload  variant  seed  rel_fro   cond_err  bound_ratio  rescale_rate")

@@ -15,12 +15,10 @@ Writes ``fa4_softmax.csv`` and ``fa4_softmax.png`` into ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import numpy as np
-from _results import results_dir, write_csv  # experiments/_results.py (the script's folder)
+from _results import experiment_main  # experiments/_results.py (the script's folder)
 
 from amla_numerics import flash, reference
 from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
@@ -114,16 +112,14 @@ def plot(records, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/figures")
-    ap.add_argument("--quick", action="store_true", help="1 seed, N = 1024, 4 rows")
-    args = ap.parse_args(argv)
-    out = results_dir(args.out)
-    t0 = time.perf_counter()
-    records = run([0], n=1024, rows=4) if args.quick else run([0, 1, 2])
-    write_csv(records, out / "fa4_softmax.csv")
-    plot(records, out / "fa4_softmax.png")
-    print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s -> {out}")
+    records, _ = experiment_main(
+        argv,
+        doc=__doc__ or "",
+        name="fa4_softmax",
+        quick_help="1 seed, N = 1024, 4 rows",
+        run=lambda quick: run([0], n=1024, rows=4) if quick else run([0, 1, 2]),
+        plot=plot,
+    )
     print("workload  variant  seed  rel_fro   cond_err  bound_ratio  rescale_rate")
     for r in records:
         print(

@@ -32,13 +32,11 @@ Writes ``fp8_sinks.csv`` and ``fp8_sinks.png`` into ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from pathlib import Path
 
 import numpy as np
-from _results import results_dir, write_csv  # experiments/_results.py (the script's folder)
+from _results import experiment_main  # experiments/_results.py (the script's folder)
 
 from amla_numerics import flash, reference
 from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, softmax_weights
@@ -208,19 +206,18 @@ def plot(records, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/figures")
-    ap.add_argument("--quick", action="store_true", help="3 deltas, 1 seed, N = 1024")
-    args = ap.parse_args(argv)
-    out = results_dir(args.out)
-    t0 = time.perf_counter()
-    if args.quick:
-        records = run([0.0, 8.0, 14.0], [1.0, 256.0], [0], n=1024, rows=4)
-    else:
-        records = run(list(np.arange(0.0, 17.0, 2.0)), [1.0, 256.0, 448.0], [0, 1, 2])
-    write_csv(records, out / "fp8_sinks.csv")
-    plot(records, out / "fp8_sinks.png")
-    print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s -> {out}")
+    records, _ = experiment_main(
+        argv,
+        doc=__doc__ or "",
+        name="fp8_sinks",
+        quick_help="3 deltas, 1 seed, N = 1024",
+        run=lambda quick: (
+            run([0.0, 8.0, 14.0], [1.0, 256.0], [0], n=1024, rows=4)
+            if quick
+            else run(list(np.arange(0.0, 17.0, 2.0)), [1.0, 256.0, 448.0], [0, 1, 2])
+        ),
+        plot=plot,
+    )
     print(
         "variant  delta  S    order    underflow  pred_thr  pred_lau  cond_err"
         "   rel_fro  bound_ratio"

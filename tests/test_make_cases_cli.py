@@ -194,24 +194,9 @@ def test_pytest_plugin_and_the_docs_example(tmp_path):
         "    q, k, v = _case()\n"
         "    assert_attention(flash.attention(q, k, v, 'amla').out, q, k, v)\n"
     )
-    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "amla_numerics.testing.plugin",
-        "-p",
-        "no:cacheprovider",
-        "--amla-budget",
-        "budget.toml",
-        "--amla-kernel",
-        "k",
-        "test_kernel.py",
-    ]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = _pytest_with_plugin(
+        tmp_path, "--amla-budget", "budget.toml", "--amla-kernel", "k", "test_kernel.py"
+    )
     assert "1 failed, 2 passed" in r.stdout, r.stdout + r.stderr
     assert "test_tight_budget" in r.stdout and "cond_err_max measured" in r.stdout
 
@@ -222,18 +207,14 @@ def test_the_docs_example_test_passes_as_written(tmp_path):
     blocks = [b.split("```", 1)[0] for b in doc.split("```python\n")[1:]]
     (example,) = [b for b in blocks if "def test_my_kernel" in b]
     (tmp_path / "test_example.py").write_text(example)
+    r = _pytest_with_plugin(tmp_path, "test_example.py")
+    assert "1 passed" in r.stdout, r.stdout + r.stderr
+
+
+def _pytest_with_plugin(cwd, *args: str) -> subprocess.CompletedProcess:
+    """pytest in ``cwd`` with only the amla_numerics plugin loaded (and this checkout first)."""
     env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "amla_numerics.testing.plugin",
-        "-p",
-        "no:cacheprovider",
-        "test_example.py",
-    ]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert "1 passed" in r.stdout, r.stdout + r.stderr
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "amla_numerics.testing.plugin"]
+    cmd += ["-p", "no:cacheprovider", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

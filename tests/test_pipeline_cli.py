@@ -14,6 +14,7 @@ import pytest
 from amla_numerics.cli import main
 from amla_numerics.pipeline.model import evaluate
 from amla_numerics.variants import VARIANTS
+from tests.test_pipeline_model import RESULT_KEYS
 
 SMALL = ["--batch", "8", "--kv-len", "2048"]
 
@@ -37,16 +38,7 @@ def test_json_has_the_contract_keys_and_matches_the_library(capsys) -> None:
         == 0
     )
     doc = json.loads(capsys.readouterr().out)
-    for key in (
-        "tflops",
-        "utilization",
-        "peak_tflops",
-        "peak_name",
-        "bound",
-        "engines",
-        "time_us",
-        "hbm_gbps",
-    ):
+    for key in RESULT_KEYS:
         assert key in doc
     ref = evaluate("ascend910c", "amla", batch=8, q_len=2, kv_len=2048).to_dict()
     assert doc == json.loads(json.dumps(ref))

@@ -297,19 +297,23 @@ def test_preload_beats_serial_and_is_cube_bound() -> None:
     assert deeper.time_us <= pre.time_us * 1.02
 
 
+#: The fields every pipeline result carries (the library's to_dict and the CLI's JSON).
+RESULT_KEYS = (
+    "tflops",
+    "utilization",
+    "peak_tflops",
+    "peak_name",
+    "bound",
+    "engines",
+    "time_us",
+    "hbm_gbps",
+)
+
+
 def test_result_fields_and_json() -> None:
     r = evaluate("ascend910c", "amla", batch=8, q_len=2, kv_len=2048)
     d = r.to_dict()
-    for key in (
-        "tflops",
-        "utilization",
-        "peak_tflops",
-        "peak_name",
-        "bound",
-        "engines",
-        "time_us",
-        "hbm_gbps",
-    ):
+    for key in RESULT_KEYS:
         assert key in d
     assert r.tflops == pytest.approx(r.utilization * r.peak_tflops)
     assert r.tflops == pytest.approx(AttentionShape(8, 2, 2048).flops / r.time_us * 1e-6)

@@ -21,6 +21,8 @@ from amla_numerics.reference import (
     mp_softmax,
     online_softmax,
 )
+from amla_numerics.reference._inputs import make_scale
+from amla_numerics.reference.mp import attention_row
 from amla_numerics.rounding import round_to
 from tests.strategies import attention_inputs, examples, format_arrays
 
@@ -89,6 +91,33 @@ def test_mpmath_path_is_correctly_rounded(fmt, data):
         settled = ra == rb  # the oracle itself agrees with twice its precision
         assert settled.all()
         np.testing.assert_array_equal(got[settled], ra[settled])
+
+
+def test_columns_settling_at_different_precisions():
+    """A row whose columns settle in different rounds of the Ziv loop (found by CI).
+
+    Scores 0 and ~5e-91 (weights 1 - 5e-91 and 1): column 0 settles at the first
+    precision; column 1 lies closer than 1e-50 (relative) to a float64 rounding midpoint,
+    so the loop must double its precision. Each column must be computed from its own exact
+    sums, whatever the others did: both against the independent oracle.
+    """
+    q = np.array([[1e-45]], np.float32)
+    k = np.array([[0.0]] + [[1e-45]] * 5, np.float32)
+    v = np.array([[0.0, 4.8985068e-29]] + [[2.1439867e-43] * 2] * 5, np.float32)
+    dots = exact_dot(q.astype(np.float64), k.astype(np.float64)).row_mpf(0)
+
+    def solve(cols=None):
+        return attention_row(dots, None, v.astype(np.float64), make_scale(0.25, 1), 20, cols)
+
+    row = solve()
+    assert solve([0]).prec < solve([1]).prec == row.prec  # column 0 settled first
+    o300, _ = oracle(q, k, v, 0.25, 300)
+    o600, _ = oracle(q, k, v, 0.25, 600)
+    assert (rounded(o300) == rounded(o600)).all()
+    np.testing.assert_array_equal(np.array([[row.out[0], row.out[1]]]), rounded(o300))
+    for dps in (20, 40):
+        got = attention(q, k, v, 0.25, method="mpmath", dps=dps)
+        np.testing.assert_array_equal(got, rounded(o300))
 
 
 def test_mpf_results_good_to_dps_digits():

@@ -172,6 +172,7 @@ def attention_row(
             else:
                 pending.append(c)
     wint, ev, wabs = _exact_columns(v, pending, members, all_single)
+    slot = {c: i for i, c in enumerate(pending)}  # column -> its index in wint, ev, wabs
     lse_pending = want_lse
     if want_lse and ng == 1 and sizes[0] == 1 and scale.value is not None:
         s = scale.value * to_fraction(dg[0]) + Fraction(mg[0])
@@ -214,13 +215,17 @@ def attention_row(
             rel_l = rel + int(np.dot(drop, sizes)) * two_cut
             still = []
             if pending:
+                # the columns still open (a column settled at a lower precision is done)
+                sel = [slot[c] for c in pending]
+                wab = wabs[:, sel]
                 pf = np.array([0.0 if d else float(pi) for pi, d in zip(p, drop, strict=True)])
-                amag = (pf @ wabs) * 1.01 + ng * 2.0**-1070 * wabs.max(axis=0)  # bound only
-                dmag = drop.astype(float) @ wabs * 1.01
-                oint = pint.dot(wint)
+                amag = (pf @ wab) * 1.01 + ng * 2.0**-1070 * wab.max(axis=0)  # bound only
+                dmag = drop.astype(float) @ wab * 1.01
+                oint = pint.dot(wint[:, sel])
+                evs = ev[sel]
             cand, ys, betas = [], [], []
             for idx, c in enumerate(pending):
-                o = mpmath.mp.make_mpf(from_man_exp(int(oint[idx]), emin + int(ev[idx])))
+                o = mpmath.mp.make_mpf(from_man_exp(int(oint[idx]), emin + int(evs[idx])))
                 if o == 0:
                     still.append(c)
                     continue

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from amla_numerics.analysis.workloads import Workload
+from amla_numerics.analysis.workloads import Workload, gaussian_qkv
 from amla_numerics.formats import BF16, Format, get_format
 from amla_numerics.rounding import round_to
 
@@ -88,12 +88,9 @@ def sink_workload(
     if not isinstance(n_sinks, int | np.integer) or not 0 <= n_sinks <= kv_len:
         raise ValueError(f"argument 'n_sinks' must be an integer in [0, kv_len], got {n_sinks!r}")
     fmt = get_format(fmt)
-    rng = np.random.default_rng(seed)
-    d, n = int(head_dim), int(kv_len)
+    _rng, q, k, v = gaussian_qkv(seed, rows=rows, kv_len=kv_len, head_dim=head_dim)
+    d = int(head_dim)
     scale = 1.0 / math.sqrt(d)
-    q = rng.standard_normal((rows, d))
-    k = rng.standard_normal((n, d))
-    v = rng.standard_normal((n, d))
     q[:, 0] = math.sqrt(d)
     k[:, 0] = 0.0
     k[:n_sinks, 0] = float(delta)

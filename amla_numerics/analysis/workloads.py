@@ -49,7 +49,7 @@ import numpy as np
 from amla_numerics.formats import BF16, Format, get_format
 from amla_numerics.rounding import round_to
 
-__all__ = ["WORKLOADS", "Workload", "load_workload", "make_workload"]
+__all__ = ["WORKLOADS", "Workload", "gaussian_qkv", "load_workload", "make_workload"]
 
 WORKLOADS: tuple[str, ...] = (
     "random",
@@ -89,6 +89,28 @@ class Workload:
         return int(self.k.shape[-2])
 
 
+def gaussian_qkv(
+    seed: int, *, rows: int, kv_len: int, head_dim: int
+) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+    """The standard normal ``q (rows, d)``, ``k (N, d)``, ``v (N, d)`` every workload starts from.
+
+    Drawn in that order from ``numpy.random.default_rng(seed)``, which is returned too (for
+    the draws a workload makes after them).
+
+    Examples
+    --------
+    >>> _rng, q, k, v = gaussian_qkv(0, rows=2, kv_len=5, head_dim=4)
+    >>> q.shape, k.shape, v.shape
+    ((2, 4), (5, 4), (5, 4))
+    """
+    rng = np.random.default_rng(seed)
+    d, n = int(head_dim), int(kv_len)
+    q = rng.standard_normal((rows, d))
+    k = rng.standard_normal((n, d))
+    v = rng.standard_normal((n, d))
+    return rng, q, k, v
+
+
 def make_workload(
     name: str,
     *,
@@ -111,12 +133,9 @@ def make_workload(
         if not isinstance(val, int | np.integer) or val < 1:
             raise ValueError(f"argument {arg!r} must be an integer >= 1, got {val!r}")
     fmt = get_format(fmt)
-    rng = np.random.default_rng(seed)
+    rng, q, k, v = gaussian_qkv(seed, rows=rows, kv_len=kv_len, head_dim=head_dim)
     d, n = int(head_dim), int(kv_len)
     scale = 1.0 / np.sqrt(d)
-    q = rng.standard_normal((rows, d))
-    k = rng.standard_normal((n, d))
-    v = rng.standard_normal((n, d))
     if name == "peaky":
         q *= 6.0
     elif name == "drift":

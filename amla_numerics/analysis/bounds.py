@@ -56,6 +56,7 @@ __all__ = [
     "a_priori_bound",
     "bound_inputs",
     "elementwise_bound",
+    "score_error",
     "softmax_weights",
 ]
 
@@ -981,19 +982,22 @@ def _times(a: Any, b: Any) -> np.ndarray:
     return np.where(np.isnan(r), 0.0, r)
 
 
-def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
-    u, n_keys = b.u_work, x.kv_len
-    s, w = x.s, x.w
-    fin = np.isfinite(s)  # attended keys
-    s0 = np.where(fin, s, 0.0)
-    amla = b.variant in AMLA_VARIANTS
-    lazy = b.variant in ("lazy", "fa4")  # a stale max: P up to 2**tau
+def score_error(b: Bound, x: BoundInputs, prob: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per key, the absolute error bound (nats) of the computed score, and ``|scale q.k|``.
 
-    def count(n: np.ndarray | float) -> np.ndarray | float:
-        """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""
-        return np.minimum(n, LAMBDA * np.sqrt(n)) if prob else n
+    The dot product (``b.qk_gamma``, or its probabilistic scaling with ``prob``), the
+    inputs' rounding to ``b.qk_in`` where they do not fit it (and its subnormal floor), the
+    scale, the float64 scores of :func:`bound_inputs`, an additive bias's rounding and add.
 
-    # --- score error e_i (absolute, nats): dot product, input rounding, scale, float64 s
+    Returns
+    -------
+    e, s_qk : numpy.ndarray
+        ``(..., M, N)``: ``e`` is 0 at masked keys; ``s_qk`` bounds ``|scale q.k|`` (with a
+        bias ``b``, ``min(|s| + |b|, scale |q||k|)``), 0 at masked keys.
+    """
+    u = b.u_work
+    fin = np.isfinite(x.s)
+    s0 = np.where(fin, x.s, 0.0)
     d = x.head_dim
     qk_in = get_format(b.qk_in)
     k_in = 0.0 if b.qk_in in x.qk_formats else qk_in.unit_roundoff
@@ -1013,6 +1017,22 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     if b_abs is not None:  # fl(S + fl(b)): the bias's rounding and the add
         e = e + u * b_abs + u * (np.abs(s0) + e + u * b_abs) + 2.0 * b.sigma_work
     e = np.where(fin, e, 0.0)
+    return e, s_qk
+
+
+def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
+    u, n_keys = b.u_work, x.kv_len
+    s, w = x.s, x.w
+    fin = np.isfinite(s)  # attended keys
+    s0 = np.where(fin, s, 0.0)
+    amla = b.variant in AMLA_VARIANTS
+    lazy = b.variant in ("lazy", "fa4")  # a stale max: P up to 2**tau
+
+    def count(n: np.ndarray | float) -> np.ndarray | float:
+        """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""
+        return np.minimum(n, LAMBDA * np.sqrt(n)) if prob else n
+
+    e, s_qk = score_error(b, x, prob)
     E = np.max(e, axis=-1, keepdims=True)  # (..., M, 1)
     any_key = np.any(fin, axis=-1, keepdims=True)
     smax = np.max(np.where(fin, s, -np.inf), axis=-1, keepdims=True)

@@ -272,9 +272,8 @@ def evaluate_case(
         )
         out = np.asarray(res.out, dtype=np.float64)
         metrics = error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref)
-        if stats is None or (case.splits > 1 and w.mask is not None):
-            det = prob = np.full(ref.shape, np.nan)
-        elif case.splits > 1:  # no probabilistic split bound: reported as none
+        det: np.ndarray
+        if case.splits > 1:  # no probabilistic split bound: reported as none
             det = split_bound(  # type: ignore[assignment]
                 variant,
                 w.q,
@@ -286,6 +285,7 @@ def evaluate_case(
                 c=c,
                 policy=case.policy,
                 combine=case.combine,
+                mask=w.mask,
             )
             prob = np.full(ref.shape, np.nan)
         else:

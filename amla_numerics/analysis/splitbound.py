@@ -40,8 +40,8 @@ from amla_numerics.analysis.bounds import (
     a_priori_bound,
     bound_inputs,
     elementwise_bound,
+    score_error,
 )
-from amla_numerics.formats import get_format
 from amla_numerics.variants import DEFAULT_C, DEFAULT_TAU, check_variant
 
 __all__ = ["combine_terms", "split_bound"]
@@ -64,15 +64,18 @@ def _split_inputs(x: BoundInputs, v: np.ndarray, lo: int, hi: int) -> BoundInput
     representable formats of the whole hold for every part)."""
     s = x.s[..., lo:hi]
     m = np.max(s, axis=-1, keepdims=True)
-    w = np.exp(s - m)
+    m0 = np.where(np.isfinite(m), m, 0.0)  # a row with every key of the split masked
+    w = np.exp(s - m0)
     tot = np.sum(w, axis=-1, keepdims=True)
-    w /= tot
+    live = tot > 0
+    w = np.where(live, w / np.where(live, tot, 1.0), 0.0)
     v_s = np.asarray(v[..., lo:hi, :], dtype=np.float64)
     v_abs = x.v_abs[..., lo:hi, :]
     extra: dict[str, Any] = {}
     names = {f.name for f in dataclasses.fields(x)}
     if "lse" in names and x.lse is not None:
-        extra["lse"] = m + np.log(tot)
+        with np.errstate(divide="ignore"):
+            extra["lse"] = np.where(live, m0 + np.log(np.where(live, tot, 1.0)), -np.inf)
     if "v_sum" in names and x.v_sum is not None:
         extra["v_sum"] = np.sum(v_abs, axis=-2, keepdims=True)
     if "qk_l1" in names and x.qk_l1 is not None:
@@ -186,6 +189,8 @@ def split_bound(
     tau: float = DEFAULT_TAU,
     policy: Any = None,
     combine: str = "cann",
+    mask: Any = None,
+    causal: bool = False,
     return_lse: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Absolute error bound of every output element of a split-KV run (float64, out's shape).
@@ -195,7 +200,7 @@ def split_bound(
     variant : str
         One of :data:`amla_numerics.variants.VARIANTS`.
     q, k, v : array_like
-        ``(..., M, d)``, ``(..., N, d)``, ``(..., N, dv)``; no mask.
+        ``(..., M, d)``, ``(..., N, d)``, ``(..., N, dv)``.
     scale : float
         The softmax scale.
     splits : int or sequence of (lo, hi)
@@ -204,12 +209,17 @@ def split_bound(
         As :func:`~amla_numerics.analysis.bounds.a_priori_bound`.
     combine : {"cann", "flashmla"}
         The combine modelled.
+    mask, causal
+        The attention mask, as :func:`amla_numerics.flash.attention` reads it. A split
+        with no attended key for a row has weight exactly 0 in both combines (and in the
+        exact answer): it contributes nothing to that row's bound.
     return_lse : bool
         Also return the bound of the output lse's absolute error (nats, (..., M)).
 
     Returns
     -------
     numpy.ndarray, or (numpy.ndarray, numpy.ndarray) with ``return_lse``
+        ``+inf`` on rows with no attended key at all (their output is undefined).
 
     Notes
     -----
@@ -240,7 +250,7 @@ def split_bound(
     k64, v64 = np.asarray(k), np.asarray(v)
     n = int(k64.shape[-2])
     ranges = split_ranges(n, splits, int(block_n))
-    x = bound_inputs(q64, k64, v64, scale)
+    x = bound_inputs(q64, k64, v64, scale, mask=mask, causal=causal)
     live = [(lo, hi) for lo, hi in ranges if hi > lo]
     n_live = len(ranges)
     b0 = a_priori_bound(
@@ -248,11 +258,11 @@ def split_bound(
     )
     u = b0.u_work
     s_all, w_all = x.s, x.w
-    row_max = np.max(s_all, axis=-1, keepdims=True)
+    fin_all = np.isfinite(s_all)  # attended keys
+    attended = np.any(fin_all, axis=-1)  # (..., M): rows with an output
+    row_max = np.max(np.where(fin_all, s_all, -np.inf), axis=-1, keepdims=True)
     stale = b0.tau * _LN2 if variant == "lazy" else 0.0
-    score_all = b0.qk_gamma * x.qk_abs + 2 * u * np.abs(s_all)
-    if b0.qk_in not in x.qk_formats:
-        score_all = score_all + 2.0 * get_format(b0.qk_in).unit_roundoff * (1.0 + u) * x.qk_abs
+    score_all, _ = score_error(b0, x)  # 0 at masked keys
     score_max = np.max(score_all, axis=-1, keepdims=True)
     parts = []
     for lo, hi in live:
@@ -260,37 +270,43 @@ def split_bound(
         bs = a_priori_bound(
             variant, head_dim=x.head_dim, kv_len=ns, block_n=block_n, c=c, tau=tau, policy=policy
         )
-        e_s = elementwise_bound(bs, _split_inputs(x, v64, lo, hi))
         s = s_all[..., lo:hi]
-        m_s = np.max(s, axis=-1, keepdims=True)
-        srange = m_s - np.min(s, axis=-1, keepdims=True)
+        fin = fin_all[..., lo:hi]
+        dead = ~np.any(fin, axis=-1)  # (..., M): no attended key: weight exactly 0
+        e_s = elementwise_bound(bs, _split_inputs(x, v64, lo, hi))  # +inf on dead rows
+        e_s = np.where(dead[..., None], 0.0, e_s)
+        m_s = np.max(np.where(fin, s, -np.inf), axis=-1, keepdims=True)
+        m_s0 = np.where(dead[..., None], 0.0, m_s)
+        s0 = np.where(fin, s, m_s0)  # masked keys: at the split's max (their terms are 0)
+        srange = m_s0 - np.min(s0, axis=-1, keepdims=True)
         block = np.arange(ns) // block_n if variant != "naive" else np.zeros(ns, int)
         later = (bs.blocks - 1 - block).astype(np.float64)
         own_add = (block > 0).astype(np.float64)
         t_k = (
             score_all[..., lo:hi]
-            + (u + bs.exp_slope) * (m_s - s + stale)
+            + (u + bs.exp_slope) * (m_s0 - s0 + stale)
             + bs.exp_u
             + bs.rowsum_gamma
             + 3.0 * u * later
             + u * own_add
         )
-        t_k = t_k + u * srange + ns * 2.0**-149
+        t_k = np.where(fin, t_k + u * srange + ns * 2.0**-149, 0.0)
         ws = np.sum(w_all[..., lo:hi], axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):  # the weighted mean over keys
             r_s = np.sum(w_all[..., lo:hi] * _inflate(t_k), axis=-1) / ws
         r_s = np.where(ws > 0, r_s, np.max(_inflate(t_k), axis=-1))
-        lam = np.log(np.sum(np.exp(s - m_s), axis=-1))  # ln l_s
+        with np.errstate(divide="ignore"):
+            lam = np.log(np.sum(np.where(fin, np.exp(s0 - m_s0), 0.0), axis=-1))  # ln l_s
         parts.append(
             {
                 "e": e_s,
                 "r": r_s,
                 "W": ws,
                 "wv": w_all[..., lo:hi] @ x.v_abs[..., lo:hi, :],
-                "dm": row_max[..., 0] - m_s[..., 0] + score_max[..., 0],
-                "lse2": (m_s[..., 0] + lam) * _LOG2E,
-                "log2_l": lam * _LOG2E,
-                "m_abs": np.abs(m_s[..., 0]),
+                "dm": np.where(dead, 0.0, row_max[..., 0] - m_s0[..., 0] + score_max[..., 0]),
+                "lse2": np.where(dead, -np.inf, (m_s0[..., 0] + lam) * _LOG2E),
+                "log2_l": np.where(dead, 0.0, lam * _LOG2E),
+                "m_abs": np.abs(m_s0[..., 0]),
             }
         )
     stack = {key: np.stack([p[key] for p in parts]) for key in ("r", "W", "dm", "lse2")}
@@ -315,7 +331,7 @@ def split_bound(
     b_max = np.max(b, axis=0)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         total = np.where(b_max < 1.0, (total_num + den) / (1.0 - b_max), np.inf)
-    total = total * (1.0 + 2.0**-20)
+    total = np.where(attended[..., None], total * (1.0 + 2.0**-20), np.inf)
     if not return_lse:
         return total
     r_max = np.max(stack["r"], axis=0)
@@ -324,4 +340,4 @@ def split_bound(
         lse_b = np.where(b_lse < 1.0, -np.log1p(-np.minimum(b_lse, 0.999999)), np.inf)
     lse_abs = np.abs(np.max(stack["lse2"], axis=0)) * _LN2 + math.log(n_live) + 1.0
     lse_b = (lse_b + lse1[0] + 2.0**-52 * lse_abs) * (1.0 + 2.0**-20)
-    return total, lse_b
+    return total, np.where(attended, lse_b, np.inf)

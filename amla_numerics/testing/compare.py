@@ -474,10 +474,9 @@ def _compare(
                 emu_hazards = {
                     str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv
                 }
-                hm = getattr(res, "hazard_mask", None) or {}
-                for cls, msk in hm.items():
-                    if cls not in ("clamp", "ok"):
-                        garbage |= np.broadcast_to(np.asarray(msk, dtype=bool), o.shape)
+                # outside every bound: the elements the integer add's garbage reached (not a
+                # dead split's, not the clamp's, not an FP32 overflow: those are judged)
+                garbage |= np.broadcast_to(res.garbage_mask(), o.shape)
     nearest = None
     if matches:
         nearest = max(matches, key=lambda n: (matches[n], -dist.get(n, math.inf)))
@@ -577,15 +576,10 @@ def _elementwise_bound(
     policy: Any,
     splits: int = 1,
     combine: str = "cann",
-) -> np.ndarray | None:
-    """The deterministic elementwise bound of ``variant`` (mask included where the bounds
-    module takes one; None where it cannot bound masked inputs); for a split-KV kernel
-    (``splits > 1``) the split bound (no mask: None)."""
-    import inspect
-
+) -> np.ndarray:
+    """The deterministic elementwise bound of ``variant`` (mask included); for a split-KV
+    kernel (``splits > 1``) the split bound."""
     if splits > 1:
-        if mask is not None:
-            return None
         from amla_numerics.analysis.splitbound import split_bound
 
         sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -599,18 +593,14 @@ def _elementwise_bound(
             block_n=block_n,
             policy=policy,
             combine=combine,
+            mask=mask,
         )
         return np.asarray(sb, dtype=np.float64)
     from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
 
-    kw: dict[str, Any] = {}
-    if mask is not None:
-        if "mask" not in inspect.signature(elementwise_bound).parameters:
-            return None
-        kw["mask"] = mask
     b = a_priori_bound(
         variant, head_dim=int(q.shape[-1]), kv_len=int(k.shape[-2]), block_n=block_n, policy=policy
     )
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    det = elementwise_bound(b, q, k, v, sc, kind="deterministic", **kw)
+    det = elementwise_bound(b, q, k, v, sc, kind="deterministic", mask=mask)
     return np.asarray(det, dtype=np.float64)

@@ -21,7 +21,7 @@ The figure shows the median over seeds with the min-max interval over seeds.
 Run (about 15 minutes on 2 shared cores)::
 
     PYTHONPATH=. .venv/bin/python experiments/splitkv_error.py \
-        --out experiments/out/splitkv_error
+        --out docs/figures/splitkv_error
 
 Smaller: ``--lengths 4096 32768 --splits 1 2 4 --seeds 2``.
 """
@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument(
         "--bound-max-n", type=int, default=32768, help="evaluate the bounds up to this N"
     )
-    ap.add_argument("--out", type=Path, default=Path("experiments/out/splitkv_error"))
+    ap.add_argument("--out", type=Path, default=Path("docs/figures/splitkv_error"))
     ap.add_argument(
         "--plot-from", type=Path, default=None, help="redraw the figure from a CSV of this script"
     )

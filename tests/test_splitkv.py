@@ -524,43 +524,19 @@ def test_compare_judges_a_split_kernel_against_the_matching_bound(combine):
     from amla_numerics.testing.compare import compare
 
     w = make_workload("drift", head_dim=16, kv_len=1024, rows=4, seed=3)
-    kernel = flash.attention(
-        w.q, w.k, w.v, "amla", scale=w.scale, block_n=64, splits=4, combine=combine
-    ).out.astype(ml_dtypes.bfloat16)
-    c = compare(
-        kernel,
-        w.q,
-        w.k,
-        w.v,
-        scale=w.scale,
-        variant="amla",
-        block_n=64,
-        splits=4,
-        combine=combine,
-        bit_match=["amla"],
-    )
-    assert c.bit_match["amla"] == 1.0 and c.splits == 4 and c.combine == combine
-    assert c.bound_ratio <= 1 and c.bound_violations == 0
     keep = np.ones((4, 1024), bool)
     keep[:, 256:512] = False  # the second split dead for every row
-    masked = flash.attention(
-        w.q, w.k, w.v, "fa_fp32", scale=w.scale, block_n=64, splits=4, combine=combine, mask=keep
-    ).out
-    cm = compare(
-        masked,
-        w.q,
-        w.k,
-        w.v,
-        scale=w.scale,
-        mask=keep,
-        variant="fa_fp32",
-        block_n=64,
-        splits=4,
-        combine=combine,
-        bit_match=["fa_fp32"],
-    )
-    assert cm.bit_match["fa_fp32"] == 1.0 and 0 < cm.bound_ratio <= 1
-    assert cm.bound_covered == keep.shape[0] * w.v.shape[-1]
+    split = dict(scale=w.scale, block_n=64, splits=4, combine=combine)
+    kernels = {}
+    for variant, mask in (("amla", None), ("fa_fp32", keep)):
+        kernels[variant] = kernel = flash.attention(
+            w.q, w.k, w.v, variant, mask=mask, **split
+        ).out.astype(ml_dtypes.bfloat16)
+        c = compare(kernel, w.q, w.k, w.v, mask=mask, variant=variant, bit_match=[variant], **split)
+        assert c.bit_match[variant] == 1.0 and c.splits == 4 and c.combine == combine
+        assert 0 < c.bound_ratio <= 1 and c.bound_violations == 0
+        assert c.bound_covered == kernel.size  # a dead split is no garbage: judged
+    kernel = kernels["amla"]
     plain = compare(kernel, w.q, w.k, w.v, scale=w.scale, block_n=64, bit_match=["amla"])
     assert plain.bit_match["amla"] < 1.0  # the unsplit emulation is another kernel
     with pytest.raises(ValueError, match="'splits' must be an integer >= 1"):

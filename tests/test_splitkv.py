@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from amla_numerics import flash, reference
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
 from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash import Accumulation, MatmulPolicy, get_policy
@@ -162,6 +163,32 @@ def test_masked_split_runs_within_the_split_bound(variant, kind):
     dead = np.where(np.arange(4)[:, None] == 1, dead_row, mask)
     eb = split_bound(variant, w.q, w.k, w.v, w.scale, splits=4, block_n=32, mask=dead)
     assert np.all(np.isinf(eb[1])) and np.all(np.isfinite(eb[[0, 2, 3]]))
+
+
+@pytest.mark.parametrize("big", [-1e4, -1e9, -3e38])
+def test_huge_finite_biases_give_no_nan_bound(big):
+    """A finite bias used as a mask (CANN masks with -1e12) brings ``u |bias|`` nats of score
+    error: the bounds may become useless (+inf) there but never NaN, never below the error,
+    and without a warning (the suite turns warnings into errors)."""
+    w = make_workload("random", head_dim=16, kv_len=512, rows=2, seed=1)
+    bias = np.zeros((2, 512))
+    bias[:, 256:] = big
+    kw = dict(scale=w.scale, block_n=64, mask=bias)
+    ref = reference.attention(w.q, w.k, w.v, w.scale, mask=bias)
+    unsplit = elementwise_bound(
+        a_priori_bound("fa_fp32", head_dim=16, kv_len=512, block_n=64),
+        w.q,
+        w.k,
+        w.v,
+        w.scale,
+        mask=bias,
+    )
+    for eb, splits in ((split_bound("fa_fp32", w.q, w.k, w.v, splits=2, **kw), 2), (unsplit, 1)):
+        out = flash.attention(w.q, w.k, w.v, "fa_fp32", splits=splits, **kw).out
+        assert not np.isnan(eb).any()
+        assert np.all(np.abs(out.astype(np.float64) - ref) <= eb)
+        if big == -1e4:
+            assert np.all(np.isfinite(eb))
 
 
 # ---------------------------------------------------------------------------------------

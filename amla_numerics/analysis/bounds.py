@@ -1190,7 +1190,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind)
     v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
     n_pos = float(n_keys)
-    abs_num = per_key * v_sum * (1.0 + v_in) + v_in_sig * n_pos * b.r_hat_max * carry
+    abs_num = per_key * v_sum * (1.0 + v_in) + _times(v_in_sig * n_pos * b.r_hat_max, carry)
     abs_num = abs_num + cast_abs + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
     # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
     p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau

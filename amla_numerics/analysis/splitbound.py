@@ -324,14 +324,17 @@ def split_bound(
     a = (1.0 + stack["r"]) * (1.0 + _inflate(num1)) - 1.0
     b = (1.0 + stack["r"]) * (1.0 + _inflate(den1)) - 1.0
     total_num = np.zeros_like(x.out_abs)
-    for i, p in enumerate(parts):
-        wa = (p["W"] * (1.0 + a[i]))[..., None]
-        total_num = total_num + wa * p["e"] + a[i][..., None] * p["wv"]
-    den = x.out_abs * np.sum(stack["W"] * b, axis=0)[..., None]
+    # 0 * inf below (a weight that underflowed, its relative error unbounded: scores spread
+    # over ~1e7 nats, such as finite biases used as masks) is NaN: no bound, so +inf
+    with np.errstate(invalid="ignore"):
+        for i, p in enumerate(parts):
+            wa = (p["W"] * (1.0 + a[i]))[..., None]
+            total_num = total_num + wa * p["e"] + a[i][..., None] * p["wv"]
+        den = x.out_abs * np.sum(stack["W"] * b, axis=0)[..., None]
     b_max = np.max(b, axis=0)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         total = np.where(b_max < 1.0, (total_num + den) / (1.0 - b_max), np.inf)
-    total = np.where(attended[..., None], total * (1.0 + 2.0**-20), np.inf)
+    total = np.where(attended[..., None] & ~np.isnan(total), total * (1.0 + 2.0**-20), np.inf)
     if not return_lse:
         return total
     r_max = np.max(stack["r"], axis=0)

@@ -441,3 +441,28 @@ def test_presets_reproduce_published_hardware_vectors(gpu, fmt, preset, emin, us
     got = matmul(aa[:, None, :], bb[:, :, None], acc, in_emin=(emin, emin))[:, 0, 0]
     bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
     assert bad.size == 0, f"{bad.size} of {len(want)} rows differ, first {bad[:5]}"
+
+
+def test_fp8_preset_in_a_policy_round_trips():
+    """The FP8 accumulator as the policy's P V model survives JSON (acc_bits included) and
+    the emulator runs it: fa_fp8 under it differs from the exact-FP32 run (the 14-bit
+    accumulator is in effect) by less than the block FMA's bound constant allows."""
+    from amla_numerics import flash
+    from amla_numerics.flash.policy import MatmulPolicy, Policy, get_policy
+
+    acc = ACCUMULATION_PRESETS["h100_fp8"]
+    pol = get_policy("ascend").replace(pv=MatmulPolicy("bf16", acc, "fp32"))
+    assert Policy.from_json(pol.to_json()) == pol
+    assert Policy.from_json(pol.to_json()).pv.accumulation.acc_bits == 14
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((3, 16)), rng.standard_normal((300, 16))
+    v = rng.standard_normal((300, 8)) + 4.0  # a large O: its low bits fall off 14 bits
+    fp8 = flash.attention(q, k, v, "fa_fp8", block_n=128, policy=pol).out
+    ref = flash.attention(q, k, v, "fa_fp8", block_n=128).out
+    assert not np.array_equal(fp8, ref)
+    # v > 0 here (v + 4, |v| <= 4 w.p. ~1), so |out| ~ sum_k w_k |v_k|: the accumulator's
+    # part is within its constant (plus the FP32 adds and division of both runs, ~10 u)
+    from amla_numerics.analysis.bounds import _matmul_gamma
+
+    assert np.all(v > 0)
+    assert np.max(np.abs(fp8 - ref) / np.abs(ref)) <= _matmul_gamma(acc, 128, "fp32") + 1e-6

@@ -188,8 +188,9 @@ class Accumulation:
 #: tests/test_accumulate.py replays them when ``AMLA_TC_VECTORS`` names a copy (V100 FP16,
 #: A100 BF16, H100 BF16/FP16/E4M3/E5M2: all 5,000 rows agree).
 #:
-#: B200's FP8 path (B200TC.m: fma 32, neab 2) is not a preset: this model (one 32-term
-#: block) disagrees with the published B200 E4M3 vectors on 1,793 of 5,000 rows.
+#: B200's FP8 path is not a preset: with B200TC.m's numbers (fma 32, neab 2, RZ) this model
+#: misses 1,793 of the 5,000 published B200 E4M3 rows, with B200TCRN.m's (RNE output) 246;
+#: RNE with 8 or more extra bits fits all of them, but that is a fit here, not a source.
 ACCUMULATION_PRESETS: dict[str, Accumulation] = {
     "v100": Accumulation(
         "block_fma", block=4, extra_bits=0, align_rounding="rz", out_rounding="rz"

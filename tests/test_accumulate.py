@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from amla_numerics.flash.accumulate import (
     ACCUMULATION_PRESETS,
+    EMIN,
     Accumulation,
     add_rounded,
     matmul,
@@ -85,22 +88,45 @@ def _cut(x: Fraction, quantum: Fraction, how: str) -> Fraction:
     return n * quantum
 
 
-def oracle_block_fma(a, b, acc: Accumulation):
+def _raw_exp(x: Fraction, emin: int) -> int:
+    """The block FMA's exponent of an operand: floor(log2 |x|), at least its format's emin."""
+    return max(_floor_log2(abs(x)), emin)
+
+
+def _round_bits(x: Fraction, bits: int, mode: str) -> Fraction:
+    """``x`` to ``bits`` significant bits with FP32's exponent range (quantum floor
+    ``2**(-126 - bits + 1)``), by the definition: a multiple of the quantum, cut by mode."""
+    if x == 0:
+        return x
+    e = max(_floor_log2(abs(x)), -126)
+    return _cut(x, F(2) ** (e - bits + 1), mode)
+
+
+def oracle_block_fma(a, b, acc: Accumulation, emin=(-126, -126)):
+    """Khattak & Mikaitis's block FMA, term by term in Fractions (module docstring)."""
+    bits = 24 if acc.acc_bits is None else acc.acc_bits
+    frac = bits - 1 + acc.extra_bits
     out = []
     for row in a:
         line = []
         for col in b.T:
-            prods = [F(x) * F(y) for x, y in zip(row, col, strict=True)]
+            pairs = [(F(x), F(y)) for x, y in zip(row, col, strict=True)]
             c = F(0)
-            for k0 in range(0, len(prods), acc.block):
-                terms = [c, *prods[k0 : k0 + acc.block]]
-                nz = [abs(t) for t in terms if t != 0]
-                if not nz:
+            for k0 in range(0, len(pairs), acc.block):
+                block = [(x, y) for x, y in pairs[k0 : k0 + acc.block] if x != 0 and y != 0]
+                exps = [_raw_exp(x, emin[0]) + _raw_exp(y, emin[1]) for x, y in block]
+                if c != 0:
+                    exps.append(_raw_exp(c, -126))
+                if not exps:
                     c = F(0)
                     continue
-                e = max(_floor_log2(t) for t in nz)
-                quantum = F(2) ** (e - 23 - acc.extra_bits)
-                c = _r32(sum(_cut(t, quantum, acc.align_rounding) for t in terms), acc.out_rounding)
+                quantum = F(2) ** (max(exps) - frac)
+                terms = [c, *(x * y for x, y in block)]
+                total = sum(_cut(t, quantum, acc.align_rounding) for t in terms)
+                if acc.acc_bits is None:
+                    c = _r32(total, acc.out_rounding)
+                else:
+                    c = _round_bits(total, bits, acc.out_rounding)
             line.append(c)
         out.append(line)
     return out
@@ -127,6 +153,13 @@ MODELS = [
         (f"block_fma_{name}", acc, lambda a, b, acc=acc: oracle_block_fma(a, b, acc))
         for name, acc in ACCUMULATION_PRESETS.items()
     ],
+    (
+        "block_fma_acc10_rne",
+        Accumulation("block_fma", block=5, extra_bits=1, out_rounding="rne", acc_bits=10),
+        lambda a, b: oracle_block_fma(
+            a, b, Accumulation("block_fma", block=5, extra_bits=1, out_rounding="rne", acc_bits=10)
+        ),
+    ),
     (
         "block_fma_rne3",
         Accumulation("block_fma", block=3, extra_bits=2, align_rounding="rne", out_rounding="rne"),
@@ -298,3 +331,138 @@ def test_exact_model_certificates_every_path_matches_the_oracle(monkeypatch, gat
             a, b, Accumulation("exact", out_rounding="rz"), "fp32", in_precision=8, b_stats=stats
         )
         assert _as_fraction_grid(got) == oracle_exact(a, b, "rz")
+
+
+def _fp8_tile(seed: int, m: int, k: int, n: int, fmt: str, spread: int):
+    """E4M3/E5M2 operands (subnormals included when ``spread`` is large), as float64."""
+    rng = np.random.default_rng(seed)
+    dt = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2}[fmt]
+
+    def draw(shape):
+        x = rng.standard_normal(shape) * np.exp2(rng.integers(-spread, 1, shape))
+        x[rng.random(shape) < 0.1] = 0.0
+        return x.astype(dt).astype(np.float64)
+
+    return draw((m, k)), draw((k, n))
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 100),
+    spread=st.sampled_from([0, 6, 12]),
+    acc_name=st.sampled_from(["h100_fp8", "h100"]),
+)
+@settings(max_examples=examples(25))
+def test_block_fma_fp8_operands_match_fraction_oracle(fmt, seed, k, spread, acc_name):
+    """FP8 operands (subnormal ones take the format's emin as raw exponent), several chained
+    32-product blocks: the reduced-width accumulator and its carry of c between blocks."""
+    a, b = _fp8_tile(seed, 2, k, 3, fmt, spread)
+    acc = ACCUMULATION_PRESETS[acc_name]
+    emin = (EMIN[fmt], EMIN[fmt])
+    got = matmul(a, b, acc, "fp32", in_emin=emin)
+    assert _as_fraction_grid(got) == oracle_block_fma(a, b, acc, emin)
+
+
+def test_block_fma_raw_exponent_is_not_renormalised():
+    """1.5 * 1.5 and 2.25 * 1 have the same value but raw exponents 0 and 1: beside
+    -1.125 * 1.75 and 2**-23 the first aligns on 2**-23 and keeps the tail, the second
+    aligns on 2**-22 and cuts it (the cancelled sum shows the difference)."""
+    acc = Accumulation("block_fma", block=3, out_rounding="rz")
+    col = np.array([[1.75], [1.0], [1.0]])
+    kept = matmul(np.array([[-1.125, 2.0**-23, 1.5]]), col * [[1], [1], [1.5]], acc)
+    cut = matmul(np.array([[-1.125, 2.0**-23, 2.25]]), col, acc)
+    assert float(kept[0, 0]) == 0.28125 + 2.0**-23
+    assert float(cut[0, 0]) == 0.28125
+
+
+def test_h100_fp8_accumulator_keeps_14_bits():
+    """Hand-checked: 1 + 2**-13 survives the 13-fraction-bit grid, 1 + 2**-14 is cut; each
+    block's result carries at most 14 significant bits into the next block."""
+    acc = ACCUMULATION_PRESETS["h100_fp8"]
+    ones = np.ones((2, 1))
+    assert float(matmul(np.array([[1.0, 2.0**-13]]), ones, acc)[0, 0]) == 1.0 + 2.0**-13
+    assert float(matmul(np.array([[1.0, 2.0**-14]]), ones, acc)[0, 0]) == 1.0
+    # 64 products of 1 + 2**-3 (E4M3: 1.125): block sums 36, then 72, exact in 14 bits
+    a, b = np.full((1, 64), 1.125), np.ones((64, 1))
+    assert float(matmul(a, b, acc)[0, 0]) == 72.0
+    # a 3-bit tail on a large c is lost at every block boundary
+    a = np.array([[1024.0] + [2.0**-4] * 63])
+    got = float(matmul(a, np.ones((64, 1)), acc)[0, 0])
+    # block 1: eta = 10, grid 2**-3: each 2**-4 cut to 0 -> 1024; block 2 likewise
+    assert got == 1024.0
+
+
+def test_bad_acc_bits():
+    for bad in (1, 54, 3.5, True):
+        with pytest.raises(ValueError, match="'acc_bits'"):
+            Accumulation("block_fma", acc_bits=bad)
+    with pytest.raises(ValueError, match="'acc_bits'"):
+        matmul(np.ones((1, 2)), np.ones((2, 1)), Accumulation("block_fma", acc_bits=30), "fp32")
+
+
+# --- the authors' published hardware vectors (Khattak & Mikaitis, MATLAB-tensor-core,
+# model_validation/<GPU>/<fmt>/{a,b,c,d}_*.txt: a, b as FP32 hex words, c, d as 32-bit
+# strings). Not shipped (their data); set AMLA_TC_VECTORS to a copy of model_validation/.
+_VECTORS = os.environ.get("AMLA_TC_VECTORS")
+_CASES = [  # gpu, fmt, preset, emin, c used (the FP8 runs fed c = 0: see the preset notes)
+    ("V100", "fp16", "v100", -14, True),
+    ("A100", "bf16", "a100", -126, True),
+    ("H100", "bf16", "h100", -126, True),
+    ("H100", "fp16", "h100", -14, True),
+    ("H100", "E4M3", "h100_fp8", -6, False),
+    ("H100", "E5M2", "h100_fp8", -14, False),
+]
+
+
+def _words(path: Path, base: int) -> np.ndarray:
+    rows = [[int(w, base) for w in line.split()] for line in path.read_text().splitlines()]
+    return np.array([r for r in rows if r], np.uint32).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.skipif(_VECTORS is None, reason="AMLA_TC_VECTORS (published vectors) not set")
+@pytest.mark.parametrize(("gpu", "fmt", "preset", "emin", "use_c"), _CASES)
+def test_presets_reproduce_published_hardware_vectors(gpu, fmt, preset, emin, use_c):
+    """Every published row, bit for bit: c goes in as a first block of its own (``c * 1``
+    alone in a block is c itself, exactly), then the row's products in one block."""
+    d = Path(str(_VECTORS)) / gpu / fmt
+    a = _words(d / f"a_{gpu}_{fmt}.txt", 16)
+    b = _words(d / f"b_{gpu}_{fmt}.txt", 16)
+    c = _words(d / f"c_{gpu}_fp32.txt", 2)[:, 0]
+    want = _words(d / f"d_{gpu}_fp32.txt", 2)[:, 0].astype(np.float32)
+    acc = ACCUMULATION_PRESETS[preset]
+    assert a.shape[1] == acc.block
+    lead = np.where(use_c, c, 0.0)
+    # [c, 0, ..., 0 | a_row] . [1, 0, ..., 0 | b_row]: block 1 is c alone (exact, and c has
+    # at most acc_bits bits here), block 2 the row with c as accumulator
+    pad = np.zeros((a.shape[0], acc.block - 1))
+    aa = np.concatenate([lead[:, None], pad, a], axis=1)
+    bb = np.concatenate([np.ones((a.shape[0], 1)), pad, b], axis=1)
+    got = matmul(aa[:, None, :], bb[:, :, None], acc, in_emin=(emin, emin))[:, 0, 0]
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, f"{bad.size} of {len(want)} rows differ, first {bad[:5]}"
+
+
+def test_fp8_preset_in_a_policy_round_trips():
+    """The FP8 accumulator as the policy's P V model survives JSON (acc_bits included) and
+    the emulator runs it: fa_fp8 under it differs from the exact-FP32 run (the 14-bit
+    accumulator is in effect) by less than the block FMA's bound constant allows."""
+    from amla_numerics import flash
+    from amla_numerics.flash.policy import MatmulPolicy, Policy, get_policy
+
+    acc = ACCUMULATION_PRESETS["h100_fp8"]
+    pol = get_policy("ascend").replace(pv=MatmulPolicy("bf16", acc, "fp32"))
+    assert Policy.from_json(pol.to_json()) == pol
+    assert Policy.from_json(pol.to_json()).pv.accumulation.acc_bits == 14
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((3, 16)), rng.standard_normal((300, 16))
+    v = rng.standard_normal((300, 8)) + 4.0  # a large O: its low bits fall off 14 bits
+    fp8 = flash.attention(q, k, v, "fa_fp8", block_n=128, policy=pol).out
+    ref = flash.attention(q, k, v, "fa_fp8", block_n=128).out
+    assert not np.array_equal(fp8, ref)
+    # v > 0 here (v + 4, |v| <= 4 w.p. ~1), so |out| ~ sum_k w_k |v_k|: the accumulator's
+    # part is within its constant (plus the FP32 adds and division of both runs, ~10 u)
+    from amla_numerics.analysis.bounds import _matmul_gamma
+
+    assert np.all(v > 0)
+    assert np.max(np.abs(fp8 - ref) / np.abs(ref)) <= _matmul_gamma(acc, 128, "fp32") + 1e-6

@@ -152,3 +152,79 @@ def test_bound_follows_the_policy(variant, changes):
 def test_bound_holds_under_every_preset(preset, variant):
     w = make_workload("drift", head_dim=16, kv_len=900, rows=3, seed=4)
     _check(variant, w.q, w.k, w.v, w.scale, 128, preset)
+
+
+# --- the block FMA's constant (bounds._matmul_gamma) against the model itself
+
+
+def _dot_error_ratio(a, b, acc):
+    from fractions import Fraction
+
+    from amla_numerics.analysis.bounds import _matmul_gamma
+    from amla_numerics.flash.accumulate import matmul
+
+    got = Fraction(float(matmul(a[None, :], b[:, None], acc)[0, 0]))
+    exact = sum(Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b, strict=True))
+    mass = sum(abs(Fraction(float(x)) * Fraction(float(y))) for x, y in zip(a, b, strict=True))
+    if mass == 0:
+        return 0.0
+    return float(abs(got - exact) / mass) / _matmul_gamma(acc, len(a), "fp32")
+
+
+@pytest.mark.parametrize("preset", ["v100", "a100", "h100", "h100_fp8"])
+@settings(max_examples=examples(40))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 200),
+    spread=st.sampled_from([0, 6, 20]),
+    positive=st.booleans(),
+)
+def test_block_fma_gamma_bounds_the_model(preset, seed, n, spread, positive):
+    """Exact (Fraction) error of one dot product <= _matmul_gamma * sum |a_k b_k|."""
+    from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS
+
+    rng = np.random.default_rng(seed)
+    a = round_to(rng.standard_normal(n) * np.exp2(rng.integers(-spread, 1, n)), BF16)
+    b = round_to(rng.standard_normal(n), BF16)
+    if positive:
+        a, b = np.abs(a), np.abs(b)
+    assert _dot_error_ratio(a, b, ACCUMULATION_PRESETS[preset]) <= 1.0
+
+
+def test_reduced_accumulator_needs_its_own_constant():
+    """A large accumulator and 63 terms just below its grid: every term is cut (the FP8
+    accumulator keeps 13 fraction bits). The error (63/16 on 1028) is far above what an
+    FP32 accumulator's 2 gamma_64 would allow, and within the acc_bits-aware constant."""
+    from amla_numerics.analysis.bounds import _accumulation_gamma
+    from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS
+
+    acc = ACCUMULATION_PRESETS["h100_fp8"]
+    a = np.array([1024.0] + [2.0**-4] * 63)
+    b = np.ones(64)
+    ratio = _dot_error_ratio(a, b, acc)
+    assert 0.3 < ratio <= 1.0  # the constant is within a factor ~3 of this worst case
+    rel = (63 / 16) / (1024 + 63 / 16)
+    assert rel > 100 * _accumulation_gamma("block_fma", 64, 2.0**-24)
+
+
+def test_fa_fp8_with_the_fp8_accumulator_is_within_its_bound():
+    """fa_fp8 on a sink workload, E4M3 V, P V on H100's FP8 block FMA: measured <= bound;
+    the bound's P V constant is the reduced accumulator's (not FP32's)."""
+    import ml_dtypes
+
+    from amla_numerics.analysis.sinks import sink_workload
+    from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS
+    from amla_numerics.flash.policy import MatmulPolicy, get_policy
+
+    w = sink_workload(8.0, head_dim=32, kv_len=1024, rows=4, seed=3)
+    v = np.asarray(w.v, np.float64).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    for acc in ("h100", "h100_fp8"):
+        for sp in (1.0, 448.0):
+            pol = get_policy("ascend").replace(
+                p_scale=sp, pv=MatmulPolicy("bf16", ACCUMULATION_PRESETS[acc], "fp32")
+            )
+            _check("fa_fp8", w.q, w.k, v, w.scale, 256, pol)
+    b = a_priori_bound(
+        "fa_fp8", head_dim=32, kv_len=1024, block_n=256, policy=pol
+    )  # h100_fp8, S = 448
+    assert b.pv_gamma > 8 * 33 * 2.0**-13 and b.pv_biased

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from amla_numerics.flash.accumulate import Accumulation
 from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import (
@@ -84,7 +85,8 @@ def _accumulation_gamma(model: str, n: int, u: float) -> float:
     """Relative error bound (times the sum of |terms|) of one accumulated sum of ``n`` terms.
 
     "exact": one rounding (u); "pairwise": ceil(log2 n) + 1 roundings; "fp32_seq"/"seq": n;
-    "block_fma": truncating alignment can lose a whole unit per block, so 2 gamma_n.
+    "block_fma": see :func:`_matmul_gamma` (this generic form, 2 gamma_n, is kept for
+    callers that know only the model's name).
     """
     if model == "exact":
         return u
@@ -95,6 +97,50 @@ def _accumulation_gamma(model: str, n: int, u: float) -> float:
     if model == "block_fma":
         return 2.0 * _gamma(n, u)
     raise ValueError(f"unknown accumulation model {model!r}")
+
+
+def _matmul_gamma(acc: Accumulation, n: int, out_format: str) -> float:
+    """Relative error bound (times ``sum |a_k b_k|``) of one ``n``-term matrix-unit sum.
+
+    Models other than ``block_fma``: :func:`_accumulation_gamma` with ``out_format``'s ``u``.
+    ``block_fma`` (:mod:`~amla_numerics.flash.accumulate`; the accumulator has ``t =
+    acc_bits`` bits, ``F = t - 1 + extra_bits`` alignment bits, blocks of ``nb`` products):
+    block ``j`` adds ``c`` and at most ``nb`` products, each cut to the grid ``2**(eta -
+    F)`` with an error below one grid step (half a step for rne), where ``2**eta <= max
+    |term|`` (raw exponents of normal operands do not exceed the true ones), so the block's
+    alignment error is at most ``alpha max|term|``, ``alpha = (nb + 1) 2**-F`` (rz; half for
+    rne), and ``max|term| <= |c| + sum_block |a_k b_k|``; the result is then rounded to
+    ``t`` bits, relative error ``r = 2**(1 - t)`` (rz) or ``2**-t`` (rne). By induction over
+    the ``m = ceil(n / nb)`` blocks, ``|s_m - S| <= ((1 + r)^m (1 + alpha)^m - 1) sum |a_k
+    b_k|``. Assumes normal operands (a subnormal one, whose raw exponent is its format's
+    emin, can make ``2**eta`` exceed the largest term; the emulator passes BF16's emin, for
+    which every value it multiplies is normal).
+    """
+    out = get_format(out_format)
+    if acc.model != "block_fma":
+        return _accumulation_gamma(acc.model, n, out.unit_roundoff)
+    t = out.p if acc.acc_bits is None else acc.acc_bits
+    frac = t - 1 + acc.extra_bits
+    nb = min(acc.block, max(n, 1))
+    alpha = (nb + 1) * 2.0**-frac * (0.5 if acc.align_rounding == "rne" else 1.0)
+    r = 2.0 ** (1 - t) if acc.out_rounding == "rz" else 2.0**-t
+    m = -(-max(n, 1) // acc.block)
+    return math.expm1(m * (math.log1p(r) + math.log1p(alpha))) * _F64_SLACK
+
+
+def _biased(acc: Accumulation) -> bool:
+    """True when a sum's errors can all have one sign (a directed rounding somewhere):
+    the probabilistic bound's mean-zero model does not hold, the worst case is kept."""
+    return acc.out_rounding == "rz" or (acc.model == "block_fma" and acc.align_rounding == "rz")
+
+
+def _pv_sigma(acc: Accumulation, out_format: str) -> float:
+    """Spacing of the P V result in its subnormal range: the output format's, or that of a
+    reduced block-FMA accumulator (``2**(emin - acc_bits + 1)``)."""
+    fmt = get_format(out_format)
+    if acc.model == "block_fma" and acc.acc_bits is not None:
+        return max(fmt.min_subnormal, fmt.min_normal * 2.0 ** (1 - acc.acc_bits))
+    return fmt.min_subnormal
 
 
 def _cast_u(fmt: str | None, mode: str) -> float:
@@ -219,6 +265,8 @@ class Bound:
     p_scale_abs: float = 0.0
     p_min_normal: float = 0.0
     kv_order: str = "forward"
+    qk_biased: bool = False
+    pv_biased: bool = False
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
     def coefficient(self, name: str) -> float:
@@ -424,10 +472,8 @@ def a_priori_bound(
     u_o = _cast_u(pol.o_lowp, pol.o_lowp_rounding) if fa_bf16 else 0.0
     b = int(kv_len) if variant == "naive" else int(block_n)
     blocks = 1 if variant == "naive" else -(-int(kv_len) // int(block_n))
-    qk_u = get_format(pol.qk.out_format).unit_roundoff
-    pv_u = get_format(pol.pv.out_format).unit_roundoff
-    qk_gamma = _accumulation_gamma(pol.qk.accumulation.model, int(head_dim), qk_u)
-    pv_gamma = _accumulation_gamma(pol.pv.accumulation.model, b, pv_u)
+    qk_gamma = _matmul_gamma(pol.qk.accumulation, int(head_dim), pol.qk.out_format)
+    pv_gamma = _matmul_gamma(pol.pv.accumulation, b, pol.pv.out_format)
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
     sigma_work = work.min_subnormal
@@ -506,7 +552,9 @@ def a_priori_bound(
         sigma_work=sigma_work,
         sigma_cast=sigma_cast,
         sigma_o=_sigma(pol.o_lowp) if fa_bf16 else 0.0,
-        sigma_pv_out=_sigma(pol.pv.out_format),
+        sigma_pv_out=_pv_sigma(pol.pv.accumulation, pol.pv.out_format),
+        qk_biased=_biased(pol.qk.accumulation),
+        pv_biased=_biased(pol.pv.accumulation),
         p_saturate=p_sat,
         p_scale_abs=p_scale_abs,
         p_min_normal=p_min_normal,
@@ -1002,7 +1050,7 @@ def score_error(b: Bound, x: BoundInputs, prob: bool = False) -> tuple[np.ndarra
     qk_in = get_format(b.qk_in)
     k_in = 0.0 if b.qk_in in x.qk_formats else qk_in.unit_roundoff
     g_qk = b.qk_gamma * (1.0 + k_in) ** 2
-    if prob:
+    if prob and not b.qk_biased:
         g_qk = _prob_scale(g_qk, d, u)
     coef_qk = (1.0 + u) ** 2 * (g_qk + 2.0 * k_in + k_in * k_in) + _gamma(d + 2, _U64)
     s_qk = np.abs(s0)  # |scale q.k|: with a bias b, at most min(|s| + |b|, scale |q||k|)
@@ -1108,7 +1156,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     num_ind = common_ind + b.terms["fold"] + b.u_cast + v_in
     blk_idx = np.arange(n_keys) // bn
     own = (blk_idx > 0).astype(np.float64)  # key i's tile is added to an existing O
-    pv = _prob_scale(b.pv_gamma, bn, u) if prob else b.pv_gamma
+    pv = _prob_scale(b.pv_gamma, bn, u) if prob and not b.pv_biased else b.pv_gamma
     rowsum = _prob_scale(b.rowsum_gamma, bn, u) if prob else b.rowsum_gamma
     ca = _to_keys(chg_after, bn, n_keys)
     na = _to_keys(nochg_after, bn, n_keys)

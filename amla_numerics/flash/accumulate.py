@@ -25,12 +25,23 @@ in how the products are summed and rounded to the output format (FP32 or FP64):
     The exact products, then a balanced tree: each level adds neighbours ``(2i, 2i+1)``
     with one rounding; an odd last element moves up unchanged.
 ``"block_fma"``
-    Chunks of ``block`` products in index order; for each chunk the accumulator ``c`` and
-    the products are aligned to the largest exponent ``e`` among them (zeros ignored),
-    i.e. cut to multiples of ``2**(e - (p - 1) - extra_bits)`` (``p`` = 24 for FP32) with
-    ``align_rounding`` (``"rz"``: truncation), summed exactly, and the sum rounded to the
-    output format with ``out_rounding``. After Fasi, Higham, Mikaitis & Pranesh (2021) and
-    Khattak & Mikaitis (2025); see :data:`ACCUMULATION_PRESETS`.
+    The block FMA of Khattak & Mikaitis (2025), arXiv:2512.07004 (after Fasi, Higham,
+    Mikaitis & Pranesh 2021). Chunks of ``block`` products in index order; for each chunk
+    the accumulator ``c`` (the previous chunk's result, 0 at first) and the chunk's products
+    are aligned to ``eta``, the largest *raw* exponent among them (zeros ignored): a product
+    ``a_k b_k`` has raw exponent ``e(a_k) + e(b_k)`` (its significand, in ``[1, 4)``, is not
+    renormalised before the alignment), ``c`` its own exponent, where ``e(x) =
+    max(floor(log2 |x|), emin)`` (``emin``: the operand format's smallest normal exponent,
+    argument ``in_emin``; FP32's -126 for ``c``). Every term is cut to a multiple of
+    ``2**(eta - F)``, ``F = (acc_bits - 1) + extra_bits``, with ``align_rounding`` (``"rz"``:
+    truncation), the cut terms are summed exactly, and the sum is rounded to ``acc_bits``
+    significant bits with ``out_rounding`` (FP32's exponent range: below ``2**-126`` the
+    quantum is ``2**(-126 - (acc_bits - 1))``). ``acc_bits=None`` is the output format's
+    precision (24 for FP32): the plain FP32 accumulator. A reduced ``acc_bits`` (Hopper's
+    FP8 path: 14, i.e. 13 fraction bits) leaves every chunk's result with that many bits,
+    which the next chunk takes as ``c``. Not modelled: the alignment floor of the authors'
+    models (``eta >= -133``: only terms below ``2**-133`` differ), overflow, NaN and inf.
+    See :data:`ACCUMULATION_PRESETS`.
 
 The rounded additions are exact-then-round: a float64 TwoSum gives the sum and its error,
 the sum is moved to the odd neighbour when the error is non-zero (round to odd, which
@@ -69,6 +80,7 @@ from amla_numerics.formats import FP32, FP64
 __all__ = [
     "ACCUMULATION_MODELS",
     "ACCUMULATION_PRESETS",
+    "EMIN",
     "Accumulation",
     "add_rounded",
     "column_stats",
@@ -92,11 +104,25 @@ class Accumulation:
     block : int
         Products per block FMA (``block_fma`` only).
     extra_bits : int
-        Alignment bits kept beyond the output precision (``block_fma`` only).
+        Alignment bits kept beyond the accumulator's precision (``block_fma`` only).
     align_rounding : {"rz", "rne"}
         Rounding of aligned significands (``block_fma``; ``"rz"`` = truncation).
     out_rounding : {"rne", "rz"}
-        Rounding of each result to the output format.
+        Rounding of each result to the output format (``block_fma``: to ``acc_bits``).
+    acc_bits : int or None
+        Significant bits of the block FMA's accumulator, leading bit included (``block_fma``
+        only; at most the output format's precision): the alignment grid is
+        ``2**(eta - (acc_bits - 1) - extra_bits)`` and every block's result is rounded to
+        ``acc_bits`` bits. None: the output format's precision (24 for FP32).
+
+    Examples
+    --------
+    >>> Accumulation("block_fma", block=32, acc_bits=14).acc_bits
+    14
+    >>> Accumulation("block_fma", acc_bits=1)
+    Traceback (most recent call last):
+        ...
+    ValueError: accumulation 'acc_bits' must be None or an int in [2, 53], got 1
     """
 
     model: str = "exact"
@@ -104,6 +130,7 @@ class Accumulation:
     extra_bits: int = 0
     align_rounding: str = "rz"
     out_rounding: str = "rne"
+    acc_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.model not in ACCUMULATION_MODELS:
@@ -118,29 +145,85 @@ class Accumulation:
             )
         if self.align_rounding not in _ROUNDINGS or self.out_rounding not in _ROUNDINGS:
             raise ValueError(f"accumulation roundings must be one of {_ROUNDINGS}")
+        if self.acc_bits is not None and (
+            isinstance(self.acc_bits, bool)
+            or not isinstance(self.acc_bits, int)
+            or not 2 <= self.acc_bits <= 53
+        ):
+            raise ValueError(
+                f"accumulation 'acc_bits' must be None or an int in [2, 53], got {self.acc_bits!r}"
+            )
 
 
-#: Block-FMA presets. "v100"/"t4": 4 products + accumulator, truncated alignment, RZ
-#: normalisation (Fasi et al. 2021, FP16 inputs, FP32 accumulation); "a100": 8 products
-#: (same paper, FP16/BF16). "h100": 16 products with 3 extra alignment bits and RZ after
-#: the Khattak-Mikaitis models [inferred from the abstract-level description: check the
-#: paper's tables before quoting numbers measured with it].
+#: Block-FMA presets, FP32 output. Sources: Fasi, Higham, Mikaitis & Pranesh (2021,
+#: "Numerical behavior of NVIDIA tensor cores", PeerJ CS 7:e330) for V100/T4/A100, and
+#: Khattak & Mikaitis (2025, "Accurate Models of NVIDIA Tensor Cores", arXiv:2512.07004)
+#: read through the authors' MATLAB models that accompany the paper
+#: (github.com/north-numerical-computing/MATLAB-tensor-core, models/*TC.m: ``fma`` = block,
+#: ``neab`` = extra_bits, ``frmode`` = out_rounding; alignment by truncation,
+#: products not renormalised). The paper's own text and tables could not be read here (only
+#: its abstract); a second-hand reading of its Table 3 (13 fraction bits on the H100/H200
+#: FP8 path) agrees with the models' numbers below.
+#:
+#: * ``"v100"``: 4 products + c, no extra bit, RZ (Fasi et al. 2021; V100TC.m: fma 4, neab 0).
+#: * ``"t4"``: as V100 (Fasi et al. 2021; T4 is not in the 2025 models).
+#: * ``"a100"``: 8 products + c, 1 extra alignment bit, RZ, FP16/BF16 inputs (A100TC.m:
+#:   fma 8, neab 1; this preset had 0 extra bits before, which disagrees with the
+#:   published A100 BF16 vectors on 1,003 of 5,000 rows).
+#: * ``"h100"``: 16 products + c, 2 extra alignment bits, RZ, FP16/BF16 inputs (H100TC.m:
+#:   fma 16, neab 2; the same numbers for H200TC.m and B200TC.m). This preset had 3 extra
+#:   bits before ("inferred from the abstract"), which disagrees with the published H100
+#:   BF16 vectors on 158 of 5,000 rows; 2 bits agree on all.
+#: * ``"h100_fp8"``: the FP8 (E4M3/E5M2) path of H100/H200: 32 products + c per block
+#:   ("FMA size is 16, but interleaved pattern is used to join two 16-element vectors",
+#:   H100TC.m: fma 32), an accumulator of 14 significant bits (H100TC.m: neab = -10, i.e.
+#:   23 - 10 = 13 fraction bits for the alignment grid and the RZ output), no extra bit.
+#:   A second, independent source: DeepSeek-V3 (arXiv:2412.19437, section 3.3.2) reports
+#:   that FP8 GEMM accumulation on H800 retains about 14 bits (its primary text could not
+#:   be read here; third-party copies state it). Agrees bit for bit with the authors'
+#:   published H100 E4M3 and E5M2 hardware vectors (5,000 32-term dot products each, run
+#:   with c = 0); a full FP32 accumulator (acc_bits=None) disagrees on 2,989 of them.
+#:
+#: The published vectors (model_validation/ of the authors' repository) are not shipped;
+#: tests/test_accumulate.py replays them when ``AMLA_TC_VECTORS`` names a copy (V100 FP16,
+#: A100 BF16, H100 BF16/FP16/E4M3/E5M2: all 5,000 rows agree).
+#:
+#: B200's FP8 path is not a preset: with B200TC.m's numbers (fma 32, neab 2, RZ) this model
+#: misses 1,793 of the 5,000 published B200 E4M3 rows, with B200TCRN.m's (RNE output) 246;
+#: RNE with 8 or more extra bits fits all of them, but that is a fit here, not a source.
 ACCUMULATION_PRESETS: dict[str, Accumulation] = {
     "v100": Accumulation(
         "block_fma", block=4, extra_bits=0, align_rounding="rz", out_rounding="rz"
     ),
     "t4": Accumulation("block_fma", block=4, extra_bits=0, align_rounding="rz", out_rounding="rz"),
     "a100": Accumulation(
-        "block_fma", block=8, extra_bits=0, align_rounding="rz", out_rounding="rz"
+        "block_fma", block=8, extra_bits=1, align_rounding="rz", out_rounding="rz"
     ),
     "h100": Accumulation(
-        "block_fma", block=16, extra_bits=3, align_rounding="rz", out_rounding="rz"
+        "block_fma", block=16, extra_bits=2, align_rounding="rz", out_rounding="rz"
     ),
+    "h100_fp8": Accumulation(
+        "block_fma", block=32, extra_bits=0, align_rounding="rz", out_rounding="rz", acc_bits=14
+    ),
+}
+
+#: Smallest normal exponent of each input format (a subnormal operand's raw exponent in
+#: the block-FMA alignment); ``matmul``'s ``in_emin`` takes these.
+EMIN: dict[str, int] = {
+    "bf16": -126,
+    "fp16": -14,
+    "fp32": -126,
+    "fp64": -1022,
+    "e4m3": -6,
+    "e5m2": -14,
 }
 
 _FORMATS = {"fp32": FP32, "fp64": FP64}
 _CHUNK = 1 << 22  # products held at once by the pairwise and block-FMA models (32 MB)
 _DTYPES = {"fp32": np.float32, "fp64": np.float64}
+_PREC = {"fp32": 24, "fp64": 53}
+_EMIN_OUT = {"fp32": -126, "fp64": -1022}
+_NO_EXP = -(1 << 40)  # raw exponent of a zero term
 
 
 def matmul(
@@ -153,6 +236,7 @@ def matmul(
     b_stats: tuple[np.ndarray, np.ndarray] | None = None,
     b_absmax: float | None = None,
     a_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    in_emin: tuple[int, int] = (-126, -126),
 ) -> np.ndarray:
     """``a @ b`` (``a`` (..., M, K), ``b`` (..., K, N), exact values) under model ``acc``.
 
@@ -162,10 +246,24 @@ def matmul(
     quantum no finer than ``2**-133``); it only speeds up the ``"exact"`` model, as does
     ``b_stats``, ``b``'s :func:`column_stats` computed once by the caller, and ``b_absmax``,
     an upper bound of ``max |b|`` (ditto), and ``a_stats``, ``a``'s row ``(norms, quantum
-    exponents)`` (the row analogue of ``b_stats``).
+    exponents)`` (the row analogue of ``b_stats``). ``in_emin`` (``block_fma`` only) are the
+    smallest normal exponents of ``a``'s and ``b``'s input formats (:data:`EMIN`): a
+    subnormal operand's raw exponent in the alignment; the default is BF16's.
+
+    Examples
+    --------
+    >>> a = np.array([[1.0, 2.0**-14, 2.0**-14]])
+    >>> float(matmul(a, np.ones((3, 1)), ACCUMULATION_PRESETS["h100"])[0, 0])
+    1.0001220703125
+    >>> float(matmul(a, np.ones((3, 1)), ACCUMULATION_PRESETS["h100_fp8"])[0, 0])  # 13 bits
+    1.0
     """
     if out not in _FORMATS:
         raise ValueError(f"argument 'out' must be 'fp32' or 'fp64', got {out!r}")
+    if acc.model == "block_fma" and acc.acc_bits is not None and acc.acc_bits > _PREC[out]:
+        raise ValueError(
+            f"accumulation 'acc_bits' ({acc.acc_bits}) exceeds the {out} output's precision"
+        )
     if out == "fp64" and acc.out_rounding != "rne":
         raise ValueError("an fp64 product supports only out_rounding='rne'")
     a64 = np.asarray(a, dtype=np.float64)
@@ -196,7 +294,11 @@ def matmul(
         if acc.model == "pairwise":
             parts.append(_pairwise(prods, out, acc.out_rounding).astype(_DTYPES[out]))
         else:
-            parts.append(_block_fma(prods, acc, out))
+            raw = (
+                _raw_exponent(ar, in_emin[0])[..., :, None, :]
+                + _raw_exponent(np.swapaxes(b64, -1, -2), in_emin[1])[..., None, :, :]
+            )
+            parts.append(_block_fma(prods, np.where(prods == 0, _NO_EXP, raw), acc, out))
     if not parts:
         shape = (*np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), 0, b64.shape[-1])
         return np.zeros(shape, _DTYPES[out])
@@ -254,16 +356,36 @@ def _pairwise(prods: np.ndarray, out: str, mode: str) -> np.ndarray:
     return x[..., 0]
 
 
-def _block_fma(prods: np.ndarray, acc: Accumulation, out: str) -> np.ndarray:
-    p = 24 if out == "fp32" else 53
+def _raw_exponent(x: np.ndarray, emin: int) -> np.ndarray:
+    """``max(floor(log2 |x|), emin)`` as int64 (zeros: ``emin``; masked by the caller)."""
+    _, e = np.frexp(x)
+    return np.maximum(e.astype(np.int64) - 1, emin)
+
+
+def _round_bits(x: np.ndarray, bits: int, emin: int, mode: str) -> np.ndarray:
+    """``x`` (float64, exact) rounded to ``bits`` significant bits, quantum floor
+    ``2**(emin - bits + 1)`` (the output's subnormal range), ``mode`` rz or rne."""
+    q = _raw_exponent(x, emin) - (bits - 1)
+    s = np.ldexp(x, -q)
+    return np.ldexp(np.trunc(s) if mode == "rz" else np.rint(s), q)
+
+
+def _block_fma(prods: np.ndarray, raw: np.ndarray, acc: Accumulation, out: str) -> np.ndarray:
+    p = _PREC[out]
+    bits = p if acc.acc_bits is None else acc.acc_bits
+    frac = bits - 1 + acc.extra_bits
+    emin = _EMIN_OUT[out]
     c = np.zeros(prods.shape[:-1])
     for k0 in range(0, prods.shape[-1], acc.block):
         terms = np.concatenate([c[..., None], prods[..., k0 : k0 + acc.block]], axis=-1)
-        _, e1 = np.frexp(terms)
-        e = np.where(terms == 0, -1000, e1.astype(np.int64) - 1).max(axis=-1, keepdims=True)
-        qe = np.maximum(e, -1000) - (p - 1) - acc.extra_bits
-        scaled = np.ldexp(terms, -qe)
-        cut = np.trunc(scaled) if acc.align_rounding == "rz" else np.round(scaled)
-        total = np.ldexp(cut.sum(axis=-1), qe[..., 0])  # exact: few short integers
-        c = _round64(total, out, acc.out_rounding).astype(np.float64)
+        ec = np.where(c == 0, _NO_EXP, _raw_exponent(c, emin))
+        eta = np.maximum(raw[..., k0 : k0 + acc.block].max(axis=-1), ec)
+        qe = np.where(eta == _NO_EXP, 0, eta - frac)  # all terms zero: any grid
+        scaled = np.ldexp(terms, -qe[..., None])
+        cut = np.trunc(scaled) if acc.align_rounding == "rz" else np.rint(scaled)
+        total = np.ldexp(cut.sum(axis=-1), qe)  # exact: few short integers
+        if bits == p:
+            c = _round64(total, out, acc.out_rounding).astype(np.float64)
+        else:
+            c = _round_bits(total, bits, emin, acc.out_rounding)
     return c.astype(_DTYPES[out])

@@ -255,38 +255,22 @@ def evaluate_case(
     stats = _bound_stats(w)  # shared by every variant's bounds
     records = []
     pairs = [(case.c, v) for v in variants] if cs is None else itertools.product(cs, variants)
+    # the run's options: the emulator and the split bound read the same ones
+    run: dict[str, Any] = dict(
+        scale=w.scale,
+        mask=w.mask,
+        block_n=case.block_n,
+        policy=case.policy,
+        splits=case.splits,
+        combine=case.combine,
+    )
     for c, variant in pairs:
-        res = flash.attention(
-            w.q,
-            w.k,
-            w.v,
-            variant,
-            scale=w.scale,
-            block_n=case.block_n,
-            trace=True,
-            c=c,
-            mask=w.mask,
-            policy=case.policy,
-            splits=case.splits,
-            combine=case.combine,
-        )
+        res = flash.attention(w.q, w.k, w.v, variant, trace=True, c=c, **run)
         out = np.asarray(res.out, dtype=np.float64)
         metrics = error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref)
         det: np.ndarray
         if case.splits > 1:  # no probabilistic split bound: reported as none
-            det = split_bound(  # type: ignore[assignment]
-                variant,
-                w.q,
-                w.k,
-                w.v,
-                w.scale,
-                splits=case.splits,
-                block_n=case.block_n,
-                c=c,
-                policy=case.policy,
-                combine=case.combine,
-                mask=w.mask,
-            )
+            det = split_bound(variant, w.q, w.k, w.v, c=c, **run)  # type: ignore[assignment]
             prob = np.full(ref.shape, np.nan)
         else:
             bound = a_priori_bound(

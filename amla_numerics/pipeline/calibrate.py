@@ -234,7 +234,7 @@ def fit_constant(
     Examples
     --------
     >>> fit_constant(ANCHORS["flashmla_3000"], "hbm_efficiency", 0.5, 1.0, 0.0025, 3)
-    0.927
+    0.901
     """
     base = load_hardware(anchor.hardware)
 

@@ -40,6 +40,14 @@ from amla_numerics.pipeline.hardware import Hardware
 from amla_numerics.pipeline.rescale import SOFTMAX_PASSES, RescaleCost, rescale_cost
 from amla_numerics.pipeline.schedule import Schedule, check_capacity
 from amla_numerics.pipeline.shape import AttentionShape
+from amla_numerics.pipeline.split_rules import (
+    FLASHMLA_OVERHEAD_BLOCKS,
+    CoreRuns,
+    cann_core_loads,
+    cann_split,
+    flashmla_parts,
+    flashmla_split,
+)
 
 __all__ = [
     "CHIP_RESOURCES",
@@ -87,17 +95,41 @@ class WorkSplit:
     max_splits: int = 1
 
 
-def _pieces_per_task(lengths: list[int], per: int) -> list[int]:
-    """Pieces each task of the flattened block list falls into when cut every ``per`` blocks."""
-    out, a = [], 0
-    for n in lengths:
-        out.append((a + n - 1) // per - a // per + 1)
-        a += n
-    return out
+def _split_counts(runs: CoreRuns, tasks: int) -> list[int]:
+    """Pieces of each task: one, plus one per run that starts inside it (block > 0)."""
+    counts = [1] * tasks
+    for segs in runs.runs:
+        if segs and segs[0][1] > 0:
+            counts[segs[0][0]] += 1
+    return counts
+
+
+def _kernel_split(
+    hw: Hardware, wl: AttentionShape, sch: Schedule, row_tiles: tuple[int, ...]
+) -> tuple[CoreRuns, int, int]:
+    """The kernel's own split (:mod:`~amla_numerics.pipeline.split_rules`): CANN's
+    ``SplitCore`` on Ascend, FlashMLA's metadata on a GPU; with the row tile whose blocks a
+    run's segments index, and the cores each part stands for (GPU: KV heads x row tiles)."""
+    cores = int(hw["cores"])
+    tiles = tuple(
+        (min(sch.m_tile, wl.rows - t * sch.m_tile), tile_keys(wl, sch, t))
+        for t in range(len(row_tiles))
+    )
+    if hw.kind == "gpu":
+        nb = max(-(-k // sch.kv_block) for _, k in tiles)
+        parts = flashmla_parts(cores, wl.kv_heads, len(row_tiles))
+        return flashmla_split(nb, wl.batch, parts), wl.kv_heads * len(row_tiles), parts
+    return cann_split(tiles, wl.groups, sch.kv_block, cores), 1, cores
 
 
 def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
-    """Distribute the work: whole tasks round-robin, or KV-split evenly (``split_kv``).
+    """Distribute the work: the kernel's own split (``split_kv``), S pieces per task
+    (``splits``), or whole tasks round-robin.
+
+    ``split_kv`` follows the kernel of the hardware kind
+    (:mod:`~amla_numerics.pipeline.split_rules`): on Ascend CANN's cost-balanced runs of
+    (task, KV block), on a GPU FlashMLA's metadata (one part per KV head x row tile SMs).
+    The busiest core is the one with the largest load in the kernel's own cost unit.
 
     Examples
     --------
@@ -105,7 +137,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
     >>> hw = load_hardware("ascend910c")
     >>> s = split_work(hw, AttentionShape(128, 2, 16384), default_schedule(hw))
     >>> s.tasks, s.blocks_per_task, s.blocks_per_core, s.active_cores, len(s.pieces)
-    (128, 32, 86, 48, 3)
+    (128, 32, 86, 48, 4)
     """
     check_size(hw, wl, sch)
     row_tiles = tuple(pad16(min(sch.m_tile, wl.rows - i)) for i in range(0, wl.rows, sch.m_tile))
@@ -114,6 +146,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
     cores = int(hw["cores"])
     tasks = wl.groups * len(row_tiles)
     lengths = [len(tile_sizes[t % len(row_tiles)]) for t in range(tasks)]
+    big = max(range(len(row_tiles)), key=lambda t: len(tile_sizes[t]))
     if sch.splits is not None:
         # S pieces per task (at most one per block), dealt round-robin to the cores
         counts = [min(sch.splits, n) for n in lengths]
@@ -121,29 +154,25 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
         per_core = math.ceil(total_pieces / cores)
         active = math.ceil(total_pieces / per_core)
         # the busiest core: per_core of the largest pieces (ceil(blocks / S) blocks each)
-        big = max(range(len(row_tiles)), key=lambda t: len(tile_sizes[t]))
         sizes = tile_sizes[big]
         k = min(sch.splits, len(sizes))
         piece = tuple(sizes[: -(-len(sizes) // k)])
         pieces = [(row_tiles[big], piece)] * per_core
-        per = sum(len(x) for _, x in pieces)
     elif sch.split_kv:
-        total = sum(lengths)
-        per = math.ceil(total / cores)
-        active = math.ceil(total / per)
-        counts = _pieces_per_task(lengths, per)
-        # the busiest core: blocks [0, per) of the flattened (task, block) list
-        pieces = []
-        b = 0
-        task = j = 0
-        while b < per:
-            sizes = tile_sizes[task % len(row_tiles)]
-            take = min(len(sizes) - j, per - b)
-            pieces.append((row_tiles[task % len(row_tiles)], tuple(sizes[j : j + take])))
-            b += take
-            j += take
-            if j == len(sizes):
-                task, j = task + 1, 0
+        runs, per_part, _ = _kernel_split(hw, wl, sch, row_tiles)
+        active = len(runs.runs) * per_part
+        if per_part == 1:  # CANN: a segment's task is a (group, row tile)
+            counts = _split_counts(runs, tasks)
+            pieces = [
+                (row_tiles[t % len(row_tiles)], tuple(tile_sizes[t % len(row_tiles)][a:b]))
+                for t, a, b in runs.runs[runs.busiest]
+            ]
+        else:  # FlashMLA: a segment's task is a request, run by all its tiles' SMs
+            per_request = _split_counts(runs, wl.batch)
+            counts = [per_request[t // per_part] for t in range(tasks)]
+            pieces = [
+                (row_tiles[big], tuple(tile_sizes[big][a:b])) for _, a, b in runs.runs[runs.busiest]
+            ]
     else:
         counts = [1] * tasks
         per_tasks = math.ceil(tasks / cores)
@@ -152,7 +181,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
             (row_tiles[t % len(row_tiles)], tuple(tile_sizes[t % len(row_tiles)]))
             for t in range(per_tasks)
         ]
-        per = sum(len(x) for _, x in pieces)
+    per = sum(len(x) for _, x in pieces)
     split = [c for c in counts if c > 1]
     return WorkSplit(
         tasks, nb, active, per, tuple(pieces), row_tiles, len(split), sum(split), max(counts)
@@ -168,7 +197,12 @@ LONG_SIMULATION_BLOCKS: int = 1_000
 
 
 def estimated_blocks(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
-    """An upper estimate of the KV blocks the busiest core simulates, from sizes alone (O(1)).
+    """An upper estimate of the KV blocks the busiest core simulates, from sizes alone.
+
+    O(1), except CANN's split (Ascend, ``split_kv``): its per-core loads, O(cores^2 x row
+    tiles) whatever the batch and KV length, and the largest block count of any core.
+    FlashMLA: a part's blocks are at most its payload less one request's overhead,
+    ceil(batch x (blocks + overhead) / parts).
 
     Examples
     --------
@@ -183,8 +217,15 @@ def estimated_blocks(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
     if sch.splits is not None:
         k = min(sch.splits, nb)
         return math.ceil(tasks * k / cores) * math.ceil(nb / k)
+    if sch.split_kv and hw.kind == "gpu":
+        parts = flashmla_parts(cores, wl.kv_heads, math.ceil(wl.rows / sch.m_tile))
+        return math.ceil(wl.batch * (nb + FLASHMLA_OVERHEAD_BLOCKS) / parts)
     if sch.split_kv:
-        return math.ceil(tasks * nb / cores)
+        tiles = tuple(
+            (min(sch.m_tile, wl.rows - t * sch.m_tile), tile_keys(wl, sch, t))
+            for t in range(math.ceil(wl.rows / sch.m_tile))
+        )
+        return max(x[3] for x in cann_core_loads(tiles, wl.groups, sch.kv_block, cores))
     return math.ceil(tasks / cores) * nb
 
 

@@ -3,7 +3,8 @@
 Hardware descriptions as data (:mod:`.hardware`), the attention shape (:mod:`.shape`),
 the schedule with its capacity check (:mod:`.schedule`), each rescale variant as data
 movement (:mod:`.rescale`), the plan computed once with every per-block cost formula
-(:mod:`.plan`), the analytic roofline (:mod:`.analytic`), the operation graph
+(:mod:`.plan`; the kernels' split-KV choice: :mod:`.split_rules`), the analytic
+roofline (:mod:`.analytic`), the operation graph
 (:mod:`.graph`) and its discrete-event simulator (:mod:`.des`), the front door
 :func:`evaluate` / :func:`run` (:mod:`.model`), published anchors (:mod:`.calibrate`),
 traces and plots (:mod:`.trace`); the CLI is :mod:`amla_numerics.cli.pipeline`.

@@ -10,8 +10,9 @@ Designs (how the P V product of a block meets the accumulator O):
 
 - ``atomic``: the Fixpipe atomically adds P V into O in GM; the Vector rescales O in GM
   before that (AMLA: an INT32 atomic add of N onto O, CANN FIA AMLA path,
-  ``AmlaVecCompute`` / ``ProcessAmlaNupdate`` in hicann/ops-transformer's MLA vector
-  services; ``fa_bf16``, ``lazy``, ``amla_guarded``, ``amla_exactcomp`` as stated below).
+  ``FiaBlockVecNonQuantMla::AmlaVecCompute`` / ``ProcessAmlaNupdate`` in hicann/ops-transformer
+  ``attention/common/op_kernel/arch32/fia_block_vec_nonquant_mla.h``; ``fa_bf16``,
+  ``lazy``, ``amla_guarded``, ``amla_exactcomp`` as stated below).
 - ``workspace``: the Fixpipe writes P V to a ping-pong workspace; a Vector stage of its
   own reads the partial AND the old O, RowMuls then Add, writes O (CANN's non-AMLA MLA
   path: ``IncreFlashAttentionAttenPreloadMla::DealBmm2ResBaseBlock`` in

@@ -70,10 +70,10 @@ class Schedule:
         (None: :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
     split_kv : bool
         Balance work across cores by splitting requests along the KV axis
-        (flash-decoding), as the kernels' own heuristics do: the (task, KV block) list is
-        cut into equal runs of blocks, one per core (FlashMLA ``get_mla_metadata``: payload
-        = ceil(total blocks / SM parts); CANN flash-decode tiling: KV split when the tasks
-        do not fill the cores). A task cut into several pieces needs the combine stage.
+        (flash-decoding) as the hardware's kernel does
+        (:mod:`~amla_numerics.pipeline.split_rules`): CANN's cost-balanced runs of
+        (task, KV block) on Ascend, FlashMLA's metadata (5-block request overhead) on a
+        GPU. A task cut into several pieces needs the combine stage.
     splits : int or None
         An explicit split count S (every task cut into S pieces of equal block counts,
         pieces dealt round-robin to cores); None: the heuristic above (``split_kv``).

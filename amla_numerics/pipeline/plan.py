@@ -106,10 +106,10 @@ def _split_counts(runs: CoreRuns, tasks: int) -> list[int]:
 
 def _kernel_split(
     hw: Hardware, wl: AttentionShape, sch: Schedule, row_tiles: tuple[int, ...]
-) -> tuple[CoreRuns, int, int]:
+) -> tuple[CoreRuns, int]:
     """The kernel's own split (:mod:`~amla_numerics.pipeline.split_rules`): CANN's
-    ``SplitCore`` on Ascend, FlashMLA's metadata on a GPU; with the row tile whose blocks a
-    run's segments index, and the cores each part stands for (GPU: KV heads x row tiles)."""
+    ``SplitCore`` on Ascend, FlashMLA's metadata on a GPU; with the cores each run stands
+    for (GPU: a part's KV heads x row tiles SMs; Ascend: one)."""
     cores = int(hw["cores"])
     tiles = tuple(
         (min(sch.m_tile, wl.rows - t * sch.m_tile), tile_keys(wl, sch, t))
@@ -118,8 +118,8 @@ def _kernel_split(
     if hw.kind == "gpu":
         nb = max(-(-k // sch.kv_block) for _, k in tiles)
         parts = flashmla_parts(cores, wl.kv_heads, len(row_tiles))
-        return flashmla_split(nb, wl.batch, parts), wl.kv_heads * len(row_tiles), parts
-    return cann_split(tiles, wl.groups, sch.kv_block, cores), 1, cores
+        return flashmla_split(nb, wl.batch, parts), wl.kv_heads * len(row_tiles)
+    return cann_split(tiles, wl.groups, sch.kv_block, cores), 1
 
 
 def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
@@ -159,7 +159,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
         piece = tuple(sizes[: -(-len(sizes) // k)])
         pieces = [(row_tiles[big], piece)] * per_core
     elif sch.split_kv:
-        runs, per_part, _ = _kernel_split(hw, wl, sch, row_tiles)
+        runs, per_part = _kernel_split(hw, wl, sch, row_tiles)
         active = len(runs.runs) * per_part
         if per_part == 1:  # CANN: a segment's task is a (group, row tile)
             counts = _split_counts(runs, tasks)

@@ -71,16 +71,15 @@ def _split_inputs(x: BoundInputs, v: np.ndarray, lo: int, hi: int) -> BoundInput
     w = np.where(live, w / np.where(live, tot, 1.0), 0.0)
     v_s = np.asarray(v[..., lo:hi, :], dtype=np.float64)
     v_abs = x.v_abs[..., lo:hi, :]
-    extra: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(x)}
-    if "lse" in names and x.lse is not None:
+    extra: dict[str, Any] = {}  # the optional statistics the whole problem carries
+    if x.lse is not None:
         with np.errstate(divide="ignore"):
             extra["lse"] = np.where(live, m0 + np.log(np.where(live, tot, 1.0)), -np.inf)
-    if "v_sum" in names and x.v_sum is not None:
+    if x.v_sum is not None:
         extra["v_sum"] = np.sum(v_abs, axis=-2, keepdims=True)
-    if "qk_l1" in names and x.qk_l1 is not None:
+    if x.qk_l1 is not None:
         extra["qk_l1"] = x.qk_l1[..., lo:hi]
-    if "bias_abs" in names and x.bias_abs is not None:
+    if x.bias_abs is not None:
         extra["bias_abs"] = x.bias_abs[..., lo:hi]
     return dataclasses.replace(
         x,

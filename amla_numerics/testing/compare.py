@@ -579,16 +579,17 @@ def _elementwise_bound(
 ) -> np.ndarray:
     """The deterministic elementwise bound of ``variant`` (mask included); for a split-KV
     kernel (``splits > 1``) the split bound."""
-    if splits > 1:
-        from amla_numerics.analysis.splitbound import split_bound
+    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+    from amla_numerics.analysis.splitbound import split_bound
 
-        sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if splits > 1:
         sb = split_bound(
             variant,
             q,
             k,
             v,
-            float(sc),
+            sc,
             splits=splits,
             block_n=block_n,
             policy=policy,
@@ -596,11 +597,8 @@ def _elementwise_bound(
             mask=mask,
         )
         return np.asarray(sb, dtype=np.float64)
-    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
-
     b = a_priori_bound(
         variant, head_dim=int(q.shape[-1]), kv_len=int(k.shape[-2]), block_n=block_n, policy=policy
     )
-    sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     det = elementwise_bound(b, q, k, v, sc, kind="deterministic", mask=mask)
     return np.asarray(det, dtype=np.float64)

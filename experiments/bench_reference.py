@@ -1,6 +1,6 @@
 """Benchmark: the attention reference on the MLA decode case, and the mpmath path's rate.
 
-1. MLA decode (issue 3, section 4): 128 query rows, Dk = 576, Dv = 512 with V = K[:, :512],
+1. MLA decode: 128 query rows, Dk = 576, Dv = 512 with V = K[:, :512],
    N = 8192 keys, BF16 inputs, scale 1/sqrt(192). Times (best of ``--repeats``, calls
    interleaved) of
    ``attention(..., method="auto")`` and ``method="fast"``, against a plain float64 numpy
@@ -10,7 +10,7 @@
    <= 20 s and <= 10x the baseline. Also prints how many elements auto sent to mpmath and
    the largest certified bound in FP32 ULPs.
 2. The mpmath path: rows per second at dps 30 and 50 (Dk 576, Dv 512, N = ``--mp-n``).
-3. ``--sweep``: long contexts (issue 11, section 5): ``method="auto"`` against the
+3. ``--sweep``: long contexts: ``method="auto"`` against the
    BLAS-friendly float64 numpy baseline from 1K to 1M keys (``--sweep-n``) for 16 and 128
    query rows (``--sweep-m``), Dk 576, Dv 512 = K[:, :512], BF16; the reference streams over
    key blocks of ``KEY_BLOCK`` keys, converting each to float64 when it is used, so its

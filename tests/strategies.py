@@ -111,7 +111,7 @@ def attention_inputs(
     return q, k, v, scale
 
 
-# --------------------------------------------------------------------------- reference (issue 3)
+# --------------------------------------------------------------------------- reference
 
 #: The adversarial attention cases of the reference tests, by name.
 ADVERSARIAL_KINDS: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-"""The certified fast oracle against the mpmath truth (issue 3, sections 2 and 5).
+"""The certified fast oracle against the mpmath truth.
 
 Every comparison is against mpf values good to 40 digits: ``|y_fast - truth| <= bound``
 must hold exactly (the truth's own error, 1e-40 relative, is far below any bound), and the

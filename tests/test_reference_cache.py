@@ -1,4 +1,4 @@
-"""Input validation, the content-addressed cache (issue 3, sections 3 and 5)."""
+"""Input validation, the content-addressed cache."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mpmath truth and the building blocks against independent oracles (issue 3, section 1)."""
+"""The mpmath truth and the building blocks against independent oracles."""
 
 from __future__ import annotations
 

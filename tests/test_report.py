@@ -182,7 +182,7 @@ def test_report_measures_user_arrays(tmp_path, capsys):
     assert "cannot read workload file" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ verdicts (issue 10)
+# ------------------------------------------------------------------ verdicts
 
 TINY = [
     "--head-dims",

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.report import mean_ci95, paired_ratio_ci95
+from amla_numerics.analysis.stats import mean_ci95, paired_ratio_ci95
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash.policy import get_policy
 

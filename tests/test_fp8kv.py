@@ -10,13 +10,13 @@ import pytest
 
 from amla_numerics import flash
 from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+from amla_numerics.analysis.kvquant import split_errors
 from amla_numerics.flash.fp8kv import (
     BYTES_PER_TOKEN,
     dequantize_kv_fp8,
     kv_bf16,
     kv_fp8_roundtrip,
     quantize_kv_fp8,
-    split_errors,
     tile_scales,
 )
 from amla_numerics.formats import E4M3, FP32

@@ -264,7 +264,7 @@ def test_seeds_give_summaries_with_intervals_and_one_row_per_case(capsys):
 
 
 def test_mean_ci95_is_the_student_t_interval():
-    from amla_numerics.analysis.report import mean_ci95
+    from amla_numerics.analysis.stats import mean_ci95
 
     # n = 2: t_{0.975, 1} = 12.7062; values 0, 2: mean 1, standard error 1
     m, (lo, hi) = mean_ci95([0.0, 2.0])
@@ -291,7 +291,8 @@ def test_policy_option_and_masked_workloads(capsys):
 
 def test_report_plots_are_written(tmp_path):
     from amla_numerics.analysis.grid import Case
-    from amla_numerics.analysis.report import ReportConfig, build_report, write_outputs
+    from amla_numerics.analysis.outputs import write_outputs
+    from amla_numerics.analysis.report import ReportConfig, build_report
 
     cfg = ReportConfig(
         head_dims=(16, 32),

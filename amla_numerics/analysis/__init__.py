@@ -13,6 +13,9 @@ Examples
 ('amla', True, 0)
 """
 
+import importlib
+from typing import Any
+
 from amla_numerics.analysis.bounds import (
     Bound,
     BoundInputs,
@@ -31,24 +34,8 @@ from amla_numerics.analysis.budgets import (
 )
 from amla_numerics.analysis.grid import Case, Record, evaluate_case, expand_grid, run_grid
 from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics, magnitude_scale
-from amla_numerics.analysis.plots import (
-    plot_block_trace,
-    plot_cond_distribution,
-    plot_error_scatter,
-    plot_error_vs,
-    plot_error_vs_c,
-    plot_pareto,
-    plot_ulp_distribution,
-    save_report_plots,
-)
 from amla_numerics.analysis.render import render
-from amla_numerics.analysis.report import (
-    Report,
-    ReportConfig,
-    build_report,
-    summarize,
-    write_outputs,
-)
+from amla_numerics.analysis.report import Report, ReportConfig, build_report, summarize
 from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 
@@ -93,3 +80,24 @@ __all__ = [
     "update_budgets",
     "write_outputs",
 ]
+
+#: Names whose modules import matplotlib: loaded on first access, so that importing the
+#: analysis (and :mod:`amla_numerics.testing`, which uses it) does not pay for matplotlib.
+_LAZY = {
+    "plot_block_trace": "plots",
+    "plot_cond_distribution": "plots",
+    "plot_error_scatter": "plots",
+    "plot_error_vs": "plots",
+    "plot_error_vs_c": "plots",
+    "plot_pareto": "plots",
+    "plot_ulp_distribution": "plots",
+    "save_report_plots": "plots",
+    "write_outputs": "outputs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"amla_numerics.analysis.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'amla_numerics.analysis' has no attribute {name!r}")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.flash.accumulate import Accumulation
+from amla_numerics.flash.checks import check_inputs  # the emulator's argument checks
 from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import (
@@ -799,8 +800,6 @@ def bound_inputs(
     >>> bi.w.shape, sorted(bi.v_formats)
     ((2, 5), ['fp64'])
     """
-    from amla_numerics.flash._inputs import check_inputs  # the emulator's argument checks
-
     inp = check_inputs(
         q, k, v, scale=scale, block_n=1, mask=mask, causal=causal, c=DEFAULT_C, tau=DEFAULT_TAU
     )

@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from amla_numerics.formats import BF16, FP32, get_format
 from amla_numerics.rounding import MODES, round_to
@@ -312,7 +311,7 @@ def error_metrics(
     d_f = y_f - r_f
     nonzero = signed32[signed32 != 0]
     sign_p = (
-        float(stats.binomtest(int(np.sum(nonzero > 0)), int(nonzero.size)).pvalue)
+        float(_binomtest(int(np.sum(nonzero > 0)), int(nonzero.size)).pvalue)
         if nonzero.size
         else math.nan
     )
@@ -428,3 +427,10 @@ def _percentiles(values: np.ndarray) -> list[float]:
     if values.size == 0:
         return [math.nan] * len(PERCENTILES)
     return [float(v) for v in np.percentile(values, PERCENTILES, method="higher")]
+
+
+def _binomtest(k: int, n: int) -> Any:
+    # scipy.stats costs about a second to import: loaded on the first sign test only.
+    from scipy import stats
+
+    return stats.binomtest(k, n)

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from amla_numerics.analysis.grid import Record
 from amla_numerics.analysis.metrics import COND_EDGES, HIST_EDGES, U_FP32
+from amla_numerics.analysis.stats import mean_ci95, paired_ratio_ci95
 
 __all__ = [
     "C_THEORY",
@@ -172,8 +173,6 @@ def plot_cond_distribution(records: Sequence[Record], *, title: str = "") -> Fig
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and the two half-widths of its 95 % t interval (0 with one value)."""
-    from amla_numerics.analysis.report import mean_ci95
-
     m, (lo, hi) = mean_ci95(values)
     if math.isnan(lo):
         return m, 0.0, 0.0
@@ -251,8 +250,6 @@ def plot_error_vs_c(cs: Sequence[float], records: Sequence[Record]) -> Figure:
     horizontal lines; vertical lines mark 2 ln 2, 1/ln 2 and the kernel's 1.5
     (:data:`C_THEORY`).
     """
-    from amla_numerics.analysis.report import paired_ratio_ci95
-
     amla = [r for r in records if r.variant == "amla"]
     seeds = sorted({r.seed for r in amla})
     if not amla or len(amla) != len(cs) * len(seeds):

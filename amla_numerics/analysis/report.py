@@ -3,7 +3,7 @@
 A :class:`Report` is the header (seeds, library versions, reference precision, the command)
 plus the grid's records and, when the pipeline model is available, each variant's modelled
 throughput on the MLA decode workload. Rendering is in
-:mod:`~amla_numerics.analysis.render`.
+:mod:`~amla_numerics.analysis.render`, the files in :mod:`~amla_numerics.analysis.outputs`.
 
 JSON schema (``--format json`` and ``report.json``)::
 
@@ -62,7 +62,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +75,7 @@ from amla_numerics.analysis.grid import (
     expand_grid,
     run_grid,
 )
+from amla_numerics.analysis.stats import mean_ci95, paired_ratio_ci95
 from amla_numerics.reference import AUTO_ULP_FP32
 from amla_numerics.variants import DEFAULT_C, VARIANTS
 
@@ -89,12 +89,9 @@ __all__ = [
     "hazard_failures",
     "lazy_rescale_prob",
     "make_header",
-    "mean_ci95",
-    "paired_ratio_ci95",
     "summarize",
     "throughput_rows",
     "violations",
-    "write_outputs",
 ]
 
 #: The pipeline configuration of the throughput join: DeepSeek-V3 MLA decode with MTP.
@@ -363,52 +360,6 @@ def hazard_failures(records: Sequence[Record]) -> list[str]:
     return out
 
 
-def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, list[float]]:
-    """Mean and two-sided 95 % Student t interval (n - 1 dof) of per-seed values.
-
-    One value: its interval is [nan, nan]; a non-finite value makes the mean non-finite and
-    the interval [nan, nan]; equal values give a zero-width interval.
-
-    Examples
-    --------
-    >>> m, (lo, hi) = mean_ci95([1.0, 2.0, 3.0])
-    >>> m, round(lo, 4), round(hi, 4)
-    (2.0, -0.4841, 4.4841)
-    """
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return math.nan, [math.nan, math.nan]
-    mean = float(np.mean(x))
-    if x.size < 2 or not np.all(np.isfinite(x)):
-        return mean, [math.nan, math.nan]
-    sem = float(np.std(x, ddof=1)) / math.sqrt(x.size)
-    if sem == 0:
-        return mean, [mean, mean]
-    half = float(stats.t.ppf(0.975, x.size - 1)) * sem
-    return mean, [mean - half, mean + half]
-
-
-def paired_ratio_ci95(num: Sequence[float], den: Sequence[float]) -> tuple[float, list[float]]:
-    """Geometric mean of ``num / den`` paired by seed and its 95 % t interval (on logs).
-
-    Examples
-    --------
-    >>> r, (lo, hi) = paired_ratio_ci95([2.0, 4.0], [1.0, 2.0])
-    >>> r, lo, hi
-    (2.0, 2.0, 2.0)
-    """
-    a = np.asarray(num, dtype=np.float64)
-    b = np.asarray(den, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log(a / b)
-    if logs.size == 0 or not np.all(np.isfinite(logs)):
-        return (math.nan if logs.size == 0 else float(np.exp(np.mean(logs)))), [math.nan] * 2
-    m, (lo, hi) = mean_ci95(logs)
-    return float(np.exp(m)), [float(np.exp(lo)), float(np.exp(hi))]
-
-
 def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
     """One summary per (head dim, KV length, splits, variant, workload) over its seeds.
 
@@ -498,30 +449,6 @@ def throughput_rows(variants: Sequence[str], records: Sequence[Record]) -> list[
         row["rescale_prob"] = prob if variant == "lazy" else None
         rows.append(row)
     return rows
-
-
-def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and (with ``plots``) the PNG plots.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    from amla_numerics.analysis.render import render
-
-    for name, style in (("report.json", "json"), ("report.md", "markdown")):
-        path = out_dir / name
-        path.write_text(render(report, style))
-        written.append(path)
-    if plots:
-        from amla_numerics.analysis import plots as plotting
-
-        written.extend(plotting.save_report_plots(report, out_dir))
-    return written
 
 
 def clean_json(d: dict[str, Any]) -> dict[str, Any]:

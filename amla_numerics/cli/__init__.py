@@ -22,50 +22,47 @@ e5m2,3,-14,15,0.125,57344.0,6.103515625e-05,1.52587890625e-05
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from amla_numerics._version import __version__
+from amla_numerics.cli.commands import COMMANDS, PROG, CheckFailed
 
-__all__ = ["SUBCOMMANDS", "CheckFailed", "build_parser", "console_main", "main"]
+__all__ = ["COMMANDS", "SUBCOMMANDS", "CheckFailed", "build_parser", "console_main", "main"]
 
-PROG = "amla-numerics"
-
-
-class CheckFailed(Exception):
-    """Raised by a handler when a numerical check fails (exit code 1)."""
+#: The subcommand modules, in help order.
+SUBCOMMANDS: tuple[str, ...] = tuple(module for module, _ in COMMANDS.values())
 
 
-#: The subcommand modules, in help order; each exposes ``register(subparsers)``.
-SUBCOMMANDS: tuple[str, ...] = ("formats", "report", "budgets", "compare", "make_cases", "pipeline")
+def build_parser(full: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Return the top-level parser.
 
-
-def _registrars():
-    # Imported here, not at module level, so that ``--version`` stays fast and the
-    # subcommand modules (which import CheckFailed from this package) form no cycle.
-    import importlib
-
-    for name in SUBCOMMANDS:
-        yield importlib.import_module(f"amla_numerics.cli.{name}").register
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every subcommand registered."""
+    Parameters
+    ----------
+    full : sequence of str, optional
+        The commands whose complete sub-parsers are built (default: all). The others get a
+        stub carrying their help line only, so that ``--help`` and a run of one command do
+        not import the libraries behind every other command.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Exact accuracy and modelled throughput of FlashAttention rescaling schemes.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _registrars():
-        register(subparsers)
+    for command, (module, help_line) in COMMANDS.items():
+        if full is None or command in full:
+            importlib.import_module(f"amla_numerics.cli.{module}").register(subparsers)
+        else:
+            subparsers.add_parser(command, help=help_line)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 check failed, 2 usage error)."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(full=[a for a in argv[:1] if a in COMMANDS])
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has already printed its one-line message

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amla_numerics.cli import CheckFailed
+from amla_numerics.cli.commands import COMMANDS, CheckFailed
 
 __all__ = ["register"]
 
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``check-budgets`` subcommand."""
     p = subparsers.add_parser(
         "check-budgets",
-        help="measure the budgeted cases; exit 1 naming every budget exceeded",
+        help=COMMANDS["check-budgets"][1],
     )
     p.add_argument("--budgets", default=None, help="budgets TOML (default: the shipped file)")
     p.add_argument("--jobs", type=int, default=1)

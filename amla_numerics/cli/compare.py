@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from amla_numerics.cli import CheckFailed
+from amla_numerics.cli.commands import CheckFailed
 
 __all__ = ["register", "render_verdicts"]
 

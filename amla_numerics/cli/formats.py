@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from amla_numerics.formats import FORMATS
+from amla_numerics.cli.commands import COMMANDS
 
 __all__ = ["register", "render_formats"]
 
@@ -29,6 +29,8 @@ _COLUMNS = (
 
 def render_formats(style: str = "table") -> str:
     """The format table as ``table`` (aligned text), ``markdown``, ``csv`` or ``json``."""
+    from amla_numerics.formats import FORMATS  # ml_dtypes on use, not at --help
+
     rows = [f.describe() for f in FORMATS.values()]
     if style == "json":
         return json.dumps(rows, indent=2)
@@ -55,6 +57,6 @@ def render_formats(style: str = "table") -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``formats`` subcommand."""
-    p = subparsers.add_parser("formats", help="print each format's p, emin, emax, u, extremes")
+    p = subparsers.add_parser("formats", help=COMMANDS["formats"][1])
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     p.set_defaults(handler=lambda args: print(render_formats(args.format)) or 0)

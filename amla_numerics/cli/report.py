@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amla_numerics.cli import CheckFailed
+from amla_numerics.cli.commands import COMMANDS, CheckFailed
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = ["parse_int_list", "register"]
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = ReportConfig()
     p = subparsers.add_parser(
         "report",
-        help="error-bound report per head dimension (accuracy and modelled throughput)",
+        help=COMMANDS["report"][1],
         description="Measure every variant against the certified reference on a grid of "
         "head dims x KV lengths x workloads x seeds and print one table per head dim.",
     )
@@ -178,8 +178,9 @@ def _progress_bar(total: int):
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from amla_numerics.analysis.outputs import write_outputs
     from amla_numerics.analysis.render import render
-    from amla_numerics.analysis.report import build_report, write_outputs
+    from amla_numerics.analysis.report import build_report
 
     config = _config_from_args(args)
     out_dir = Path(args.out) if args.out else None

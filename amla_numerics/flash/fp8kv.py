@@ -31,7 +31,7 @@ RoPE part is exact.
 
 The error of the quantisation itself (reference on ``x`` vs reference on ``x'``) and the
 kernel's error (emulator on ``x'`` vs reference on ``x'``) are separated by
-:func:`split_errors`.
+:func:`amla_numerics.analysis.kvquant.split_errors`.
 
 Examples
 --------
@@ -65,7 +65,6 @@ __all__ = [
     "kv_bf16",
     "kv_fp8_roundtrip",
     "quantize_kv_fp8",
-    "split_errors",
     "tile_scales",
 ]
 
@@ -145,25 +144,3 @@ def dequantize_kv_fp8(packed: Any) -> np.ndarray:
 def kv_fp8_roundtrip(kv: Any) -> np.ndarray:
     """``dequantize_kv_fp8(quantize_kv_fp8(kv))``: the values an FP8-cache kernel computes on."""
     return dequantize_kv_fp8(quantize_kv_fp8(kv))
-
-
-def split_errors(q: Any, kv: Any, variant: str = "amla", **options: Any) -> dict[str, np.ndarray]:
-    """The FP8 cache's quantisation error and the kernel's error, separately (MLA decode).
-
-    ``ref`` is the certified reference on the BF16 cache ``kv``, ``ref_q`` the certified
-    reference on the dequantised cache ``kv'`` (exact values), ``out`` the emulated
-    ``variant`` on ``kv'`` (:func:`~amla_numerics.flash.emulator.mla_attention`;
-    ``options`` go to it). Returns float64 arrays ``quant = ref_q - ref`` and
-    ``kernel = out - ref_q`` (their sum is the total error ``out - ref``), and ``ref``,
-    ``ref_q``, ``out``.
-    """
-    from amla_numerics import reference
-    from amla_numerics.flash.emulator import MLA_DV, MLA_SCALE, mla_attention
-
-    kvb = kv_bf16(kv)
-    kvq = kv_fp8_roundtrip(kvb)
-    scale = options.get("scale", MLA_SCALE)
-    ref = np.asarray(reference.attention(q, kvb, kvb[..., :MLA_DV], scale, method="auto"))
-    ref_q = np.asarray(reference.attention(q, kvq, kvq[..., :MLA_DV], scale, method="auto"))
-    out = np.asarray(mla_attention(q, kvb, variant, kv_cache="fp8", **options).out, np.float64)
-    return {"quant": ref_q - ref, "kernel": out - ref_q, "ref": ref, "ref_q": ref_q, "out": out}

@@ -63,17 +63,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mpmath
 import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
+from amla_numerics.flash.trace import Trace
 from amla_numerics.formats import FP32
 from amla_numerics.rounding import round_to
-
-if TYPE_CHECKING:  # pragma: no cover
-    from amla_numerics.flash.emulator import Trace
 
 __all__ = [
     "COMBINES",
@@ -129,7 +127,7 @@ class SplitTrace:
     hazards : tuple of dict
         Each split's AMLA integer-add hazard counts.
     traces : tuple of (Trace or None)
-        Each split's per-block :class:`~amla_numerics.flash.emulator.Trace` when
+        Each split's per-block :class:`~amla_numerics.flash.trace.Trace` when
         ``trace=True`` (None for empty splits).
     """
 

@@ -1,4 +1,5 @@
-"""Validation of the emulator's arguments and the attention mask (private helpers).
+"""Validation of the emulator's arguments and the attention mask, shared with the bounds
+(:func:`amla_numerics.analysis.bounds.bound_inputs` checks what the emulator checks).
 
 Every user mistake raises ValueError/TypeError with one sentence naming the argument.
 """

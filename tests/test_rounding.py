@@ -1,4 +1,6 @@
-"""round_to against an exact Fraction oracle and ml_dtypes, exhaustively where it is cheap."""
+"""round_to against an exact Fraction oracle and ml_dtypes: every pattern of the 16-bit
+formats against ml_dtypes, a representative sample against the Fraction oracle in the default
+run and every pattern under ``-m slow``."""
 
 from fractions import Fraction
 
@@ -55,6 +57,40 @@ def all_fp16():
     return pattern_values(FP16)
 
 
+def representative(values: np.ndarray, target: Format, n: int = 4096) -> np.ndarray:
+    """A fixed sample of a source format's patterns for the default run: ``n`` drawn at
+    random, plus every pattern where rounding to ``target`` is delicate (its subnormal
+    range, the binades where it underflows to zero, the top binade and the two above it:
+    overflow, saturation), plus zeros and the non-finite ones. The exhaustive tests (``slow``) check every pattern."""
+    rng = np.random.default_rng(20261207)
+    pick = np.zeros(values.size, bool)
+    pick[rng.choice(values.size, size=n, replace=False)] = True
+    with np.errstate(invalid="ignore"):
+        mag = np.abs(values)
+        pick |= (mag >= target.min_subnormal / 4) & (mag < 2 * target.min_normal)
+        pick |= (mag >= target.max_finite / 2) & (mag <= 4 * target.max_finite)
+        pick |= mag == 0
+    pick |= ~np.isfinite(values)
+    return values[pick]
+
+
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+@pytest.mark.parametrize("target", [FP16, E4M3, E5M2], ids=lambda f: f.name)
+def test_bf16_patterns_against_the_fraction_oracle(all_bf16, target, mode):
+    values = representative(all_bf16, target)
+    got = round_to(values, target, mode).astype(np.float64)
+    assert same(got, oracle_array(values, target, mode))
+
+
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+@pytest.mark.parametrize("target", [BF16, E4M3, E5M2], ids=lambda f: f.name)
+def test_fp16_patterns_against_the_fraction_oracle(all_fp16, target, mode):
+    values = representative(all_fp16, target)
+    got = round_to(values, target, mode).astype(np.float64)
+    assert same(got, oracle_array(values, target, mode))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", DETERMINISTIC)
 @pytest.mark.parametrize("target", [FP16, E4M3, E5M2], ids=lambda f: f.name)
 def test_every_bf16_pattern_against_the_fraction_oracle(all_bf16, target, mode):
@@ -62,6 +98,7 @@ def test_every_bf16_pattern_against_the_fraction_oracle(all_bf16, target, mode):
     assert same(got, oracle_array(all_bf16, target, mode))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", DETERMINISTIC)
 @pytest.mark.parametrize("target", [BF16, E4M3, E5M2], ids=lambda f: f.name)
 def test_every_fp16_pattern_against_the_fraction_oracle(all_fp16, target, mode):

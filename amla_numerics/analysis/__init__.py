@@ -16,6 +16,7 @@ Examples
 import importlib
 from typing import Any
 
+from amla_numerics.analysis.boundcheck import BoundCheck, bound_check
 from amla_numerics.analysis.bounds import (
     Bound,
     BoundInputs,
@@ -33,7 +34,12 @@ from amla_numerics.analysis.budgets import (
     update_budgets,
 )
 from amla_numerics.analysis.grid import Case, Record, evaluate_case, expand_grid, run_grid
-from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.analysis.metrics import (
+    ErrorMetrics,
+    condition_aware,
+    error_metrics,
+    magnitude_scale,
+)
 from amla_numerics.analysis.render import render
 from amla_numerics.analysis.report import Report, ReportConfig, build_report, summarize
 from amla_numerics.analysis.splitbound import split_bound
@@ -42,6 +48,7 @@ from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload,
 __all__ = [
     "WORKLOADS",
     "Bound",
+    "BoundCheck",
     "BoundInputs",
     "BudgetBook",
     "Case",
@@ -53,9 +60,11 @@ __all__ = [
     "ReportConfig",
     "Workload",
     "a_priori_bound",
+    "bound_check",
     "bound_inputs",
     "build_report",
     "check_budgets",
+    "condition_aware",
     "elementwise_bound",
     "error_metrics",
     "evaluate_case",

@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from amla_numerics.analysis.boundcheck import bound_check
 from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
-from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics, magnitude_scale
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 from amla_numerics.formats import FP32
 from amla_numerics.ulp import ulp
@@ -284,7 +285,7 @@ def evaluate_case(
             det = elementwise_bound(bound, stats, kind="deterministic")
             prob = elementwise_bound(bound, stats, kind="probabilistic")
         covered = np.isfinite(ref) & ~res.garbage_mask()
-        check = _bound_check(out, ref, det, covered)
+        check = bound_check(out, ref, det, mag=mag, covered=covered)
         records.append(
             Record(
                 head_dim=case.head_dim,
@@ -295,14 +296,14 @@ def evaluate_case(
                 rows=case.rows,
                 block_n=case.block_n,
                 metrics=metrics,
-                bound_cond_max=_cond_max(det, mag, covered),
-                bound_cond_median=_cond_median(det, mag, covered),
-                bound_ratio=check["ratio"],
-                prob_bound_ratio=_bound_check(out, ref, prob, covered)["ratio"],
+                bound_cond_max=check.bound_cond_max,
+                bound_cond_median=check.bound_cond_median,
+                bound_ratio=check.ratio,
+                prob_bound_ratio=bound_check(out, ref, prob, mag=mag, covered=covered).ratio,
                 bound_ulp_fp32=_median(det[covered] / unit[covered]),
-                n_covered=int(np.count_nonzero(covered)),
+                n_covered=check.n_covered,
                 n_uncovered=int(np.count_nonzero(np.isfinite(ref) & ~covered)),
-                n_violations=check["violations"],
+                n_violations=check.violations,
                 hazards={k: int(res.hazards.get(k, 0)) for k in HAZARD_CLASSES},
                 rescale_rate=_rescale_rate(res.trace, case.group_rows),
                 c=float(c),
@@ -374,42 +375,6 @@ def _run_dask(cases, variants, scheduler, progress) -> list[list[Record]]:
             if progress:
                 progress(i + 1, len(cases))
         return results
-
-
-def _bound_check(
-    out: np.ndarray, ref: np.ndarray, bound: np.ndarray, covered: np.ndarray
-) -> dict[str, Any]:
-    """Max of ``|out - ref| / bound`` over the covered elements, and the count of covered
-    elements above their bound or not finite. Where no bound exists (NaN: inputs the bounds
-    module cannot bound, such as masked ones) the ratio is NaN and only non-finite outputs
-    count."""
-    if not np.any(covered):
-        return {"ratio": math.nan, "violations": 0}
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(out - ref)[covered]
-    b = bound[covered]
-    if np.all(np.isnan(b)):
-        return {"ratio": math.nan, "violations": int(np.count_nonzero(~np.isfinite(err)))}
-    bad = ~np.isfinite(err) | np.isnan(b) | (err > b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(err == 0, 0.0, err / b)
-    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # no bound or a non-finite output
-    return {"ratio": float(np.max(ratio)), "violations": int(np.count_nonzero(bad))}
-
-
-def _cond_scale(bound: np.ndarray, mag: np.ndarray) -> np.ndarray:
-    """``bound / mag / u_fp32`` with ``0 / 0 = 0`` (a zero column) and ``b / 0 = inf``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(bound == 0, 0.0, bound / mag / U_FP32)
-
-
-def _cond_median(bound: np.ndarray, mag: np.ndarray, covered: np.ndarray) -> float:
-    return _median(_cond_scale(bound[covered], mag[covered]))
-
-
-def _cond_max(bound: np.ndarray, mag: np.ndarray, covered: np.ndarray) -> float:
-    x = _cond_scale(bound[covered], mag[covered])
-    return float(np.max(x)) if x.size else math.nan
 
 
 def _median(x: np.ndarray) -> float:

@@ -56,6 +56,7 @@ __all__ = [
     "PERCENTILES",
     "U_FP32",
     "ErrorMetrics",
+    "condition_aware",
     "error_metrics",
     "magnitude_scale",
 ]
@@ -73,6 +74,24 @@ HIST_EDGES: tuple[float, ...] = (0.0, *(2.0**e for e in range(-8, 25)), float("i
 #: Histogram edges of the condition-aware error (units of u_fp32): [0, 2**-12), one bin per
 #: power of two up to 2**20, then [2**20, inf] (non-finite outputs land in the last bin).
 COND_EDGES: tuple[float, ...] = (0.0, *(2.0**e for e in range(-12, 21)), float("inf"))
+
+
+def condition_aware(x: Any, mag: Any) -> np.ndarray:
+    """``x / mag`` in units of ``u_fp32 = 2**-24``, with ``0 / 0 = 0`` and ``x / 0 = inf``.
+
+    The scale of every headline error and bound: ``mag = sum_k p_k |v_k|`` is what the
+    rounding-error analysis bounds the error by, so the ratio does not explode where the
+    output cancels to zero. ``x`` is an absolute error (``|out - ref|``) or a bound.
+
+    Examples
+    --------
+    >>> condition_aware([0.0, 2.0**-24, 1.0], [0.0, 1.0, 0.0]).tolist()
+    [0.0, 1.0, inf]
+    """
+    a = np.asarray(x, dtype=np.float64)
+    m = np.asarray(mag, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.where(a == 0, 0.0, a / m / U_FP32)
 
 
 def magnitude_scale(
@@ -276,7 +295,7 @@ def error_metrics(
     # condition-aware error: inf at garbage, 0/0 = 0 where mag == 0 and out == ref
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         diff = np.where(finite, y - r, 0.0)
-        cond = np.where(diff == 0, 0.0, np.abs(diff) / mg / U_FP32)
+        cond = condition_aware(np.abs(diff), mg)
         cond_signed = np.where(diff == 0, 0.0, diff / mg / U_FP32)
     cond = np.where(covered & ~finite, np.inf, cond)
     cond_cov = cond[covered]

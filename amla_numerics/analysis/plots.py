@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from amla_numerics.analysis.grid import Record
-from amla_numerics.analysis.metrics import COND_EDGES, HIST_EDGES, U_FP32
+from amla_numerics.analysis.metrics import COND_EDGES, HIST_EDGES, U_FP32, condition_aware
 from amla_numerics.analysis.stats import mean_ci95, paired_ratio_ci95
 
 __all__ = [
@@ -349,7 +349,7 @@ def plot_error_scatter(scatter: dict[str, Any], *, title: str = "") -> Figure:
         ok = np.isfinite(err) & (err > 0) & (ref > 0) & (mag > 0)
         x = ref[ok] / mag[ok]
         rel = err[ok] / ref[ok] / U_FP32
-        cond = err[ok] / mag[ok] / U_FP32
+        cond = condition_aware(err[ok], mag[ok])
         kw = {"s": 2, "alpha": 0.35, "color": _color(i), "label": variant, "rasterized": True}
         ax_r.scatter(x, rel, **kw)
         ax_m.scatter(x, cond, **kw)

@@ -14,11 +14,11 @@ MAG = np.array([1.0, 2.0, 0.5, 1.0])
 
 
 def test_an_output_within_its_bound_passes():
-    out = REF + np.array([1e-3, -2e-3, 0.0, 0.0])
-    c = bound_check(out, REF, np.full(4, 4e-3), mag=MAG)
+    out = REF + np.array([2.0**-10, -(2.0**-9), 0.0, 0.0])  # exact errors
+    c = bound_check(out, REF, np.full(4, 2.0**-8), mag=MAG)
     assert c.violations == 0 and c.n_covered == 4
-    assert c.ratio == 0.5  # 2e-3 / 4e-3, the worst element
-    assert c.bound_cond_max == condition_aware(4e-3, 0.5) == 4e-3 / 0.5 / U_FP32
+    assert c.ratio == 0.5  # 2**-9 / 2**-8, the worst element
+    assert c.bound_cond_max == condition_aware(2.0**-8, 0.5) == 2.0**-7 / U_FP32
 
 
 def test_an_error_just_above_its_bound_fails():

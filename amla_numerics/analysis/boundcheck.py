@@ -86,5 +86,5 @@ def bound_check(out: Any, ref: Any, bound: Any, *, mag: Any, covered: Any = None
     bad = ~np.isfinite(err) | np.isnan(bc) | (err > bc)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(err == 0, 0.0, err / bc)
-    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # no bound, or a non-finite output
+    ratio = np.where(np.isnan(ratio) | np.isnan(bc), np.inf, ratio)  # no bound, or garbage
     return BoundCheck(float(np.max(ratio)), int(np.count_nonzero(bad)), n, b_max, b_med)

@@ -61,7 +61,8 @@ def representative(values: np.ndarray, target: Format, n: int = 4096) -> np.ndar
     """A fixed sample of a source format's patterns for the default run: ``n`` drawn at
     random, plus every pattern where rounding to ``target`` is delicate (its subnormal
     range, the binades where it underflows to zero, the top binade and the two above it:
-    overflow, saturation), plus zeros and the non-finite ones. The exhaustive tests (``slow``) check every pattern."""
+    overflow, saturation), plus zeros and the non-finite ones. The exhaustive tests
+    (``slow``) check every pattern."""
     rng = np.random.default_rng(20261207)
     pick = np.zeros(values.size, bool)
     pick[rng.choice(values.size, size=n, replace=False)] = True

@@ -408,3 +408,47 @@ def test_additive_bias_masks(variant):
     out, ref, det, res = _run(variant, q, k, v, d**-0.5, 64, mask=bias)
     assert not any(res.hazards[h] for h in GARBAGE)
     _assert_within(out, ref, det, variant)
+
+
+def _clamped_subnormal_cast_case(jump, p_frac, block_n=32):
+    """Block 0: a key at the max (V = 0) and ``block_n - 1`` keys whose probability
+    ``p_frac`` lies just above half the P cast's smallest subnormal (each rounds up to it,
+    nearly doubling), with |V| = 1e8; then one key ``jump`` binades higher (V = 0) and the
+    rest 40 nats below it: the clamp over-weights the doubled old keys by ``K``; the row
+    sum stays near 1, so the output error is that over-weighted cast error."""
+    n = 3 * block_n
+    x0 = 3.0 * LN2  # -m log2 e an integer: r^ = 1, the tile value is P itself
+    t = np.concatenate(
+        [
+            [x0],
+            np.full(block_n - 1, x0 + math.log(p_frac)),
+            [x0 + jump * LN2],
+            np.full(n - block_n - 1, x0 + jump * LN2 - 40.0),
+        ]
+    )
+    k = np.zeros((n, 2))
+    k[:, 0] = _bf16(t)
+    k[:, 1] = _bf16(t - k[:, 0])
+    v = np.zeros((n, 4))
+    v[1:block_n] = 1e8
+    return np.ones((2, 2)), k, v
+
+
+@pytest.mark.parametrize(
+    ("variant", "p_cast", "p_frac"),
+    [
+        ("amla_fp8", None, 1.05 * 2.0**-10),
+        ("amla_fp8", "e5m2", 1.05 * 2.0**-17),
+        ("amla", "fp16", 1.05 * 2.0**-25),
+    ],
+)
+@pytest.mark.parametrize("jump", [40, 60])
+def test_the_clamp_over_weights_the_casts_subnormal_error(variant, p_cast, p_frac, jump):
+    """The clamp multiplies an old key's P cast error in the subnormal range by ``K`` as
+    it does its relative terms: the bound covers it and the error reaches half of it."""
+    pol = None if p_cast is None else get_policy("ascend").replace(p_cast=p_cast)
+    q, k, v = _clamped_subnormal_cast_case(jump, p_frac)
+    out, ref, det, res = _run(variant, q, k, v, 1.0, 32, policy=pol)
+    assert np.all(res.trace.dn[1] < -30) and not any(res.hazards[h] for h in GARBAGE)
+    worst = _assert_within(out, ref, det, (variant, p_cast, jump))
+    assert worst > 0.45, worst

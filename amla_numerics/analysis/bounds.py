@@ -968,12 +968,16 @@ def _cast_abs(
     bn: int,
     alpha: np.ndarray,
     common: np.ndarray,
+    logk: np.ndarray | None = None,
 ) -> np.ndarray:
     """The P cast's absolute (below-normal) errors, summed over keys with ``|V|``, in the
     final frame. Key ``i`` of block ``j`` is cast in block ``j``'s frame, where one rounding
     into the subnormals errs by at most ``sigma_cast``; carried to the row's final max it
     shrinks by ``exp(m_j - m) <= min(1, exp(m_hi_j - m_lo_T))`` (the computed max never
-    decreases; a stale max trails the true one by at most ``tau ln 2``). A value below the
+    decreases; a stale max trails the true one by at most ``tau ln 2``). Where AMLA's
+    ``dn`` clamp over-weights key ``i`` by ``K_i`` (``logk = ln K_i``), the carried error and
+    the computed value are ``K_i`` times larger: ``min(1, exp(m_hi_j - m_lo_T + ln K_i))``
+    (the clamped factor ``2**dn_clamp`` is itself at most 1). A value below the
     normal range also rounds to within ``[0, 2x]`` (two roundings: ``3x``), ``x`` the
     computed tile value: in the final frame at most ``r^_max exp(min(s_i + e_i - m_lo_T,
     stale)) (1 + alpha_i)`` (the computed final max is >= every computed score, minus
@@ -985,11 +989,15 @@ def _cast_abs(
     n = s0.shape[-1]
     stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in ("lazy", "fa4") else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        lift = np.minimum(m_hi - m_lo[..., -1:] + stale, 0.0)
-        frame = np.nan_to_num(np.exp(lift), nan=1.0)
-        x_fin = b.r_hat_max * np.exp(np.minimum(s0 + e - m_lo[..., -1:], stale))
+        lift = _to_keys(m_hi - m_lo[..., -1:] + stale, bn, n)
+        x_log = s0 + e - m_lo[..., -1:]
+        if logk is not None:
+            lift = lift + logk
+            x_log = x_log + logk
+        frame = np.nan_to_num(np.exp(np.minimum(lift, 0.0)), nan=1.0)
+        x_fin = b.r_hat_max * np.exp(np.minimum(x_log, stale))
         x_fin = np.nan_to_num(x_fin, nan=1.0, posinf=1.0) * (1.0 + alpha)
-    per = np.minimum(b.sigma_cast * _to_keys(frame, bn, n), 3.0 * x_fin)
+    per = np.minimum(b.sigma_cast * frame, 3.0 * x_fin)
     if b.p_min_normal > 0:
         with np.errstate(invalid="ignore", over="ignore", under="ignore"):
             x_lo = b.r_hat_min * np.exp(s0 - e - _to_keys(m_hi, bn, n) - common)
@@ -1235,7 +1243,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     sig = b.sigma_work
     per_key = sig * b.r_hat_max + (sig if amla else 0.0)
     v_sum = x.v_sum if x.v_sum is not None else np.sum(x.v_abs, axis=-2, keepdims=True)
-    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind)
+    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind, logk_key)
     v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + _times(v_in_sig * n_pos * b.r_hat_max, carry)

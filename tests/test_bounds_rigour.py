@@ -452,3 +452,34 @@ def test_the_clamp_over_weights_the_casts_subnormal_error(variant, p_cast, p_fra
     assert np.all(res.trace.dn[1] < -30) and not any(res.hazards[h] for h in GARBAGE)
     worst = _assert_within(out, ref, det, (variant, p_cast, jump))
     assert worst > 0.45, worst
+
+
+def test_the_block_fma_alignment_floor_is_covered():
+    """Hopper's FP8-path accumulator (block FMA, 14 bits, 32 products + c per block) aligns
+    to at least the raw exponent ``-126`` of a subnormal accumulator: with V = 127 2**-133
+    (BF16 subnormal) and P = 129 2**-20 every product is 16383 2**-153, just below the
+    grid step 2**-139, and is truncated away in every block after the first (the key at
+    the max keeps the accumulator non-zero): an error about ten times the relative terms,
+    which the bound's alignment floor covers and the loss reaches most of."""
+    from amla_numerics.flash import ACCUMULATION_PRESETS, MatmulPolicy
+
+    pol = get_policy("ascend").replace(
+        pv=MatmulPolicy("bf16", ACCUMULATION_PRESETS["h100_fp8"], "fp32")
+    )
+    n = 512
+    t = np.full(n, math.log(129 * 2.0**-20))
+    t[0] = 0.0
+    k = np.zeros((n, 2))
+    k[:, 0] = _bf16(t)
+    k[:, 1] = _bf16(t - k[:, 0])
+    q = np.ones((2, 2))
+    v = np.full((n, 3), 127 * 2.0**-133)
+    v[0] = 2.0**-133  # the key at the max: small, so that the relative terms stay small
+    for variant in ("fa_fp32", "naive"):
+        out, ref, det, res = _run(variant, q, k, v, 1.0, n, policy=pol)
+        assert not res.garbage_mask().any()
+        worst = _assert_within(out, ref, det, variant)
+        assert worst > 0.5, (variant, worst)
+    # under the exact accumulator the same input has no such loss
+    out, ref, det, _ = _run("fa_fp32", q, k, v, 1.0, n)
+    assert _assert_within(out, ref, det, "exact") < 0.1

@@ -128,6 +128,35 @@ def _matmul_gamma(acc: Accumulation, n: int, out_format: str) -> float:
     return math.expm1(m * (math.log1p(r) + math.log1p(alpha))) * _F64_SLACK
 
 
+#: The block FMA's alignment floor: the smallest raw exponent of an operand (the emulator
+#: passes BF16's, :data:`~amla_numerics.flash.accumulate.EMIN`) and of the accumulator
+#: ``c`` (FP32's), as a power of two.
+_ALIGN_EMIN = 2.0**-126
+
+
+def _align_floor(acc: Accumulation, n: int, out_format: str) -> float:
+    """Absolute error of one ``n``-term block-FMA sum beyond :func:`_matmul_gamma`'s
+    relative one, per unit of ``max(1, |a|_max, |b|_max)`` (0 for the other models).
+
+    A subnormal operand's raw exponent is the floor ``emin`` (not its own), and so is a
+    subnormal accumulator's: the block's alignment exponent obeys ``2**eta <= max(max
+    |term|, t, max_k max(|a_k|, t) max(|b_k|, t))`` rather than ``2**eta <= max |term|``,
+    (``t = 2**-126``), and ``max(|a|, t) max(|b|, t) <= max(|a b|, t max(|a|, |b|, t))``.
+    So each of the ``m = ceil(n / nb)`` blocks adds at most ``alpha t max(1, |a|_max,
+    |b|_max)`` (for ``t <= 1``) on top of the relative term, ``alpha = (nb + 1) 2**-F``
+    (half for rne), as in :func:`_matmul_gamma`.
+    """
+    if acc.model != "block_fma":
+        return 0.0
+    out = get_format(out_format)
+    t = out.p if acc.acc_bits is None else acc.acc_bits
+    frac = t - 1 + acc.extra_bits
+    nb = min(acc.block, max(n, 1))
+    alpha = (nb + 1) * 2.0**-frac * (0.5 if acc.align_rounding == "rne" else 1.0)
+    m = -(-max(n, 1) // acc.block)
+    return m * alpha * _ALIGN_EMIN * _F64_SLACK
+
+
 def _biased(acc: Accumulation) -> bool:
     """True when a sum's errors can all have one sign (a directed rounding somewhere):
     the probabilistic bound's mean-zero model does not hold, the worst case is kept."""
@@ -216,6 +245,12 @@ class Bound:
         The smallest normal of the P cast's format (and of the P V input format when it
         re-rounds), divided by the static scale: a tile value known to be at least this
         (in its block's frame) takes no absolute cast error (0: every key may).
+    qk_align, pv_align, pv_align_const : float
+        A block FMA's alignment floor (:func:`_align_floor`): the absolute error of one
+        score is at most ``qk_align max(scale, scale (|q|_1 + |k|_1))`` beyond
+        ``qk_gamma``'s, that of one P V tile ``pv_align max(pv_align_const, max|V|)``
+        beyond ``pv_gamma``'s (``pv_align_const = max(1, S p_top)``, ``p_top`` the largest
+        tile value, ``S`` the static P scale; 0 for the other accumulation models).
     kv_order : {"forward", "reverse"}
         The policy's block visit order; :func:`elementwise_bound` evaluates a reverse run on
         the keys reversed (and front-padded with masked keys to whole blocks), which is the
@@ -267,6 +302,9 @@ class Bound:
     kv_order: str = "forward"
     qk_biased: bool = False
     pv_biased: bool = False
+    qk_align: float = 0.0
+    pv_align: float = 0.0
+    pv_align_const: float = 0.0
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
     def coefficient(self, name: str) -> float:
@@ -490,13 +528,21 @@ def a_priori_bound(
     p_sat, p_scale_abs, sigma_cast, u_cast = _p_scale_terms(
         pol, variant, float(tau), sigma_cast, u_cast
     )
+    s_w = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
     p_min_normal = 0.0
     if pol.p_cast is not None:
         p_min_normal = get_format(pol.p_cast).min_normal
         if not _contains(pol.pv.in_format, pol.p_cast):
             p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
-        s_w = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
         p_min_normal /= s_w
+    p_top = 2.0 ** (float(tau) + 1.0) if variant in ("lazy", "fa4") else 1.0
+    if amla:
+        p_top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
+    qk_align = _align_floor(pol.qk.accumulation, int(head_dim), pol.qk.out_format) * (
+        1.0 + qk_gamma
+    )
+    # per tile, in the P frame: the scaled tile's floor divided by S
+    pv_unit = _align_floor(pol.pv.accumulation, b, pol.pv.out_format) * (1.0 + pv_gamma) / s_w
     consts = _work_constants(pol.work)
     c_w, bias_w = consts["round"](c), consts["round"](float(pol.eps_bias))
     # AMLA's residual r = exp(fl(fl(fl(m RECIP) + n) LN2)): |ln(r / (e**m 2**n))| <= eta
@@ -559,6 +605,9 @@ def a_priori_bound(
         p_scale_abs=p_scale_abs,
         p_min_normal=p_min_normal,
         kv_order="forward" if variant == "naive" else pol.kv_order,
+        qk_align=qk_align,
+        pv_align=pv_unit,
+        pv_align_const=max(1.0, s_w * p_top),
     )
     nu_rel = abs(nu0) * 2.0**-23
     terms = {
@@ -1070,6 +1119,8 @@ def score_error(b: Bound, x: BoundInputs, prob: bool = False) -> tuple[np.ndarra
         sig_in = qk_in.min_subnormal
         e = e + (1.0 + u) ** 2 * sig_in * (1.0 + k_in) * (x.qk_l1 + abs(x.scale) * d * sig_in)
     e = e + (1.0 + u) ** 2 * abs(x.scale) * b.sigma_pv_out + 2.0 * b.sigma_work
+    if b.qk_align and x.qk_l1 is not None:  # the block FMA's alignment floor
+        e = e + (1.0 + u) ** 2 * b.qk_align * np.maximum(x.qk_l1, abs(x.scale))
     if b_abs is not None:  # fl(S + fl(b)): the bias's rounding and the add
         e = e + u * b_abs + u * (np.abs(s0) + e + u * b_abs) + 2.0 * b.sigma_work
     e = np.where(fin, e, 0.0)
@@ -1248,6 +1299,9 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + _times(v_in_sig * n_pos * b.r_hat_max, carry)
     abs_num = abs_num + cast_abs + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
+    if b.pv_align:  # the block FMA's alignment floor, per tile
+        top = np.maximum(b.pv_align_const, x.v_max * (1.0 + v_in))
+        abs_num = abs_num + b.blocks * b.pv_align * top
     # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
     p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau
     o_max = 2.0 * n_pos * x.v_max * b.r_hat_max * p_max

@@ -408,3 +408,78 @@ def test_additive_bias_masks(variant):
     out, ref, det, res = _run(variant, q, k, v, d**-0.5, 64, mask=bias)
     assert not any(res.hazards[h] for h in GARBAGE)
     _assert_within(out, ref, det, variant)
+
+
+def _clamped_subnormal_cast_case(jump, p_frac, block_n=32):
+    """Block 0: a key at the max (V = 0) and ``block_n - 1`` keys whose probability
+    ``p_frac`` lies just above half the P cast's smallest subnormal (each rounds up to it,
+    nearly doubling), with |V| = 1e8; then one key ``jump`` binades higher (V = 0) and the
+    rest 40 nats below it: the clamp over-weights the doubled old keys by ``K``; the row
+    sum stays near 1, so the output error is that over-weighted cast error."""
+    n = 3 * block_n
+    x0 = 3.0 * LN2  # -m log2 e an integer: r^ = 1, the tile value is P itself
+    t = np.concatenate(
+        [
+            [x0],
+            np.full(block_n - 1, x0 + math.log(p_frac)),
+            [x0 + jump * LN2],
+            np.full(n - block_n - 1, x0 + jump * LN2 - 40.0),
+        ]
+    )
+    k = np.zeros((n, 2))
+    k[:, 0] = _bf16(t)
+    k[:, 1] = _bf16(t - k[:, 0])
+    v = np.zeros((n, 4))
+    v[1:block_n] = 1e8
+    return np.ones((2, 2)), k, v
+
+
+@pytest.mark.parametrize(
+    ("variant", "p_cast", "p_frac"),
+    [
+        ("amla_fp8", None, 1.05 * 2.0**-10),
+        ("amla_fp8", "e5m2", 1.05 * 2.0**-17),
+        ("amla", "fp16", 1.05 * 2.0**-25),
+    ],
+)
+@pytest.mark.parametrize("jump", [40, 60])
+def test_the_clamp_over_weights_the_casts_subnormal_error(variant, p_cast, p_frac, jump):
+    """The clamp multiplies an old key's P cast error in the subnormal range by ``K`` as
+    it does its relative terms: the bound covers it and the error reaches half of it."""
+    pol = None if p_cast is None else get_policy("ascend").replace(p_cast=p_cast)
+    q, k, v = _clamped_subnormal_cast_case(jump, p_frac)
+    out, ref, det, res = _run(variant, q, k, v, 1.0, 32, policy=pol)
+    assert np.all(res.trace.dn[1] < -30) and not any(res.hazards[h] for h in GARBAGE)
+    worst = _assert_within(out, ref, det, (variant, p_cast, jump))
+    assert worst > 0.45, worst
+
+
+def test_the_block_fma_alignment_floor_is_covered():
+    """Hopper's FP8-path accumulator (block FMA, 14 bits, 32 products + c per block) aligns
+    to at least the raw exponent ``-126`` of a subnormal accumulator: with V = 127 2**-133
+    (BF16 subnormal) and P = 129 2**-20 every product is 16383 2**-153, just below the
+    grid step 2**-139, and is truncated away in every block after the first (the key at
+    the max keeps the accumulator non-zero): an error about ten times the relative terms,
+    which the bound's alignment floor covers and the loss reaches most of."""
+    from amla_numerics.flash import ACCUMULATION_PRESETS, MatmulPolicy
+
+    pol = get_policy("ascend").replace(
+        pv=MatmulPolicy("bf16", ACCUMULATION_PRESETS["h100_fp8"], "fp32")
+    )
+    n = 512
+    t = np.full(n, math.log(129 * 2.0**-20))
+    t[0] = 0.0
+    k = np.zeros((n, 2))
+    k[:, 0] = _bf16(t)
+    k[:, 1] = _bf16(t - k[:, 0])
+    q = np.ones((2, 2))
+    v = np.full((n, 3), 127 * 2.0**-133)
+    v[0] = 2.0**-133  # the key at the max: small, so that the relative terms stay small
+    for variant in ("fa_fp32", "naive"):
+        out, ref, det, res = _run(variant, q, k, v, 1.0, n, policy=pol)
+        assert not res.garbage_mask().any()
+        worst = _assert_within(out, ref, det, variant)
+        assert worst > 0.5, (variant, worst)
+    # under the exact accumulator the same input has no such loss
+    out, ref, det, _ = _run("fa_fp32", q, k, v, 1.0, n)
+    assert _assert_within(out, ref, det, "exact") < 0.1

@@ -9,6 +9,7 @@ import pytest
 
 from amla_numerics import flash
 from amla_numerics.exp2add import HAZARDS
+from amla_numerics.flash.emulator import CLIP_HAZARD
 from tests.test_flash import _zero_column_case, mp_attention
 
 CLASSES = {h for h in HAZARDS if h != "ok"} | {"clamp"}
@@ -154,3 +155,52 @@ def test_rescale_probability_counts_row_groups_from_the_trace():
         flash.rescale_probability(r, 3)
     eager = flash.attention(q, k, rng.standard_normal((256, 2)), "fa_fp32", block_n=16, trace=True)
     assert eager.trace.rescale_prob(1) == 1.0
+
+
+def _clip_case(n=2048):
+    """``n`` equal keys: O = n V exactly; columns at 2e10, 2e9 and -4e10 against the
+    ``"cann"`` clip at 1e10 (the first and last are zeroed, the middle one is not)."""
+    q, k = np.ones((2, 4)), np.zeros((n, 4))
+    v = np.empty((n, 3))
+    v[:, 0], v[:, 1], v[:, 2] = 1e7, 1e6, -2e7
+    return q, k, v
+
+
+@pytest.mark.parametrize("variant", ["naive", "fa_fp32", "amla", "lazy", "amla_fp8"])
+@pytest.mark.parametrize("splits", [None, 2])
+def test_the_o_clip_is_a_counted_garbage_class(variant, splits):
+    """Policy ``"cann"`` zeroes a finite O beyond 1e10: those elements (and only they) are
+    the ``o_clip`` class, in the garbage mask; every other element is within its bound
+    against the exact answer (an equal-weight mean: V itself)."""
+    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+    from amla_numerics.analysis.splitbound import split_bound
+
+    q, k, v = _clip_case()
+    res = flash.attention(q, k, v, variant, scale=0.5, block_n=512, policy="cann", splits=splits)
+    out = np.asarray(res.out, np.float64)
+    if splits is None:
+        b = a_priori_bound(variant, head_dim=4, kv_len=2048, block_n=512, policy="cann")
+        det = elementwise_bound(b, q, k, v, 0.5)
+        expect = np.array([True, False, True])  # O = 2048 V per column
+    else:
+        det = split_bound(variant, q, k, v, 0.5, splits=2, block_n=512, policy="cann")
+        expect = np.abs(1024 * v[0]) > 1e10  # each split's O = 1024 V
+    exact = np.broadcast_to(v[0], out.shape)  # every key has the same score
+    assert np.all(out[:, expect] == 0) and np.all(out[:, ~expect] != 0)
+    parts = 1 if splits is None else splits  # a split run sums its splits' counts
+    assert res.hazards[CLIP_HAZARD] == parts * 2 * int(expect.sum())
+    assert np.array_equal(res.hazard_mask[CLIP_HAZARD], np.broadcast_to(expect, out.shape))
+    g = res.garbage_mask()
+    assert np.array_equal(g, np.broadcast_to(expect, out.shape))
+    err = np.abs(out - exact)
+    assert np.all(err[~g] <= det[~g])
+    assert np.all(err[g] > det[g])  # the zeroed values are wrong far beyond any bound
+
+
+def test_no_clip_class_without_a_clipping_policy():
+    q, k, v = _clip_case()
+    res = flash.attention(q, k, v, "amla", scale=0.5, block_n=512)
+    assert CLIP_HAZARD not in res.hazards and not res.garbage_mask().any()
+    assert np.all(np.asarray(res.out)[:, 0] > 1e6)  # "ascend" keeps O = 2e10
+    small = flash.attention(q, k, v / 100, "amla", scale=0.5, block_n=512, policy="cann")
+    assert small.hazards[CLIP_HAZARD] == 0 and not small.garbage_mask().any()

@@ -6,6 +6,7 @@ r^ are undone per split."""
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 
 import ml_dtypes
@@ -614,3 +615,56 @@ def test_a_split_kernel_passes_the_split_cases_with_its_split_count(variant, tmp
     base = ["compare", str(tmp_path), "--variant", variant, "--block-n", "256"]
     assert main([*base, "--splits", "8", "--no-bit-match"]) == 0
     assert main([*base, "--splits", "0"]) == 2
+
+
+def _deep_split_case(gap, block_n=32):
+    """Three splits of one block: split 0's scores ``gap`` nats below the row max (its
+    weight below FP32's normal range), |V| = 1e30 there and 0 elsewhere; the row max is a
+    single key (its split's l near 1), the other keys 40 nats lower."""
+    n = 3 * block_n
+    s = np.full(n, -40.0)
+    s[block_n] = 0.0
+    s[:block_n] = -gap + np.linspace(0.0, 0.5, block_n)
+    k = np.zeros((n, 2))
+    k[:, 0] = ml_dtypes.bfloat16(s).astype(np.float64)
+    k[:, 1] = ml_dtypes.bfloat16(s - k[:, 0]).astype(np.float64)
+    v = np.zeros((n, 4))
+    v[:block_n] = 1e30
+    return np.ones((2, 2)), k, v
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla", "lazy"])
+def test_a_split_weight_below_the_normal_range_is_covered(variant, combine):
+    """A split weight ``exp(m_s - M)`` (FlashMLA: ``exp2(lse_s - G)``) below FP32's normal
+    range is rounded to a subnormal or flushed to 0: an absolute error the split bound
+    carries; 104.49 nats puts it just below half the smallest subnormal (flushed: the
+    whole contribution lost), where the error reaches half the bound."""
+    worst = 0.0
+    for gap in (95.0, 103.5, 104.49, 110.0):
+        q, k, v = _deep_split_case(gap)
+        ref = reference.attention(q, k, v, 1.0)
+        res = flash.attention(q, k, v, variant, scale=1.0, block_n=32, splits=3, combine=combine)
+        e = split_bound(variant, q, k, v, 1.0, splits=3, block_n=32, combine=combine)
+        err = np.abs(np.asarray(res.out, np.float64) - ref)
+        assert np.all(err <= e), (variant, combine, gap, float(np.max(err / e)))
+        worst = max(worst, float(np.max(err / e)))
+    if variant != "lazy":  # lazy's stale max allows l up to 2**(tau + 1): not tight
+        assert worst > 0.5, worst
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+def test_a_row_with_no_attended_key_gives_no_warning(combine):
+    rng = np.random.default_rng(0)
+    q, k, v = (
+        rng.standard_normal((3, 8)),
+        rng.standard_normal((96, 8)),
+        rng.standard_normal((96, 4)),
+    )
+    keep = np.ones((3, 96), bool)
+    keep[0, :64] = False  # two dead splits for row 0
+    keep[1] = False  # no key at all for row 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e = split_bound("amla", q, k, v, 0.35, splits=3, block_n=32, combine=combine, mask=keep)
+    assert np.all(np.isinf(e[1])) and np.all(np.isfinite(e[[0, 2]]))

@@ -129,6 +129,35 @@ def _matmul_gamma(acc: Accumulation, n: int, out_format: str) -> float:
     return math.expm1(m * (math.log1p(r) + math.log1p(alpha))) * _F64_SLACK
 
 
+#: The block FMA's alignment floor: the smallest raw exponent of an operand (the emulator
+#: passes BF16's, :data:`~amla_numerics.flash.accumulate.EMIN`) and of the accumulator
+#: ``c`` (FP32's), as a power of two.
+_ALIGN_EMIN = 2.0**-126
+
+
+def _align_floor(acc: Accumulation, n: int, out_format: str) -> float:
+    """Absolute error of one ``n``-term block-FMA sum beyond :func:`_matmul_gamma`'s
+    relative one, per unit of ``max(1, |a|_max, |b|_max)`` (0 for the other models).
+
+    A subnormal operand's raw exponent is the floor ``emin`` (not its own), and so is a
+    subnormal accumulator's: the block's alignment exponent obeys ``2**eta <= max(max
+    |term|, t, max_k max(|a_k|, t) max(|b_k|, t))`` rather than ``2**eta <= max |term|``,
+    (``t = 2**-126``), and ``max(|a|, t) max(|b|, t) <= max(|a b|, t max(|a|, |b|, t))``.
+    So each of the ``m = ceil(n / nb)`` blocks adds at most ``alpha t max(1, |a|_max,
+    |b|_max)`` (for ``t <= 1``) on top of the relative term, ``alpha = (nb + 1) 2**-F``
+    (half for rne), as in :func:`_matmul_gamma`.
+    """
+    if acc.model != "block_fma":
+        return 0.0
+    out = get_format(out_format)
+    t = out.p if acc.acc_bits is None else acc.acc_bits
+    frac = t - 1 + acc.extra_bits
+    nb = min(acc.block, max(n, 1))
+    alpha = (nb + 1) * 2.0**-frac * (0.5 if acc.align_rounding == "rne" else 1.0)
+    m = -(-max(n, 1) // acc.block)
+    return m * alpha * _ALIGN_EMIN * _F64_SLACK
+
+
 def _biased(acc: Accumulation) -> bool:
     """True when a sum's errors can all have one sign (a directed rounding somewhere):
     the probabilistic bound's mean-zero model does not hold, the worst case is kept."""
@@ -217,6 +246,12 @@ class Bound:
         The smallest normal of the P cast's format (and of the P V input format when it
         re-rounds), divided by the static scale: a tile value known to be at least this
         (in its block's frame) takes no absolute cast error (0: every key may).
+    qk_align, pv_align, pv_align_const : float
+        A block FMA's alignment floor (:func:`_align_floor`): the absolute error of one
+        score is at most ``qk_align max(scale, scale (|q|_1 + |k|_1))`` beyond
+        ``qk_gamma``'s, that of one P V tile ``pv_align max(pv_align_const, max|V|)``
+        beyond ``pv_gamma``'s (``pv_align_const = max(1, S p_top)``, ``p_top`` the largest
+        tile value, ``S`` the static P scale; 0 for the other accumulation models).
     kv_order : {"forward", "reverse"}
         The policy's block visit order; :func:`elementwise_bound` evaluates a reverse run on
         the keys reversed (and front-padded with masked keys to whole blocks), which is the
@@ -268,6 +303,9 @@ class Bound:
     kv_order: str = "forward"
     qk_biased: bool = False
     pv_biased: bool = False
+    qk_align: float = 0.0
+    pv_align: float = 0.0
+    pv_align_const: float = 0.0
     terms: dict[str, float] = field(default_factory=dict, compare=False)
 
     def coefficient(self, name: str) -> float:
@@ -491,13 +529,21 @@ def a_priori_bound(
     p_sat, p_scale_abs, sigma_cast, u_cast = _p_scale_terms(
         pol, variant, float(tau), sigma_cast, u_cast
     )
+    s_w = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
     p_min_normal = 0.0
     if pol.p_cast is not None:
         p_min_normal = get_format(pol.p_cast).min_normal
         if not _contains(pol.pv.in_format, pol.p_cast):
             p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
-        s_w = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
         p_min_normal /= s_w
+    p_top = 2.0 ** (float(tau) + 1.0) if variant in ("lazy", "fa4") else 1.0
+    if amla:
+        p_top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
+    qk_align = _align_floor(pol.qk.accumulation, int(head_dim), pol.qk.out_format) * (
+        1.0 + qk_gamma
+    )
+    # per tile, in the P frame: the scaled tile's floor divided by S
+    pv_unit = _align_floor(pol.pv.accumulation, b, pol.pv.out_format) * (1.0 + pv_gamma) / s_w
     consts = _work_constants(pol.work)
     c_w, bias_w = consts["round"](c), consts["round"](float(pol.eps_bias))
     # AMLA's residual r = exp(fl(fl(fl(m RECIP) + n) LN2)): |ln(r / (e**m 2**n))| <= eta
@@ -560,6 +606,9 @@ def a_priori_bound(
         p_scale_abs=p_scale_abs,
         p_min_normal=p_min_normal,
         kv_order="forward" if variant == "naive" else pol.kv_order,
+        qk_align=qk_align,
+        pv_align=pv_unit,
+        pv_align_const=max(1.0, s_w * p_top),
     )
     nu_rel = abs(nu0) * 2.0**-23
     terms = {
@@ -967,12 +1016,16 @@ def _cast_abs(
     bn: int,
     alpha: np.ndarray,
     common: np.ndarray,
+    logk: np.ndarray | None = None,
 ) -> np.ndarray:
     """The P cast's absolute (below-normal) errors, summed over keys with ``|V|``, in the
     final frame. Key ``i`` of block ``j`` is cast in block ``j``'s frame, where one rounding
     into the subnormals errs by at most ``sigma_cast``; carried to the row's final max it
     shrinks by ``exp(m_j - m) <= min(1, exp(m_hi_j - m_lo_T))`` (the computed max never
-    decreases; a stale max trails the true one by at most ``tau ln 2``). A value below the
+    decreases; a stale max trails the true one by at most ``tau ln 2``). Where AMLA's
+    ``dn`` clamp over-weights key ``i`` by ``K_i`` (``logk = ln K_i``), the carried error and
+    the computed value are ``K_i`` times larger: ``min(1, exp(m_hi_j - m_lo_T + ln K_i))``
+    (the clamped factor ``2**dn_clamp`` is itself at most 1). A value below the
     normal range also rounds to within ``[0, 2x]`` (two roundings: ``3x``), ``x`` the
     computed tile value: in the final frame at most ``r^_max exp(min(s_i + e_i - m_lo_T,
     stale)) (1 + alpha_i)`` (the computed final max is >= every computed score, minus
@@ -984,11 +1037,15 @@ def _cast_abs(
     n = s0.shape[-1]
     stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in ("lazy", "fa4") else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        lift = np.minimum(m_hi - m_lo[..., -1:] + stale, 0.0)
-        frame = np.nan_to_num(np.exp(lift), nan=1.0)
-        x_fin = b.r_hat_max * np.exp(np.minimum(s0 + e - m_lo[..., -1:], stale))
+        lift = _to_keys(m_hi - m_lo[..., -1:] + stale, bn, n)
+        x_log = s0 + e - m_lo[..., -1:]
+        if logk is not None:
+            lift = lift + logk
+            x_log = x_log + logk
+        frame = np.nan_to_num(np.exp(np.minimum(lift, 0.0)), nan=1.0)
+        x_fin = b.r_hat_max * np.exp(np.minimum(x_log, stale))
         x_fin = np.nan_to_num(x_fin, nan=1.0, posinf=1.0) * (1.0 + alpha)
-    per = np.minimum(b.sigma_cast * _to_keys(frame, bn, n), 3.0 * x_fin)
+    per = np.minimum(b.sigma_cast * frame, 3.0 * x_fin)
     if b.p_min_normal > 0:
         with np.errstate(invalid="ignore", over="ignore", under="ignore"):
             x_lo = b.r_hat_min * np.exp(s0 - e - _to_keys(m_hi, bn, n) - common)
@@ -1061,6 +1118,8 @@ def score_error(b: Bound, x: BoundInputs, prob: bool = False) -> tuple[np.ndarra
         sig_in = qk_in.min_subnormal
         e = e + (1.0 + u) ** 2 * sig_in * (1.0 + k_in) * (x.qk_l1 + abs(x.scale) * d * sig_in)
     e = e + (1.0 + u) ** 2 * abs(x.scale) * b.sigma_pv_out + 2.0 * b.sigma_work
+    if b.qk_align and x.qk_l1 is not None:  # the block FMA's alignment floor
+        e = e + (1.0 + u) ** 2 * b.qk_align * np.maximum(x.qk_l1, abs(x.scale))
     if b_abs is not None:  # fl(S + fl(b)): the bias's rounding and the add
         e = e + u * b_abs + u * (np.abs(s0) + e + u * b_abs) + 2.0 * b.sigma_work
     e = np.where(fin, e, 0.0)
@@ -1234,11 +1293,14 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     sig = b.sigma_work
     per_key = sig * b.r_hat_max + (sig if amla else 0.0)
     v_sum = x.v_sum if x.v_sum is not None else np.sum(x.v_abs, axis=-2, keepdims=True)
-    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind)
+    cast_abs = _cast_abs(b, x, s0, e, fin, m_hi, m_lo, bn, alpha, common_ind, logk_key)
     v_in_sig = 0.0 if b.pv_in in x.v_formats else get_format(b.pv_in).min_subnormal
     n_pos = float(n_keys)
     abs_num = per_key * v_sum * (1.0 + v_in) + _times(v_in_sig * n_pos * b.r_hat_max, carry)
     abs_num = abs_num + cast_abs + b.blocks * (b.sigma_pv_out + b.sigma_o + sig + b.p_scale_abs)
+    if b.pv_align:  # the block FMA's alignment floor, per tile
+        top = np.maximum(b.pv_align_const, x.v_max * (1.0 + v_in))
+        abs_num = abs_num + b.blocks * b.pv_align * top
     # a_j (or AMLA's guard factor) rounded into the subnormals: sigma |O|, |O| <= N p_max max|V|
     p_max = 2.0 ** (b.tau + 1.0) if lazy else 1.0  # lazy's P against a stale max: <= 2**tau
     o_max = 2.0 * n_pos * x.v_max * b.r_hat_max * p_max

@@ -164,8 +164,9 @@ def combine_terms(
     x_max = np.max(np.where(live, top - lse_f, 0.0), axis=0, keepdims=True)
     c = -(-n_splits // _LANES) + 4
     sigma = _inflate(_LN2 * u * x_max + u + c * u)
-    # the exact global lse (log2 units) and the warp sum it came from, with slack 1
-    with np.errstate(over="ignore", invalid="ignore"):
+    # the exact global lse (log2 units) and the warp sum it came from, with slack 1 (a row
+    # with no live split: log2(0) = -inf, no warning; its bound is +inf)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         g = top + np.log2(np.sum(np.where(live, np.exp2(lse_f - top), 0.0), axis=0, keepdims=True))
     g_abs = np.abs(g) + 1.0
     log2_sum = np.abs(g - top) + 1.0
@@ -173,6 +174,59 @@ def combine_terms(
     num = xi + n_splits * u
     lse_term = _LN2 * (d_max + u * (log2_sum + g_abs)) + sigma
     return num, np.zeros_like(num), lse_term
+
+
+def _underflow_terms(
+    b0: Any,
+    combine: str,
+    parts: list[dict[str, Any]],
+    stack: dict[str, np.ndarray],
+    out_abs: np.ndarray,
+    score_max: np.ndarray,
+) -> np.ndarray:
+    """Absolute error (before the division by ``1 - max_s B_s``) of the split weights that
+    may fall below the work format's normal range, where their relative bound fails.
+
+    CANN: ``fl(exp(fl(m_s - M)))`` errs by at most ``sigma`` (half the format's smallest
+    subnormal for a correctly rounded exp, the whole for the polynomial one) once
+    ``exp(m_s - M) < 2**emin``: ``t_s = fl(l_s e)`` by ``l_s sigma`` plus its own rounding
+    ``sigma``, ``w_s = fl(t_s / L)`` and ``fl(w_s o_s)`` by ``sigma`` each (``L >= r^_min``:
+    the split holding the row max has ``exp(0) = 1`` and ``l >= 1``), so the output gains
+    ``sigma ((l_s + 2)(|o_s| + E_s) + 1)`` and the sum ``L`` ``sigma (l_s + 1)``, i.e.
+    ``|out| sigma (l_s + 1)``. FlashMLA: ``w_s = exp2(fl(lse_s - G))`` errs by ``sigma``
+    once ``lse_s - G < emin`` and the FMA by ``sigma``: ``sigma (|o_s| + E_s + 1)``.
+    ``|o_s| <= max_{k in s} |v_k|`` (a convex combination). A split is charged where an
+    upper bound of ``M - m_s`` (``G - lse_s``), with the score error and one binade of
+    slack, reaches ``-emin`` binades; elsewhere the term is 0."""
+    from amla_numerics.formats import get_format
+
+    work = get_format(b0.work)
+    sig = work.min_subnormal * (0.5 if b0.exp_model == "cr" else 1.0)
+    emin = -math.log2(work.min_normal)  # 126 for FP32
+    extra = np.zeros_like(out_abs)
+    if combine == "cann":
+        stale = b0.tau if b0.variant in ("lazy", "fa4") else 0.0  # a stale m_s, binades
+        deep = stack["dm"] * _LOG2E + stale + 1.0 >= emin  # (S, ..., M)
+    else:
+        lse2 = stack["lse2"]
+        live = np.isfinite(lse2)
+        top = np.max(np.where(live, lse2, -np.inf), axis=0, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)  # a row with no live split
+        gap = top - np.where(live, lse2, top) + math.log2(len(parts))
+        deep = live & (gap + 2.0 * score_max[..., 0] * _LOG2E + 1.0 >= emin)
+    if not deep.any():
+        return extra
+    for i, p in enumerate(parts):
+        o_hi = p["v_max_s"] + p["e"]  # (..., 1, Dv) + (..., M, Dv)
+        d = deep[i][..., None]
+        if combine == "cann":
+            lh = p["l_hi"][..., None]
+            term = sig * ((lh + 2.0) * o_hi + 1.0 + (lh + 1.0) * out_abs) / b0.r_hat_min
+        else:
+            term = sig * (o_hi + 1.0)
+        with np.errstate(invalid="ignore"):
+            extra = extra + np.where(d, term, 0.0)
+    return extra
 
 
 def split_bound(
@@ -296,9 +350,16 @@ def split_bound(
         r_s = np.where(ws > 0, r_s, np.max(_inflate(t_k), axis=-1))
         with np.errstate(divide="ignore"):
             lam = np.log(np.sum(np.where(fin, np.exp(s0 - m_s0), 0.0), axis=-1))  # ln l_s
+        # the split's computed l (AMLA: without r^) from above: its exact sum in the frame
+        # of its exact max, the computed max off by <= the score error, a stale max by tau
+        stale_l = 2.0 ** (bs.tau + 1.0) if variant in ("lazy", "fa4") else 1.0
+        with np.errstate(over="ignore"):
+            l_hi = np.exp(lam + 2.0 * score_max[..., 0]) * (1.0 + r_s) * stale_l
         parts.append(
             {
                 "e": e_s,
+                "l_hi": np.where(dead, 0.0, l_hi),
+                "v_max_s": np.max(x.v_abs[..., lo:hi, :], axis=-2, keepdims=True),
                 "r": r_s,
                 "W": ws,
                 "wv": w_all[..., lo:hi] @ x.v_abs[..., lo:hi, :],
@@ -331,6 +392,7 @@ def split_bound(
             total_num = total_num + wa * p["e"] + a[i][..., None] * p["wv"]
         den = x.out_abs * np.sum(stack["W"] * b, axis=0)[..., None]
     b_max = np.max(b, axis=0)[..., None]
+    total_num = total_num + _underflow_terms(b0, combine, parts, stack, x.out_abs, score_max)
     with np.errstate(divide="ignore", invalid="ignore"):
         total = np.where(b_max < 1.0, (total_num + den) / (1.0 - b_max), np.inf)
     total = np.where(attended[..., None] & ~np.isnan(total), total * (1.0 + 2.0**-20), np.inf)

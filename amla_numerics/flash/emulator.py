@@ -24,7 +24,8 @@ per KV block ``j`` (0-based) and row, all in the work format (``fl`` = one rne r
    stage (``cast(fl(P_j S))``, product, ``fl(PV_j / S)``); variants ``fa_fp8`` (as
    ``fa_fp32``) and ``amla_fp8`` (as ``amla``) run under its :func:`variant_policy`.
    Policy ``kv_order="reverse"`` visits the blocks last to first (trace in visit order).
-7. ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``), after the optional ``o_clip``.
+7. ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``), after the optional ``o_clip``
+   (a finite O beyond it, zeroed, is the counted hazard :data:`CLIP_HAZARD`).
    ``lse = m + ln(l)`` in float64 from the final work-format ``m`` and ``l``.
 
 ``fa4`` (FlashAttention-4's softmax): raw scores, ``exp2`` of one FMA by a polynomial, the
@@ -92,6 +93,7 @@ from amla_numerics.inputs import is_leading_columns
 from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
 
 __all__ = [
+    "CLIP_HAZARD",
     "MLA_DK",
     "MLA_DV",
     "MLA_SCALE",
@@ -101,6 +103,12 @@ __all__ = [
     "mla_attention",
     "rescale_probability",
 ]
+
+#: The hazard class of a clipping policy (``Policy.o_clip``, preset ``"cann"``): output
+#: elements whose final O was finite, beyond ``o_clip`` and zeroed (counted per element,
+#: in :meth:`FlashResult.garbage_mask`: no bound covers a value the policy replaced by 0;
+#: the key is present only under a clipping policy).
+CLIP_HAZARD = "o_clip"
 
 #: The MLA decode preset (DeepSeek-V3 absorbed form): score dim, value dim, softmax scale.
 MLA_DK, MLA_DV, MLA_SCALE = 576, 512, 1.0 / math.sqrt(192.0)
@@ -122,7 +130,8 @@ class FlashResult:
         whose ``dn`` the kernel's clamp raised, summed over blocks (informational: a
         deterministic feature the bounds cover). ``"overflow"`` also counts, for every
         variant, the output elements of attended rows that are not finite because O, l or
-        the division overflowed FP32 (and no integer-add hazard touched them).
+        the division overflowed FP32 (and no integer-add hazard touched them). Under a
+        clipping policy, :data:`CLIP_HAZARD`: elements whose finite O the clip zeroed.
     hazard_mask : dict[str, numpy.ndarray]
         Per class of ``hazards`` (``"ok"`` excluded), a bool array shaped like ``out``:
         which output elements that class touched over all blocks (``"clamp"``: whole rows).
@@ -152,7 +161,8 @@ class FlashResult:
         class touched (``amla_guarded`` repairs them: none there), less those that had
         overflowed FP32 first. No error bound covers them; every other element with a
         finite reference is covered, so FP32 overflow (finite reference, non-finite output)
-        is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it."""
+        is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it.
+        Under a clipping policy the elements :data:`CLIP_HAZARD` zeroed are garbage too."""
         if self.uncovered is not None:
             return self.uncovered
         return np.zeros(self.out.shape, bool)
@@ -620,8 +630,10 @@ class _Run:
                 rec["p_underflow"].append(self.p_counts[0])
                 rec["p_saturate"].append(self.p_counts[1])
         O_final = O
+        clipped = None
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
+                clipped = np.isfinite(O) & (np.abs(O) > dt(pol.o_clip))
                 O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             den = l * sc.r_hat if self.is_amla else l
@@ -637,6 +649,12 @@ class _Run:
         if n_over:
             hazards["overflow"] += n_over
             _mark(masks, "overflow", overflow)
+        if clipped is not None:  # finite O the clip zeroed: a policy-made wrong value
+            clipped = np.broadcast_to(clipped, shape) & ~junk & ~overflow
+            hazards[CLIP_HAZARD] = int(np.count_nonzero(clipped))
+            if hazards[CLIP_HAZARD]:
+                _mark(masks, CLIP_HAZARD, clipped)
+                junk = junk | clipped
         full = {
             name: np.broadcast_to(masks[name], shape).copy()
             if name in masks

@@ -302,7 +302,7 @@ def _one_inner(
         dots = res["dots"] if len(blocks) == 1 else _LazyDots(q, k)
     # sum_j err_p_j with err_p_j = rel_j p_j + EXP_ABS + tau_j <= rel_row p_j + EXP_ABS + tau_j
     big_e = (rel * psum * _INFLATE + n * EXP_ABS + tau_sum) * (1 + gamma(n + 1))
-    if not terms.n:  # no live weight limb anywhere (then no limb sum either)
+    if not lterms.n:  # no live weight anywhere: every row is fully masked
         terms, lterms = _Sum2(), _Sum2()
         terms.add([np.zeros((v.shape[1], m_rows))])
         lterms.add([np.zeros(m_rows)])

@@ -226,8 +226,16 @@ def attention_row(
             cand, ys, betas = [], [], []
             for idx, c in enumerate(pending):
                 o = mpmath.mp.make_mpf(from_man_exp(int(oint[idx]), emin + int(evs[idx])))
-                if o == 0:
-                    still.append(c)
+                if o == 0 or abs(o) < _TINY * l_mp:
+                    # the grid sum is zero or the result is near float64's underflow: the
+                    # dropped weights may decide it, so every group's term is summed in mpf
+                    y, beta = _floating_column(p, wint[:, slot[c]], int(ev[slot[c]]), rel, l_mp)
+                    if y == 0:
+                        still.append(c)
+                    else:
+                        cand.append(c)
+                        ys.append(y)
+                        betas.append(1.01 * rel_l + beta)
                     continue
                 ao = abs(o)
                 ratio = mpmath.mpf(float(amag[idx])) / ao
@@ -256,6 +264,33 @@ def attention_row(
         if pending or lse_pending:
             prec *= 2
     return RowResult(out, out_mpf, lse, lse_mpf, prec)
+
+
+#: Below this relative size of ``o / l`` a column is also summed in mpf (float64's smallest
+#: normal is 2**-1022; the grid sum drops weights below ``2**-(4 prec + 64)``).
+_TINY = mpmath.ldexp(mpmath.mpf(1), -1000)
+
+
+def _floating_column(p: list, w: np.ndarray, ev: int, rel: Any, l_mp: Any) -> tuple[Any, Any]:
+    """``y = sum_g p_g w_g / l`` with every group's term in mpf (no common grid, so no weight
+    is dropped however small), and its relative error from the weights and the sum.
+
+    ``p`` are the rounded weights (relative error ``rel``), ``w`` the exact group sums of
+    the column as integers on the grid ``2**ev``. Each term and partial sum rounds once at the
+    working precision ``2**(1-prec)``: ``|Y - sum p w| <= (rel + (G + 2) 2**(1-prec)) sum p |w|``
+    (with ``1.01`` for the products of the small error terms). ``l``'s own error is the
+    caller's. Returns ``(y, beta)``; ``y`` is zero where the terms cancelled (undecided).
+    """
+    terms = [
+        pi * mpmath.mp.make_mpf(from_man_exp(int(wi), ev)) for pi, wi in zip(p, w, strict=True)
+    ]
+    big = mpmath.fsum([abs(t) for t in terms])
+    y_sum = mpmath.fsum(terms)
+    if y_sum == 0:
+        return y_sum, big
+    tiny = mpmath.ldexp(mpmath.mpf(1), 1 - mpmath.mp.prec)
+    err = 1.01 * (rel + (len(p) + 2) * tiny) * big
+    return y_sum / l_mp, 1.01 * err / abs(y_sum) + 4 * tiny
 
 
 def _exact_columns(v: np.ndarray, cols: list[int], members: list, single: bool):
@@ -295,6 +330,16 @@ def _settled(y: mpmath.mpf, beta: float, target: int) -> bool:
     return bool(_settled_many([y], [beta], target)[0][0])
 
 
+_UNDER = mpmath.ldexp(mpmath.mpf(1), -1100)
+
+
+def _clip_tiny(x: Any) -> Any:
+    """``x``, or ``+-2**-1100`` where ``0 < |x| < 2**-1100``: both round to the same float64
+    zero (below half the smallest subnormal), and the exact rounding of a value with an
+    astronomically small exponent (``exp(-1e12)``) is never formed."""
+    return x if x == 0 or abs(x) >= _UNDER else (_UNDER if x > 0 else -_UNDER)
+
+
 def _settled_many(ys: list, betas: list, target: int) -> tuple[list[bool], list[float]]:
     """Vectorised :func:`_settled`; also returns each ``y`` correctly rounded to float64."""
     if not ys:
@@ -304,7 +349,7 @@ def _settled_many(ys: list, betas: list, target: int) -> tuple[list[bool], list[
     mid = np.empty(len(ys), dtype=object)
     for i, (y, b) in enumerate(zip(ys, betas, strict=True)):
         d = abs(y) * b
-        lo[i], hi[i], mid[i] = y - d, y + d, y
+        lo[i], hi[i], mid[i] = _clip_tiny(y - d), _clip_tiny(y + d), _clip_tiny(y)
     rl = round_to(lo, FP64).astype(np.float64)
     rh = round_to(hi, FP64).astype(np.float64)
     rm = round_to(mid, FP64).astype(np.float64)

@@ -111,7 +111,12 @@ def test_compare_exit_codes_and_json(cases, tmp_path, capsys):
     zc = by["zero_vcol_h4_sq2_n1536"]
     assert not zc["pass"]
     ok = [n for n, r in by.items() if n != "zero_vcol_h4_sq2_n1536"]
-    assert main(["compare", *(str(outs / f"{n}.npz") for n in ok), "--max-cond-err", "1e9"]) == 0
+    ok_args = ["--variant", "amla", "--max-cond-err", "1e9"]
+    assert main(["compare", *(str(outs / f"{n}.npz") for n in ok), *ok_args]) == 0
+    capsys.readouterr()
+    # judged against the default fa_fp32 schedule, AMLA's clamp on max_jump is a failure
+    assert main(["compare", str(outs / "max_jump_h4_sq2_n1536.npz")]) == 1
+    assert "max_jump_h4_sq2_n1536: an element's error is" in capsys.readouterr().err
     capsys.readouterr()
     tight = str(outs / "mla_h4_sq2_n1536.npz")
     assert main(["compare", tight, "--max-cond-err", "1", "--no-bit-match"]) == 1

@@ -209,3 +209,15 @@ def test_nearest_variant_is_none_below_the_bit_match_share():
     assert max(c.bit_match.values()) < NEAREST_MIN_SHARE and c.nearest_variant is None
     amla = flash.attention(q, k, v, "amla", block_n=128).out
     assert compare(amla, q, k, v, block_n=128, variant="amla").nearest_variant == "amla"
+
+
+def test_importing_the_testing_package_and_plugin_loads_no_matplotlib_or_scipy_stats():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, amla_numerics.testing, amla_numerics.testing.plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'scipy.stats'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

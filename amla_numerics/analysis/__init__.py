@@ -31,16 +31,6 @@ from amla_numerics.analysis.budgets import (
 )
 from amla_numerics.analysis.grid import Case, Record, evaluate_case, expand_grid, run_grid
 from amla_numerics.analysis.metrics import ErrorMetrics, error_metrics, magnitude_scale
-from amla_numerics.analysis.plots import (
-    plot_block_trace,
-    plot_cond_distribution,
-    plot_error_scatter,
-    plot_error_vs,
-    plot_error_vs_c,
-    plot_pareto,
-    plot_ulp_distribution,
-    save_report_plots,
-)
 from amla_numerics.analysis.render import render
 from amla_numerics.analysis.report import (
     Report,
@@ -51,6 +41,28 @@ from amla_numerics.analysis.report import (
 )
 from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
+
+#: The plotting functions: imported with matplotlib on first access (``analysis.plot_*``),
+#: so that importing the metrics or the budgets does not load matplotlib.
+_PLOTS: tuple[str, ...] = (
+    "plot_block_trace",
+    "plot_cond_distribution",
+    "plot_error_scatter",
+    "plot_error_vs",
+    "plot_error_vs_c",
+    "plot_pareto",
+    "plot_ulp_distribution",
+    "save_report_plots",
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _PLOTS:
+        from amla_numerics.analysis import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'amla_numerics.analysis' has no attribute {name!r}")
+
 
 __all__ = [
     "WORKLOADS",

@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from amla_numerics.formats import BF16, FP32, get_format
 from amla_numerics.rounding import MODES, round_to
@@ -312,7 +311,7 @@ def error_metrics(
     d_f = y_f - r_f
     nonzero = signed32[signed32 != 0]
     sign_p = (
-        float(stats.binomtest(int(np.sum(nonzero > 0)), int(nonzero.size)).pvalue)
+        float(_binomtest(int(np.sum(nonzero > 0)), int(nonzero.size)).pvalue)
         if nonzero.size
         else math.nan
     )
@@ -352,6 +351,13 @@ def error_metrics(
         if n
         else (0,) * (len(COND_EDGES) - 1),
     )
+
+
+def _binomtest(k: int, n: int) -> Any:
+    """scipy's two-sided binomial test, imported on first use (scipy.stats is heavy)."""
+    from scipy import stats
+
+    return stats.binomtest(k, n)
 
 
 def _real_array(x: Any, name: str) -> np.ndarray:

@@ -260,12 +260,13 @@ def _key(arrs: Sequence[Any], scale: Any) -> str:
 
 
 def reference_for(
-    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None
+    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None, digest: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest."""
+    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest
+    (``digest``: that of ``q, k, v, mask, scale``, when the caller has it already)."""
     from amla_numerics.reference import attention
 
-    key = _key((q, k, v, mask), scale)
+    key = digest if digest is not None else _key((q, k, v, mask), scale)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -470,9 +471,10 @@ def _compare(
 
     combine = check_combine(combine)
     n_splits = 1 if splits is None else int(splits)
-    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask)
+    digest = _key((qa, ka, va, mask), scale)
+    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask, digest=digest)
     sc = None if scale is None else float(scale)
-    mag = magnitude_scale(qa, ka, va, sc, mask=mask)
+    mag = _cached(digest, ("mag",), lambda: magnitude_scale(qa, ka, va, sc, mask=mask))
     lse_arr = lse_arr_raw = None
     if lse is not None:
         lse_arr_raw = _float_array(lse, "lse")
@@ -486,7 +488,7 @@ def _compare(
         policy = default_policy(qa, ka, va)
     pol_name = policy if isinstance(policy, str) else policy.name
     schedule = variant if variant is not None else (DEFAULT_SCHEDULE if judge else None)
-    cfg = (sc, int(block_n), policy, n_splits, combine)
+    cfg = (digest, sc, int(block_n), policy, n_splits, combine)
 
     # emulated variants: bit match, and the schedule's hazards
     names: list[str] = []
@@ -644,60 +646,63 @@ def default_policy(q: Any, k: Any, v: Any) -> Any:
     return Policy(name="ascend-fp32in", qk=mm, pv=mm)
 
 
-def _cfg_key(arrs: Sequence[Any], what: str, cfg: tuple) -> str:
-    from amla_numerics.flash.policy import get_policy
-
-    sc, block_n, policy, n_splits, combine = cfg
-    pol = get_policy(policy).to_json()
-    return _key(arrs, (what, sc, block_n, pol, n_splits, combine))
-
-
-def _cache_put(key: str, value: Any) -> Any:
+def _cached(digest: str, what: tuple, make: Any) -> Any:
+    """``make()`` cached in-process under the input digest and ``what``."""
+    key = hashlib.sha256(repr((digest, what)).encode()).hexdigest()
+    hit = _EMU_CACHE.get(key)
+    if hit is not None:
+        _EMU_CACHE.move_to_end(key)
+        return hit
+    value = make()
     _EMU_CACHE[key] = value
     while len(_EMU_CACHE) > 64:
         _EMU_CACHE.popitem(last=False)
     return value
 
 
+def _what(name: str, cfg: tuple) -> tuple:
+    from amla_numerics.flash.policy import get_policy
+
+    _, sc, block_n, policy, n_splits, combine = cfg
+    return (name, sc, block_n, get_policy(policy).to_json(), n_splits, combine)
+
+
 def _emulate(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, name: str, cfg: tuple
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
     """The emulated ``name`` on these inputs (cached in-process): out, lse, hazards, garbage."""
-    key = _cfg_key((q, k, v, mask), "emulate:" + name, cfg)
-    hit = _EMU_CACHE.get(key)
-    if hit is not None:
-        _EMU_CACHE.move_to_end(key)
-        return hit
-    from amla_numerics import flash
 
-    sc, block_n, policy, n_splits, combine = cfg
-    res = flash.attention(
-        q,
-        k,
-        v,
-        name,
-        scale=sc,
-        block_n=block_n,
-        policy=policy,
-        mask=mask,
-        splits=n_splits,
-        combine=combine,
-    )
-    haz = {str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv}
-    return _cache_put(key, (np.asarray(res.out), np.asarray(res.lse), haz, res.garbage_mask()))
+    def run() -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
+        from amla_numerics import flash
+
+        _, sc, block_n, policy, n_splits, combine = cfg
+        res = flash.attention(
+            q,
+            k,
+            v,
+            name,
+            scale=sc,
+            block_n=block_n,
+            policy=policy,
+            mask=mask,
+            splits=n_splits,
+            combine=combine,
+        )
+        haz = {str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv}
+        return np.asarray(res.out), np.asarray(res.lse), haz, res.garbage_mask()
+
+    return _cached(cfg[0], _what("emulate:" + name, cfg), run)
 
 
 def _cached_bound(
     name: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, cfg: tuple
 ) -> np.ndarray:
-    key = _cfg_key((q, k, v, mask), "bound:" + name, cfg)
-    hit = _EMU_CACHE.get(key)
-    if hit is not None:
-        _EMU_CACHE.move_to_end(key)
-        return hit
-    sc, block_n, policy, n_splits, combine = cfg
-    b = _elementwise_bound(name, q, k, v, sc, mask, block_n, policy, n_splits, combine)
-    return _cache_put(key, b)
+    _, sc, block_n, policy, n_splits, combine = cfg
+    return _cached(
+        cfg[0],
+        _what("bound:" + name, cfg),
+        lambda: _elementwise_bound(name, q, k, v, sc, mask, block_n, policy, n_splits, combine),
+    )
 
 
 def _elementwise_bound(

@@ -221,3 +221,25 @@ def test_importing_the_testing_package_and_plugin_loads_no_matplotlib_or_scipy_s
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bf16_view_on_the_rows_scale():
+    """Shares correctly rounded / faithful and the error in BF16 ULPs of the row's largest
+    |ref|, against outputs moved by an exact number of BF16 ULPs."""
+    q, k, v = _inputs(seed=5, n=300)
+    ref = rounded_reference(q, k, v)
+    rb = ref.rounded["bf16"]
+    m = compare(rb, q, k, v, bit_match=False).metrics
+    assert m.bf16_out_cr_frac == 1.0 and m.bf16_out_faithful_frac == 1.0
+    assert m.bf16_out_rowmax_ulp_max <= 0.5  # a rounding of the largest value: half a ULP
+    bits = rb.view(np.uint16).copy()
+    small = np.unravel_index(np.argmin(np.abs(ref.out)), ref.out.shape)  # nearest to zero
+    bits[0, 0] += 1  # one BF16 ULP away: still faithful
+    bits[small] += 3  # three ULPs of a tiny value: huge at its own scale, tiny on the row's
+    moved = bits.view(BF16)
+    m2 = compare(moved, q, k, v, bit_match=False).metrics
+    n = rb.size
+    assert m2.bf16_out_cr_frac == pytest.approx(1 - 2 / n)
+    assert m2.bf16_out_faithful_frac == pytest.approx(1 - 1 / n)
+    assert m2.bf16_out_max_ulp == 3  # the secondary figure, at the element's own value
+    assert m2.bf16_out_rowmax_ulp_max <= 1.5  # one ULP at |ref| <= the row's max, + half

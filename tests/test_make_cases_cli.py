@@ -152,6 +152,18 @@ def test_compare_budget_file_for_a_users_kernel(cases, tmp_path, capsys):
     assert "> budget 0.5" in err and err.count("OVER:") == 1
     assert main([*args[:2], "--budget", str(budget), "--kernel", "theirs"]) == 2
     assert "no kernel 'theirs'" in capsys.readouterr().err
+    # a budget that covers only the sink case: the others are reported, and fail if strict
+    partial = tmp_path / "p.toml"
+    partial.write_text("[[kernels.k.cases]]\nmatch = 'sink_*'\ncond_err_max = 1e9\n")
+    args = ["compare", str(outs), "--budget", str(partial), "--kernel", "k", "--no-bit-match"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "note: no entry of budget 'k' covers case 'mla_h4_sq2_n1536'" in err
+    assert "covers case 'sink_h4_sq2_n1536'" not in err
+    assert main([*args, "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "OVER: k mla_h4_sq2_n1536 budget_uncovered measured 1 > budget 0" in err
+    assert "OVER: k sink_h4_sq2_n1536" not in err
 
 
 def test_compare_bad_files_exit_2_with_one_sentence(cases, tmp_path, capsys):

@@ -150,6 +150,7 @@ class Verdict:
     comparison: Comparison
     checks: tuple[Check, ...]
     kernel: str
+    budget_covered: bool | None = None
 
     @property
     def case(self) -> str:
@@ -165,14 +166,19 @@ class Verdict:
 
     @property
     def reasons(self) -> tuple[str, ...]:
-        """The default rule's sentences for every broken rule (empty when it passed)."""
-        return self.comparison.reasons
+        """The default rule's sentences for every broken rule (empty when it passed), and
+        a budget that covers no entry of this case."""
+        out = self.comparison.reasons
+        if self.budget_covered is False:
+            out = (*out, f"no entry of budget {self.kernel!r} covers case {self.case!r}")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the dump, ``pass``, the failures, and :meth:`Comparison.to_dict`."""
         d = {"dump": self.dump.path, "case": self.case, "kernel": self.kernel, "pass": self.passed}
         d["failures"] = [c.describe() for c in self.over]
         d["reasons"] = list(self.reasons)
+        d["budget_covered"] = self.budget_covered
         d.update(self.comparison.to_dict())
         return d
 
@@ -192,13 +198,16 @@ def judge(
     rule: bool = True,
     max_factor: float = MAX_FACTOR,
     rms_factor: float = RMS_FACTOR,
+    strict: bool = False,
 ) -> Verdict:
     """Compare one dump and check it: the default rule, ``budget``'s limits, ``limits``.
 
     Always checked: ``n_nonfinite <= 0``. With ``rule`` (the default): the rule's figures
     (``schedule_max_ratio``, ``schedule_rms_ratio``, ``schedule_bound_ratio``,
     ``lse_ratio`` <= 1; ``degenerate`` <= 0) against the schedule ``variant`` (default
-    ``"fa_fp32"``) under ``policy``, ``block_n``, ``splits``, ``combine``.
+    ``"fa_fp32"``) under ``policy``, ``block_n``, ``splits``, ``combine``. A ``budget``
+    with no limit for the case leaves ``budget_covered`` False (a reason says so); with
+    ``strict`` that is a failure (metric ``budget_uncovered``).
     """
     c = compare(
         dump.out,
@@ -223,16 +232,20 @@ def judge(
     if c.rule is not None:
         rule_values = c.rule.values()
         lim.update(c.rule.limits())
+    covered = None
     if budget is not None:
-        lim.update(
-            budget.limits_for(
-                name=dump.case, workload=dump.workload, head_dim=dump.head_dim, kv_len=dump.kv_len
-            )
+        sel = dict(
+            name=dump.case, workload=dump.workload, head_dim=dump.head_dim, kv_len=dump.kv_len
         )
+        lim.update(budget.limits_for(**sel))
+        covered = budget.covers(**sel)
+        if strict:
+            lim["budget_uncovered"] = 0.0
     lim.update(limits or {})
     values: dict[str, float] = {m: c.value(m) for m in LIMIT_METRICS}
     values["n_nonfinite"] = float(c.metrics.n_nonfinite)
     values.update(rule_values)
+    values["budget_uncovered"] = 0.0 if covered in (None, True) else 1.0
     name = kernel or (budget.name if budget is not None else "kernel")
     checks = check_limits(name, dump.case, values, lim)
-    return Verdict(dump, c, tuple(checks), name)
+    return Verdict(dump, c, tuple(checks), name, covered)

@@ -39,6 +39,8 @@ __all__ = [
     "KEY_BLOCK",
     "Cost",
     "available_memory",
+    "case_cost",
+    "check_case_fits",
     "check_fits",
     "check_grid",
     "check_reference_fits",
@@ -85,7 +87,8 @@ def reference_cost(
     """Estimate of :func:`amla_numerics.reference.attention` (method "auto") on one problem."""
     m, n, b = int(rows), int(kv_len), int(batch)
     blk = min(n, KEY_BLOCK)
-    inputs = 8 * b * (m * head_dim + n * (head_dim + v_dim))  # the float64 copies
+    # the float64 copies and the exact dot products' integer-limb copies of q and k
+    inputs = 3 * 8 * b * (m * head_dim + n * (head_dim + v_dim))
     work = 8 * m * blk * (12 + (1 if masked else 0)) + 8 * m * n * (1 if masked else 0)
     outputs = 8 * 4 * b * m * v_dim
     secs = b * (_GEMM_S * m * n * (head_dim + 2 * v_dim) + _SCORE_S * m * n)
@@ -99,6 +102,36 @@ def emulator_cost(rows: int, kv_len: int, head_dim: int, v_dim: int, batch: int 
     work = 8 * b * m * n * 8
     secs = b * (2 * _GEMM_S * m * n * (head_dim + v_dim) + 0.2 * _SCORE_S * m * n)
     return Cost(inputs + work, secs)
+
+
+def case_cost(s_q: int, heads: int, kv_len: int, head_dim: int, v_dim: int) -> Cost:
+    """Estimate of writing one golden case (:func:`amla_numerics.testing.cases.make_case`
+    and its certified reference): the float64 inputs and their BF16 copies, a causal mask,
+    the reference (:func:`reference_cost`) and its rounded outputs.
+
+    >>> case_cost(1, 128, 2001, 576, 512).bytes < 2**30
+    True
+    """
+    rows = int(s_q) * int(heads)
+    n, d, dv = int(kv_len), int(head_dim), int(v_dim)
+    inputs = 10 * (rows * d + n * d) + 2 * n * dv + int(s_q) * n
+    ref = reference_cost(rows, n, d, dv, masked=s_q > 1)
+    outputs = 8 * 4 * rows * dv
+    return Cost(inputs + ref.bytes + outputs, ref.seconds)
+
+
+def check_case_fits(
+    s_q: int,
+    heads: int,
+    kv_len: int,
+    head_dim: int,
+    v_dim: int,
+    *,
+    what: str = "the case",
+    available: int | None = None,
+) -> Cost:
+    """:func:`check_fits` of :func:`case_cost`."""
+    return check_fits(case_cost(s_q, heads, kv_len, head_dim, v_dim), what, available=available)
 
 
 def _gib(x: float) -> str:

@@ -48,7 +48,7 @@ import numpy as np
 
 from amla_numerics.formats import BF16, FP32, get_format
 from amla_numerics.rounding import MODES, round_to
-from amla_numerics.ulp import signed_ulp_error, ulp_distance
+from amla_numerics.ulp import signed_ulp_error, ulp, ulp_distance
 
 __all__ = [
     "COND_EDGES",
@@ -188,6 +188,13 @@ class ErrorMetrics:
     ``*_ulp_bf16``), the mean signed FP32-ULP error with a two-sided sign test
     (``sign_test_p``), max abs, RMSE, cosine, relative L1 and the histograms over
     :data:`HIST_EDGES` (``hist_ulp_fp32``) and :data:`COND_EDGES` (``hist_cond_err``).
+
+    The output-format view on a scale that does not explode near zero (the format is
+    ``out_format``, BF16 by default): ``bf16_out_cr_frac`` (share correctly rounded),
+    ``bf16_out_faithful_frac`` (share within 1 ULP of the correctly rounded value), and
+    ``bf16_out_rowmax_ulp_max`` / ``_p999``: ``|cast(out) - ref|`` in ULPs of the format at
+    the row's largest ``|ref|`` (a correctly rounded output is at most half of one there).
+    ``bf16_out_max_ulp`` (ULPs at each element's own value) is the secondary figure.
     """
 
     n: int
@@ -221,6 +228,10 @@ class ErrorMetrics:
     n_ref_nonfinite: int = 0
     hist_ulp_fp32: tuple[int, ...] = ()
     hist_cond_err: tuple[int, ...] = ()
+    bf16_out_cr_frac: float = math.nan
+    bf16_out_faithful_frac: float = math.nan
+    bf16_out_rowmax_ulp_max: float = math.nan
+    bf16_out_rowmax_ulp_p999: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics as a flat JSON-ready dict (``worst_index`` as a list)."""
@@ -317,6 +328,9 @@ def error_metrics(
     else:
         rel_fro = 0.0 if not np.any(diff[covered]) else math.inf
     bf_max, bf_frac = _out_format_view(y_raw, r, covered, finite, fmt, out_rounding)
+    bf_faithful, bf_row_max, bf_row_p999 = _row_scale_view(
+        y_raw, r, covered, finite, fmt, out_rounding
+    )
     lse_err = _lse_error(lse, lse_ref)
 
     # secondary: ULPs at the reference value, over the finite outputs
@@ -369,7 +383,18 @@ def error_metrics(
         hist_cond_err=tuple(int(c) for c in np.histogram(cond_cov, COND_EDGES)[0])
         if n
         else (0,) * (len(COND_EDGES) - 1),
+        bf16_out_cr_frac=1.0 - bf_frac if n else math.nan,
+        bf16_out_faithful_frac=bf_faithful,
+        bf16_out_rowmax_ulp_max=bf_row_max,
+        bf16_out_rowmax_ulp_p999=bf_row_p999,
     )
+
+
+def _binomtest(k: int, n: int) -> Any:
+    """scipy's two-sided binomial test, imported on first use (scipy.stats is heavy)."""
+    from scipy import stats
+
+    return stats.binomtest(k, n)
 
 
 def _real_array(x: Any, name: str) -> np.ndarray:
@@ -415,6 +440,33 @@ def _out_format_view(
     bad = n - int(np.count_nonzero(finite))
     worst = math.inf if bad else (float(np.max(dist)) if dist.size else 0.0)
     return worst, (int(np.count_nonzero(dist)) + bad) / n
+
+
+def _row_scale_view(
+    y: np.ndarray, r: np.ndarray, covered: np.ndarray, finite: np.ndarray, fmt, mode: str
+) -> tuple[float, float, float]:
+    """The output cast to ``fmt`` on a scale that does not explode near zero: the share
+    faithful (within 1 ULP of ``fmt`` of the correctly rounded reference), and the error
+    ``|cast(out) - ref|`` in ULPs of ``fmt`` at the row's largest ``|ref|`` (max and 99.9 %;
+    non-finite outputs are infinite)."""
+    n = int(np.count_nonzero(covered))
+    if not n:
+        return math.nan, math.nan, math.nan
+    yo = np.full(r.shape, np.nan)
+    yo[finite] = round_to(y[finite], fmt, mode)
+    ro = np.zeros(r.shape)
+    ro[finite] = round_to(r[finite], fmt, "rne")
+    dist = ulp_distance(yo[finite], ro[finite], fmt).astype(np.float64)
+    faithful = int(np.count_nonzero(dist <= 1)) / n
+    rowmax = np.max(np.where(covered, np.abs(r), 0.0), axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.abs(yo - np.where(covered, r, 0.0)) / ulp(np.broadcast_to(rowmax, r.shape), fmt)
+    err = np.where(covered & ~finite, np.inf, err)[covered]
+    return (
+        faithful,
+        float(np.max(err)),
+        float(np.percentile(err, 99.9, method="higher")),
+    )
 
 
 def _lse_error(lse: Any, lse_ref: Any) -> float:

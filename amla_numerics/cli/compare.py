@@ -3,10 +3,13 @@
 A DUMP is a ``.npz`` or ``.safetensors`` file holding ``q``, ``k``, ``v``, ``out`` and
 optionally ``scale``, ``mask``, ``lse`` (a directory: every dump in it). Every dump is read
 and validated first (a bad file is a usage error: exit 2, one sentence); then each is
-compared with the certified reference and checked against the limits (``--max-*``) and/or
-a budget (``--budget FILE --kernel NAME``). Exit 0 when every dump is within every limit,
-1 when some are not (each failure printed as ``OVER: <kernel> <case> <metric> measured X >
-budget Y`` with the worst index), 2 on a usage error.
+compared with the certified reference and judged by the default rule
+(:mod:`amla_numerics.testing.rule`: the error against the declared schedule's,
+``--variant/--policy/--block-n/--splits``, default ``fa_fp32``; the schedule's a priori bound;
+the lse whenever the dump has one; degenerate outputs), plus the limits (``--max-*``) and/or
+a budget (``--budget FILE --kernel NAME``). Exit 0 when every dump passes, 1 when some do
+not (each failure printed as ``OVER: <kernel> <case> <metric> measured X > budget Y`` with
+the worst index, and the rule's reasons), 2 on a usage error.
 
 Examples
 --------
@@ -44,9 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bf16-ulp", type=float, default=None, help="limit on bf16_out_max_ulp")
     p.add_argument("--max-row-rel", type=float, default=None, help="limit on row_rel_max")
     p.add_argument(
-        "--variant", default=None, help="the scheme the kernel implements (adds its bound)"
+        "--variant",
+        default=None,
+        help="the schedule the kernel implements: the default rule compares with its emulated "
+        "error and bound (default fa_fp32)",
     )
-    p.add_argument("--policy", default=None, help="emulator policy preset (default ascend)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="emulator policy preset (default: ascend for BF16 inputs, FP32 matrix inputs for "
+        "wider ones)",
+    )
     p.add_argument("--block-n", type=int, default=512, help="the kernel's KV block length")
     p.add_argument(
         "--splits",
@@ -65,6 +76,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=DTYPE",
         help="dtype of a raw-byte array (FP8 in .npz), e.g. q=float8_e4m3fn; repeatable",
+    )
+    p.add_argument(
+        "--max-factor",
+        type=float,
+        default=None,
+        help="the rule's max factor (default 2: each element within 2 x the schedule's worst "
+        "+ 1 output ULP)",
+    )
+    p.add_argument(
+        "--rms-factor",
+        type=float,
+        default=None,
+        help="the rule's RMS factor (default 1.5 x the schedule's RMS error)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --budget: a dump no budget entry covers fails (else it is reported)",
     )
     p.add_argument("--no-bit-match", action="store_true", help="skip emulating every variant")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
@@ -97,6 +126,14 @@ def _run(args: argparse.Namespace) -> int:
         val = getattr(args, opt)
         if val is not None and not val >= 0:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 0, got {val}")
+    from amla_numerics.testing.rule import MAX_FACTOR, RMS_FACTOR
+
+    factors = {}
+    for opt, default in (("max_factor", MAX_FACTOR), ("rms_factor", RMS_FACTOR)):
+        val = getattr(args, opt)
+        if val is not None and not val >= 1:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {val}")
+        factors[opt] = default if val is None else float(val)
     budget = load_budgets(args.budget).kernel(args.kernel) if args.budget else None
     limits = limits_from(
         max_cond_err=args.max_cond_err, max_bf16_ulp=args.max_bf16_ulp, max_row_rel=args.max_row_rel
@@ -109,8 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     for d in dumps:  # what cannot fit is refused before any work
         m = int(np.prod(d.out.shape[:-1]))
         cost = reference_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
-        if not args.no_bit_match or args.variant:
-            cost = cost + emulator_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
+        cost = cost + emulator_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
         check_fits(cost, f"{d.path} ({m} rows, {d.kv_len} keys)")
     verdicts = []
     show = len(dumps) > 1 and sys.stderr.isatty()
@@ -129,9 +165,19 @@ def _run(args: argparse.Namespace) -> int:
                 bit_match=not args.no_bit_match,
                 splits=args.splits,
                 combine=args.combine,
+                max_factor=factors["max_factor"],
+                rms_factor=factors["rms_factor"],
+                strict=args.strict,
             )
         )
     print(render_verdicts(verdicts, args.format))
+    for v in verdicts:
+        if v.budget_covered is False and not args.strict:
+            print(
+                f"note: no entry of budget {v.kernel!r} covers case {v.case!r}: no budget "
+                "applied (--strict fails it)",
+                file=sys.stderr,
+            )
     failed = [v for v in verdicts if not v.passed]
     if failed:
         lines = []
@@ -139,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
             w = v.comparison.worst[0] if v.comparison.worst else None
             where = f" [worst index {list(w.index)}: out {w.out!r} vs ref {w.ref!r}]" if w else ""
             lines += [c.describe() + where for c in v.over]
+            lines += [f"  {v.case}: {r}" for r in v.comparison.reasons]
         raise CheckFailed(
             f"{len(failed)} of {len(verdicts)} dump(s) over budget:\n" + "\n".join(lines)
         )
@@ -156,12 +203,17 @@ def render_verdicts(verdicts: list, style: str = "table") -> str:
     cols = (
         "case",
         "pass",
+        "max_ratio",
+        "rms_ratio",
+        "lse_ratio",
         "cond_err_max",
         "cond_err_median",
         "row_rel_max",
         "rel_fro",
-        "bf16_out_max_ulp",
-        "bf16_incorrect",
+        "bf16_cr",
+        "bf16_faithful",
+        "bf16_rowmax_ulp",
+        "bf16_rowmax_p999",
         "worst_index",
         "nearest_variant",
         "bit_match",
@@ -171,28 +223,40 @@ def render_verdicts(verdicts: list, style: str = "table") -> str:
     for v in verdicts:
         m = v.comparison.metrics
         c = v.comparison
-        best = c.bit_match.get(c.nearest_variant, float("nan")) if c.nearest_variant else None
+        best = max(c.bit_match.values()) if c.bit_match else None
+        r = c.rule
+        nan = float("nan")
         rows.append(
             (
                 v.case,
                 "ok" if v.passed else "FAIL",
+                _g(r.max_ratio if r else nan),
+                _g(r.rms_ratio if r else nan),
+                _g(r.lse_ratio if r else nan),
                 _g(m.cond_err_max),
                 _g(m.cond_err_median),
                 _g(m.row_rel_max),
                 _g(m.rel_fro),
-                _g(m.bf16_out_max_ulp),
-                _g(m.bf16_out_incorrect_frac),
+                _g(m.bf16_out_cr_frac),
+                _g(m.bf16_out_faithful_frac),
+                _g(m.bf16_out_rowmax_ulp_max),
+                _g(m.bf16_out_rowmax_ulp_p999),
                 str(list(m.worst_index)),
-                c.nearest_variant or "-",
+                c.nearest_variant or ("none" if c.bit_match else "-"),
                 "-" if best is None else f"{best:.3f}",
                 str(m.n_nonfinite),
             )
         )
     legend = (
+        "max_ratio / rms_ratio / lse_ratio: the default rule's figures (pass at <= 1: each "
+        "element within 2 x the schedule's worst error + 1 output ULP, RMS within 1.5 x the "
+        "schedule's, lse within 2 x + 4 ULP; see docs/testing.md); "
         "cond_err: |out-ref| / (sum_k p|v|) in units of 2**-24; row_rel: per-row relative "
-        "2-norm error; bf16_*: the output cast to BF16 vs the correctly rounded BF16 reference "
-        "(max ULPs, share incorrect); bit_match: share of elements equal to the nearest "
-        "emulated variant's output"
+        "2-norm error; bf16_*: the output cast to BF16: share correctly rounded, share within "
+        "1 ULP of it, error in BF16 ULPs of the row's largest |ref| (max, 99.9 %; the max ULP "
+        "distance at each element's own value is bf16_out_max_ulp in the JSON); bit_match: "
+        "the highest share of elements equal to an emulated variant's output "
+        "(nearest_variant none below 0.5)"
     )
     if style == "markdown":
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -25,19 +25,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write one dump per case (BF16 inputs, the certified reference in float64 "
         "and correctly rounded FP32/BF16, the lse) and manifest.json (sha256 of every file, "
         "versions, the reference's certified accuracy). Run your kernel on each case, add "
-        "'out', then run: amla-numerics compare DIR.",
+        "'out' (and its 'lse'), then run: amla-numerics compare DIR (judged against the "
+        "declared schedule: --variant/--block-n, default fa_fp32).",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--shapes",
         default=None,
-        help="comma-separated HEADSxS_QxKV_LEN[xDKxDV] (default: MLA decode 128 heads, "
-        "s_q 1 and 2, N 1024/4096/16384; hazards at 128x1x4096)",
+        help="comma-separated HEADSxS_QxKV_LEN[xDKxDV] (default: MLA decode at N 2001, 513, "
+        "129, 8191, s_q 1, 2 and 8, and every hazard case at 128x1x2001: about 80 MB)",
     )
     p.add_argument(
         "--workloads",
         default=None,
         help=f"comma-separated, from {', '.join(CASE_WORKLOADS)} (default: all)",
+    )
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="add the long-context split-KV cases (16 heads x N 131071, about 300 MB)",
     )
     p.add_argument("--format", choices=("npz", "safetensors"), default="npz")
     p.add_argument("--seed", type=int, default=0)
@@ -73,8 +79,11 @@ def _run(args: argparse.Namespace) -> int:
             fmt=args.format,
             seed=args.seed,
             progress=progress,
+            long=args.long,
         )
     except PermissionError as exc:
         raise ValueError(f"--out {args.out!r} is not writable: {exc.strerror}") from None
+    for sk in manifest.get("skipped", []):
+        print(f"skipped {sk['name']}: {sk['why']}", file=sys.stderr)
     print(f"wrote {len(manifest['cases'])} cases and manifest.json to {args.out}")
     return 0

@@ -57,14 +57,23 @@ import numpy as np
 
 from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
 from amla_numerics.reference.cache import hash_arrays
+from amla_numerics.testing.rule import (
+    DEFAULT_SCHEDULE,
+    MAX_FACTOR,
+    RMS_FACTOR,
+    RuleResult,
+    schedule_rule,
+)
 from amla_numerics.variants import VARIANTS, check_variant
 
 __all__ = [
     "LIMIT_METRICS",
+    "NEAREST_MIN_SHARE",
     "Comparison",
     "Failure",
     "WorstElement",
     "compare",
+    "default_policy",
     "reference_for",
 ]
 
@@ -86,8 +95,13 @@ LIMIT_METRICS: tuple[str, ...] = (
     "bound_ratio",
 )
 
+#: ``nearest_variant`` is None (``none``) unless some variant matches at least this share
+#: of the output elements bit for bit: below it, no emulated variant is what the kernel does.
+NEAREST_MIN_SHARE: float = 0.5
+
 _CACHE: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _CACHE_SIZE = 8
+_EMU_CACHE: OrderedDict[str, Any] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -156,12 +170,28 @@ class Comparison:
     bound_violations: int = 0
     bound_covered: int = 0
     emulated_hazards: dict[str, int] = field(default_factory=dict)
+    rule: RuleResult | None = None
     ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     lse_ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @property
     def worst_index(self) -> tuple[int, ...]:
         return self.metrics.worst_index
+
+    @property
+    def schedule(self) -> str:
+        """The schedule the default rule judged against (the variant, or the default)."""
+        return self.rule.schedule if self.rule is not None else (self.variant or DEFAULT_SCHEDULE)
+
+    @property
+    def passed(self) -> bool:
+        """The default verdict (:mod:`amla_numerics.testing.rule`); True when not judged."""
+        return self.rule is None or self.rule.passed
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """One sentence per broken rule of the default verdict."""
+        return () if self.rule is None else self.rule.reasons
 
     def value(self, metric: str) -> float:
         """A limit metric's measured value (:data:`LIMIT_METRICS`)."""
@@ -208,6 +238,7 @@ class Comparison:
             bound_violations=self.bound_violations,
             bound_covered=self.bound_covered,
             emulated_hazards=dict(self.emulated_hazards),
+            rule=None if self.rule is None else self.rule.to_dict(),
         )
         return d
 
@@ -229,12 +260,13 @@ def _key(arrs: Sequence[Any], scale: Any) -> str:
 
 
 def reference_for(
-    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None
+    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None, digest: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest."""
+    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest
+    (``digest``: that of ``q, k, v, mask, scale``, when the caller has it already)."""
     from amla_numerics.reference import attention
 
-    key = _key((q, k, v, mask), scale)
+    key = digest if digest is not None else _key((q, k, v, mask), scale)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -326,6 +358,9 @@ def compare(
     n_worst: int = 5,
     splits: int | None = None,
     combine: str = "cann",
+    judge: bool = True,
+    max_factor: float = MAX_FACTOR,
+    rms_factor: float = RMS_FACTOR,
 ) -> Comparison:
     """Measure a kernel's ``out`` against the certified reference of ``q, k, v``.
 
@@ -345,7 +380,8 @@ def compare(
     variant : str, optional
         The scheme the kernel implements: adds its elementwise a priori bound.
     policy : str, Policy or dict, optional
-        The emulator's precision policy (default ``"ascend"``), for the bound and bit match.
+        The emulator's precision policy, for the rule, the bound and the bit match (default
+        :func:`default_policy`: ``"ascend"`` for BF16 inputs).
     block_n : int
         The kernel's KV block length (for the bound and the bit match).
     bit_match : bool or sequence of str
@@ -358,6 +394,15 @@ def compare(
         (:func:`~amla_numerics.analysis.splitbound.split_bound`). None or 1: unsplit.
     combine : {"cann", "flashmla"}
         The kernel's combine (with ``splits``).
+    judge : bool
+        Apply the default verdict (:mod:`amla_numerics.testing.rule`): the error against
+        the declared schedule's (``variant``, default ``"fa_fp32"``, under ``policy``,
+        ``block_n``, ``splits``) emulated on the same inputs, the schedule's a priori
+        bound as a ceiling, the lse when given, degenerate outputs (``passed``,
+        ``reasons``, ``rule``).
+    max_factor, rms_factor : float
+        The rule's constants (:data:`~amla_numerics.testing.rule.MAX_FACTOR`,
+        :data:`~amla_numerics.testing.rule.RMS_FACTOR`).
 
     Returns
     -------
@@ -386,6 +431,9 @@ def compare(
             n_worst,
             splits,
             combine,
+            judge,
+            max_factor,
+            rms_factor,
         )
 
 
@@ -404,6 +452,9 @@ def _compare(
     n_worst: int,
     splits: int | None = None,
     combine: str = "cann",
+    judge: bool = True,
+    max_factor: float = MAX_FACTOR,
+    rms_factor: float = RMS_FACTOR,
 ) -> Comparison:
     o = _float_array(out, "out")
     qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -420,75 +471,63 @@ def _compare(
 
     combine = check_combine(combine)
     n_splits = 1 if splits is None else int(splits)
-    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask)
+    digest = _key((qa, ka, va, mask), scale)
+    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask, digest=digest)
     sc = None if scale is None else float(scale)
-    mag = magnitude_scale(qa, ka, va, sc, mask=mask)
-    lse_arr = None
+    mag = _cached(digest, ("mag",), lambda: magnitude_scale(qa, ka, va, sc, mask=mask))
+    lse_arr = lse_arr_raw = None
     if lse is not None:
-        lse_arr = np.asarray(lse, dtype=np.float64)
+        lse_arr_raw = _float_array(lse, "lse")
+        lse_arr = lse_arr_raw.astype(np.float64)
         if lse_arr.shape != lse_ref.shape:
             raise ValueError(f"shapes do not fit: lse {lse_arr.shape} should be {lse_ref.shape}")
     metrics = error_metrics(
         o, ref, mag=mag, lse=lse_arr, lse_ref=None if lse_arr is None else lse_ref
     )
-    pol_name = policy if isinstance(policy, str) or policy is None else "custom"
+    if policy is None:
+        policy = default_policy(qa, ka, va)
+    pol_name = policy if isinstance(policy, str) else policy.name
+    schedule = variant if variant is not None else (DEFAULT_SCHEDULE if judge else None)
+    cfg = (digest, sc, int(block_n), policy, n_splits, combine)
 
-    # emulated variants: bit match, and the named variant's hazards
+    # emulated variants: bit match, and the schedule's hazards
     names: list[str] = []
     if bit_match is True:
         names = list(VARIANTS)
     elif bit_match:
         names = [check_variant(n, "bit_match") for n in bit_match]
-    if variant is not None and variant not in names:
-        names.append(variant)
     matches: dict[str, float] = {}
     dist: dict[str, float] = {}
-    emu_hazards: dict[str, int] = {}
-    garbage = np.zeros(o.shape, dtype=bool)
-    if names:
-        from amla_numerics import flash
-
-        o64 = o.astype(np.float64)
-        for name in names:
-            res = flash.attention(
-                qa,
-                ka,
-                va,
-                name,
-                scale=sc,
-                block_n=int(block_n),
-                policy=policy,
-                mask=mask,
-                splits=n_splits,
-                combine=combine,
-            )
-            emu = np.asarray(res.out)
-            if bit_match is True or (bit_match and name in bit_match):
-                cast = _cast_like(emu, o.dtype)
-                matches[name] = float(np.mean(_same_bits(cast, o))) if o.size else 1.0
-                with np.errstate(invalid="ignore", over="ignore"):
-                    d = np.linalg.norm(np.nan_to_num(o64 - emu.astype(np.float64), nan=np.inf))
-                    nrm = np.linalg.norm(np.nan_to_num(ref, nan=0.0))
-                dist[name] = float(d / nrm) if nrm else float(d)
-            if name == variant:
-                emu_hazards = {
-                    str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv
-                }
-                # outside every bound: the elements the integer add's garbage reached (not a
-                # dead split's, not the clamp's, not an FP32 overflow: those are judged)
-                garbage |= np.broadcast_to(res.garbage_mask(), o.shape)
+    o64 = o.astype(np.float64)
+    for name in names:
+        emu = _emulate(qa, ka, va, mask, name, cfg)[0]
+        cast = _cast_like(emu, o.dtype)
+        matches[name] = float(np.mean(_same_bits(cast, o))) if o.size else 1.0
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.linalg.norm(np.nan_to_num(o64 - emu.astype(np.float64), nan=np.inf))
+            nrm = np.linalg.norm(np.nan_to_num(ref, nan=0.0))
+        dist[name] = float(d / nrm) if nrm else float(d)
     nearest = None
     if matches:
-        nearest = max(matches, key=lambda n: (matches[n], -dist.get(n, math.inf)))
+        best = max(matches, key=lambda n: (matches[n], -dist.get(n, math.inf)))
+        nearest = best if matches[best] >= NEAREST_MIN_SHARE else None
 
-    # the a priori bound of the named variant
+    emu_hazards: dict[str, int] = {}
+    garbage = np.zeros(o.shape, dtype=bool)
+    sched_out = sched_lse = None
+    if schedule is not None:
+        sched_out, sched_lse, haz, gmask = _emulate(qa, ka, va, mask, schedule, cfg)
+        emu_hazards = dict(haz)
+        # outside every bound: the elements the integer add's garbage reached (not a
+        # dead split's, not the clamp's, not an FP32 overflow: those are judged)
+        garbage |= np.broadcast_to(gmask, o.shape)
+
+    # the a priori bound of the schedule
     bound = None
     b_cond_max = b_cond_med = b_ratio = math.nan
     n_viol = n_cov = 0
-    if variant is not None:
-        bound = _elementwise_bound(
-            variant, qa, ka, va, sc, mask, int(block_n), policy, n_splits, combine
-        )
+    if schedule is not None:
+        bound = _cached_bound(schedule, qa, ka, va, mask, cfg)
         if bound is not None:
             covered = np.isfinite(ref) & ~garbage
             err = np.abs(o.astype(np.float64) - ref)
@@ -502,6 +541,23 @@ def _compare(
                 b_cond_med = float(np.median(bc[covered]))
                 b_ratio = float(np.max(ratio[covered]))
                 n_viol = int(np.count_nonzero(ratio[covered] > 1))
+
+    rule = None
+    if judge and schedule is not None and sched_out is not None:
+        rule = schedule_rule(
+            o,
+            ref,
+            mag,
+            sched_out,
+            schedule=schedule,
+            lse=lse_arr_raw,
+            lse_ref=lse_ref,
+            sched_lse=sched_lse,
+            bound=bound,
+            covered=np.isfinite(ref) & ~garbage,
+            max_factor=max_factor,
+            rms_factor=rms_factor,
+        )
 
     # the worst elements
     o64 = o.astype(np.float64)
@@ -560,8 +616,92 @@ def _compare(
         bound_violations=n_viol,
         bound_covered=n_cov,
         emulated_hazards=emu_hazards,
+        rule=rule,
         ref=ref,
         lse_ref=lse_ref,
+    )
+
+
+def default_policy(q: Any, k: Any, v: Any) -> Any:
+    """The emulator policy of the default schedule for inputs of these dtypes.
+
+    ``"ascend"`` (BF16 matrix-unit inputs, BF16 P, FP32 everything else) when every input
+    is BF16 or FP8; with FP16 inputs the matrix unit and the P cast are FP16; with wider
+    inputs the matrix unit reads FP32 (P still cast to BF16), so that the schedule does not
+    charge the kernel for rounding inputs it never rounded.
+
+    >>> import numpy as np
+    >>> default_policy(np.zeros(1, np.float32), np.zeros(1), np.zeros(1)).qk.in_format
+    'fp32'
+    """
+    from amla_numerics.flash.policy import MatmulPolicy, Policy
+
+    names = {np.asarray(a).dtype.name for a in (q, k, v)}
+    if all(n == "bfloat16" or n.startswith("float8") for n in names):
+        return "ascend"
+    if all(n == "float16" or n.startswith("float8") for n in names):
+        mm = MatmulPolicy(in_format="fp16")
+        return Policy(name="ascend-fp16", qk=mm, pv=mm, p_cast="fp16")
+    mm = MatmulPolicy(in_format="fp32")
+    return Policy(name="ascend-fp32in", qk=mm, pv=mm)
+
+
+def _cached(digest: str, what: tuple, make: Any) -> Any:
+    """``make()`` cached in-process under the input digest and ``what``."""
+    key = hashlib.sha256(repr((digest, what)).encode()).hexdigest()
+    hit = _EMU_CACHE.get(key)
+    if hit is not None:
+        _EMU_CACHE.move_to_end(key)
+        return hit
+    value = make()
+    _EMU_CACHE[key] = value
+    while len(_EMU_CACHE) > 64:
+        _EMU_CACHE.popitem(last=False)
+    return value
+
+
+def _what(name: str, cfg: tuple) -> tuple:
+    from amla_numerics.flash.policy import get_policy
+
+    _, sc, block_n, policy, n_splits, combine = cfg
+    return (name, sc, block_n, get_policy(policy).to_json(), n_splits, combine)
+
+
+def _emulate(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, name: str, cfg: tuple
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
+    """The emulated ``name`` on these inputs (cached in-process): out, lse, hazards, garbage."""
+
+    def run() -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
+        from amla_numerics import flash
+
+        _, sc, block_n, policy, n_splits, combine = cfg
+        res = flash.attention(
+            q,
+            k,
+            v,
+            name,
+            scale=sc,
+            block_n=block_n,
+            policy=policy,
+            mask=mask,
+            splits=n_splits,
+            combine=combine,
+        )
+        haz = {str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv}
+        return np.asarray(res.out), np.asarray(res.lse), haz, res.garbage_mask()
+
+    return _cached(cfg[0], _what("emulate:" + name, cfg), run)
+
+
+def _cached_bound(
+    name: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, cfg: tuple
+) -> np.ndarray:
+    _, sc, block_n, policy, n_splits, combine = cfg
+    return _cached(
+        cfg[0],
+        _what("bound:" + name, cfg),
+        lambda: _elementwise_bound(name, q, k, v, sc, mask, block_n, policy, n_splits, combine),
     )
 
 

@@ -5,8 +5,11 @@ validates one dump (``q``, ``k``, ``v``, ``out``; optional ``scale``, ``mask``, 
 :func:`judge` compares it (:func:`~amla_numerics.testing.compare.compare`) and checks the
 limits with the budgets' own check (:func:`~amla_numerics.analysis.budgets.check_limits`),
 so a failure reads ``OVER: <kernel> <case> <metric> measured X > budget Y`` here as in
-``check-budgets``. A non-finite output is a measured failure (``n_nonfinite``), and with a
-named variant so is an element beyond its a priori bound (``bound_ratio`` above 1).
+``check-budgets``. With no flags the default rule decides
+(:mod:`amla_numerics.testing.rule`: the error against the declared schedule's, emulated on
+the same inputs, the schedule's a priori bound as a ceiling, the lse whenever the dump has
+one, degenerate outputs); limits and budgets add further checks. A non-finite output is a
+measured failure (``n_nonfinite``).
 
 Examples
 --------
@@ -20,6 +23,10 @@ Examples
 >>> verdict = judge(load_attention_dump(p), limits={"cond_err_max": 1.0}, bit_match=False)
 >>> verdict.passed, verdict.case
 (True, 'case1')
+>>> p0 = write_dump(p.parent / "zero.npz", dict(q=q, k=k, v=v, out=0 * out))
+>>> bad = judge(load_attention_dump(p0), bit_match=False)
+>>> bad.passed, bad.reasons
+(False, ('every output element is 0 while the reference is not',))
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 from amla_numerics.analysis.budgets import Check, KernelBudget, check_limits
 from amla_numerics.dumps import Dump, read_dump
 from amla_numerics.testing.compare import LIMIT_METRICS, Comparison, compare
+from amla_numerics.testing.rule import MAX_FACTOR, RMS_FACTOR
 
 __all__ = ["AttentionDump", "Verdict", "judge", "load_attention_dump"]
 
@@ -142,6 +150,7 @@ class Verdict:
     comparison: Comparison
     checks: tuple[Check, ...]
     kernel: str
+    budget_covered: bool | None = None
 
     @property
     def case(self) -> str:
@@ -155,10 +164,21 @@ class Verdict:
     def over(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The default rule's sentences for every broken rule (empty when it passed), and
+        a budget that covers no entry of this case."""
+        out = self.comparison.reasons
+        if self.budget_covered is False:
+            out = (*out, f"no entry of budget {self.kernel!r} covers case {self.case!r}")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the dump, ``pass``, the failures, and :meth:`Comparison.to_dict`."""
         d = {"dump": self.dump.path, "case": self.case, "kernel": self.kernel, "pass": self.passed}
         d["failures"] = [c.describe() for c in self.over]
+        d["reasons"] = list(self.reasons)
+        d["budget_covered"] = self.budget_covered
         d.update(self.comparison.to_dict())
         return d
 
@@ -175,10 +195,19 @@ def judge(
     bit_match: bool = True,
     splits: int | None = None,
     combine: str = "cann",
+    rule: bool = True,
+    max_factor: float = MAX_FACTOR,
+    rms_factor: float = RMS_FACTOR,
+    strict: bool = False,
 ) -> Verdict:
-    """Compare one dump and check it: ``budget``'s limits for the case, then ``limits``.
+    """Compare one dump and check it: the default rule, ``budget``'s limits, ``limits``.
 
-    Always checked: ``n_nonfinite <= 0``; with ``variant``: ``bound_ratio <= 1``.
+    Always checked: ``n_nonfinite <= 0``. With ``rule`` (the default): the rule's figures
+    (``schedule_max_ratio``, ``schedule_rms_ratio``, ``schedule_bound_ratio``,
+    ``lse_ratio`` <= 1; ``degenerate`` <= 0) against the schedule ``variant`` (default
+    ``"fa_fp32"``) under ``policy``, ``block_n``, ``splits``, ``combine``. A ``budget``
+    with no limit for the case leaves ``budget_covered`` False (a reason says so); with
+    ``strict`` that is a failure (metric ``budget_uncovered``).
     """
     c = compare(
         dump.out,
@@ -194,19 +223,29 @@ def judge(
         bit_match=bit_match,
         splits=splits,
         combine=combine,
+        judge=rule,
+        max_factor=max_factor,
+        rms_factor=rms_factor,
     )
     lim: dict[str, float] = {"n_nonfinite": 0.0}
-    if variant is not None and not math.isnan(c.bound_ratio):
-        lim["bound_ratio"] = 1.0  # every covered element within the variant's bound
+    rule_values: dict[str, float] = {}
+    if c.rule is not None:
+        rule_values = c.rule.values()
+        lim.update(c.rule.limits())
+    covered = None
     if budget is not None:
-        lim.update(
-            budget.limits_for(
-                name=dump.case, workload=dump.workload, head_dim=dump.head_dim, kv_len=dump.kv_len
-            )
+        sel = dict(
+            name=dump.case, workload=dump.workload, head_dim=dump.head_dim, kv_len=dump.kv_len
         )
+        lim.update(budget.limits_for(**sel))
+        covered = budget.covers(**sel)
+        if strict:
+            lim["budget_uncovered"] = 0.0
     lim.update(limits or {})
     values: dict[str, float] = {m: c.value(m) for m in LIMIT_METRICS}
     values["n_nonfinite"] = float(c.metrics.n_nonfinite)
+    values.update(rule_values)
+    values["budget_uncovered"] = 0.0 if covered in (None, True) else 1.0
     name = kernel or (budget.name if budget is not None else "kernel")
     checks = check_limits(name, dump.case, values, lim)
-    return Verdict(dump, c, tuple(checks), name)
+    return Verdict(dump, c, tuple(checks), name, covered)

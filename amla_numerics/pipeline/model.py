@@ -28,6 +28,7 @@ from amla_numerics.pipeline.analytic import Analytic, analyze, block_demand, pie
 from amla_numerics.pipeline.des import SimResult, simulate
 from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import Hardware, load_hardware
+from amla_numerics.pipeline.periodic import PeriodicSim, PeriodicSimulator
 from amla_numerics.pipeline.plan import (
     Combine,
     Plan,
@@ -143,7 +144,7 @@ class PipelineResult:
         return out
 
 
-def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
+def _bound(cp: Mapping[str, float]) -> str:
     """The engine or resource holding the largest share of the critical path."""
     cands = {k: v for k, v in cp.items() if k != "latency"}
     if not cands:
@@ -167,7 +168,9 @@ def _shared_rates(plan: Plan, demand: dict[str, float], span: float) -> dict[str
     return rates
 
 
-def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
+def _simulate(
+    plan: Plan, ana: Analytic, reference: bool = False
+) -> tuple[Plan, SimResult | PeriodicSim, float]:
     """Simulate with the chip resources processor-shared among the active cores.
 
     The rates depend on the kernel time T (:func:`_shared_rates`) and T on the rates: a
@@ -177,15 +180,25 @@ def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
     when the rates do not move or the chip resources hold < 1 % of the critical path: a
     faster resource that binds nothing changes nothing). The result is also held to the
     chip-bandwidth roofline (N cores x bytes / B).
+
+    Each simulation runs the block sequence with its periodic runs extrapolated
+    (:mod:`~amla_numerics.pipeline.periodic`); ``reference`` simulates every block.
     """
     chip = chip_bandwidth(plan.hw)
     demand = {r: ana.engine_cycles.get(r, 0.0) * plan.rates[r] for r in chip}  # bytes
     t0 = max(ana.engine_cycles.values())
-    graph = build_graph(plan).graph  # the ops do not depend on the rates: built once
+    if reference:
+        graph = build_graph(plan).graph  # the ops do not depend on the rates: built once
 
-    def sim_at(span: float) -> SimResult:
-        graph.set_rates(_shared_rates(plan, demand, span))
-        return simulate(graph)
+        def sim_at(span: float) -> SimResult | PeriodicSim:
+            graph.set_rates(_shared_rates(plan, demand, span))
+            return simulate(graph)
+
+    else:
+        fast = PeriodicSimulator(plan)
+
+        def sim_at(span: float) -> SimResult | PeriodicSim:
+            return fast(_shared_rates(plan, demand, span))
 
     sim = sim_at(t0)
     t1 = sim.makespan
@@ -233,7 +246,12 @@ def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
 
 
 def run(
-    hw: Hardware, wl: AttentionShape, sch: Schedule, *, keep_sim: bool = False
+    hw: Hardware,
+    wl: AttentionShape,
+    sch: Schedule,
+    *,
+    keep_sim: bool = False,
+    reference: bool = False,
 ) -> PipelineResult | tuple[PipelineResult, SimResult]:
     """Simulate ``wl`` under ``sch`` on ``hw``.
 
@@ -242,7 +260,12 @@ def run(
     hw, wl, sch
         Hardware description, shape and schedule.
     keep_sim : bool
-        Also return the :class:`~amla_numerics.pipeline.des.SimResult` (for traces and plots).
+        Also return the :class:`~amla_numerics.pipeline.des.SimResult` of every block (for
+        traces and plots; implies ``reference``).
+    reference : bool
+        Simulate every block of the busiest core (the reference event simulation) instead of
+        extrapolating its periodic runs (:mod:`~amla_numerics.pipeline.periodic`; equal to
+        rounding, tested on a benchmark set).
 
     Raises
     ------
@@ -260,7 +283,7 @@ def run(
     """
     plan = make_plan(hw, wl, sch)
     ana: Analytic = analyze(plan)
-    _, sim, cycles = _simulate(plan, ana)
+    _, sim, cycles = _simulate(plan, ana, reference or keep_sim)
     comb = combine_cost(plan)
     launch = hw["launch_us"]
     time_us = cycles / plan.clock_ghz * 1e-3 + launch + comb.time_us
@@ -286,7 +309,7 @@ def run(
         peak_name=name,
         peaks=MappingProxyType({n: tflops / p for n, p in peaks}),
         hbm_gbps=wl.hbm_bytes / time_us * 1e-3,
-        bound=_bound(sim, cp),
+        bound=_bound(cp),
         engines=MappingProxyType(engines),
         critical_path=MappingProxyType(cp),
         roofline_tflops=wl.flops / roof_us * 1e-6,
@@ -301,7 +324,10 @@ def run(
         l2_spill=plan.spill,
         traffic_bytes=MappingProxyType(kernel_traffic(plan, comb)),
     )
-    return (res, sim) if keep_sim else res
+    if keep_sim:
+        assert isinstance(sim, SimResult)
+        return res, sim
+    return res
 
 
 def evaluate(

@@ -47,6 +47,7 @@ __all__ = [
     "Shortened",
     "shorten",
     "simulate_periodic",
+    "simulated_blocks",
 ]
 
 #: Blocks a run of identical interior blocks keeps in the short sequence (first try).
@@ -129,7 +130,7 @@ def shorten(blocks: Sequence[Block], keep: int) -> Shortened:
         piece, pruns = cut[i]
         j = i + 1
         if len(pruns) == 1:
-            while j < len(cut) and cut[j][0] == piece:
+            while j < len(cut) and cut[j][0] == piece and len(cut[j][1]) == 1:
                 j += 1
         same = j - i
         if same > 2:
@@ -323,6 +324,11 @@ class PeriodicSimulator:
                 return _extrapolate(sim, short)
             except _Failed:
                 keep = 2 * keep if 2 * keep < len(self.full) else len(self.full)
+
+
+def simulated_blocks(plan: Plan, keep: int = KEEP) -> int:
+    """Blocks the short sequence of ``plan`` simulates (its periodic runs cut)."""
+    return len(shorten(block_sequence(plan), keep).blocks)
 
 
 def simulate_periodic(plan: Plan, keep: int = KEEP) -> PeriodicSim | SimResult:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from amla_numerics.pipeline import evaluate, run
 from amla_numerics.pipeline.analytic import block_demand, workload_totals
 from amla_numerics.pipeline.hardware import load_hardware
-from amla_numerics.pipeline.model import evaluate, run
 from amla_numerics.pipeline.plan import combine_cost, make_plan
 from amla_numerics.pipeline.rescale import MODEL_VARIANTS, rescale_cost, rows_per_decision
 from amla_numerics.pipeline.schedule import check_capacity, default_schedule

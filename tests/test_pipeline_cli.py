@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from amla_numerics.cli import main
-from amla_numerics.pipeline.model import evaluate
+from amla_numerics.pipeline import evaluate
 from amla_numerics.variants import VARIANTS
 from tests.test_pipeline_model import RESULT_KEYS
 
@@ -26,7 +26,7 @@ def test_json_has_the_contract_keys_and_matches_the_library(capsys) -> None:
                 "pipeline",
                 "--hardware",
                 "ascend910c",
-                "--rescale",
+                "--variant",
                 "amla",
                 *SMALL,
                 "--q-len",
@@ -65,7 +65,7 @@ def test_sweep_runs_every_combination(capsys) -> None:
                 "1024,2048",
                 "--q-len",
                 "1,2",
-                "--rescale",
+                "--variant",
                 "amla,fa_fp32,lazy",
                 "--format",
                 "json",
@@ -75,11 +75,11 @@ def test_sweep_runs_every_combination(capsys) -> None:
     )
     docs = json.loads(capsys.readouterr().out)
     assert len(docs) == 2 * 2 * 2 * 3
-    combos = {(d["rescale"], d["batch"], d["q_len"], d["kv_len"]) for d in docs}
+    combos = {(d["variant"], d["batch"], d["q_len"], d["kv_len"]) for d in docs}
     assert len(combos) == 24
-    assert main(["pipeline", "--sweep", "--rescale", ",".join(VARIANTS), *SMALL]) == 0
+    assert main(["pipeline", "--sweep", "--variant", ",".join(VARIANTS), *SMALL]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["hardware", "rescale", "schedule"]
+    assert lines[0].split()[:3] == ["hardware", "variant", "schedule"]
     assert [ln.split()[1] for ln in lines[1:]] == list(VARIANTS)
 
 
@@ -93,7 +93,7 @@ def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) ->
                 "8",
                 "--kv-len",
                 "16384",
-                "--rescale",
+                "--variant",
                 "fa_fp32",
                 "--trace",
                 str(trace),
@@ -129,7 +129,7 @@ def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) ->
         (["--kv-len", "0"], "shape.kv_len must be >= 1"),
         (["--batch", "two"], "--batch must be an integer"),
         (["--batch", "4,8"], "lists of values need --sweep"),
-        (["--rescale", "fp64"], "unknown variant 'fp64' for argument '--rescale'"),
+        (["--variant", "fp64"], "unknown variant 'fp64' for argument '--variant'"),
         (["--hardware", "tpu"], "unknown hardware 'tpu'"),
         (
             ["--set", "l1_stream_buffers=4"],
@@ -138,13 +138,13 @@ def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) ->
         (["--set", "vec_rows=64"], "schedule.vec_rows: the tiling does not fit UB"),
         (["--set", "kv_block=x"], "--set kv_block must be one integer"),
         (["--set", "warp=2"], "--set expects FIELD=VALUE"),
-        (["--rescale", "amla", "--rescale-prob", "0.5"], "applies only to variant 'lazy'"),
-        (["--rescale", "lazy", "--rescale-prob", "2"], "rescale_prob must be a number in [0, 1]"),
+        (["--variant", "amla", "--rescale-prob", "0.5"], "applies only to variant 'lazy'"),
+        (["--variant", "lazy", "--rescale-prob", "2"], "rescale_prob must be a number in [0, 1]"),
         (["--sweep", "--plot", "x.png"], "--trace, --plot and --sensitivity apply to one"),
         (["--sweep", "--sensitivity"], "--trace, --plot and --sensitivity apply to one"),
         (["--kv-heads", "3"], "shape.kv_heads (3) must divide heads (128)"),
         (["--samples", "-1"], "--samples must be >= 0"),
-        (["--rescale", "fa_fp32_ub", "--set", "m_tile=256"], "O resident"),
+        (["--variant", "fa_fp32_ub", "--set", "m_tile=256"], "O resident"),
     ],
 )
 def test_usage_errors_exit_2_with_one_sentence(argv, needle, capsys) -> None:

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from amla_numerics.pipeline import evaluate, run
 from amla_numerics.pipeline.analytic import analyze, workload_totals
 from amla_numerics.pipeline.des import OpGraph, simulate
 from amla_numerics.pipeline.graph import build_graph, rescaled_blocks
 from amla_numerics.pipeline.hardware import load_hardware
-from amla_numerics.pipeline.model import evaluate, run
 from amla_numerics.pipeline.plan import make_plan, split_work
 from amla_numerics.pipeline.rescale import rescale_cost
 from amla_numerics.pipeline.schedule import Schedule, check_capacity, default_schedule
@@ -134,15 +134,15 @@ def test_bad_workload_names_the_field(kwargs, message) -> None:
 
 def test_bad_schedule_names_the_field() -> None:
     with pytest.raises(ValueError, match="unknown variant 'fp64'"):
-        Schedule(rescale="fp64")
+        Schedule(variant="fp64")
     with pytest.raises(ValueError, match=r"schedule.order"):
         Schedule(order="eager")
     with pytest.raises(ValueError, match=r"schedule.kv_block must be >= 1"):
         Schedule(kv_block=-512)
     with pytest.raises(ValueError, match="rescale_prob must be a number in"):
-        Schedule(rescale="lazy", rescale_prob=1.5)
+        Schedule(variant="lazy", rescale_prob=1.5)
     with pytest.raises(ValueError, match="applies only to variant 'lazy'"):
-        evaluate(rescale="amla", rescale_prob=0.5)
+        evaluate(variant="amla", rescale_prob=0.5)
 
 
 # -- the DES core against a recurrence oracle ------------------------------------------------
@@ -275,8 +275,8 @@ def test_lazy_probability_sets_the_rescaled_fraction() -> None:
         flags = rescaled_blocks(count, p)
         assert not flags[0]
         assert sum(flags) == math.floor((count - 1) * p)
-    slow = evaluate(rescale="lazy", rescale_prob=1.0, batch=32, kv_len=4096)
-    fast = evaluate(rescale="lazy", rescale_prob=0.0, batch=32, kv_len=4096)
+    slow = evaluate(variant="lazy", rescale_prob=1.0, batch=32, kv_len=4096)
+    fast = evaluate(variant="lazy", rescale_prob=0.0, batch=32, kv_len=4096)
     assert slow.engines["L2 read port"] * slow.time_us > fast.engines["L2 read port"] * fast.time_us
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from amla_numerics.pipeline import evaluate
 from amla_numerics.pipeline.calibrate import ANCHORS, anchor_result, fit_constant
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, load_hardware
-from amla_numerics.pipeline.model import evaluate
 
 AMLA = ANCHORS["amla_614"]
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"

@@ -97,11 +97,6 @@ __all__ = [
 #: The pipeline configuration of the throughput join: DeepSeek-V3 MLA decode with MTP.
 MLA_DECODE: dict[str, Any] = {"hardware": "ascend910c", "batch": 128, "q_len": 2, "kv_len": 16384}
 
-#: Latin-hypercube samples behind each throughput row's interval (same seed for every
-#: variant, so the rows share their parameter samples; docs/pipeline.md section 7): 16
-#: strata per ranged parameter, jointly; about 0.35 s per sample and variant.
-THROUGHPUT_SAMPLES = 16
-
 DEFAULT_HEAD_DIMS: tuple[int, ...] = (64, 128, 192, 256, 576)
 
 _LIBRARIES = ("numpy", "mpmath", "scipy", "ml_dtypes", "matplotlib", "gmpy2")
@@ -443,8 +438,7 @@ def throughput_rows(variants: Sequence[str], records: Sequence[Record]) -> list[
             q_len=MLA_DECODE["q_len"],
             kv_len=MLA_DECODE["kv_len"],
             rescale_prob=prob if variant == "lazy" else None,
-            samples=THROUGHPUT_SAMPLES,  # tflops_range over the unsourced parameters' ranges
-        )
+        )  # nominal only: bounds over the parameter box take minutes (docs/pipeline.md)
         row = {"variant": variant, **res.to_dict()}
         row["rescale_prob"] = prob if variant == "lazy" else None
         rows.append(row)

@@ -1,9 +1,11 @@
 """``amla-numerics pipeline``: modelled throughput of one configuration, or a sweep.
 
 Parse, build the configuration, call :func:`~amla_numerics.pipeline.model.run`, render.
-With ``--sweep``, ``--batch``, ``--q-len``, ``--kv-len`` and ``--rescale`` take
-comma-separated lists and every combination is run. ``--sensitivity`` adds the tornado
-and the joint interval (``tflops_range`` ...); ``--samples N`` the interval alone.
+With ``--sweep``, ``--batch``, ``--q-len``, ``--kv-len`` and ``--variant`` take
+comma-separated lists and every combination is run (``--rescale``: the deprecated name of
+``--variant``). ``--sensitivity`` adds the tornado and the bounds over the parameter box
+(``tflops_range`` ..., with the parameter values at each end); ``--samples N`` the range of
+N Latin-hypercube samples (a density view, not bounds).
 
 Examples
 --------
@@ -11,7 +13,7 @@ Examples
 >>> main(["pipeline", "--batch", "4", "--kv-len", "1024", "--format", "table"])
 ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
 hardware     ascend910c
-rescale      amla
+variant      amla
 ...
 0
 >>> main(["pipeline", "--batch", "0"])  # stderr: shape.batch must be >= 1, got 0
@@ -24,18 +26,23 @@ import argparse
 import dataclasses
 import itertools
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 
-from amla_numerics.pipeline.hardware import HARDWARE_NAMES, load_hardware
+from amla_numerics.pipeline.extremes import ALL_VERTICES, LEVELS, TOP
+from amla_numerics.pipeline.hardware import HARDWARE_NAMES, Hardware, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
+from amla_numerics.pipeline.periodic import simulated_blocks
+from amla_numerics.pipeline.plan import make_plan
 from amla_numerics.pipeline.rescale import MODEL_VARIANTS, check_model_variant
 from amla_numerics.pipeline.schedule import SCHEDULES, Schedule, default_schedule
+from amla_numerics.pipeline.sensitivity import interval, sampled_range, tornado
 from amla_numerics.pipeline.shape import KV_CACHES, AttentionShape
 
 __all__ = ["register", "render", "run_cli"]
 
 #: The fields that name a case, first in both the sweep table and the single-result listing.
-_CASE_KEYS = ("hardware", "rescale", "schedule", "batch", "q_len", "kv_len")
+_CASE_KEYS = ("hardware", "variant", "schedule", "batch", "q_len", "kv_len")
 
 _SWEEP_COLUMNS = (
     *_CASE_KEYS,
@@ -66,7 +73,7 @@ def _settings(items: Sequence[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        skip = ("rescale", "order", "rescale_prob", "splits")
+        skip = ("variant", "order", "rescale_prob", "splits")
         if not sep or key not in fields or key in skip:
             valid = ", ".join(k for k in fields if k not in skip)
             raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {valid}; got {item!r}")
@@ -92,19 +99,59 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+#: Seconds per simulated KV block on the 2-core development machine (the report's
+#: configuration, 22 simulated blocks in about 0.05 s; experiments/bench_pipeline.py).
+SECONDS_PER_BLOCK = 2.5e-3
+
+
+def long_run_note(
+    hw: Hardware, wl: AttentionShape, sch: Schedule, *, sensitivity: bool, samples: int
+) -> str | None:
+    """One line estimating a long run's time (None when it takes under 5 s).
+
+    Simulations: 1 nominal; with ``sensitivity`` the tornado (2 per ranged parameter) and
+    the box search (one-at-a-time ends, the vertices and up to two pattern-search passes per
+    level and end, each with about 3 re-fit simulations of the anchor when it applies);
+    ``samples`` more. Each costs the blocks it simulates (periodic runs cut) x
+    :data:`SECONDS_PER_BLOCK` (the anchor: the report's configuration, 22 blocks).
+    """
+    blocks = simulated_blocks(make_plan(hw, wl, sch))
+    n = len(hw.ranges)
+    sims, anchor = 1 + samples, 0
+    if sensitivity:
+        points = 2 * n + 2 * (2 ** min(n, ALL_VERTICES if n <= ALL_VERTICES else TOP))
+        points += 2 * LEVELS * 2 * 2 * n
+        sims += 2 * n + points
+        anchor = 3 * points * 22 if hw.name in ("ascend910c",) else 0
+    seconds = (sims * blocks + anchor) * SECONDS_PER_BLOCK
+    if seconds < 5:
+        return None
+    return (
+        f"amla-numerics: about {sims:,} simulations of {blocks:,} KV blocks"
+        f"{' plus the anchor re-fits' if anchor else ''} (roughly {seconds:.0f} s)"
+    )
+
+
 def render(
-    results: Sequence[PipelineResult], style: str = "table", tornado: Sequence[object] = ()
+    results: Sequence[PipelineResult],
+    style: str = "table",
+    tornado: Sequence[object] = (),
+    sampled: Mapping[int, tuple[float, float]] | None = None,
 ) -> str:
     """Render results as ``json`` (one object, or a list for a sweep) or an aligned ``table``.
 
     Examples
     --------
-    >>> from amla_numerics.pipeline.model import evaluate
+    >>> from amla_numerics.pipeline import evaluate
     >>> print(render([evaluate(batch=2, kv_len=512)]).splitlines()[0].split())
     ['hardware', 'ascend910c']
     """
+    sampled = sampled or {}
     if style == "json":
         docs = [r.to_dict() for r in results]
+        for d, r in zip(docs, results, strict=True):
+            if id(r) in sampled:
+                d["sampled_time_us_density"] = list(sampled[id(r)])
         if tornado:
             docs[0]["tornado"] = [t.to_dict() for t in tornado]  # type: ignore[attr-defined]
         return json.dumps(docs[0] if len(docs) == 1 else docs, indent=2)
@@ -131,6 +178,14 @@ def render(
                 "l2_spill",
             )
         ]
+        if id(r) in sampled:
+            lo, hi = sampled[id(r)]
+            lines.append(("time_us sampled", f"[{lo:.6g}, {hi:.6g}] (density view, not bounds)"))
+        if r.range_points:
+            lines.append(("range", str(r.range_note)))
+            for end, point in r.range_points.items():
+                pts = ", ".join(f"{k}={v:g}" for k, v in sorted(point.items()))
+                lines.append((f"at {end}", pts))
         lines += [(f"traffic {k}", f"{v / 1e9:.4g} GB") for k, v in r.traffic_bytes.items()]
         lines += [(f"util vs {n}", f"{u:.1%}") for n, u in r.peaks.items()]
         lines += [(f"busy {k}", f"{v:.1%}") for k, v in r.engines.items()]
@@ -160,7 +215,13 @@ def run_cli(args: argparse.Namespace) -> int:
     batches = _ints("--batch", args.batch)
     q_lens = _ints("--q-len", args.q_len)
     kv_lens = _ints("--kv-len", args.kv_len)
-    rescales = [check_model_variant(v.strip(), "--rescale") for v in args.rescale.split(",")]
+    if args.rescale is not None:
+        if args.variant is not None:
+            raise ValueError("--rescale is the deprecated name of --variant: give only --variant")
+        print("amla-numerics: --rescale is deprecated, use --variant", file=sys.stderr)
+    names = args.variant or args.rescale or "amla"
+    flag = "--rescale" if args.rescale is not None else "--variant"
+    rescales = [check_model_variant(v.strip(), flag) for v in names.split(",")]
     if args.rescale_prob is not None and "lazy" not in rescales:
         raise ValueError("--rescale-prob applies only to variant 'lazy'")
     combos = list(itertools.product(rescales, batches, q_lens, kv_lens))
@@ -172,7 +233,7 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     if args.samples is not None and args.samples < 0:
         raise ValueError(f"--samples must be >= 0, got {args.samples}")
-    samples = args.samples if args.samples is not None else (16 if args.sensitivity else 0)
+    samples = args.samples or 0
     overrides: dict[str, object] = {}
     if args.schedule is not None:
         overrides["order"] = args.schedule
@@ -184,7 +245,9 @@ def run_cli(args: argparse.Namespace) -> int:
         overrides["splits"] = args.splits
     overrides.update(_settings(args.set or []))
     results = []
+    sampled: dict[int, tuple[float, float]] = {}
     tornado_rows: list[object] = []
+    noted = False
     for rescale, batch, q_len, kv_len in combos:
         wl = AttentionShape(
             batch=batch,
@@ -200,6 +263,11 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         prob = args.rescale_prob if rescale == "lazy" else None
         sch = default_schedule(hw, rescale, rescale_prob=prob, **overrides)
+        if not noted:
+            note = long_run_note(hw, wl, sch, sensitivity=args.sensitivity, samples=samples)
+            if note:
+                print(note, file=sys.stderr)
+            noted = True
         if args.trace or args.plot:
             from amla_numerics.pipeline.trace import write_gantt, write_trace  # matplotlib
 
@@ -212,14 +280,14 @@ def run_cli(args: argparse.Namespace) -> int:
                 write_gantt(args.plot, sim, clock, title)
         else:
             res = run(hw, wl, sch)
+        if args.sensitivity:
+            tornado_rows = list(tornado(hw, wl, sch))
+            res = interval(hw, wl, sch, nominal=res)
         if samples:
-            from amla_numerics.pipeline.sensitivity import interval, tornado
-
-            if args.sensitivity:
-                tornado_rows = list(tornado(hw, wl, sch))
-            res = interval(hw, wl, sch, samples=samples, nominal=res, swings=tornado_rows)  # type: ignore[arg-type]
+            lo, hi = sampled_range(hw, wl, sch, samples=samples)
+            sampled[id(res)] = (lo, hi)
         results.append(res)
-    print(render(results, args.format, tornado_rows))
+    print(render(results, args.format, tornado_rows, sampled))
     return 0
 
 
@@ -238,11 +306,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"one of {', '.join(HARDWARE_NAMES)}, or a path to a .toml file",
     )
     p.add_argument(
-        "--rescale",
-        default="amla",
-        help=f"rescale variant or model design (with --sweep a comma list): "
+        "--variant",
+        default=None,
+        help=f"variant or model design (with --sweep a comma list; default amla): "
         f"{', '.join(MODEL_VARIANTS)}",
     )
+    p.add_argument("--rescale", default=None, help="deprecated name of --variant")
     p.add_argument("--batch", default="128", help="requests (with --sweep a comma list)")
     p.add_argument("--q-len", "--s-q", default="2", help="query tokens per request, s_q (list ok)")
     p.add_argument("--kv-len", "--s-k", default="16384", help="keys, s_k (list ok)")
@@ -278,13 +347,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sensitivity",
         action="store_true",
-        help="tornado (one-at-a-time swing per unsourced parameter) and a joint interval",
+        help="tornado (one-at-a-time swing per unsourced parameter) and bounds over the "
+        "parameter box (the parameter values at each end; minutes)",
     )
     p.add_argument(
         "--samples",
         type=int,
         default=None,
-        help="Latin-hypercube samples of the joint interval (16 with --sensitivity, else 0)",
+        help="Latin-hypercube samples: where the time falls (a density view, not bounds)",
     )
     p.add_argument(
         "--rescale-prob",

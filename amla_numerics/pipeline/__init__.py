@@ -16,8 +16,9 @@ Examples
 'AIC.Cube'
 """
 
+from amla_numerics.pipeline.evaluation import evaluate
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, Hardware, load_hardware
-from amla_numerics.pipeline.model import PipelineResult, evaluate, run
+from amla_numerics.pipeline.model import PipelineResult, run
 from amla_numerics.pipeline.plan import Plan, make_plan
 from amla_numerics.pipeline.schedule import Schedule, check_capacity, default_schedule
 from amla_numerics.pipeline.shape import AttentionShape

@@ -49,8 +49,8 @@ class Anchor:
 
     Attributes
     ----------
-    name, hardware, rescale : str
-        Anchor name, hardware file, rescale variant.
+    name, hardware, variant : str
+        Anchor name, hardware file, variant.
     workload : Mapping[str, int]
         Keyword arguments of :class:`~amla_numerics.pipeline.shape.AttentionShape`.
     schedule : Mapping[str, int]
@@ -68,7 +68,7 @@ class Anchor:
 
     name: str
     hardware: str
-    rescale: str
+    variant: str
     workload: Mapping[str, int]
     metric: str
     target: float
@@ -81,7 +81,7 @@ class Anchor:
 def _anchor(
     name: str,
     hardware: str,
-    rescale: str,
+    variant: str,
     metric: str,
     target: float,
     tol: float,
@@ -90,7 +90,7 @@ def _anchor(
     **workload: int,
 ) -> Anchor:
     return Anchor(
-        name, hardware, rescale, MappingProxyType(workload), metric, target, tol, role, source
+        name, hardware, variant, MappingProxyType(workload), metric, target, tol, role, source
     )
 
 
@@ -207,7 +207,7 @@ def anchor_result(anchor: Anchor, hw: Hardware | None = None) -> PipelineResult:
     """Simulate ``anchor``'s configuration (on ``hw``, default: its shipped hardware file)."""
     hw = hw or load_hardware(anchor.hardware)
     wl = AttentionShape(**anchor.workload)  # type: ignore[arg-type]
-    res = run(hw, wl, default_schedule(hw, anchor.rescale, **anchor.schedule))
+    res = run(hw, wl, default_schedule(hw, anchor.variant, **anchor.schedule))
     assert isinstance(res, PipelineResult)
     return res
 

@@ -77,12 +77,15 @@ class OpGraph:
 
         ``deps`` are op ids or (op id, latency) pairs; ``demands`` are (resource, bytes).
         """
-        d = [(x, 0.0) if isinstance(x, int) else (x[0], float(x[1])) for x in deps]
         n = len(self.pipe)
-        for op, _ in d:
+        d = []
+        for x in deps:
+            op, lat = (x, 0.0) if isinstance(x, int) else (x[0], float(x[1]))
             if not 0 <= op < n:
                 raise ValueError(f"dependency {op} of a new op must be an existing op id (< {n})")
-        dem = [(self._res_index[r], float(b)) for r, b in demands if b > 0]
+            d.append((op, lat))
+        res = self._res_index
+        dem = [(res[r], float(b)) for r, b in demands if b > 0] if demands else []
         self.pipe.append(self._pipe_index[pipe])
         self.cycles.append(float(cycles))
         self.deps.append(d)
@@ -180,53 +183,62 @@ def simulate(graph: OpGraph) -> SimResult:
     blame: list[tuple[str, int]] = [("", -1)] * n
     heap: list[tuple[float, int]] = []
 
-    def offer(p: int) -> None:
-        if head[p] < len(queues[p]):
-            op = queues[p][head[p]]
-            if pending[op] == 0:
-                heapq.heappush(heap, (max(ready[op], pipe_free[p]), op))
-
     for p in range(npipes):
-        offer(p)
+        if queues[p] and pending[queues[p][0]] == 0:
+            heapq.heappush(heap, (ready[queues[p][0]], queues[p][0]))
     done = 0
+    pop, push = heapq.heappop, heapq.heappush
+    pipe_of, cycles_of, demands_of = g.pipe, g.cycles, g.demands
+    resources, pipes = g.resources, g.pipes
     while heap:
-        t, op = heapq.heappop(heap)
-        p = g.pipe[op]
+        t, op = pop(heap)
+        p = pipe_of[op]
         # Who released this op: the pipe predecessor or a dependency (its latency)?
         if pipe_free[p] >= ready[op]:
             why = ("", pipe_last[p])
         else:
             why = ready_from[op]
         s = t
-        dur = g.cycles[op]
-        lim = g.pipes[p]
-        for r, _ in g.demands[op]:
-            if res_free[r] > s:
-                s = res_free[r]
-                why = (g.resources[r], res_last[r])
-        for r, b in g.demands[op]:
-            need = b * inv_rate[r]
-            res_free[r] = s + need
-            res_last[r] = op
-            if need > dur:
-                dur, lim = need, g.resources[r]
+        dur = cycles_of[op]
+        lim = pipes[p]
+        dem = demands_of[op]
+        if dem:
+            for r, _ in dem:
+                if res_free[r] > s:
+                    s = res_free[r]
+                    why = (resources[r], res_last[r])
+            for r, b in dem:
+                need = b * inv_rate[r]
+                res_free[r] = s + need
+                res_last[r] = op
+                if need > dur:
+                    dur, lim = need, resources[r]
         limiter[op] = lim
         e = s + dur
-        start[op], end[op], blame[op] = s, e, why
+        start[op] = s
+        end[op] = e
+        blame[op] = why
         pipe_free[p] = e
         pipe_last[p] = op
-        head[p] += 1
+        h = head[p] + 1
+        head[p] = h
         done += 1
-        offer(p)
+        q = queues[p]
+        if h < len(q) and pending[q[h]] == 0:
+            nxt = q[h]
+            push(heap, (ready[nxt] if ready[nxt] > e else e, nxt))
         for nxt, lat in dependents[op]:
-            if e + lat > ready[nxt]:
-                ready[nxt] = e + lat
+            el = e + lat
+            if el > ready[nxt]:
+                ready[nxt] = el
                 ready_from[nxt] = ("latency" if lat > 0 else "", op)
             pending[nxt] -= 1
             if pending[nxt] == 0:
-                q = g.pipe[nxt]
-                if head[q] < len(queues[q]) and queues[q][head[q]] == nxt:
-                    offer(q)
+                q2 = pipe_of[nxt]
+                qq = queues[q2]
+                if head[q2] < len(qq) and qq[head[q2]] == nxt:
+                    pf = pipe_free[q2]
+                    push(heap, (ready[nxt] if ready[nxt] > pf else pf, nxt))
     if done != n:
         stuck = [g.label[queues[p][head[p]]] for p in range(npipes) if head[p] < len(queues[p])]
         raise RuntimeError(

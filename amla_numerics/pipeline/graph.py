@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from amla_numerics.pipeline.des import OpGraph
 from amla_numerics.pipeline.plan import CubeStage, GpuBlock, Plan, VectorStage
 from amla_numerics.pipeline.rescale import RescaleCost
 
-__all__ = ["Built", "build_graph", "rescaled_blocks"]
+__all__ = ["Block", "Built", "block_sequence", "build_graph", "rescaled_blocks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +97,41 @@ def rescaled_blocks(count: int, probability: float) -> list[bool]:
         j > 0 and math.floor(j * probability) > math.floor((j - 1) * probability)
         for j in range(count)
     ]
+
+
+class Block(NamedTuple):
+    """One KV block of the busiest core's work, in program order.
+
+    ``m`` rows x ``n`` tokens; ``first``/``last``: the block opens/closes a piece (Q load,
+    final normalisation); ``rescaled``: the variant rescales O at this block.
+    """
+
+    m: int
+    n: int
+    first: bool
+    last: bool
+    rescaled: bool
+
+
+def block_sequence(plan: Plan) -> list[Block]:
+    """The busiest core's blocks in program order, from the plan's pieces.
+
+    Examples
+    --------
+    >>> from amla_numerics.pipeline import (AttentionShape, default_schedule, load_hardware,
+    ...     make_plan)
+    >>> hw = load_hardware("ascend910c")
+    >>> sch = default_schedule(hw, "amla", split_kv=False)
+    >>> block_sequence(make_plan(hw, AttentionShape(1, 2, 1024), sch))
+    [Block(m=256, n=512, first=True, last=False, rescaled=False), \
+Block(m=256, n=512, first=False, last=True, rescaled=True)]
+    """
+    out = []
+    for m, sizes in plan.split.pieces:
+        flags = rescaled_blocks(len(sizes), plan.cost.probability)
+        for j, n in enumerate(sizes):
+            out.append(Block(m, n, j == 0, j == len(sizes) - 1, flags[j]))
+    return out
 
 
 class _Ascend:
@@ -321,14 +358,9 @@ class _Ascend:
             self._vector_stage(v, f"V2 {t}", v2, subs, ready, [])
 
 
-def _build_ascend(plan: Plan) -> OpGraph:
+def _build_ascend(plan: Plan, blocks: Sequence[Block]) -> OpGraph:
     em = _Ascend(plan)
-    split, cost, sch = plan.split, plan.cost, plan.schedule
-    blocks = []  # (m, n, first, last, rescaled)
-    for m, sizes in split.pieces:
-        flags = rescaled_blocks(len(sizes), cost.probability)
-        for j, n in enumerate(sizes):
-            blocks.append((m, n, j == 0, j == len(sizes) - 1, flags[j]))
+    cost, sch = plan.cost, plan.schedule
     nblk = len(blocks)
     d = sch.depth
     c1_done = c2_done = v1_done = 0  # blocks emitted per stage
@@ -383,24 +415,19 @@ def _build_ascend(plan: Plan) -> OpGraph:
     return em.g
 
 
-def _build_gpu(plan: Plan) -> OpGraph:
-    hw, sch, split, cost = plan.hw, plan.schedule, plan.split, plan.cost
+def _build_gpu(plan: Plan, blocks: Sequence[Block]) -> OpGraph:
+    hw, sch = plan.hw, plan.schedule
     g = OpGraph(["SM.Load", "SM.Tensor", "SM.SIMT"], plan.rates)
     rate = hw["l2_read_bpc"]
     d = sch.depth
     stages = 2  # shared-memory KV stages (check_capacity assumes 2)
     pv: dict[int, int] = {}
     qk: dict[int, int] = {}
-    blocks = []
-    for m, sizes in split.pieces:
-        resc = rescaled_blocks(len(sizes), cost.probability)
-        for j, n in enumerate(sizes):
-            blocks.append((m, n, j == 0, resc[j]))
     simt_ops: dict[int, int] = {}
     costs: dict[int, GpuBlock] = {}
 
     def emit_qk(t: int) -> None:
-        m, n, first, resc = blocks[t]
+        m, n, first, _, resc = blocks[t]
         if first:
             qb = plan.q_bytes(m)
             g.add(
@@ -436,8 +463,12 @@ def _build_gpu(plan: Plan) -> OpGraph:
     return g
 
 
-def build_graph(plan: Plan) -> Built:
+def build_graph(plan: Plan, blocks: Sequence[Block] | None = None) -> Built:
     """Build the operation graph of the busiest core from ``plan``.
+
+    ``blocks`` replaces the plan's block sequence (:func:`block_sequence`), e.g. by a
+    shortened one (:mod:`~amla_numerics.pipeline.periodic`); every op's label ends with
+    the index of its block in that sequence.
 
     Examples
     --------
@@ -449,10 +480,11 @@ def build_graph(plan: Plan) -> Built:
     >>> b.blocks, b.graph.label[:3]
     (4, ['Q 0', 'KV 0', 'QK 0'])
     """
-    g = _build_gpu(plan) if plan.hw.kind == "gpu" else _build_ascend(plan)
+    seq = block_sequence(plan) if blocks is None else list(blocks)
+    g = _build_gpu(plan, seq) if plan.hw.kind == "gpu" else _build_ascend(plan, seq)
     return Built(
         graph=g,
-        blocks=plan.split.blocks_per_core,
+        blocks=len(seq),
         active_cores=plan.split.active_cores,
         clock_ghz=plan.clock_ghz,
         cost=plan.cost,

@@ -5,12 +5,14 @@ plan once (capacity, split, costs), builds the busiest core's operation graph, s
 it and reports time,
 TFLOPS, utilisation against every named peak, achieved HBM bandwidth, per-engine busy
 fractions, the binding engine and the critical-path attribution, next to the analytic
-roofline. :func:`evaluate` is the keyword interface the numerics report calls once per
-variant.
+roofline. :func:`~amla_numerics.pipeline.evaluation.evaluate` is the keyword interface
+the numerics report calls once per variant.
 
 Examples
 --------
->>> r = evaluate("ascend910c", "amla", batch=48, q_len=2, kv_len=4096)
+>>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
+>>> hw = load_hardware("ascend910c")
+>>> r = run(hw, AttentionShape(48, 2, 4096), default_schedule(hw, "amla"))
 >>> r.bound, r.peak_name, r.blocks_per_core
 ('AIC.Cube', '48 AIC at 1.8 GHz = 707.8 TFLOPS', 8)
 >>> r.roofline_tflops > r.tflops   # the simulation can only be slower than the roofline
@@ -20,14 +22,14 @@ True
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from amla_numerics.pipeline.analytic import Analytic, analyze, block_demand, piece_demand
 from amla_numerics.pipeline.des import SimResult, simulate
 from amla_numerics.pipeline.graph import build_graph
-from amla_numerics.pipeline.hardware import Hardware, load_hardware
+from amla_numerics.pipeline.hardware import Hardware
+from amla_numerics.pipeline.periodic import PeriodicSim, PeriodicSimulator
 from amla_numerics.pipeline.plan import (
     Combine,
     Plan,
@@ -36,10 +38,10 @@ from amla_numerics.pipeline.plan import (
     make_plan,
     tile_keys,
 )
-from amla_numerics.pipeline.schedule import Schedule, default_schedule
+from amla_numerics.pipeline.schedule import Schedule
 from amla_numerics.pipeline.shape import AttentionShape
 
-__all__ = ["PipelineResult", "evaluate", "run"]
+__all__ = ["PipelineResult", "kernel_traffic", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +50,8 @@ class PipelineResult:
 
     Attributes
     ----------
-    hardware, rescale, schedule : str
-        Hardware name, rescale variant or model design, schedule order (``preload`` or ``serial``).
+    hardware, variant, schedule : str
+        Hardware name, variant or model design, schedule order (``preload`` or ``serial``).
     batch, q_len, kv_len, heads, kv_heads : int
         The shape.
     time_us : float
@@ -85,12 +87,17 @@ class PipelineResult:
     traffic_bytes : Mapping[str, float]
         Whole-kernel ``hbm_read``, ``hbm_write``, ``l2_read``, ``l2_write`` bytes.
     tflops_range, time_us_range, utilization_range : tuple of float or None
-        (lo, hi) over the unsourced parameters' ranges (:mod:`.sensitivity`); None unless
-        asked for (``samples > 0``).
+        (lo, hi) bounds over the unsourced parameters' box (:mod:`.sensitivity`); None
+        unless asked for.
+    range_points : Mapping or None
+        ``fastest`` / ``slowest`` -> the parameter values (and the re-fitted constant) that
+        reach each end of ``time_us_range``.
+    range_note : str or None
+        How the ends were found (search, calibration, excluded points).
     """
 
     hardware: str
-    rescale: str
+    variant: str
     schedule: str
     batch: int
     q_len: int
@@ -122,6 +129,8 @@ class PipelineResult:
     tflops_range: tuple[float, float] | None = None
     time_us_range: tuple[float, float] | None = None
     utilization_range: tuple[float, float] | None = None
+    range_points: Mapping[str, Mapping[str, float]] | None = None
+    range_note: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of every field.
@@ -129,7 +138,9 @@ class PipelineResult:
         Examples
         --------
         >>> import json
-        >>> d = evaluate("ascend910c", "fa_fp32", batch=2, q_len=1, kv_len=1024).to_dict()
+        >>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
+        >>> hw = load_hardware("ascend910c")
+        >>> d = run(hw, AttentionShape(2, 1, 1024), default_schedule(hw, "fa_fp32")).to_dict()
         >>> {"tflops", "utilization", "peak_tflops", "peak_name", "bound", "engines",
         ...  "time_us", "hbm_gbps"} <= set(d)
         True
@@ -139,11 +150,13 @@ class PipelineResult:
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out[f.name] = dict(v) if isinstance(v, Mapping) else v
+            if isinstance(v, Mapping):
+                v = {k: dict(x) if isinstance(x, Mapping) else x for k, x in v.items()}
+            out[f.name] = v
         return out
 
 
-def _bound(sim: SimResult, cp: Mapping[str, float]) -> str:
+def _bound(cp: Mapping[str, float]) -> str:
     """The engine or resource holding the largest share of the critical path."""
     cands = {k: v for k, v in cp.items() if k != "latency"}
     if not cands:
@@ -167,7 +180,9 @@ def _shared_rates(plan: Plan, demand: dict[str, float], span: float) -> dict[str
     return rates
 
 
-def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
+def _simulate(
+    plan: Plan, ana: Analytic, reference: bool = False
+) -> tuple[Plan, SimResult | PeriodicSim, float]:
     """Simulate with the chip resources processor-shared among the active cores.
 
     The rates depend on the kernel time T (:func:`_shared_rates`) and T on the rates: a
@@ -177,15 +192,25 @@ def _simulate(plan: Plan, ana: Analytic) -> tuple[Plan, SimResult, float]:
     when the rates do not move or the chip resources hold < 1 % of the critical path: a
     faster resource that binds nothing changes nothing). The result is also held to the
     chip-bandwidth roofline (N cores x bytes / B).
+
+    Each simulation runs the block sequence with its periodic runs extrapolated
+    (:mod:`~amla_numerics.pipeline.periodic`); ``reference`` simulates every block.
     """
     chip = chip_bandwidth(plan.hw)
     demand = {r: ana.engine_cycles.get(r, 0.0) * plan.rates[r] for r in chip}  # bytes
     t0 = max(ana.engine_cycles.values())
-    graph = build_graph(plan).graph  # the ops do not depend on the rates: built once
+    if reference:
+        graph = build_graph(plan).graph  # the ops do not depend on the rates: built once
 
-    def sim_at(span: float) -> SimResult:
-        graph.set_rates(_shared_rates(plan, demand, span))
-        return simulate(graph)
+        def sim_at(span: float) -> SimResult | PeriodicSim:
+            graph.set_rates(_shared_rates(plan, demand, span))
+            return simulate(graph)
+
+    else:
+        fast = PeriodicSimulator(plan)
+
+        def sim_at(span: float) -> SimResult | PeriodicSim:
+            return fast(_shared_rates(plan, demand, span))
 
     sim = sim_at(t0)
     t1 = sim.makespan
@@ -233,7 +258,12 @@ def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
 
 
 def run(
-    hw: Hardware, wl: AttentionShape, sch: Schedule, *, keep_sim: bool = False
+    hw: Hardware,
+    wl: AttentionShape,
+    sch: Schedule,
+    *,
+    keep_sim: bool = False,
+    reference: bool = False,
 ) -> PipelineResult | tuple[PipelineResult, SimResult]:
     """Simulate ``wl`` under ``sch`` on ``hw``.
 
@@ -242,7 +272,12 @@ def run(
     hw, wl, sch
         Hardware description, shape and schedule.
     keep_sim : bool
-        Also return the :class:`~amla_numerics.pipeline.des.SimResult` (for traces and plots).
+        Also return the :class:`~amla_numerics.pipeline.des.SimResult` of every block (for
+        traces and plots; implies ``reference``).
+    reference : bool
+        Simulate every block of the busiest core (the reference event simulation) instead of
+        extrapolating its periodic runs (:mod:`~amla_numerics.pipeline.periodic`; equal to
+        rounding, tested on a benchmark set).
 
     Raises
     ------
@@ -251,6 +286,7 @@ def run(
 
     Examples
     --------
+    >>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
     >>> hw = load_hardware("ascend910c")
     >>> wl = AttentionShape(batch=48, q_len=2, kv_len=4096)
     >>> pre = run(hw, wl, default_schedule(hw, "fa_fp32"))
@@ -260,7 +296,7 @@ def run(
     """
     plan = make_plan(hw, wl, sch)
     ana: Analytic = analyze(plan)
-    _, sim, cycles = _simulate(plan, ana)
+    _, sim, cycles = _simulate(plan, ana, reference or keep_sim)
     comb = combine_cost(plan)
     launch = hw["launch_us"]
     time_us = cycles / plan.clock_ghz * 1e-3 + launch + comb.time_us
@@ -273,7 +309,7 @@ def run(
     roof_us = ana.time_us + launch + comb.time_us
     res = PipelineResult(
         hardware=hw.name,
-        rescale=sch.rescale,
+        variant=sch.variant,
         schedule=sch.order,
         batch=wl.batch,
         q_len=wl.q_len,
@@ -286,7 +322,7 @@ def run(
         peak_name=name,
         peaks=MappingProxyType({n: tflops / p for n, p in peaks}),
         hbm_gbps=wl.hbm_bytes / time_us * 1e-3,
-        bound=_bound(sim, cp),
+        bound=_bound(cp),
         engines=MappingProxyType(engines),
         critical_path=MappingProxyType(cp),
         roofline_tflops=wl.flops / roof_us * 1e-6,
@@ -301,92 +337,7 @@ def run(
         l2_spill=plan.spill,
         traffic_bytes=MappingProxyType(kernel_traffic(plan, comb)),
     )
-    return (res, sim) if keep_sim else res
-
-
-def evaluate(
-    hardware: str | os.PathLike[str] | Hardware = "ascend910c",
-    rescale: str = "amla",
-    *,
-    batch: int = 128,
-    q_len: int = 2,
-    kv_len: int = 16384,
-    heads: int = 128,
-    kv_heads: int = 1,
-    d_qk: int = 576,
-    d_v: int = 512,
-    shared_kv: bool = True,
-    kv_cache: str = "bf16",
-    causal: bool = False,
-    block_n: int | None = None,
-    splits: int | None = None,
-    rescale_prob: float | None = None,
-    schedule: str | None = None,
-    samples: int = 0,
-    seed: int = 0,
-) -> PipelineResult:
-    """Modelled throughput of one attention kernel configuration for one rescale variant.
-
-    Parameters
-    ----------
-    hardware : str, path or Hardware
-        A shipped hardware name (``ascend910c`` ...), a TOML path, or a loaded description.
-    rescale : str
-        Any name in :data:`amla_numerics.variants.VARIANTS`, or a model-only design
-        (:data:`~amla_numerics.pipeline.rescale.MODEL_DESIGNS`, e.g. ``fa_fp32_ub``).
-    batch, q_len, kv_len, heads, kv_heads, d_qk, d_v, shared_kv, kv_cache, causal
-        The shape (:class:`~amla_numerics.pipeline.shape.AttentionShape`; default: MLA
-        decode, d_qk 576, d_v 512, one latent KV head, BF16 cache).
-    block_n : int, optional
-        KV block size (default: the kernel's, 512 on Ascend, 64 on a GPU).
-    splits : int, optional
-        Explicit split-KV count (default: the kernels' heuristic).
-    rescale_prob : float, optional
-        ``lazy`` only: the fraction of (block, row group) pairs that rescale, measured per
-        group of :func:`~amla_numerics.pipeline.rescale.rows_per_decision` rows (None: the
-        documented default :data:`~amla_numerics.pipeline.rescale.DEFAULT_LAZY_RESCALE_PROB`).
-    schedule : str, optional
-        ``"preload"`` (depth 2, as in the AMLA kernel) or ``"serial"``; None: the
-        hardware's kernel (preload on Ascend, FlashMLA's serial order on a GPU).
-    samples : int
-        0: no uncertainty. Otherwise the Latin-hypercube samples over the unsourced
-        parameters' ranges that give ``tflops_range`` and the other ranges
-        (:func:`~amla_numerics.pipeline.sensitivity.interval`), with ``seed``.
-
-    Returns
-    -------
-    PipelineResult
-
-    Examples
-    --------
-    >>> a = evaluate(rescale="amla", batch=32, kv_len=4096)
-    >>> f = evaluate(rescale="fa_fp32", batch=32, kv_len=4096)
-    >>> a.tflops > f.tflops
-    True
-    """
-    hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
-    wl = AttentionShape(
-        batch=batch,
-        q_len=q_len,
-        kv_len=kv_len,
-        heads=heads,
-        kv_heads=kv_heads,
-        d_qk=d_qk,
-        d_v=d_v,
-        shared_kv=shared_kv,
-        kv_cache=kv_cache,
-        causal=causal,
-    )
-    over: dict[str, object] = {"rescale_prob": rescale_prob, "splits": splits}
-    if schedule is not None:
-        over["order"] = schedule
-    if block_n is not None:
-        over["kv_block"] = block_n
-    sch = default_schedule(hw, rescale, **over)
-    res = run(hw, wl, sch)
-    assert isinstance(res, PipelineResult)
-    if samples:
-        from amla_numerics.pipeline.sensitivity import interval
-
-        return interval(hw, wl, sch, samples=samples, seed=seed, nominal=res)
+    if keep_sim:
+        assert isinstance(sim, SimResult)
+        return res, sim
     return res

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
@@ -192,7 +191,7 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
 #: development machine: about 10 ms and 160 KB of operation graph per block (batch 128, s_q 2,
 #: 16K and 64K keys), so the cap is about 100 s and 1.6 GB; beyond it a configuration is refused.
 MAX_SIMULATED_BLOCKS: int = 10_000
-#: Above this many blocks on the busiest core, a note with the estimated time goes to stderr.
+#: Above this many blocks on the busiest core, the CLI notes the estimated time on stderr.
 LONG_SIMULATION_BLOCKS: int = 1_000
 
 
@@ -230,7 +229,7 @@ def estimated_blocks(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
 
 
 def check_size(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
-    """Refuse (ValueError, one sentence) a configuration too big to simulate; note a long one.
+    """Refuse (ValueError, one sentence) a configuration too big to simulate.
 
     Returns the estimated blocks on the busiest core (:func:`estimated_blocks`).
     """
@@ -240,12 +239,6 @@ def check_size(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
             f"the configuration needs about {blocks:,} KV blocks on the busiest core, more than "
             f"the {MAX_SIMULATED_BLOCKS:,} the event simulation handles (about 100 s, 1.6 GB);"
             " use a shorter kv_len, a larger block, or fewer requests per core"
-        )
-    if blocks > LONG_SIMULATION_BLOCKS:
-        print(
-            f"amla-numerics: simulating about {blocks:,} KV blocks on the busiest core "
-            f"(roughly {blocks / 100:.0f} s)",
-            file=sys.stderr,
         )
     return blocks
 
@@ -617,7 +610,7 @@ def make_plan(
         If the tiling does not fit a buffer (naming the schedule field and the buffer).
     """
     capacity = dict(check_capacity(hw, shape, schedule))
-    cost = rescale_cost(schedule.rescale, schedule.rescale_prob)
+    cost = rescale_cost(schedule.variant, schedule.rescale_prob)
     split = split_work(hw, shape, schedule)
     rates = resource_rates(hw, split.active_cores, busy)
     ws = l2_working_set(hw, shape, schedule, cost, split.active_cores)

@@ -47,7 +47,7 @@ class Schedule:
 
     Parameters
     ----------
-    rescale : str
+    variant : str
         The rescaling variant (one of :data:`amla_numerics.variants.VARIANTS`).
     order : str
         ``"preload"`` (C1 of block t+depth-1 issued before C2 of block t) or ``"serial"``.
@@ -79,7 +79,7 @@ class Schedule:
         pieces dealt round-robin to cores); None: the heuristic above (``split_kv``).
     """
 
-    rescale: str = "amla"
+    variant: str = "amla"
     order: str = "preload"
     preload_depth: int = 2
     kv_block: int = 512
@@ -101,7 +101,7 @@ class Schedule:
     splits: int | None = None
 
     def __post_init__(self) -> None:
-        check_model_variant(self.rescale, "schedule.rescale")
+        check_model_variant(self.variant, "schedule.variant")
         if self.order not in SCHEDULES:
             raise ValueError(
                 f"schedule.order must be one of {', '.join(SCHEDULES)}, got {self.order!r}"
@@ -114,7 +114,7 @@ class Schedule:
         if not isinstance(self.split_kv, bool):
             raise TypeError(f"schedule.split_kv must be a bool, got {type(self.split_kv).__name__}")
         if self.rescale_prob is not None:
-            rescale_cost(self.rescale, self.rescale_prob)  # validates range and variant
+            rescale_cost(self.variant, self.rescale_prob)  # validates range and variant
 
     @property
     def depth(self) -> int:
@@ -122,7 +122,7 @@ class Schedule:
         return 1 if self.order == "serial" else self.preload_depth
 
 
-def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -> Schedule:
+def default_schedule(hw: Hardware, variant: str = "amla", **overrides: object) -> Schedule:
     """The kernel's tiling for ``hw`` (Ascend: the CANN MLA kernel; GPU: FlashMLA).
 
     Examples
@@ -146,7 +146,7 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
             l0_k_pv=64,
             order="serial",
         )
-    elif rescale_cost(rescale).design == "ub":
+    elif rescale_cost(variant).design == "ub":
         # O resident in UB: 32 rows x 512 x 4 B = 64 KB per AIV beside 8-row S/P/partial
         # tiles, so a row tile holds 64 rows (the layout of DeepSeek's Ascend kernels)
         base = dict(m_tile=64, cube_m=64, vec_rows=8)
@@ -158,7 +158,7 @@ def default_schedule(hw: Hardware, rescale: str = "amla", **overrides: object) -
         base["l1_k_pv"] = min(256, kv)
         base["l0_k_pv"] = min(128, kv)
     base.update(overrides)
-    return Schedule(rescale=rescale, **base)  # type: ignore[arg-type]
+    return Schedule(variant=variant, **base)  # type: ignore[arg-type]
 
 
 def _kb(x: float) -> str:
@@ -250,7 +250,7 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
     cap = int(hw["ub_bytes"])
     tile = sch.vec_rows * (sch.kv_block * 4 + sch.kv_block * 2 + wl.d_v * 4)
     rowvec = per_aiv * 4 * 8  # m, l, n, r^, cof, N, scale, spare: FP32/INT32 per row
-    resident = per_aiv * wl.d_v * 4 if rescale_cost(sch.rescale).design == "ub" else 0
+    resident = per_aiv * wl.d_v * 4 if rescale_cost(sch.variant).design == "ub" else 0
     used = sch.ub_buffers * tile + rowvec + resident
     if used > cap:
         extra = f" + O resident {_kb(resident)}" if resident else ""

@@ -2,39 +2,51 @@
 
 Every hardware field without a public source carries ``range = [lo, hi]`` in its TOML
 (:attr:`~amla_numerics.pipeline.hardware.Hardware.ranges`). :func:`tornado` moves one
-parameter at a time to each end of its range (the others at their values) and reports
-the swing of the kernel time; :func:`interval` draws a Latin hypercube over all of them
-jointly (plus the nominal point and every one-at-a-time end, so the interval contains the
-tornado) and returns the result with ``tflops_range``, ``time_us_range`` and
-``utilization_range``. The fitted calibration constants are held at their fitted values
-(a refit per sample would hide the parameters' effect in the constant).
+parameter at a time to each end of its range (the others at their values, the fitted
+constants held) and reports the swing of the kernel time. :func:`interval` returns the
+result with ``tflops_range``, ``time_us_range`` and ``utilization_range`` whose ends are
+searched over the whole box (:func:`~amla_numerics.pipeline.extremes.box_bounds`: vertices
+plus a pattern search, the anchored constant re-fitted at every point, points that cannot
+reproduce their anchor excluded), with the parameter values that reach each end
+(``range_points``) and how they were found (``range_note``).
 
-:func:`paired_gap` compares two variants on the SAME samples (common random numbers), so
-"A is X % faster than B" comes with the interval of X, not the difference of two intervals.
+:func:`gap_bounds` does the same for "A is X % faster than B" (both variants at the SAME
+parameter point). The Latin hypercube (:func:`latin_hypercube`, :func:`sampled_range`,
+:func:`paired_gap`) is kept as a density view only: where samples fall, never an end.
 
 Examples
 --------
 >>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
 >>> hw = load_hardware("h800_sxm5")
->>> r = interval(hw, AttentionShape(8, 1, 2048), default_schedule(hw, "fa_fp32"), samples=4)
+>>> r = interval(hw, AttentionShape(8, 1, 2048), default_schedule(hw, "fa_fp32"))
 >>> lo, hi = r.tflops_range
->>> lo <= r.tflops <= hi
-True
+>>> lo <= r.tflops <= hi, sorted(r.range_points)
+(True, ['fastest', 'slowest'])
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import numpy as np
 
+from amla_numerics.pipeline.extremes import BoxBounds, Calibration, box_bounds
 from amla_numerics.pipeline.hardware import Hardware
 from amla_numerics.pipeline.model import PipelineResult, run
 from amla_numerics.pipeline.schedule import Schedule
 from amla_numerics.pipeline.shape import AttentionShape
 
-__all__ = ["Swing", "interval", "latin_hypercube", "paired_gap", "tornado"]
+__all__ = [
+    "Swing",
+    "gap_bounds",
+    "interval",
+    "latin_hypercube",
+    "paired_gap",
+    "sampled_range",
+    "tornado",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +97,6 @@ def latin_hypercube(
     return out
 
 
-def _points(hw: Hardware, samples: int, seed: int) -> list[dict[str, float]]:
-    ends = [{k: v} for k, (lo, hi) in sorted(hw.ranges.items()) for v in (lo, hi)]
-    return ends + latin_hypercube(dict(hw.ranges), samples, seed)
-
-
 def tornado(hw: Hardware, wl: AttentionShape, sch: Schedule) -> list[Swing]:
     """One-at-a-time swing of the kernel time per ranged parameter, largest first."""
     out = []
@@ -110,26 +117,17 @@ def interval(
     wl: AttentionShape,
     sch: Schedule,
     *,
-    samples: int = 16,
-    seed: int = 0,
     nominal: PipelineResult | None = None,
-    ends: bool = False,
-    swings: Sequence[Swing] = (),
+    calibrate: bool = True,
+    calibration: Calibration | None = None,
 ) -> PipelineResult:
-    """The nominal result with ``tflops_range``, ``time_us_range``, ``utilization_range``.
-
-    Evaluated at the nominal point and at ``samples`` Latin-hypercube points over all
-    ranged parameters jointly; with ``ends`` also at both ends of every parameter (the
-    tornado's points, so the interval contains the one-at-a-time swings), or with the
-    times of an already computed :func:`tornado` (``swings``).
-    """
-    _check_samples(samples)
+    """The nominal result with ``tflops_range``, ``time_us_range``, ``utilization_range``
+    bounded over the parameter box, ``range_points`` (the parameters at the fastest and
+    the slowest end) and ``range_note``."""
     nominal = nominal or run(hw, wl, sch)  # type: ignore[assignment]
     assert isinstance(nominal, PipelineResult)
-    pts = _points(hw, samples, seed) if ends else latin_hypercube(dict(hw.ranges), samples, seed)
-    times = [nominal.time_us] + [_time(hw.replace(**p), wl, sch) for p in pts]
-    times += [t for s in swings for t in (s.time_lo_us, s.time_hi_us)]
-    lo, hi = min(times), max(times)
+    b = box_bounds(hw, lambda h: _time(h, wl, sch), calibrate=calibrate, calibration=calibration)
+    lo, hi = b.low.value, b.high.value
     tf = (wl.flops / hi * 1e-6, wl.flops / lo * 1e-6)
     peak = nominal.peak_tflops
     return dataclasses.replace(
@@ -137,7 +135,41 @@ def interval(
         tflops_range=tf,
         time_us_range=(lo, hi),
         utilization_range=(tf[0] / peak, tf[1] / peak),
+        range_points=MappingProxyType(
+            {"fastest": dict(b.low.point), "slowest": dict(b.high.point)}
+        ),
+        range_note=b.note(),
     )
+
+
+def sampled_range(
+    hw: Hardware, wl: AttentionShape, sch: Schedule, *, samples: int = 16, seed: int = 0
+) -> tuple[float, float]:
+    """(min, max) kernel time over ``samples`` Latin-hypercube points: a density view of
+    where the parameters put the time, NOT bounds (the ends move with the seed)."""
+    _check_samples(samples)
+    times = [
+        _time(hw.replace(**p), wl, sch) for p in latin_hypercube(dict(hw.ranges), samples, seed)
+    ]
+    return min(times), max(times)
+
+
+def gap_bounds(
+    hw: Hardware,
+    wl: AttentionShape,
+    base: Schedule,
+    other: Schedule,
+    *,
+    calibrate: bool = True,
+    calibration: Calibration | None = None,
+) -> BoxBounds:
+    """Bounds of ``time(other) / time(base) - 1`` over the parameter box, both schedules at
+    the same point (positive: ``other`` is slower, e.g. base amla, other fa_fp32)."""
+
+    def gap(h: Hardware) -> float:
+        return _time(h, wl, other) / _time(h, wl, base) - 1.0
+
+    return box_bounds(hw, gap, calibrate=calibrate, calibration=calibration)
 
 
 def paired_gap(
@@ -150,9 +182,10 @@ def paired_gap(
 ) -> dict[str, tuple[float, float, float]]:
     """Time of each schedule relative to the first, on common parameter samples.
 
-    Returns schedule rescale name -> (nominal, lo, hi) of ``time / time_first - 1`` over
+    Returns schedule variant name -> (nominal, lo, hi) of ``time / time_first - 1`` over
     the nominal point and ``samples`` Latin-hypercube points
-    (positive: slower than the first; e.g. fa_fp32 vs amla: "AMLA is X % faster").
+    (positive: slower than the first; e.g. fa_fp32 vs amla: "AMLA is X % faster"). A
+    density view: the ends move with the seed; :func:`gap_bounds` gives bounds.
 
     Examples
     --------
@@ -170,5 +203,5 @@ def paired_gap(
     out = {}
     for s, row in zip(schedules, table, strict=True):
         rel = np.array(row) / base - 1.0
-        out[s.rescale] = (float(rel[0]), float(rel.min()), float(rel.max()))
+        out[s.variant] = (float(rel[0]), float(rel.min()), float(rel.max()))
     return out

@@ -1,0 +1,67 @@
+"""The steady-state extrapolation equals the reference event simulation of every block."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, make_plan, run
+from amla_numerics.pipeline.des import simulate
+from amla_numerics.pipeline.graph import Block, block_sequence, build_graph
+from amla_numerics.pipeline.periodic import PeriodicSim, shorten, simulate_periodic
+
+#: The benchmark set: hardware files, variants and shapes (splits, s_q, heads, ragged keys).
+BENCHMARK = [
+    ("ascend910c", "amla", dict(batch=128, q_len=2, kv_len=16384), {}),
+    ("ascend910c", "fa_fp32", dict(batch=48, q_len=2, kv_len=16384), {}),
+    ("ascend910c", "fa_fp32_ub", dict(batch=16, q_len=1, kv_len=16384), {}),
+    ("ascend910c", "lazy", dict(batch=16, q_len=2, kv_len=16000), dict(rescale_prob=0.25)),
+    ("ascend910c", "amla", dict(batch=4, q_len=2, kv_len=32768), dict(splits=3)),
+    ("ascend910c", "amla", dict(batch=8, q_len=4, kv_len=12000, heads=64), {}),
+    ("ascend910b2", "fa_fp32", dict(batch=8, q_len=1, kv_len=32768, heads=32), {}),
+    ("ascend910b3", "amla_fp32r", dict(batch=24, q_len=1, kv_len=8192), {}),
+    ("h800_sxm5", "fa_fp32", dict(batch=64, q_len=1, kv_len=8192), {}),
+    ("h20", "amla", dict(batch=32, q_len=2, kv_len=4096), {}),
+    ("h100_sxm5", "lazy", dict(batch=16, q_len=1, kv_len=16384), {}),
+]
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+@pytest.mark.parametrize("hw_name, variant, shape, over", BENCHMARK)
+def test_fast_path_equals_the_reference_simulation(hw_name, variant, shape, over):
+    hw = load_hardware(hw_name)
+    wl = AttentionShape(**shape)
+    sch = default_schedule(hw, variant, **over)
+    fast, ref = run(hw, wl, sch), run(hw, wl, sch, reference=True)
+    assert _rel(fast.time_us, ref.time_us) <= 1e-9, (fast.time_us, ref.time_us)
+    assert fast.bound == ref.bound
+    for field in ("engines", "critical_path"):
+        a, b = getattr(fast, field), getattr(ref, field)
+        assert set(a) == set(b), field
+        worst = max(abs(a[k] - b[k]) for k in b)
+        assert worst <= 1e-9, (field, worst)
+
+
+def test_the_report_configuration_is_extrapolated_not_simulated_in_full():
+    hw = load_hardware("ascend910c")
+    plan = make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw, "amla"))
+    fast = simulate_periodic(plan)
+    assert isinstance(fast, PeriodicSim)
+    assert fast.removed >= len(block_sequence(plan)) // 2
+    ref = simulate(build_graph(plan).graph)
+    assert math.isclose(fast.makespan, ref.makespan, rel_tol=1e-12)
+
+
+def test_a_broken_period_falls_back_to_a_longer_simulation():
+    """Blocks that are not identical are never cut: a run of alternating sizes stays whole."""
+    f = Block(256, 512, True, False, False)
+    a, b = Block(256, 512, False, False, True), Block(256, 256, False, False, True)
+    last = Block(256, 512, False, True, True)
+    s = shorten([f, *[a, b] * 10, last], keep=4)
+    assert s.runs == () and len(s.blocks) == 22
+    s = shorten([f, *[a] * 10, last], keep=4)
+    assert s.runs == ((1, 4, 6),) and len(s.blocks) == 6

@@ -22,10 +22,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "error-bound report per head dimension (accuracy and modelled throughput)",
     ),
     "check-budgets": ("budgets", "measure the budgeted cases; exit 1 naming every budget exceeded"),
-    "compare": ("compare", "judge a kernel's dumped outputs against the certified reference"),
+    "compare": (
+        "compare",
+        "judge a kernel's dumped outputs against what its declared schedule does (emulated)",
+    ),
     "make-cases": (
         "make_cases",
         "write golden attention cases (inputs, certified reference, manifest) for CI",
     ),
-    "pipeline": ("pipeline", "modelled throughput of the MLA decode kernel on Ascend 910 or H800"),
+    "pipeline": (
+        "pipeline",
+        "modelled throughput of the attention kernel on Ascend and NVIDIA chips",
+    ),
 }

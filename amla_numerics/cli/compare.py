@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from amla_numerics.cli.commands import CheckFailed
+from amla_numerics.cli.commands import COMMANDS, CheckFailed
 
 __all__ = ["register", "render_verdicts"]
 
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
     p = subparsers.add_parser(
         "compare",
-        help="judge a kernel's dumped outputs against the certified reference",
+        help=COMMANDS["compare"][1],
         description="Compare each dump's 'out' with the certified reference of its q, k, v: "
         "condition-aware error, row error, BF16-output ULPs, worst elements, bit match with "
         "every emulated variant; exit 1 if a limit or budget is exceeded.",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from amla_numerics.cli.commands import COMMANDS
+
 __all__ = ["register"]
 
 
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "make-cases",
-        help="write golden attention cases (inputs, certified reference, manifest) for CI",
+        help=COMMANDS["make-cases"][1],
         description="Write one dump per case (BF16 inputs, the certified reference in float64 "
         "and correctly rounded FP32/BF16, the lse) and manifest.json (sha256 of every file, "
         "versions, the reference's certified accuracy). Run your kernel on each case, add "

@@ -29,6 +29,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 
+from amla_numerics.cli.commands import COMMANDS
 from amla_numerics.pipeline.extremes import ALL_VERTICES, LEVELS, TOP
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, Hardware, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
@@ -295,7 +296,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``pipeline`` subcommand."""
     p = subparsers.add_parser(
         "pipeline",
-        help="modelled throughput of the MLA decode kernel on Ascend 910 or H800",
+        help=COMMANDS["pipeline"][1],
         description="Simulate the tiled attention pipeline (discrete-event model) and report "
         "time, TFLOPS, utilisation against each named peak, HBM GB/s, the binding "
         "engine and per-engine busy fractions.",

@@ -466,3 +466,47 @@ def test_fp8_preset_in_a_policy_round_trips():
 
     assert np.all(v > 0)
     assert np.max(np.abs(fp8 - ref) / np.abs(ref)) <= _matmul_gamma(acc, 128, "fp32") + 1e-6
+
+
+def _fraction_dot(a, b):
+    """The exact sum of ``a_k b_k`` (Fractions), rounded once to float64 by Python."""
+    return float(
+        sum(
+            (Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b, strict=True)),
+            Fraction(0),
+        )
+    )
+
+
+def test_exact_model_fp64_output_is_the_exact_sum_rounded_once():
+    # float64 operands (the "exact" policy's P and V): products need 106 bits, so a BLAS
+    # dot product is off by ulps; the model must be the exact sum rounded once
+    rng = np.random.default_rng(41)
+    for trial in range(60):
+        k = int(rng.integers(1, 200))
+        a = rng.standard_normal((3, k)) * np.exp(rng.uniform(-40, 40, (3, k)))
+        b = rng.standard_normal((k, 2))
+        if trial % 3 == 0:  # cancellation: pairs of opposite products
+            h = k // 2
+            b[h : 2 * h, 0] = -b[:h, 0]
+            a[:, h : 2 * h] = a[:, :h] * (1 + 2.0**-30)
+        if trial % 5 == 0:  # products near and below float64's subnormal range
+            a *= 2.0**-1000
+        got = matmul(a, b, Accumulation("exact"), "fp64")
+        for i in range(3):
+            for j in range(2):
+                want = _fraction_dot(a[i], b[:, j])
+                assert got[i, j] == want, (trial, i, j, got[i, j], want)
+
+
+def test_exact_model_fp64_output_exact_ties_and_batches():
+    # an exact midpoint between two float64 numbers rounds to even; leading dims broadcast
+    a = np.array([[1.0, 2.0**-53, 2.0**-53 * 2.0**-60]])
+    b = np.array([[1.0], [1.0], [-1.0]])
+    assert matmul(a, b, Accumulation("exact"), "fp64")[0, 0] == 1.0  # just below the tie
+    above = matmul(a, np.abs(b), Accumulation("exact"), "fp64")[0, 0]
+    assert above == 1.0 + 2.0**-52  # just above it
+    assert matmul(a[:, :2], b[:2], Accumulation("exact"), "fp64")[0, 0] == 1.0  # tie: even
+    a3 = np.stack([a, -a])
+    out = matmul(a3, b, Accumulation("exact"), "fp64")
+    assert out.shape == (2, 1, 1) and out[1, 0, 0] == -1.0

@@ -442,6 +442,80 @@ def test_non_finite_inputs_are_refused_in_every_dtype(dtype):
             flash.attention(np.asfortranarray(np.where(np.arange(8) == 1, bad, q)), k, v)
 
 
+FP32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scale_outside_the_work_format_is_refused(variant):
+    # finite scales that FP32 rounds to inf, or holds only as a subnormal (relative error
+    # unbounded): each gave NaN or a silently wrong output
+    q, k, v = (x.astype(np.float32) for x in _data(1))
+    for scale in (1e39, -1e39, FP32_MAX * 1.0000001, 1e-40, -(2.0**-127)):
+        if variant == "fa4" and scale < 0:
+            continue  # refused as negative (below)
+        with pytest.raises(
+            ValueError, match=r"argument 'scale'.*does not fit the work format fp32"
+        ):
+            flash.attention(q, k, v, variant, scale=scale, block_n=8)
+    # the edges of the normal range are valid, and FP64 work takes what FP32 cannot
+    for scale in (2.0**-126, 1e-30) + (() if variant == "fa4" else (FP32_MAX, 1e38)):
+        flash.attention(q, k, v, variant, scale=scale, block_n=8)
+    if variant != "fa4":
+        out = flash.attention(q, k, v, variant, scale=1e39, block_n=8, policy="exact").out
+        assert not np.isnan(out).any()
+
+
+def test_fa4_scale_times_log2e_must_fit_and_be_positive():
+    q, k, v = (x.astype(np.float32) for x in _data(2))
+    log2e = 1.4426950408889634
+    edge = FP32_MAX / log2e  # scale * log2 e at FP32's largest finite value
+    with pytest.raises(ValueError, match=r"scale \* log2\(e\) = .* does not fit"):
+        flash.attention(q, k, v, "fa4", scale=edge * 1.001)
+    flash.attention(q, k, v, "amla", scale=edge * 1.001)  # the others take it
+    for scale in (-0.25, -1.0):  # fa4 takes the running max of the unscaled scores
+        with pytest.raises(ValueError, match="'scale' must be positive for variant 'fa4'"):
+            flash.attention(q, k, v, "fa4", scale=scale)
+        ref = reference.attention(q, k, v, scale)
+        out = flash.attention(q, k, v, "fa_fp32", scale=scale).out  # the others take it
+        assert np.abs(out - ref).max() < 1e-2
+
+
+@pytest.mark.parametrize(
+    ("in_format", "big", "dtype"),
+    [("fp16", 65520.0, np.float32), ("fp16", 1e5, np.float64), ("bf16", FP32_MAX, np.float32)],
+)
+def test_inputs_that_overflow_the_input_format_are_refused(in_format, big, dtype):
+    # 65520 is the first value FP16 (rne) rounds to inf; FP32's largest rounds to inf in BF16
+    mm = MatmulPolicy(in_format)
+    pol = get_policy("ascend").replace(qk=mm, pv=mm)
+    q, k, v = (x.astype(dtype) for x in _data(3))
+    for name in ("q", "k", "v"):
+        args = {"q": q.copy(), "k": k.copy(), "v": v.copy()}
+        args[name][1, 2] = -big
+        with pytest.raises(ValueError, match=f"argument '{name}' overflows the matrix unit"):
+            flash.attention(args["q"], args["k"], args["v"], "amla", policy=pol)
+    ok = {"q": q.copy(), "k": k.copy(), "v": v.copy()}
+    ok["v"][1, 2] = 65504.0 if in_format == "fp16" else 3.3e38  # the largest finite: valid
+    assert np.isfinite(flash.attention(ok["q"], ok["k"], ok["v"], "fa_fp32", policy=pol).out).all()
+
+
+@pytest.mark.parametrize("variant", AMLA_VARIANTS)
+@pytest.mark.parametrize("bias", [-709.5, -800.0, -1e4])
+def test_amla_exact_policy_after_a_fully_masked_first_block(variant, bias):
+    # the first block has no key (m = -inf, so n = 0 and O = 0); the next blocks' scores sit
+    # below -709, so dn = n exceeds float64's exponent range: 2**dn alone overflows, O * 2**dn
+    # does not (O = 0). Nothing overflows, nothing is flagged, and the output is the
+    # reference's to the exact policy's accuracy.
+    q, k, v = _data(5, m=2, n=12, dk=4, dv=3)
+    mask = np.full((2, 12), bias)
+    mask[:, :4] = -np.inf
+    res = flash.attention(q, k, v, variant, block_n=4, policy="exact", mask=mask, scale=0.5)
+    ref = reference.attention(q, k, v, 0.5, mask=mask)
+    assert np.isfinite(res.out).all()
+    assert not any(res.hazards[h] for h in res.hazards if h not in ("ok",))
+    assert np.abs(res.out - ref).max() <= 1e-12 * np.abs(v).max()
+
+
 def test_value_view_of_keys_gives_the_same_bits_as_a_copy():
     rng = np.random.default_rng(13)
     kv = rng.standard_normal((40, 12)).astype(ml_dtypes.bfloat16)

@@ -13,6 +13,7 @@ Written by hand: no library rounds a float64 matrix product's exact value to FP3
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -63,10 +64,10 @@ def _exact(
 ):
     if out != "fp64" and p is not None:
         return _exact_bounded(a64, b64, out, mode, p, b_stats, b_absmax, a_stats)
+    if out == "fp64":
+        return _exact_fp64(a64, b64)
     with np.errstate(invalid="ignore", over="ignore"):
         s = a64 @ b64
-    if out == "fp64":
-        return s
     k = a64.shape[-1]
     with np.errstate(over="ignore", invalid="ignore"):
         na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))[..., :, None]
@@ -519,6 +520,96 @@ def _min_quantum_exp(x: np.ndarray, axis: int, p: int | None = None) -> np.ndarr
     if qe.shape[axis] == 0:
         return np.full(np.delete(qe.shape, axis), 10**6)
     return qe.min(axis=axis)
+
+
+_SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's constant for float64
+_CHUNK64 = 1 << 20  # products held at once by the FP64 exact product
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _veltkamp(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = _SPLIT * x
+    hi = c - (c - x)
+    return hi, x - hi
+
+
+def _exact_fp64(a64: np.ndarray, b64: np.ndarray) -> np.ndarray:
+    """``a @ b`` (float64 operands, any values) as the exact sum rounded once to float64.
+
+    Per element, the ``K`` products are split exactly (Dekker's TwoProduct: ``a b = p + e``
+    while no product underflows or overflows), the ``p`` are summed by a balanced TwoSum
+    tree (exact: ``sum p = hi + sum t``), and ``lo`` is the float64 sum of the ``L = 2K - 1``
+    error terms ``e, t``: ``|hi + lo - x| <= E = gamma_L sum |e, t| + 8 K 2**-1074`` (the
+    last term: TwoProduct's loss when a product is near the subnormal range). Where
+    ``fl(hi + fl(lo -+ w))`` agree (``w`` covers ``E`` and the rounding of ``lo -+ E``), that
+    is ``fl(x)``; the other elements (ties, non-finite terms) are summed as exact integers.
+    """
+    shape = (*np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), a64.shape[-2], b64.shape[-1])
+    if a64.shape[-1] != b64.shape[-2]:
+        raise ValueError(f"matmul: inner dimensions differ ({a64.shape[-1]} and {b64.shape[-2]})")
+    k = a64.shape[-1]
+    res = np.zeros(shape)
+    if not res.size or k == 0:
+        return res
+    a3 = np.broadcast_to(a64, (*shape[:-2], *a64.shape[-2:])).reshape(-1, shape[-2], k)
+    b3 = np.broadcast_to(b64, (*shape[:-2], *b64.shape[-2:])).reshape(-1, k, shape[-1])
+    r3 = res.reshape(-1, shape[-2], shape[-1])
+    n_terms = 2 * k - 1
+    g = n_terms * 2.0**-53 / (1 - n_terms * 2.0**-53) * (1 + 2.0**-20)
+    step = max(1, _CHUNK64 // max(1, k * shape[-1]))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for t in range(a3.shape[0]):
+            bt = b3[t].T  # (N, K)
+            bh, bl = _veltkamp(bt)
+            for r0 in range(0, shape[-2], step):
+                ar = a3[t, r0 : r0 + step]  # (m, K)
+                ah, al = _veltkamp(ar)
+                p = ar[:, None, :] * bt[None, :, :]  # (m, N, K)
+                e = ((ah[:, None, :] * bh[None] - p) + ah[:, None, :] * bl[None]) + al[
+                    :, None, :
+                ] * bh[None]
+                e += al[:, None, :] * bl[None]
+                errs = [e]
+                x = p
+                while x.shape[-1] > 1:
+                    n2 = x.shape[-1] // 2
+                    s_, t_ = _two_sum(x[..., 0 : 2 * n2 : 2], x[..., 1 : 2 * n2 : 2])
+                    errs.append(t_)
+                    x = np.concatenate([s_, x[..., -1:]], axis=-1) if x.shape[-1] % 2 else s_
+                hi = x[..., 0]
+                lo_terms = np.concatenate(errs, axis=-1)
+                lo = lo_terms.sum(axis=-1)
+                mag = np.abs(lo_terms).sum(axis=-1)
+                bound = g * mag + 8 * k * 2.0**-1074
+                w = bound * (1 + 2.0**-50) + 2.0**-51 * np.abs(lo) + 2.0**-1074
+                val = hi + lo
+                ok = (hi + (lo - w) == hi + (lo + w)) & np.isfinite(val) & np.isfinite(w)
+                ok &= np.isfinite(p).all(axis=-1) & np.isfinite(e).all(axis=-1)
+                block = r3[t, r0 : r0 + step]
+                block[...] = np.where(ok, val, 0.0)
+                for i, j in zip(*np.nonzero(~ok), strict=True):
+                    block[i, j] = _int_dot_round(ar[i], bt[j])
+    return res
+
+
+def _int_dot_round(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum a_k b_k`` of float64 vectors as exact integers, rounded once to float64."""
+    ma, ea = np.frexp(a)
+    mb, eb = np.frexp(b)
+    ia = np.ldexp(ma, 53).astype(np.int64).tolist()
+    ib = np.ldexp(mb, 53).astype(np.int64).tolist()
+    ex = (ea.astype(np.int64) + eb.astype(np.int64) - 106).tolist()
+    terms = [(x * y, e) for x, y, e in zip(ia, ib, ex, strict=True) if x and y]
+    if not terms:
+        return 0.0
+    emin = min(e for _, e in terms)
+    total = sum(m << (e - emin) for m, e in terms)
+    return float(round_to(Fraction(total) * Fraction(2) ** emin, FP64))
 
 
 def _fsum_round(terms: list[float], out: str, mode: str):

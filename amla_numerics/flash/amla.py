@@ -135,11 +135,14 @@ def amla_rescale(
     counts and codes are the hazards *detected* (and repaired by the multiply).
     """
     if policy.rescale == "exact":
-        dn = sc.dnc.astype(np.int64)
-        factor = np.ldexp(np.ones_like(sc.ratio), dn)
-        if variant != "amla_nocomp":
-            factor = factor * sc.ratio
-        return O * factor[..., None], count_hazards(np.zeros(0, np.int8)), None
+        # O * ratio rounded once, then scaled by 2**dn exactly (ldexp): the same value as
+        # O * (2**dn ratio) wherever 2**dn is a normal number, and no 0 * inf where the
+        # factor alone would overflow (a row whose earlier blocks were all masked has
+        # O = 0 and n_prev = 0, so dn = n can exceed the exponent range)
+        dn = sc.dnc.astype(np.int64)[..., None]
+        scaled = O if variant == "amla_nocomp" else O * sc.ratio[..., None]
+        with np.errstate(over="ignore"):  # a true overflow is counted by the caller
+            return np.ldexp(scaled, dn), count_hazards(np.zeros(0, np.int8)), None
     N = sc.N[..., None]
     if variant == "amla_exactcomp":
         N = rna_int(sc.dnc * constants(policy)["TWO23"]).astype(np.int64)[..., None]

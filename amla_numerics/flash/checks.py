@@ -16,7 +16,7 @@ import numpy as np
 from amla_numerics.inputs import check_shapes, is_leading_columns, split_mask
 from amla_numerics.variants import check_c, check_tau
 
-__all__ = ["Inputs", "block_bounds", "check_inputs"]
+__all__ = ["Inputs", "block_bounds", "check_fits", "check_inputs", "check_scale"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,69 @@ def check_inputs(
         tri = cols <= rows + (n - m)  # bottom-right aligned: the last query sees every key
         keep = tri if keep is None else keep & tri
     return Inputs(qa, ka, va, keep, bias, scale, tuple(batch), m, n, dk, dv)
+
+
+#: Largest finite value and smallest normal of each work format.
+_WORK_RANGE = {"fp32": (float(np.finfo(np.float32).max), 2.0**-126), "fp64": (math.inf, 2.0**-1022)}
+#: The matrix-unit input formats that can overflow: name, largest finite value, storage dtype.
+_IN_FORMATS = {
+    "bf16": ("BF16", ml_dtypes.bfloat16),
+    "fp16": ("FP16", np.float16),
+    "fp32": ("FP32", np.float32),
+}
+
+
+def check_scale(scale: float, work: str, variant: str) -> None:
+    """Refuse a scale the work format cannot hold (rounded to inf, or below its normal
+    range, where its relative rounding error is unbounded), and a negative scale for
+    ``fa4`` (it takes the running max of the unscaled scores); for ``fa4`` the same range
+    test applies to ``scale * log2 e``, the constant its exp2 folds in.
+
+    Examples
+    --------
+    >>> check_scale(0.125, "fp32", "amla")
+    >>> check_scale(1e39, "fp32", "amla")
+    Traceback (most recent call last):
+    ...
+    ValueError: argument 'scale' (1e+39) does not fit the work format fp32 (normal range ...)
+    >>> check_scale(-0.125, "fp32", "fa4")
+    Traceback (most recent call last):
+    ...
+    ValueError: argument 'scale' must be positive for variant 'fa4' (...), got -0.125
+    """
+    top, tiny = _WORK_RANGE[work]
+    values = [("scale", scale)]
+    if variant == "fa4":
+        if scale < 0:
+            raise ValueError(
+                "argument 'scale' must be positive for variant 'fa4' (it takes the running max "
+                f"of the unscaled scores), got {scale!r}"
+            )
+        values.append(("scale * log2(e)", scale * math.log2(math.e)))
+    for what, x in values:
+        if not tiny <= abs(x) <= top:
+            detail = "" if what == "scale" else f" ({what} = {x!r})"
+            raise ValueError(
+                f"argument 'scale' ({scale!r}){detail} does not fit the work format {work} "
+                f"(normal range {tiny!r} to {top!r})"
+            )
+
+
+def check_fits(raw: np.ndarray, rounded: np.ndarray, name: str, in_format: str) -> None:
+    """Refuse a matrix input whose values overflow the matrix unit's input format (finite
+    ``raw`` that rounds to inf, e.g. FP16 inputs beyond 65504); ``rounded`` is ``raw``
+    rounded to ``in_format`` (float64). Inputs already stored in the format pass unread."""
+    if in_format not in _IN_FORMATS:
+        return
+    label, storage = _IN_FORMATS[in_format]
+    if raw.dtype == np.dtype(storage) or _all_finite(rounded):
+        return
+    big = float(np.max(np.abs(raw.astype(np.float64))))
+    raise ValueError(
+        f"argument {name!r} overflows the matrix unit's input format {label} "
+        f"(largest |value| {big:.6g}, largest finite {label} "
+        f"{float(ml_dtypes.finfo(storage).max):.6g})"
+    )
 
 
 def block_bounds(n: int, block_n: int) -> list[tuple[int, int]]:

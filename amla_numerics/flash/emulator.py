@@ -73,7 +73,7 @@ from amla_numerics.flash._exactsum import (
 )
 from amla_numerics.flash.accumulate import vector_sum
 from amla_numerics.flash.amla import amla_rescale, amla_scalars, clamped_rows
-from amla_numerics.flash.checks import block_bounds, check_inputs
+from amla_numerics.flash.checks import block_bounds, check_fits, check_inputs, check_scale
 from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
 from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
 from amla_numerics.flash.fp8kv import kv_fp8_roundtrip
@@ -229,7 +229,9 @@ def attention(
     ------
     ValueError
         Unknown variant (the message lists the valid ones), mismatched shapes,
-        ``block_n < 1``, NaN inputs, bad mask or option values.
+        ``block_n < 1``, NaN inputs, bad mask or option values, a scale outside the work
+        format's normal range (``fa4``: also ``scale * log2 e``; a negative scale), inputs
+        that overflow the matrix unit's input format (FP16 beyond 65504).
     TypeError
         Arguments of the wrong type.
     """
@@ -240,6 +242,7 @@ def attention(
     inp = check_inputs(
         q, k, v, scale=scale, block_n=block_n, mask=mask, causal=causal, c=c, tau=tau
     )
+    check_scale(inp.scale, pol.work, variant)
     combine = check_combine(combine)
     ranges = split_ranges(inp.n, splits, int(block_n))
     reverse = pol.kv_order == "reverse"
@@ -365,12 +368,15 @@ class _Run:
         self.dt = np.float32 if pol.work == "fp32" else np.float64
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
         self.q = round_input(inp.q, pol.qk.in_format)
+        check_fits(inp.q, self.q, "q", pol.qk.in_format)
         self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
+        check_fits(inp.k, self.kT, "k", pol.qk.in_format)
         self.v_is_k = is_leading_columns(inp.v, inp.k) and pol.pv.in_format == pol.qk.in_format
         if self.v_is_k:
             self.v = np.swapaxes(self.kT, -1, -2)[..., : inp.dv]  # MLA: V is K[..., :Dv]
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
+            check_fits(inp.v, self.v, "v", pol.pv.in_format)
         self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
         self.qk_all: np.ndarray | None = None
         self.scale = self.dt(inp.scale)

@@ -126,7 +126,7 @@ def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
             r = y.astype(np.float32)
             hard = (
                 (y - y * _EXP_WINDOW).astype(np.float32) != (y + y * _EXP_WINDOW).astype(np.float32)
-            ) & np.isfinite(x64)
+            ) & np.isfinite(y)  # exp(x) beyond float64 (x > 709.8) is inf in FP32 too
         if hard.any():
             idx = np.nonzero(hard)
             r[idx] = [_exp_mp(v) for v in x64[idx]]
@@ -155,7 +155,7 @@ def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
             with np.errstate(over="ignore", under="ignore", invalid="ignore"):
                 lo = (yc - yc * _EXP_WINDOW).astype(np.float32)
                 hi = (yc + yc * _EXP_WINDOW).astype(np.float32)
-            hard[ci] = (lo != hi) & np.isfinite(x64[ci])
+            hard[ci] = (lo != hi) & np.isfinite(yc)  # y = inf: x > 709.8, inf in FP32
     if np.any(hard):
         r = np.array(r, copy=True)
         idx = np.nonzero(hard)

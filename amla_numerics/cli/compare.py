@@ -221,6 +221,8 @@ def _run(args: argparse.Namespace) -> int:
             where = f" [worst index {list(w.index)}: out {w.out!r} vs ref {w.ref!r}]" if w else ""
             lines += [c.describe() + where for c in v.over]
             lines += [f"  {v.case}: {r}" for r in v.comparison.reasons]
+            if v.comparison.diagnosis:
+                lines.append(f"  {v.case}: likely cause: {v.comparison.diagnosis}")
         raise CheckFailed(
             f"{len(failed)} of {len(verdicts)} dump(s) over budget:\n" + "\n".join(lines)
         )

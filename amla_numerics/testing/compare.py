@@ -173,6 +173,7 @@ class Comparison:
     rule: RuleResult | None = None
     standard: str = "schedule"
     standard_figures: dict[str, float] = field(default_factory=dict)
+    diagnosis: str = ""
     ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     lse_ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
@@ -265,6 +266,7 @@ class Comparison:
             rule=None if self.rule is None else self.rule.to_dict(),
             standard=self.standard,
             standard_figures={k: _num(v) for k, v in self.standard_figures.items()},
+            diagnosis=self.diagnosis,
         )
         return d
 
@@ -613,6 +615,17 @@ def _compare(
                 raise ValueError(f"shapes do not fit: baseline {base.shape} should be {o.shape}")
         figures.update(std.cann_ratios(o, ref, base, standard))
 
+    diagnosis = ""
+    if rule is not None and not rule.passed and not rule.degenerate:
+        from amla_numerics.testing.diagnose import diagnose
+
+        lse_bad = not math.isnan(rule.lse_ratio) and not rule.lse_ratio <= 1
+        out_bad = not (rule.max_ratio <= 1 and rule.rms_ratio <= 1)
+        if not (math.isnan(rule.bound_ratio) or rule.bound_ratio <= 1):
+            out_bad = True
+        sc_eff = 1.0 / math.sqrt(qa.shape[-1]) if sc is None else sc
+        diagnosis = diagnose(o, qa, ka, va, sc_eff, mask, lse_failed=lse_bad, out_failed=out_bad)
+
     # the worst elements
     o64 = o.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -673,6 +686,7 @@ def _compare(
         rule=rule,
         standard=standard,
         standard_figures=figures,
+        diagnosis=diagnosis,
         ref=ref,
         lse_ref=lse_ref,
     )

@@ -164,6 +164,14 @@ def test_compare_budget_file_for_a_users_kernel(cases, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "OVER: k mla_h4_sq2_n1536 budget_uncovered measured 1 > budget 0" in err
     assert "OVER: k sink_h4_sq2_n1536" not in err
+    # named standards on the same dumps (the emulated fa_fp32 passes its own standards)
+    for std in ("flash-attn", "cann-l2", "bound"):
+        assert main(["compare", str(outs), "--no-bit-match", "--standard", std]) == 0, std
+    capsys.readouterr()
+    assert main(["compare", str(outs), "--standard", "budget"]) == 2
+    assert "--standard budget needs --budget" in capsys.readouterr().err
+    assert main(["compare", str(outs), "--standard", "iso"]) == 2
+    assert "unknown --standard 'iso'" in capsys.readouterr().err
 
 
 def test_compare_bad_files_exit_2_with_one_sentence(cases, tmp_path, capsys):

@@ -52,6 +52,8 @@ class Kernel:
     variant: str | None = None  # the schedule the kernel declares (None: the default)
     block_n: int = 512
     note: str = ""  # for a buggy kernel no accuracy verdict can fail: why
+    #: golden workloads on which the scheme itself is known to fail (a published hazard)
+    hazards: tuple[str, ...] = ()
 
     def __call__(
         self, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, mask: Any
@@ -211,6 +213,8 @@ def amla(
     ``n_j = round(-m_j log2 e)`` (half away), ``r_j = exp(m_j + n_j ln 2)``, ``r^ =
     bf16(r)``, ``A_j = bf16(P_j r^_j)``, ``N_j = round((max(dn_j, -30) + eps_j) 2**23)``
     with ``eps_j = c (cof_{j-1}/cof_j - 1) + 1e-6``, ``cof_j = r_j / r^_j``; out = O / (l r^).
+    A block with no live key for a row leaves that row's state alone, and before the
+    division O elements above 1e10 or NaN are set to 0, as the CANN kernel does.
     """
     n = k.shape[0]
     rows = q.shape[0]
@@ -221,29 +225,38 @@ def amla(
     n_prev = np.zeros((rows, 1), np.float32)
     cof_prev = np.ones((rows, 1), np.float32)
     r_hat = np.ones((rows, 1), np.float32)
+    started = np.zeros((rows, 1), bool)  # a row's first block with a live key stores O
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        for j, lo in enumerate(range(0, n, block)):
+        for lo in range(0, n, block):
             hi = min(lo + block, n)
             s = _scores(q, k, scale, mask, lo, hi)
-            m_new = np.maximum(m, s.max(axis=1, keepdims=True))
-            p = np.exp(s - m_new)
-            a = np.exp(m - m_new)
-            lsum = a * lsum + p.sum(axis=1, keepdims=True, dtype=np.float32)
-            t = -m_new * np.float32(LOG2E)
+            live = np.isfinite(s.max(axis=1, keepdims=True))  # a fully masked block is skipped
+            m_new = np.where(live, np.maximum(m, s.max(axis=1, keepdims=True)), m)
+            safe = np.where(np.isfinite(m_new), m_new, np.float32(0))
+            p = np.where(live, np.exp(s - safe), np.float32(0))
+            a = np.where(started, np.exp(m - safe), np.float32(0))
+            lsum = np.where(live, a * lsum + p.sum(axis=1, keepdims=True, dtype=np.float32), lsum)
+            t = -safe * np.float32(LOG2E)
             nj = (np.sign(t) * np.floor(np.abs(t) + np.float32(0.5))).astype(np.float32)
-            r = np.exp(m_new + nj * np.float32(math.log(2.0))).astype(np.float32)
-            r_hat = bf16_rna(r)
-            cof = (r / r_hat).astype(np.float32)
-            a_tile = bf16_rna(p * r_hat)
-            if j > 0:
-                dn = np.maximum(nj - n_prev, np.float32(-30))
-                eps = np.float32(sign * c) * (cof_prev / cof - np.float32(1)) + np.float32(1e-6)
-                if not compensate:
-                    eps = np.full_like(eps, np.float32(1e-6))
-                big_n = np.round((dn + eps).astype(np.float64) * 2.0**23).astype(np.int32)
-                o = (o.view(np.int32) + big_n).view(np.float32)
-            o = o + a_tile @ v32[lo:hi]
-            m, n_prev, cof_prev = m_new, nj, cof
+            r = np.exp(safe + nj * np.float32(math.log(2.0))).astype(np.float32)
+            rh = bf16_rna(r)
+            cof = (r / rh).astype(np.float32)
+            a_tile = bf16_rna(p * rh)
+            dn = np.maximum(nj - n_prev, np.float32(-30))
+            eps = np.float32(sign * c) * (cof_prev / cof - np.float32(1)) + np.float32(1e-6)
+            if not compensate:
+                eps = np.full_like(eps, np.float32(1e-6))
+            big_n = np.round((dn + eps).astype(np.float64) * 2.0**23).astype(np.int32)
+            add = live & started
+            o = np.where(add, (o.view(np.int32) + np.where(add, big_n, 0)).view(np.float32), o)
+            o = np.where(live, o + a_tile @ v32[lo:hi], o)
+            m = m_new
+            n_prev = np.where(live, nj, n_prev)
+            cof_prev = np.where(live, cof, cof_prev)
+            r_hat = np.where(live, rh, r_hat)
+            started |= live
+        # the CANN kernel's clean-up before the division: |O| > 1e10 or NaN -> 0
+        o = np.where(np.isnan(o) | (np.abs(o) > np.float32(1e10)), np.float32(0), o)
         out = o / (lsum * r_hat)
         lse = m[:, 0] + np.log(lsum[:, 0])
     return out, lse
@@ -275,7 +288,9 @@ ZOO: tuple[Kernel, ...] = tuple(
         *_k("fa32_p32", True, _p(flash_fp32, p_cast=None)),
         *_k("two_pass", True, two_pass),
         *_k("correctly_rounded", True, correctly_rounded),
-        *_k("amla", True, amla, variant="amla"),
+        # AMLA's integer add on a zero O (an all-zero V column) leaves garbage (the AMLA
+        # card, section 5): the zero_vcol case must catch it
+        *_k("amla", True, amla, variant="amla", hazards=("zero_vcol",)),
         Kernel("lse_one_block_early", False, _p(flash_fp32, lse_early=True)),
         Kernel(
             "amla_c1",

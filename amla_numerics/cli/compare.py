@@ -91,6 +91,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the rule's RMS factor (default 1.5 x the schedule's RMS error)",
     )
     p.add_argument(
+        "--standard",
+        default="schedule",
+        help="the verdict's standard: schedule (default: the error against the declared "
+        "schedule's), flash-attn, cann-l0, cann-l1, cann-l2, bound, budget",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        default=None,
+        help="cann-*: a directory of baseline dumps (same file names; their 'out' is the "
+        "third-party output) instead of the emulated schedule",
+    )
+    p.add_argument(
         "--strict",
         action="store_true",
         help="with --budget: a dump no budget entry covers fails (else it is reported)",
@@ -134,6 +147,13 @@ def _run(args: argparse.Namespace) -> int:
         if val is not None and not val >= 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {val}")
         factors[opt] = default if val is None else float(val)
+    from amla_numerics.testing.standards import check_standard
+
+    check_standard(args.standard, "--standard")
+    if args.standard == "budget" and args.budget is None:
+        raise ValueError("--standard budget needs --budget FILE --kernel NAME")
+    if args.baseline is not None and not args.standard.startswith("cann"):
+        raise ValueError("--baseline goes with --standard cann-l0, cann-l1 or cann-l2")
     budget = load_budgets(args.budget).kernel(args.kernel) if args.budget else None
     limits = limits_from(
         max_cond_err=args.max_cond_err, max_bf16_ulp=args.max_bf16_ulp, max_row_rel=args.max_row_rel
@@ -148,6 +168,19 @@ def _run(args: argparse.Namespace) -> int:
         cost = reference_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
         cost = cost + emulator_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
         check_fits(cost, f"{d.path} ({m} rows, {d.kv_len} keys)")
+    baselines: dict[str, object] = {}
+    if args.baseline is not None:
+        from pathlib import Path
+
+        from amla_numerics.dumps import read_dump
+
+        for d in dumps:
+            bp = Path(args.baseline) / Path(d.path).name
+            if not bp.is_file():
+                raise ValueError(f"--baseline: no baseline dump {bp} for {d.path}")
+            bd = read_dump(bp, dtypes=hints)
+            bd.require("out")
+            baselines[d.path] = bd.arrays["out"]
     verdicts = []
     show = len(dumps) > 1 and sys.stderr.isatty()
     for i, d in enumerate(dumps):
@@ -168,6 +201,8 @@ def _run(args: argparse.Namespace) -> int:
                 max_factor=factors["max_factor"],
                 rms_factor=factors["rms_factor"],
                 strict=args.strict,
+                standard=args.standard,
+                baseline=baselines.get(d.path),
             )
         )
     print(render_verdicts(verdicts, args.format))
@@ -186,6 +221,8 @@ def _run(args: argparse.Namespace) -> int:
             where = f" [worst index {list(w.index)}: out {w.out!r} vs ref {w.ref!r}]" if w else ""
             lines += [c.describe() + where for c in v.over]
             lines += [f"  {v.case}: {r}" for r in v.comparison.reasons]
+            if v.comparison.diagnosis:
+                lines.append(f"  {v.case}: likely cause: {v.comparison.diagnosis}")
         raise CheckFailed(
             f"{len(failed)} of {len(verdicts)} dump(s) over budget:\n" + "\n".join(lines)
         )

@@ -176,5 +176,7 @@ def assert_attention_close(
             f"(cond_err {w.cond_err:.4g})"
         )
     lines += list(c.reasons)
+    if c.diagnosis:
+        lines.append(f"likely cause: {c.diagnosis}")
     lines += [f.describe().split(" (worst at")[0] for f in fails]
     raise AssertionError("\n".join(lines))

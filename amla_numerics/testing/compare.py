@@ -171,6 +171,9 @@ class Comparison:
     bound_covered: int = 0
     emulated_hazards: dict[str, int] = field(default_factory=dict)
     rule: RuleResult | None = None
+    standard: str = "schedule"
+    standard_figures: dict[str, float] = field(default_factory=dict)
+    diagnosis: str = ""
     ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     lse_ref: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
@@ -183,15 +186,37 @@ class Comparison:
         """The schedule the default rule judged against (the variant, or the default)."""
         return self.rule.schedule if self.rule is not None else (self.variant or DEFAULT_SCHEDULE)
 
+    def checks(self) -> dict[str, tuple[float, float]]:
+        """The verdict's figures under ``standard``: ``{metric: (measured, limit)}``."""
+        if self.rule is None:
+            return {}
+        if self.standard == "schedule":
+            vals, lims = self.rule.values(), self.rule.limits()
+            return {k: (vals[k], lims[k]) for k in vals}
+        out = {"degenerate": (1.0 if self.rule.degenerate else 0.0, 0.0)}
+        if self.standard == "bound" and not math.isnan(self.rule.bound_ratio):
+            out["schedule_bound_ratio"] = (self.rule.bound_ratio, 1.0)
+        out.update({k: (v, 1.0) for k, v in self.standard_figures.items()})
+        return out
+
     @property
     def passed(self) -> bool:
-        """The default verdict (:mod:`amla_numerics.testing.rule`); True when not judged."""
-        return self.rule is None or self.rule.passed
+        """The verdict under ``standard`` (default: :mod:`amla_numerics.testing.rule`);
+        True when not judged."""
+        return all(m <= lim for m, lim in self.checks().values())
 
     @property
     def reasons(self) -> tuple[str, ...]:
-        """One sentence per broken rule of the default verdict."""
-        return () if self.rule is None else self.rule.reasons
+        """One sentence per broken rule of the verdict."""
+        if self.rule is None:
+            return ()
+        if self.standard == "schedule" or self.rule.degenerate:
+            return self.rule.reasons
+        return tuple(
+            f"{k} is {m:.3g}, over its limit {lim:g} (standard {self.standard})"
+            for k, (m, lim) in self.checks().items()
+            if not m <= lim
+        )
 
     def value(self, metric: str) -> float:
         """A limit metric's measured value (:data:`LIMIT_METRICS`)."""
@@ -239,6 +264,9 @@ class Comparison:
             bound_covered=self.bound_covered,
             emulated_hazards=dict(self.emulated_hazards),
             rule=None if self.rule is None else self.rule.to_dict(),
+            standard=self.standard,
+            standard_figures={k: _num(v) for k, v in self.standard_figures.items()},
+            diagnosis=self.diagnosis,
         )
         return d
 
@@ -361,6 +389,8 @@ def compare(
     judge: bool = True,
     max_factor: float = MAX_FACTOR,
     rms_factor: float = RMS_FACTOR,
+    standard: str = "schedule",
+    baseline: Any = None,
 ) -> Comparison:
     """Measure a kernel's ``out`` against the certified reference of ``q, k, v``.
 
@@ -403,6 +433,13 @@ def compare(
     max_factor, rms_factor : float
         The rule's constants (:data:`~amla_numerics.testing.rule.MAX_FACTOR`,
         :data:`~amla_numerics.testing.rule.RMS_FACTOR`).
+    standard : str
+        The verdict's standard (:data:`~amla_numerics.testing.standards.STANDARDS`):
+        ``"schedule"`` (the default rule), ``"flash-attn"``, ``"cann-l0|l1|l2"``,
+        ``"bound"``, ``"budget"`` (limits only, checked by the caller).
+    baseline : array_like, optional
+        The CANN standards' third-party output (default: the emulated schedule's, cast to
+        ``out``'s dtype).
 
     Returns
     -------
@@ -434,6 +471,8 @@ def compare(
             judge,
             max_factor,
             rms_factor,
+            standard,
+            baseline,
         )
 
 
@@ -455,7 +494,12 @@ def _compare(
     judge: bool = True,
     max_factor: float = MAX_FACTOR,
     rms_factor: float = RMS_FACTOR,
+    standard: str = "schedule",
+    baseline: Any = None,
 ) -> Comparison:
+    from amla_numerics.testing import standards as std
+
+    standard = std.check_standard(standard)
     o = _float_array(out, "out")
     qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     _check_shapes(o, qa, ka, va)
@@ -558,6 +602,29 @@ def _compare(
             max_factor=max_factor,
             rms_factor=rms_factor,
         )
+    figures: dict[str, float] = {}
+    if judge and standard == "flash-attn":
+        naive = _emulate(qa, ka, va, mask, "naive", cfg)[0]
+        figures["flash_attn_ratio"] = std.flash_attn_ratio(o, ref, naive)
+    elif judge and standard in std.CANN_LEVELS and sched_out is not None:
+        if baseline is None:
+            base = _cast_like(np.asarray(sched_out), o.dtype)
+        else:
+            base = _float_array(baseline, "baseline")
+            if base.shape != o.shape:
+                raise ValueError(f"shapes do not fit: baseline {base.shape} should be {o.shape}")
+        figures.update(std.cann_ratios(o, ref, base, standard))
+
+    diagnosis = ""
+    if rule is not None and not rule.passed and not rule.degenerate:
+        from amla_numerics.testing.diagnose import diagnose
+
+        lse_bad = not math.isnan(rule.lse_ratio) and not rule.lse_ratio <= 1
+        out_bad = not (rule.max_ratio <= 1 and rule.rms_ratio <= 1)
+        if not (math.isnan(rule.bound_ratio) or rule.bound_ratio <= 1):
+            out_bad = True
+        sc_eff = 1.0 / math.sqrt(qa.shape[-1]) if sc is None else sc
+        diagnosis = diagnose(o, qa, ka, va, sc_eff, mask, lse_failed=lse_bad, out_failed=out_bad)
 
     # the worst elements
     o64 = o.astype(np.float64)
@@ -617,6 +684,9 @@ def _compare(
         bound_covered=n_cov,
         emulated_hazards=emu_hazards,
         rule=rule,
+        standard=standard,
+        standard_figures=figures,
+        diagnosis=diagnosis,
         ref=ref,
         lse_ref=lse_ref,
     )

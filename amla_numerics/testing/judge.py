@@ -199,13 +199,18 @@ def judge(
     max_factor: float = MAX_FACTOR,
     rms_factor: float = RMS_FACTOR,
     strict: bool = False,
+    standard: str = "schedule",
+    baseline: Any = None,
 ) -> Verdict:
     """Compare one dump and check it: the default rule, ``budget``'s limits, ``limits``.
 
     Always checked: ``n_nonfinite <= 0``. With ``rule`` (the default): the rule's figures
     (``schedule_max_ratio``, ``schedule_rms_ratio``, ``schedule_bound_ratio``,
     ``lse_ratio`` <= 1; ``degenerate`` <= 0) against the schedule ``variant`` (default
-    ``"fa_fp32"``) under ``policy``, ``block_n``, ``splits``, ``combine``. A ``budget``
+    ``"fa_fp32"``) under ``policy``, ``block_n``, ``splits``, ``combine``; another
+    ``standard`` replaces the rule's figures by its own
+    (:mod:`amla_numerics.testing.standards`; ``baseline``: the CANN standards' baseline
+    output). A ``budget``
     with no limit for the case leaves ``budget_covered`` False (a reason says so); with
     ``strict`` that is a failure (metric ``budget_uncovered``).
     """
@@ -226,12 +231,14 @@ def judge(
         judge=rule,
         max_factor=max_factor,
         rms_factor=rms_factor,
+        standard=standard,
+        baseline=baseline,
     )
     lim: dict[str, float] = {"n_nonfinite": 0.0}
     rule_values: dict[str, float] = {}
-    if c.rule is not None:
-        rule_values = c.rule.values()
-        lim.update(c.rule.limits())
+    for metric, (measured, limit) in c.checks().items():
+        rule_values[metric] = measured
+        lim[metric] = limit
     covered = None
     if budget is not None:
         sel = dict(

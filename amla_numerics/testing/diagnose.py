@@ -1,0 +1,142 @@
+"""The likely cause of a failed verdict: which plausible bug explains the output best.
+
+:func:`diagnose` refits the output against float64 attention of altered problems, each the
+signature of a common kernel bug, and names the one that explains the output far better than
+the exact answer does (its RMS error at most :data:`EXPLAINS` of the exact answer's):
+
+- **wrong scale**: the softmax scale that fits best (a golden-section search over
+  ``[scale/4, 4 scale]`` on a log scale), reported with its ratio to the declared scale;
+- **masked keys leaking / missing**: the mask widened or narrowed by one key at every edge;
+- **dropped block**: the last partial KV block of 64, 128, 256 or 512 keys left out;
+- **lse inconsistent with out**: ``out`` passes while the lse fails.
+
+A missed rescale leaves no single altered problem to fit; it shows as errors on the rows
+whose running max moved, which the worst elements list.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> q, k = rng.standard_normal((4, 16)), rng.standard_normal((100, 16))
+>>> v = rng.standard_normal((100, 8))
+>>> wrong = _attention(q, k, v, 0.5 / 4.0, None)  # the kernel used half the scale
+>>> diagnose(wrong, q, k, v, 0.25, None).split(":")[0]
+'wrong scale'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EXPLAINS", "diagnose"]
+
+#: A cause is named when it leaves at most this share of the exact answer's RMS error.
+EXPLAINS: float = 0.1
+
+
+def _attention(q: Any, k: Any, v: Any, scale: float, mask: Any) -> np.ndarray:
+    """Plain float64 softmax attention (enough to tell bugs apart, not certified)."""
+    q64, k64, v64 = (np.asarray(a).astype(np.float64) for a in (q, k, v))
+    s = (q64 @ np.swapaxes(k64, -1, -2)) * scale
+    if mask is not None:
+        s = np.where(np.asarray(mask, bool), s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+        return (p @ v64) / np.sum(p, axis=-1, keepdims=True)
+
+
+def _rms(out: np.ndarray, cand: np.ndarray) -> float:
+    live = np.isfinite(cand) & np.isfinite(out)
+    if not live.any():
+        return math.inf
+    return float(np.sqrt(np.mean((out[live] - cand[live]) ** 2)))
+
+
+def diagnose(
+    out: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: float,
+    mask: Any,
+    *,
+    lse_failed: bool = False,
+    out_failed: bool = True,
+) -> str:
+    """One sentence naming the likely cause (module docstring), or ``""`` when none fits."""
+    if lse_failed and not out_failed:
+        return "lse inconsistent with out: out passes, the lse does not"
+    o = np.asarray(out).astype(np.float64)
+    if not np.isfinite(o).any():
+        return ""
+    n = int(np.shape(k)[-2])
+    base = _rms(o, _attention(q, k, v, scale, mask))
+    if base == 0:
+        return ""
+    fits: list[tuple[float, str]] = []
+    # wrong scale: golden-section search on log(scale'/scale) in [-log 4, log 4]
+    lo, hi = -math.log(4.0), math.log(4.0)
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def err(t: float) -> float:
+        return _rms(o, _attention(q, k, v, scale * math.exp(t), mask))
+
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = err(a), err(b)
+    for _ in range(24):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = err(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = err(b)
+    t = a if fa < fb else b
+    fits.append(
+        (
+            min(fa, fb),
+            f"wrong scale: the output fits a softmax scale of {scale * math.exp(t):.6g} "
+            f"({math.exp(t):.4g} x the declared {scale:.6g})",
+        )
+    )
+    # masked keys leaking or missing at the mask's edges
+    if mask is not None:
+        mk = np.broadcast_to(np.asarray(mask, bool), (*o.shape[:-1], n))
+        wide = mk.copy()
+        wide[..., 1:] |= mk[..., :-1]
+        wide[..., :-1] |= mk[..., 1:]
+        narrow = mk.copy()
+        narrow[..., 1:] &= mk[..., :-1]
+        narrow[..., :-1] &= mk[..., 1:]
+        fits.append(
+            (
+                _rms(o, _attention(q, k, v, scale, wide)),
+                "masked keys leaking: the output fits the mask widened by one key at its edges",
+            )
+        )
+        fits.append(
+            (
+                _rms(o, _attention(q, k, v, scale, narrow)),
+                "masked keys missing: the output fits the mask narrowed by one key at its edges",
+            )
+        )
+    # a dropped partial block
+    for blk in (64, 128, 256, 512):
+        keep = (n // blk) * blk
+        if 0 < keep < n:
+            km = np.arange(n) < keep
+            m2 = km if mask is None else (np.asarray(mask, bool) & km)
+            fits.append(
+                (
+                    _rms(o, _attention(q, k, v, scale, m2)),
+                    f"dropped block: the output fits the keys without the last partial block "
+                    f"of {blk} (keys {keep}..{n - 1} left out)",
+                )
+            )
+    best = min(fits, key=lambda f: f[0])
+    return best[1] if best[0] <= EXPLAINS * base else ""

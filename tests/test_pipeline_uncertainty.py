@@ -115,3 +115,14 @@ def test_gpu_traffic_counts_the_output_once() -> None:
     assert t["l2_write"] == out
     assert t["hbm_write"] == out
     assert t["hbm_read"] >= kv
+
+
+@pytest.mark.parametrize(
+    "batch, heads, kv_len", [(128, 128, 1024), (128, 16, 8192), (16, 64, 4096)]
+)
+def test_no_h800_case_moves_more_than_the_fitted_hbm_bandwidth(batch, heads, kv_len) -> None:
+    """The output store is charged to HBM: compulsory bytes / time stays under the sustained
+    rate (batch 128, 128 heads, 1K keys gives 3055 GB/s if the store is free)."""
+    hw = load_hardware("h800_sxm5")
+    r = run(hw, AttentionShape(batch, 1, kv_len, heads=heads), default_schedule(hw, "fa_fp32"))
+    assert r.hbm_gbps <= 3350.0 * hw["hbm_efficiency"]

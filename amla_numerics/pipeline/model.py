@@ -247,7 +247,7 @@ def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
     out = wl.groups * wl.rows * wl.d_v * 2  # the BF16 output of every group
     if plan.hw.kind == "gpu":  # O leaves the registers once: the output store
         return {
-            "hbm_read": hbm * g,
+            "hbm_read": hbm * g - out,
             "hbm_write": float(out),
             "l2_read": l2r * g + combine.read,
             "l2_write": float(out) + combine.write,

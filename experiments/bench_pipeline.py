@@ -1,11 +1,10 @@
-"""Benchmark of the pipeline model: a 100-configuration sweep and one large configuration.
+"""Benchmark of the pipeline model: the steady-state extrapolation against the reference
+event simulation of every block, measured in the same run (CPU time of this process).
 
-Targets (issues 6 and 12), on the 2-core development machine: the sweep in <= 30 s,
-batch 128 x kv-len 32768 in <= 2 s, ``--sensitivity`` of one configuration (tornado over
-every ranged parameter
-+ a 16-point Latin hypercube) in <= 60 s. The baseline measured in the same run is the analytic
-(roofline) layer on the same configurations: the ratio says what the discrete-event
-simulation costs over the closed-form sums.
+1. The report's configuration (ascend910c, batch 128, s_q 2, s_k 16384) per variant:
+   reference DES vs the fast path, and the largest relative difference of the time.
+2. A 100-configuration sweep (batch x kv-len x s_q x variant): both paths.
+3. The report's throughput table (nominal, every variant): its cost.
 
 Run: ``.venv/bin/python experiments/bench_pipeline.py``
 """
@@ -16,75 +15,55 @@ import itertools
 import platform
 import time
 
-from amla_numerics.pipeline.analytic import analyze
-from amla_numerics.pipeline.graph import build_graph
 from amla_numerics.pipeline.hardware import load_hardware
 from amla_numerics.pipeline.model import run
-from amla_numerics.pipeline.plan import make_plan
 from amla_numerics.pipeline.schedule import default_schedule
-from amla_numerics.pipeline.shape import AttentionShape as Workload
+from amla_numerics.pipeline.shape import AttentionShape
+from amla_numerics.variants import VARIANTS
 
 BATCHES = (8, 32, 64, 128, 256)
 KV_LENS = (1024, 4096, 8192, 16384, 32768)
 Q_LENS = (1, 2)
-RESCALES = ("amla", "fa_fp32")
+VARIANTS_SWEEP = ("amla", "fa_fp32")
 
 
-def _time(fn, repeat: int = 1) -> float:
+def _cpu(fn, repeat: int = 1) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
 def main() -> None:
+    print(f"python {platform.python_version()} on {platform.machine()}; CPU seconds")
     hw = load_hardware("ascend910c")
+    wl = AttentionShape(128, 2, 16384)
+    for v in ("amla", "fa_fp32"):
+        sch = default_schedule(hw, v)
+        ref = _cpu(lambda sch=sch: run(hw, wl, sch, reference=True), repeat=3)
+        fast = _cpu(lambda sch=sch: run(hw, wl, sch), repeat=3)
+        a, b = run(hw, wl, sch), run(hw, wl, sch, reference=True)
+        diff = abs(a.time_us / b.time_us - 1)  # type: ignore[union-attr]
+        print(
+            f"report configuration, {v}: reference DES {ref:.3f} s, fast path {fast:.3f} s,"
+            f" ratio {ref / fast:.1f}x; |time difference| {diff:.1e} relative"
+        )
     configs = [
-        (Workload(b, q, kv), default_schedule(hw, r))
-        for b, kv, q, r in itertools.product(BATCHES, KV_LENS, Q_LENS, RESCALES)
+        (AttentionShape(b, q, kv), default_schedule(hw, v))
+        for b, kv, q, v in itertools.product(BATCHES, KV_LENS, Q_LENS, VARIANTS_SWEEP)
     ]
     assert len(configs) == 100
-    print(f"python {platform.python_version()} on {platform.machine()}")
-
-    t_ana = _time(lambda: [analyze(make_plan(hw, wl, sch)) for wl, sch in configs])
-    t_sweep = _time(lambda: [run(hw, wl, sch) for wl, sch in configs])
+    ref = _cpu(lambda: [run(hw, w, s, reference=True) for w, s in configs])
+    fast = _cpu(lambda: [run(hw, w, s) for w, s in configs])
     print(
-        f"sweep of {len(configs)} configurations (batch {BATCHES} x kv {KV_LENS} x q {Q_LENS}"
-        f" x {RESCALES}): {t_sweep:.2f} s (target <= 30 s); analytic layer {t_ana:.3f} s;"
-        f" DES / analytic = {t_sweep / t_ana:.0f}x"
+        f"sweep of 100 configurations: reference DES {ref:.1f} s, fast path {fast:.1f} s,"
+        f" ratio {ref / fast:.1f}x"
     )
-
-    wl, sch = Workload(128, 2, 32768), default_schedule(hw, "amla")
-    ops = len(build_graph(make_plan(hw, wl, sch)).graph)
-    t_one = _time(lambda: run(hw, wl, sch), repeat=3)
-    t_one_ana = _time(lambda: analyze(make_plan(hw, wl, sch)), repeat=3)
-    r = run(hw, wl, sch)
-    print(
-        f"batch 128, q-len 2, kv-len 32768, amla: {t_one:.3f} s (target <= 2 s), {ops} ops"
-        f" ({ops / t_one:,.0f} ops/s); analytic {t_one_ana * 1e3:.1f} ms;"
-        f" modelled {r.tflops:.1f} TFLOPS, {r.utilization:.1%} of {r.peak_name}"
-    )
-
-
-def sensitivity() -> None:
-    from amla_numerics.pipeline.sensitivity import interval, tornado
-
-    hw = load_hardware("ascend910c")
-    wl, sch = Workload(128, 2, 16384), default_schedule(hw, "amla")
-    t = time.perf_counter()
-    sw = tornado(hw, wl, sch)
-    r = interval(hw, wl, sch, samples=16, swings=sw)
-    dt = time.perf_counter() - t
-    lo, hi = r.tflops_range  # type: ignore[misc]
-    print(
-        f"--sensitivity of batch 128, q-len 2, kv-len 16384, amla: {dt:.1f} s (target <= 60 s),"
-        f" {2 * len(sw) + 16 + 1} configurations; {r.tflops:.1f} TFLOPS [{lo:.1f}, {hi:.1f}];"
-        f" largest swing {sw[0].name} {sw[0].swing:.1f} us"
-    )
+    table = _cpu(lambda: [run(hw, wl, default_schedule(hw, v)) for v in VARIANTS])
+    print(f"report throughput table ({len(VARIANTS)} variants, nominal): {table:.2f} s")
 
 
 if __name__ == "__main__":
     main()
-    sensitivity()

@@ -66,3 +66,13 @@ def test_a_point_that_cannot_reach_its_anchor_is_excluded_and_others_refit() -> 
     assert h is not None and h["mmad_overhead_cycles"] < HW["mmad_overhead_cycles"]
     a = ANCHORS["amla_614"]
     assert abs(anchor_value(a, h) / a.target - 1) <= 2 * FIT_RTOL
+
+
+def test_a_fit_at_its_bound_keeps_the_bound_where_it_misses_no_more_than_shipped() -> None:
+    h800 = load_hardware("h800_sxm5")
+    cal = Calibration(h800)
+    assert cal.field == "block_overhead_cycles" and h800["block_overhead_cycles"] == 0.0
+    nominal = {k: float(h800[k]) for k in h800.ranges}
+    assert cal.shipped_miss > FIT_RTOL  # 660 TFLOPS is out of reach at zero overhead
+    h = cal.fit(nominal)
+    assert h is not None and h["block_overhead_cycles"] == 0.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from amla_numerics.cli import main
+from amla_numerics.pipeline import run
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, hardware_from_dict, load_hardware
 from amla_numerics.pipeline.schedule import default_schedule
 from amla_numerics.pipeline.sensitivity import interval, latin_hypercube, paired_gap, tornado
@@ -94,3 +95,34 @@ def test_cli_json_has_ranges_traffic_and_tornado(capsys) -> None:
     assert {t["name"] for t in d["tornado"]} == set(load_hardware("h800_sxm5").ranges)
     assert set(d["range_points"]) == {"fastest", "slowest"}
     assert set(load_hardware("h800_sxm5").ranges) <= set(d["range_points"]["slowest"])
+
+
+def test_a_pinned_parameter_is_not_redrawn() -> None:
+    hw = load_hardware("ascend910c").pin(l2_chip_gbps=10000.0)
+    assert "l2_chip_gbps" not in hw.ranges and hw["l2_chip_gbps"] == 10000.0
+    assert all("l2_chip_gbps" not in p for p in latin_hypercube(dict(hw.ranges), 4))
+    replaced = load_hardware("ascend910c").replace(l2_chip_gbps=10000.0)
+    assert "l2_chip_gbps" in replaced.ranges  # replace() keeps the range: the old trap
+
+
+def test_gpu_traffic_counts_the_output_once() -> None:
+    hw = load_hardware("h800_sxm5")
+    wl = AttentionShape(64, 2, 4096)
+    r = run(hw, wl, default_schedule(hw, "fa_fp32", split_kv=False))
+    out = 64 * 2 * 128 * 512 * 2  # batch x s_q x heads x d_v x BF16
+    kv = 64 * 4096 * 576 * 2  # every request's latent cache, read once at least
+    t = r.traffic_bytes
+    assert t["l2_write"] == out
+    assert t["hbm_write"] == out
+    assert t["hbm_read"] >= kv
+
+
+@pytest.mark.parametrize(
+    "batch, heads, kv_len", [(128, 128, 1024), (128, 16, 8192), (16, 64, 4096)]
+)
+def test_no_h800_case_moves_more_than_the_fitted_hbm_bandwidth(batch, heads, kv_len) -> None:
+    """The output store is charged to HBM: compulsory bytes / time stays under the sustained
+    rate (batch 128, 128 heads, 1K keys gives 3055 GB/s if the store is free)."""
+    hw = load_hardware("h800_sxm5")
+    r = run(hw, AttentionShape(batch, 1, kv_len, heads=heads), default_schedule(hw, "fa_fp32"))
+    assert r.hbm_gbps <= 3350.0 * hw["hbm_efficiency"]

@@ -140,9 +140,10 @@ def piece_demand(plan: Plan, m: int) -> BlockDemand:
     """
     hw = plan.hw
     q = plan.q_bytes(m)
-    if hw.kind == "gpu":
-        engines = {"SM.Load": q / hw["l2_read_bpc"]}
-        traffic = {"L2 read (per SM)": q, "HBM (chip share)": q}
+    if hw.kind == "gpu":  # Q in; the tile's BF16 output stored once (TMA store to HBM)
+        out = plan.out_bytes(m)
+        engines = {"SM.Load": (q + out) / hw["l2_read_bpc"]}
+        traffic = {"L2 read (per SM)": q, "HBM (chip share)": q + out}
         return BlockDemand(0.0, MappingProxyType(engines), MappingProxyType(traffic))
     nv = plan.nv
     v2 = plan.v2(m)

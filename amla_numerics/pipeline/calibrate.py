@@ -15,7 +15,10 @@ flashmla_660        h800_sxm5    fits ``block_overhead_cycles``    660 TFLOPS
 flashmla_3000       h800_sxm5    fits ``hbm_efficiency``           3000 GB/s
 h20_sq3             h20          prediction                        129 TFLOPS
 h20_sq8             h20          prediction                        120 TFLOPS
+b2_fa_1k            ascend910b2  prediction                        9.18 TFLOPS
+b2_fa_2k            ascend910b2  prediction                        30.33 TFLOPS
 b2_fa_4k            ascend910b2  prediction                        72.61 TFLOPS
+b2_fa_8k            ascend910b2  prediction                        97.30 TFLOPS
 b2_fa_16k           ascend910b2  prediction                        122.88 TFLOPS
 b2_fa_32k           ascend910b2  prediction                        150.78 TFLOPS
 ==================  ===========  ================================  ======================
@@ -193,7 +196,10 @@ ANCHORS: Mapping[str, Anchor] = MappingProxyType(
                     schedule=MappingProxyType({"l1_k_qk": 128, "l0_k_qk": 128}),
                 )
                 for seq, us, published in (
+                    (1024, 58.461, 9.18),
+                    (2048, 70.801, 30.33),
                     (4096, 118.302, 72.61),
+                    (8192, 353.147, 97.30),
                     (16384, 1118.462, 122.88),
                     (32768, 3646.173, 150.78),
                 )

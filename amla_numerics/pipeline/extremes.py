@@ -119,8 +119,11 @@ class BoxBounds:
 class Calibration:
     """Re-fits a hardware file's anchored constant at any parameter point (cached).
 
-    The anchor's metric must fall as the constant grows (an overhead). A point where even
-    the constant 0 misses the anchor is infeasible (:meth:`fit` returns None).
+    The anchor's metric must fall as the constant grows (an overhead). Where even the
+    constant 0 misses the anchor, the point keeps 0 (the bound, as
+    :func:`~amla_numerics.pipeline.calibrate.fit_constant` does) if it misses by no more
+    than the shipped file does (``h800_sxm5``: FlashMLA's 660 TFLOPS is above the model at
+    zero overhead), else it is infeasible (:meth:`fit` returns None).
     """
 
     def __init__(self, hw: Hardware, tol: float = 0.5, *, anchored: bool = True) -> None:
@@ -139,6 +142,18 @@ class Calibration:
                 self.anchor, self.field = a, field
                 break
         self._cache: dict[tuple[float, ...], float | None] = {}
+        self._shipped: float | None = None
+
+    def _miss(self, h: Hardware) -> float:
+        assert self.anchor is not None
+        return anchor_value(self.anchor, h) / self.anchor.target - 1.0
+
+    @property
+    def shipped_miss(self) -> float:
+        """How far the shipped file misses its anchor (relative; 0 for an interior fit)."""
+        if self._shipped is None:
+            self._shipped = 0.0 if self.anchor is None else abs(self._miss(self.hw))
+        return self._shipped
 
     def fit(self, point: Mapping[str, float]) -> Hardware | None:
         """``hw`` at ``point`` with the constant re-fitted; None if the anchor is unreachable."""
@@ -155,10 +170,10 @@ class Calibration:
         """Secant steps on the bracketing pair (regula falsi, Illinois), stopping when the
         anchor is met to :data:`FIT_RTOL` or the bracket is narrower than ``tol``."""
         assert self.anchor is not None and self.field is not None
-        anchor, field = self.anchor, self.field
+        field = self.field
 
         def f(x: float) -> float:
-            return anchor_value(anchor, base.replace(**{field: x})) / anchor.target - 1.0
+            return self._miss(base.replace(**{field: x}))
 
         c = max(float(self.hw[field]), 1.0)
         fc = f(c)
@@ -170,8 +185,8 @@ class Calibration:
                 f_hi = f(hi)
         else:
             lo, f_lo, hi, f_hi = 0.0, f(0.0), c, fc
-            if f_lo < 0:
-                return None  # even no overhead misses the anchor
+            if f_lo < 0:  # even no overhead misses the anchor
+                return 0.0 if -f_lo <= max(FIT_RTOL, self.shipped_miss) else None
         side = 0
         for _ in range(60):
             if hi - lo <= self.tol:

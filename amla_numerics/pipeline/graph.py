@@ -452,6 +452,9 @@ def _build_gpu(plan: Plan, blocks: Sequence[Block]) -> OpGraph:
 
     def emit_pv(t: int) -> None:
         pv[t] = g.add("SM.Tensor", costs[t].pv, [(simt_ops[t], 0.0)], (), f"PV {t}")
+        if blocks[t].last:  # the tile's output leaves the registers: one store to HBM
+            out = plan.out_bytes(blocks[t].m)
+            g.add("SM.Load", out / rate, [(pv[t], 0.0)], [("HBM (chip share)", out)], f"O {t}")
 
     nblk = len(blocks)
     for it in range(nblk + d - 1):

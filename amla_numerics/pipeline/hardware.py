@@ -177,6 +177,19 @@ class Hardware:
             self, values=MappingProxyType(new), sources=MappingProxyType(src)
         )
 
+    def pin(self, **values: float) -> Hardware:
+        """A copy with some fields set and their ranges dropped: pinned, not searched.
+
+        Examples
+        --------
+        >>> hw = load_hardware("ascend910c").pin(l2_chip_gbps=10000.0)
+        >>> hw["l2_chip_gbps"], "l2_chip_gbps" in hw.ranges
+        (10000.0, False)
+        """
+        new = self.replace(**values)
+        ranges = {k: v for k, v in self.ranges.items() if k not in values}
+        return dataclasses.replace(new, ranges=MappingProxyType(ranges))
+
     @property
     def flop_per_cycle(self) -> float:
         """Matrix-engine FLOP per cycle per core (Cube or tensor cores)."""

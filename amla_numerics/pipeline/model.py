@@ -244,11 +244,16 @@ def kernel_traffic(plan: Plan, combine: Combine) -> dict[str, float]:
                 l2r += d.traffic["L2 read port"]
                 l2w += d.traffic["L2 write port"]
     g = wl.groups
-    out = wl.groups * wl.rows * wl.d_v * 2
-    if plan.hw.kind == "gpu":
-        l2w = float(out)
+    out = wl.groups * wl.rows * wl.d_v * 2  # the BF16 output of every group
+    if plan.hw.kind == "gpu":  # O leaves the registers once: the output store
+        return {
+            "hbm_read": hbm * g - out,
+            "hbm_write": float(out),
+            "l2_read": l2r * g + combine.read,
+            "l2_write": float(out) + combine.write,
+        }
     hbm_write = out + plan.spill * max(0.0, l2w * g - out)
-    hbm_total = hbm * g
+    hbm_total = hbm * g  # the Ascend piece demand charges the output store to HBM
     return {
         "hbm_read": hbm_total - hbm_write,
         "hbm_write": hbm_write,

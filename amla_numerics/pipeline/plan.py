@@ -517,6 +517,10 @@ class Plan:
         return VectorStage(o_read, vec, out, 0.0, out + self.spill * o_read)
 
     # -- GPU stage costs ---------------------------------------------------------------
+    def out_bytes(self, m: int) -> float:
+        """The BF16 output of an ``m``-row tile (a GPU stores it once per piece)."""
+        return float(m * self.shape.d_v * 2)
+
     def gpu_block(self, m: int, n: int, p: float) -> GpuBlock:
         """One block of the ``m``-row tile x ``n`` tokens on one SM (the SM computes a full
         ``m_tile``); ``p`` the fraction of O rescaled (1 or 0 in the simulation)."""

@@ -42,6 +42,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "QK": ("QK^T", "#1f77b4"),
     "S": ("softmax + rescale", "#2ca02c"),
     "PV": ("PV", "#ff7f0e"),
+    "O": ("output store", "#e377c2"),
 }
 
 

@@ -1,7 +1,7 @@
 """The ``amla-numerics`` command line: parse, build a config, call the library, render.
 
 One module per subcommand (:data:`SUBCOMMANDS`: ``formats``, ``report``, ``budgets`` for
-``check-budgets``, ``compare``, ``make_cases`` for ``make-cases``, ``pipeline``), each
+``check-budgets``, ``compare``, ``make_cases`` for ``make-cases``, ``pipeline``, ``explore``), each
 exposing ``register(subparsers)``: it adds an argparse sub-parser whose ``handler`` takes
 the parsed namespace, builds a validated configuration, calls the library and renders; it
 returns an exit code. No logic lives here.
@@ -37,7 +37,15 @@ class CheckFailed(Exception):
 
 
 #: The subcommand modules, in help order; each exposes ``register(subparsers)``.
-SUBCOMMANDS: tuple[str, ...] = ("formats", "report", "budgets", "compare", "make_cases", "pipeline")
+SUBCOMMANDS: tuple[str, ...] = (
+    "formats",
+    "report",
+    "budgets",
+    "compare",
+    "make_cases",
+    "pipeline",
+    "explore",
+)
 
 
 def _registrars():

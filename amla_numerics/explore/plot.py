@@ -8,7 +8,7 @@ saturation or FP32 overflow, or anything counted) are drawn as red crosses over 
 shaded band, and the hazard-free Pareto front (higher TFLOPS, lower error) is a line. The
 last panel is the (tau, static scale) plane in log2 units: the region where the P cast
 saturates is shaded for each FP8 format (``tau + log2 S > log2 threshold``, AMLA's fold
-lowers it by ``log2 1.4140625``), with the grid's stale-max FP8 points on it.
+lowers it by ``log2 1.4140625``), with the grid's stale-max FP8-P points on it.
 
 Examples
 --------
@@ -110,7 +110,7 @@ def pareto_figure(result: ExploreResult) -> Any:
 
 def _limits_panel(ax: Any, result: ExploreResult) -> None:
     """The (tau in log2 units, log2 S) plane with each FP8 format's saturating region."""
-    pts = [p for p in result.points if p.point.tau is not None]
+    pts = [p for p in result.points if p.point.tau is not None and p.point.p_cast in _FP8]
     taus = [
         float(p.point.tau or 0.0) * (1 / math.log(2) if p.point.tau_units == "ln" else 1.0)
         for p in pts
@@ -143,7 +143,14 @@ def _limits_panel(ax: Any, result: ExploreResult) -> None:
         if text not in at:
             at.append(text)
     for (t, s), texts in labels.items():
-        ax.annotate("\n".join(texts), (t, s), fontsize=6, xytext=(4, 2), textcoords="offset points")
+        rank = sorted(x for x, y in labels if y == s).index(t)  # alternate along a row
+        ax.annotate(
+            "\n".join(texts),
+            (t, s),
+            fontsize=6,
+            xytext=(4, 4 if rank % 2 == 0 else -12),
+            textcoords="offset points",
+        )
     ax.set_xlim(0, x_hi)
     ax.set_ylim(-1, y_hi)
     ax.set_xlabel("tau (log2 units; skip_scale's nats / ln 2)")

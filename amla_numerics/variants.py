@@ -21,13 +21,18 @@ from typing import Any
 __all__ = [
     "AMLA_VARIANTS",
     "DEFAULT_C",
+    "DEFAULT_SKIP_TAU",
     "DEFAULT_TAU",
     "FP8_P_VARIANTS",
+    "STALE_MAX_VARIANTS",
+    "TAU_UNITS",
     "VARIANTS",
     "VARIANT_DESCRIPTIONS",
     "check_c",
     "check_tau",
     "check_variant",
+    "default_tau",
+    "tau_log2",
 ]
 
 #: name -> one-line description of what the scheme does to the output accumulator O.
@@ -44,6 +49,7 @@ VARIANT_DESCRIPTIONS: dict[str, str] = {
     "fa_fp8": "FlashAttention-3 FP8 P V: O rescaled by an FP32 multiply, P cast to FP8 (E4M3)",
     "amla_fp8": "AMLA's exponent-add rescale with the folded P r^ tile cast to FP8 (E4M3)",
     "fa4": "FlashAttention-4 softmax: scale folded into one FMA, polynomial exp2, lazy rescale",
+    "skip_scale": "DeepSeek's Ascend skip-scale: FP32 multiply only if the max grew > tau (nats)",
 }
 
 #: The public variant names, in report order.
@@ -70,6 +76,17 @@ DEFAULT_C: float = 1.5
 
 #: The lazy (FlashAttention-4) rescale threshold, in log2 units (FA4's value).
 DEFAULT_TAU: float = 8.0
+
+#: The skip-scale rescale threshold, in nats (DeepSeek's Ascend kernels' value).
+DEFAULT_SKIP_TAU: float = 6.0
+
+#: Variants that keep a stale running max (rescale only past a threshold ``tau``) -> the
+#: units of ``tau``: ``"log2"`` (the max's growth times log2 e) or ``"ln"`` (nats, the
+#: growth of the max itself). With a stale max, P reaches ``2**tau`` or ``e**tau``.
+TAU_UNITS: dict[str, str] = {"lazy": "log2", "fa4": "log2", "skip_scale": "ln"}
+
+#: The variants of :data:`TAU_UNITS`, in report order.
+STALE_MAX_VARIANTS: tuple[str, ...] = tuple(TAU_UNITS)
 
 
 def check_variant(name: object, argument: str = "variant") -> str:
@@ -135,8 +152,41 @@ def check_c(c: Any, argument: str = "c") -> float:
     return x
 
 
+def default_tau(variant: str) -> float:
+    """The threshold a variant runs with when none is given (:data:`DEFAULT_SKIP_TAU` for
+    ``skip_scale``, :data:`DEFAULT_TAU` for every other variant, where only ``lazy`` and
+    ``fa4`` read it).
+
+    Examples
+    --------
+    >>> default_tau("skip_scale"), default_tau("lazy"), default_tau("amla")
+    (6.0, 8.0, 8.0)
+    """
+    return DEFAULT_SKIP_TAU if variant == "skip_scale" else DEFAULT_TAU
+
+
+def tau_log2(variant: str, tau: float) -> float:
+    """A threshold in ``variant``'s units (:data:`TAU_UNITS`) converted to log2 units.
+
+    ``skip_scale``'s nats are divided by ``ln 2`` and rounded up by one part in 2**40 (so
+    the result, times ``ln 2``, is never below ``tau``); log2 thresholds are returned as
+    they are.
+
+    Examples
+    --------
+    >>> tau_log2("lazy", 8.0)
+    8.0
+    >>> round(tau_log2("skip_scale", 6.0), 6)
+    8.65617
+    """
+    if TAU_UNITS.get(variant) == "ln":
+        return float(tau) / math.log(2.0) * (1.0 + 2.0**-40)
+    return float(tau)
+
+
 def check_tau(tau: Any, argument: str = "tau") -> float:
-    """The lazy rescale threshold (log2 units) as a float: finite and >= 0.
+    """A rescale threshold (``lazy``: log2 units, ``skip_scale``: nats) as a float: finite
+    and >= 0.
 
     Examples
     --------

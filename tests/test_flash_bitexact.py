@@ -109,8 +109,10 @@ def is_hazard(x: np.float32, n: int) -> bool:
     return (mag >> 23) in (0, 255) or moved < 2**23 or moved >= 255 * 2**23
 
 
-def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
+def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=None):
     """One row at a time, one element at a time, straight from docs/numerics.md."""
+    if tau is None:  # skip_scale's threshold is in nats (6), lazy's in log2 units (8)
+        tau = 6.0 if variant == "skip_scale" else 8.0
     m_rows, n_keys, dv = q.shape[0], k.shape[0], v.shape[1]
     sc, LN2 = f32(scale), f32(math.log(2))
     RECIP, LOG2E = f32(1) / LN2, f32(1 / math.log(2))
@@ -141,6 +143,9 @@ def scalar_attention(q, k, v, variant, scale, block, c=1.5, tau=8.0):
                     m_new = cand if resc else m
                 elif variant == "lazy":
                     resc = (cand - m) * LOG2E > f32(tau)
+                    m_new = cand if resc else m
+                elif variant == "skip_scale":
+                    resc = (cand - m) > f32(tau)
                     m_new = cand if resc else m
                 else:
                     m_new, resc = cand, True

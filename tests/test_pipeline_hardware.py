@@ -139,3 +139,36 @@ def test_cli_malformed_hardware_exits_2_naming_the_field(tmp_path: Path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("amla-numerics: error:") and "'rates.fix_bpc' is missing" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["ascend950", "b200"])
+def test_new_chips_load_and_every_unsourced_field_is_a_range(name: str) -> None:
+    """Every field of ascend950 / b200 is a public citation, derived from one, or an
+    assumption that carries a range around its value; both files run through the model."""
+    doc = tomllib.loads((HW_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    hw = load_hardware(name)
+    assert hw.name == name
+    for section, fields in doc.items():
+        for key, entry in fields.items():
+            if entry["source"].startswith(("assumption", "calibration")):
+                lo, hi = entry["range"]
+                assert lo <= entry["value"] <= hi, f"{section}.{key}"
+    assumed = {
+        k for sec in doc.values() for k, e in sec.items() if e["source"].startswith("assumption")
+    }
+    assert assumed <= set(hw.ranges)
+    from amla_numerics.pipeline import evaluate
+
+    res = evaluate(hw, "amla" if hw.kind == "ascend" else "fa_fp32", batch=4, kv_len=1024)
+    assert 0 < res.tflops <= hw.derived_peak_tflops()
+
+
+def test_new_chips_published_figures() -> None:
+    """The published figures the files cite: 950 FP8 1 PFLOPS and 950DT 4 TB/s; B200
+    2.25 PFLOPS dense BF16, 8 TB/s, and the derived BF16 peak within 0.3 % of NVIDIA's."""
+    a, b = load_hardware("ascend950"), load_hardware("b200")
+    assert a["public_peak_tflops"] == 1000.0 and a["hbm_gbps"] == 4000.0
+    assert b["public_peak_tflops"] == 2250.0 and b["hbm_gbps"] == 8000.0
+    assert abs(b.derived_peak_tflops() / 2250.0 - 1) < 3e-3
+    # the 950's BF16 cube peak (an assumption) is half its published FP8 rate, to 0.5 %
+    assert abs(a.derived_peak_tflops() / 500.0 - 1) < 5e-3

@@ -46,9 +46,12 @@ from amla_numerics.variants import (
     AMLA_VARIANTS,
     DEFAULT_C,
     DEFAULT_TAU,
+    STALE_MAX_VARIANTS,
     check_c,
     check_tau,
     check_variant,
+    default_tau,
+    tau_log2,
 )
 
 __all__ = [
@@ -219,7 +222,8 @@ class Bound:
     eps_bias : float
         The constant added to AMLA's ``eps`` (the policy's, as the work format holds it).
     tau : float
-        Lazy rescale threshold (log2 units).
+        Stale-max threshold in log2 units (``skip_scale``'s nats converted by
+        :func:`~amla_numerics.variants.tau_log2`).
     dn_clamp : int or None
         The clamp of ``dn`` that this variant's rescale applies (None: none applies).
     rescale : str
@@ -399,7 +403,7 @@ def a_priori_bound(
     kv_len: int,
     block_n: int = 512,
     c: float = DEFAULT_C,
-    tau: float = DEFAULT_TAU,
+    tau: float | None = None,
     policy: Any = None,
 ) -> Bound:
     """The stage constants of ``variant``'s error bound under ``policy``.
@@ -412,8 +416,10 @@ def a_priori_bound(
         ``d``, ``N`` and the KV block size ``B`` (each >= 1).
     c : float
         AMLA's compensation coefficient.
-    tau : float
-        The lazy variant's threshold (log2 units).
+    tau : float, optional
+        The stale-max threshold (``lazy``/``fa4``: log2 units, default 8; ``skip_scale``:
+        nats, default 6, held in the :class:`Bound` converted to log2 units by
+        :func:`~amla_numerics.variants.tau_log2`, so its terms are ``lazy``'s).
     policy : Policy or str, optional
         The emulator's precision policy (default ``"ascend"``): every constant is read
         from it (formats, roundings, accumulation models, ``dn_clamp``, ``eps_bias``).
@@ -493,7 +499,7 @@ def a_priori_bound(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"argument {arg!r} must be an integer >= 1, got {value!r}")
     c = check_c(c)
-    tau = check_tau(tau)
+    tau = tau_log2(variant, check_tau(default_tau(variant) if tau is None else tau))
     pol = _resolve_policy(policy, variant)
     work = get_format(pol.work)
     u = work.unit_roundoff
@@ -653,7 +659,7 @@ def _p_scale_terms(
         p_scale_abs = work.min_subnormal
     sat = False
     if pol.p_cast is not None and get_format(pol.p_cast).name in ("e4m3", "e5m2"):
-        top = 2.0 ** (tau + 1.0) if variant in ("lazy", "fa4") else 1.0
+        top = 2.0 ** (tau + 1.0) if variant in STALE_MAX_VARIANTS else 1.0
         if variant in AMLA_VARIANTS:
             top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
         sat = s * top * (1.0 + 4.0 * u) > get_format(pol.p_cast).max_finite
@@ -1035,7 +1041,7 @@ def _cast_abs(
     if not b.sigma_cast:
         return np.zeros(1)
     n = s0.shape[-1]
-    stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in ("lazy", "fa4") else 0.0
+    stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in STALE_MAX_VARIANTS else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         lift = _to_keys(m_hi - m_lo[..., -1:] + stale, bn, n)
         x_log = s0 + e - m_lo[..., -1:]
@@ -1132,7 +1138,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     fin = np.isfinite(s)  # attended keys
     s0 = np.where(fin, s, 0.0)
     amla = b.variant in AMLA_VARIANTS
-    lazy = b.variant in ("lazy", "fa4")  # a stale max: P up to 2**tau
+    lazy = b.variant in STALE_MAX_VARIANTS  # a stale max: P up to 2**tau
 
     def count(n: np.ndarray | float) -> np.ndarray | float:
         """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""

@@ -314,7 +314,7 @@ def split_bound(
     fin_all = np.isfinite(s_all)  # attended keys
     attended = np.any(fin_all, axis=-1)  # (..., M): rows with an output
     row_max = np.max(np.where(fin_all, s_all, -np.inf), axis=-1, keepdims=True)
-    stale = b0.tau * _LN2 if variant == "lazy" else 0.0
+    stale = b0.tau * _LN2 if variant in ("lazy", "skip_scale") else 0.0
     score_all, _ = score_error(b0, x)  # 0 at masked keys
     score_max = np.max(score_all, axis=-1, keepdims=True)
     parts = []

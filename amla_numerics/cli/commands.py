@@ -34,4 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline",
         "modelled throughput of the attention kernel on Ascend and NVIDIA chips",
     ),
+    "explore": (
+        "explore",
+        "rescaling designs: hazard-free limits, bound, measured error, modelled throughput",
+    ),
 }

@@ -35,6 +35,8 @@ the running max ``m`` is stale; at block ``j >= 1`` with ``m' = max(m, rowmax S_
 rescales (``a = exp(fl(m - m'))``, ``O = fl(a O)``, ``l = fl(a l)``, ``m = m'``) only if
 ``fl(fl(m' - m) * LOG2E) > tau``; otherwise P is taken against the stale ``m`` (values up to
 ``2**tau``). Then ``l = fl(l + rowsum P)``, ``O = fl(O + PV)``, ``out = fl(O / l)``.
+``skip_scale`` (DeepSeek's Ascend skip-scale): as ``lazy`` with ``tau`` in nats, the test
+``fl(m' - m) > tau`` (no LOG2E), so P reaches ``e**tau`` before its cast.
 
 Fully masked rows (every score ``-inf``): ``l = 0`` and O = 0, so ``out`` is NaN (0/0) and
 ``lse = -inf`` for the FA variants; AMLA's integer add on their zero O is a counted
@@ -90,7 +92,13 @@ from amla_numerics.flash.stages import (
 )
 from amla_numerics.flash.trace import Trace, rescale_probability
 from amla_numerics.inputs import is_leading_columns
-from amla_numerics.variants import AMLA_VARIANTS, DEFAULT_C, DEFAULT_TAU, check_variant
+from amla_numerics.variants import (
+    AMLA_VARIANTS,
+    DEFAULT_C,
+    TAU_UNITS,
+    check_variant,
+    default_tau,
+)
 
 __all__ = [
     "CLIP_HAZARD",
@@ -179,7 +187,7 @@ def attention(
     policy: Policy | str | dict | None = None,
     trace: bool = False,
     c: float = DEFAULT_C,
-    tau: float = DEFAULT_TAU,
+    tau: float | None = None,
     mask: Any = None,
     causal: bool = False,
     splits: int | Sequence[tuple[int, int]] | None = None,
@@ -205,8 +213,9 @@ def attention(
         Record the per-block :class:`Trace`.
     c : float
         AMLA's compensation coefficient (rounded to the work format).
-    tau : float
-        ``lazy``'s threshold in log2 units.
+    tau : float, optional
+        The stale-max threshold: ``lazy``'s in log2 units (default 8), ``skip_scale``'s in
+        nats (default 6) (:func:`~amla_numerics.variants.default_tau`).
     mask : array_like of bool or float, optional
         Broadcastable to (..., M, N), with the meaning of :mod:`amla_numerics.inputs`: a
         boolean keep-mask (True attends), or an additive float bias (finite, or -inf to mask).
@@ -236,6 +245,8 @@ def attention(
         Arguments of the wrong type.
     """
     variant = check_variant(variant)
+    if tau is None:
+        tau = default_tau(variant)
     pol = variant_policy(get_policy(policy), variant)
     if not isinstance(trace, (bool, np.bool_)):
         raise TypeError(f"argument 'trace' must be a bool, got {type(trace).__name__}")
@@ -690,8 +701,11 @@ class _Run:
             m_new, resc = mblk, np.zeros(mblk.shape, bool)
         else:
             cand = np.maximum(m, mblk)
-            if self.variant == "lazy":
-                grow = (cand - m) * log2e  # -inf -> finite: inf; -inf -> -inf: nan
+            units = TAU_UNITS.get(self.variant)  # fa4 runs flash/fa4.py instead
+            if units is not None:  # lazy (log2) and skip_scale (nats): a stale max
+                grow = cand - m  # -inf -> finite: inf; -inf -> -inf: nan
+                if units == "log2":
+                    grow = grow * log2e
                 resc = grow > dt(self.tau)
                 m_new = np.where(resc, cand, m)
             else:

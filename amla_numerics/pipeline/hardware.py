@@ -50,6 +50,8 @@ HARDWARE_NAMES: tuple[str, ...] = (
     "h800_sxm5",
     "h100_sxm5",
     "h20",
+    "ascend950",
+    "b200",
 )
 
 _COMMON = (

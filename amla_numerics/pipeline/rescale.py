@@ -37,6 +37,7 @@ naive           (2-pass)   0       0        0         0         S and P spill to
 fa_fp8          workspace  4+4     4        0         2         fa_fp32 with P cast to FP8 (1 byte)
 amla_fp8        atomic     0       0        4         1         amla with P cast to FP8 (1 byte)
 fa4             atomic     4 p     4 p      0         1 p       lazy + software exp2 (+6 S passes)
+skip_scale      ub         4       0        0         1 + p     partial in, Add; RowMuls on p (UB)
 ==============  =========  ======  =======  ========  ========  =============================
 
 ``fa_bf16`` accumulates P V in BF16: numerically unusable (see the report), so its speed is
@@ -63,6 +64,7 @@ import dataclasses
 from amla_numerics.variants import VARIANTS
 
 __all__ = [
+    "CONDITIONAL_VARIANTS",
     "DEFAULT_LAZY_RESCALE_PROB",
     "DESIGNS",
     "MODEL_DESIGNS",
@@ -164,7 +166,16 @@ _COSTS: dict[str, RescaleCost] = {
     "fa4": RescaleCost(
         "fa4", 4, 4, 0, 1, row_ops=4, softmax_extra_passes=6, probability=DEFAULT_LAZY_RESCALE_PROB
     ),
+    # skip_scale: DeepSeek's Ascend skip-scale (FlashMLA docs): O resident in UB (no atomics),
+    # the P V partial read from the workspace and added every block (a block that does not
+    # rescale costs the one pass of a piece's first block), RowMuls + Add (2 passes) on the
+    # fraction p of blocks whose max grew past tau (nats)
+    "skip_scale": RescaleCost(
+        "skip_scale", 0, 0, 0, 2, row_ops=4, design="ub", probability=DEFAULT_LAZY_RESCALE_PROB
+    ),
 }
+#: Variants whose rescale happens on a measured fraction of blocks (take ``rescale_prob``).
+CONDITIONAL_VARIANTS: tuple[str, ...] = ("lazy", "skip_scale")
 _MISSING = set(VARIANTS) - set(_COSTS)
 if _MISSING:  # pragma: no cover - guards the shared name list (extra entries are fine)
     raise ImportError(f"pipeline rescale costs missing for variants: {sorted(_MISSING)}")
@@ -217,7 +228,7 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
     variant : str
         One of :data:`amla_numerics.variants.VARIANTS`.
     rescale_prob : float, optional
-        For ``lazy`` only: the measured fraction of blocks that rescale
+        For ``lazy`` and ``skip_scale`` only: the measured fraction of blocks that rescale
         (default :data:`DEFAULT_LAZY_RESCALE_PROB`).
 
     Examples
@@ -225,14 +236,16 @@ def rescale_cost(variant: str, rescale_prob: float | None = None) -> RescaleCost
     >>> rescale_cost("fa_fp32", rescale_prob=0.5)
     Traceback (most recent call last):
     ...
-    ValueError: rescale_prob applies only to variant 'lazy', got variant 'fa_fp32'
+    ValueError: rescale_prob applies only to variant 'lazy' or 'skip_scale', got variant 'fa_fp32'
     """
     check_model_variant(variant, "rescale")
     cost = _COSTS[variant]
     if rescale_prob is None:
         return cost
-    if variant != "lazy":
-        raise ValueError(f"rescale_prob applies only to variant 'lazy', got variant {variant!r}")
+    if variant not in CONDITIONAL_VARIANTS:
+        raise ValueError(
+            f"rescale_prob applies only to variant 'lazy' or 'skip_scale', got variant {variant!r}"
+        )
     if (
         isinstance(rescale_prob, bool)
         or not isinstance(rescale_prob, int | float)

@@ -223,8 +223,6 @@ def test_cli_explore_writes_json_and_plot(tmp_path, capsys):
             "2",
             "--kv-len",
             "256",
-            "--samples",
-            "0",
             "--hardware",
             "ascend910c,b200",
             "--json",

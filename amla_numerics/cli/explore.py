@@ -83,7 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=32, help="modelled decode batch")
     p.add_argument("--q-len", type=int, default=2, help="modelled query length (MTP: 2)")
     p.add_argument("--tp-kv-len", type=int, default=4096, help="modelled keys")
-    p.add_argument("--samples", type=int, default=8, help="throughput interval samples")
+    p.add_argument(
+        "--bounds",
+        action="store_true",
+        help="bound the throughput over each chip's parameter box (about a minute a point)",
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="write points and limits")
     p.add_argument("--plot", default=None, metavar="FILE", help="write the Pareto picture (PNG)")
     p.set_defaults(handler=_run)
@@ -113,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         batch=args.batch,
         q_len=args.q_len,
         tp_kv_len=args.tp_kv_len,
-        samples=args.samples,
+        bounds=args.bounds,
     )
     result = explore(grid, measure)
     print(result.table())

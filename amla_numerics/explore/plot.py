@@ -16,7 +16,7 @@ Examples
 >>> matplotlib.use("Agg")
 >>> from amla_numerics.explore import Grid, Measure, explore
 >>> r = explore(Grid(variants=("fa_fp32",)), Measure(workloads=("mla",), seeds=1, rows=2,
-...             kv_len=128, samples=0))
+...             kv_len=128))
 >>> fig = pareto_figure(r)
 >>> len(fig.axes)
 2

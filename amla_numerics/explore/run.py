@@ -20,9 +20,10 @@
 * ``rescale_prob``: for the stale-max variants, the measured fraction of (block, row group)
   steps that rescale (``flash.rescale_probability``, groups of
   ``gcd(rows, pipeline.rescale.rows_per_decision())`` rows), handed to the pipeline;
-* ``tflops`` with its interval over the hardware files' unsourced ranges (the pipeline's
-  :func:`~amla_numerics.pipeline.evaluate` with ``samples``), on the MLA decode shape of
-  the :class:`Measure`; None with the pipeline's reason where the schedule does not fit.
+* ``tflops`` (the pipeline's :func:`~amla_numerics.pipeline.evaluate`) on the MLA decode
+  shape of the :class:`Measure`, with ``Measure(bounds=True)`` its bounds over the hardware
+  file's unsourced ranges (``tflops_lo``, ``tflops_hi``; else both the nominal value);
+  None with the pipeline's reason where the schedule does not fit.
 
 Numerics are computed once per distinct numerical design (points on two chips with the same
 block share them), throughput once per distinct costed design.
@@ -387,7 +388,7 @@ def _throughput(point: DesignPoint, prob: float | None, m: Measure) -> dict[str,
             block_n=point.block_n,
             splits=point.splits,
             rescale_prob=prob if point.variant in CONDITIONAL_VARIANTS else None,
-            samples=m.samples,
+            bounds=m.bounds,
         )
     except ValueError as exc:
         return {"throughput_note": str(exc)}

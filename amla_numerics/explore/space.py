@@ -229,8 +229,11 @@ class Measure:
         Model the throughput (pipeline) too.
     batch, q_len, tp_kv_len : int
         The modelled decode shape (MLA, 128 heads).
-    samples : int
-        Latin-hypercube samples of the throughput interval (0: the nominal value only).
+    bounds : bool
+        Bound the modelled throughput over the chip's unsourced-parameter box
+        (:func:`amla_numerics.pipeline.evaluate` with ``bounds=True``: vertices and a
+        pattern search, the calibrated constant re-fitted at every point; about a minute a
+        point on 2 cores). False: the nominal value only.
     """
 
     workloads: tuple[str, ...] = ("mla", "drift", SINK_WORKLOAD)
@@ -242,7 +245,7 @@ class Measure:
     batch: int = 32
     q_len: int = 2
     tp_kv_len: int = 4096
-    samples: int = 8
+    bounds: bool = False
 
     def __post_init__(self) -> None:
         _names(self.workloads, (*WORKLOADS, SINK_WORKLOAD), "workloads")
@@ -250,7 +253,6 @@ class Measure:
             v = getattr(self, arg)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"argument {arg!r} must be an integer >= 1, got {v!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
-            raise ValueError(f"argument 'samples' must be an integer >= 0, got {self.samples!r}")
-        if not isinstance(self.throughput, bool):
-            raise TypeError("argument 'throughput' must be a bool")
+        for arg in ("throughput", "bounds"):
+            if not isinstance(getattr(self, arg), bool):
+                raise TypeError(f"argument {arg!r} must be a bool")

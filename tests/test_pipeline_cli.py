@@ -161,3 +161,15 @@ def test_too_big_to_simulate_is_refused_in_one_sentence(kv_len, capsys):
     err = capsys.readouterr().err
     assert "KV blocks on the busiest core" in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_rescale_is_a_deprecated_alias_of_variant(capsys):
+    argv = ["pipeline", "--batch", "2", "--kv-len", "512", "--format", "json"]
+    assert main([*argv, "--rescale", "fa_fp32"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["variant"] == "fa_fp32"
+    assert err.count("deprecated") == 1 and "--variant" in err
+    assert main([*argv, "--variant", "fa_fp32"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main([*argv, "--rescale", "amla", "--variant", "amla"]) == 2
+    assert "give only --variant" in capsys.readouterr().err

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from amla_numerics.cli.commands import COMMANDS
-from amla_numerics.pipeline.extremes import ALL_VERTICES, LEVELS, TOP
+from amla_numerics.pipeline.extremes import ALL_VERTICES, LEVELS, TOP, Calibration
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES, Hardware, load_hardware
 from amla_numerics.pipeline.model import PipelineResult, run
 from amla_numerics.pipeline.periodic import simulated_blocks
@@ -100,9 +100,11 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-#: Seconds per simulated KV block on the 2-core development machine (the report's
-#: configuration, 22 simulated blocks in about 0.05 s; experiments/bench_pipeline.py).
-SECONDS_PER_BLOCK = 2.5e-3
+#: CPU seconds per simulated KV block of one run on the 2-core development machine under
+#: load (the report's configuration: 22 simulated blocks in 0.05-0.09 s).
+SECONDS_PER_BLOCK = 4e-3
+#: Anchor simulations per re-fitted parameter point (secant steps of the re-fit).
+REFITS_PER_POINT = 5
 
 
 def long_run_note(
@@ -112,9 +114,10 @@ def long_run_note(
 
     Simulations: 1 nominal; with ``sensitivity`` the tornado (2 per ranged parameter) and
     the box search (one-at-a-time ends, the vertices and up to two pattern-search passes per
-    level and end, each with about 3 re-fit simulations of the anchor when it applies);
+    level and end, each with :data:`REFITS_PER_POINT` simulations of the anchor when a
+    constant is re-fitted);
     ``samples`` more. Each costs the blocks it simulates (periodic runs cut) x
-    :data:`SECONDS_PER_BLOCK` (the anchor: the report's configuration, 22 blocks).
+    :data:`SECONDS_PER_BLOCK`.
     """
     blocks = simulated_blocks(make_plan(hw, wl, sch))
     n = len(hw.ranges)
@@ -123,7 +126,11 @@ def long_run_note(
         points = 2 * n + 2 * (2 ** min(n, ALL_VERTICES if n <= ALL_VERTICES else TOP))
         points += 2 * LEVELS * 2 * 2 * n
         sims += 2 * n + points
-        anchor = 3 * points * 22 if hw.name in ("ascend910c",) else 0
+        a = Calibration(hw).anchor
+        if a is not None:
+            shape = AttentionShape(**a.workload)  # type: ignore[arg-type]
+            sch_a = default_schedule(hw, a.variant, **a.schedule)
+            anchor = REFITS_PER_POINT * points * simulated_blocks(make_plan(hw, shape, sch_a))
     seconds = (sims * blocks + anchor) * SECONDS_PER_BLOCK
     if seconds < 5:
         return None

@@ -48,11 +48,14 @@ def main() -> None:
 
         kind = "correct" if k.correct else "buggy"
         verdict = "pass" if not failed else f"FAIL ({len(failed)}/{len(res)})"
-        if k.correct and failed and all(n.split("_h")[0] in k.hazards for n, _ in failed):
-            kind = "correct, with the scheme's published hazard"
-        if failed:
-            n, c = failed[0]
+        beyond = [(n, c) for n, c in failed if n.split("_h")[0] not in k.hazards]
+        if failed and not beyond:
+            verdict += ", only the scheme's published hazard case"
+        if beyond:
+            n, c = beyond[0]
             caught = f"{n}: {c.reasons[0].split(' (')[0]}"
+            if c.diagnosis:
+                caught += f"; likely cause: {c.diagnosis.split(':')[0]}"
         else:
             caught = k.note or "-"
         print(

@@ -20,12 +20,12 @@ def fast_cases():
 def _check(kernel, cases):
     res = verdicts(kernel, cases)
     failed = [(name, c.reasons) for name, c in res if not c.passed]
+    beyond = [n for n, _ in failed if n.split("_h")[0] not in kernel.hazards]
     if kernel.correct:
-        # a correct kernel fails only, and always, the cases of its scheme's own hazard
-        hazard = [n for n, _ in res if n.split("_h")[0] in kernel.hazards]
-        assert [n for n, _ in failed] == hazard, (kernel.name, failed)
+        # a correct kernel fails nothing but the cases of its scheme's published hazard
+        assert not beyond, (kernel.name, failed)
     elif not kernel.note:
-        assert failed, (kernel.name, [(n, c.rule) for n, c in res])
+        assert beyond, (kernel.name, [(n, c.rule) for n, c in res])
     return res
 
 

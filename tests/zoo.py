@@ -297,11 +297,20 @@ ZOO: tuple[Kernel, ...] = tuple(
             False,
             _p(amla, c=1.0),
             variant="amla",
+            hazards=("zero_vcol",),
             note="c = 1.0 is as accurate as c = 1.5 (both sit near the optimum 1.39-1.44); "
             "only the bit match shows it is not the declared schedule",
         ),
-        Kernel("amla_sign_flipped", False, _p(amla, sign=-1.0), variant="amla"),
-        Kernel("amla_no_compensation", False, _p(amla, compensate=False), variant="amla"),
+        Kernel(
+            "amla_sign_flipped", False, _p(amla, sign=-1.0), variant="amla", hazards=("zero_vcol",)
+        ),
+        Kernel(
+            "amla_no_compensation",
+            False,
+            _p(amla, compensate=False),
+            variant="amla",
+            hazards=("zero_vcol",),
+        ),
         Kernel("dropped_partial_block", False, _p(flash_fp32, drop_partial=True)),
         Kernel("causal_off_by_one", False, causal_off_by_one),
         Kernel("missed_rescale", False, _p(flash_fp32, skip_rescale=True)),

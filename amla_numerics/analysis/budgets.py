@@ -117,6 +117,8 @@ BUDGET_METRICS: tuple[str, ...] = (
 LIMITABLE: tuple[str, ...] = (
     *BUDGET_METRICS,
     "bf16_out_max_ulp",
+    "bf16_out_rowmax_ulp_max",
+    "bf16_out_rowmax_ulp_p999",
     "cond_err_p999",
     "row_rel_median",
     "rel_fro",

@@ -9,7 +9,10 @@ float dtype: float64/32/16, bfloat16, FP8; never re-rounded; leading dims broadc
   ``row_rel_*``, ``rel_fro``, the BF16-output view ``bf16_out_*``, ``lse_err_max`` when an
   ``lse`` is given, and the secondary ULP-at-reference fields): the same code the report uses;
 - ``worst``: the worst elements (index, out, ref, error, bound);
-- the elementwise a priori bound when ``variant`` names the scheme the kernel implements
+- ``passed``, ``reasons``, ``rule``: the default verdict (:mod:`amla_numerics.testing.rule`)
+  against the declared schedule (``variant``, default ``"fa_fp32"``), or another
+  ``standard``; ``diagnosis``: the likely cause when it fails;
+- the elementwise a priori bound of the schedule (``variant``, default ``"fa_fp32"``)
   (``bound_cond_max`` on the condition-aware scale, ``bound_ratio`` = max measured/bound over
   the elements no garbage hazard of the emulated variant touched, ``bound_covered`` of them,
   ``bound_violations``; NaN when none is covered);
@@ -18,10 +21,10 @@ float dtype: float64/32/16, bfloat16, FP8; never re-rounded; leading dims broadc
   own hazard counts;
 - ``bit_match``: for each emulated variant, the fraction of elements whose bits equal the
   emulator's output cast to ``out``'s dtype (round to nearest even), and ``nearest_variant``:
-  the variant with the highest fraction (ties, e.g. all zero for a float32 numpy kernel:
-  the smallest relative Frobenius distance between ``out`` and that variant's output). A
-  kernel implementing AMLA exactly as ``docs/numerics.md`` specifies matches ``amla`` bit
-  for bit (under the same policy and block size).
+  the variant with the highest fraction (ties: the smallest relative Frobenius distance
+  between ``out`` and that variant's output), None below :data:`NEAREST_MIN_SHARE`. A
+  kernel implementing AMLA exactly as the emulator models it matches ``amla`` bit for bit
+  (under the same policy and block size).
 
 The reference is computed once per distinct input (an in-process cache keyed by the sha256
 of the exact inputs; the disk cache of :mod:`amla_numerics.reference.cache` applies when
@@ -88,6 +91,8 @@ LIMIT_METRICS: tuple[str, ...] = (
     "rel_fro",
     "bf16_out_max_ulp",
     "bf16_out_incorrect_frac",
+    "bf16_out_rowmax_ulp_max",
+    "bf16_out_rowmax_ulp_p999",
     "lse_err_max",
     "max_ulp_fp32",
     "median_ulp_fp32",

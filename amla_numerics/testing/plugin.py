@@ -9,9 +9,10 @@ Fixtures
     The :class:`~amla_numerics.analysis.budgets.KernelBudget` named by ``--amla-kernel`` in
     the ``--amla-budget`` file, or None.
 ``assert_attention``
-    :func:`~amla_numerics.testing.assert_attention_close` with the budget's limits for the
-    case (the case name is the test's name, so ``match`` globs select per test); explicit
-    ``max_*`` arguments override them.
+    :func:`~amla_numerics.testing.assert_attention_close`: the default verdict (the error
+    against the declared schedule's, ``variant=``, default ``fa_fp32``), plus the budget's
+    limits for the case (the case name is the test's name, so ``match`` globs select per
+    test); explicit ``max_*`` arguments override them.
 
 Options: ``--amla-budget FILE`` (budgets TOML) and ``--amla-kernel NAME`` (its table), or the
 ini keys ``amla_budget`` / ``amla_kernel``.
@@ -26,7 +27,7 @@ A test a user can copy (``docs/testing.md``)::
         k = rng.standard_normal((4096, 576)).astype(ml_dtypes.bfloat16)
         v = k[:, :512]
         out = my_kernel(q, k, v, scale=1 / 192**0.5)      # the kernel under test
-        assert_attention(out, q, k, v, scale=1 / 192**0.5, max_cond_err=4096, max_row_rel=2e-3)
+        assert_attention(out, q, k, v, scale=1 / 192**0.5)  # the default verdict
 """
 
 from __future__ import annotations

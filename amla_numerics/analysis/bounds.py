@@ -934,7 +934,7 @@ def elementwise_bound(
     numpy.ndarray
         float64, shape ``(..., M, dv)``, never NaN: ``+inf`` on rows with no attended key
         (their output is undefined) and where a weight's relative error bound exceeds
-        ``e**709`` (scores beyond ~1e31).
+        ``e**709`` (scores beyond ~1e31) or any term overflows float64.
 
     Notes
     -----
@@ -961,7 +961,11 @@ def elementwise_bound(
         )
     if bound.kv_order == "reverse" and bound.blocks > 1:
         x = _reverse_keys(x, bound.blocks * bound.block_n)
-    return _evaluate(bound, x, kind == "probabilistic")
+    # scores so large that a term overflows float64 make the bound +inf: every undefined
+    # intermediate (inf - inf, 0 / 0, 0 * inf) arises only where a term is already +inf
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        total = _evaluate(bound, x, kind == "probabilistic")
+    return np.where(np.isnan(total), np.inf, total)
 
 
 def _reverse_keys(x: BoundInputs, n_pad: int) -> BoundInputs:

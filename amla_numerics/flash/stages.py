@@ -168,9 +168,9 @@ def _exp_mp(v: float) -> np.ndarray:
     # 88.72..., 0 below ln(2**-150) = -103.97... (and mpmath's exp of a huge argument is
     # an exact number with a huge exponent: a hang in the rounding)
     if v > 89.0:
-        return np.float32(np.inf)
+        return np.asarray(np.inf, dtype=np.float32)
     if v < -104.0:
-        return np.float32(0.0)
+        return np.asarray(0.0, dtype=np.float32)
     with mpmath.workprec(_MP_BITS):
         return round_to(mpmath.exp(mpmath.mpf(v)), FP32)[()]
 

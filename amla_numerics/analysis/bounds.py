@@ -471,12 +471,15 @@ def a_priori_bound(
       own ``rna(fl(-m RECIP_LN2))``). Added as the absolute term
       ``sum_i w_i (1 + alpha_i) (K_i - 1) |V_i|`` (``K_i`` the product over the clamped
       blocks after key ``i``'s), evaluated as ``exp(s_i - lse + ln K_i)``: finite even
-      when ``w_i`` underflows. ``amla_guarded`` (which multiplies where the add would be
+      when ``w_i`` underflows; the P cast's absolute (subnormal) term of those keys is
+      multiplied by ``K_i`` as well. ``amla_guarded`` (which multiplies where the add would be
       clamped) and policies without a clamp get none.
     * the final division: ``u`` (``O / l``), ``gamma_2`` for AMLA (``O / fl(l r^)``).
     * underflow (absolute): each rounding into a subnormal range costs that format's
       smallest subnormal: the exp, the fold and the cast per key, the P V output and
-      O's storage per block, ``a_j`` and l per change block.
+      O's storage per block, ``a_j`` and l per change block; a block FMA's alignment
+      floor per tile and per score (a subnormal operand or accumulator aligns to the raw
+      exponent -126).
 
     The probabilistic bound (``kind="probabilistic"``) keeps every systematic term linear
     (AMLA's bias, its compensation mismatch, the clamp, ``a_j``'s error, the scale's

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -483,3 +484,28 @@ def test_the_block_fma_alignment_floor_is_covered():
     # under the exact accumulator the same input has no such loss
     out, ref, det, _ = _run("fa_fp32", q, k, v, 1.0, n)
     assert _assert_within(out, ref, det, "exact") < 0.1
+
+
+@pytest.mark.parametrize("policy", [None, "cann", "exact"])
+def test_astronomical_score_errors_give_an_infinite_bound_never_nan(policy):
+    """Inputs whose scores reach 1e34-1e40 (and their products with tiny scales): every
+    term of the bound may overflow float64; the bound is then +inf, never NaN, and its
+    evaluation raises no floating-point warning."""
+    rng = np.random.default_rng(0)
+    seen_inf = False
+    for mag in (1e17, 1e18, 3e19):
+        for scale in (1.0, 1e-30):
+            q = rng.standard_normal((3, 8)) * mag
+            k = rng.standard_normal((40, 8)) * mag
+            v = rng.standard_normal((40, 2)) * 1e20
+            x = bound_inputs(q, k, v, scale)
+            for variant in VARIANTS:
+                b = a_priori_bound(variant, head_dim=8, kv_len=40, block_n=16, policy=policy)
+                for kind in ("deterministic", "probabilistic"):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error")
+                        e = elementwise_bound(b, x, kind=kind)
+                    assert not np.isnan(e).any(), (mag, scale, variant, kind)
+                    assert np.all(e > 0)
+                    seen_inf |= bool(np.isinf(e).any())
+    assert seen_inf

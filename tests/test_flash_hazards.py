@@ -4,13 +4,22 @@ would wrap. Outputs are checked against an mpmath reference (tests.test_flash.mp
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from amla_numerics import flash
 from amla_numerics.exp2add import HAZARDS
-from amla_numerics.flash.emulator import CLIP_HAZARD
+from amla_numerics.flash.emulator import CLIP_HAZARD, RANGE_HAZARD
+from amla_numerics.formats import BF16
+from amla_numerics.rounding import round_to
 from tests.test_flash import _zero_column_case, mp_attention
+
+
+def _bf16(x):
+    return np.asarray(round_to(np.asarray(x, dtype=np.float64), BF16), dtype=np.float64)
+
 
 CLASSES = {h for h in HAZARDS if h != "ok"} | {"clamp"}
 
@@ -204,3 +213,43 @@ def test_no_clip_class_without_a_clipping_policy():
     assert np.all(np.asarray(res.out)[:, 0] > 1e6)  # "ascend" keeps O = 2e10
     small = flash.attention(q, k, v / 100, "amla", scale=0.5, block_n=512, policy="cann")
     assert small.hazards[CLIP_HAZARD] == 0 and not small.garbage_mask().any()
+
+
+@pytest.mark.parametrize("variant", flash.VARIANTS)
+def test_scores_beyond_the_work_format_are_a_counted_garbage_class(variant):
+    """BF16 inputs near 1e20 (valid: BF16 has FP32's range) whose products overflow FP32:
+    the rows they reach are the ``score_range`` class, in the garbage mask, never a silent
+    NaN; a row of ordinary inputs beside them is untouched and a fully masked row stays
+    undefined (not finite, not this class)."""
+    rng = np.random.default_rng(0)
+    q = _bf16(rng.standard_normal((3, 4)))
+    q[0] *= 2.0**66  # q.k ~ 2**132 |q0||k|: beyond FP32
+    k = _bf16(rng.standard_normal((24, 4)) * 2.0**66)
+    v = _bf16(rng.standard_normal((24, 2)))
+    keep = np.ones((3, 24), bool)
+    keep[2] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = flash.attention(q, k, v, variant, scale=2.0**-66, block_n=8, mask=keep)
+    out, g = np.asarray(res.out), res.garbage_mask()
+    hit = res.hazard_mask[RANGE_HAZARD]
+    assert hit[0].all() and not hit[1:].any()
+    assert res.hazards[RANGE_HAZARD] == 2 and g[0].all()
+    assert np.all(np.isfinite(out[1])) and not g[1].any()
+    assert not np.isfinite(out[2]).any()  # NaN (0 / 0); AMLA: its counted zero hazard
+
+
+def test_fa4_scores_whose_rounding_exceeds_the_exp_range_are_flagged():
+    """fa4 takes the running max of the raw scores: near 1e34 the rounding of ``fl(m c)``
+    alone is far beyond the exp's range, every probability underflows and l = 0: a row
+    with keys whose output is NaN is the ``score_range`` class, not an undefined row."""
+    rng = np.random.default_rng(0)
+    q = _bf16(rng.standard_normal((3, 8)) * 1e17)
+    k = _bf16(rng.standard_normal((40, 8)) * 1e17)
+    v = _bf16(rng.standard_normal((40, 2)))
+    res = flash.attention(q, k, v, "fa4", scale=1.0, block_n=16)
+    bad = ~np.isfinite(np.asarray(res.out))
+    assert bad.any() and np.array_equal(bad, res.hazard_mask[RANGE_HAZARD])
+    assert np.array_equal(res.garbage_mask(), bad)
+    ok = flash.attention(q / 1e17, k / 1e17, v, "fa4", scale=1.0, block_n=16)
+    assert RANGE_HAZARD not in ok.hazards and np.all(np.isfinite(ok.out))

@@ -478,12 +478,15 @@ def a_priori_bound(
       own ``rna(fl(-m RECIP_LN2))``). Added as the absolute term
       ``sum_i w_i (1 + alpha_i) (K_i - 1) |V_i|`` (``K_i`` the product over the clamped
       blocks after key ``i``'s), evaluated as ``exp(s_i - lse + ln K_i)``: finite even
-      when ``w_i`` underflows. ``amla_guarded`` (which multiplies where the add would be
+      when ``w_i`` underflows; the P cast's absolute (subnormal) term of those keys is
+      multiplied by ``K_i`` as well. ``amla_guarded`` (which multiplies where the add would be
       clamped) and policies without a clamp get none.
     * the final division: ``u`` (``O / l``), ``gamma_2`` for AMLA (``O / fl(l r^)``).
     * underflow (absolute): each rounding into a subnormal range costs that format's
       smallest subnormal: the exp, the fold and the cast per key, the P V output and
-      O's storage per block, ``a_j`` and l per change block.
+      O's storage per block, ``a_j`` and l per change block; a block FMA's alignment
+      floor per tile and per score (a subnormal operand or accumulator aligns to the raw
+      exponent -126).
 
     The probabilistic bound (``kind="probabilistic"``) keeps every systematic term linear
     (AMLA's bias, its compensation mismatch, the clamp, ``a_j``'s error, the scale's
@@ -939,7 +942,7 @@ def elementwise_bound(
     numpy.ndarray
         float64, shape ``(..., M, dv)``, never NaN: ``+inf`` on rows with no attended key
         (their output is undefined) and where a weight's relative error bound exceeds
-        ``e**709`` (scores beyond ~1e31).
+        ``e**709`` (scores beyond ~1e31) or any term overflows float64.
 
     Notes
     -----
@@ -966,7 +969,11 @@ def elementwise_bound(
         )
     if bound.kv_order == "reverse" and bound.blocks > 1:
         x = _reverse_keys(x, bound.blocks * bound.block_n)
-    return _evaluate(bound, x, kind == "probabilistic")
+    # scores so large that a term overflows float64 make the bound +inf: every undefined
+    # intermediate (inf - inf, 0 / 0, 0 * inf) arises only where a term is already +inf
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        total = _evaluate(bound, x, kind == "probabilistic")
+    return np.where(np.isnan(total), np.inf, total)
 
 
 def _reverse_keys(x: BoundInputs, n_pad: int) -> BoundInputs:

@@ -293,7 +293,9 @@ def split_bound(
     of :func:`~amla_numerics.analysis.bounds.a_priori_bound`; ``3u`` per later block for
     ``fl(a_j l)``, the add and ``a_j``'s exp; ``u |dm_j|`` summed for the rounded
     ``m_{j-1} - m_j``; subnormal probabilities). Then inflated by ``1 + 2**-20`` for the
-    float64 evaluation of the weights.
+    float64 evaluation of the weights. A split whose weight may fall below the work
+    format's normal range adds the absolute term of ``_underflow_terms`` (its relative
+    bound does not hold there; docs/bounds.md section 9).
     """
     from amla_numerics.flash.splitkv import check_combine, split_ranges
 

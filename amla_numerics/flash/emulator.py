@@ -105,6 +105,7 @@ __all__ = [
     "MLA_DK",
     "MLA_DV",
     "MLA_SCALE",
+    "RANGE_HAZARD",
     "FlashResult",
     "Trace",
     "attention",
@@ -117,6 +118,14 @@ __all__ = [
 #: in :meth:`FlashResult.garbage_mask`: no bound covers a value the policy replaced by 0;
 #: the key is present only under a clipping policy).
 CLIP_HAZARD = "o_clip"
+
+#: The hazard class of scores beyond the work format's softmax: output elements of rows
+#: with an attended key that are not finite although no integer-add garbage or FP32
+#: overflow of O, l or the division explains them (a product ``QK^T`` or its scaling
+#: beyond FP32, or, for ``fa4``, scores so large that the rounding of ``fl(m c)`` exceeds
+#: the exp's range and every probability underflows). Counted per element, in
+#: :meth:`FlashResult.garbage_mask`; the key is present only where it occurred.
+RANGE_HAZARD = "score_range"
 
 #: The MLA decode preset (DeepSeek-V3 absorbed form): score dim, value dim, softmax scale.
 MLA_DK, MLA_DV, MLA_SCALE = 576, 512, 1.0 / math.sqrt(192.0)
@@ -140,6 +149,8 @@ class FlashResult:
         variant, the output elements of attended rows that are not finite because O, l or
         the division overflowed FP32 (and no integer-add hazard touched them). Under a
         clipping policy, :data:`CLIP_HAZARD`: elements whose finite O the clip zeroed.
+        Where it occurred, :data:`RANGE_HAZARD`: non-finite elements of rows with an
+        attended key that no other class explains.
     hazard_mask : dict[str, numpy.ndarray]
         Per class of ``hazards`` (``"ok"`` excluded), a bool array shaped like ``out``:
         which output elements that class touched over all blocks (``"clamp"``: whole rows).
@@ -170,7 +181,8 @@ class FlashResult:
         overflowed FP32 first. No error bound covers them; every other element with a
         finite reference is covered, so FP32 overflow (finite reference, non-finite output)
         is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it.
-        Under a clipping policy the elements :data:`CLIP_HAZARD` zeroed are garbage too."""
+        Under a clipping policy the elements :data:`CLIP_HAZARD` zeroed are garbage too,
+        and so are those of :data:`RANGE_HAZARD`."""
         if self.uncovered is not None:
             return self.uncovered
         return np.zeros(self.out.shape, bool)
@@ -589,8 +601,14 @@ class _Run:
         garbage: np.ndarray | None = None
         fp32_over: np.ndarray | None = None
         repairs = variant == "amla_guarded"
+        score_rows: np.ndarray | None = None  # rows with a non-finite attended score
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
+            with np.errstate(invalid="ignore"):
+                if not np.isfinite(s).all():
+                    bad = self._score_overflow(s, lo, hi)
+                    if bad is not None:
+                        score_rows = bad if score_rows is None else score_rows | bad
             with np.errstate(invalid="ignore", over="ignore"):
                 if variant == "fa4":  # raw scores, log2-domain softmax (flash/fa4.py)
                     m_new, resc, p, a = fa4_block(
@@ -662,6 +680,20 @@ class _Run:
         overflow = self._fp32_overflow(O_final, l, out) & ~junk
         if fp32_over is not None:
             overflow |= np.broadcast_to(fp32_over, shape)
+        # scores beyond the work format (rows with a non-finite attended score), then any
+        # non-finite output of a row with a key that nothing else explains
+        lost = np.zeros(shape, bool)
+        if score_rows is not None:
+            lost = np.broadcast_to(score_rows[..., None], shape).copy()
+            overflow = overflow & ~lost
+        if not np.isfinite(out).all():
+            with np.errstate(invalid="ignore"):
+                lost = lost | (~np.isfinite(out) & self._attended(shape) & ~junk & ~overflow)
+        n_lost = int(np.count_nonzero(lost))
+        if n_lost:
+            hazards[RANGE_HAZARD] = n_lost
+            _mark(masks, RANGE_HAZARD, lost)
+            junk = junk | lost
         n_over = int(np.count_nonzero(overflow))
         if n_over:
             hazards["overflow"] += n_over
@@ -684,6 +716,32 @@ class _Run:
         self.final_m = m * self.dt(self.inp.scale) if self.fa4_raw else m
         self.final_l, self.final_sc = l, sc
         return out, lse, hazards, full, junk & ~overflow, tr
+
+    def _kept(self, lo: int, hi: int) -> np.ndarray | None:
+        """Keys ``lo:hi`` the mask attends (kept, finite bias); None: all of them."""
+        live = None if self.inp.keep is None else np.asarray(self.inp.keep[..., lo:hi], bool)
+        if self.bias is not None:
+            fin = np.isfinite(self.bias[..., lo:hi])
+            live = fin if live is None else live & fin
+        return live
+
+    def _score_overflow(self, s: np.ndarray, lo: int, hi: int) -> np.ndarray | None:
+        """Rows (..., M) with an attended key whose work-format score is not finite (the
+        product or its scaling beyond the format); None: none."""
+        bad = ~np.isfinite(s)
+        kept = self._kept(lo, hi)
+        if kept is not None:
+            bad = bad & kept
+        rows = np.any(bad, axis=-1)
+        return rows if rows.any() else None
+
+    def _attended(self, shape) -> np.ndarray:
+        """Output elements (``shape``) of rows with at least one attended key (kept by the
+        mask, with a finite bias): the rows whose exact output is defined."""
+        live = self._kept(0, self.inp.n)
+        if live is None:
+            return np.ones(shape, bool)
+        return np.broadcast_to(np.any(live, axis=-1)[..., None], shape)
 
     @staticmethod
     def _fp32_overflow(O, l, out) -> np.ndarray:

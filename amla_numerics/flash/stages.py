@@ -164,6 +164,13 @@ def _exp32(x: np.ndarray, *, force_mp: bool) -> np.ndarray:
 
 
 def _exp_mp(v: float) -> np.ndarray:
+    # beyond FP32's range the rounded result is known: +inf above ln(max (1 + 2**-25)) =
+    # 88.72..., 0 below ln(2**-150) = -103.97... (and mpmath's exp of a huge argument is
+    # an exact number with a huge exponent: a hang in the rounding)
+    if v > 89.0:
+        return np.asarray(np.inf, dtype=np.float32)
+    if v < -104.0:
+        return np.asarray(0.0, dtype=np.float32)
     with mpmath.workprec(_MP_BITS):
         return round_to(mpmath.exp(mpmath.mpf(v)), FP32)[()]
 

@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from amla_numerics.analysis.grid import Case, Record, evaluate_case
+from amla_numerics.analysis.metrics import LIMIT_METRICS
 from amla_numerics.analysis.workloads import WORKLOADS
 from amla_numerics.variants import VARIANTS, check_variant
 
@@ -111,22 +112,6 @@ BUDGET_METRICS: tuple[str, ...] = (
     "cond_err_median",
     "row_rel_max",
     "bf16_out_incorrect_frac",
-)
-
-#: Every metric a budget may limit (the record/comparison field of the same name).
-LIMITABLE: tuple[str, ...] = (
-    *BUDGET_METRICS,
-    "bf16_out_max_ulp",
-    "bf16_out_rowmax_ulp_max",
-    "bf16_out_rowmax_ulp_p999",
-    "cond_err_p999",
-    "row_rel_median",
-    "rel_fro",
-    "lse_err_max",
-    "max_ulp_fp32",
-    "median_ulp_fp32",
-    "max_ulp_bf16",
-    "bound_ratio",
 )
 
 #: The comment block written at the top of a regenerated budgets file.
@@ -350,8 +335,8 @@ def parse_budgets(text: str, source: str = "<string>") -> BudgetBook:
 def _limits(table: Mapping[str, Any], where: str) -> dict[str, float]:
     out = {}
     for key, value in table.items():
-        if key not in LIMITABLE:
-            raise ValueError(f"{where}: unknown metric {key!r}; valid: {', '.join(LIMITABLE)}")
+        if key not in LIMIT_METRICS:
+            raise ValueError(f"{where}: unknown metric {key!r}; valid: {', '.join(LIMIT_METRICS)}")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: {key} must be a number, got {value!r}")
         if not value >= 0:

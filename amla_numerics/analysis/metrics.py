@@ -53,6 +53,7 @@ from amla_numerics.ulp import signed_ulp_error, ulp, ulp_distance
 __all__ = [
     "COND_EDGES",
     "HIST_EDGES",
+    "LIMIT_METRICS",
     "PERCENTILES",
     "U_FP32",
     "ErrorMetrics",
@@ -63,6 +64,27 @@ __all__ = [
 
 #: The unit of every condition-aware figure: FP32's unit roundoff.
 U_FP32: float = 2.0**-24
+
+
+#: The fields of a record or a comparison that a limit (an assertion's ``max_*`` argument,
+#: a budget) may name; all are "smaller is better" and a limit is an inclusive maximum.
+LIMIT_METRICS: tuple[str, ...] = (
+    "cond_err_max",
+    "cond_err_p999",
+    "cond_err_median",
+    "row_rel_max",
+    "row_rel_median",
+    "rel_fro",
+    "bf16_out_max_ulp",
+    "bf16_out_incorrect_frac",
+    "bf16_out_rowmax_ulp_max",
+    "bf16_out_rowmax_ulp_p999",
+    "lse_err_max",
+    "max_ulp_fp32",
+    "median_ulp_fp32",
+    "max_ulp_bf16",
+    "bound_ratio",
+)
 
 #: Percentiles reported for ULP errors (100 is the max).
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9, 100.0)

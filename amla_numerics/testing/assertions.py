@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.metrics import U_FP32
+from amla_numerics.analysis.metrics import condition_aware
 from amla_numerics.testing.compare import compare
 from amla_numerics.testing.rule import MAX_FACTOR, RMS_FACTOR
 
@@ -157,7 +157,7 @@ def assert_attention_close(
 
         sc = None if scale is None else float(scale)
         mag = magnitude_scale(q, k, v, sc, mask=mask)
-        cond = np.where(o == c.ref, 0.0, np.abs(o - c.ref) / mag / U_FP32)
+        cond = condition_aware(np.abs(o - c.ref), mag)
     bad = ~np.isfinite(o) & np.isfinite(c.ref)
     if lim is not None:
         bad |= cond > lim

@@ -58,7 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.analysis.boundcheck import bound_check
+from amla_numerics.analysis.metrics import (
+    LIMIT_METRICS,
+    ErrorMetrics,
+    condition_aware,
+    error_metrics,
+    magnitude_scale,
+)
 from amla_numerics.reference.cache import hash_arrays
 from amla_numerics.testing.rule import (
     DEFAULT_SCHEDULE,
@@ -79,26 +86,6 @@ __all__ = [
     "default_policy",
     "reference_for",
 ]
-
-#: Metrics a limit (an assertion's ``max_*`` argument, a budget) may name; all are
-#: "smaller is better" and a limit is an inclusive maximum.
-LIMIT_METRICS: tuple[str, ...] = (
-    "cond_err_max",
-    "cond_err_p999",
-    "cond_err_median",
-    "row_rel_max",
-    "row_rel_median",
-    "rel_fro",
-    "bf16_out_max_ulp",
-    "bf16_out_incorrect_frac",
-    "bf16_out_rowmax_ulp_max",
-    "bf16_out_rowmax_ulp_p999",
-    "lse_err_max",
-    "max_ulp_fp32",
-    "median_ulp_fp32",
-    "max_ulp_bf16",
-    "bound_ratio",
-)
 
 #: ``nearest_variant`` is None (``none``) unless some variant matches at least this share
 #: of the output elements bit for bit: below it, no emulated variant is what the kernel does.
@@ -579,17 +566,9 @@ def _compare(
         bound = _cached_bound(schedule, qa, ka, va, mask, cfg)
         if bound is not None:
             covered = np.isfinite(ref) & ~garbage
-            err = np.abs(o.astype(np.float64) - ref)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                bc = np.where(mag > 0, bound / mag / U_FP32, np.where(bound > 0, np.inf, 0.0))
-                ratio = np.where(err == 0, 0.0, err / bound)
-            ratio = np.where(np.isfinite(o.astype(np.float64)), ratio, np.inf)
-            n_cov = int(np.count_nonzero(covered))
-            if covered.any():
-                b_cond_max = float(np.max(bc[covered]))
-                b_cond_med = float(np.median(bc[covered]))
-                b_ratio = float(np.max(ratio[covered]))
-                n_viol = int(np.count_nonzero(ratio[covered] > 1))
+            check = bound_check(o, ref, bound, mag=mag, covered=covered)
+            n_cov, n_viol, b_ratio = check.n_covered, check.violations, check.ratio
+            b_cond_max, b_cond_med = check.bound_cond_max, check.bound_cond_median
 
     rule = None
     if judge and schedule is not None and sched_out is not None:
@@ -633,9 +612,8 @@ def _compare(
 
     # the worst elements
     o64 = o.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        diff = np.abs(o64 - ref)
-        cond = np.where(diff == 0, 0.0, diff / mag / U_FP32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cond = condition_aware(np.abs(o64 - ref), mag)
     cond = np.where(np.isfinite(ref) & ~np.isfinite(o64), np.inf, cond)
     cond = np.where(np.isnan(ref), -1.0, cond)
     flat = cond.reshape(-1)

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.metrics import U_FP32
+from amla_numerics.analysis.metrics import U_FP32, condition_aware
 from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
 from amla_numerics.ulp import ulp
@@ -185,9 +185,8 @@ def _ok(x: float) -> bool:
 
 
 def _cond(y: np.ndarray, ref: np.ndarray, mag: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d = np.abs(y - ref)
-        c = np.where(d == 0, 0.0, d / mag / U_FP32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        c = condition_aware(np.abs(y - ref), mag)
     return np.where(np.isfinite(y), c, np.inf)
 
 

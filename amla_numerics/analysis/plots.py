@@ -448,7 +448,11 @@ def plot_pareto(
         mid = 0.5 * (min(lo_all) + max(hi_all))
         ax.set_xlim(mid - 0.6 * span, mid + 0.6 * span)
     ax.set_yscale("log")
-    ax.set_xlabel("modelled throughput, MLA decode on Ascend 910C (TFLOPS; bars: model interval)")
+    bounded = any(t.get("tflops_range") for t in throughput)
+    ax.set_xlabel(
+        "modelled throughput, MLA decode on Ascend 910C (TFLOPS; "
+        + ("bars: bounds over the parameter box)" if bounded else "nominal model)")
+    )
     ax.set_ylabel(f"median relative Frobenius error ({'mla' if mla else 'all'} workload)")
     ax.set_title(title or "accuracy vs throughput (lower right is better)")
     ax.grid(True, which="both", alpha=0.3)

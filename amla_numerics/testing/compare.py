@@ -55,7 +55,14 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.metrics import U_FP32, ErrorMetrics, error_metrics, magnitude_scale
+from amla_numerics.analysis.metrics import (
+    U_FP32,
+    ErrorMetrics,
+    error_metrics,
+    magnitude_scale,
+    reference_error,
+    reference_ulp,
+)
 from amla_numerics.reference.cache import hash_arrays
 from amla_numerics.variants import VARIANTS, check_variant
 
@@ -229,17 +236,21 @@ def _key(arrs: Sequence[Any], scale: Any) -> str:
 
 
 def reference_for(
-    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None
+    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None, auto_ulp: float = 1e-3
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest."""
+    """The certified reference ``(out, lse)`` (float64), cached in-process by input digest;
+    ``auto_ulp``: its certification in FP32 ULPs (``reference.AUTO_ULP_FP64`` for FP64
+    outputs)."""
     from amla_numerics.reference import attention
 
-    key = _key((q, k, v, mask), scale)
+    key = _key((q, k, v, mask), (scale, auto_ulp) if auto_ulp != 1e-3 else scale)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    out, lse = attention(q, k, v, scale, mask=mask, method="auto", return_lse=True)
+    out, lse = attention(
+        q, k, v, scale, mask=mask, method="auto", return_lse=True, auto_ulp=auto_ulp
+    )
     _CACHE[key] = (out, lse)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -420,7 +431,10 @@ def _compare(
 
     combine = check_combine(combine)
     n_splits = 1 if splits is None else int(splits)
-    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask)
+    # FP64 policies are judged against a reference certified to one FP64 ULP (plus that
+    # certificate), the others against 1e-3 FP32 ULP
+    ref_ulp = reference_ulp(policy)
+    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask, auto_ulp=ref_ulp)
     sc = None if scale is None else float(scale)
     mag = magnitude_scale(qa, ka, va, sc, mask=mask)
     lse_arr = None
@@ -492,6 +506,8 @@ def _compare(
         if bound is not None:
             covered = np.isfinite(ref) & ~garbage
             err = np.abs(o.astype(np.float64) - ref)
+            if ref_ulp != 1e-3:  # the reference's own certificate, beside the bound
+                bound = bound + reference_error(ref, ref_ulp)
             with np.errstate(divide="ignore", invalid="ignore"):
                 bc = np.where(mag > 0, bound / mag / U_FP32, np.where(bound > 0, np.inf, 0.0))
                 ratio = np.where(err == 0, 0.0, err / bound)

@@ -294,6 +294,17 @@ def load_case(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return case, run
 
 
+def _checked(case: dict[str, Any], run: dict[str, Any], refs: dict) -> list[str]:
+    """:func:`check_run` with warnings as errors; an exception is a failure (valid input)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return check_run(case, run, refs)
+        except Exception as exc:  # every exception on valid input is a finding
+            line = traceback.format_exception_only(type(exc), exc)[-1].strip()[:120]
+            return [f"exception: {line}"]
+
+
 def one_case(seed: int, index: int, out_dir: Path) -> tuple[int, list[tuple[str, str, str]]]:
     """Case ``index`` of ``seed``: (runs, [(failure class, saved file, variant)])."""
     rng = np.random.default_rng([seed, index])
@@ -302,13 +313,7 @@ def one_case(seed: int, index: int, out_dir: Path) -> tuple[int, list[tuple[str,
     refs: dict = {}
     todo = runs(rng, case)
     for r, run in enumerate(todo):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            try:
-                fails = check_run(case, run, refs)
-            except Exception as exc:  # every exception on valid input is a finding
-                line = traceback.format_exception_only(type(exc), exc)[-1].strip()[:120]
-                fails = [f"exception: {line}"]
+        fails = _checked(case, run, refs)
         if fails:
             path = out_dir / f"case_{seed}_{index}_{r}.npz"
             save_case(path, case, run, fails)
@@ -374,9 +379,7 @@ def hunt(minutes: float, seed: int, jobs: int, out_dir: Path, max_cases: int | N
 def replay(path: str) -> int:
     case, run = load_case(path)
     print(json.dumps(run), case["kind"], case["mask_kind"], "block_n", case["block_n"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fails = check_run(case, run, {})
+    fails = _checked(case, run, {})
     print("fails:", fails or "none")
     return 1 if fails else 0
 

@@ -14,7 +14,8 @@ import mpmath
 import numpy as np
 import pytest
 
-from amla_numerics.reference import attention, certified_attention
+from amla_numerics.analysis.metrics import reference_error, reference_ulp
+from amla_numerics.reference import AUTO_ULP_FP32, AUTO_ULP_FP64, attention, certified_attention
 from amla_numerics.testing import compare
 
 METHODS = ["auto", "fast", "mpmath"]
@@ -150,3 +151,35 @@ def test_underflow_among_ordinary_columns():
             want = _oracle(d, mask[i], v.astype(np.float64), 0.5)
             for c in range(3):
                 _check(method, out[i, c], want[c])
+
+
+def test_auto_ulp_fp64_certifies_one_fp64_ulp():
+    # outputs that nearly cancel: the fast certificate there is above one FP64 ULP (so the
+    # default auto keeps the fast value on its 1e-3 FP32 ULP guarantee); with AUTO_ULP_FP64
+    # every such element is recomputed: within one FP64 ULP of the exact value
+    rng = np.random.default_rng(7)
+    n = 64
+    q = rng.standard_normal((1, 8))
+    k = rng.standard_normal((n, 8))
+    x = rng.standard_normal(n)
+    s = 0.3 * (q @ k.T)[0]
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    v = np.stack([x - p @ x + d for d in (1e-10, 1e-11, 1e-12)], axis=1)
+    r = certified_attention(q, k, v, 0.3)
+    assert (r.bound > np.spacing(np.abs(r.out))).all()  # the fast certificate is too coarse
+    assert (r.bound <= 1e-3 * 2.0**-24 * np.abs(r.out)).all()  # but enough for 1e-3 FP32 ULP
+    default = attention(q, k, v, 0.3)
+    assert np.array_equal(default, r.out)  # so the default keeps the fast values
+    got = attention(q, k, v, 0.3, auto_ulp=AUTO_ULP_FP64)
+    mp = attention(q, k, v, 0.3, method="mpmath")
+    assert np.array_equal(got, mp)  # recomputed: correctly rounded
+    with pytest.raises(ValueError, match="'auto_ulp'"):
+        attention(q, k, v, 0.3, auto_ulp=0.0)
+
+
+def test_fp64_policies_are_judged_against_a_one_ulp_reference():
+    assert reference_ulp("exact") == AUTO_ULP_FP64 == 2.0**-29
+    assert reference_ulp("ascend") == reference_ulp(None) == AUTO_ULP_FP32
+    ref = np.array([1.0, -3.0, np.nan])
+    assert reference_error(ref, AUTO_ULP_FP64).tolist() == [2.0**-52, 2.0**-51, 0.0]

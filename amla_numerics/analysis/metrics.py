@@ -46,7 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from amla_numerics.flash.policy import get_policy
 from amla_numerics.formats import BF16, FP32, get_format
+from amla_numerics.reference.dispatch import AUTO_ULP_FP32, AUTO_ULP_FP64
 from amla_numerics.rounding import MODES, round_to
 from amla_numerics.ulp import signed_ulp_error, ulp, ulp_distance
 
@@ -60,6 +62,8 @@ __all__ = [
     "condition_aware",
     "error_metrics",
     "magnitude_scale",
+    "reference_error",
+    "reference_ulp",
 ]
 
 #: The unit of every condition-aware figure: FP32's unit roundoff.
@@ -527,3 +531,21 @@ def _binomtest(k: int, n: int) -> Any:
     from scipy import stats
 
     return stats.binomtest(k, n)
+
+
+def reference_ulp(policy: Any) -> float:
+    """The reference certification (FP32 ULPs, ``method="auto"``) that judges ``policy``'s
+    outputs: one FP64 ULP (``2**-29``) for an FP64 work format, else 1e-3.
+
+    Examples
+    --------
+    >>> reference_ulp("exact") == 2.0**-29, reference_ulp(None)
+    (True, 0.001)
+    """
+    return AUTO_ULP_FP64 if get_policy(policy).work == "fp64" else AUTO_ULP_FP32
+
+
+def reference_error(ref: np.ndarray, auto_ulp: float) -> np.ndarray:
+    """The reference's certified error ``auto_ulp * ulp_FP32(ref)`` (0 where not finite)."""
+    fin = np.isfinite(ref)
+    return np.where(fin, auto_ulp * ulp(np.where(fin, ref, 0.0), FP32), 0.0)

@@ -75,6 +75,7 @@ from amla_numerics.analysis.grid import (
     expand_grid,
     run_grid,
 )
+from amla_numerics.analysis.metrics import reference_ulp
 from amla_numerics.analysis.stats import mean_ci95, paired_ratio_ci95
 from amla_numerics.reference import AUTO_ULP_FP32
 from amla_numerics.variants import DEFAULT_C, VARIANTS
@@ -188,9 +189,13 @@ def make_header(config: ReportConfig, argv: list[str] | None = None) -> dict[str
         "reference": {
             "method": "auto",
             "dps": 50,
-            "certified_ulp_fp32": AUTO_ULP_FP32,
+            "certified_ulp_fp32": reference_ulp(config.policy),
             "note": "certified fast oracle; elements whose bound exceeds 1e-3 FP32 ULP are "
-            "recomputed with mpmath; outputs correctly rounded to float64",
+            "recomputed with mpmath; outputs correctly rounded to float64"
+            if reference_ulp(config.policy) == AUTO_ULP_FP32
+            else "certified fast oracle; elements whose bound exceeds one FP64 ULP "
+            "(certified_ulp_fp32 FP32 ULP) are recomputed with mpmath; the bound check adds "
+            "that certificate to every bound",
         },
         "policy": config.policy,
         "units": "cond_err_*, bound_cond_*, lse_err_max: u_fp32 = 2**-24 (of sum_k p_ik |v_kj|"

@@ -7,7 +7,7 @@ cache), :mod:`.dispatch` (:func:`attention`: method dispatch, mpmath fallback, j
 See ``docs/reference.md``.
 """
 
-from amla_numerics.reference.dispatch import AUTO_ULP_FP32, attention
+from amla_numerics.reference.dispatch import AUTO_ULP_FP32, AUTO_ULP_FP64, attention
 from amla_numerics.reference.exactdot import ExactDot, IntDot, exact_dot, exact_dot_any
 from amla_numerics.reference.fast import FastResult, FastUnavailable, certified_attention
 from amla_numerics.reference.mp import (
@@ -20,6 +20,7 @@ from amla_numerics.reference.mp import (
 
 __all__ = [
     "AUTO_ULP_FP32",
+    "AUTO_ULP_FP64",
     "ExactDot",
     "FastResult",
     "FastUnavailable",

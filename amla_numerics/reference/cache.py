@@ -63,10 +63,20 @@ def store_for(cache: Any) -> Store | None:
     return None
 
 
-def key_for(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: bool) -> str:
-    """sha256 hex digest of everything the result depends on."""
+def key_for(
+    prob: Problem,
+    method: str,
+    dps: int,
+    want_lse: bool,
+    want_mpf: bool,
+    auto_ulp: float = 1e-3,
+) -> str:
+    """sha256 hex digest of everything the result depends on (``auto_ulp``: method
+    ``"auto"``'s threshold, in the key only where it is not the default 1e-3)."""
     h = hashlib.sha256()
     head = f"amla_numerics {__version__} reference v1|{method}|{dps}|{want_lse}|{want_mpf}|"
+    if auto_ulp != 1e-3:
+        head += f"auto_ulp={auto_ulp!r}|"
     h.update(head.encode())
     h.update(prob.scale.token().encode())
     h.update(repr((prob.batch_shape, prob.precision, prob.dtypes)).encode())

@@ -30,10 +30,14 @@ from amla_numerics.reference.fast import FastUnavailable, fast_problem
 from amla_numerics.reference.mp import attention_row
 from amla_numerics.ulp import ulp
 
-__all__ = ["AUTO_ULP_FP32", "attention"]
+__all__ = ["AUTO_ULP_FP32", "AUTO_ULP_FP64", "attention"]
 
 #: method="auto" recomputes elements whose certified bound exceeds this many FP32 ULPs.
 AUTO_ULP_FP32 = 1e-3
+#: The ``auto_ulp`` that judges FP64 outputs: ``2**-29`` FP32 ULP is one FP64 ULP (the fast
+#: path's bound is about half of one: its final float64 rounding), so the reference is
+#: within one FP64 ULP, or correctly rounded.
+AUTO_ULP_FP64 = 2.0**-29
 
 
 def _raw(x: Any) -> Any:
@@ -116,17 +120,17 @@ def _ladder(tasks: list, results: list, dps: int) -> None:
                 )
 
 
-def _loose(bound: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``bound > AUTO_ULP_FP32 * ulp_FP32(y)``, elementwise.
+def _loose(bound: np.ndarray, y: np.ndarray, tol: float = AUTO_ULP_FP32) -> np.ndarray:
+    """``bound > tol * ulp_FP32(y)``, elementwise.
 
-    ``2**-24 |y| <= ulp_FP32(y)`` everywhere, so ``bound <= 1e-3 2**-24 |y|`` already
+    ``2**-24 |y| <= ulp_FP32(y)`` everywhere, so ``bound <= tol 2**-24 |y|`` already
     proves an element tight; only the others pay for the exact :func:`ulp`.
     """
     with np.errstate(invalid="ignore"):
-        maybe = ~(bound <= AUTO_ULP_FP32 * 2.0**-24 * np.abs(y))
+        maybe = ~(bound <= tol * 2.0**-24 * np.abs(y))
     out = np.zeros(bound.shape, dtype=bool)
     if maybe.any():
-        out[maybe] = ~(bound[maybe] <= AUTO_ULP_FP32 * ulp(y[maybe], FP32))
+        out[maybe] = ~(bound[maybe] <= tol * ulp(y[maybe], FP32))
     return out
 
 
@@ -143,6 +147,7 @@ def attention(
     return_mpf: bool = False,
     jobs: int = 1,
     cache: bool = False,
+    auto_ulp: float = AUTO_ULP_FP32,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Softmax attention ``softmax(scale q k^T + mask) v`` against the exact value.
 
@@ -175,6 +180,9 @@ def attention(
         Worker processes for the mpmath rows (results identical to a serial run).
     cache : bool
         Use the content-addressed disk cache (also on when ``AMLA_NUMERICS_CACHE`` is set).
+    auto_ulp : float
+        method="auto"'s threshold in FP32 ULPs (default :data:`AUTO_ULP_FP32`, 1e-3); to judge
+        FP64 outputs, :data:`AUTO_ULP_FP64` (one FP64 ULP).
 
     Returns
     -------
@@ -193,7 +201,7 @@ def attention(
     -----
     method="mpmath": ``y = fl64(out)`` exactly (Ziv's test on ``out (1 +- beta)``,
     ``beta <= 10**-dps``). method="fast": ``|y - out| <= bound`` (module
-    :mod:`amla_numerics.reference.fast`). method="auto": ``|y - out| <= 1e-3 ulp_FP32(y)``
+    :mod:`amla_numerics.reference.fast`). method="auto": ``|y - out| <= auto_ulp ulp_FP32(y)``
     or ``y = fl64(out)``.
 
     Examples
@@ -210,6 +218,8 @@ def attention(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} for argument 'method'; valid: {METHODS}")
     dps = check_dps(dps)
+    if isinstance(auto_ulp, bool) or not isinstance(auto_ulp, int | float) or not auto_ulp > 0:
+        raise ValueError(f"argument 'auto_ulp' must be a positive number, got {auto_ulp!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int | np.integer) or jobs < 1:
         raise ValueError(f"argument 'jobs' must be a positive int, got {jobs!r}")
     prob = prepare(q, k, v, scale, mask)
@@ -218,11 +228,11 @@ def attention(
     store = _cache.store_for(cache)
     key = None
     if store is not None:
-        key = _cache.key_for(prob, method, dps, return_lse, return_mpf)
+        key = _cache.key_for(prob, method, dps, return_lse, return_mpf, auto_ulp)
         hit = store.load(key)
         if hit is not None:
             return _finish(hit, return_lse)
-    result = _compute(prob, method, dps, return_lse, return_mpf, int(jobs))
+    result = _compute(prob, method, dps, return_lse, return_mpf, int(jobs), float(auto_ulp))
     if store is not None and key is not None:
         store.save(key, result)
     return _finish(result, return_lse)
@@ -233,7 +243,15 @@ def _finish(result: dict, return_lse: bool):
     return (out, result["lse"]) if return_lse else out
 
 
-def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: bool, jobs: int):
+def _compute(
+    prob: Problem,
+    method: str,
+    dps: int,
+    want_lse: bool,
+    want_mpf: bool,
+    jobs: int,
+    tol: float = AUTO_ULP_FP32,
+):
     shp = prob.batch_shape
     nb, m, _ = prob.q.shape
     dv = prob.v_in.shape[2]
@@ -261,7 +279,7 @@ def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: boo
     out = fast.out.reshape(nb, m, dv).copy()
     bound = fast.bound.reshape(nb, m, dv)
     lse = fast.lse.reshape(nb, m).copy()
-    bad = _loose(bound, out)
+    bad = _loose(bound, out, tol)
     bad &= ~np.isnan(out)  # fully masked rows are exact NaN
     rows: dict = {}
     for b, i, c in zip(*np.nonzero(bad), strict=True):
@@ -269,7 +287,7 @@ def _compute(prob: Problem, method: str, dps: int, want_lse: bool, want_mpf: boo
     lse_rows = set()
     if want_lse:
         lb = fast.lse_bound.reshape(nb, m)
-        for b, i in zip(*np.nonzero(_loose(lb, lse) & np.isfinite(lse)), strict=True):
+        for b, i in zip(*np.nonzero(_loose(lb, lse, tol) & np.isfinite(lse)), strict=True):
             lse_rows.add((int(b), int(i)))
             rows.setdefault((int(b), int(i)), [])
     if rows:

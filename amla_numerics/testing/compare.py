@@ -65,7 +65,10 @@ from amla_numerics.analysis.metrics import (
     condition_aware,
     error_metrics,
     magnitude_scale,
+    reference_error,
+    reference_ulp,
 )
+from amla_numerics.reference import AUTO_ULP_FP32
 from amla_numerics.reference.cache import hash_arrays
 from amla_numerics.testing.rule import (
     DEFAULT_SCHEDULE,
@@ -280,18 +283,31 @@ def _key(arrs: Sequence[Any], scale: Any) -> str:
 
 
 def reference_for(
-    q: Any, k: Any, v: Any, scale: Any = None, *, mask: Any = None, digest: str | None = None
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: Any = None,
+    *,
+    mask: Any = None,
+    digest: str | None = None,
+    auto_ulp: float = AUTO_ULP_FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The certified reference ``(out, lse)`` (float64), cached in-process by input digest
-    (``digest``: that of ``q, k, v, mask, scale``, when the caller has it already)."""
+    (``digest``: that of ``q, k, v, mask, scale``, when the caller has it already);
+    ``auto_ulp``: its certification in FP32 ULPs (``reference.AUTO_ULP_FP64`` for FP64
+    outputs)."""
     from amla_numerics.reference import attention
 
     key = digest if digest is not None else _key((q, k, v, mask), scale)
+    if auto_ulp != AUTO_ULP_FP32:
+        key = f"{key}:auto_ulp={auto_ulp!r}"
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    out, lse = attention(q, k, v, scale, mask=mask, method="auto", return_lse=True)
+    out, lse = attention(
+        q, k, v, scale, mask=mask, method="auto", return_lse=True, auto_ulp=auto_ulp
+    )
     _CACHE[key] = (out, lse)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -507,8 +523,13 @@ def _compare(
 
     combine = check_combine(combine)
     n_splits = 1 if splits is None else int(splits)
+    if policy is None:
+        policy = default_policy(qa, ka, va)
     digest = _key((qa, ka, va, mask), scale)
-    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask, digest=digest)
+    # FP64 policies are judged against a reference certified to one FP64 ULP (plus that
+    # certificate), the others against 1e-3 FP32 ULP
+    ref_ulp = reference_ulp(policy)
+    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask, digest=digest, auto_ulp=ref_ulp)
     sc = None if scale is None else float(scale)
     mag = _cached(digest, ("mag",), lambda: magnitude_scale(qa, ka, va, sc, mask=mask))
     lse_arr = lse_arr_raw = None
@@ -520,8 +541,6 @@ def _compare(
     metrics = error_metrics(
         o, ref, mag=mag, lse=lse_arr, lse_ref=None if lse_arr is None else lse_ref
     )
-    if policy is None:
-        policy = default_policy(qa, ka, va)
     pol_name = policy if isinstance(policy, str) else policy.name
     schedule = variant if variant is not None else (DEFAULT_SCHEDULE if judge else None)
     cfg = (digest, sc, int(block_n), policy, n_splits, combine)
@@ -566,6 +585,8 @@ def _compare(
         bound = _cached_bound(schedule, qa, ka, va, mask, cfg)
         if bound is not None:
             covered = np.isfinite(ref) & ~garbage
+            if ref_ulp != AUTO_ULP_FP32:  # the reference's own certificate, beside the bound
+                bound = bound + reference_error(ref, ref_ulp)
             check = bound_check(o, ref, bound, mag=mag, covered=covered)
             n_cov, n_viol, b_ratio = check.n_covered, check.violations, check.ratio
             b_cond_max, b_cond_med = check.bound_cond_max, check.bound_cond_median

@@ -67,7 +67,8 @@ def render(report: Report, style: str = "table") -> str:
         )
     if report.hazard_failures:
         parts.append(
-            "HAZARDS (wrong values from the integer add or FP32 overflow; exit 1 with "
+            "HAZARDS (wrong values from the integer add, FP32 overflow, scores beyond the work "
+            "format or the policy's O clip; exit 1 with "
             "--fail-on-hazard):\n" + "\n".join(f"  - {v}" for v in report.hazard_failures)
         )
     parts.append(_SEED_LEGEND if seeded else _LEGEND)

@@ -124,9 +124,9 @@ _LEGEND = (
     "outputs near zero; share not correctly rounded); bound max / "
     "med: the deterministic a priori bound on the cond scale (cond max <= bound max when it "
     "holds); meas/bound: max over covered elements of error / bound (> 1 fails; < 0.01 loose); "
-    "hazards: counts by class (clamp is informational; 'excluded' elements, touched by integer-add "
-    "garbage, are left out of the bound check); N/S8: the keys split into 8 split-KV splits "
-    "(--splits), the bound is the split bound."
+    "hazards: counts by class (clamp is informational; 'excluded' elements, touched by a garbage "
+    "class (integer add, o_clip, score_range), are left out of the bound check); N/S8: the "
+    "keys split into 8 split-KV splits (--splits), the bound is the split bound."
 )
 _SEED_LEGEND = (
     "Over seeds: means with two-sided 95 % Student t intervals; rel Frob: ||out - ref||_F / "

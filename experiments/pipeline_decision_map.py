@@ -1,5 +1,5 @@
 """Decision map: where AMLA's integer add pays off against CANN's FP32 path by more than the
-model's uncertainty (issue 12, section 3).
+model's uncertainty.
 
 For each KV block size x s_q cell, the time of ``fa_fp32`` (CANN's workspace path) relative
 to ``amla`` on common samples of the unsourced parameters (nominal point + a Latin

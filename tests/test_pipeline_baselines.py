@@ -1,5 +1,5 @@
 """The baselines as kernels implement them, shared bandwidth, L2 capacity, atomics, FP8,
-general shapes and the split-KV combine (issues 12, 13 and 14 of the pipeline model).
+general shapes and the split-KV combine.
 
 Oracles: byte identities recomputed by hand from each kernel's data movement (CANN's
 workspace path, AMLA's atomic path, FP8 P and KV), exact arithmetic of the fixed costs,
@@ -107,8 +107,8 @@ def test_launch_cost_adds_exactly_its_microseconds() -> None:
 
 @pytest.mark.parametrize("cores", [16, 20, 22, 24])
 def test_shared_bandwidth_no_sign_flip_with_core_count(cores) -> None:
-    """Issue 12: with static FIFO shares the FP32-vs-AMLA gap at s_q = 1 flipped sign with
-    the core count. Processor sharing: the FP32 path is never faster than AMLA."""
+    """Static FIFO shares of a shared link would make the FP32-vs-AMLA gap at s_q = 1 flip
+    sign with the core count. Processor sharing: the FP32 path is never faster than AMLA."""
     hw = load_hardware("ascend910c_die").replace(cores=cores)
     kw = dict(batch=64, q_len=1, kv_len=8192)
     a, f = evaluate(hw, "amla", **kw), evaluate(hw, "fa_fp32", **kw)

@@ -1,4 +1,4 @@
-"""The validation ladder of the pipeline model one test per rung.
+"""The validation ladder of the pipeline model, one test per rung.
 
 Fitted anchors (the figure matches by construction; the test checks that the shipped
 constant IS the fit): AMLA 614 TFLOPS -> ``mmad_overhead_cycles``; FlashMLA 660 TFLOPS ->

@@ -1,8 +1,9 @@
-"""The rescaling schemes' public names, shared by the emulator and the pipeline model.
+"""The rescaling schemes: their public names and their facts, one table.
 
-One list, so that a variant measured for accuracy (:mod:`amla_numerics.flash`) and the
-same variant costed on the Ascend pipeline (:mod:`amla_numerics.pipeline`) cannot drift
-apart.
+One :class:`VariantSpec` per variant in :data:`SPECS`, so that a variant measured for
+accuracy (:mod:`amla_numerics.flash`), bounded (:mod:`amla_numerics.analysis.bounds`) and
+costed on the Ascend pipeline (:mod:`amla_numerics.pipeline`) cannot drift apart: those
+modules read the spec's fields, and the name lists below are derived from it.
 
 Examples
 --------
@@ -11,6 +12,8 @@ Examples
 ('naive', 'fa_fp32', 'fa_bf16')
 >>> check_variant("amla")
 'amla'
+>>> spec("amla_guarded").guard, AMLA_VARIANTS == tuple(n for n in SPECS if spec(n).is_amla)
+(True, True)
 """
 
 from __future__ import annotations

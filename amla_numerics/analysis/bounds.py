@@ -43,14 +43,13 @@ from amla_numerics.flash.checks import check_inputs  # the emulator's argument c
 from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
 from amla_numerics.variants import (
-    AMLA_VARIANTS,
     DEFAULT_C,
     DEFAULT_TAU,
-    STALE_MAX_VARIANTS,
     check_c,
     check_tau,
     check_variant,
     default_tau,
+    spec,
     tau_log2,
 )
 
@@ -324,11 +323,12 @@ class Bound:
     @property
     def eps_max(self) -> float:
         """A priori ``|eps_j|`` (0 for the variants that apply no ``eps``)."""
-        if self.variant not in AMLA_VARIANTS or self.rescale != "int_add":
+        sp = spec(self.variant)
+        if not sp.is_amla or self.rescale != "int_add":
             return 0.0
-        if self.variant in ("amla_nocomp", "amla_exactcomp"):
+        if sp.compensation != "additive":
             return 0.0
-        if self.variant == "amla_fp32r":
+        if sp.fold == "r_fp32":
             return abs(self.eps_bias)
         u = self.u_work
         dev = self._q_hi * (1.0 + _gamma(3, u)) - 1.0  # |ratio - 1|
@@ -348,8 +348,8 @@ class Bound:
         """``a`` of AMLA's change-block mismatch ``rho = (1 + a) H - 1`` (docs/bounds.md),
         for at most ``dn_max`` binades of ``|dnc|`` and ``cof_{j-1}/cof_j`` in
         ``[q_lo, q_hi]`` (default: the a priori range); 0 for the non-AMLA variants."""
-        v, u = self.variant, self.u_work
-        if v not in AMLA_VARIANTS:
+        sp, u = spec(self.variant), self.u_work
+        if not sp.is_amla:
             return 0.0
         if q_lo is None or q_hi is None:
             q_lo, q_hi = 1.0 / self._q_hi, self._q_hi
@@ -358,17 +358,17 @@ class Bound:
         mult = (1.0 + _gamma(3, u)) * (1.0 + u) - 1.0  # O * ratio: ratio / q and the multiply
         nocomp = np.maximum(1.0 / q_lo - 1.0, 1.0 - 1.0 / q_hi)  # |1/q - 1|
         if self.rescale != "int_add":
-            if v == "amla_nocomp":
+            if sp.compensation == "none":
                 return nocomp
-            return 0.0 if v == "amla_fp32r" else mult
-        if v == "amla_nocomp":
+            return 0.0 if sp.fold == "r_fp32" else mult
+        if sp.compensation == "none":
             return nocomp
-        if v == "amla_exactcomp":
+        if sp.compensation == "exact":
             return mult
         b_abs, e_max, c = abs(self.eps_bias), self.eps_max, self.c
         x = e_max * (1.0 + u) + u * (1.0 + np.asarray(dn_max, dtype=np.float64))
         h_hi, h_lo = 1.0 + x, 0.5 / (1.0 + x)
-        if v == "amla_fp32r":  # ratio = 1, eps = fl(bias) exactly
+        if sp.fold == "r_fp32":  # ratio = 1, eps = fl(bias) exactly
             return h_hi * (b_abs + u * (b_abs + 1.0))
         kappa = np.maximum(
             np.abs(h_hi * c * (1 + u) ** 2 - 1.0), np.abs(h_lo * c * (1 - u) ** 2 - 1.0)
@@ -380,19 +380,17 @@ class Bound:
             + h_hi * (b_abs * (1.0 + u) + u * (e_max + 1.0))
         )
         a = base / q_lo
-        return np.maximum(a, mult) if v == "amla_guarded" else a
+        return np.maximum(a, mult) if sp.guard else a
 
     def _dn_coef(self, dn_max: np.ndarray | float) -> np.ndarray | float:
         """Coefficient of ``sum |dnc_j|`` (the rounding of ``fl(dnc + eps)``) in AMLA's
         mismatch, before the factor ``H``; 0 where N is formed without ``eps``."""
-        if (
-            self.variant not in ("amla", "amla_guarded", "amla_fp32r", "amla_fp8")
-            or self.rescale != "int_add"
-        ):
+        sp = spec(self.variant)
+        if not sp.is_amla or sp.compensation != "additive" or self.rescale != "int_add":
             return 0.0
         u = self.u_work
         x = self.eps_max * (1.0 + u) + u * (1.0 + np.asarray(dn_max, dtype=np.float64))
-        q_lo = 1.0 if self.variant == "amla_fp32r" else 1.0 / self._q_hi
+        q_lo = 1.0 if sp.fold == "r_fp32" else 1.0 / self._q_hi
         return (1.0 + x) * u / q_lo
 
 
@@ -506,7 +504,8 @@ def a_priori_bound(
     pol = _resolve_policy(policy, variant)
     work = get_format(pol.work)
     u = work.unit_roundoff
-    amla = variant in AMLA_VARIANTS
+    sp = spec(variant)
+    amla = sp.is_amla
     u_cast = _cast_u(pol.p_cast, pol.p_cast_rounding)
     sigma_cast = _sigma(pol.p_cast)
     if not _contains(pol.pv.in_format, pol.p_cast or pol.work):  # P re-rounded for the matmul
@@ -514,18 +513,18 @@ def a_priori_bound(
         u_cast = u_cast + u_in * (1.0 + u_cast)
         sigma_cast = sigma_cast * (1.0 + u_in) + _sigma(pol.pv.in_format)
     u_r = 0.0
-    if amla and variant != "amla_fp32r" and pol.r_cast is not None:
+    if amla and sp.fold != "r_fp32" and pol.r_cast is not None:
         u_r = _cast_u(pol.r_cast, pol.r_cast_rounding)
-    fa_bf16 = variant == "fa_bf16" and pol.o_lowp is not None
+    fa_bf16 = sp.o_storage == "bf16" and pol.o_lowp is not None
     u_o = _cast_u(pol.o_lowp, pol.o_lowp_rounding) if fa_bf16 else 0.0
-    b = int(kv_len) if variant == "naive" else int(block_n)
-    blocks = 1 if variant == "naive" else -(-int(kv_len) // int(block_n))
+    b = int(block_n) if sp.tiled else int(kv_len)
+    blocks = -(-int(kv_len) // int(block_n)) if sp.tiled else 1
     qk_gamma = _matmul_gamma(pol.qk.accumulation, int(head_dim), pol.qk.out_format)
     pv_gamma = _matmul_gamma(pol.pv.accumulation, b, pol.pv.out_format)
     rowsum_gamma = _accumulation_gamma(pol.rowsum, b, u)
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
     sigma_work = work.min_subnormal
-    if variant == "fa4" and pol.work == "fp32":
+    if sp.softmax == "fa4" and pol.work == "fp32":
         # FA4's exp2 (docs/numerics.md section 13): FA4_EX2_REL_ERR for x >= -126; the
         # FMA's and c's roundings (2u |x| in nats: exp_slope) and that of fl(m c) (u |m|,
         # inside the score's systematic 2u |s| plus u |s - m|); below 2**-126 the result is
@@ -545,7 +544,7 @@ def a_priori_bound(
         if not _contains(pol.pv.in_format, pol.p_cast):
             p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
         p_min_normal /= s_w
-    p_top = 2.0 ** (float(tau) + 1.0) if variant in ("lazy", "fa4") else 1.0
+    p_top = 2.0 ** (float(tau) + 1.0) if sp.stale_max == "log2" else 1.0
     if amla:
         p_top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
     qk_align = _align_floor(pol.qk.accumulation, int(head_dim), pol.qk.out_format) * (
@@ -566,13 +565,13 @@ def a_priori_bound(
     r_min, r_max = 1.0, 1.0
     if amla:
         r_lo, r_hi = math.exp(-t3_max) * (1.0 - d_exp), math.exp(t3_max) * (1.0 + d_exp)
-        u_rc = _cast_u(pol.r_cast, pol.r_cast_rounding) if variant != "amla_fp32r" else 0.0
+        u_rc = _cast_u(pol.r_cast, pol.r_cast_rounding) if sp.fold != "r_fp32" else 0.0
         r_min, r_max = r_lo * (1.0 - u_rc), r_hi * (1.0 + u_rc)
     clamp = pol.dn_clamp if amla else None
-    if variant == "amla_guarded" and pol.rescale == "int_add":
+    if sp.guard and pol.rescale == "int_add":
         clamp = None  # the guard multiplies by the exact 2**dn where the add would clamp
     nu0 = 0
-    if amla and pol.rescale == "int_add" and variant not in ("amla_nocomp", "amla_exactcomp"):
+    if amla and pol.rescale == "int_add" and sp.compensation == "additive":
         nu0 = int(consts["rna_units"](bias_w))
     bound = Bound(
         variant=variant,
@@ -598,7 +597,7 @@ def a_priori_bound(
         rescale=pol.rescale,
         work=pol.work,
         exp_model=pol.exp,
-        r_cast=None if variant == "amla_fp32r" else pol.r_cast,
+        r_cast=None if sp.fold == "r_fp32" else pol.r_cast,
         r_cast_rounding=pol.r_cast_rounding,
         bias_units=nu0,
         eta_slope=eta_slope if amla else 0.0,
@@ -614,7 +613,7 @@ def a_priori_bound(
         p_saturate=p_sat,
         p_scale_abs=p_scale_abs,
         p_min_normal=p_min_normal,
-        kv_order="forward" if variant == "naive" else pol.kv_order,
+        kv_order=pol.kv_order if sp.tiled else "forward",
         qk_align=qk_align,
         pv_align=pv_unit,
         pv_align_const=max(1.0, s_w * p_top),
@@ -662,8 +661,9 @@ def _p_scale_terms(
         p_scale_abs = work.min_subnormal
     sat = False
     if pol.p_cast is not None and get_format(pol.p_cast).name in ("e4m3", "e5m2"):
-        top = 2.0 ** (tau + 1.0) if variant in STALE_MAX_VARIANTS else 1.0
-        if variant in AMLA_VARIANTS:
+        sp = spec(variant)
+        top = 2.0 ** (tau + 1.0) if sp.stale_max is not None else 1.0
+        if sp.is_amla:
             top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
         sat = s * top * (1.0 + 4.0 * u) > get_format(pol.p_cast).max_finite
     return sat, p_scale_abs, sigma_cast, u_cast
@@ -1048,7 +1048,7 @@ def _cast_abs(
     if not b.sigma_cast:
         return np.zeros(1)
     n = s0.shape[-1]
-    stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if b.variant in STALE_MAX_VARIANTS else 0.0
+    stale = b.tau * _LN2 * (1.0 + 4 * b.u_work) if spec(b.variant).stale_max else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         lift = _to_keys(m_hi - m_lo[..., -1:] + stale, bn, n)
         x_log = s0 + e - m_lo[..., -1:]
@@ -1144,8 +1144,9 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     s, w = x.s, x.w
     fin = np.isfinite(s)  # attended keys
     s0 = np.where(fin, s, 0.0)
-    amla = b.variant in AMLA_VARIANTS
-    lazy = b.variant in STALE_MAX_VARIANTS  # a stale max: P up to 2**tau
+    sp = spec(b.variant)
+    amla = sp.is_amla
+    lazy = sp.stale_max is not None  # a stale max: P up to 2**tau
 
     def count(n: np.ndarray | float) -> np.ndarray | float:
         """n roundings of size u: n (deterministic) or LAMBDA sqrt(n) (probabilistic)."""
@@ -1159,7 +1160,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
 
     # --- per block: can the running max change? bounds of m_j
     t_blk = b.blocks
-    bn = n_keys if b.variant == "naive" else b.block_n
+    bn = b.block_n if sp.tiled else n_keys
     hi_blk = np.max(_blocked(np.where(fin, s + e, -np.inf), t_blk, bn, -np.inf), axis=-1)
     lo_blk = np.max(_blocked(np.where(fin, s - e, -np.inf), t_blk, bn, -np.inf), axis=-1)
     m_hi = np.maximum.accumulate(hi_blk, axis=-1)  # m_j <= m_hi_j
@@ -1238,7 +1239,7 @@ def _evaluate(b: Bound, x: BoundInputs, prob: bool) -> np.ndarray:
     den_blk: Any
     num_sys: Any
     den_sys: Any
-    if b.variant == "naive":
+    if not sp.tiled:
         num_blk = np.full_like(s0, pv)
         den_blk = np.full_like(s0, rowsum)
         num_sys = np.zeros_like(s0)

@@ -53,7 +53,7 @@ from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload,
 from amla_numerics.formats import FP32
 from amla_numerics.reference import AUTO_ULP_FP32
 from amla_numerics.ulp import ulp
-from amla_numerics.variants import DEFAULT_C, VARIANTS, check_variant
+from amla_numerics.variants import DEFAULT_C, VARIANTS, check_variant, spec
 
 __all__ = [
     "HAZARD_CLASSES",
@@ -208,7 +208,7 @@ class Record:
         """Hazard counts that mean wrong values: every class but the informational ``clamp``;
         none for ``amla_guarded``, which repairs what it detects (its FP32 overflow, like
         every variant's, already fails the bound check as a non-finite covered output)."""
-        if self.variant == "amla_guarded":
+        if spec(self.variant).guard:
             return 0
         return int(sum(v for k, v in self.hazards.items() if k != "clamp"))
 

@@ -526,13 +526,6 @@ def _percentiles(values: np.ndarray) -> list[float]:
     return [float(v) for v in np.percentile(values, PERCENTILES, method="higher")]
 
 
-def _binomtest(k: int, n: int) -> Any:
-    # scipy.stats costs about a second to import: loaded on the first sign test only.
-    from scipy import stats
-
-    return stats.binomtest(k, n)
-
-
 def reference_ulp(policy: Any) -> float:
     """The reference certification (FP32 ULPs, ``method="auto"``) that judges ``policy``'s
     outputs: one FP64 ULP (``2**-29``) for an FP64 work format, else 1e-3.

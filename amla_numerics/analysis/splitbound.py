@@ -42,7 +42,7 @@ from amla_numerics.analysis.bounds import (
     elementwise_bound,
     score_error,
 )
-from amla_numerics.variants import DEFAULT_C, DEFAULT_TAU, check_variant
+from amla_numerics.variants import DEFAULT_C, DEFAULT_TAU, check_variant, spec
 
 __all__ = ["combine_terms", "split_bound"]
 
@@ -205,7 +205,7 @@ def _underflow_terms(
     emin = -math.log2(work.min_normal)  # 126 for FP32
     extra = np.zeros_like(out_abs)
     if combine == "cann":
-        stale = b0.tau if b0.variant in ("lazy", "fa4") else 0.0  # a stale m_s, binades
+        stale = b0.tau if spec(b0.variant).stale_max == "log2" else 0.0  # a stale m_s, binades
         deep = stack["dm"] * _LOG2E + stale + 1.0 >= emin  # (S, ..., M)
     else:
         lse2 = stack["lse2"]
@@ -316,7 +316,9 @@ def split_bound(
     fin_all = np.isfinite(s_all)  # attended keys
     attended = np.any(fin_all, axis=-1)  # (..., M): rows with an output
     row_max = np.max(np.where(fin_all, s_all, -np.inf), axis=-1, keepdims=True)
-    stale = b0.tau * _LN2 if variant in ("lazy", "skip_scale") else 0.0
+    sp = spec(variant)
+    # the stale running max of the standard softmax (lazy, skip_scale), in nats
+    stale = b0.tau * _LN2 if sp.stale_max is not None and sp.softmax == "standard" else 0.0
     score_all, _ = score_error(b0, x)  # 0 at masked keys
     score_max = np.max(score_all, axis=-1, keepdims=True)
     parts = []
@@ -334,7 +336,7 @@ def split_bound(
         m_s0 = np.where(dead[..., None], 0.0, m_s)
         s0 = np.where(fin, s, m_s0)  # masked keys: at the split's max (their terms are 0)
         srange = m_s0 - np.min(s0, axis=-1, keepdims=True)
-        block = np.arange(ns) // block_n if variant != "naive" else np.zeros(ns, int)
+        block = np.arange(ns) // block_n if sp.tiled else np.zeros(ns, int)
         later = (bs.blocks - 1 - block).astype(np.float64)
         own_add = (block > 0).astype(np.float64)
         t_k = (
@@ -354,7 +356,7 @@ def split_bound(
             lam = np.log(np.sum(np.where(fin, np.exp(s0 - m_s0), 0.0), axis=-1))  # ln l_s
         # the split's computed l (AMLA: without r^) from above: its exact sum in the frame
         # of its exact max, the computed max off by <= the score error, a stale max by tau
-        stale_l = 2.0 ** (bs.tau + 1.0) if variant in ("lazy", "fa4") else 1.0
+        stale_l = 2.0 ** (bs.tau + 1.0) if sp.stale_max == "log2" else 1.0
         with np.errstate(over="ignore"):
             l_hi = np.exp(lam + 2.0 * score_max[..., 0]) * (1.0 + r_s) * stale_l
         parts.append(

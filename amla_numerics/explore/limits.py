@@ -43,7 +43,7 @@ import numpy as np
 
 from amla_numerics.formats import get_format
 from amla_numerics.rounding import round_to
-from amla_numerics.variants import AMLA_VARIANTS, TAU_UNITS
+from amla_numerics.variants import AMLA_VARIANTS, TAU_UNITS, spec
 
 __all__ = [
     "AMLA_FOLD_MAX",
@@ -105,7 +105,7 @@ def fold_max(variant: str) -> float:
     """
     if variant not in AMLA_VARIANTS:
         return 1.0
-    return _FP32R_FOLD_MAX if variant == "amla_fp32r" else AMLA_FOLD_MAX
+    return _FP32R_FOLD_MAX if spec(variant).fold == "r_fp32" else AMLA_FOLD_MAX
 
 
 def p_max(variant: str, tau: float | None) -> float:
@@ -260,9 +260,10 @@ def conditions(
     tmax = tau_max(p_cast, p_cast_rounding, p_scale, units, fold) if units else None
     amla = variant in AMLA_VARIANTS
     reach = clamp_reach(dn_clamp) if amla and dn_clamp is not None else (None, None)
-    if variant == "amla_guarded":
+    guard = amla and spec(variant).guard
+    if guard:
         reach = (None, None)
-    safe = int_add_min_safe(dn_clamp or 0) if amla and variant != "amla_guarded" else None
+    safe = int_add_min_safe(dn_clamp or 0) if amla and not guard else None
     return Conditions(
         p_max=x,
         p_threshold=t,

@@ -34,7 +34,7 @@ from amla_numerics.analysis.workloads import WORKLOADS
 from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS, Accumulation
 from amla_numerics.flash.policy import MatmulPolicy, Policy, get_policy
 from amla_numerics.pipeline.hardware import HARDWARE_NAMES
-from amla_numerics.variants import TAU_UNITS, default_tau
+from amla_numerics.variants import SPECS, TAU_UNITS, default_tau
 
 __all__ = [
     "ACCUMULATORS",
@@ -64,7 +64,8 @@ P_CASTS: tuple[str, ...] = ("bf16", "e4m3", "e5m2")
 ACCUMULATORS: tuple[str, ...] = ("exact", *ACCUMULATION_PRESETS)
 #: The extra workload name: 4 StreamingLLM sink keys 12 nats up (analysis.sinks).
 SINK_WORKLOAD = "sinks"
-_FP8_PIPELINE = {"fa_fp32": "fa_fp8", "amla": "amla_fp8"}
+#: A variant -> its FP8 P twin (the variant with the same base and an FP8 ``p_cast``).
+_FP8_PIPELINE = {s.base: n for n, s in SPECS.items() if s.base is not None and s.p_cast}
 
 
 def _names(values: object, valid: tuple[str, ...], arg: str) -> tuple[str, ...]:

@@ -61,6 +61,7 @@ import numpy as np
 from amla_numerics.exp2add import HAZARDS, count_hazards, exp2_add_bits, exp2_add_bits_hazards
 from amla_numerics.flash.policy import Policy
 from amla_numerics.flash.stages import cast, constants, exp_cr, exp_poly, rna_int
+from amla_numerics.variants import spec
 
 __all__ = ["AmlaScalars", "amla_rescale", "amla_scalars", "clamped_rows", "guarded_multiply"]
 
@@ -100,10 +101,11 @@ def amla_scalars(
         m_eff = np.where(np.isfinite(m), m, dt(0))
         n = rna_int(m_eff * (-k["RECIP_LN2"]))
         r = exp((m_eff * k["RECIP_LN2"] + n) * k["LN2"])
-        r_hat = r if variant == "amla_fp32r" else cast(r, policy.r_cast, policy.r_cast_rounding)
+        sp = spec(variant)
+        r_hat = r if sp.fold == "r_fp32" else cast(r, policy.r_cast, policy.r_cast_rounding)
         cof = r / r_hat
         ratio = (dt(1) if cof_prev is None else cof_prev) / cof
-        if variant in ("amla_nocomp", "amla_exactcomp"):
+        if sp.compensation != "additive":
             eps = np.zeros_like(m_eff)
         else:
             eps = (ratio - dt(1)) * dt(c) + dt(policy.eps_bias)
@@ -134,25 +136,26 @@ def amla_rescale(
     ``O`` has shape (..., M, Dv); the scalars have shape (..., M). For ``amla_guarded`` the
     counts and codes are the hazards *detected* (and repaired by the multiply).
     """
+    sp = spec(variant)
     if policy.rescale == "exact":
         # O * ratio rounded once, then scaled by 2**dn exactly (ldexp): the same value as
         # O * (2**dn ratio) wherever 2**dn is a normal number, and no 0 * inf where the
         # factor alone would overflow (a row whose earlier blocks were all masked has
         # O = 0 and n_prev = 0, so dn = n can exceed the exponent range)
         dn = sc.dnc.astype(np.int64)[..., None]
-        scaled = O if variant == "amla_nocomp" else O * sc.ratio[..., None]
+        scaled = O if sp.compensation == "none" else O * sc.ratio[..., None]
         with np.errstate(over="ignore"):  # a true overflow is counted by the caller
             return np.ldexp(scaled, dn), count_hazards(np.zeros(0, np.int8)), None
     N = sc.N[..., None]
-    if variant == "amla_exactcomp":
+    if sp.compensation == "exact":
         N = rna_int(sc.dnc * constants(policy)["TWO23"]).astype(np.int64)[..., None]
     counts = _all_ok_counts(O, N)
     report = None if counts is not None else exp2_add_bits_hazards(O, N)
     added = _add_bits(O, N)
-    if variant == "amla_exactcomp":
+    if sp.compensation == "exact":
         with np.errstate(invalid="ignore", over="ignore"):
             added = added * sc.ratio[..., None]
-    elif variant == "amla_guarded":
+    elif sp.guard:
         bad = None if report is None else report.codes != 0
         clamped = clamped_rows(sc, policy)
         if clamped is not None:

@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from amla_numerics.inputs import check_shapes, is_leading_columns, split_mask
-from amla_numerics.variants import check_c, check_tau
+from amla_numerics.variants import check_c, check_tau, spec
 
 __all__ = ["Inputs", "block_bounds", "check_fits", "check_inputs", "check_scale"]
 
@@ -137,7 +137,7 @@ def check_scale(scale: float, work: str, variant: str) -> None:
     """
     top, tiny = _WORK_RANGE[work]
     values = [("scale", scale)]
-    if variant == "fa4":
+    if spec(variant).softmax == "fa4":
         if scale < 0:
             raise ValueError(
                 "argument 'scale' must be positive for variant 'fa4' (it takes the running max "

@@ -92,13 +92,7 @@ from amla_numerics.flash.stages import (
 )
 from amla_numerics.flash.trace import Trace, rescale_probability
 from amla_numerics.inputs import is_leading_columns
-from amla_numerics.variants import (
-    AMLA_VARIANTS,
-    DEFAULT_C,
-    TAU_UNITS,
-    check_variant,
-    default_tau,
-)
+from amla_numerics.variants import DEFAULT_C, check_variant, default_tau, spec
 
 __all__ = [
     "CLIP_HAZARD",
@@ -272,7 +266,7 @@ def attention(
     run = _Run(inp, pol, variant, float(c), float(tau), bool(trace))
     split_trace = None
     if len(ranges) == 1:
-        blocks = [(0, inp.n)] if variant == "naive" else block_bounds(inp.n, int(block_n))
+        blocks = block_bounds(inp.n, int(block_n)) if spec(variant).tiled else [(0, inp.n)]
         if reverse:
             blocks = blocks[::-1]
         out, lse, hazards, masks, uncovered, tr = run.execute(blocks)
@@ -306,7 +300,7 @@ def _split_blocks(lo: int, hi: int, variant: str, block_n: int) -> list[tuple[in
     """The KV blocks of the split ``[lo, hi)``: restarted at ``lo`` (one for ``naive``)."""
     if hi == lo:
         return []
-    if variant == "naive":
+    if not spec(variant).tiled:
         return [(lo, hi)]
     return [(lo + a, lo + b) for a, b in block_bounds(hi - lo, block_n)]
 
@@ -407,12 +401,14 @@ class _Run:
         self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
         # fa4: raw scores with the scale folded into the exp2's FMA; with a bias (FA4's
         # score_mod path) the scores are scaled and biased first and c = log2 e
-        self.fa4_raw = variant == "fa4" and self.bias is None
+        self.spec = spec(variant)
+        fa4 = self.spec.softmax == "fa4"
+        self.fa4_raw = fa4 and self.bias is None
         if self.fa4_raw:
             self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
-        elif variant == "fa4":
+        elif fa4:
             self.c_log2 = softmax_scale_log2(1.0, self.dt)
-        self.is_amla = variant in AMLA_VARIANTS
+        self.is_amla = self.spec.is_amla
         # per-key column statistics for the exact accumulation model (computed once)
         self.k_stats = self.v_parts = None
         p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
@@ -600,7 +596,7 @@ class _Run:
         # FP32 (O + PV, the guard's multiply) before any garbage reached them
         garbage: np.ndarray | None = None
         fp32_over: np.ndarray | None = None
-        repairs = variant == "amla_guarded"
+        repairs = self.spec.guard
         score_rows: np.ndarray | None = None  # rows with a non-finite attended score
         for j, (lo, hi) in enumerate(blocks):
             s = self._scores(lo, hi)
@@ -610,7 +606,7 @@ class _Run:
                     if bad is not None:
                         score_rows = bad if score_rows is None else score_rows | bad
             with np.errstate(invalid="ignore", over="ignore"):
-                if variant == "fa4":  # raw scores, log2-domain softmax (flash/fa4.py)
+                if self.spec.softmax == "fa4":  # raw scores, log2-domain softmax (flash/fa4.py)
                     m_new, resc, p, a = fa4_block(
                         s, None if j == 0 else m, self.c_log2, dt(self.tau), exact=dt != np.float32
                     )
@@ -657,7 +653,7 @@ class _Run:
                         O = pv
                     else:
                         O = np.where(resc[..., None], a[..., None] * O, O) + pv
-                if variant == "fa_bf16":
+                if self.spec.o_storage == "bf16":
                     O = cast(O, pol.o_lowp, pol.o_lowp_rounding)
             m = m_new
             if self.want_trace:
@@ -759,7 +755,7 @@ class _Run:
             m_new, resc = mblk, np.zeros(mblk.shape, bool)
         else:
             cand = np.maximum(m, mblk)
-            units = TAU_UNITS.get(self.variant)  # fa4 runs flash/fa4.py instead
+            units = self.spec.stale_max  # fa4 runs flash/fa4.py instead
             if units is not None:  # lazy (log2) and skip_scale (nats): a stale max
                 grow = cand - m  # -inf -> finite: inf; -inf -> -inf: nan
                 if units == "log2":

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from amla_numerics.variants import VARIANTS
+from amla_numerics.variants import VARIANTS, spec
 
 __all__ = [
     "CONDITIONAL_VARIANTS",
@@ -144,35 +144,68 @@ class RescaleCost:
         return (self.o_read_bytes + self.o_write_bytes + self.o_atomic_bytes) > 0
 
 
-_AMLA = dict(softmax_extra_passes=1)
+def _cost(
+    variant: str,
+    read: float = 0.0,
+    write: float = 0.0,
+    atomic: float = 0.0,
+    passes: float = 0.0,
+    *,
+    row_ops: float,
+    design: str = "atomic",
+    software_exp_passes: float = 0.0,
+) -> RescaleCost:
+    """A variant's cost: the data movement and vector work given, the rest read from the
+    numerics variant's :class:`~amla_numerics.variants.VariantSpec` (a model-only design
+    from the variant it equals, :data:`MODEL_DESIGNS`): the O storage width, the P width
+    (1 byte with an FP8 P cast), the fold's extra pass over the score tile, a conditional
+    rescale's default probability (a stale max), the two-pass schedule (untiled)."""
+    sp = spec(MODEL_DESIGNS.get(variant, variant))
+    extra: float = 1 if sp.fold is not None else 0.0  # AMLA folds r^ into P: one pass
+    return RescaleCost(
+        variant,
+        read,
+        write,
+        atomic,
+        passes,
+        row_ops=row_ops,
+        softmax_extra_passes=extra + software_exp_passes,
+        o_store_bytes=2 if sp.o_storage == "bf16" else 4,
+        probability=1.0 if sp.stale_max is None else DEFAULT_LAZY_RESCALE_PROB,
+        two_pass=not sp.tiled,
+        design=design,
+        p_bytes=1 if sp.p_cast is not None else 2,
+    )
+
+
 _COSTS: dict[str, RescaleCost] = {
-    "naive": RescaleCost("naive", row_ops=2, two_pass=True),
-    "fa_fp32": RescaleCost("fa_fp32", 4, 4, 0, 2, row_ops=2, design="workspace"),
-    "fa_fp32_ub": RescaleCost("fa_fp32_ub", 0, 0, 0, 2, row_ops=2, design="ub"),
-    "fa_bf16": RescaleCost("fa_bf16", 2, 2, 0, 3, row_ops=2, o_store_bytes=2),
-    "amla": RescaleCost("amla", 0, 0, 4, 1, row_ops=12, **_AMLA),  # type: ignore[arg-type]
-    "amla_nocomp": RescaleCost("amla_nocomp", 0, 0, 4, 1, row_ops=7, **_AMLA),  # type: ignore[arg-type]
-    "amla_fp32r": RescaleCost("amla_fp32r", 0, 0, 4, 1, row_ops=11, **_AMLA),  # type: ignore[arg-type]
-    "amla_exactcomp": RescaleCost("amla_exactcomp", 4, 4, 4, 2, row_ops=12, **_AMLA),  # type: ignore[arg-type]
-    "amla_guarded": RescaleCost("amla_guarded", 4, 4, 0, 5, row_ops=12, **_AMLA),  # type: ignore[arg-type]
-    "lazy": RescaleCost("lazy", 4, 4, 0, 1, row_ops=4, probability=DEFAULT_LAZY_RESCALE_PROB),
-    "fa_fp8": RescaleCost("fa_fp8", 4, 4, 0, 2, row_ops=2, design="workspace", p_bytes=1),
-    "amla_fp8": RescaleCost("amla_fp8", 0, 0, 4, 1, row_ops=12, p_bytes=1, **_AMLA),  # type: ignore[arg-type]
-    # fa4: lazy's conditional rescale of O, plus FA4's software exp2 (docs/numerics.md section
-    # 13): the scale-folding FMA, the fraction split, a degree-3 Horner polynomial and the
-    # exponent add, about 6 FP32 operations per score, charged as extra passes over the score
-    # tile. An upper estimate: the exp unit's own cost is kept too, although FA4 sends only
-    # part of the columns to the polynomial (that split is not modelled).
-    "fa4": RescaleCost(
-        "fa4", 4, 4, 0, 1, row_ops=4, softmax_extra_passes=6, probability=DEFAULT_LAZY_RESCALE_PROB
-    ),
-    # skip_scale: DeepSeek's Ascend skip-scale (FlashMLA docs): O resident in UB (no atomics),
-    # the P V partial read from the workspace and added every block (a block that does not
-    # rescale costs the one pass of a piece's first block), RowMuls + Add (2 passes) on the
-    # fraction p of blocks whose max grew past tau (nats)
-    "skip_scale": RescaleCost(
-        "skip_scale", 0, 0, 0, 2, row_ops=4, design="ub", probability=DEFAULT_LAZY_RESCALE_PROB
-    ),
+    c.variant: c
+    for c in (
+        _cost("naive", row_ops=2),
+        _cost("fa_fp32", 4, 4, 0, 2, row_ops=2, design="workspace"),
+        _cost("fa_fp32_ub", 0, 0, 0, 2, row_ops=2, design="ub"),
+        _cost("fa_bf16", 2, 2, 0, 3, row_ops=2),
+        _cost("amla", 0, 0, 4, 1, row_ops=12),
+        _cost("amla_nocomp", 0, 0, 4, 1, row_ops=7),
+        _cost("amla_fp32r", 0, 0, 4, 1, row_ops=11),
+        _cost("amla_exactcomp", 4, 4, 4, 2, row_ops=12),
+        _cost("amla_guarded", 4, 4, 0, 5, row_ops=12),
+        _cost("lazy", 4, 4, 0, 1, row_ops=4),
+        _cost("fa_fp8", 4, 4, 0, 2, row_ops=2, design="workspace"),
+        _cost("amla_fp8", 0, 0, 4, 1, row_ops=12),
+        # fa4: lazy's conditional rescale of O, plus FA4's software exp2 (docs/numerics.md
+        # section 13): the scale-folding FMA, the fraction split, a degree-3 Horner polynomial
+        # and the exponent add, about 6 FP32 operations per score, charged as extra passes
+        # over the score tile. An upper estimate: the exp unit's own cost is kept too,
+        # although FA4 sends only part of the columns to the polynomial (that split is not
+        # modelled).
+        _cost("fa4", 4, 4, 0, 1, row_ops=4, software_exp_passes=6),
+        # skip_scale: DeepSeek's Ascend skip-scale (FlashMLA docs): O resident in UB (no
+        # atomics), the P V partial read from the workspace and added every block (a block
+        # that does not rescale costs the one pass of a piece's first block), RowMuls + Add
+        # (2 passes) on the fraction p of blocks whose max grew past tau (nats)
+        _cost("skip_scale", 0, 0, 0, 2, row_ops=4, design="ub"),
+    )
 }
 #: Variants whose rescale happens on a measured fraction of blocks (take ``rescale_prob``).
 CONDITIONAL_VARIANTS: tuple[str, ...] = ("lazy", "skip_scale")

@@ -50,6 +50,7 @@ __all__ = [
     "FIT_RTOL",
     "LEVELS",
     "MOVE_RTOL",
+    "PASSES",
     "TOP",
     "BoxBounds",
     "Calibration",
@@ -63,10 +64,12 @@ ALL_VERTICES: int = 5
 TOP: int = 4
 #: Pattern-search step halvings (the finest step is range / 2**LEVELS).
 LEVELS: int = 2
+#: Pattern-search passes over every parameter per step size, at most.
+PASSES: int = 2
 #: A re-fitted constant meets its anchor to this relative deviation (0.06 TFLOPS of 614).
 FIT_RTOL: float = 1e-4
-#: A pattern-search move must improve the figure by more than this (relative), so that
-#: the search does not chase the re-fit's resolution.
+#: A pattern-search move must improve the figure by more than this (relative to the figure,
+#: or absolute below 1), so that the search does not chase the re-fit's resolution.
 MOVE_RTOL: float = 1e-6
 
 
@@ -256,7 +259,7 @@ def box_bounds(
 
     def search(sign: float) -> Extreme:
         def better(a: float | None, b: float | None) -> bool:
-            return a is not None and (b is None or sign * (a - b) > MOVE_RTOL * abs(b))
+            return a is not None and (b is None or sign * (a - b) > MOVE_RTOL * max(abs(b), 1.0))
 
         top = names if len(names) <= ALL_VERTICES else order[:TOP]
         rest = {
@@ -271,9 +274,9 @@ def box_bounds(
             if better(v, best_v):
                 best, best_v = p, v
         for level in range(1, LEVELS + 1):
-            improved = True
-            while improved:
-                improved = False
+            improved, passes = True, 0
+            while improved and passes < PASSES:
+                improved, passes = False, passes + 1
                 for k in order:
                     lo, hi = ranges[k]
                     step = (hi - lo) / 2**level

@@ -544,7 +544,8 @@ def a_priori_bound(
         if not _contains(pol.pv.in_format, pol.p_cast):
             p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
         p_min_normal /= s_w
-    p_top = 2.0 ** (float(tau) + 1.0) if sp.stale_max == "log2" else 1.0
+    # a stale max lets P reach 2**tau (tau in log2 units for every stale-max variant)
+    p_top = 2.0 ** (float(tau) + 1.0) if sp.stale_max is not None else 1.0
     if amla:
         p_top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
     qk_align = _align_floor(pol.qk.accumulation, int(head_dim), pol.qk.out_format) * (

@@ -205,7 +205,8 @@ def _underflow_terms(
     emin = -math.log2(work.min_normal)  # 126 for FP32
     extra = np.zeros_like(out_abs)
     if combine == "cann":
-        stale = b0.tau if spec(b0.variant).stale_max == "log2" else 0.0  # a stale m_s, binades
+        # a stale m_s, in binades (Bound.tau is in log2 units for every stale-max variant)
+        stale = b0.tau if spec(b0.variant).stale_max is not None else 0.0
         deep = stack["dm"] * _LOG2E + stale + 1.0 >= emin  # (S, ..., M)
     else:
         lse2 = stack["lse2"]
@@ -356,7 +357,7 @@ def split_bound(
             lam = np.log(np.sum(np.where(fin, np.exp(s0 - m_s0), 0.0), axis=-1))  # ln l_s
         # the split's computed l (AMLA: without r^) from above: its exact sum in the frame
         # of its exact max, the computed max off by <= the score error, a stale max by tau
-        stale_l = 2.0 ** (bs.tau + 1.0) if sp.stale_max == "log2" else 1.0
+        stale_l = 2.0 ** (bs.tau + 1.0) if sp.stale_max is not None else 1.0
         with np.errstate(over="ignore"):
             l_hi = np.exp(lam + 2.0 * score_max[..., 0]) * (1.0 + r_s) * stale_l
         parts.append(

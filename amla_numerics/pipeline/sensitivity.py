@@ -18,7 +18,7 @@ Examples
 --------
 >>> from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
 >>> hw = load_hardware("h800_sxm5")
->>> r = interval(hw, AttentionShape(8, 1, 2048), default_schedule(hw, "fa_fp32"))
+>>> r = interval(hw, AttentionShape(2, 1, 512), default_schedule(hw, "fa_fp32"))
 >>> lo, hi = r.tflops_range
 >>> lo <= r.tflops <= hi, sorted(r.range_points)
 (True, ['fastest', 'slowest'])

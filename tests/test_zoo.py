@@ -62,7 +62,7 @@ def test_the_independent_amla_is_the_emulated_one_and_c1_is_not(fast_cases):
     assert verdict.passed and verdict.nearest_variant is None
 
 
-@pytest.mark.parametrize("standard", ["flash-attn", "cann-l0", "cann-l2", "bound"])
+@pytest.mark.parametrize("standard", ["flash-attn", "torch-sdpa", "cann-l0", "cann-l2", "bound"])
 def test_named_standards_on_the_zoo(standard, fast_cases):
     """Each standard passes the correct float32 kernels and the correctly rounded answer,
     and fails the grossest bugs (a dropped partial block, a wrong scale)."""

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--standard",
         default="schedule",
         help="the verdict's standard: schedule (default: the error against the declared "
-        "schedule's), flash-attn, cann-l0, cann-l1, cann-l2, bound, budget",
+        "schedule's), flash-attn, torch-sdpa, cann-l0, cann-l1, cann-l2, bound, budget",
     )
     p.add_argument(
         "--baseline",

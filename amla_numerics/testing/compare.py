@@ -443,7 +443,7 @@ def compare(
         :data:`~amla_numerics.testing.rule.RMS_FACTOR`).
     standard : str
         The verdict's standard (:data:`~amla_numerics.testing.standards.STANDARDS`):
-        ``"schedule"`` (the default rule), ``"flash-attn"``, ``"cann-l0|l1|l2"``,
+        ``"schedule"`` (the default rule), ``"flash-attn"``, ``"torch-sdpa"``, ``"cann-l0|l1|l2"``,
         ``"bound"``, ``"budget"`` (limits only, checked by the caller).
     baseline : array_like, optional
         The CANN standards' third-party output (default: the emulated schedule's, cast to
@@ -608,9 +608,13 @@ def _compare(
             rms_factor=rms_factor,
         )
     figures: dict[str, float] = {}
-    if judge and standard == "flash-attn":
+    if judge and standard in ("flash-attn", "torch-sdpa"):
         naive = _emulate(qa, ka, va, mask, "naive", cfg)[0]
-        figures["flash_attn_ratio"] = std.flash_attn_ratio(o, ref, naive)
+        if standard == "flash-attn":
+            figures["flash_attn_ratio"] = std.flash_attn_ratio(o, ref, naive)
+        else:
+            low = _cast_like(np.asarray(naive), o.dtype)
+            figures["torch_sdpa_ratio"] = std.torch_sdpa_ratio(o, ref, low)
     elif judge and standard in std.CANN_LEVELS and sched_out is not None:
         if baseline is None:
             base = _cast_like(np.asarray(sched_out), o.dtype)

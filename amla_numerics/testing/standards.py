@@ -13,6 +13,18 @@
     accumulation, cast to the output dtype) and ``fwd_atol = 2 max|(ref_d + 0.3) - 0.3 -
     ref_d|`` evaluated in the output dtype (one rounding of noise). Reported as
     ``flash_attn_ratio`` = left side / right side.
+``torch-sdpa``
+    PyTorch's SDPA test rule (``get_tolerances`` in ``test/test_transformers.py`` of
+    pytorch/pytorch): tolerances from a low-precision reference's error against the FP64
+    golden, ``atol = f max(max|lp - g|, default_atol)``, ``rtol = f max(max|(lp - g) / g|,
+    default_rtol)`` (NaN relative deviations, at ``g = 0``, count as ``default_rtol``;
+    ``rtol > 1e30`` falls back to ``default_rtol``), then ``|out - g_d| <= atol + rtol |g_d|``
+    elementwise with ``g_d`` the golden cast to the output dtype (``assertEqual``'s rule).
+    Defaults per output dtype (``torch/testing/_comparison.py``): atol 1e-3 (FP16, BF16),
+    1e-5 (FP32); rtol 1e-3 (FP16), 1.6e-2 (BF16), 1.3e-6 (FP32). The low-precision reference
+    is the emulated ``naive`` variant under the schedule's policy, cast to the output dtype;
+    the fudge factor ``f`` is :data:`TORCH_FUDGE` (PyTorch's tests set it per test). Reported
+    as ``torch_sdpa_ratio`` = max over elements of ``|out - g_d| / (atol + rtol |g_d|)``.
 ``cann-l0``, ``cann-l1``, ``cann-l2``
     CANN's operator accuracy standard for floating-point operators (the dual-benchmark
     ratio: the kernel's error and a third-party baseline's error, both against a
@@ -49,12 +61,14 @@ __all__ = [
     "cann_ratios",
     "check_standard",
     "flash_attn_ratio",
+    "torch_sdpa_ratio",
 ]
 
 #: Every standard ``compare`` knows.
 STANDARDS: tuple[str, ...] = (
     "schedule",
     "flash-attn",
+    "torch-sdpa",
     "cann-l0",
     "cann-l1",
     "cann-l2",
@@ -68,6 +82,15 @@ CANN_LEVELS: dict[str, tuple[float, float, float]] = {
     "cann-l1": (5.0, 1.5, 1.5),
     "cann-l2": (2.0, 1.2, 1.2),
 }
+
+
+#: PyTorch's default tolerances per output dtype name (``torch/testing/_comparison.py``).
+TORCH_DEFAULT_ATOL: dict[str, float] = {"float16": 1e-3, "bfloat16": 1e-3, "float32": 1e-5}
+TORCH_DEFAULT_RTOL: dict[str, float] = {"float16": 1e-3, "bfloat16": 1.6e-2, "float32": 1.3e-6}
+
+#: The fudge factor of ``torch-sdpa`` (PyTorch's SDPA output tests use 1 unless a test needs
+#: more; a user whose kernel is deliberately less accurate raises it).
+TORCH_FUDGE: float = 1.0
 
 
 def check_standard(name: object, argument: str = "standard") -> str:
@@ -147,3 +170,45 @@ def cann_ratios(out: Any, golden: np.ndarray, baseline: Any, level: str) -> dict
         ratio = (k / b) if b > 0 else (0.0 if k == 0 else float("inf"))
         res[name] = ratio / lim
     return res
+
+
+def torch_sdpa_ratio(
+    out: Any, ref: np.ndarray, low: np.ndarray, fudge: float = TORCH_FUDGE
+) -> float:
+    """PyTorch's SDPA rule as a ratio (passes at <= 1), over the finite reference.
+
+    ``ref`` is the float64 golden, ``low`` the low-precision reference (module docstring).
+
+    >>> import numpy as np
+    >>> g = np.array([0.5, -0.25]); low = g + 2.0**-9  # deviation 2**-9 > default atol 1e-3
+    >>> o = np.asarray(g + 2.0**-10, np.float32)
+    >>> torch_sdpa_ratio(o, g, low)  # atol 2**-9, rtol 2**-7: limit 2**-8 at g = -0.25
+    0.25
+    >>> torch_sdpa_ratio(np.asarray(g + 2.0**-6, np.float32), g, low) > 1
+    True
+    """
+    o = np.asarray(out)
+    name = o.dtype.name
+    if name not in TORCH_DEFAULT_ATOL:
+        name = "float32"  # wider outputs: PyTorch's float32 defaults
+    live = np.isfinite(ref)
+    if not live.any():
+        return 0.0
+    g = np.asarray(ref, np.float64)[live]
+    lp = np.asarray(low, np.float64)[live]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        dev = lp - g
+        atol = float(np.max(np.abs(dev))) if dev.size else 0.0
+        rel = np.abs(dev / g)
+        rel = np.where(np.isnan(rel), TORCH_DEFAULT_RTOL[name], rel)
+        rtol = float(np.max(rel)) if rel.size else 0.0
+    atol = fudge * max(atol, TORCH_DEFAULT_ATOL[name])
+    rtol = fudge * max(rtol, TORCH_DEFAULT_RTOL[name])
+    if rtol > 1e30:
+        rtol = TORCH_DEFAULT_RTOL[name]
+    g_d = _cast(g, o.dtype).astype(np.float64) if o.dtype != np.float64 else g
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.abs(o.astype(np.float64)[live] - g_d)
+        err = np.where(np.isfinite(err), err, np.inf)
+        ratio = err / (atol + rtol * np.abs(g_d))
+    return float(np.max(ratio))

@@ -93,7 +93,11 @@ def pareto_figure(result: ExploreResult) -> Any:
         if front:
             ax.plot([p.tflops for p in front], [p.error.mean for p in front], "k--", lw=0.8)
         ax.set_yscale("log")
-        ax.set_xlabel("modelled TFLOPS (interval: unsourced hardware ranges)")
+        bounded = any(p.tflops_hi is not None and p.tflops_hi != p.tflops for p in pts)
+        ax.set_xlabel(
+            "modelled TFLOPS ("
+            + ("bars: bounds over the parameter box)" if bounded else "nominal model)")
+        )
         ax.set_ylabel("max error / sum p|v| (geo. mean, 95% t)")
         ax.set_title(chip)
         ax.grid(True, which="both", alpha=0.3)

@@ -13,6 +13,8 @@ the clipping and score-range hazards the count of flagged elements:
   nats apart with ``|V| = 1e150`` on the lower one (exact output from mpmath);
 - ``align_floor``: Hopper's FP8 accumulator (``h100_fp8``) with BF16-subnormal V;
 - ``o_clip``: policy ``"cann"`` with ``O = 2048 V`` beyond 1e10;
+- ``overflow_garbage``: E4M3 P scaled by 256 times ``V = 1.5e38`` (O overflows FP32 at
+  block 0, block 1's integer add makes it finite): the elements in ``garbage_mask()``;
 - ``score_range``: BF16 q, k near ``2**66`` (products beyond FP32).
 
 Run: ``python experiments/bound_limits.py`` (about a minute on one core).
@@ -127,6 +129,21 @@ def split_deep_fp64() -> list[tuple[str, str, float]]:
     return rows
 
 
+def overflow_garbage() -> list[tuple[str, str, float]]:
+    rows = []
+    pol = get_policy("ascend").replace(p_cast="e4m3", p_cast_rounding="rne", p_scale=256.0)
+    q, k, v = np.array([[1.0]]), np.array([[0.0], [4.0]]), np.array([[1.5e38], [1.0]])
+    for variant in ("amla", "amla_exactcomp"):
+        res = flash.attention(q, k, v, variant, scale=1.0, block_n=1, policy=pol)
+        b = a_priori_bound(variant, head_dim=1, kv_len=2, block_n=1, policy=pol)
+        e = elementwise_bound(b, q, k, v, 1.0)
+        ref = reference.attention(q, k, v, 1.0)
+        g = res.garbage_mask()
+        label = f"{variant} overflow={res.hazards['overflow']} garbage={int(g.sum())}"
+        rows.append(("overflow_garbage", label, _ratio(res.out, ref, e, g)))
+    return rows
+
+
 def align_floor() -> list[tuple[str, str, float]]:
     pol = get_policy("ascend").replace(
         pv=MatmulPolicy("bf16", ACCUMULATION_PRESETS["h100_fp8"], "fp32")
@@ -178,7 +195,7 @@ def hazards() -> list[tuple[str, str, float]]:
 
 def main() -> None:
     print(f"{'case':<12} {'run':<34} max |err|/bound (score_range: unflagged non-finite)")
-    for fn in (clamp_cast, split_deep, split_deep_fp64, align_floor, hazards):
+    for fn in (clamp_cast, split_deep, split_deep_fp64, overflow_garbage, align_floor, hazards):
         for case, label, value in fn():
             print(f"{case:<12} {label:<34} {value:.3g}")
 

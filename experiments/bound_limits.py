@@ -9,8 +9,12 @@ the clipping and score-range hazards the count of flagged elements:
   cast's smallest subnormal (E4M3, E5M2, FP16 casts), jumps of 40 and 60 binades;
 - ``split_deep``: a split 95-110 nats below the row max with ``|V| = 1e30`` (both
   combines);
+- ``split_deep_fp64``: the same under the FP64 work format (``"exact"``), two keys 700-760
+  nats apart with ``|V| = 1e150`` on the lower one (exact output from mpmath);
 - ``align_floor``: Hopper's FP8 accumulator (``h100_fp8``) with BF16-subnormal V;
 - ``o_clip``: policy ``"cann"`` with ``O = 2048 V`` beyond 1e10;
+- ``overflow_garbage``: E4M3 P scaled by 256 times ``V = 1.5e38`` (O overflows FP32 at
+  block 0, block 1's integer add makes it finite): the elements in ``garbage_mask()``;
 - ``score_range``: BF16 q, k near ``2**66`` (products beyond FP32).
 
 Run: ``python experiments/bound_limits.py`` (about a minute on one core).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 
 from amla_numerics import flash, reference
@@ -104,6 +109,41 @@ def split_deep() -> list[tuple[str, str, float]]:
     return rows
 
 
+def split_deep_fp64() -> list[tuple[str, str, float]]:
+    rows = []
+    pol = get_policy("exact")
+    for variant in ("fa_fp32", "amla"):
+        for combine in ("cann", "flashmla"):
+            worst = mpmath.mpf(0)
+            for gap in (700.0, 741.0, 744.035, 744.6, 760.0):
+                q, k = np.array([[1.0]]), np.array([[-gap], [0.0]])
+                v = np.array([[1e150], [0.0]])
+                kw = {"splits": 2, "block_n": 1, "combine": combine, "policy": pol}
+                res = flash.attention(q, k, v, variant, scale=1.0, **kw)
+                e = split_bound(variant, q, k, v, 1.0, **kw)
+                with mpmath.workdps(80):
+                    w = mpmath.exp(-mpmath.mpf(gap))
+                    err = abs(mpmath.mpf(float(res.out[0, 0])) - mpmath.mpf(1e150) * w / (1 + w))
+                    worst = max(worst, err / mpmath.mpf(float(e[0, 0])))
+            rows.append(("split_deep_fp64", f"{variant} combine={combine}", float(worst)))
+    return rows
+
+
+def overflow_garbage() -> list[tuple[str, str, float]]:
+    rows = []
+    pol = get_policy("ascend").replace(p_cast="e4m3", p_cast_rounding="rne", p_scale=256.0)
+    q, k, v = np.array([[1.0]]), np.array([[0.0], [4.0]]), np.array([[1.5e38], [1.0]])
+    for variant in ("amla", "amla_exactcomp"):
+        res = flash.attention(q, k, v, variant, scale=1.0, block_n=1, policy=pol)
+        b = a_priori_bound(variant, head_dim=1, kv_len=2, block_n=1, policy=pol)
+        e = elementwise_bound(b, q, k, v, 1.0)
+        ref = reference.attention(q, k, v, 1.0)
+        g = res.garbage_mask()
+        label = f"{variant} overflow={res.hazards['overflow']} garbage={int(g.sum())}"
+        rows.append(("overflow_garbage", label, _ratio(res.out, ref, e, g)))
+    return rows
+
+
 def align_floor() -> list[tuple[str, str, float]]:
     pol = get_policy("ascend").replace(
         pv=MatmulPolicy("bf16", ACCUMULATION_PRESETS["h100_fp8"], "fp32")
@@ -155,7 +195,7 @@ def hazards() -> list[tuple[str, str, float]]:
 
 def main() -> None:
     print(f"{'case':<12} {'run':<34} max |err|/bound (score_range: unflagged non-finite)")
-    for fn in (clamp_cast, split_deep, align_floor, hazards):
+    for fn in (clamp_cast, split_deep, split_deep_fp64, overflow_garbage, align_floor, hazards):
         for case, label, value in fn():
             print(f"{case:<12} {label:<34} {value:.3g}")
 

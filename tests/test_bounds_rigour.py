@@ -509,3 +509,27 @@ def test_astronomical_score_errors_give_an_infinite_bound_never_nan(policy):
                     assert np.all(e > 0)
                     seen_inf |= bool(np.isinf(e).any())
     assert seen_inf
+
+
+@pytest.mark.parametrize("variant", ["amla", "amla_exactcomp"])
+def test_an_overflowed_o_the_integer_add_made_finite_is_garbage(variant):
+    """E4M3 P scaled by 256 times ``V = 1.5e38``: block 0's ``O = P V`` overflows FP32 to
+    inf; block 1 raises the max, and the integer add of ``dn`` to inf's exponent field gives
+    a finite value (``2**128 2**dn``) unrelated to the answer: counted ``overflow`` and
+    ``nonfinite`` and in ``garbage_mask()``. Without block 1 the output stays inf: counted
+    ``overflow``, not garbage (judged: a failure)."""
+    pol = get_policy("ascend").replace(p_cast="e4m3", p_cast_rounding="rne", p_scale=256.0)
+    q, v = np.array([[1.0]]), np.array([[1.5e38], [1.0]])
+    k = np.array([[0.0], [4.0]])  # the max rises by 4 nats at block 1
+    res = flash.attention(q, k, v, variant, scale=1.0, block_n=1, policy=pol)
+    ref = reference.attention(q, k, v, 1.0)
+    b = a_priori_bound(variant, head_dim=1, kv_len=2, block_n=1, policy=pol)
+    e = elementwise_bound(b, q, k, v, 1.0)
+    assert np.isfinite(res.out).all() and np.abs(res.out - ref).max() > 10 * e.max()
+    assert res.hazard_mask["overflow"].all() and res.hazard_mask["nonfinite"].all()
+    assert res.garbage_mask().all()
+    judged = ~res.garbage_mask()
+    assert np.all(np.abs(res.out - ref)[judged] <= e[judged])
+    one = flash.attention(q, k[:1], v[:1], variant, scale=1.0, block_n=1, policy=pol)
+    assert np.isinf(one.out).all() and one.hazard_mask["overflow"].all()
+    assert not one.garbage_mask().any()

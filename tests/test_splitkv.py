@@ -668,3 +668,34 @@ def test_a_row_with_no_attended_key_gives_no_warning(combine):
         warnings.simplefilter("error")
         e = split_bound("amla", q, k, v, 0.35, splits=3, block_n=32, combine=combine, mask=keep)
     assert np.all(np.isinf(e[1])) and np.all(np.isfinite(e[[0, 2]]))
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla"])
+def test_a_split_weight_below_fp64s_normal_range_is_covered(variant, combine):
+    """Under the FP64 work format (``"exact"``) a split weight ``exp(m_s - M)`` more than
+    708 nats below 1 is a float64 subnormal (0 below 744.44 nats): with ``|V| = 1e150``
+    in that split the lost part is the whole error, which the split bound carries with
+    float64's own spacing (numpy's exp is faithful there, and half the spacing is not a
+    float64). Oracle: the exact output of two keys in mpmath at 80 digits."""
+    pol = get_policy("exact")
+    worst = 0.0
+    for gap in (700.0, 741.0, 744.035, 744.6, 760.0):
+        q = np.array([[1.0]])
+        k = np.array([[-gap], [0.0]])  # scores -gap (split 0) and 0 (split 1), exact
+        v = np.array([[1e150], [0.0]])
+        res = flash.attention(
+            q, k, v, variant, scale=1.0, block_n=1, splits=2, combine=combine, policy=pol
+        )
+        e = split_bound(variant, q, k, v, 1.0, splits=2, block_n=1, combine=combine, policy=pol)
+        with mpmath.workdps(80):
+            w = mpmath.exp(-mpmath.mpf(gap))
+            exact = mpmath.mpf(1e150) * w / (1 + w)
+            err = abs(mpmath.mpf(float(res.out[0, 0])) - exact)
+            ratio = err / mpmath.mpf(float(e[0, 0]))
+        assert ratio <= 1, (variant, combine, gap, float(ratio))
+        worst = max(worst, float(ratio))
+    # 744.035 nats: exp = 1.5 spacings, rounded by half a spacing; FlashMLA's term is one
+    # spacing per unit |o_s|, CANN's three (``(l_s + 2) |o_s|`` with ``l_s = 1``; AMLA's
+    # divided by its ``r^_min`` as well)
+    assert worst > (0.1 if combine == "cann" else 0.45), worst

@@ -201,7 +201,11 @@ def _underflow_terms(
     from amla_numerics.formats import get_format
 
     work = get_format(b0.work)
-    sig = work.min_subnormal * (0.5 if b0.exp_model == "cr" else 1.0)
+    # half a spacing for a correctly rounded exp; the whole for the polynomial exp and for
+    # FP64's (numpy's exp: faithful, and half of float64's spacing is not a float64)
+    cr = b0.exp_model == "cr" and b0.work != "fp64"
+    sig = work.min_subnormal * (0.5 if cr else 1.0)
+    tiny = np.finfo(np.float64).tiny
     emin = -math.log2(work.min_normal)  # 126 for FP32
     extra = np.zeros_like(out_abs)
     if combine == "cann":
@@ -225,7 +229,10 @@ def _underflow_terms(
             term = sig * ((lh + 2.0) * o_hi + 1.0 + (lh + 1.0) * out_abs) / b0.r_hat_min
         else:
             term = sig * (o_hi + 1.0)
+        # a term in float64's subnormal range (FP64 work) rounds by up to half a spacing:
+        # one spacing up covers it
         with np.errstate(invalid="ignore"):
+            term = np.where(term < tiny, np.nextafter(term, np.inf), term)
             extra = extra + np.where(d, term, 0.0)
     return extra
 

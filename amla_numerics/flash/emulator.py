@@ -172,9 +172,12 @@ class FlashResult:
     def garbage_mask(self) -> np.ndarray:
         """Output elements whose value came from the integer add's garbage: those a garbage
         class touched (``amla_guarded`` repairs them: none there), less those that had
-        overflowed FP32 first. No error bound covers them; every other element with a
-        finite reference is covered, so FP32 overflow (finite reference, non-finite output)
-        is a failure, not an exemption. ``clamp`` is not garbage: the bounds cover it.
+        overflowed FP32 first and stayed non-finite. No error bound covers them; every
+        other element with a finite reference is covered, so FP32 overflow (finite
+        reference, non-finite output) is a failure, not an exemption. An O that overflowed
+        and that a later integer add turned finite again (the add of ``dn`` to inf's
+        exponent field: class ``nonfinite``) holds the add's garbage: it is in the mask,
+        and stays counted as ``overflow``. ``clamp`` is not garbage: the bounds cover it.
         Under a clipping policy the elements :data:`CLIP_HAZARD` zeroed are garbage too,
         and so are those of :data:`RANGE_HAZARD`."""
         if self.uncovered is not None:
@@ -711,7 +714,12 @@ class _Run:
         # fa4's raw max in score units (nats) for a split combine: fl(m * scale)
         self.final_m = m * self.dt(self.inp.scale) if self.fa4_raw else m
         self.final_l, self.final_sc = l, sc
-        return out, lse, hazards, full, junk & ~overflow, tr
+        # an overflowed element stays judged (its non-finite output fails the bound check)
+        # unless a later integer add turned its inf into a finite value: that value is the
+        # integer add's garbage (class nonfinite), which no bound covers
+        with np.errstate(invalid="ignore"):
+            judged = overflow & ~np.isfinite(out)
+        return out, lse, hazards, full, junk & ~judged, tr
 
     def _kept(self, lo: int, hi: int) -> np.ndarray | None:
         """Keys ``lo:hi`` the mask attends (kept, finite bias); None: all of them."""

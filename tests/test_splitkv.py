@@ -699,3 +699,26 @@ def test_a_split_weight_below_fp64s_normal_range_is_covered(variant, combine):
     # spacing per unit |o_s|, CANN's three (``(l_s + 2) |o_s|`` with ``l_s = 1``; AMLA's
     # divided by its ``r^_min`` as well)
     assert worst > (0.1 if combine == "cann" else 0.45), worst
+
+
+def test_a_split_bound_with_an_unbounded_term_gives_inf_without_a_warning():
+    """A case the adversarial hunt found (cancelling V, scale 69, 4 splits, CANN combine): the
+    sub-normal split-weight term met inf * 0; the bound must be +inf or finite there, never
+    NaN, and raise no warning (the suite turns warnings into errors)."""
+    import json
+    from pathlib import Path
+
+    z = np.load(Path(__file__).parent / "data" / "hunt_split_inf_times_zero.npz")
+    meta = json.loads(str(z["meta"]))
+    b = split_bound(
+        meta["variant"],
+        z["q"],
+        z["k"],
+        z["v"],
+        meta["scale"],
+        splits=meta["splits"],
+        block_n=meta["block_n"],
+        policy=meta["policy"],
+        combine=meta["combine"],
+    )
+    assert not np.isnan(b).any()

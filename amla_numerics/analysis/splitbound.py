@@ -224,14 +224,16 @@ def _underflow_terms(
     for i, p in enumerate(parts):
         o_hi = p["v_max_s"] + p["e"]  # (..., 1, Dv) + (..., M, Dv)
         d = deep[i][..., None]
-        if combine == "cann":
-            lh = p["l_hi"][..., None]
-            term = sig * ((lh + 2.0) * o_hi + 1.0 + (lh + 1.0) * out_abs) / b0.r_hat_min
-        else:
-            term = sig * (o_hi + 1.0)
-        # a term in float64's subnormal range (FP64 work) rounds by up to half a spacing:
-        # one spacing up covers it
-        with np.errstate(invalid="ignore"):
+        # inf * 0 (an unbounded l or output beside a zero one) is an unbounded term: +inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            if combine == "cann":
+                lh = p["l_hi"][..., None]
+                term = sig * ((lh + 2.0) * o_hi + 1.0 + (lh + 1.0) * out_abs) / b0.r_hat_min
+            else:
+                term = sig * (o_hi + 1.0)
+            term = np.where(np.isnan(term), np.inf, term)
+            # a term in float64's subnormal range (FP64 work) rounds by up to half a spacing:
+            # one spacing up covers it
             term = np.where(term < tiny, np.nextafter(term, np.inf), term)
             extra = extra + np.where(d, term, 0.0)
     return extra

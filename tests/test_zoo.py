@@ -108,6 +108,7 @@ def test_cann_standard_against_a_baseline_output(fast_cases):
         ("dropped_partial_block", "dropped block:"),
         ("causal_off_by_one", "masked keys leaking:"),
         ("lse_one_block_early", "lse inconsistent with out"),
+        ("missed_rescale", "missed rescale: the output fits O accumulated over blocks of 512"),
     ],
 )
 def test_diagnosis_names_the_bug(kname, cause, fast_cases):
@@ -118,3 +119,21 @@ def test_diagnosis_names_the_bug(kname, cause, fast_cases):
         assert "keys 1024..1099 left out" in comp.diagnosis
     (good,) = [k for k in ZOO if k.name == "fa32_b512"]
     assert verdicts(good, fast_cases[:1])[0][1].diagnosis == ""
+
+
+def test_diagnosis_names_a_doubled_block(fast_cases):
+    """A float32 kernel that adds its last partial block of 512 keys twice (to O and l)."""
+    _, c = fast_cases[0]
+    q, k, v = (np.asarray(c[x], np.float64) for x in ("q", "k", "v"))
+    s = (q @ k.T) * float(c["scale"])
+    if c["mask"] is not None:
+        s = np.where(c["mask"], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    n = k.shape[0]
+    p[..., (n - 1) // 512 * 512 :] *= 2.0
+    out = ((p @ v) / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+    comp = compare(out, c["q"], c["k"], c["v"], scale=c["scale"], mask=c["mask"], bit_match=False)
+    assert not comp.passed
+    lo = (n - 1) // 512 * 512  # block sizes that end in the same keys fit equally well
+    assert comp.diagnosis.startswith("doubled block: the output fits the last block of")
+    assert f"(keys {lo}..{n - 1}) counted twice" in comp.diagnosis, comp.diagnosis

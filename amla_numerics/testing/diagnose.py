@@ -8,10 +8,12 @@ the exact answer does (its RMS error at most :data:`EXPLAINS` of the exact answe
   ``[scale/4, 4 scale]`` on a log scale), reported with its ratio to the declared scale;
 - **masked keys leaking / missing**: the mask widened or narrowed by one key at every edge;
 - **dropped block**: the last partial KV block of 64, 128, 256 or 512 keys left out;
+- **doubled block**: the first or the last (partial) block of those sizes counted twice, in O
+  and in the row sum;
+- **missed rescale**: O accumulated over blocks of those sizes without its
+  ``exp(m_old - m_new)`` rescale (each block's ``P V`` taken at the running max of its time)
+  while the row sum is right;
 - **lse inconsistent with out**: ``out`` passes while the lse fails.
-
-A missed rescale leaves no single altered problem to fit; it shows as errors on the rows
-whose running max moved, which the worst elements list.
 
 Examples
 --------
@@ -47,6 +49,38 @@ def _attention(q: Any, k: Any, v: Any, scale: float, mask: Any) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
         return (p @ v64) / np.sum(p, axis=-1, keepdims=True)
+
+
+def _scores(q: Any, k: Any, scale: float, mask: Any) -> np.ndarray:
+    q64, k64 = (np.asarray(a).astype(np.float64) for a in (q, k))
+    s = (q64 @ np.swapaxes(k64, -1, -2)) * scale
+    return s if mask is None else np.where(np.asarray(mask, bool), s, -np.inf)
+
+
+def _no_rescale(q: Any, k: Any, v: Any, scale: float, mask: Any, block: int) -> np.ndarray:
+    """O summed over blocks, each ``exp(S_j - m_j) V_j`` at the running max ``m_j`` of its
+    block and never rescaled, divided by the right row sum (a missed rescale of O)."""
+    s = _scores(q, k, scale, mask)
+    v64 = np.asarray(v).astype(np.float64)
+    n = s.shape[-1]
+    m_run = np.full((*s.shape[:-1], 1), -np.inf)
+    acc = np.zeros((*s.shape[:-1], v64.shape[-1]))
+    with np.errstate(invalid="ignore"):
+        for lo in range(0, n, block):
+            sj = s[..., lo : lo + block]
+            m_run = np.maximum(m_run, np.max(sj, axis=-1, keepdims=True))
+            acc = acc + np.exp(sj - np.where(np.isfinite(m_run), m_run, 0.0)) @ v64[lo : lo + block]
+        l = np.sum(np.exp(s - np.where(np.isfinite(m_run), m_run, 0.0)), axis=-1, keepdims=True)
+        return acc / l
+
+
+def _weighted(q: Any, k: Any, v: Any, scale: float, mask: Any, weight: np.ndarray) -> np.ndarray:
+    """Softmax attention with key ``i``'s probability multiplied by ``weight[i]`` in O and l."""
+    s = _scores(q, k, scale, mask)
+    m = np.max(s, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(s - np.where(np.isfinite(m), m, 0.0)) * weight
+        return (p @ np.asarray(v).astype(np.float64)) / np.sum(p, axis=-1, keepdims=True)
 
 
 def _rms(out: np.ndarray, cand: np.ndarray) -> float:
@@ -138,5 +172,26 @@ def diagnose(
                     f"of {blk} (keys {keep}..{n - 1} left out)",
                 )
             )
+    # a block counted twice (the first, or the last partial one), and a missed rescale
+    for blk in (64, 128, 256, 512):
+        if n <= blk:
+            continue
+        for lo, hi, which in ((0, blk, "first"), ((n - 1) // blk * blk, n, "last")):
+            w = np.ones(n)
+            w[lo:hi] = 2.0
+            fits.append(
+                (
+                    _rms(o, _weighted(q, k, v, scale, mask, w)),
+                    f"doubled block: the output fits the {which} block of {blk} keys "
+                    f"(keys {lo}..{hi - 1}) counted twice",
+                )
+            )
+        fits.append(
+            (
+                _rms(o, _no_rescale(q, k, v, scale, mask, blk)),
+                f"missed rescale: the output fits O accumulated over blocks of {blk} keys "
+                "without its exp(m_old - m_new) rescale",
+            )
+        )
     best = min(fits, key=lambda f: f[0])
     return best[1] if best[0] <= EXPLAINS * base else ""

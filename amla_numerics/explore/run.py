@@ -53,7 +53,7 @@ from scipy import stats
 
 from amla_numerics import flash
 from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
-from amla_numerics.analysis.metrics import magnitude_scale
+from amla_numerics.analysis.metrics import U_FP32, condition_aware, magnitude_scale
 from amla_numerics.analysis.sinks import sink_workload
 from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import Workload, make_workload
@@ -323,7 +323,7 @@ def _numerics(point: DesignPoint, block: int, inputs: dict, m: Measure) -> dict[
         ok = x.valid & ~junk
         out = res.out.astype(np.float64)
         with np.errstate(all="ignore"):
-            rel = np.abs(out - x.ref) / x.mag
+            rel = condition_aware(np.abs(out - x.ref), x.mag) * U_FP32
         err = float(np.max(np.where(ok, np.where(np.isfinite(rel), rel, np.inf), 0.0)))
         per_seed.setdefault(seed, []).append(err)
         per_wl.setdefault(name, []).append(err)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from amla_numerics.flash.accumulate import (
     Accumulation,
     add_rounded,
     matmul,
+    saturated,
     vector_sum,
 )
 from amla_numerics.formats import FP32
@@ -393,6 +396,28 @@ def test_h100_fp8_accumulator_keeps_14_bits():
     assert got == 1024.0
 
 
+@pytest.mark.parametrize(
+    ("acc", "expect"),
+    [
+        (ACCUMULATION_PRESETS["h100"], float(np.finfo(np.float32).max)),  # RZ, 24 bits
+        (ACCUMULATION_PRESETS["h100_fp8"], (2 - 2.0**-13) * 2.0**127),  # RZ, 14 bits
+        (Accumulation("block_fma", block=4, acc_bits=14, out_rounding="rne"), math.inf),
+        (Accumulation("block_fma", block=4, out_rounding="rne"), math.inf),
+    ],
+)
+def test_an_accumulator_beyond_fp32_overflows_as_ieee(acc, expect):
+    """A block sum beyond FP32 overflows as IEEE does for the accumulator's rounding: +inf
+    under RNE, the largest value of its bit width under RZ; the finite products of the
+    later blocks leave it there (RZ cuts them, inf absorbs them), with no floating-point
+    warning (the emulator counts an overflowed output per element)."""
+    n = acc.block
+    a = np.array([[3e38] * n + [1.0] * n])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = matmul(a, np.ones((2 * n, 1)), acc)
+    assert got.dtype == np.float32 and float(got[0, 0]) == expect
+
+
 def test_bad_acc_bits():
     for bad in (1, 54, 3.5, True):
         with pytest.raises(ValueError, match="'acc_bits'"):
@@ -510,3 +535,21 @@ def test_exact_model_fp64_output_exact_ties_and_batches():
     a3 = np.stack([a, -a])
     out = matmul(a3, b, Accumulation("exact"), "fp64")
     assert out.shape == (2, 1, 1) and out[1, 0, 0] == -1.0
+
+
+def test_saturated_tracks_every_block_of_an_rz_accumulator():
+    """``saturated`` sees a block that overflowed even when later blocks bring the RZ
+    accumulator back below the threshold (the result is finite and wrong); RNE overflow is
+    inf, visible in the result, so it reports none; sums that cannot reach the threshold
+    report none; the conservative rule of the other models flags the largest value."""
+    acc = ACCUMULATION_PRESETS["h100"]
+    n, ones = acc.block, np.ones((2 * acc.block, 1))
+    a = np.array([[3e38] * n + [-3e38] * n, [3e38] + [-3e38] + [0.0] * (2 * n - 2)])
+    assert saturated(a, ones, acc).tolist() == [[True], [False]]
+    assert float(matmul(a, ones, acc)[0, 0]) < 0  # finite: max - 16 * 3e38, cut to -max
+    rne = Accumulation("block_fma", block=n, out_rounding="rne")
+    assert not saturated(a, ones, rne).any() and math.isinf(float(matmul(a, ones, rne)[0, 0]))
+    assert not saturated(np.full((1, 8), 1e37), np.ones((8, 1)), acc).any()
+    seq = Accumulation("fp32_seq", out_rounding="rz")
+    big = np.array([[3e38, 3e38]])
+    assert saturated(big, np.ones((2, 1)), seq).tolist() == [[True]]

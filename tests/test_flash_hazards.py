@@ -253,3 +253,43 @@ def test_fa4_scores_whose_rounding_exceeds_the_exp_range_are_flagged():
     assert np.array_equal(res.garbage_mask(), bad)
     ok = flash.attention(q / 1e17, k / 1e17, v, "fa4", scale=1.0, block_n=16)
     assert RANGE_HAZARD not in ok.hazards and np.all(np.isfinite(ok.out))
+
+
+@pytest.mark.parametrize("variant", ["naive", "fa_fp32", "lazy", "amla"])
+def test_an_overflowed_o_the_clip_zeroed_is_garbage(variant):
+    """O overflows FP32 (two keys of weight 1 with V = 3e38): under ``"cann"`` the clip
+    makes the inf a finite 0, counted ``overflow`` and in the garbage mask (no bound covers
+    that 0); under ``"ascend"`` the inf stays and stays judged (a failure, not garbage)."""
+    q, k = np.ones((1, 2)), np.zeros((2, 2))
+    v = np.full((2, 1), 3e38)
+    cann = flash.attention(q, k, v, variant, scale=1.0, block_n=2, policy="cann")
+    assert np.asarray(cann.out)[0, 0] == 0
+    assert cann.hazard_mask["overflow"][0, 0] and cann.garbage_mask()[0, 0]
+    asc = flash.attention(q, k, v, variant, scale=1.0, block_n=2, policy="ascend")
+    assert not np.isfinite(np.asarray(asc.out)[0, 0])
+    assert asc.hazard_mask["overflow"][0, 0] and not asc.garbage_mask()[0, 0]
+
+
+@pytest.mark.parametrize("variant", ["naive", "fa_fp32", "amla", "lazy"])
+@pytest.mark.parametrize("pv", ["h100", "h100_fp8"])
+def test_a_saturating_accumulator_is_counted_overflow(variant, pv):
+    """Tensor-core accumulators round toward zero, so a P V sum beyond FP32 saturates at
+    the largest value instead of inf: a finite, wrong output (20 keys of V = 3e37 in one
+    block: O = 6e38). It is counted ``overflow`` and in the garbage mask; a tenth of that V
+    does not overflow, is not flagged, and stays within its bound."""
+    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
+    from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS
+    from amla_numerics.flash.policy import MatmulPolicy, get_policy
+
+    mm = MatmulPolicy("bf16", ACCUMULATION_PRESETS[pv])
+    pol = get_policy("ascend").replace(name=pv, pv=mm)
+    q, k = np.ones((1, 2)), np.zeros((20, 2))
+    for v, over in ((np.full((20, 1), 3e37), True), (np.full((20, 1), 3e36), False)):
+        res = flash.attention(q, k, v, variant, scale=1.0, block_n=20, policy=pol)
+        out = np.asarray(res.out, np.float64)
+        assert np.isfinite(out).all()
+        assert bool(res.hazard_mask["overflow"][0, 0]) is over
+        assert bool(res.garbage_mask()[0, 0]) is over
+        b = a_priori_bound(variant, head_dim=2, kv_len=20, block_n=20, policy=pol)
+        within = np.abs(out - v[0]) <= elementwise_bound(b, q, k, v, 1.0)
+        assert bool(within[0, 0]) is not over  # the saturated value is far out of bound

@@ -62,6 +62,7 @@ array([[1.]], dtype=float32)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,7 @@ __all__ = [
     "matmul",
     "min_nonzero_abs",
     "quantum_exp_from_min",
+    "saturated",
     "vector_sum",
 ]
 
@@ -223,6 +225,7 @@ _CHUNK = 1 << 22  # products held at once by the pairwise and block-FMA models (
 _DTYPES = {"fp32": np.float32, "fp64": np.float64}
 _PREC = {"fp32": 24, "fp64": 53}
 _EMIN_OUT = {"fp32": -126, "fp64": -1022}
+_EMAX_OUT = {"fp32": 127, "fp64": 1023}
 _NO_EXP = -(1 << 40)  # raw exponent of a zero term
 
 
@@ -281,28 +284,80 @@ def matmul(
             )
             s = s.astype(np.float64)
         return s.astype(_DTYPES[out])
-    # pairwise / block_fma need the (..., M, N, K) products: a few rows at a time
+    return _by_rows(a64, b64, acc, out, in_emin)[0]
+
+
+def saturated(
+    a: np.ndarray,
+    b: np.ndarray,
+    acc: Accumulation,
+    out: str = "fp32",
+    *,
+    in_emin: tuple[int, int] = (-126, -126),
+) -> np.ndarray:
+    """Elements of :func:`matmul` ``(a, b, acc, out)`` whose RZ accumulation overflowed.
+
+    Under round-toward-zero an overflow does not give inf but the largest finite value (of
+    the accumulator's width), so a caller cannot see it in the result; under RNE it is inf
+    and this mask is all False. ``block_fma`` tracks every block's rounding exactly; the
+    other models report a result at the largest finite value whose ``sum |a b|`` reaches
+    it (conservative: an exact sum in ``[max, 2**128)`` is flagged too). The mask is all
+    False without a product walk when ``sum |a b|`` stays below the overflow threshold.
+
+    Examples
+    --------
+    >>> h100 = ACCUMULATION_PRESETS["h100"]
+    >>> saturated(np.array([[3e38, 3e38, 1.0]]), np.ones((3, 1)), h100).tolist()
+    [[True]]
+    >>> saturated(np.array([[3e38, -3e38, 1.0]]), np.ones((3, 1)), h100).tolist()
+    [[False]]
+    """
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    shape = (*np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), a64.shape[-2], b64.shape[-1])
+    none = np.zeros(shape, bool)
+    if acc.out_rounding != "rz" or out == "fp64":  # RNE overflow is inf; FP64 sums cannot
+        return none
+    top = 2.0 ** (_EMAX_OUT[out] + 1)
+    reach = np.abs(a64) @ np.abs(b64)  # |partial sums| <= this (1 + K 2**-53)
+    if not np.any(reach >= top * (1 - 2.0**-30)):
+        return none
+    if acc.model == "block_fma":
+        return _by_rows(a64, b64, acc, out, in_emin)[1]
+    res = matmul(a64, b64, acc, out).astype(np.float64)
+    return (np.abs(res) == _largest(acc, out)) & (reach >= _largest(acc, out))
+
+
+def _by_rows(
+    a64: np.ndarray, b64: np.ndarray, acc: Accumulation, out: str, in_emin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pairwise`` / ``block_fma`` products, a few rows of (..., M, N, K) at a time: the
+    result and where a ``block_fma`` block overflowed (False for ``pairwise``)."""
     per_row = max(
         1, int(np.prod(np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), dtype=np.int64))
     )
     per_row *= b64.shape[-1] * a64.shape[-1]
     step = max(1, _CHUNK // max(per_row, 1))
-    parts = []
+    parts, overs = [], []
     for r0 in range(0, a64.shape[-2], step):
         ar = a64[..., r0 : r0 + step, :]
         prods = ar[..., :, None, :] * np.swapaxes(b64, -1, -2)[..., None, :, :]  # (..., m, N, K)
         if acc.model == "pairwise":
-            parts.append(_pairwise(prods, out, acc.out_rounding).astype(_DTYPES[out]))
+            res = _pairwise(prods, out, acc.out_rounding).astype(_DTYPES[out])
+            parts.append(res)
+            overs.append(np.zeros(res.shape, bool))
         else:
             raw = (
                 _raw_exponent(ar, in_emin[0])[..., :, None, :]
                 + _raw_exponent(np.swapaxes(b64, -1, -2), in_emin[1])[..., None, :, :]
             )
-            parts.append(_block_fma(prods, np.where(prods == 0, _NO_EXP, raw), acc, out))
+            res, over = _block_fma(prods, np.where(prods == 0, _NO_EXP, raw), acc, out)
+            parts.append(res)
+            overs.append(over)
     if not parts:
         shape = (*np.broadcast_shapes(a64.shape[:-2], b64.shape[:-2]), 0, b64.shape[-1])
-        return np.zeros(shape, _DTYPES[out])
-    return np.concatenate(parts, axis=-2)
+        return np.zeros(shape, _DTYPES[out]), np.zeros(shape, bool)
+    return np.concatenate(parts, axis=-2), np.concatenate(overs, axis=-2)
 
 
 def vector_sum(x: np.ndarray, order: str, axis: int = -1) -> np.ndarray:
@@ -370,12 +425,19 @@ def _round_bits(x: np.ndarray, bits: int, emin: int, mode: str) -> np.ndarray:
     return np.ldexp(np.trunc(s) if mode == "rz" else np.rint(s), q)
 
 
-def _block_fma(prods: np.ndarray, raw: np.ndarray, acc: Accumulation, out: str) -> np.ndarray:
+def _block_fma(
+    prods: np.ndarray, raw: np.ndarray, acc: Accumulation, out: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The block-FMA sum of ``prods`` and where a block's rounding overflowed ``out``."""
     p = _PREC[out]
     bits = p if acc.acc_bits is None else acc.acc_bits
     frac = bits - 1 + acc.extra_bits
     emin = _EMIN_OUT[out]
+    top = 2.0 ** (_EMAX_OUT[out] + 1)
+    # |exact block sum| from which the rounding to ``bits`` bits reaches 2**(emax + 1)
+    over_at = top if acc.out_rounding == "rz" else top * (1.0 - 2.0 ** -(bits + 1))
     c = np.zeros(prods.shape[:-1])
+    over = np.zeros(c.shape, bool)
     for k0 in range(0, prods.shape[-1], acc.block):
         terms = np.concatenate([c[..., None], prods[..., k0 : k0 + acc.block]], axis=-1)
         ec = np.where(c == 0, _NO_EXP, _raw_exponent(c, emin))
@@ -384,8 +446,22 @@ def _block_fma(prods: np.ndarray, raw: np.ndarray, acc: Accumulation, out: str) 
         scaled = np.ldexp(terms, -qe[..., None])
         cut = np.trunc(scaled) if acc.align_rounding == "rz" else np.rint(scaled)
         total = np.ldexp(cut.sum(axis=-1), qe)  # exact: few short integers
+        over |= np.abs(total) >= over_at
         if bits == p:
             c = _round64(total, out, acc.out_rounding).astype(np.float64)
-        else:
+        else:  # an overflow gives what IEEE gives: inf (RNE) or the largest value (RZ)
             c = _round_bits(total, bits, emin, acc.out_rounding)
-    return c.astype(_DTYPES[out])
+            big = np.abs(c) >= top
+            if big.any():
+                c = np.where(big, np.copysign(_largest(acc, out, bits), c), c)
+    return c.astype(_DTYPES[out]), over
+
+
+def _largest(acc: Accumulation, out: str, bits: int | None = None) -> float:
+    """What an overflow leaves in the accumulator: inf under RNE, else the largest value
+    of ``bits`` (default: the accumulator's width) significant bits in ``out``."""
+    if acc.out_rounding == "rne":
+        return math.inf
+    if bits is None:
+        bits = _PREC[out] if acc.acc_bits is None else acc.acc_bits
+    return 2.0 ** (_EMAX_OUT[out] + 1) * (1.0 - 2.0**-bits)

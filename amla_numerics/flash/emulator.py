@@ -88,6 +88,7 @@ from amla_numerics.flash.stages import (
     exp_cr,
     exp_poly,
     matrix_product,
+    product_saturated,
     round_input,
 )
 from amla_numerics.flash.trace import Trace, rescale_probability
@@ -179,7 +180,8 @@ class FlashResult:
         exponent field: class ``nonfinite``) holds the add's garbage: it is in the mask,
         and stays counted as ``overflow``. ``clamp`` is not garbage: the bounds cover it.
         Under a clipping policy the elements :data:`CLIP_HAZARD` zeroed are garbage too,
-        and so are those of :data:`RANGE_HAZARD`."""
+        and so are the overflowed ones it zeroed (counted as ``overflow``) and those of
+        :data:`RANGE_HAZARD`."""
         if self.uncovered is not None:
             return self.uncovered
         return np.zeros(self.out.shape, bool)
@@ -519,10 +521,13 @@ class _Run:
         )
         if exact_in:  # the cast already put P in the matrix unit's input format
             pc = pc.astype(np.float64)
+        v = self.v[..., lo:hi, :]
+        sat = product_saturated(pc, v, self.pol.pv, a_rounded=exact_in, b_rounded=True)
+        self.pv_saturated = sat if sat.any() else None  # an RZ accumulator's hidden overflow
         return remove_p_scale(
             matrix_product(
                 pc,
-                self.v[..., lo:hi, :],
+                v,
                 self.pol.pv,
                 self.dt,
                 a_rounded=exact_in,
@@ -599,6 +604,7 @@ class _Run:
         # FP32 (O + PV, the guard's multiply) before any garbage reached them
         garbage: np.ndarray | None = None
         fp32_over: np.ndarray | None = None
+        saturated: np.ndarray | None = None  # P V products an RZ accumulator saturated
         repairs = self.spec.guard
         score_rows: np.ndarray | None = None  # rows with a non-finite attended score
         for j, (lo, hi) in enumerate(blocks):
@@ -658,17 +664,21 @@ class _Run:
                         O = np.where(resc[..., None], a[..., None] * O, O) + pv
                 if self.spec.o_storage == "bf16":
                     O = cast(O, pol.o_lowp, pol.o_lowp_rounding)
+            if self.pv_saturated is not None:  # overflowed, though O may look finite
+                sat = np.broadcast_to(self.pv_saturated, O.shape)
+                saturated = sat if saturated is None else saturated | sat
             m = m_new
             if self.want_trace:
                 self._record(rec, m_new, sc if self.is_amla else None, resc, j)
                 rec["p_underflow"].append(self.p_counts[0])
                 rec["p_saturate"].append(self.p_counts[1])
         O_final = O
-        clipped = None
+        clipped = zeroed = None
         if pol.o_clip is not None:
             with np.errstate(invalid="ignore"):
-                clipped = np.isfinite(O) & (np.abs(O) > dt(pol.o_clip))
-                O = np.where(np.abs(O) <= dt(pol.o_clip), O, dt(0))
+                zeroed = ~(np.abs(O) <= dt(pol.o_clip))  # beyond the clip, inf or NaN
+                clipped = np.isfinite(O) & zeroed
+                O = np.where(zeroed, dt(0), O)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             den = l * sc.r_hat if self.is_amla else l
             out = O / den[..., None]
@@ -679,6 +689,9 @@ class _Run:
         overflow = self._fp32_overflow(O_final, l, out) & ~junk
         if fp32_over is not None:
             overflow |= np.broadcast_to(fp32_over, shape)
+        if saturated is not None:  # counted overflow; no bound covers the saturated value
+            overflow |= np.broadcast_to(saturated, shape) & ~junk
+            junk = junk | (np.broadcast_to(saturated, shape) & np.isfinite(out))
         # scores beyond the work format (rows with a non-finite attended score), then any
         # non-finite output of a row with a key that nothing else explains
         lost = np.zeros(shape, bool)
@@ -697,6 +710,8 @@ class _Run:
         if n_over:
             hazards["overflow"] += n_over
             _mark(masks, "overflow", overflow)
+            if zeroed is not None:  # an overflowed O the clip zeroed: no bound covers the 0
+                junk = junk | (overflow & np.broadcast_to(zeroed, shape))
         if clipped is not None:  # finite O the clip zeroed: a policy-made wrong value
             clipped = np.broadcast_to(clipped, shape) & ~junk & ~overflow
             hazards[CLIP_HAZARD] = int(np.count_nonzero(clipped))

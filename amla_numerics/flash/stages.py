@@ -28,6 +28,7 @@ import mpmath
 import numpy as np
 
 from amla_numerics.flash.accumulate import matmul as _acc_matmul
+from amla_numerics.flash.accumulate import saturated as _acc_saturated
 from amla_numerics.flash.policy import MatmulPolicy, Policy
 from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32
 from amla_numerics.rounding import bf16_round_bits, round_to
@@ -41,6 +42,7 @@ __all__ = [
     "exp_cr",
     "exp_poly",
     "matrix_product",
+    "product_saturated",
     "rna_int",
     "round_input",
     "work_dtype",
@@ -310,3 +312,19 @@ def matrix_product(
     )
     with np.errstate(over="ignore"):
         return res.astype(work)
+
+
+def product_saturated(
+    a: np.ndarray,
+    b: np.ndarray,
+    mm: MatmulPolicy,
+    *,
+    a_rounded: bool = False,
+    b_rounded: bool = False,
+) -> np.ndarray:
+    """Elements of :func:`matrix_product` whose accumulation overflowed its output format
+    without showing it: an RZ accumulator saturates at its largest value instead of inf
+    (:func:`~amla_numerics.flash.accumulate.saturated`; all False under RNE)."""
+    a64 = a if a_rounded else round_input(a, mm.in_format)
+    b64 = b if b_rounded else round_input(b, mm.in_format)
+    return _acc_saturated(a64, b64, mm.accumulation, mm.out_format)

@@ -17,8 +17,18 @@ def fast_cases():
     return golden_cases(full=False)
 
 
-def _check(kernel, cases):
-    res = verdicts(kernel, cases)
+def _check(kernel, cases, every_case=False):
+    """A correct kernel is judged on every case; a buggy one until its first failure beyond
+    its scheme's hazards (the property asserted), unless ``every_case``."""
+    res = []
+    for case in cases:
+        res += verdicts(kernel, [case])
+        name, comp = res[-1]
+        if (
+            not (kernel.correct or every_case or comp.passed)
+            and name.split("_h")[0] not in kernel.hazards
+        ):
+            break
     failed = [(name, c.reasons) for name, c in res if not c.passed]
     beyond = [n for n, _ in failed if n.split("_h")[0] not in kernel.hazards]
     if kernel.correct:
@@ -39,7 +49,7 @@ def test_zoo_default_verdicts(kernel, fast_cases):
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ZOO, ids=lambda k: k.name)
 def test_zoo_default_verdicts_on_every_golden_case(kernel):
-    _check(kernel, golden_cases(full=True))
+    _check(kernel, golden_cases(full=True), every_case=True)
 
 
 def test_the_independent_amla_is_the_emulated_one_and_c1_is_not(fast_cases):

@@ -2,8 +2,8 @@
 variants, policies, masks, splits and FP8 settings is checked against its bound, the
 reference and the no-warning rule, and every failure replays from its saved file.
 
-Open classes the bounds do not cover yet (their terms are added in ``analysis/bounds.py``
-and ``analysis/splitbound.py``) are the only failures tolerated: ``cann``'s ``o_clip`` and the
+Open classes the bounds do not cover yet (their terms are added in ``analysis/bounds/``
+and ``analysis/bounds/split.py``) are the only failures tolerated: ``cann``'s ``o_clip`` and the
 ``flashmla`` combine's log2 warning on a split with no live key. Anything else fails.
 """
 

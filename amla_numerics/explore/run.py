@@ -6,7 +6,7 @@
 * ``conditions``: :func:`~amla_numerics.explore.limits.conditions` on the workload's
   ``N`` and ``max |V|`` (the closed forms);
 * ``bound``: the largest a priori bound (:mod:`amla_numerics.analysis.bounds`; split runs:
-  :mod:`amla_numerics.analysis.splitbound`) over the elements, divided by the element's
+  :func:`amla_numerics.analysis.bounds.split_bound`) over the elements, divided by the element's
   ``sum_k p_k |v_k|`` (the condition-aware scale of
   :func:`~amla_numerics.analysis.metrics.magnitude_scale`), worst over workloads and seeds;
 * ``error``: per seed the worst (over the workloads) of the largest condition-aware error
@@ -52,10 +52,14 @@ import numpy as np
 from scipy import stats
 
 from amla_numerics import flash
-from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
+from amla_numerics.analysis.bounds import (
+    a_priori_bound,
+    bound_inputs,
+    elementwise_bound,
+    split_bound,
+)
 from amla_numerics.analysis.metrics import U_FP32, condition_aware, magnitude_scale
 from amla_numerics.analysis.sinks import sink_workload
-from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import Workload, make_workload
 from amla_numerics.explore.limits import Conditions, conditions, tau_max
 from amla_numerics.explore.space import SINK_WORKLOAD, DesignPoint, Grid, Measure

@@ -2,7 +2,7 @@
 
 A split run (:func:`amla_numerics.flash.attention` with ``splits=``) computes, for each
 split ``s`` of the keys, a normalised partial ``o^_s`` with statistics ``m^_s``, ``l^_s``,
-and merges them (:mod:`amla_numerics.flash.splitkv`). This module bounds
+and merges them (:mod:`amla_numerics.flash.splitkv`): the split combine stage. This module bounds
 ``|out^ - out|`` per output element, composing
 
 * the split's own elementwise bound ``E_s`` (:func:`~amla_numerics.analysis.bounds.
@@ -35,19 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.bounds import (
-    BoundInputs,
-    a_priori_bound,
-    bound_inputs,
-    elementwise_bound,
-    score_error,
-)
+from amla_numerics.analysis.bounds.apriori import a_priori_bound
+from amla_numerics.analysis.bounds.elementwise import elementwise_bound
+from amla_numerics.analysis.bounds.inputs import BoundInputs, bound_inputs
+from amla_numerics.analysis.bounds.scores import score_error
 from amla_numerics.variants import DEFAULT_C, DEFAULT_TAU, check_variant, spec
 
 __all__ = ["combine_terms", "split_bound"]
 
 _LN2 = math.log(2.0)
+
 _LOG2E = 1.0 / _LN2
+
 _LANES = 32
 
 

@@ -343,32 +343,7 @@ def _numerics(point: DesignPoint, block: int, inputs: dict, m: Measure) -> dict[
             for tr in res.splits.traces:
                 if tr is not None and tr.p_saturate is not None:
                     sat += int(tr.p_saturate.sum())
-        if splits is None:
-            b = a_priori_bound(
-                point.variant,
-                head_dim=m.head_dim,
-                kv_len=m.kv_len,
-                block_n=block,
-                tau=tau,
-                policy=pol,
-            )
-            eb = elementwise_bound(b, x.binputs())
-        else:
-            eb = split_bound(  # type: ignore[assignment]
-                point.variant,
-                w.q,
-                w.k,
-                w.v,
-                w.scale,
-                splits=splits,
-                block_n=block,
-                tau=tau,
-                policy=pol,
-                mask=w.mask,
-            )
-        with np.errstate(all="ignore"):
-            ratio = np.where(x.valid, eb / x.mag, 0.0)
-        bound = max(bound, float(np.max(ratio)))
+        bound = max(bound, _bound_ratio(point, block, x, m, tau))
     worst = [max(v) for v in per_seed.values()]
     return {
         "error": _error_interval(worst),
@@ -379,6 +354,40 @@ def _numerics(point: DesignPoint, block: int, inputs: dict, m: Measure) -> dict[
         "clamps": clamps,
         "rescale_prob": float(np.mean(probs)) if probs else None,
     }
+
+
+def _bound_ratio(point: DesignPoint, block: int, x: Any, m: Measure, tau: float) -> float:
+    """The largest a priori bound over the valid elements of one input set ``x``, divided
+    by the element's condition-aware scale (split runs: the split bound)."""
+    pol = point.policy()
+    splits = None if point.splits == 1 else point.splits
+    w = x.w
+    if splits is None:
+        b = a_priori_bound(
+            point.variant,
+            head_dim=m.head_dim,
+            kv_len=m.kv_len,
+            block_n=block,
+            tau=tau,
+            policy=pol,
+        )
+        eb = elementwise_bound(b, x.binputs())
+    else:
+        eb = split_bound(  # type: ignore[assignment]
+            point.variant,
+            w.q,
+            w.k,
+            w.v,
+            w.scale,
+            splits=splits,
+            block_n=block,
+            tau=tau,
+            policy=pol,
+            mask=w.mask,
+        )
+    with np.errstate(all="ignore"):
+        ratio = np.where(x.valid, eb / x.mag, 0.0)
+    return float(np.max(ratio))
 
 
 def _throughput(point: DesignPoint, prob: float | None, m: Measure) -> dict[str, Any]:

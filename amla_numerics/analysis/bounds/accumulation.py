@@ -8,10 +8,22 @@ have one sign, and the P V output's subnormal spacing (``docs/bounds.md`` sectio
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from amla_numerics.analysis.bounds.arith import _F64_SLACK, _gamma
+import numpy as np
+
+from amla_numerics.analysis.bounds.arith import (
+    _F64_SLACK,
+    _cast_u,
+    _count,
+    _gamma,
+    _prob_scale,
+    _sigma,
+)
+from amla_numerics.analysis.bounds.result import Bound
 from amla_numerics.flash.accumulate import Accumulation
 from amla_numerics.formats import get_format
+from amla_numerics.variants import spec
 
 __all__: list[str] = []
 
@@ -105,3 +117,55 @@ def _pv_sigma(acc: Accumulation, out_format: str) -> float:
     if acc.model == "block_fma" and acc.acc_bits is not None:
         return max(fmt.min_subnormal, fmt.min_normal * 2.0 ** (1 - acc.acc_bits))
     return fmt.min_subnormal
+
+
+def _accumulation_fields(pol: Any, variant: str, head_dim: int, b: int, s_w: float) -> dict:
+    """The :class:`Bound` fields of the accumulated sums under ``pol``: the matrix unit's
+    formats and constants (QK^T over ``head_dim``, P V over a block of ``b`` keys, with
+    the alignment floors; ``s_w`` the static P scale), the row sum, and O's storage
+    between blocks (``fa_bf16``)."""
+    u = get_format(pol.work).unit_roundoff
+    sp = spec(variant)
+    fa_bf16 = sp.o_storage == "bf16" and pol.o_lowp is not None
+    qk_gamma = _matmul_gamma(pol.qk.accumulation, head_dim, pol.qk.out_format)
+    pv_gamma = _matmul_gamma(pol.pv.accumulation, b, pol.pv.out_format)
+    qk_align = _align_floor(pol.qk.accumulation, head_dim, pol.qk.out_format) * (1.0 + qk_gamma)
+    # per tile, in the P frame: the scaled tile's floor divided by S
+    pv_unit = _align_floor(pol.pv.accumulation, b, pol.pv.out_format) * (1.0 + pv_gamma) / s_w
+    return {
+        "qk_in": pol.qk.in_format,
+        "pv_in": pol.pv.in_format,
+        "u_o": _cast_u(pol.o_lowp, pol.o_lowp_rounding) if fa_bf16 else 0.0,
+        "qk_gamma": qk_gamma,
+        "pv_gamma": pv_gamma,
+        "rowsum_gamma": _accumulation_gamma(pol.rowsum, b, u),
+        "sigma_o": _sigma(pol.o_lowp) if fa_bf16 else 0.0,
+        "sigma_pv_out": _pv_sigma(pol.pv.accumulation, pol.pv.out_format),
+        "qk_biased": _biased(pol.qk.accumulation),
+        "pv_biased": _biased(pol.pv.accumulation),
+        "qk_align": qk_align,
+        "pv_align": pv_unit,
+    }
+
+
+def _add_terms(
+    b: Bound, s0: np.ndarray, own: np.ndarray, na: np.ndarray, ca: np.ndarray, prob: bool
+) -> tuple[Any, Any]:
+    """Per key, the roundings of its block's sums and of the later blocks' adds,
+    numerator and denominator: the P V tile (``g_pv``) and the row sum, the add of the
+    tile to O and l (``own``: blocks ``>= 1``), one add per later block (``na``: no
+    change; ``ca``: a change block, with its multiply), ``fa_bf16``'s O storage."""
+    u = b.u_work
+    sp = spec(b.variant)
+    bn = b.block_n if sp.tiled else s0.shape[-1]
+    pv = _prob_scale(b.pv_gamma, bn, u) if prob and not b.pv_biased else b.pv_gamma
+    rowsum = _prob_scale(b.rowsum_gamma, bn, u) if prob else b.rowsum_gamma
+    if not sp.tiled:
+        return np.full_like(s0, pv), np.full_like(s0, rowsum)
+    den_blk = rowsum + _count(own, prob) * u + _count(na, prob) * u + _count(ca, prob) * 2.0 * u
+    if sp.is_amla:
+        return pv + _count(own, prob) * u + _count(na + ca, prob) * u, den_blk
+    later_k = na + ca
+    num_blk = pv + _count(own, prob) * u + _count(na, prob) * u + _count(ca, prob) * 2.0 * u
+    num_blk = num_blk + _count(later_k + 1.0, prob) * b.u_o
+    return num_blk, den_blk

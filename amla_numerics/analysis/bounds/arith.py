@@ -8,6 +8,9 @@ slack on the float64 evaluation of the bound itself (section 1).
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import numpy as np
 
 from amla_numerics.formats import get_format
 
@@ -57,3 +60,9 @@ def _contains(outer: str, inner: str) -> bool:
     """Whether every value of format ``inner`` is a value of format ``outer``."""
     o, i = get_format(outer), get_format(inner)
     return o.p >= i.p and o.emax >= i.emax and o.emin - o.p <= i.emin - i.p
+
+
+def _count(n: Any, prob: bool) -> Any:
+    """``n`` roundings of size ``u``: ``n`` (deterministic) or ``LAMBDA sqrt(n)``
+    (probabilistic)."""
+    return np.minimum(n, LAMBDA * np.sqrt(n)) if prob else n

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.bounds.arith import _LN2
+from amla_numerics.analysis.bounds.arith import _LN2, _cast_u, _contains, _sigma
 from amla_numerics.analysis.bounds.arrays import _to_keys, _weighted_sum
 from amla_numerics.analysis.bounds.inputs import BoundInputs
 from amla_numerics.analysis.bounds.result import Bound
@@ -20,6 +20,50 @@ from amla_numerics.formats import get_format
 from amla_numerics.variants import spec
 
 __all__: list[str] = []
+
+
+def _p_scale_w(pol: Any) -> float:
+    """The static P scale ``S`` as the work format holds it."""
+    return float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
+
+
+def _p_top(variant: str, tau: float) -> float:
+    """The largest P tile value: 1; ``2**(tau + 1)`` with a stale max (``tau`` in log2
+    units for every stale-max variant); AMLA's ``P r^ <= 2**(1/2) (1 + 2**-7)``."""
+    sp = spec(variant)
+    top = 2.0 ** (tau + 1.0) if sp.stale_max is not None else 1.0
+    if sp.is_amla:
+        top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
+    return top
+
+
+def _pcast_fields(pol: Any, variant: str, tau: float) -> dict:
+    """The :class:`Bound` fields of the P cast under ``pol``: its relative and subnormal
+    errors as the matrix unit sees it (with the P V input format's rounding when the
+    cast's values do not all fit it), the static scale's and saturation's terms, the
+    smallest normal tile value in the P frame and ``max(1, S p_top)``."""
+    u_cast = _cast_u(pol.p_cast, pol.p_cast_rounding)
+    sigma_cast = _sigma(pol.p_cast)
+    if not _contains(pol.pv.in_format, pol.p_cast or pol.work):  # P re-rounded for the matmul
+        u_in = get_format(pol.pv.in_format).unit_roundoff
+        u_cast = u_cast + u_in * (1.0 + u_cast)
+        sigma_cast = sigma_cast * (1.0 + u_in) + _sigma(pol.pv.in_format)
+    p_sat, p_scale_abs, sigma_cast, u_cast = _p_scale_terms(pol, variant, tau, sigma_cast, u_cast)
+    s_w = _p_scale_w(pol)
+    p_min_normal = 0.0
+    if pol.p_cast is not None:
+        p_min_normal = get_format(pol.p_cast).min_normal
+        if not _contains(pol.pv.in_format, pol.p_cast):
+            p_min_normal = max(p_min_normal, get_format(pol.pv.in_format).min_normal)
+        p_min_normal /= s_w
+    return {
+        "u_cast": u_cast,
+        "sigma_cast": sigma_cast,
+        "p_saturate": p_sat,
+        "p_scale_abs": p_scale_abs,
+        "p_min_normal": p_min_normal,
+        "pv_align_const": max(1.0, s_w * _p_top(variant, tau)),
+    }
 
 
 def _p_scale_terms(
@@ -33,7 +77,7 @@ def _p_scale_terms(
     ``P r^ <= 2**(1/2) (1 + 2**-7)``) exceeds the cast format's ``max_finite``."""
     work = get_format(pol.work)
     u = work.unit_roundoff
-    s = float(np.float32(pol.p_scale)) if pol.work == "fp32" else float(pol.p_scale)
+    s = _p_scale_w(pol)
     p_scale_abs = 0.0
     if s != 1.0:
         u_cast = u_cast + 2.0 * u * (1.0 + u_cast)
@@ -41,10 +85,7 @@ def _p_scale_terms(
         p_scale_abs = work.min_subnormal
     sat = False
     if pol.p_cast is not None and get_format(pol.p_cast).name in ("e4m3", "e5m2"):
-        sp = spec(variant)
-        top = 2.0 ** (tau + 1.0) if sp.stale_max is not None else 1.0
-        if sp.is_amla:
-            top *= math.sqrt(2.0) * (1.0 + 2.0**-7)
+        top = _p_top(variant, tau)
         sat = s * top * (1.0 + 4.0 * u) > get_format(pol.p_cast).max_finite
     return sat, p_scale_abs, sigma_cast, u_cast
 

@@ -8,13 +8,18 @@ the kernel's own scalars (``docs/bounds.md`` section 4, later blocks; section 5,
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.bounds.arith import _gamma
+from amla_numerics.analysis.bounds.arith import _LN2, _cast_u, _gamma
+from amla_numerics.analysis.bounds.arrays import _after, _blocked, _to_keys
+from amla_numerics.analysis.bounds.inputs import BoundInputs
 from amla_numerics.analysis.bounds.result import Bound
+from amla_numerics.formats import get_format
 from amla_numerics.variants import spec
 
 __all__: list[str] = []
@@ -168,3 +173,183 @@ def _cof_quotients(
     q_lo[..., 1:] = np.maximum(cof_lo[..., :-1] / cof_hi[..., 1:] * (1 - 2.0**-50), 1.0 / q_top)
     q_hi[..., 1:] = np.minimum(cof_hi[..., :-1] / cof_lo[..., 1:] * (1 + 2.0**-50), q_top)
     return q_lo, q_hi
+
+
+def _rescale_fields(pol: Any, variant: str, c: float, exp_u: float, exp_slope: float) -> dict:
+    """The :class:`Bound` fields of the rescale stage under ``pol``: AMLA's compensation
+    constants in the work format, its residual's error ``eta``, the range of ``r^``, the
+    ``dn`` clamp and the bias's integer ``nu_0`` (FA variants: the neutral values)."""
+    work = get_format(pol.work)
+    u = work.unit_roundoff
+    sp = spec(variant)
+    amla = sp.is_amla
+    u_r = 0.0
+    if amla and sp.fold != "r_fp32" and pol.r_cast is not None:
+        u_r = _cast_u(pol.r_cast, pol.r_cast_rounding)
+    consts = _work_constants(pol.work)
+    c_w, bias_w = consts["round"](c), consts["round"](float(pol.eps_bias))
+    # AMLA's residual r = exp(fl(fl(fl(m RECIP) + n) LN2)): |ln(r / (e**m 2**n))| <= eta
+    rho_r, rho_l = consts["recip_err"], consts["ln2_err"]
+    t3_max = 0.5 * _LN2 * (1.0 + rho_l) * (1.0 + u) + work.min_subnormal
+    d_exp = exp_u + exp_slope * t3_max
+    eta_slope = rho_r + u * (1.0 + rho_r)
+    eta_const = (
+        0.5 * _LN2 * (rho_l + u * (1.0 + rho_l)) + 2.0 * work.min_subnormal - math.log1p(-d_exp)
+    )
+    r_min, r_max = 1.0, 1.0
+    if amla:
+        r_lo, r_hi = math.exp(-t3_max) * (1.0 - d_exp), math.exp(t3_max) * (1.0 + d_exp)
+        u_rc = _cast_u(pol.r_cast, pol.r_cast_rounding) if sp.fold != "r_fp32" else 0.0
+        r_min, r_max = r_lo * (1.0 - u_rc), r_hi * (1.0 + u_rc)
+    clamp = pol.dn_clamp if amla else None
+    if sp.guard and pol.rescale == "int_add":
+        clamp = None  # the guard multiplies by the exact 2**dn where the add would clamp
+    nu0 = 0
+    if amla and pol.rescale == "int_add" and sp.compensation == "additive":
+        nu0 = int(consts["rna_units"](bias_w))
+    return {
+        "u_r": u_r,
+        "c": c_w,
+        "eps_bias": bias_w,
+        "dn_clamp": clamp,
+        "rescale": pol.rescale,
+        "r_cast": None if sp.fold == "r_fp32" else pol.r_cast,
+        "r_cast_rounding": pol.r_cast_rounding,
+        "bias_units": nu0,
+        "eta_slope": eta_slope if amla else 0.0,
+        "eta_const": eta_const if amla else 0.0,
+        "r_hat_min": r_min,
+        "r_hat_max": r_max,
+    }
+
+
+def _bias_step(b: Bound) -> float:
+    """The relative change of O at a block where the max does not move: AMLA's add of
+    ``nu_0``, ``0 < theta_0 <= nu_0 2**-23 (1 + nu_0 2**-23)``."""
+    nu_rel = abs(b.bias_units) * 2.0**-23
+    return nu_rel * (1.0 + nu_rel)
+
+
+def _rescale_step(b: Bound) -> float:
+    """AMLA's compensation mismatch at a block where the max moves, for ``|m| = 0`` and
+    ``dn = 0`` (0 for the FA variants)."""
+    amla = spec(b.variant).is_amla
+    return float((1.0 + _rho_a(b, 0.0)) * math.exp(2.0 * b.eta_const) - 1.0 if amla else 0.0)
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """Per row and KV block, where the running max can change (docs/bounds.md section 4).
+
+    ``bn`` keys per block (all keys for an untiled variant); ``m_lo``, ``m_hi``
+    (..., M, T): bounds of the running max ``m_j``; ``chg``: block ``j`` may change it;
+    per block ``b``, ``chg_after`` and ``nochg_after`` count the later blocks that may
+    and may not, ``d_after`` bounds the later total movement ``sum_{j > b} |dm_j|``;
+    ``n_chg_row`` (..., M, 1) counts the change blocks of the row.
+    """
+
+    bn: int
+    m_lo: np.ndarray
+    m_hi: np.ndarray
+    chg: np.ndarray
+    chg_after: np.ndarray
+    nochg_after: np.ndarray
+    d_after: np.ndarray
+    n_chg_row: np.ndarray
+
+
+def _max_changes(b: Bound, x: BoundInputs, e: np.ndarray, fin: np.ndarray) -> _Changes:
+    """Per block: can the running max change? The bounds of ``m_j`` from the exact scores
+    ``s`` and their error ``e`` (near-ties count as changes)."""
+    u, n_keys, s = b.u_work, x.kv_len, x.s
+    sp = spec(b.variant)
+    lazy = sp.stale_max is not None  # a stale max: P up to 2**tau
+    t_blk = b.blocks
+    bn = b.block_n if sp.tiled else n_keys
+    hi_blk = np.max(_blocked(np.where(fin, s + e, -np.inf), t_blk, bn, -np.inf), axis=-1)
+    lo_blk = np.max(_blocked(np.where(fin, s - e, -np.inf), t_blk, bn, -np.inf), axis=-1)
+    m_hi = np.maximum.accumulate(hi_blk, axis=-1)  # m_j <= m_hi_j
+    m_lo = np.maximum.accumulate(lo_blk, axis=-1)  # m_j >= m_lo_j
+    chg = np.zeros(hi_blk.shape, dtype=bool)
+    chg[..., 1:] = hi_blk[..., 1:] > m_lo[..., :-1]
+    chg_f = chg.astype(np.float64)
+    chg_after = _after(chg_f)  # (..., M, T): change blocks after block b
+    later = np.arange(t_blk - 1, -1, -1, dtype=np.float64)  # blocks after block b
+    nochg_after = later - chg_after
+    # sum_{j > b} |dm_j| <= m_T - m_b (monotone); lazy's stale max trails by <= tau ln 2
+    with np.errstate(invalid="ignore"):
+        d_after = np.where(
+            (chg_after > 0) & np.isfinite(m_lo),
+            m_hi[..., -1:] - m_lo + (b.tau * _LN2 * (1.0 + 4 * u) if lazy else 0.0),
+            0.0,
+        )
+    n_chg_row = np.sum(chg_f, axis=-1, keepdims=True)
+    return _Changes(bn, m_lo, m_hi, chg, chg_after, nochg_after, d_after, n_chg_row)
+
+
+def _amla_terms(
+    b: Bound, x: BoundInputs, e: np.ndarray, fin: np.ndarray, ch: _Changes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """AMLA's per-key terms over the later change blocks: the compensation mismatch
+    ``rho``, the ``dn`` rounding term, and ``ln K_i`` of the clamp (None: no key clamped).
+    ``n`` is bounded at both ends of every jump from the score interval of the max."""
+    s, n_keys, bn, chg = x.s, x.kv_len, ch.bn, ch.chg
+    m_lo, m_hi = ch.m_lo, ch.m_hi
+    logk_key: np.ndarray | None = None
+    consts = _work_constants(b.work)
+    dt = consts["dtype"]
+    n_of = consts["n_of"]
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo_w = np.asarray(m_lo, dtype=dt)  # round to the work format, then outward
+        lo_w = np.where(lo_w < m_lo, np.nextafter(lo_w, dt(np.inf)), lo_w)
+        hi_w = np.asarray(m_hi, dtype=dt)
+        hi_w = np.where(hi_w > m_hi, np.nextafter(hi_w, dt(-np.inf)), hi_w)
+    started = np.isfinite(m_hi)  # some attended key in blocks <= j
+    n_hi = np.where(started, n_of(lo_w), 0.0)  # n is non-increasing in m
+    n_lo = np.where(started, n_of(hi_w), 0.0)
+    dn_lo = np.zeros_like(n_lo)
+    dn_hi = np.zeros_like(n_lo)
+    dn_lo[..., 1:] = n_lo[..., 1:] - n_hi[..., :-1]
+    dn_hi[..., 1:] = n_hi[..., 1:] - n_lo[..., :-1]
+    old = np.zeros_like(chg)
+    old[..., 1:] = started[..., :-1]  # keys before block j exist
+    dn_abs = np.where(chg & old, np.maximum(-dn_lo, dn_hi), 0.0)
+    if b.dn_clamp is not None:
+        dn_abs = np.minimum(dn_abs, abs(b.dn_clamp))
+    dn_max = np.max(dn_abs, axis=-1, keepdims=True)
+    absm = np.max(np.where(fin, np.abs(s) + e, 0.0), axis=-1, keepdims=True)
+    eta = b.eta_slope * absm + b.eta_const
+    h_fac = np.exp(2.0 * eta)  # H = (1 + eta_{j-1}) / (1 + eta_j) <= e**(2 eta)
+    q_lo, q_hi = _cof_quotients(b, consts, lo_w, hi_w, n_lo, n_hi, started)
+    rho = (1.0 + _rho_a(b, dn_max, q_lo, q_hi)) * h_fac - 1.0  # (..., M, T)
+    rho_key = _to_keys(_after(np.where(chg, rho, 0.0)), bn, n_keys)
+    dn_key = _to_keys(_after(dn_abs), bn, n_keys) * (_dn_coef(b, dn_max) * h_fac)
+    if b.dn_clamp is not None:
+        clamped = chg & old & (dn_lo < b.dn_clamp)
+        if clamped.any():
+            logk = np.where(clamped, (b.dn_clamp - dn_lo) * _LN2, 0.0)
+            logk_key = _to_keys(_after(logk), bn, n_keys)
+    return rho_key, dn_key, logk_key
+
+
+def _rescale_terms(
+    b: Bound,
+    s0: np.ndarray,
+    na: np.ndarray,
+    ca: np.ndarray,
+    da: np.ndarray,
+    rho_key: Any,
+    dn_key: Any,
+) -> tuple[Any, Any]:
+    """The systematic per-key terms of the later blocks' rescales, numerator and
+    denominator: ``a_j``'s error ``exp_u + (u + exp_slope) |dm_j|`` at the change blocks
+    (both sides for FA; l only for AMLA), AMLA's bias at the others and its mismatch."""
+    u = b.u_work
+    sp = spec(b.variant)
+    # a_j = exp(fl(m_{j-1} - m_j)) at change blocks: exp_u + (u + exp_slope) |dm_j| each
+    a_err = ca * b.exp_u + (u + b.exp_slope) * da
+    if not sp.tiled:
+        return np.zeros_like(s0), np.zeros_like(s0)
+    if sp.is_amla:
+        return na * b.terms["bias_step"] + rho_key + dn_key, a_err
+    return a_err, a_err  # fa_fp32, fa_bf16, lazy: a_j scales O and l alike

@@ -77,7 +77,7 @@ class Bound:
         re-rounds), divided by the static scale: a tile value known to be at least this
         (in its block's frame) takes no absolute cast error (0: every key may).
     qk_align, pv_align, pv_align_const : float
-        A block FMA's alignment floor (:func:`_align_floor`): the absolute error of one
+        A block FMA's alignment floor (``accumulation._align_floor``): the absolute error of one
         score is at most ``qk_align max(scale, scale (|q|_1 + |k|_1))`` beyond
         ``qk_gamma``'s, that of one P V tile ``pv_align max(pv_align_const, max|V|)``
         beyond ``pv_gamma``'s (``pv_align_const = max(1, S p_top)``, ``p_top`` the largest

@@ -28,8 +28,7 @@ import mpmath
 import numpy as np
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
-from amla_numerics.analysis.splitbound import split_bound
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, split_bound
 from amla_numerics.flash import ACCUMULATION_PRESETS, MatmulPolicy, get_policy
 from amla_numerics.formats import BF16
 from amla_numerics.rounding import round_to

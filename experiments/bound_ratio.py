@@ -33,7 +33,7 @@ def measure(workload, kv_len, block_n, seed, head_dim, rows, variants):
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
     stats = bound_inputs(w.q, w.k, w.v, w.scale)
-    from amla_numerics.analysis.bounds import _mm
+    from amla_numerics.analysis.bounds.arrays import _mm
 
     mag = _mm(stats.w, stats.v_abs)
     t_in = time.perf_counter() - t0

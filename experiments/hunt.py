@@ -40,8 +40,7 @@ import ml_dtypes
 import numpy as np
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
-from amla_numerics.analysis.splitbound import split_bound
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, split_bound
 from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS
 from amla_numerics.flash.policy import MatmulPolicy, get_policy
 from amla_numerics.variants import VARIANTS

@@ -10,7 +10,7 @@ exact lse) we record per case and seed:
 * ``cond_max``, ``cond_median``: ``|out - ref| / sum_k p_k |v_k|`` in units of ``2**-24``;
 * ``bound_median`` (N <= ``--bound-max-n``, 32768 by default: the bounds' float64
   statistics dominate the run time at long N): the a priori split bound
-  (:func:`amla_numerics.analysis.splitbound.split_bound`; S = 1:
+  (:func:`amla_numerics.analysis.bounds.split_bound`; S = 1:
   :func:`~amla_numerics.analysis.bounds.elementwise_bound`) on the same scale;
 * ``lse_err_max``: ``|lse - lse_ref|`` in units of ``2**-24`` (absolute, nats);
 * ``combine_err_max``: the combine's own error, ``|out - out64|`` on the same scale, with
@@ -36,8 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, softmax_weights
-from amla_numerics.analysis.splitbound import split_bound
+from amla_numerics.analysis.bounds import (
+    a_priori_bound,
+    elementwise_bound,
+    softmax_weights,
+    split_bound,
+)
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash.splitkv import combine_partials
 from amla_numerics.flash.stages import exp_cr

@@ -487,7 +487,7 @@ def test_fp8_preset_in_a_policy_round_trips():
     assert not np.array_equal(fp8, ref)
     # v > 0 here (v + 4, |v| <= 4 w.p. ~1), so |out| ~ sum_k w_k |v_k|: the accumulator's
     # part is within its constant (plus the FP32 adds and division of both runs, ~10 u)
-    from amla_numerics.analysis.bounds import _matmul_gamma
+    from amla_numerics.analysis.bounds.accumulation import _matmul_gamma
 
     assert np.all(v > 0)
     assert np.max(np.abs(fp8 - ref) / np.abs(ref)) <= _matmul_gamma(acc, 128, "fp32") + 1e-6

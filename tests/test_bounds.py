@@ -154,13 +154,13 @@ def test_bound_holds_under_every_preset(preset, variant):
     _check(variant, w.q, w.k, w.v, w.scale, 128, preset)
 
 
-# --- the block FMA's constant (bounds._matmul_gamma) against the model itself
+# --- the block FMA's constant (bounds.accumulation._matmul_gamma) against the model itself
 
 
 def _dot_error_ratio(a, b, acc):
     from fractions import Fraction
 
-    from amla_numerics.analysis.bounds import _matmul_gamma
+    from amla_numerics.analysis.bounds.accumulation import _matmul_gamma
     from amla_numerics.flash.accumulate import matmul
 
     got = Fraction(float(matmul(a[None, :], b[:, None], acc)[0, 0]))
@@ -195,7 +195,7 @@ def test_reduced_accumulator_needs_its_own_constant():
     """A large accumulator and 63 terms just below its grid: every term is cut (the FP8
     accumulator keeps 13 fraction bits). The error (63/16 on 1028) is far above what an
     FP32 accumulator's 2 gamma_64 would allow, and within the acc_bits-aware constant."""
-    from amla_numerics.analysis.bounds import _accumulation_gamma
+    from amla_numerics.analysis.bounds.accumulation import _accumulation_gamma
     from amla_numerics.flash.accumulate import ACCUMULATION_PRESETS
 
     acc = ACCUMULATION_PRESETS["h100_fp8"]

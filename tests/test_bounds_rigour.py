@@ -358,7 +358,7 @@ def test_representability_agrees_with_round_to(fmt):
     """The bounds charge input rounding only where the inputs are not in the matrix unit's
     format; the fast FP32/BF16 test agrees with the exact rounder on normals, subnormals
     and out-of-range values."""
-    from amla_numerics.analysis.bounds import _representable
+    from amla_numerics.analysis.bounds.inputs import _representable
     from amla_numerics.formats import get_format
 
     rng = np.random.default_rng(4)

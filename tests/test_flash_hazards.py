@@ -181,8 +181,7 @@ def test_the_o_clip_is_a_counted_garbage_class(variant, splits):
     """Policy ``"cann"`` zeroes a finite O beyond 1e10: those elements (and only they) are
     the ``o_clip`` class, in the garbage mask; every other element is within its bound
     against the exact answer (an equal-weight mean: V itself)."""
-    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
-    from amla_numerics.analysis.splitbound import split_bound
+    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, split_bound
 
     q, k, v = _clip_case()
     res = flash.attention(q, k, v, variant, scale=0.5, block_n=512, policy="cann", splits=splits)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from amla_numerics import flash, reference
-from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
-from amla_numerics.analysis.splitbound import split_bound
+from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, split_bound
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash import Accumulation, MatmulPolicy, get_policy
 from amla_numerics.flash.splitkv import (

@@ -24,6 +24,7 @@ from amla_numerics.analysis.bounds import (
     bound_inputs,
     elementwise_bound,
     softmax_weights,
+    split_bound,
 )
 from amla_numerics.analysis.budgets import (
     BudgetBook,
@@ -42,7 +43,6 @@ from amla_numerics.analysis.metrics import (
 )
 from amla_numerics.analysis.render import render
 from amla_numerics.analysis.report import Report, ReportConfig, build_report, summarize
-from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import WORKLOADS, Workload, load_workload, make_workload
 
 __all__ = [

@@ -99,7 +99,7 @@ class Case:
     group_rows: int | None = None
     #: Split-KV: the keys split into this many splits of whole blocks (1: unsplit), merged
     #: by ``combine`` (:mod:`amla_numerics.flash.splitkv`); bounds by
-    #: :func:`~amla_numerics.analysis.splitbound.split_bound`.
+    #: :func:`~amla_numerics.analysis.bounds.split_bound`.
     splits: int = 1
     combine: str = "cann"
 
@@ -249,7 +249,7 @@ def evaluate_case(
     (records in ``(c, variant)`` order) instead of at ``case.c`` only.
     """
     from amla_numerics import flash, reference  # heavy imports stay out of module import
-    from amla_numerics.analysis.splitbound import split_bound
+    from amla_numerics.analysis.bounds import split_bound
 
     variants = [check_variant(v) for v in variants]
     w = case.make()

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from amla_numerics.flash.policy import get_policy
-from amla_numerics.formats import BF16, FP32, get_format
+from amla_numerics.formats import BF16, FP32, Format, get_format
 from amla_numerics.reference.dispatch import AUTO_ULP_FP32, AUTO_ULP_FP64
 from amla_numerics.rounding import MODES, round_to
 from amla_numerics.ulp import signed_ulp_error, ulp, ulp_distance
@@ -309,6 +309,50 @@ def error_metrics(
     ``out_ij == ref_ij`` and infinite otherwise. The correctly rounded BF16 reference is
     ``rne(ref)`` from the float64 reference (which is certified far inside one BF16 ULP).
     """
+    y_raw, y, r, mg, fmt = _checked(out, ref, mag, out_format, out_rounding)
+    covered = np.isfinite(r)
+    if np.any(covered & ~(mg >= 0)):
+        raise ValueError("argument 'mag' must be >= 0 (and not NaN) where 'ref' is finite")
+    finite = np.isfinite(y) & covered
+    n = int(np.count_nonzero(covered))
+    n_nonfinite = n - int(np.count_nonzero(finite))
+    cond, diff = _cond_fields(y, r, mg, covered, finite, n)
+    row_max, row_med = _row_errors(y, r, covered, finite)
+    ref_norm = float(np.linalg.norm(r[covered]))
+    if n_nonfinite:
+        rel_fro = math.inf
+    elif ref_norm:
+        rel_fro = float(np.linalg.norm(diff[covered])) / ref_norm
+    else:
+        rel_fro = 0.0 if not np.any(diff[covered]) else math.inf
+    bf_max, bf_frac = _out_format_view(y_raw, r, covered, finite, fmt, out_rounding)
+    bf_faithful, bf_row_max, bf_row_p999 = _row_scale_view(
+        y_raw, r, covered, finite, fmt, out_rounding
+    )
+    return ErrorMetrics(
+        n=n,
+        n_nonfinite=n_nonfinite,
+        row_rel_max=row_max,
+        row_rel_median=row_med,
+        rel_fro=rel_fro,
+        bf16_out_max_ulp=bf_max,
+        bf16_out_incorrect_frac=bf_frac,
+        lse_err_max=_lse_error(lse, lse_ref),
+        n_ref_nonfinite=int(r.size - n),
+        bf16_out_cr_frac=1.0 - bf_frac if n else math.nan,
+        bf16_out_faithful_frac=bf_faithful,
+        bf16_out_rowmax_ulp_max=bf_row_max,
+        bf16_out_rowmax_ulp_p999=bf_row_p999,
+        **cond,
+        **_ulp_fields(y[finite], r[finite]),
+    )
+
+
+def _checked(
+    out: Any, ref: Any, mag: Any, out_format: str, out_rounding: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Format]:
+    """``out`` as given and in float64, ``ref``, ``mag`` and the output format, checked
+    (see :func:`error_metrics`'s Raises)."""
     y_raw = np.asarray(out)
     y = y_raw.astype(np.float64)
     r = np.asarray(ref, dtype=np.float64)
@@ -321,14 +365,14 @@ def error_metrics(
         raise ValueError("argument 'ref' must not hold inf (NaN marks fully masked rows)")
     if out_rounding not in MODES or out_rounding == "stochastic":
         raise ValueError(f"unknown rounding {out_rounding!r} for argument 'out_rounding'")
-    fmt = get_format(out_format)
-    covered = np.isfinite(r)
-    if np.any(covered & ~(mg >= 0)):
-        raise ValueError("argument 'mag' must be >= 0 (and not NaN) where 'ref' is finite")
-    finite = np.isfinite(y) & covered
-    n = int(np.count_nonzero(covered))
-    n_nonfinite = n - int(np.count_nonzero(finite))
+    return y_raw, y, r, mg, get_format(out_format)
 
+
+def _cond_fields(
+    y: np.ndarray, r: np.ndarray, mg: np.ndarray, covered: np.ndarray, finite: np.ndarray, n: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The condition-aware error's fields of :class:`ErrorMetrics`, and ``out - ref``
+    (0 where the output is not finite)."""
     # condition-aware error: inf at garbage, 0/0 = 0 where mag == 0 and out == ref
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         diff = np.where(finite, y - r, 0.0)
@@ -344,23 +388,23 @@ def error_metrics(
         mean_signed = float(np.mean(signed_f)) if signed_f.size else math.nan
     else:
         worst, cq, mean_signed = (), [math.nan] * 3, math.nan
+    fields = {
+        "cond_err_max": float(cq[2]),
+        "cond_err_p999": float(cq[1]),
+        "cond_err_median": float(cq[0]),
+        "cond_err_mean_signed": mean_signed,
+        "worst_index": worst,
+        "hist_cond_err": tuple(int(c) for c in np.histogram(cond_cov, COND_EDGES)[0])
+        if n
+        else (0,) * (len(COND_EDGES) - 1),
+    }
+    return fields, diff
 
-    row_max, row_med = _row_errors(y, r, covered, finite)
-    ref_norm = float(np.linalg.norm(r[covered]))
-    if n_nonfinite:
-        rel_fro = math.inf
-    elif ref_norm:
-        rel_fro = float(np.linalg.norm(diff[covered])) / ref_norm
-    else:
-        rel_fro = 0.0 if not np.any(diff[covered]) else math.inf
-    bf_max, bf_frac = _out_format_view(y_raw, r, covered, finite, fmt, out_rounding)
-    bf_faithful, bf_row_max, bf_row_p999 = _row_scale_view(
-        y_raw, r, covered, finite, fmt, out_rounding
-    )
-    lse_err = _lse_error(lse, lse_ref)
 
-    # secondary: ULPs at the reference value, over the finite outputs
-    y_f, r_f = y[finite], r[finite]
+def _ulp_fields(y_f: np.ndarray, r_f: np.ndarray) -> dict[str, Any]:
+    """The secondary fields of :class:`ErrorMetrics` over the finite outputs ``y_f`` and
+    their references ``r_f``: ULPs at the reference value, the sign test, absolute and
+    relative norms, the scale bias."""
     nf = int(y_f.size)
     signed32 = signed_ulp_error(y_f, r_f, FP32) if nf else np.zeros(0)
     u32 = np.abs(signed32)
@@ -375,45 +419,26 @@ def error_metrics(
         else math.nan
     )
     denom = float(np.linalg.norm(y_f)) * float(np.linalg.norm(r_f))
-    return ErrorMetrics(
-        n=n,
-        n_nonfinite=n_nonfinite,
-        cond_err_max=float(cq[2]),
-        cond_err_p999=float(cq[1]),
-        cond_err_median=float(cq[0]),
-        cond_err_mean_signed=mean_signed,
-        row_rel_max=row_max,
-        row_rel_median=row_med,
-        rel_fro=rel_fro,
-        bf16_out_max_ulp=bf_max,
-        bf16_out_incorrect_frac=bf_frac,
-        lse_err_max=lse_err,
-        worst_index=worst,
-        scale_bias=_scale_bias(y_f, r_f),
-        median_ulp_fp32=q32[0],
-        p90_ulp_fp32=q32[1],
-        p99_ulp_fp32=q32[2],
-        p999_ulp_fp32=q32[3],
-        max_ulp_fp32=q32[4],
-        median_ulp_bf16=q16[0],
-        p999_ulp_bf16=q16[3],
-        max_ulp_bf16=q16[4],
-        mean_signed_ulp_fp32=float(np.mean(signed32)) if nf else math.nan,
-        sign_test_p=sign_p,
-        max_abs=float(np.max(np.abs(d_f))) if nf else math.nan,
-        rmse=float(np.sqrt(np.mean(d_f**2))) if nf else math.nan,
-        cosine=float(np.dot(y_f, r_f)) / denom if denom else math.nan,
-        rel_l1=float(np.sum(np.abs(d_f)) / np.sum(np.abs(r_f))) if nf and np.any(r_f) else math.nan,
-        n_ref_nonfinite=int(r.size - n),
-        hist_ulp_fp32=tuple(int(c) for c in np.histogram(u32, HIST_EDGES)[0]),
-        hist_cond_err=tuple(int(c) for c in np.histogram(cond_cov, COND_EDGES)[0])
-        if n
-        else (0,) * (len(COND_EDGES) - 1),
-        bf16_out_cr_frac=1.0 - bf_frac if n else math.nan,
-        bf16_out_faithful_frac=bf_faithful,
-        bf16_out_rowmax_ulp_max=bf_row_max,
-        bf16_out_rowmax_ulp_p999=bf_row_p999,
-    )
+    return {
+        "scale_bias": _scale_bias(y_f, r_f),
+        "median_ulp_fp32": q32[0],
+        "p90_ulp_fp32": q32[1],
+        "p99_ulp_fp32": q32[2],
+        "p999_ulp_fp32": q32[3],
+        "max_ulp_fp32": q32[4],
+        "median_ulp_bf16": q16[0],
+        "p999_ulp_bf16": q16[3],
+        "max_ulp_bf16": q16[4],
+        "mean_signed_ulp_fp32": float(np.mean(signed32)) if nf else math.nan,
+        "sign_test_p": sign_p,
+        "max_abs": float(np.max(np.abs(d_f))) if nf else math.nan,
+        "rmse": float(np.sqrt(np.mean(d_f**2))) if nf else math.nan,
+        "cosine": float(np.dot(y_f, r_f)) / denom if denom else math.nan,
+        "rel_l1": float(np.sum(np.abs(d_f)) / np.sum(np.abs(r_f)))
+        if nf and np.any(r_f)
+        else math.nan,
+        "hist_ulp_fp32": tuple(int(c) for c in np.histogram(u32, HIST_EDGES)[0]),
+    }
 
 
 def _binomtest(k: int, n: int) -> Any:

@@ -6,7 +6,7 @@
 * ``conditions``: :func:`~amla_numerics.explore.limits.conditions` on the workload's
   ``N`` and ``max |V|`` (the closed forms);
 * ``bound``: the largest a priori bound (:mod:`amla_numerics.analysis.bounds`; split runs:
-  :mod:`amla_numerics.analysis.splitbound`) over the elements, divided by the element's
+  :func:`amla_numerics.analysis.bounds.split_bound`) over the elements, divided by the element's
   ``sum_k p_k |v_k|`` (the condition-aware scale of
   :func:`~amla_numerics.analysis.metrics.magnitude_scale`), worst over workloads and seeds;
 * ``error``: per seed the worst (over the workloads) of the largest condition-aware error
@@ -52,10 +52,14 @@ import numpy as np
 from scipy import stats
 
 from amla_numerics import flash
-from amla_numerics.analysis.bounds import a_priori_bound, bound_inputs, elementwise_bound
+from amla_numerics.analysis.bounds import (
+    a_priori_bound,
+    bound_inputs,
+    elementwise_bound,
+    split_bound,
+)
 from amla_numerics.analysis.metrics import U_FP32, condition_aware, magnitude_scale
 from amla_numerics.analysis.sinks import sink_workload
-from amla_numerics.analysis.splitbound import split_bound
 from amla_numerics.analysis.workloads import Workload, make_workload
 from amla_numerics.explore.limits import Conditions, conditions, tau_max
 from amla_numerics.explore.space import SINK_WORKLOAD, DesignPoint, Grid, Measure
@@ -339,32 +343,7 @@ def _numerics(point: DesignPoint, block: int, inputs: dict, m: Measure) -> dict[
             for tr in res.splits.traces:
                 if tr is not None and tr.p_saturate is not None:
                     sat += int(tr.p_saturate.sum())
-        if splits is None:
-            b = a_priori_bound(
-                point.variant,
-                head_dim=m.head_dim,
-                kv_len=m.kv_len,
-                block_n=block,
-                tau=tau,
-                policy=pol,
-            )
-            eb = elementwise_bound(b, x.binputs())
-        else:
-            eb = split_bound(  # type: ignore[assignment]
-                point.variant,
-                w.q,
-                w.k,
-                w.v,
-                w.scale,
-                splits=splits,
-                block_n=block,
-                tau=tau,
-                policy=pol,
-                mask=w.mask,
-            )
-        with np.errstate(all="ignore"):
-            ratio = np.where(x.valid, eb / x.mag, 0.0)
-        bound = max(bound, float(np.max(ratio)))
+        bound = max(bound, _bound_ratio(point, block, x, m, tau))
     worst = [max(v) for v in per_seed.values()]
     return {
         "error": _error_interval(worst),
@@ -375,6 +354,40 @@ def _numerics(point: DesignPoint, block: int, inputs: dict, m: Measure) -> dict[
         "clamps": clamps,
         "rescale_prob": float(np.mean(probs)) if probs else None,
     }
+
+
+def _bound_ratio(point: DesignPoint, block: int, x: Any, m: Measure, tau: float) -> float:
+    """The largest a priori bound over the valid elements of one input set ``x``, divided
+    by the element's condition-aware scale (split runs: the split bound)."""
+    pol = point.policy()
+    splits = None if point.splits == 1 else point.splits
+    w = x.w
+    if splits is None:
+        b = a_priori_bound(
+            point.variant,
+            head_dim=m.head_dim,
+            kv_len=m.kv_len,
+            block_n=block,
+            tau=tau,
+            policy=pol,
+        )
+        eb = elementwise_bound(b, x.binputs())
+    else:
+        eb = split_bound(  # type: ignore[assignment]
+            point.variant,
+            w.q,
+            w.k,
+            w.v,
+            w.scale,
+            splits=splits,
+            block_n=block,
+            tau=tau,
+            policy=pol,
+            mask=w.mask,
+        )
+    with np.errstate(all="ignore"):
+        ratio = np.where(x.valid, eb / x.mag, 0.0)
+    return float(np.max(ratio))
 
 
 def _throughput(point: DesignPoint, prob: float | None, m: Measure) -> dict[str, Any]:

@@ -429,7 +429,7 @@ def compare(
     splits : int, optional
         The kernel's split-KV split count (flash-decoding): the emulated variants run with
         that many splits merged by ``combine`` and the bound is the split bound
-        (:func:`~amla_numerics.analysis.splitbound.split_bound`). None or 1: unsplit.
+        (:func:`~amla_numerics.analysis.bounds.split_bound`). None or 1: unsplit.
     combine : {"cann", "flashmla"}
         The kernel's combine (with ``splits``).
     judge : bool
@@ -797,8 +797,7 @@ def _elementwise_bound(
 ) -> np.ndarray:
     """The deterministic elementwise bound of ``variant`` (mask included); for a split-KV
     kernel (``splits > 1``) the split bound."""
-    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound
-    from amla_numerics.analysis.splitbound import split_bound
+    from amla_numerics.analysis.bounds import a_priori_bound, elementwise_bound, split_bound
 
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if splits > 1:

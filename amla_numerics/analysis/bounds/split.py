@@ -2,8 +2,8 @@
 
 A split run (:func:`amla_numerics.flash.attention` with ``splits=``) computes, for each
 split ``s`` of the keys, a normalised partial ``o^_s`` with statistics ``m^_s``, ``l^_s``,
-and merges them (:mod:`amla_numerics.flash.splitkv`). This module bounds
-``|out^ - out|`` per output element, composing
+and merges them (:mod:`amla_numerics.flash.splitkv`): the split combine stage. This module
+bounds ``|out^ - out|`` per output element, composing
 
 * the split's own elementwise bound ``E_s`` (:func:`~amla_numerics.analysis.bounds.
   elementwise_bound` of the variant's :func:`~amla_numerics.analysis.bounds.a_priori_bound`
@@ -14,6 +14,10 @@ and merges them (:mod:`amla_numerics.flash.splitkv`). This module bounds
 * the combine's own roundings (CANN: the exp of ``m_s - M``, the product by ``l_s``, the
   sequential sum, the division, the products and the sequential sum over splits;
   FlashMLA: the log2 lse, the warp sum, ``log2`` and ``exp2``, the FMA chain).
+
+The derivation is ``docs/numerics.md`` section 11 ("Bound"); the splits whose weight may
+fall below the normal range, ``docs/bounds.md`` section 9 ("Split-KV weights below the
+normal range").
 
 Examples
 --------
@@ -31,23 +35,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from amla_numerics.analysis.bounds import (
-    BoundInputs,
-    a_priori_bound,
-    bound_inputs,
-    elementwise_bound,
-    score_error,
-)
+from amla_numerics.analysis.bounds.apriori import a_priori_bound
+from amla_numerics.analysis.bounds.elementwise import elementwise_bound
+from amla_numerics.analysis.bounds.inputs import BoundInputs, bound_inputs
+from amla_numerics.analysis.bounds.scores import score_error
 from amla_numerics.variants import DEFAULT_C, DEFAULT_TAU, check_variant, spec
 
 __all__ = ["combine_terms", "split_bound"]
 
 _LN2 = math.log(2.0)
+
 _LOG2E = 1.0 / _LN2
+
 _LANES = 32
 
 
@@ -318,71 +322,113 @@ def split_bound(
     x = bound_inputs(q64, k64, v64, scale, mask=mask, causal=causal)
     live = [(lo, hi) for lo, hi in ranges if hi > lo]
     n_live = len(ranges)
-    b0 = a_priori_bound(
-        variant, head_dim=x.head_dim, kv_len=n, block_n=block_n, c=c, tau=tau, policy=policy
-    )
-    u = b0.u_work
-    s_all, w_all = x.s, x.w
-    fin_all = np.isfinite(s_all)  # attended keys
+    kw: dict[str, Any] = {"block_n": block_n, "c": c, "tau": tau, "policy": policy}
+    b0 = a_priori_bound(variant, head_dim=x.head_dim, kv_len=n, **kw)
+    fin_all = np.isfinite(x.s)  # attended keys
     attended = np.any(fin_all, axis=-1)  # (..., M): rows with an output
-    row_max = np.max(np.where(fin_all, s_all, -np.inf), axis=-1, keepdims=True)
     sp = spec(variant)
-    # the stale running max of the standard softmax (lazy, skip_scale), in nats
-    stale = b0.tau * _LN2 if sp.stale_max is not None and sp.softmax == "standard" else 0.0
     score_all, _ = score_error(b0, x)  # 0 at masked keys
-    score_max = np.max(score_all, axis=-1, keepdims=True)
-    parts = []
-    for lo, hi in live:
-        ns = hi - lo
-        bs = a_priori_bound(
-            variant, head_dim=x.head_dim, kv_len=ns, block_n=block_n, c=c, tau=tau, policy=policy
-        )
-        s = s_all[..., lo:hi]
-        fin = fin_all[..., lo:hi]
-        dead = ~np.any(fin, axis=-1)  # (..., M): no attended key: weight exactly 0
-        e_s = elementwise_bound(bs, _split_inputs(x, v64, lo, hi))  # +inf on dead rows
-        e_s = np.where(dead[..., None], 0.0, e_s)
-        m_s = np.max(np.where(fin, s, -np.inf), axis=-1, keepdims=True)
-        m_s0 = np.where(dead[..., None], 0.0, m_s)
-        s0 = np.where(fin, s, m_s0)  # masked keys: at the split's max (their terms are 0)
-        srange = m_s0 - np.min(s0, axis=-1, keepdims=True)
-        block = np.arange(ns) // block_n if sp.tiled else np.zeros(ns, int)
-        later = (bs.blocks - 1 - block).astype(np.float64)
-        own_add = (block > 0).astype(np.float64)
-        t_k = (
-            score_all[..., lo:hi]
-            + (u + bs.exp_slope) * (m_s0 - s0 + stale)
-            + bs.exp_u
-            + bs.rowsum_gamma
-            + 3.0 * u * later
-            + u * own_add
-        )
-        t_k = np.where(fin, t_k + u * srange + ns * 2.0**-149, 0.0)
-        ws = np.sum(w_all[..., lo:hi], axis=-1)
-        with np.errstate(invalid="ignore", divide="ignore"):  # the weighted mean over keys
-            r_s = np.sum(w_all[..., lo:hi] * _inflate(t_k), axis=-1) / ws
-        r_s = np.where(ws > 0, r_s, np.max(_inflate(t_k), axis=-1))
-        with np.errstate(divide="ignore"):
-            lam = np.log(np.sum(np.where(fin, np.exp(s0 - m_s0), 0.0), axis=-1))  # ln l_s
-        # the split's computed l (AMLA: without r^) from above: its exact sum in the frame
-        # of its exact max, the computed max off by <= the score error, a stale max by tau
-        stale_l = 2.0 ** (bs.tau + 1.0) if sp.stale_max is not None else 1.0
-        with np.errstate(over="ignore"):
-            l_hi = np.exp(lam + 2.0 * score_max[..., 0]) * (1.0 + r_s) * stale_l
-        parts.append(
-            {
-                "e": e_s,
-                "l_hi": np.where(dead, 0.0, l_hi),
-                "v_max_s": np.max(x.v_abs[..., lo:hi, :], axis=-2, keepdims=True),
-                "r": r_s,
-                "W": ws,
-                "wv": w_all[..., lo:hi] @ x.v_abs[..., lo:hi, :],
-                "dm": np.where(dead, 0.0, row_max[..., 0] - m_s0[..., 0] + score_max[..., 0]),
-                "lse2": np.where(dead, -np.inf, (m_s0[..., 0] + lam) * _LOG2E),
-                "log2_l": np.where(dead, 0.0, lam * _LOG2E),
-                "m_abs": np.abs(m_s0[..., 0]),
-            }
-        )
+    whole = _Whole(
+        x=x,
+        v=v64,
+        fin=fin_all,
+        row_max=np.max(np.where(fin_all, x.s, -np.inf), axis=-1, keepdims=True),
+        score=score_all,
+        score_max=np.max(score_all, axis=-1, keepdims=True),
+        # the stale running max of the standard softmax (lazy, skip_scale), in nats
+        stale=b0.tau * _LN2 if sp.stale_max is not None and sp.softmax == "standard" else 0.0,
+        u=b0.u_work,
+    )
+    parts = [_split_part(variant, whole, lo, hi, kw) for lo, hi in live]
+    total, b_max, stack, lse1 = _combined(b0, combine, parts, whole, n_live)
+    total = np.where(attended[..., None] & ~np.isnan(total), total * (1.0 + 2.0**-20), np.inf)
+    if not return_lse:
+        return total
+    return total, np.where(attended, _lse_bound(combine, stack, b_max, lse1, n_live), np.inf)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """What every split reads of the whole problem: its bound inputs ``x`` and values
+    ``v``, the attended keys ``fin``, the row max ``row_max`` (..., M, 1), the per-key
+    score error ``score`` (0 at masked keys) and its row max ``score_max``, the stale
+    running max ``stale`` (nats) and the work format's ``u``."""
+
+    x: BoundInputs
+    v: np.ndarray
+    fin: np.ndarray
+    row_max: np.ndarray
+    score: np.ndarray
+    score_max: np.ndarray
+    stale: float
+    u: float
+
+
+def _split_part(
+    variant: str, whole: _Whole, lo: int, hi: int, kw: dict[str, Any]
+) -> dict[str, Any]:
+    """The split ``[lo, hi)``'s own bound ``E_s``, the bound ``R_s`` of its weight's
+    relative error, and the statistics the combine's terms read (see :func:`split_bound`)."""
+    x, u, stale = whole.x, whole.u, whole.stale
+    s_all, w_all, fin_all = x.s, x.w, whole.fin
+    score_all, score_max, row_max = whole.score, whole.score_max, whole.row_max
+    block_n = kw["block_n"]
+    sp = spec(variant)
+    ns = hi - lo
+    bs = a_priori_bound(variant, head_dim=x.head_dim, kv_len=ns, **kw)
+    s = s_all[..., lo:hi]
+    fin = fin_all[..., lo:hi]
+    dead = ~np.any(fin, axis=-1)  # (..., M): no attended key: weight exactly 0
+    e_s = elementwise_bound(bs, _split_inputs(x, whole.v, lo, hi))  # +inf on dead rows
+    e_s = np.where(dead[..., None], 0.0, e_s)
+    m_s = np.max(np.where(fin, s, -np.inf), axis=-1, keepdims=True)
+    m_s0 = np.where(dead[..., None], 0.0, m_s)
+    s0 = np.where(fin, s, m_s0)  # masked keys: at the split's max (their terms are 0)
+    srange = m_s0 - np.min(s0, axis=-1, keepdims=True)
+    block = np.arange(ns) // block_n if sp.tiled else np.zeros(ns, int)
+    later = (bs.blocks - 1 - block).astype(np.float64)
+    own_add = (block > 0).astype(np.float64)
+    t_k = (
+        score_all[..., lo:hi]
+        + (u + bs.exp_slope) * (m_s0 - s0 + stale)
+        + bs.exp_u
+        + bs.rowsum_gamma
+        + 3.0 * u * later
+        + u * own_add
+    )
+    t_k = np.where(fin, t_k + u * srange + ns * 2.0**-149, 0.0)
+    ws = np.sum(w_all[..., lo:hi], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # the weighted mean over keys
+        r_s = np.sum(w_all[..., lo:hi] * _inflate(t_k), axis=-1) / ws
+    r_s = np.where(ws > 0, r_s, np.max(_inflate(t_k), axis=-1))
+    with np.errstate(divide="ignore"):
+        lam = np.log(np.sum(np.where(fin, np.exp(s0 - m_s0), 0.0), axis=-1))  # ln l_s
+    # the split's computed l (AMLA: without r^) from above: its exact sum in the frame
+    # of its exact max, the computed max off by <= the score error, a stale max by tau
+    stale_l = 2.0 ** (bs.tau + 1.0) if sp.stale_max is not None else 1.0
+    with np.errstate(over="ignore"):
+        l_hi = np.exp(lam + 2.0 * score_max[..., 0]) * (1.0 + r_s) * stale_l
+    return {
+        "e": e_s,
+        "l_hi": np.where(dead, 0.0, l_hi),
+        "v_max_s": np.max(x.v_abs[..., lo:hi, :], axis=-2, keepdims=True),
+        "r": r_s,
+        "W": ws,
+        "wv": w_all[..., lo:hi] @ x.v_abs[..., lo:hi, :],
+        "dm": np.where(dead, 0.0, row_max[..., 0] - m_s0[..., 0] + score_max[..., 0]),
+        "lse2": np.where(dead, -np.inf, (m_s0[..., 0] + lam) * _LOG2E),
+        "log2_l": np.where(dead, 0.0, lam * _LOG2E),
+        "m_abs": np.abs(m_s0[..., 0]),
+    }
+
+
+def _combined(
+    b0: Any, combine: str, parts: list[dict[str, Any]], whole: _Whole, n_live: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The combine of the splits' bounds: ``(total, b_max, stack, lse1)``, the bound per
+    output element before the float64 slack (NaN: none), ``max_s B_s`` (..., M, 1), the
+    splits' stacked statistics and the combine's own lse term."""
+    x, u, score_max = whole.x, whole.u, whole.score_max
     stack = {key: np.stack([p[key] for p in parts]) for key in ("r", "W", "dm", "lse2")}
     num1, den1, lse1 = combine_terms(
         combine,
@@ -409,13 +455,16 @@ def split_bound(
     total_num = total_num + _underflow_terms(b0, combine, parts, stack, x.out_abs, score_max)
     with np.errstate(divide="ignore", invalid="ignore"):
         total = np.where(b_max < 1.0, (total_num + den) / (1.0 - b_max), np.inf)
-    total = np.where(attended[..., None] & ~np.isnan(total), total * (1.0 + 2.0**-20), np.inf)
-    if not return_lse:
-        return total
+    return total, b_max, stack, lse1
+
+
+def _lse_bound(
+    combine: str, stack: dict[str, np.ndarray], b_max: np.ndarray, lse1: np.ndarray, n_live: int
+) -> np.ndarray:
+    """The bound of the output lse's absolute error (nats, (..., M)), every row."""
     r_max = np.max(stack["r"], axis=0)
     b_lse = b_max[..., 0] if combine == "cann" else r_max
     with np.errstate(divide="ignore", invalid="ignore"):
         lse_b = np.where(b_lse < 1.0, -np.log1p(-np.minimum(b_lse, 0.999999)), np.inf)
     lse_abs = np.abs(np.max(stack["lse2"], axis=0)) * _LN2 + math.log(n_live) + 1.0
-    lse_b = (lse_b + lse1[0] + 2.0**-52 * lse_abs) * (1.0 + 2.0**-20)
-    return total, np.where(attended, lse_b, np.inf)
+    return (lse_b + lse1[0] + 2.0**-52 * lse_abs) * (1.0 + 2.0**-20)

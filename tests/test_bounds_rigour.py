@@ -21,6 +21,7 @@ from amla_numerics.analysis.bounds import (
     bound_inputs,
     elementwise_bound,
     softmax_weights,
+    split_bound,
 )
 from amla_numerics.analysis.workloads import make_workload
 from amla_numerics.flash.policy import MatmulPolicy, get_policy
@@ -533,3 +534,49 @@ def test_an_overflowed_o_the_integer_add_made_finite_is_garbage(variant):
     one = flash.attention(q, k[:1], v[:1], variant, scale=1.0, block_n=1, policy=pol)
     assert np.isinf(one.out).all() and one.hazard_mask["overflow"].all()
     assert not one.garbage_mask().any()
+
+
+@pytest.mark.parametrize("variant", ["fa_fp32", "amla"])
+def test_fp64_values_whose_squares_overflow_keep_a_finite_bound(variant):
+    """Under the FP64 ``"exact"`` policy, V beyond 1.3e154 (its square beyond float64,
+    in the probabilistic bound's sum) gives a finite bound, never NaN, with no warning, and
+    the emulated output lies within it against the correctly rounded reference."""
+    rng = np.random.default_rng(0)
+    q, k = np.ones((2, 4)), rng.standard_normal((5, 4))
+    v = np.full((5, 2), 1e200)
+    v[0], v[1, 0] = 0.0, -3e250
+    out = np.asarray(
+        flash.attention(q, k, v, variant, scale=0.5, block_n=2, policy="exact").out, np.float64
+    )
+    ref = reference.attention(q, k, v, 0.5, method="mpmath")
+    b = a_priori_bound(variant, head_dim=4, kv_len=5, block_n=2, policy="exact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounds = [
+            elementwise_bound(b, q, k, v, 0.5, kind=kind)
+            for kind in ("deterministic", "probabilistic")
+        ]
+        bounds.append(split_bound(variant, q, k, v, 0.5, splits=2, block_n=2, policy="exact"))
+    for bound in bounds:
+        assert np.isfinite(bound).all()
+    assert np.all(np.abs(out - ref) <= bounds[0])
+
+
+def test_the_fp64_exp_term_covers_numpys_faithful_exp():
+    """The ``"exact"`` policy's exp is numpy's binary64 exp, faithful rather than correctly
+    rounded: the bound charges it 2u (not u), and numpy's exp on this platform stays within
+    that against 60-digit mpmath on random and large arguments."""
+    import mpmath
+
+    from amla_numerics.flash.stages import EXP64_REL_ERR
+
+    b = a_priori_bound("fa_fp32", head_dim=4, kv_len=8, block_n=4, policy="exact")
+    assert b.exp_u == EXP64_REL_ERR == 2.0**-52
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-700.0, 700.0, 2000), rng.uniform(-1.0, 1.0, 2000)])
+    worst = mpmath.mpf(0)
+    with mpmath.workdps(60):
+        for xi, yi in zip(x.tolist(), np.exp(x).tolist(), strict=True):
+            t = mpmath.exp(mpmath.mpf(xi))
+            worst = max(worst, abs(mpmath.mpf(yi) - t) / t)
+    assert worst <= EXP64_REL_ERR

@@ -34,6 +34,7 @@ from amla_numerics.formats import BF16, E4M3, E5M2, FP16, FP32
 from amla_numerics.rounding import bf16_round_bits, round_to
 
 __all__ = [
+    "EXP64_REL_ERR",
     "POLY_EXP2_COEFFS",
     "PRECISION",
     "cast",
@@ -52,6 +53,10 @@ _LOWP = {"bf16": BF16, "fp16": FP16, "e4m3": E4M3, "e5m2": E5M2}
 #: Formats whose casts saturate to +-max_finite (PTX ``cvt.rn.satfinite.{e4m3,e5m2}x2.f32``:
 #: ``.satfinite`` is part of every FP32 -> FP8 conversion instruction).
 SATURATING = ("e4m3", "e5m2")
+#: Relative error of the binary64 exp (the ``"exact"`` policy's): numpy's ``exp`` is faithful
+#: (within one ulp), so within two unit roundoffs, ``2**-52`` (a test measures it on this
+#: platform against mpmath).
+EXP64_REL_ERR = 2.0**-52
 #: Significant bits of the matrix-unit input formats (fp64 operands get no speed-up hint).
 PRECISION = {"bf16": 8, "fp16": 11, "fp32": 24}
 _DT = {"fp32": np.float32, "fp64": np.float64}
@@ -99,7 +104,7 @@ def exp_cr(x: np.ndarray) -> np.ndarray:
     both ends of ``y (1 -+ 2**-49)`` round to the same float32, that is the answer (rounding
     is monotonic); the rare rest is recomputed with mpmath at 160 bits and rounded with
     :func:`~amla_numerics.rounding.round_to`. float64: numpy's exp (faithful, not claimed
-    correctly rounded: only the ``"exact"`` policy uses it, to ~1e-16 relative).
+    correctly rounded: only the ``"exact"`` policy uses it; :data:`EXP64_REL_ERR`).
 
     Examples
     --------

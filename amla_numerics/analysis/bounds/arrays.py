@@ -44,13 +44,17 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _weighted_sum(wa: np.ndarray, v_abs: np.ndarray) -> np.ndarray:
-    """``wa @ v_abs`` where an infinite (or undefined 0 * inf) ``wa`` entry meeting a
-    non-zero ``|V|`` gives +inf and meeting a zero gives 0 (never NaN)."""
+    """``wa @ v_abs`` (both >= 0 or inf/NaN) where an infinite (or undefined 0 * inf)
+    entry of one meeting a non-zero entry of the other gives +inf and meeting a zero gives
+    0 (never NaN; an infinite ``v_abs`` is ``|V|**2`` beyond float64)."""
     bad = ~np.isfinite(wa)
-    if not bad.any():
+    bad_v = ~np.isfinite(v_abs)
+    if not (bad.any() or bad_v.any()):
         return _mm(wa, v_abs)
-    res = _mm(np.where(bad, 0.0, wa), v_abs)
-    hit = _mm(bad.astype(np.float64), (v_abs > 0).astype(np.float64)) > 0
+    wa0, va0 = np.where(bad, 0.0, wa), np.where(bad_v, 0.0, v_abs)
+    res = _mm(wa0, va0)
+    hit = _mm(bad.astype(np.float64), (v_abs != 0).astype(np.float64)) > 0
+    hit |= _mm((wa != 0).astype(np.float64), bad_v.astype(np.float64)) > 0
     return np.where(hit, np.inf, res)
 
 

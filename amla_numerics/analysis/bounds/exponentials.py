@@ -14,6 +14,7 @@ import numpy as np
 
 from amla_numerics.analysis.bounds.arith import _LN2
 from amla_numerics.analysis.bounds.result import Bound
+from amla_numerics.flash.stages import EXP64_REL_ERR
 from amla_numerics.formats import get_format
 from amla_numerics.variants import spec
 
@@ -22,11 +23,14 @@ __all__: list[str] = []
 
 def _exp_fields(pol: Any, variant: str) -> dict:
     """The :class:`Bound` fields of the exp under ``pol``: ``exp_u``, ``exp_slope`` (``u``
-    and 0 correctly rounded; ``8u`` and ``2u`` for the polynomial model) and
+    and 0 correctly rounded, ``2u`` for binary64's faithful exp; ``8u`` and ``2u`` for the
+    polynomial model) and
     ``sigma_work``, the work format's subnormal spacing (raised for FA4's exp2)."""
     work = get_format(pol.work)
     u = work.unit_roundoff
     exp_u, exp_slope = (u, 0.0) if pol.exp == "cr" else (8.0 * u, 2.0 * u)
+    if pol.exp == "cr" and pol.work == "fp64":  # numpy's binary64 exp: faithful, not CR
+        exp_u = EXP64_REL_ERR
     sigma_work = work.min_subnormal
     if spec(variant).softmax == "fa4" and pol.work == "fp32":
         # FA4's exp2 (docs/numerics.md section 13): FA4_EX2_REL_ERR for x >= -126; the

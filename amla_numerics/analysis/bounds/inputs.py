@@ -188,6 +188,8 @@ def bound_inputs(
         name: _representable(inp.q, name) and _representable(inp.k, name) for name in _IN_FORMATS
     }
     qa, ka = np.abs(q64), np.abs(k64)
+    with np.errstate(over="ignore"):  # |V| beyond 1.3e154: inf (the bound's sums take it)
+        v_sq = np.swapaxes(v_t * v_t, -1, -2)
     return BoundInputs(
         head_dim=int(q64.shape[-1]),
         kv_len=int(k64.shape[-2]),
@@ -195,7 +197,7 @@ def bound_inputs(
         w=w,
         qk_abs=abs(scale) * (qa @ np.swapaxes(ka, -1, -2)),
         v_abs=v_abs,
-        v_sq=np.swapaxes(v_t * v_t, -1, -2),
+        v_sq=v_sq,
         out_abs=np.abs(_mm(w, np.swapaxes(v_t, -1, -2))),
         v_max=np.max(v_abs, axis=-2, keepdims=True),
         qk_formats=frozenset(n for n, good in fits.items() if good),

@@ -447,10 +447,11 @@ class _Run:
             self._qk_statistics(p_qk)
         if pol.pv.accumulation.model == "exact" and p_pv is not None:
             self.v_parts = p_pv
-            # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
+            # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]:
+            # K's, when the QK product's certificate has it)
             self.v_absmax = (
                 self.k_absmax
-                if self.v is not None and self.v_is_k
+                if self.v_is_k and self.k_absmax is not None
                 else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
             )
 

@@ -530,6 +530,23 @@ def test_value_view_of_keys_gives_the_same_bits_as_a_copy():
         )
 
 
+def test_value_view_of_keys_with_an_inexact_qk_and_an_exact_pv_model():
+    """V = K[..., :Dv] when only the P V product takes the exact accumulation model (no
+    statistics of K are gathered): the same bits as a copy of V."""
+    rng = np.random.default_rng(14)
+    kv = rng.standard_normal((40, 12)).astype(ml_dtypes.bfloat16)
+    q = rng.standard_normal((3, 12)).astype(ml_dtypes.bfloat16)
+    pol = get_policy("ascend").replace(
+        name="qk_fp32_seq", qk=MatmulPolicy("bf16", Accumulation("fp32_seq"))
+    )
+    assert pol.pv.accumulation.model == "exact"
+    for variant in ("fa_fp32", "amla"):
+        view = flash.attention(q, kv, kv[:, :5], variant, block_n=16, policy=pol)
+        copy = flash.attention(q, kv, np.array(kv[:, :5]), variant, block_n=16, policy=pol)
+        assert np.array_equal(view.out, copy.out)
+        assert np.array_equal(view.lse, copy.lse)
+
+
 def test_additive_bias_mask_has_the_reference_meaning():
     """A float mask is an additive bias (finite or -inf), in the emulator as in the reference:
     under the "exact" policy the emulator's recurrences equal the certified reference."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,10 @@ def _exact(
 _FEW = 256  # ambiguous elements settled one by one (math.fsum); more: the split path
 _GATHER = 1 << 21  # products gathered for the per-element tests; more: the split path
 _LONG = 4096  # longer sums without row statistics go to the split path directly
+_LIM = 2.0**53 / (1 + 2.0**-39)  # the exactness test's limit of ``||a_i|| ||b_j|| / Q``
+
+_Index = tuple[np.ndarray, ...]  # elements of the product, as from ``numpy.nonzero``
+_Stats = tuple[np.ndarray, np.ndarray]  # (norms, quantum exponents) of rows or columns
 
 
 def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=None):
@@ -115,99 +120,162 @@ def _exact_bounded(a64, b64, out, mode, p, b_stats=None, b_absmax=None, a_stats=
     """
     k = a64.shape[-1]
     if k > _LONG and a_stats is None:  # long sums (an unblocked P V)
-        res = _exact_long(a64, b64, out, mode, p, b_absmax)
-        if res is not None:
-            return res
-        if b_stats is not None:  # the caller's quanta, the true column norms (they set the split)
-            b_stats = (np.sqrt(np.einsum("...kn,...kn->...n", b64, b64)), b_stats[1])
-        return _exact_split(a64, b64, out, mode, p, b_stats)
-    lim = 2.0**53 / (1 + 2.0**-39)
+        return _exact_long_sum(a64, b64, out, mode, p, b_stats, b_absmax)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         s = a64 @ b64
         res = _round64(s, out, mode)
-        y_col = x_row = qa = None
+        rows = cols = None
         if b_stats is not None:
-            nb, qb = b_stats
-            y_col = np.ldexp(nb, -np.clip(qb, -1100, 1100))
+            cols = _scaled_norms(b_stats)
             if a_stats is not None:  # (1)
-                na, qa = a_stats
-                x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
-                row_ok = (x_row * y_col.max(axis=-1, keepdims=True) < lim) & (
-                    qa + qb.min(axis=-1, keepdims=True) >= -1074
-                )
-                if row_ok.all():
-                    return res
-                if a64.ndim == 2 and b64.ndim == 2 and y_col.ndim == 1 and qa.ndim == 1:
-                    # the exact columns (against every row) stay; the others are decided alone
-                    col_ok = (x_row.max() * y_col < lim) & (qa.min() + qb >= -1074)
-                    cols = np.flatnonzero(~col_ok)
-                    if 4 * cols.size <= col_ok.size:
-                        res[:, cols] = _exact_bounded(
-                            a64, b64[:, cols], out, mode, p, (nb[cols], qb[cols]), b_absmax
-                        )
-                        return res
-        # (2)
-        if b_absmax is None:
-            b_absmax = np.max(np.abs(b64), axis=(-2, -1), keepdims=True) if b64.size else 0.0
-        if (
-            a64.size and a64.min() >= 0
-        ):  # sum |a| by a matrix-vector product (rounding: in the slack)
-            r_row = (a64 @ np.ones((k, 1))) * b_absmax
-        else:
-            r_row = np.add.reduce(np.abs(a64), axis=-1, keepdims=True) * b_absmax
-        if not np.all(r_row < 2.0**1000):  # also NaN: inputs with inf/NaN, or huge sums
+                rows = _scaled_norms(a_stats)
+                done = _exact_rows(a64, b64, out, mode, p, res, rows, cols, b_stats[0], b_absmax)
+                if done is not None:
+                    return done
+        idx = _open_by_bound(a64, b64, s, out, mode, b_absmax)  # (2)
+        if idx is None:
             return _exact_split(a64, b64, out, mode, p, b_stats)
-        bound = r_row * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
-        bound += k * 2.0**-1074
-        lo = _round64(s - bound, out, mode)
-        hi = _round64(s + bound, out, mode)
-        bad = lo != hi
-        flat = np.flatnonzero(bad)
-        if not flat.size:
+        if idx[0].size and cols is not None:  # (3) exact (row, column) pairs
+            idx = _open_pairs(a64, p, idx, rows, cols, res.shape)
+        if not idx[0].size:
             return res
-        idx = np.unravel_index(flat, bad.shape)
-        if b_stats is not None:  # (3) exact (row, column) pairs
-            if x_row is None:
-                na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))
-                qa = _min_quantum_exp_fast(a64, p)
-                x_row = np.ldexp(na, -np.clip(qa, -1100, 1100))
-            xr = np.broadcast_to(x_row, bad.shape[:-1])[idx[:-1]]
-            qr = np.broadcast_to(qa, bad.shape[:-1])[idx[:-1]]
-            yc = np.broadcast_to(y_col, bad.shape[:-2] + bad.shape[-1:])[idx[:-2] + idx[-1:]]
-            qc = np.broadcast_to(qb, bad.shape[:-2] + bad.shape[-1:])[idx[:-2] + idx[-1:]]
-            open_ = ~((xr * yc < lim) & (qr + qc >= -1074))
-            if not open_.any():
-                return res
-            idx = tuple(i[open_] for i in idx)
         if idx[0].size * k > _GATHER and a64.ndim == 2 and b64.ndim == 2:
             # too many products to gather (long rows): the split path on the open rows x columns
-            rows, cols = np.unique(idx[0]), np.unique(idx[1])
-            res[np.ix_(rows, cols)] = _exact_split(a64[rows], b64[:, cols], out, mode, p)
+            r, c = np.unique(idx[0]), np.unique(idx[1])
+            res[np.ix_(r, c)] = _exact_split(a64[r], b64[:, c], out, mode, p)
             return res
-        # (3) from the element's exact products
-        shape = res.shape
-        ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])
-        bb = np.broadcast_to(np.swapaxes(b64, -1, -2), shape[:-2] + shape[-1:] + b64.shape[-2:-1])
-        prods = np.abs(ab[idx[:-1]] * bb[idx[:-2] + idx[-1:]])
-        total = np.add.reduce(prods, axis=-1)
-        small = np.min(prods, axis=-1, where=prods != 0, initial=np.inf)
-        e = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1
-        exact_el = ~np.isfinite(small) | (
-            total * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(e - 2 * p + 1 + 53, -1100, 1100))
-        )
-        tight = total * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
-        tight += k * 2.0**-1074
-        sb = s[idx]
-        still = ~exact_el & (_round64(sb - tight, out, mode) != _round64(sb + tight, out, mode))
-        if not still.any():
+        still = _open_by_products(a64, b64, s, out, mode, p, idx)  # (3)
+        if not still[0].size:
             return res
-        if np.count_nonzero(still) > _FEW:
+        if still[0].size > _FEW:
             return _exact_split(a64, b64, out, mode, p, b_stats)
-        bad = np.zeros(shape, bool)
-        bad[tuple(i[still] for i in idx)] = True
+        bad = np.zeros(res.shape, bool)
+        bad[still] = True
     res = res.copy() if not res.flags.writeable else res
     _fix_bad(a64, b64, res, bad, out, mode)
     return res
+
+
+def _exact_long_sum(a64, b64, out, mode, p, b_stats, b_absmax):
+    """A long sum without row statistics (an unblocked P V): :func:`_exact_long`, else the
+    split path, under the true column norms (they set the split) and the caller's quanta."""
+    res = _exact_long(a64, b64, out, mode, p, b_absmax)
+    if res is not None:
+        return res
+    if b_stats is not None:
+        b_stats = (np.sqrt(np.einsum("...kn,...kn->...n", b64, b64)), b_stats[1])
+    return _exact_split(a64, b64, out, mode, p, b_stats)
+
+
+def _scaled_norms(stats: _Stats) -> _Stats:
+    """``(norm / Q, quantum exponent)`` from ``(norm, quantum exponent)`` statistics."""
+    norms, q = stats
+    return np.ldexp(norms, -np.clip(q, -1100, 1100)), q
+
+
+def _exact_rows(
+    a64: np.ndarray,
+    b64: np.ndarray,
+    out: str,
+    mode: str,
+    p: int,
+    res: np.ndarray,
+    rows: _Stats,
+    cols: _Stats,
+    b_norms: np.ndarray,
+    b_absmax: Any,
+) -> np.ndarray | None:
+    """Step (1) of :func:`_exact_bounded`: ``res`` when every row passes the exactness test
+    against every column; for 2-D operands where at most a quarter of the columns fail it
+    against some row, ``res`` with those columns decided alone; else None."""
+    x_row, qa = rows
+    y_col, qb = cols
+    row_ok = (x_row * y_col.max(axis=-1, keepdims=True) < _LIM) & (
+        qa + qb.min(axis=-1, keepdims=True) >= -1074
+    )
+    if row_ok.all():
+        return res
+    if a64.ndim == 2 and b64.ndim == 2 and y_col.ndim == 1 and qa.ndim == 1:
+        # the exact columns (against every row) stay; the others are decided alone
+        col_ok = (x_row.max() * y_col < _LIM) & (qa.min() + qb >= -1074)
+        bad = np.flatnonzero(~col_ok)
+        if 4 * bad.size <= col_ok.size:
+            res[:, bad] = _exact_bounded(
+                a64, b64[:, bad], out, mode, p, (b_norms[bad], qb[bad]), b_absmax
+            )
+            return res
+    return None
+
+
+def _open_by_bound(
+    a64: np.ndarray, b64: np.ndarray, s: np.ndarray, out: str, mode: str, b_absmax: Any
+) -> _Index | None:
+    """Step (2) of :func:`_exact_bounded`: the elements where ``s -+ B_i`` round to
+    different numbers; None when ``R_i`` is not below ``2**1000`` (also NaN: inputs with
+    inf/NaN, or huge sums)."""
+    k = a64.shape[-1]
+    if b_absmax is None:
+        b_absmax = np.max(np.abs(b64), axis=(-2, -1), keepdims=True) if b64.size else 0.0
+    if a64.size and a64.min() >= 0:  # sum |a| by a matrix-vector product (rounding: in the slack)
+        r_row = (a64 @ np.ones((k, 1))) * b_absmax
+    else:
+        r_row = np.add.reduce(np.abs(a64), axis=-1, keepdims=True) * b_absmax
+    if not np.all(r_row < 2.0**1000):
+        return None
+    bound = r_row * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
+    bound += k * 2.0**-1074
+    lo = _round64(s - bound, out, mode)
+    hi = _round64(s + bound, out, mode)
+    bad = lo != hi
+    return np.unravel_index(np.flatnonzero(bad), bad.shape)
+
+
+def _open_pairs(
+    a64: np.ndarray,
+    p: int,
+    idx: _Index,
+    rows: _Stats | None,
+    cols: _Stats,
+    shape: tuple[int, ...],
+) -> _Index:
+    """Step (3) of :func:`_exact_bounded`, first test: the open elements ``idx`` whose (row,
+    column) pair fails the exactness test (the rows' statistics computed here when the
+    caller gave none)."""
+    if rows is None:
+        na = np.sqrt(np.einsum("...mk,...mk->...m", a64, a64))
+        rows = _scaled_norms((na, _min_quantum_exp_fast(a64, p)))
+    x_row, qa = rows
+    y_col, qb = cols
+    xr = np.broadcast_to(x_row, shape[:-1])[idx[:-1]]
+    qr = np.broadcast_to(qa, shape[:-1])[idx[:-1]]
+    yc = np.broadcast_to(y_col, shape[:-2] + shape[-1:])[idx[:-2] + idx[-1:]]
+    qc = np.broadcast_to(qb, shape[:-2] + shape[-1:])[idx[:-2] + idx[-1:]]
+    open_ = ~((xr * yc < _LIM) & (qr + qc >= -1074))
+    return tuple(i[open_] for i in idx)
+
+
+def _open_by_products(
+    a64: np.ndarray, b64: np.ndarray, s: np.ndarray, out: str, mode: str, p: int, idx: _Index
+) -> _Index:
+    """Step (3) of :func:`_exact_bounded` from each open element's ``K`` exact products:
+    the elements neither exact (``sum |prod| < 2**53 Q``) nor settled by the tight bound
+    ``(K + 2) 2**-52 sum |prod|``."""
+    k = a64.shape[-1]
+    shape = s.shape
+    ab = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])
+    bb = np.broadcast_to(np.swapaxes(b64, -1, -2), shape[:-2] + shape[-1:] + b64.shape[-2:-1])
+    prods = np.abs(ab[idx[:-1]] * bb[idx[:-2] + idx[-1:]])
+    total = np.add.reduce(prods, axis=-1)
+    small = np.min(prods, axis=-1, where=prods != 0, initial=np.inf)
+    e = np.frexp(np.where(np.isfinite(small), small, 1.0))[1].astype(np.int64) - 1
+    exact_el = ~np.isfinite(small) | (
+        total * (1 + 2.0**-40) < np.ldexp(1.0, np.clip(e - 2 * p + 1 + 53, -1100, 1100))
+    )
+    tight = total * ((k + 2) * 2.0**-52 * (1 + 2.0**-20))
+    tight += k * 2.0**-1074
+    sb = s[idx]
+    still = ~exact_el & (_round64(sb - tight, out, mode) != _round64(sb + tight, out, mode))
+    return tuple(i[still] for i in idx)
 
 
 _ELEMENTS = 4096  # open elements settled from their own products by :func:`_exact_long`

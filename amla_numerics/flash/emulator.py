@@ -74,8 +74,14 @@ from amla_numerics.flash._exactsum import (
     quantum_exp_from_min,
 )
 from amla_numerics.flash.accumulate import vector_sum
-from amla_numerics.flash.amla import amla_rescale, amla_scalars, clamped_rows
-from amla_numerics.flash.checks import block_bounds, check_fits, check_inputs, check_scale
+from amla_numerics.flash.amla import AmlaScalars, amla_rescale, amla_scalars, clamped_rows
+from amla_numerics.flash.checks import (
+    Inputs,
+    block_bounds,
+    check_fits,
+    check_inputs,
+    check_scale,
+)
 from amla_numerics.flash.fa4 import fa4_block, softmax_scale_log2
 from amla_numerics.flash.fp8 import FP8_FORMATS, p_cast_stage, remove_p_scale, variant_policy
 from amla_numerics.flash.fp8kv import kv_fp8_roundtrip
@@ -181,7 +187,8 @@ class FlashResult:
         and stays counted as ``overflow``. ``clamp`` is not garbage: the bounds cover it.
         Under a clipping policy the elements :data:`CLIP_HAZARD` zeroed are garbage too,
         and so are the overflowed ones it zeroed (counted as ``overflow``) and those of
-        :data:`RANGE_HAZARD`."""
+        :data:`RANGE_HAZARD`. So are outputs whose P V sum an RZ accumulator saturated
+        (counted as ``overflow``: the value looks finite)."""
         if self.uncovered is not None:
             return self.uncovered
         return np.zeros(self.out.shape, bool)
@@ -375,20 +382,86 @@ def _mark(masks: dict[str, np.ndarray], name: str, touched: np.ndarray) -> None:
         masks[name] = np.array(touched, dtype=bool)
 
 
-class _Run:
-    """One emulation: the state of the recurrence over the KV blocks."""
+#: KV blocks as ``(lo, hi)`` key ranges, in visit order.
+Blocks = Sequence[tuple[int, int]]
 
-    def __init__(self, inp, pol: Policy, variant: str, c: float, tau: float, trace: bool):
-        self.inp, self.pol, self.variant, self.c, self.tau, self.want_trace = (
-            inp,
-            pol,
-            variant,
-            c,
-            tau,
-            trace,
-        )
+#: What one run over its KV blocks gives: ``out``, ``lse``, the hazard counts, the per-class
+#: element masks, the uncovered (garbage) elements and the trace (None unless asked for).
+RunOutput = tuple[
+    np.ndarray, np.ndarray, dict[str, int], dict[str, np.ndarray], np.ndarray, Trace | None
+]
+
+_TRACE_KEYS = (
+    "m",
+    "n",
+    "r_hat",
+    "cof",
+    "eps",
+    "dn",
+    "N",
+    "rescaled",
+    "p_underflow",
+    "p_saturate",
+)
+
+
+@dataclass
+class _State:
+    """The recurrence's running values over the KV blocks, and what the blocks hit."""
+
+    m: np.ndarray | None = None  # the running max (None before block 0)
+    l: np.ndarray | None = None  # the row sum
+    O: np.ndarray | None = None  # the output accumulator
+    sc: AmlaScalars | None = None  # AMLA: the last block's scalars
+    hazards: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*HAZARDS, "clamp"), 0))
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    # AMLA: elements the integer add's garbage touched, and elements that overflowed in
+    # FP32 (O + PV, the guard's multiply) before any garbage reached them
+    garbage: np.ndarray | None = None
+    fp32_over: np.ndarray | None = None
+    saturated: np.ndarray | None = None  # P V sums an RZ accumulator saturated
+    score_rows: np.ndarray | None = None  # rows with a non-finite attended score
+    rec: dict[str, list[Any]] = field(default_factory=lambda: {key: [] for key in _TRACE_KEYS})
+
+
+class _Run:
+    """One emulation: the operands and constants of the recurrence over the KV blocks."""
+
+    def __init__(
+        self, inp: Inputs, pol: Policy, variant: str, c: float, tau: float, trace: bool
+    ) -> None:
+        self.inp, self.pol, self.variant, self.c, self.tau = inp, pol, variant, c, tau
+        self.want_trace = trace
         self.dt = np.float32 if pol.work == "fp32" else np.float64
         self.exp = exp_cr if pol.exp == "cr" else exp_poly
+        self.log2e = constants(pol)["LOG2E"]
+        self.spec = spec(variant)
+        self.is_amla = self.spec.is_amla
+        self._round_operands()
+        self._softmax_constants()
+        self.k_absmax: float | None = None
+        self.v_absmax: float | None = None
+        self.q_stats: tuple[np.ndarray, np.ndarray] | None = None
+        self.k_stats: tuple[np.ndarray, np.ndarray] | None = None
+        self.v_parts: int | None = None
+        self.v_small: dict[int, np.ndarray] | None = None
+        self.qk_all: np.ndarray | None = None
+        p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
+        if pol.qk.accumulation.model == "exact" and p_qk is not None:
+            self._qk_statistics(p_qk)
+        if pol.pv.accumulation.model == "exact" and p_pv is not None:
+            self.v_parts = p_pv
+            # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]:
+            # K's, when the QK product's certificate has it)
+            self.v_absmax = (
+                self.k_absmax
+                if self.v_is_k and self.k_absmax is not None
+                else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
+            )
+
+    def _round_operands(self) -> None:
+        """Q, K^T and V rounded (rne) to the matrix unit's input formats, once."""
+        inp, pol = self.inp, self.pol
         self.q = round_input(inp.q, pol.qk.in_format)
         check_fits(inp.q, self.q, "q", pol.qk.in_format)
         self.kT = np.swapaxes(round_input(inp.k, pol.qk.in_format), -1, -2)
@@ -399,58 +472,55 @@ class _Run:
         else:
             self.v = round_input(inp.v, pol.pv.in_format)
             check_fits(inp.v, self.v, "v", pol.pv.in_format)
-        self.k_absmax = self.v_absmax = self.q_stats = self.v_small = None
-        self.qk_all: np.ndarray | None = None
+
+    def _softmax_constants(self) -> None:
+        """The scale and the bias in the work format; ``fa4``'s exp2 coefficient."""
+        inp = self.inp
         self.scale = self.dt(inp.scale)
         # an additive score bias, rounded (rne) to the work format once
-        self.bias = None if inp.bias is None else inp.bias.astype(self.dt)
+        self.bias: np.ndarray | None = None if inp.bias is None else inp.bias.astype(self.dt)
         # fa4: raw scores with the scale folded into the exp2's FMA; with a bias (FA4's
         # score_mod path) the scores are scaled and biased first and c = log2 e
-        self.spec = spec(variant)
         fa4 = self.spec.softmax == "fa4"
         self.fa4_raw = fa4 and self.bias is None
         if self.fa4_raw:
             self.scale, self.c_log2 = self.dt(1), softmax_scale_log2(inp.scale, self.dt)
         elif fa4:
             self.c_log2 = softmax_scale_log2(1.0, self.dt)
-        self.is_amla = self.spec.is_amla
-        # per-key column statistics for the exact accumulation model (computed once)
-        self.k_stats = self.v_parts = None
-        p_qk, p_pv = PRECISION.get(pol.qk.in_format), PRECISION.get(pol.pv.in_format)
-        if pol.qk.accumulation.model == "exact" and p_qk is not None:
-            k_rows = np.swapaxes(self.kT, -1, -2)  # contiguous (..., N, Dk): column stats of K^T
-            small = None
-            if pol.qk.in_format == "bf16" and inp.k.dtype == ml_dtypes.bfloat16 and inp.k.shape[-1]:
-                mag = inp.k.view(np.uint16) & np.uint16(0x7FFF)
-                top = mag.max()  # max |K| from the same pass
-                self.k_absmax = float(np.uint32(np.uint32(top) << np.uint32(16)).view(np.float32))
-                mag -= np.uint16(1)  # zeros wrap to 0xFFFF
-                low = mag.min(axis=-1)
-                low += np.uint16(1)
-                low[low == 0] = 0x7F80  # +inf: all-zero rows
-                small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-            if small is None:
-                small = min_nonzero_abs(k_rows, -1)
-            self.k_stats = (
-                np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)),
-                quantum_exp_from_min(small, p_qk),
-            )
-            if self.k_absmax is None:
-                self.k_absmax = _absmax(self.kT)
-            self.q_stats = (
-                np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)),
-                _min_quantum_exp_fast(self.q, p_qk),
-            )
-        if pol.pv.accumulation.model == "exact" and p_pv is not None:
-            self.v_parts = p_pv
-            # one bound of max |V| for every block's rounding certificate (V = K[..., :Dv]: K's)
-            self.v_absmax = (
-                self.k_absmax
-                if self.v is not None and self.v_is_k
-                else _absmax(self.v, inp.v if pol.pv.in_format == "bf16" else None)
-            )
 
-    def _all_scores(self, blocks) -> None:
+    def _qk_statistics(self, p_qk: int) -> None:
+        """Row statistics of Q and column statistics of K^T for the exact accumulation
+        model's certificate (norms, quantum exponents, ``max |K|``), computed once."""
+        inp = self.inp
+        k_rows = np.swapaxes(self.kT, -1, -2)  # contiguous (..., N, Dk): column stats of K^T
+        small = None
+        if (
+            self.pol.qk.in_format == "bf16"
+            and inp.k.dtype == ml_dtypes.bfloat16
+            and inp.k.shape[-1]
+        ):
+            mag = inp.k.view(np.uint16) & np.uint16(0x7FFF)
+            top = mag.max()  # max |K| from the same pass
+            self.k_absmax = float(np.uint32(np.uint32(top) << np.uint32(16)).view(np.float32))
+            mag -= np.uint16(1)  # zeros wrap to 0xFFFF
+            low = mag.min(axis=-1)
+            low += np.uint16(1)
+            low[low == 0] = 0x7F80  # +inf: all-zero rows
+            small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        if small is None:
+            small = min_nonzero_abs(k_rows, -1)
+        self.k_stats = (
+            np.sqrt(np.einsum("...nk,...nk->...n", k_rows, k_rows)),
+            quantum_exp_from_min(small, p_qk),
+        )
+        if self.k_absmax is None:
+            self.k_absmax = _absmax(self.kT)
+        self.q_stats = (
+            np.sqrt(np.einsum("...mk,...mk->...m", self.q, self.q)),
+            _min_quantum_exp_fast(self.q, p_qk),
+        )
+
+    def _all_scores(self, blocks: Blocks) -> None:
         """Every block's ``QK`` in one product when it is exact (a wider BLAS call, the same
         values: each element is the exact sum rounded once, whatever the blocking)."""
         self.qk_all = None
@@ -496,7 +566,7 @@ class _Run:
                 a_stats=self.q_stats,
             )
         with np.errstate(over="ignore", invalid="ignore"):
-            s = qk * self.scale
+            s: np.ndarray = qk * self.scale
             if self.bias is not None:
                 s = s + self.bias[..., lo:hi]
         if self.inp.keep is not None:
@@ -504,6 +574,8 @@ class _Run:
         return s
 
     def _pv(self, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Stage 5 for keys ``lo:hi``: the P cast (:func:`~amla_numerics.flash.fp8.p_cast_stage`,
+        its counts left in ``p_counts``), the matrix-unit product with V, the P scale removed."""
         staged = p_cast_stage(p, self.pol)
         self.p_counts = (staged.underflow, staged.saturate)
         pc = staged.values
@@ -512,7 +584,7 @@ class _Run:
             # exactness test of the P V tile: V's column quanta in this block, and a bound of
             # its column norms (sqrt(rows) max |V|)
             small = self.v_small.get(lo) if self.v_small is not None else None
-            if small is not None:
+            if small is not None and self.v_absmax is not None:
                 nb = np.full(small.shape, math.sqrt(hi - lo) * self.v_absmax * (1 + 2.0**-30))
                 stats = (nb, quantum_exp_from_min(small, self.v_parts))
         exact_in = self.pol.p_cast is not None and (
@@ -538,7 +610,7 @@ class _Run:
             self.pol,
         )
 
-    def _block_small(self, blocks) -> dict[int, np.ndarray] | None:
+    def _block_small(self, blocks: Blocks) -> dict[int, np.ndarray] | None:
         """Per KV block: the smallest non-zero |V| of each column (BF16 V only), one pass."""
         v = self.inp.v
         if self.v_parts is None or self.pol.pv.in_format != "bf16" or v.dtype != ml_dtypes.bfloat16:
@@ -570,171 +642,238 @@ class _Run:
         small = (low.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         return {lo: small[..., j, :] for j, (lo, _) in enumerate(blocks)}
 
-    def prepare(self, blocks):
+    def prepare(self, blocks: Blocks) -> None:
         """Column statistics and (when exact) every score, for all ``blocks`` at once."""
         self.v_small = self._block_small(sorted(blocks))  # any visit order
         self._all_scores(blocks)
 
-    def execute(self, blocks, *, prepared=False):
-        """Run the recurrence over ``blocks`` (block 0 = the first listed); the final W-format
-        ``m``, ``l`` and AMLA scalars are left in ``final_m``, ``final_l``, ``final_sc``."""
-        pol, dt, variant = self.pol, self.dt, self.variant
+    def execute(self, blocks: Blocks, *, prepared: bool = False) -> RunOutput:
+        """Run the recurrence over ``blocks`` (block 0 = the first listed): stages 1-6 of
+        each block (:meth:`_block`), then stage 7 and the output's hazard classes
+        (:meth:`_finish`). The final W-format ``m``, ``l`` and AMLA scalars are left in
+        ``final_m``, ``final_l``, ``final_sc``."""
         if not prepared:
             self.prepare(blocks)
-        hazards = dict.fromkeys((*HAZARDS, "clamp"), 0)
-        masks: dict[str, np.ndarray] = {}
-        rec: dict[str, list] = {
-            key: []
-            for key in (
-                "m",
-                "n",
-                "r_hat",
-                "cof",
-                "eps",
-                "dn",
-                "N",
-                "rescaled",
-                "p_underflow",
-                "p_saturate",
-            )
-        }
-        m = l = O = sc = None
-        log2e = constants(pol)["LOG2E"]
-        # AMLA: elements the integer add's garbage touched, and elements that overflowed in
-        # FP32 (O + PV, the guard's multiply) before any garbage reached them
-        garbage: np.ndarray | None = None
-        fp32_over: np.ndarray | None = None
-        saturated: np.ndarray | None = None  # P V products an RZ accumulator saturated
-        repairs = self.spec.guard
-        score_rows: np.ndarray | None = None  # rows with a non-finite attended score
+        st = _State()
         for j, (lo, hi) in enumerate(blocks):
-            s = self._scores(lo, hi)
-            with np.errstate(invalid="ignore"):
-                if not np.isfinite(s).all():
-                    bad = self._score_overflow(s, lo, hi)
-                    if bad is not None:
-                        score_rows = bad if score_rows is None else score_rows | bad
+            self._block(st, j, lo, hi)
+        return self._finish(st)
+
+    def _block(self, st: _State, j: int, lo: int, hi: int) -> None:
+        """Stages 1-6 for KV block ``j`` (keys ``lo:hi``), updating ``st``."""
+        s = self._scores(lo, hi)  # 1
+        self._note_score_range(st, s, lo, hi)
+        m_new, resc, p, a = self._softmax(s, st.m)  # 2-4: max, P, a
+        st.l = self._row_sum(p, st.l, resc, a)  # 4: l
+        if self.is_amla:
+            self._amla_accumulate(st, p, m_new, lo, hi)  # 5-6
+        else:
+            self._fa_accumulate(st, p, resc, a, lo, hi)  # 5-6
+        if self.pv_saturated is not None and st.O is not None:  # O may look finite
+            sat = np.broadcast_to(self.pv_saturated, st.O.shape)
+            st.saturated = sat if st.saturated is None else st.saturated | sat
+        st.m = m_new
+        if self.want_trace:
+            self._record(st.rec, m_new, st.sc if self.is_amla else None, resc, j)
+            st.rec["p_underflow"].append(self.p_counts[0])
+            st.rec["p_saturate"].append(self.p_counts[1])
+
+    def _note_score_range(self, st: _State, s: np.ndarray, lo: int, hi: int) -> None:
+        """Rows with an attended score beyond the work format (:data:`RANGE_HAZARD`)."""
+        with np.errstate(invalid="ignore"):
+            if not np.isfinite(s).all():
+                bad = self._score_overflow(s, lo, hi)
+                if bad is not None:
+                    st.score_rows = bad if st.score_rows is None else st.score_rows | bad
+
+    def _softmax(
+        self, s: np.ndarray, m: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Stages 2-4 of a block: ``(m_new, rescaled, P, a)`` against the running max ``m``
+        (None at block 0): :meth:`_softmax_step`, or ``fa4``'s raw scores and log2-domain
+        softmax (:func:`~amla_numerics.flash.fa4.fa4_block`)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.spec.softmax == "fa4":
+                exact = self.dt != np.float32
+                return fa4_block(s, m, self.c_log2, self.dt(self.tau), exact=exact)
+            return self._softmax_step(s, m)
+
+    def _row_sum(
+        self, p: np.ndarray, l: np.ndarray | None, resc: np.ndarray, a: np.ndarray | None
+    ) -> np.ndarray:
+        """Stage 4: ``l_0 = rowsum P_0``, then ``l_j = fl(fl(a_j l_{j-1}) + rowsum P_j)``
+        (rowsum in the policy's order; a stale-max row that keeps its max keeps ``l``)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            rs = vector_sum(p, self.pol.rowsum)
+            if l is None or a is None:
+                return rs
+            return np.where(resc, a * l, l) + rs
+
+    def _amla_accumulate(
+        self, st: _State, p: np.ndarray, m_new: np.ndarray, lo: int, hi: int
+    ) -> None:
+        """Stages 5-6 of the AMLA variants: the block's scalars (:mod:`~.amla`), ``PV_j``
+        of ``cast(fl(P_j r^_j))``; block 0 stores it, later blocks rescale O by the integer
+        add (hazards counted, :meth:`_count_rescale`) and then ``O = fl(O + PV_j)``."""
+        prev = st.sc
+        st.sc = sc = amla_scalars(
+            m_new,
+            None if prev is None else prev.n,
+            None if prev is None else prev.cof,
+            self.pol,
+            self.variant,
+            self.c,
+        )
+        with np.errstate(over="ignore"):
+            pv = self._pv(p * sc.r_hat[..., None], lo, hi)
+        if st.O is None:
+            O = pv
+        else:
+            O, counts, codes = amla_rescale(st.O, sc, self.pol, self.variant)
+            self._count_rescale(st, sc, counts, codes, O.shape)
             with np.errstate(invalid="ignore", over="ignore"):
-                if self.spec.softmax == "fa4":  # raw scores, log2-domain softmax (flash/fa4.py)
-                    m_new, resc, p, a = fa4_block(
-                        s, None if j == 0 else m, self.c_log2, dt(self.tau), exact=dt != np.float32
-                    )
-                else:
-                    m_new, resc, p, a = self._softmax_step(s, m, j, log2e)
-                rs = vector_sum(p, pol.rowsum)
-                l = rs if j == 0 else np.where(resc, a * l, l) + rs
-            if self.is_amla:
-                sc = amla_scalars(
-                    m_new,
-                    None if j == 0 else sc.n,
-                    None if j == 0 else sc.cof,
-                    pol,
-                    variant,
-                    self.c,
-                )
-                with np.errstate(over="ignore"):
-                    pv = self._pv(p * sc.r_hat[..., None], lo, hi)
-                if j == 0:
-                    O = pv
-                else:
-                    O, counts, codes = amla_rescale(O, sc, pol, variant)
-                    for key, val in counts.items():
-                        hazards[key] += val
-                    if codes is not None:
-                        for code, name in enumerate(HAZARDS):
-                            if code and counts[name]:
-                                _mark(masks, name, codes == code)
-                        if not repairs:
-                            garbage = codes != 0 if garbage is None else garbage | (codes != 0)
-                    clamped = clamped_rows(sc, pol)
-                    if clamped is not None:
-                        hazards["clamp"] += int(np.count_nonzero(clamped)) * O.shape[-1]
-                        _mark(masks, "clamp", np.broadcast_to(clamped[..., None], O.shape))
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        O = O + pv
-                if not np.isfinite(O).all():
-                    new = ~np.isfinite(O) if garbage is None else ~np.isfinite(O) & ~garbage
-                    fp32_over = new if fp32_over is None else fp32_over | new
+                O = O + pv
+        if not np.isfinite(O).all():
+            new = ~np.isfinite(O) if st.garbage is None else ~np.isfinite(O) & ~st.garbage
+            st.fp32_over = new if st.fp32_over is None else st.fp32_over | new
+        st.O = O
+
+    def _count_rescale(
+        self,
+        st: _State,
+        sc: AmlaScalars,
+        counts: dict[str, int],
+        codes: np.ndarray | None,
+        shape: tuple[int, ...],
+    ) -> None:
+        """Count the integer add's hazard classes (elements per class; garbage unless the
+        variant's guard repairs it) and the elements of the rows the ``dn`` clamp raised."""
+        for key, val in counts.items():
+            st.hazards[key] += val
+        if codes is not None:
+            for code, name in enumerate(HAZARDS):
+                if code and counts[name]:
+                    _mark(st.masks, name, codes == code)
+            if not self.spec.guard:
+                st.garbage = codes != 0 if st.garbage is None else st.garbage | (codes != 0)
+        clamped = clamped_rows(sc, self.pol)
+        if clamped is not None:
+            st.hazards["clamp"] += int(np.count_nonzero(clamped)) * shape[-1]
+            _mark(st.masks, "clamp", np.broadcast_to(clamped[..., None], shape))
+
+    def _fa_accumulate(
+        self,
+        st: _State,
+        p: np.ndarray,
+        resc: np.ndarray,
+        a: np.ndarray | None,
+        lo: int,
+        hi: int,
+    ) -> None:
+        """Stages 5-6 of the FA variants: ``PV_j`` of ``cast(P_j)``; block 0 stores it, then
+        ``O = fl(fl(a_j O) + PV_j)`` (a stale-max row that keeps its max: ``fl(O + PV_j)``);
+        BF16 O storage (``fa_bf16``) casts O to the policy's ``o_lowp``."""
+        pv = self._pv(p, lo, hi)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if st.O is None or a is None:
+                O = pv
             else:
-                pv = self._pv(p, lo, hi)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    if j == 0:
-                        O = pv
-                    else:
-                        O = np.where(resc[..., None], a[..., None] * O, O) + pv
-                if self.spec.o_storage == "bf16":
-                    O = cast(O, pol.o_lowp, pol.o_lowp_rounding)
-            if self.pv_saturated is not None:  # overflowed, though O may look finite
-                sat = np.broadcast_to(self.pv_saturated, O.shape)
-                saturated = sat if saturated is None else saturated | sat
-            m = m_new
-            if self.want_trace:
-                self._record(rec, m_new, sc if self.is_amla else None, resc, j)
-                rec["p_underflow"].append(self.p_counts[0])
-                rec["p_saturate"].append(self.p_counts[1])
-        O_final = O
-        clipped = zeroed = None
-        if pol.o_clip is not None:
-            with np.errstate(invalid="ignore"):
-                zeroed = ~(np.abs(O) <= dt(pol.o_clip))  # beyond the clip, inf or NaN
-                clipped = np.isfinite(O) & zeroed
-                O = np.where(zeroed, dt(0), O)
+                O = np.where(resc[..., None], a[..., None] * st.O, st.O) + pv
+        if self.spec.o_storage == "bf16":
+            O = cast(O, self.pol.o_lowp, self.pol.o_lowp_rounding)
+        st.O = O
+
+    def _finish(self, st: _State) -> RunOutput:
+        """Stage 7 (the clip, the division, the lse) and the output's hazard classes."""
+        if st.O is None or st.l is None or st.m is None:
+            raise ValueError("an emulator run needs at least one KV block")
+        O, zeroed = self._clip(st.O)
+        out, lse = self._divide(O, st.l, st.m, st.sc)
+        junk, overflow = self._out_of_range(st, st.O, st.l, out)
+        if zeroed is not None:  # O the clip zeroed: a policy-made wrong value
+            zeroed = np.broadcast_to(zeroed, out.shape)
+            junk = junk | (zeroed & overflow)  # an overflowed O's 0: counted as overflow
+            clipped = zeroed & np.broadcast_to(np.isfinite(st.O), out.shape) & ~junk & ~overflow
+            st.hazards[CLIP_HAZARD] = int(np.count_nonzero(clipped))
+            if st.hazards[CLIP_HAZARD]:
+                _mark(st.masks, CLIP_HAZARD, clipped)
+                junk = junk | clipped
+        full = {
+            name: np.broadcast_to(st.masks[name], out.shape).copy()
+            if name in st.masks
+            else np.zeros(out.shape, bool)
+            for name in st.hazards
+            if name != "ok"
+        }
+        tr = self._trace(st.rec) if self.want_trace else None
+        # fa4's raw max in score units (nats) for a split combine: fl(m * scale)
+        self.final_m = st.m * self.dt(self.inp.scale) if self.fa4_raw else st.m
+        self.final_l, self.final_sc = st.l, st.sc
+        # an overflowed element stays judged (its non-finite output fails the bound check)
+        # unless a later integer add turned its inf into a finite value: that value is the
+        # integer add's garbage (class nonfinite), which no bound covers
+        with np.errstate(invalid="ignore"):
+            judged = overflow & ~np.isfinite(out)
+        return out, lse, st.hazards, full, junk & ~judged, tr
+
+    def _clip(self, O: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The policy's optional ``o_clip`` before the division: O zeroed beyond it or
+        where not finite, and the elements it zeroed (None without a clip)."""
+        if self.pol.o_clip is None:
+            return O, None
+        with np.errstate(invalid="ignore"):
+            zeroed = ~(np.abs(O) <= self.dt(self.pol.o_clip))  # beyond the clip, inf or NaN
+        return np.where(zeroed, self.dt(0), O), zeroed
+
+    def _divide(
+        self, O: np.ndarray, l: np.ndarray, m: np.ndarray, sc: AmlaScalars | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 7: ``out = fl(O / l)`` (AMLA: ``fl(O / fl(l r^_N))``) and ``lse = m + ln(l)``
+        in float64 from the final work-format ``m`` (``fa4``: raw, times the scale) and
+        ``l``."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            den = l * sc.r_hat if self.is_amla else l
+            den = l * sc.r_hat if sc is not None and self.is_amla else l
             out = O / den[..., None]
             m64 = m.astype(np.float64) * (self.inp.scale if self.fa4_raw else 1.0)
             lse = m64 + np.log(l.astype(np.float64))
+        return out, lse
+
+    def _out_of_range(
+        self, st: _State, O: np.ndarray, l: np.ndarray, out: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Count and mark the outputs beyond the work format: FP32 overflow of O (before
+        any clip), l or the division (class ``overflow``), and the non-finite outputs of
+        rows with an attended key that nothing else explains, scores beyond the format
+        included (:data:`RANGE_HAZARD`). Returns the garbage elements so far (integer-add
+        garbage and :data:`RANGE_HAZARD`) and the overflow elements."""
         shape = out.shape
-        junk = np.zeros(shape, bool) if garbage is None else np.broadcast_to(garbage, shape)
-        overflow = self._fp32_overflow(O_final, l, out) & ~junk
-        if fp32_over is not None:
-            overflow |= np.broadcast_to(fp32_over, shape)
-        if saturated is not None:  # counted overflow; no bound covers the saturated value
-            overflow |= np.broadcast_to(saturated, shape) & ~junk
-            junk = junk | (np.broadcast_to(saturated, shape) & np.isfinite(out))
+        junk = np.zeros(shape, bool) if st.garbage is None else np.broadcast_to(st.garbage, shape)
+        overflow = self._fp32_overflow(O, l, out) & ~junk
+        if st.fp32_over is not None:
+            overflow |= np.broadcast_to(st.fp32_over, shape)
+        if st.saturated is not None:  # counted overflow; no bound covers the saturated value
+            sat = np.broadcast_to(st.saturated, shape)
+            overflow |= sat & ~junk
+            junk = junk | (sat & np.isfinite(out))
         # scores beyond the work format (rows with a non-finite attended score), then any
         # non-finite output of a row with a key that nothing else explains
         lost = np.zeros(shape, bool)
-        if score_rows is not None:
-            lost = np.broadcast_to(score_rows[..., None], shape).copy()
+        if st.score_rows is not None:
+            lost = np.broadcast_to(st.score_rows[..., None], shape).copy()
             overflow = overflow & ~lost
         if not np.isfinite(out).all():
             with np.errstate(invalid="ignore"):
                 lost = lost | (~np.isfinite(out) & self._attended(shape) & ~junk & ~overflow)
         n_lost = int(np.count_nonzero(lost))
         if n_lost:
-            hazards[RANGE_HAZARD] = n_lost
-            _mark(masks, RANGE_HAZARD, lost)
+            st.hazards[RANGE_HAZARD] = n_lost
+            _mark(st.masks, RANGE_HAZARD, lost)
             junk = junk | lost
         n_over = int(np.count_nonzero(overflow))
         if n_over:
-            hazards["overflow"] += n_over
-            _mark(masks, "overflow", overflow)
-            if zeroed is not None:  # an overflowed O the clip zeroed: no bound covers the 0
-                junk = junk | (overflow & np.broadcast_to(zeroed, shape))
-        if clipped is not None:  # finite O the clip zeroed: a policy-made wrong value
-            clipped = np.broadcast_to(clipped, shape) & ~junk & ~overflow
-            hazards[CLIP_HAZARD] = int(np.count_nonzero(clipped))
-            if hazards[CLIP_HAZARD]:
-                _mark(masks, CLIP_HAZARD, clipped)
-                junk = junk | clipped
-        full = {
-            name: np.broadcast_to(masks[name], shape).copy()
-            if name in masks
-            else np.zeros(shape, bool)
-            for name in hazards
-            if name != "ok"
-        }
-        tr = self._trace(rec) if self.want_trace else None
-        # fa4's raw max in score units (nats) for a split combine: fl(m * scale)
-        self.final_m = m * self.dt(self.inp.scale) if self.fa4_raw else m
-        self.final_l, self.final_sc = l, sc
-        # an overflowed element stays judged (its non-finite output fails the bound check)
-        # unless a later integer add turned its inf into a finite value: that value is the
-        # integer add's garbage (class nonfinite), which no bound covers
-        with np.errstate(invalid="ignore"):
-            judged = overflow & ~np.isfinite(out)
-        return out, lse, hazards, full, junk & ~judged, tr
+            st.hazards["overflow"] += n_over
+            _mark(st.masks, "overflow", overflow)
+        return junk, overflow
 
     def _kept(self, lo: int, hi: int) -> np.ndarray | None:
         """Keys ``lo:hi`` the mask attends (kept, finite bias); None: all of them."""
@@ -754,7 +893,7 @@ class _Run:
         rows = np.any(bad, axis=-1)
         return rows if rows.any() else None
 
-    def _attended(self, shape) -> np.ndarray:
+    def _attended(self, shape: tuple[int, ...]) -> np.ndarray:
         """Output elements (``shape``) of rows with at least one attended key (kept by the
         mask, with a finite bias): the rows whose exact output is defined."""
         live = self._kept(0, self.inp.n)
@@ -763,18 +902,23 @@ class _Run:
         return np.broadcast_to(np.any(live, axis=-1)[..., None], shape)
 
     @staticmethod
-    def _fp32_overflow(O, l, out) -> np.ndarray:
+    def _fp32_overflow(O: np.ndarray, l: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Outputs of attended rows (``l > 0``) that are not finite because O (before any
         clip), l or the division overflowed FP32."""
         with np.errstate(invalid="ignore"):
             attended = np.broadcast_to((l > 0)[..., None], out.shape)
         return attended & (~np.isfinite(out) | ~np.isfinite(O) | ~np.isfinite(l)[..., None])
 
-    def _softmax_step(self, s, m, j, log2e):
-        """Steps 2-4 (max, exp, rescale factor) for every variant but ``fa4``."""
+    def _softmax_step(
+        self, s: np.ndarray, m: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Steps 2-4 (max, exp, rescale factor) for every variant but ``fa4``: ``m_j =
+        max(m_{j-1}, rowmax S_j)`` (a stale max: kept unless it grows beyond ``tau``),
+        ``P_j = exp(fl(S_j - m_j))`` with ``m_j := 0`` on rows with no unmasked score yet,
+        ``a_j = exp(fl(m_{j-1} - m_j))`` (0 if ``m_{j-1} = -inf``; None at block 0)."""
         dt = self.dt
         mblk = s.max(axis=-1)
-        if j == 0:
+        if m is None:
             m_new, resc = mblk, np.zeros(mblk.shape, bool)
         else:
             cand = np.maximum(m, mblk)
@@ -782,7 +926,7 @@ class _Run:
             if units is not None:  # lazy (log2) and skip_scale (nats): a stale max
                 grow = cand - m  # -inf -> finite: inf; -inf -> -inf: nan
                 if units == "log2":
-                    grow = grow * log2e
+                    grow = grow * self.log2e
                 resc = grow > dt(self.tau)
                 m_new = np.where(resc, cand, m)
             else:
@@ -790,7 +934,7 @@ class _Run:
         m_eff = np.where(np.isfinite(m_new), m_new, dt(0))
         p = self.exp(s - m_eff[..., None])
         a = None
-        if j > 0:
+        if m is not None:
             d = np.where(
                 np.isneginf(m), np.where(np.isneginf(m_new), dt(0), dt(-np.inf)), m - m_new
             )
@@ -798,7 +942,14 @@ class _Run:
         return m_new, resc, p, a
 
     @staticmethod
-    def _record(rec, m_new, sc, resc, j):
+    def _record(
+        rec: dict[str, list[Any]],
+        m_new: np.ndarray,
+        sc: AmlaScalars | None,
+        resc: np.ndarray,
+        j: int,
+    ) -> None:
+        """Append block ``j``'s max, rescale decision and AMLA scalars to the trace."""
         shape = m_new.shape
         rec["m"].append(m_new.astype(np.float64))
         rec["rescaled"].append(np.array(resc, bool))
@@ -818,5 +969,5 @@ class _Run:
         rec["N"].append((np.zeros(shape, np.int64) if j == 0 else sc.N).astype(np.int32))
 
     @staticmethod
-    def _trace(rec) -> Trace:
+    def _trace(rec: dict[str, list[Any]]) -> Trace:
         return Trace(**{key: np.stack(vals) for key, vals in rec.items()})

@@ -62,13 +62,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mpmath
 import numpy as np
 
 from amla_numerics.exp2add import HAZARDS
+from amla_numerics.flash._exactsum import _LONG
+from amla_numerics.flash.stages import constants
 from amla_numerics.flash.trace import Trace
 from amla_numerics.formats import FP32
 from amla_numerics.rounding import round_to
@@ -392,6 +394,21 @@ def _warp_sum(e: np.ndarray) -> np.ndarray:
 # the split driver
 
 
+@dataclass
+class _Partials:
+    """Every split's partial result in split order (shapes broadcast to the full rows)."""
+
+    out: list[np.ndarray] = field(default_factory=list)
+    m: list[np.ndarray] = field(default_factory=list)
+    l: list[np.ndarray] = field(default_factory=list)
+    n: list[np.ndarray] = field(default_factory=list)
+    r_hat: list[np.ndarray] = field(default_factory=list)
+    hazards: list[dict[str, int]] = field(default_factory=list)
+    traces: list[Trace | None] = field(default_factory=list)
+    garbage: list[np.ndarray] = field(default_factory=list)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # any split touched
+
+
 def run_splits(
     run: Any,
     ranges: list[tuple[int, int]],
@@ -408,55 +425,82 @@ def run_splits(
     element: the combine carries it to the same output element) and the
     :class:`SplitTrace`.
     """
-    from amla_numerics.flash._exactsum import _LONG
-    from amla_numerics.flash.stages import constants
-
-    dt = run.dt
     every = [b for blocks in plan for b in blocks]
     run.prepare(every)
     if run.v_small is not None:  # a long single-block P V (naive) takes no column statistics
         for lo, hi in every:
             if hi - lo > _LONG:
                 run.v_small.pop(lo, None)
-    inp = run.inp
-    row_shape = (*inp.batch, inp.m)
-    out_shape = (*row_shape, inp.dv)
-    outs, ms, ls, ns, rs = [], [], [], [], []
-    hz: list[dict[str, int]] = []
-    traces: list[Trace | None] = []
-    masks: dict[str, np.ndarray] = {}
-    garbage = []
+    parts = _Partials()
     for blocks in plan:
-        if not blocks:
-            outs.append(np.zeros(out_shape, dt))
-            ms.append(np.full(row_shape, -np.inf, dt))
-            ls.append(np.zeros(row_shape, dt))
-            ns.append(np.zeros(row_shape))
-            rs.append(np.ones(row_shape))
-            hz.append({})
-            garbage.append(np.zeros(out_shape, bool))
-            traces.append(None)
-            continue
-        o, _, counts, full, uncovered, tr = run.execute(blocks, prepared=True)
-        for name, touched in full.items():
-            masks[name] = masks[name] | touched if name in masks else np.array(touched, bool)
-        garbage.append(np.broadcast_to(uncovered, out_shape))
-        outs.append(np.broadcast_to(o, (*row_shape, inp.dv)))
-        ms.append(np.broadcast_to(run.final_m, row_shape).astype(dt))
-        ls.append(np.broadcast_to(run.final_l, row_shape).astype(dt))
-        sc = run.final_sc
-        ns.append(np.zeros(row_shape) if sc is None else np.broadcast_to(sc.n, row_shape) + 0.0)
-        rs.append(np.ones(row_shape) if sc is None else np.broadcast_to(sc.r_hat, row_shape) + 0.0)
-        hz.append(counts)
-        traces.append(tr)
-    out_s, m_s, l_s = np.stack(outs), np.stack(ms), np.stack(ls)
+        _run_split(run, blocks, parts)
+    out_s, m_s, l_s = np.stack(parts.out), np.stack(parts.m), np.stack(parts.l)
     log2e = constants(run.pol)["LOG2E"]
     out, lse, w = combine_partials(out_s, m_s, l_s, combine, exp=run.exp, log2e=log2e)
     dead = np.isneginf(m_s) | (l_s == 0)
-    keys = list(dict.fromkeys(k for h in hz for k in h)) or list(HAZARDS)
-    hazards = {key: sum(h.get(key, 0) for h in hz) for key in keys}
+    hazards = _split_hazards(parts, ranges, out_s, dead)
+    uncovered = np.any(np.stack(parts.garbage) & ~dead[..., None], axis=0)
+    trace = SplitTrace(
+        ranges=tuple(ranges),
+        combine=combine,
+        out=out_s,
+        m=m_s,
+        l=l_s,
+        n=np.stack(parts.n),
+        r_hat=np.stack(parts.r_hat),
+        weight=w,
+        dead=dead,
+        hazards=tuple(parts.hazards),
+        traces=tuple(parts.traces),
+    )
+    return out, lse, hazards, parts.masks, uncovered, trace
+
+
+def _run_split(run: Any, blocks: list[tuple[int, int]], parts: _Partials) -> None:
+    """Run one split (an unsplit run on its blocks) and append its partial to ``parts``;
+    an empty split is dead: O = 0, ``m = -inf``, ``l = 0``."""
+    dt, inp = run.dt, run.inp
+    row_shape = (*inp.batch, inp.m)
+    out_shape = (*row_shape, inp.dv)
+    if not blocks:
+        parts.out.append(np.zeros(out_shape, dt))
+        parts.m.append(np.full(row_shape, -np.inf, dt))
+        parts.l.append(np.zeros(row_shape, dt))
+        parts.n.append(np.zeros(row_shape))
+        parts.r_hat.append(np.ones(row_shape))
+        parts.hazards.append({})
+        parts.garbage.append(np.zeros(out_shape, bool))
+        parts.traces.append(None)
+        return
+    o, _, counts, full, uncovered, tr = run.execute(blocks, prepared=True)
+    for name, touched in full.items():
+        masks = parts.masks
+        masks[name] = masks[name] | touched if name in masks else np.array(touched, bool)
+    parts.garbage.append(np.broadcast_to(uncovered, out_shape))
+    parts.out.append(np.broadcast_to(o, out_shape))
+    parts.m.append(np.broadcast_to(run.final_m, row_shape).astype(dt))
+    parts.l.append(np.broadcast_to(run.final_l, row_shape).astype(dt))
+    sc = run.final_sc
+    parts.n.append(np.zeros(row_shape) if sc is None else np.broadcast_to(sc.n, row_shape) + 0.0)
+    parts.r_hat.append(
+        np.ones(row_shape) if sc is None else np.broadcast_to(sc.r_hat, row_shape) + 0.0
+    )
+    parts.hazards.append(counts)
+    parts.traces.append(tr)
+
+
+def _split_hazards(
+    parts: _Partials, ranges: list[tuple[int, int]], out_s: np.ndarray, dead: np.ndarray
+) -> dict[str, int]:
+    """The splits' hazard counts summed, plus :data:`SPLIT_HAZARDS`: empty splits (every
+    output element), splits dead for a row (the row's elements), non-finite partials of
+    live splits; their masks go into ``parts.masks``, with an empty mask per class no
+    split touched."""
+    out_shape = out_s.shape[1:]
+    keys = list(dict.fromkeys(k for h in parts.hazards for k in h)) or list(HAZARDS)
+    hazards = {key: sum(h.get(key, 0) for h in parts.hazards) for key in keys}
     empty = np.array([hi == lo for lo, hi in ranges])
-    masked = dead & ~empty.reshape(-1, *[1] * len(row_shape))
+    masked = dead & ~empty.reshape(-1, *[1] * (dead.ndim - 1))
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(out_s) & ~dead[..., None]
     split_masks = {
@@ -465,26 +509,12 @@ def run_splits(
         "split_nonfinite": bad.any(axis=0),
     }
     hazards["split_empty"] = int(empty.sum()) * int(np.prod(out_shape))
-    hazards["split_masked"] = int(masked.sum()) * inp.dv
+    hazards["split_masked"] = int(masked.sum()) * out_shape[-1]
     hazards["split_nonfinite"] = int(bad.sum())
+    masks = parts.masks
     for name, touched in split_masks.items():
         masks[name] = np.array(touched, bool)
     for name in hazards:
         if name != "ok" and name not in masks:
             masks[name] = np.zeros(out_shape, bool)
-    live = ~dead[..., None]
-    uncovered = np.any(np.stack(garbage) & live, axis=0)
-    trace = SplitTrace(
-        ranges=tuple(ranges),
-        combine=combine,
-        out=out_s,
-        m=m_s,
-        l=l_s,
-        n=np.stack(ns),
-        r_hat=np.stack(rs),
-        weight=w,
-        dead=dead,
-        hazards=tuple(hz),
-        traces=tuple(traces),
-    )
-    return out, lse, hazards, masks, uncovered, trace
+    return hazards

@@ -263,20 +263,8 @@ class ExactDot:
         if rows.step not in (None, 1):  # elementwise: the same values as slicing the whole
             whole = self.to_dd()
             return whole[0][rows], whole[1][rows], whole[2][rows]
-        r0, r1, _ = rows.indices(self.ea.size)
         ea = self.ea[rows]
-        empty = ea.size == 0 or self.eb.size == 0
-        bmax = 0 if empty else int(ea.max() + self.eb.max())
-        bmin = 0 if empty else int(ea.min() + self.eb.min())
-        if bmax + max(self.shifts) + 53 > 1020:
-            raise ValueError("dot products too large for the fast path")
-        fast = empty or (
-            bmin + min(self.shifts) > -960
-            and -1000 < self.eb.min()
-            and self.eb.max() < 1000
-            and -1000 < ea.min() + min(self.shifts)
-            and ea.max() + max(self.shifts) < 1000
-        )
+        fast = self._power_scaling(ea)
         fb = np.ldexp(1.0, self.eb)[None, :]
         hi: Any = None  # hi, lo, mag: set by the first term
         lo: Any = None
@@ -299,32 +287,68 @@ class ExactDot:
             if hi is None:  # a block term first: start from zeros
                 shape = (ea.size, self.eb.size)
                 hi, lo, mag = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-            # restrict the block to the requested rows
-            if br is None:
-                sel = np.arange(ea.size)
-                gr = g[rows]
-            else:
-                a, b = np.searchsorted(br, [r0, r1])
-                sel = br[a:b] - r0
-                gr = g[a:b]
-            if sel.size == 0:
-                continue
-            cols = np.arange(self.eb.size) if bc is None else bc
-            eab = ea[sel][:, None] + sh
-            if fast:
-                t = (gr * np.ldexp(1.0, eab)) * fb[:, cols]
-            else:
-                t = np.ldexp(gr, eab + self.eb[cols][None, :])
-            ix = np.ix_(sel, cols)
-            h, e = two_sum(hi[ix], t)
-            hi[ix] = h
-            lo[ix] += e
-            mag[ix] += np.abs(t)
+            self._add_block_term((hi, lo, mag), n, rows, fast, fb)
         hi, lo = two_sum(hi, lo)
         n = len(self.terms)
         err = (gamma(max(n - 1, 0)) ** 2 if n > 1 else 0.0) * mag * (1 + 2**-40)
         err = err + n * 2.0**-1074
         return hi, lo, err
+
+    def _power_scaling(self, ea: np.ndarray) -> bool:
+        """Whether every term of rows with exponents ``ea`` scales by two exact
+        power-of-two products (else ``ldexp``); ValueError if a term can overflow."""
+        empty = ea.size == 0 or self.eb.size == 0
+        bmax = 0 if empty else int(ea.max() + self.eb.max())
+        bmin = 0 if empty else int(ea.min() + self.eb.min())
+        if bmax + max(self.shifts) + 53 > 1020:
+            raise ValueError("dot products too large for the fast path")
+        return bool(
+            empty
+            or (
+                bmin + min(self.shifts) > -960
+                and -1000 < self.eb.min()
+                and self.eb.max() < 1000
+                and -1000 < ea.min() + min(self.shifts)
+                and ea.max() + max(self.shifts) < 1000
+            )
+        )
+
+    def _add_block_term(
+        self,
+        acc: tuple[np.ndarray, np.ndarray, np.ndarray],
+        n: int,
+        rows: slice,
+        fast: bool,
+        fb: np.ndarray,
+    ) -> None:
+        """Sum2-add the compact term ``n``, restricted to ``rows``, on its block of the
+        ``(hi, lo, mag)`` accumulators ``acc`` (in place)."""
+        hi, lo, mag = acc
+        g, sh = self.terms[n], self.shifts[n]
+        br, bc = self._block(n)
+        r0, r1, _ = rows.indices(self.ea.size)
+        ea = self.ea[rows]
+        # restrict the block to the requested rows
+        if br is None:
+            sel = np.arange(ea.size)
+            gr = g[rows]
+        else:
+            a, b = np.searchsorted(br, [r0, r1])
+            sel = br[a:b] - r0
+            gr = g[a:b]
+        if sel.size == 0:
+            return
+        cols = np.arange(self.eb.size) if bc is None else bc
+        eab = ea[sel][:, None] + sh
+        if fast:
+            t = (gr * np.ldexp(1.0, eab)) * fb[:, cols]
+        else:
+            t = np.ldexp(gr, eab + self.eb[cols][None, :])
+        ix = np.ix_(sel, cols)
+        h, e = two_sum(hi[ix], t)
+        hi[ix] = h
+        lo[ix] += e
+        mag[ix] += np.abs(t)
 
     def row_ints(self, i: int) -> tuple[list[int], list[int]]:
         """Row ``i`` as exact ``(mantissa, exponent)`` integer pairs."""

@@ -308,40 +308,70 @@ def _one_inner(
         lterms.add([np.zeros(m_rows)])
     oh, ol, e2 = terms.result()
     e2 = e2 + e_lo
-    oh, ol, e2 = oh.T, ol.T, e2.T
     lh, ll, el = lterms.result()
-    d_o = big_e[:, None] * vmax[None, :] * _INFLATE + e2
     d_l = big_e + el
-    yh, yl = dd_div(oh, ol, lh[:, None], ll[:, None])
     denom = lh - d_l * _INFLATE
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = (d_o + np.abs(yh) * d_l[:, None]) / denom[:, None] * _INFLATE
-    bound = (bound + DD_REL["div"] * np.abs(yh) + np.abs(yl)) * _INFLATE
-    bound = np.where(denom[:, None] > 0, bound, np.inf)
-    out = yh + yl
+    out, bound = _divide(oh.T, ol.T, e2.T, lh, ll, denom, big_e[:, None] * vmax[None, :], d_l)
     out[dead_row] = np.nan
     bound[dead_row] = 0.0
     lse = np.full(m_rows, -np.inf)
     lse_b = np.zeros(m_rows)
     if want_lse:
-        for i in range(m_rows):
-            if dead_row[i]:
-                continue
-            with mpmath.workprec(120):
-                val = mpmath.mpf(mxs[i]) + mpmath.log(mpmath.mpf(lh[i]) + mpmath.mpf(ll[i]))
-                lse[i] = float(round_to(val, FP64))
-                dev = abs(mpmath.mpf(lse[i]) - val)
-                lse_b[i] = (
-                    (
-                        d_l[i] / denom[i] * 1.01
-                        + float(round_to(dev, FP64, mode="ru"))
-                        + 2.0**-100 * (abs(lse[i]) + abs(mxs[i]) + 1)
-                    )
-                    * _INFLATE
-                    if denom[i] > 0
-                    else np.inf
-                )
+        _lse(lse, lse_b, mxs, lh, ll, d_l, denom, dead_row)
     return out, bound, lse, lse_b, dots
+
+
+def _divide(
+    oh: np.ndarray,
+    ol: np.ndarray,
+    e2: np.ndarray,
+    lh: np.ndarray,
+    ll: np.ndarray,
+    denom: np.ndarray,
+    e_v: np.ndarray,
+    d_l: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 4: ``out = o / l`` (dd division), the float64 ``y`` and its bound ``(|do| +
+    |out^| |dl|) / (l^ - |dl|) + 32u^2 |out^| + |out^ - y|`` (``do = E vmax + sum2 + e_lo``:
+    ``e_v = E vmax``; inf where ``l^ - |dl| <= 0``)."""
+    d_o = e_v * _INFLATE + e2
+    yh, yl = dd_div(oh, ol, lh[:, None], ll[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = (d_o + np.abs(yh) * d_l[:, None]) / denom[:, None] * _INFLATE
+    bound = (bound + DD_REL["div"] * np.abs(yh) + np.abs(yl)) * _INFLATE
+    bound = np.where(denom[:, None] > 0, bound, np.inf)
+    return yh + yl, bound
+
+
+def _lse(
+    lse: np.ndarray,
+    lse_b: np.ndarray,
+    mxs: np.ndarray,
+    lh: np.ndarray,
+    ll: np.ndarray,
+    d_l: np.ndarray,
+    denom: np.ndarray,
+    dead_row: np.ndarray,
+) -> None:
+    """``lse = m + ln(l)`` of every live row, correctly rounded from 120 bits, and its bound
+    (``l``'s relative error, the rounding, the log's), written into ``lse`` and ``lse_b``."""
+    for i in range(mxs.shape[0]):
+        if dead_row[i]:
+            continue
+        with mpmath.workprec(120):
+            val = mpmath.mpf(mxs[i]) + mpmath.log(mpmath.mpf(lh[i]) + mpmath.mpf(ll[i]))
+            lse[i] = float(round_to(val, FP64))
+            dev = abs(mpmath.mpf(lse[i]) - val)
+            lse_b[i] = (
+                (
+                    d_l[i] / denom[i] * 1.01
+                    + float(round_to(dev, FP64, mode="ru"))
+                    + 2.0**-100 * (abs(lse[i]) + abs(mxs[i]) + 1)
+                )
+                * _INFLATE
+                if denom[i] > 0
+                else np.inf
+            )
 
 
 #: Keys per block of the fast path (its working memory is ``O(M * KEY_BLOCK)``). 4096 keys
@@ -419,35 +449,90 @@ def _row_shift(
     return np.where(np.isfinite(best), best * (1 + np.sign(best) * 2.0**-40), best), vmax
 
 
+@dataclass
+class _WeightLimbs:
+    """One key block's weights ``p^`` (stage 2) cut into ``nlimb`` integer limbs of ``bp``
+    bits (stage 3): ``stacked`` holds every limb's rows (limb ``s`` at rows ``s M:(s+1) M``),
+    ``psums`` their exact row sums, ``tau_sum`` the rows' exact truncation remainders."""
+
+    ph: np.ndarray  # (M, n) the weights' high parts
+    stacked: np.ndarray  # (nlimb M, n)
+    nonzero: list[bool]  # per limb: any non-zero entry
+    psums: np.ndarray  # (nlimb, M)
+    tau_sum: np.ndarray  # (M,)
+    rel: np.ndarray  # (M,) the row's largest relative weight error
+    mxs: np.ndarray  # (M,) the shift used
+    dead: np.ndarray  # (M,) bool: no key of the row in this block
+
+
 def _block(q, k, v, mask, sc, prec, shift, vmax) -> dict[str, Any]:
     """One key block's exact GEMM terms, limb sums and error terms (see ``_one_inner``)."""
     m_rows, n = q.shape[0], k.shape[0]
     dots = exact_dot(q, k, precision_a=prec[0], precision_b=prec[1], checked=True)
     # limbs of v's columns (rows of the contiguous v.T) first: they fix the width b_p of p's
-    vt = v.T  # a view: BLAS takes the transposed layout without a copy
+    bp, bv, lv, v_lo = _v_limbs(v.T, n, prec[2], vmax, m_rows)
+    w = _weight_limbs(dots, mask, sc, shift, m_rows, n, bp)
+    terms, lterms = _limb_terms(w, lv, bp, bv, m_rows)
+    e_lo: Any = 0.0
+    if v_lo is not None:
+        lo_term, e_lo = _sparse_term(v_lo, w.ph)
+        terms.append(lo_term)
+    return {
+        "terms": terms,
+        "lterms": lterms,
+        "rel": w.rel,
+        "psum": w.ph.sum(axis=1),
+        "tau_sum": w.tau_sum,
+        "e_lo": e_lo,
+        "dead": w.dead,
+        "mxs": w.mxs,
+        "dots": dots,
+    }
+
+
+def _v_limbs(
+    vt: np.ndarray, n: int, prec_v: int, vmax: np.ndarray, m_rows: int
+) -> tuple[int, int, Limbs, Any]:
+    """Stage 3's cut of ``v``'s columns (``vt``: the rows of ``v.T``, a view: BLAS takes the
+    transposed layout without a copy): ``(b_p, b_v, limbs, sparse remainder or None)``."""
     total = exact_bits(n) - 1  # one bit for the dd (hi + lo) limb sum
-    split = _sparse_split(vt, total, prec[2], amax=vmax)
+    split = _sparse_split(vt, total, prec_v, amax=vmax)
     if split is not None:  # one exact V limb + a sparse remainder (see _sparse_split)
         bp, bv, lv, v_lo = split
     else:
-        span_v = span_bits(vt, prec[2])
+        span_v = span_bits(vt, prec_v)
         bp, bv = choose_widths(P_BITS + 1, span_v, total, m_rows, vt.shape[0])
         bp = max(bp, 2)
         lv, v_lo = limbs(vt, bv, single=span_v <= bv), None
     if lv.exps.min() < -900:
         raise FastUnavailable("values too small for the fast path")
+    return bp, bv, lv, v_lo
+
+
+def _weight_limbs(
+    dots: ExactDot,
+    mask: np.ndarray | None,
+    sc: tuple[float, float, float],
+    shift: np.ndarray | None,
+    m_rows: int,
+    n: int,
+    bp: int,
+) -> _WeightLimbs:
+    """Stages 2-3 for the weights: block of rows by block of rows (the block stays in
+    cache), ``p`` (dd, at most 1 + tiny) on the grid fixed by ``2**1``, as
+    ``limbs(ph, bp, lo=pl, exps=1)``."""
     nlimb = math.ceil((P_BITS + 1) / bp)
-    # weights and their limbs, block of rows by block of rows (the block stays in cache):
-    # p (dd, at most 1 + tiny) on the grid fixed by 2**1, as limbs(ph, bp, lo=pl, exps=1)
-    ph = np.empty((m_rows, n))
-    stacked = np.empty((nlimb * m_rows, n))  # every limb's rows: one GEMM reads V once
-    parts = [stacked[s_ * m_rows : (s_ + 1) * m_rows] for s_ in range(nlimb)]
-    nonzero = [False] * nlimb
-    psums = np.empty((nlimb, m_rows))
-    tau_sum = np.empty(m_rows)
-    rel = np.empty(m_rows)
-    mxs = np.empty(m_rows)
-    dead_row = np.empty(m_rows, dtype=bool)
+    w = _WeightLimbs(
+        ph=np.empty((m_rows, n)),
+        stacked=np.empty((nlimb * m_rows, n)),  # every limb's rows: one GEMM reads V once
+        nonzero=[False] * nlimb,
+        psums=np.empty((nlimb, m_rows)),
+        tau_sum=np.empty(m_rows),
+        rel=np.empty(m_rows),
+        mxs=np.empty(m_rows),
+        dead=np.empty(m_rows, dtype=bool),
+    )
+    parts = [w.stacked[s_ * m_rows : (s_ + 1) * m_rows] for s_ in range(nlimb)]
     step = max(1, _CHUNK // n)  # row blocks small enough to stay in cache
     pl = np.empty((min(step, m_rows), n))
     f_p = 2.0 ** (bp - 1)
@@ -455,21 +540,20 @@ def _block(q, k, v, mask, sc, prec, shift, vmax) -> dict[str, Any]:
     back = 2.0 ** (1 - nlimb * bp)  # unit of the remainder after the last limb
     for r0 in range(0, m_rows, step):
         rows = slice(r0, min(m_rows, r0 + step))
-        nr = rows.stop - r0
-        plr = pl[:nr]
+        plr = pl[: rows.stop - r0]
         _weights(
             dots,
             rows,
             None if mask is None else mask[rows],
             sc,
-            ph[rows],
+            w.ph[rows],
             plr,
-            rel[rows],
-            mxs[rows],
-            dead_row[rows],
+            w.rel[rows],
+            w.mxs[rows],
+            w.dead[rows],
             None if shift is None else shift[rows],
         )
-        yh = ph[rows] * f_p  # exact: powers of two
+        yh = w.ph[rows] * f_p  # exact: powers of two
         yl = plr * f_p
         # while |yl| < 1 its limb is +-0 and adding it changes nothing: skipped (as limbs())
         top_l = float(np.abs(yl).max()) if yl.size else 0.0
@@ -481,8 +565,8 @@ def _block(q, k, v, mask, sc, prec, shift, vmax) -> dict[str, Any]:
                 tl = np.trunc(yl)
                 yl -= tl
                 th += tl  # exact: integers below 2**(bp+1)
-            psums[s_, rows] = th.sum(axis=1)  # exact: integers below 2**53
-            nonzero[s_] = nonzero[s_] or bool(th.any())
+            w.psums[s_, rows] = th.sum(axis=1)  # exact: integers below 2**53
+            w.nonzero[s_] = w.nonzero[s_] or bool(th.any())
             if s_ + 1 < nlimb:
                 yh *= p2
                 yl *= p2
@@ -490,48 +574,48 @@ def _block(q, k, v, mask, sc, prec, shift, vmax) -> dict[str, Any]:
         yh *= back
         yl *= back
         yh += yl
-        tau_sum[rows] = np.abs(yh, out=yh).sum(axis=1)  # the exact truncated remainders
+        w.tau_sum[rows] = np.abs(yh, out=yh).sum(axis=1)  # the exact truncated remainders
+    return w
+
+
+def _limb_terms(
+    w: _WeightLimbs, lv: Limbs, bp: int, bv: int, m_rows: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Stage 3's exact GEMM terms ``V_t @ P_s^T`` (scaled to their limbs' units) and the
+    exact limb sums of ``l``."""
     fcol = np.ldexp(1.0, lv.exps)[:, None]
     terms, lterms = [], []
-    live = [s for s in range(nlimb) if nonzero[s]]
+    live = [s for s in range(len(w.nonzero)) if w.nonzero[s]]
     # one GEMM per V limb over the nonzero weight limbs side by side: every entry is the
     # same exact integer sum as a GEMM per limb pair (exact in any order), V is read once
     if live and live == list(range(live[0], live[-1] + 1)):
-        pstack = stacked[live[0] * m_rows : (live[-1] + 1) * m_rows]
+        pstack = w.stacked[live[0] * m_rows : (live[-1] + 1) * m_rows]
     else:
-        pstack = np.concatenate([parts[s] for s in live]) if live else stacked[:0]
+        parts = [w.stacked[s * m_rows : (s + 1) * m_rows] for s in live]
+        pstack = np.concatenate(parts) if live else w.stacked[:0]
     gs = [vpart @ pstack.T for vpart in lv.parts]  # (Dv, N) @ (N, L M): BLAS's fast layout
     for i, s in enumerate(live):
         fs = 2.0 ** (1 - bp - s * bp)
-        lterms.append(psums[s] * fs)  # exact: integers below 2**53, times 2**k
+        lterms.append(w.psums[s] * fs)  # exact: integers below 2**53, times 2**k
         for t, g_all in enumerate(gs):
             g = g_all[:, i * m_rows : (i + 1) * m_rows]
             terms.append((g * (fcol * 2.0 ** (-bv - t * bv))) * fs)
-    e_lo: Any = 0.0
-    if v_lo is not None:
-        # float64 product of the sparse remainder with p_hi: error <= (gamma_{k+1} + 2**-52)
-        # * (|V_lo| @ p_hi) (p_lo neglected, |p_lo| <= 2**-52 p_hi); k = nonzeros per column
-        from scipy import sparse
+    return terms, lterms
 
-        kmax = int(np.diff(v_lo.indptr).max())
-        # V_lo and |V_lo| in one sparse product (one C-contiguous copy of p^T inside scipy);
-        # every output row is the same sequential sum as in a separate product
-        both = np.asarray(sparse.vstack([v_lo, abs(v_lo)], format="csr") @ ph.T)
-        dvv = v_lo.shape[0]
-        terms.append(both[:dvv])
-        mag = both[dvv:] * (1 + 2 * gamma(kmax + 1))
-        e_lo = (gamma(kmax + 1) + 2.0**-52) * mag * _INFLATE
-    return {
-        "terms": terms,
-        "lterms": lterms,
-        "rel": rel,
-        "psum": ph.sum(axis=1),
-        "tau_sum": tau_sum,
-        "e_lo": e_lo,
-        "dead": dead_row,
-        "mxs": mxs,
-        "dots": dots,
-    }
+
+def _sparse_term(v_lo: Any, ph: np.ndarray) -> tuple[np.ndarray, Any]:
+    """The sparse remainder's float64 product with ``p_hi`` and its bound ``e_lo``:
+    ``(gamma_{k+1} + 2**-52) * (|V_lo| @ p_hi)`` (``p_lo`` neglected, ``|p_lo| <= 2**-52
+    p_hi``; ``k`` = nonzeros per column)."""
+    from scipy import sparse
+
+    kmax = int(np.diff(v_lo.indptr).max())
+    # V_lo and |V_lo| in one sparse product (one C-contiguous copy of p^T inside scipy);
+    # every output row is the same sequential sum as in a separate product
+    both = np.asarray(sparse.vstack([v_lo, abs(v_lo)], format="csr") @ ph.T)
+    dvv = v_lo.shape[0]
+    mag = both[dvv:] * (1 + 2 * gamma(kmax + 1))
+    return both[:dvv], (gamma(kmax + 1) + 2.0**-52) * mag * _INFLATE
 
 
 def fast_problem(prob: Problem, want_lse: bool = False) -> FastResult:

@@ -141,17 +141,54 @@ def attention_row(
         nan = {c: math.nan for c in cols}
         nan_mpf = {c: mpmath.mpf("nan") for c in cols}
         return RowResult(nan, nan_mpf, -math.inf, mpmath.mpf("-inf"), 0)
-    ng = len(dg)
     sizes = [len(mb) for mb in members]
-    reps = [mb[0] for mb in members]
+    target = _bits(dps)
+    all_single = all(n == 1 for n in sizes)
+    out, out_mpf, pending = _rational_columns(v, cols, members, target)
+    wint, ev, wabs = _exact_columns(v, pending, members, all_single)
+    slot = {c: i for i, c in enumerate(pending)}  # column -> its index in wint, ev, wabs
+    lse = lse_mpf = None
+    lse_pending = want_lse
+    if want_lse and len(dg) == 1 and sizes[0] == 1 and scale.value is not None:
+        s = scale.value * to_fraction(dg[0]) + Fraction(mg[0])  # one key: lse = s exactly
+        lse = _f64(s)
+        with mpmath.workprec(target + 10):
+            lse_mpf = mpmath.mpf(s.numerator) / s.denominator
+        lse_pending = False
+    prec = target + 30 + 2 * max(1, math.ceil(math.log2(len(dots) + 1)))
+    start = prec
+    cap = max_prec or max(64 * start, 4096)
+    while pending or lse_pending:  # Ziv's loop: the precision doubles until all settle
+        if prec > cap:
+            raise RuntimeError(
+                f"Ziv loop did not converge below {cap} bits (row columns {pending})"
+            )
+        with mpmath.workprec(prec):
+            g = _grid(prec, scale, dg, mg, sizes)
+            if pending:
+                cs = (wint, ev, wabs, slot)
+                pending = _settle_columns(g, pending, cs, target, out, out_mpf)
+            if lse_pending:
+                y = _settled_lse(g, target)
+                if y is not None:
+                    lse, lse_mpf = _f64(y), y
+                    lse_pending = False
+        if pending or lse_pending:
+            prec *= 2
+    return RowResult(out, out_mpf, lse, lse_mpf, prec)
+
+
+def _rational_columns(
+    v: np.ndarray, cols: list[int], members: list, target: int
+) -> tuple[dict[int, float], dict[int, Any], list[int]]:
+    """The columns known exactly (rational: every group has the same mean), as float64 and
+    mpf, and the other columns (pending)."""
     out: dict[int, float] = {}
     out_mpf: dict[int, Any] = {}
-    lse = lse_mpf = None
-    target = _bits(dps)
-    # columns known exactly (rational): every group has the same mean
     pending = []
-    all_single = all(n == 1 for n in sizes)
-    if all_single:
+    sizes = [len(mb) for mb in members]
+    if all(n == 1 for n in sizes):
+        reps = [mb[0] for mb in members]
         vr = v[reps][:, cols]
         const = (vr == vr[:1]).all(axis=0)
         for c, is_const in zip(cols, const.tolist(), strict=True):
@@ -161,109 +198,130 @@ def attention_row(
                     out_mpf[c] = _dyadic(Fraction(out[c]))
             else:
                 pending.append(c)
-    else:
-        for c in cols:
-            ws = [sum((Fraction(float(v[j, c])) for j in mb), Fraction(0)) for mb in members]
-            means = [w / n for w, n in zip(ws, sizes, strict=True)]
-            if all(mu == means[0] for mu in means):
-                out[c] = _f64(means[0])
-                with mpmath.workprec(target + 10):
-                    out_mpf[c] = mpmath.mpf(means[0].numerator) / means[0].denominator
+        return out, out_mpf, pending
+    for c in cols:
+        ws = [sum((Fraction(float(v[j, c])) for j in mb), Fraction(0)) for mb in members]
+        means = [w / n for w, n in zip(ws, sizes, strict=True)]
+        if all(mu == means[0] for mu in means):
+            out[c] = _f64(means[0])
+            with mpmath.workprec(target + 10):
+                out_mpf[c] = mpmath.mpf(means[0].numerator) / means[0].denominator
+        else:
+            pending.append(c)
+    return out, out_mpf, pending
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A row's weights at one working precision (see the module docstring's error model).
+
+    ``p`` the rounded weights ``exp(s_g - smax)`` (relative error ``rel`` each), ``pint``
+    them as integers on the common grid ``2**emin`` (weights below ``2**-cut``, exponents
+    astronomically far down, are ``drop``-ped: each is below ``two_cut = 2**-cut`` and
+    ``l >= 1``), ``l_mp`` the exact sum of the grid weights (relative error ``rel_l``).
+    """
+
+    p: list
+    pint: np.ndarray
+    drop: np.ndarray
+    emin: int
+    l_mp: Any
+    smax: Any
+    rel: Any
+    rel_l: Any
+    two_cut: Any
+    tiny: Any  # 2**(1 - prec)
+
+
+def _grid(prec: int, scale: Scale, dg: list, mg: list, sizes: list[int]) -> _Grid:
+    """The row's :class:`_Grid` at the working precision ``prec`` (inside its workprec)."""
+    # bound arithmetic in mpf (float64 would underflow past ~1070 bits)
+    tiny = mpmath.ldexp(mpmath.mpf(1), 1 - prec)
+    sc = scale.mpf()
+    sd = [sc * d for d in dg]
+    sv = [a + b if b else a for a, b in zip(sd, mg, strict=True)]
+    smax = max(sv)
+    x = [a - smax for a in sv]
+    p = [mpmath.exp(a) for a in x]
+    eps = max(abs(a) + abs(b) + abs(c) for a, b, c in zip(sd, sv, x, strict=True))
+    rel = tiny + 1.01 * tiny * eps
+    # exact sums of the (rounded) weights: integers on a common grid
+    pm = [pi._mpf_ for pi in p]
+    cut = 4 * prec + 64
+    drop = np.array([t[2] + t[3] < -cut for t in pm])
+    emin = min(t[2] for t, d in zip(pm, drop, strict=True) if not d)
+    pint = np.empty(len(dg), dtype=object)
+    pint[:] = [0 if d else t[1] << (t[2] - emin) for t, d in zip(pm, drop, strict=True)]
+    l_mp = mpmath.mp.make_mpf(
+        from_man_exp(sum(int(a) * n for a, n in zip(pint, sizes, strict=True)), emin)
+    )
+    two_cut = mpmath.ldexp(mpmath.mpf(1), -cut)
+    rel_l = rel + int(np.dot(drop, sizes)) * two_cut
+    return _Grid(p, pint, drop, emin, l_mp, smax, rel, rel_l, two_cut, tiny)
+
+
+def _settle_columns(
+    g: _Grid,
+    pending: list[int],
+    columns: tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]],
+    target: int,
+    out: dict[int, float],
+    out_mpf: dict[int, Any],
+) -> list[int]:
+    """Ziv's test of the open columns at ``g``'s precision: ``o_c / l`` with ``o_c`` the
+    exact grid sum (or :func:`_floating_column` where it is zero or tiny); the settled
+    columns go into ``out`` and ``out_mpf``; returns those still open. ``columns`` are
+    :func:`_exact_columns`'s ``(wint, ev, wabs)`` and each column's index in them."""
+    wint, ev, wabs, slot = columns
+    tiny, rel, rel_l, l_mp = g.tiny, g.rel, g.rel_l, g.l_mp
+    sel = [slot[c] for c in pending]
+    wab = wabs[:, sel]
+    pf = np.array([0.0 if d else float(pi) for pi, d in zip(g.p, g.drop, strict=True)])
+    amag = (pf @ wab) * 1.01 + len(g.p) * 2.0**-1070 * wab.max(axis=0)  # bound only
+    dmag = g.drop.astype(float) @ wab * 1.01
+    oint = g.pint.dot(wint[:, sel])
+    evs = ev[sel]
+    still, cand, ys, betas = [], [], [], []
+    for idx, c in enumerate(pending):
+        o = mpmath.mp.make_mpf(from_man_exp(int(oint[idx]), g.emin + int(evs[idx])))
+        if o == 0 or abs(o) < _TINY * l_mp:
+            # the grid sum is zero or the result is near float64's underflow: the
+            # dropped weights may decide it, so every group's term is summed in mpf
+            y, beta = _floating_column(g.p, wint[:, slot[c]], int(ev[slot[c]]), rel, l_mp)
+            if y == 0:
+                still.append(c)
             else:
-                pending.append(c)
-    wint, ev, wabs = _exact_columns(v, pending, members, all_single)
-    slot = {c: i for i, c in enumerate(pending)}  # column -> its index in wint, ev, wabs
-    lse_pending = want_lse
-    if want_lse and ng == 1 and sizes[0] == 1 and scale.value is not None:
-        s = scale.value * to_fraction(dg[0]) + Fraction(mg[0])
-        lse = _f64(s)
-        with mpmath.workprec(target + 10):
-            lse_mpf = mpmath.mpf(s.numerator) / s.denominator
-        lse_pending = False
-    prec = target + 30 + 2 * max(1, math.ceil(math.log2(len(dots) + 1)))
-    start = prec
-    cap = max_prec or max(64 * start, 4096)
-    while pending or lse_pending:
-        if prec > cap:
-            raise RuntimeError(
-                f"Ziv loop did not converge below {cap} bits (row columns {pending})"
-            )
-        with mpmath.workprec(prec):
-            # bound arithmetic in mpf (float64 would underflow past ~1070 bits)
-            tiny = mpmath.ldexp(mpmath.mpf(1), 1 - prec)
-            sc = scale.mpf()
-            sd = [sc * d for d in dg]
-            sv = [a + b if b else a for a, b in zip(sd, mg, strict=True)]
-            smax = max(sv)
-            x = [a - smax for a in sv]
-            p = [mpmath.exp(a) for a in x]
-            eps = max(abs(a) + abs(b) + abs(c) for a, b, c in zip(sd, sv, x, strict=True))
-            rel = tiny + 1.01 * tiny * eps
-            # exact sums of the (rounded) weights: integers on a common grid
-            # (weights below 2**-cut, exponents astronomically far down, are dropped and
-            # bounded: each is < 2**-cut, and l >= 1)
-            pm = [pi._mpf_ for pi in p]
-            cut = 4 * prec + 64
-            drop = np.array([t[2] + t[3] < -cut for t in pm])
-            emin = min(t[2] for t, d in zip(pm, drop, strict=True) if not d)
-            pint = np.empty(ng, dtype=object)
-            pint[:] = [0 if d else t[1] << (t[2] - emin) for t, d in zip(pm, drop, strict=True)]
-            l_mp = mpmath.mp.make_mpf(
-                from_man_exp(sum(int(a) * n for a, n in zip(pint, sizes, strict=True)), emin)
-            )
-            two_cut = mpmath.ldexp(mpmath.mpf(1), -cut)
-            rel_l = rel + int(np.dot(drop, sizes)) * two_cut
-            still = []
-            if pending:
-                # the columns still open (a column settled at a lower precision is done)
-                sel = [slot[c] for c in pending]
-                wab = wabs[:, sel]
-                pf = np.array([0.0 if d else float(pi) for pi, d in zip(p, drop, strict=True)])
-                amag = (pf @ wab) * 1.01 + ng * 2.0**-1070 * wab.max(axis=0)  # bound only
-                dmag = drop.astype(float) @ wab * 1.01
-                oint = pint.dot(wint[:, sel])
-                evs = ev[sel]
-            cand, ys, betas = [], [], []
-            for idx, c in enumerate(pending):
-                o = mpmath.mp.make_mpf(from_man_exp(int(oint[idx]), emin + int(evs[idx])))
-                if o == 0 or abs(o) < _TINY * l_mp:
-                    # the grid sum is zero or the result is near float64's underflow: the
-                    # dropped weights may decide it, so every group's term is summed in mpf
-                    y, beta = _floating_column(p, wint[:, slot[c]], int(ev[slot[c]]), rel, l_mp)
-                    if y == 0:
-                        still.append(c)
-                    else:
-                        cand.append(c)
-                        ys.append(y)
-                        betas.append(1.01 * rel_l + beta)
-                    continue
-                ao = abs(o)
-                ratio = mpmath.mpf(float(amag[idx])) / ao
-                drop_o = two_cut * float(dmag[idx]) / ao
                 cand.append(c)
-                ys.append(o / l_mp)
-                # 4 tiny: rounding of the quotient and of y +- d in the Ziv test
-                betas.append(1.01 * (rel * ratio + rel_l + drop_o) + 4 * tiny)
-            ok, f64 = _settled_many(ys, betas, target)
-            for c, y, good, f in zip(cand, ys, ok, f64, strict=True):
-                if good:
-                    out[c] = f
-                    out_mpf[c] = y
-                else:
-                    still.append(c)
-            pending = still
-            if lse_pending:
-                lg = mpmath.log(l_mp)
-                y = smax + lg
-                if y != 0:
-                    err = 1.01 * rel_l + tiny * (abs(smax) + abs(lg) + abs(y))
-                    beta = err / abs(y) + tiny
-                    if _settled(y, beta, target):
-                        lse, lse_mpf = _f64(y), y
-                        lse_pending = False
-        if pending or lse_pending:
-            prec *= 2
-    return RowResult(out, out_mpf, lse, lse_mpf, prec)
+                ys.append(y)
+                betas.append(1.01 * rel_l + beta)
+            continue
+        ao = abs(o)
+        ratio = mpmath.mpf(float(amag[idx])) / ao
+        drop_o = g.two_cut * float(dmag[idx]) / ao
+        cand.append(c)
+        ys.append(o / l_mp)
+        # 4 tiny: rounding of the quotient and of y +- d in the Ziv test
+        betas.append(1.01 * (rel * ratio + rel_l + drop_o) + 4 * tiny)
+    ok, f64 = _settled_many(ys, betas, target)
+    for c, y, good, f in zip(cand, ys, ok, f64, strict=True):
+        if good:
+            out[c] = f
+            out_mpf[c] = y
+        else:
+            still.append(c)
+    return still
+
+
+def _settled_lse(g: _Grid, target: int) -> Any:
+    """``lse = smax + log l`` at ``g``'s precision when Ziv's test settles it, else None."""
+    lg = mpmath.log(g.l_mp)
+    y = g.smax + lg
+    if y != 0:
+        err = 1.01 * g.rel_l + g.tiny * (abs(g.smax) + abs(lg) + abs(y))
+        beta = err / abs(y) + g.tiny
+        if _settled(y, beta, target):
+            return y
+    return None
 
 
 #: Below this relative size of ``o / l`` a column is also summed in mpf (float64's smallest

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -116,9 +117,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from amla_numerics.analysis.budgets import load_budgets
     from amla_numerics.dumps import find_dumps, parse_dtype_hints
-    from amla_numerics.flash.policy import get_policy
     from amla_numerics.testing.assertions import limits_from
-    from amla_numerics.testing.judge import judge, load_attention_dump
+    from amla_numerics.testing.judge import load_attention_dump
+
+    factors = _checked_args(args)
+    budget = load_budgets(args.budget).kernel(args.kernel) if args.budget else None
+    limits = limits_from(
+        max_cond_err=args.max_cond_err, max_bf16_ulp=args.max_bf16_ulp, max_row_rel=args.max_row_rel
+    )
+    hints = parse_dtype_hints(args.dtype)
+    paths = find_dumps(args.dumps)
+    dumps = [load_attention_dump(p, dtypes=hints) for p in paths]  # all bad files first
+    _check_fits(dumps)
+    baselines = {} if args.baseline is None else _baselines(args.baseline, dumps, hints)
+    verdicts = _judge_all(args, dumps, limits, budget, factors, baselines)
+    print(render_verdicts(verdicts, args.format))
+    for v in verdicts:
+        if v.budget_covered is False and not args.strict:
+            print(
+                f"note: no entry of budget {v.kernel!r} covers case {v.case!r}: no budget "
+                "applied (--strict fails it)",
+                file=sys.stderr,
+            )
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        raise CheckFailed(
+            f"{len(failed)} of {len(verdicts)} dump(s) over budget:\n" + _failure_lines(failed)
+        )
+    return 0
+
+
+def _checked_args(args: argparse.Namespace) -> dict[str, float]:
+    """Refuse inconsistent or out-of-range options (ValueError naming the option); return
+    the rule's factors ``{"max_factor": ..., "rms_factor": ...}``."""
+    from amla_numerics.flash.policy import get_policy
+    from amla_numerics.flash.splitkv import COMBINES
+    from amla_numerics.testing.rule import MAX_FACTOR, RMS_FACTOR
+    from amla_numerics.testing.standards import check_standard
     from amla_numerics.variants import check_variant
 
     if (args.budget is None) != (args.kernel is None):
@@ -127,8 +162,6 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--block-n must be >= 1, got {args.block_n}")
     if args.splits is not None and args.splits < 1:
         raise ValueError(f"--splits must be >= 1, got {args.splits}")
-    from amla_numerics.flash.splitkv import COMBINES
-
     if args.combine not in COMBINES:
         raise ValueError(f"--combine: unknown {args.combine!r}; valid: {', '.join(COMBINES)}")
     if args.variant is not None:
@@ -139,48 +172,59 @@ def _run(args: argparse.Namespace) -> int:
         val = getattr(args, opt)
         if val is not None and not val >= 0:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 0, got {val}")
-    from amla_numerics.testing.rule import MAX_FACTOR, RMS_FACTOR
-
     factors = {}
     for opt, default in (("max_factor", MAX_FACTOR), ("rms_factor", RMS_FACTOR)):
         val = getattr(args, opt)
         if val is not None and not val >= 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {val}")
         factors[opt] = default if val is None else float(val)
-    from amla_numerics.testing.standards import check_standard
-
     check_standard(args.standard, "--standard")
     if args.standard == "budget" and args.budget is None:
         raise ValueError("--standard budget needs --budget FILE --kernel NAME")
     if args.baseline is not None and not args.standard.startswith("cann"):
         raise ValueError("--baseline goes with --standard cann-l0, cann-l1 or cann-l2")
-    budget = load_budgets(args.budget).kernel(args.kernel) if args.budget else None
-    limits = limits_from(
-        max_cond_err=args.max_cond_err, max_bf16_ulp=args.max_bf16_ulp, max_row_rel=args.max_row_rel
-    )
-    hints = parse_dtype_hints(args.dtype)
-    paths = find_dumps(args.dumps)
-    dumps = [load_attention_dump(p, dtypes=hints) for p in paths]  # all bad files first
+    return factors
+
+
+def _check_fits(dumps: list) -> None:
+    """Refuse a dump whose reference and emulation cannot fit, before any work."""
     from amla_numerics.sizes import check_fits, emulator_cost, reference_cost
 
-    for d in dumps:  # what cannot fit is refused before any work
+    for d in dumps:
         m = int(np.prod(d.out.shape[:-1]))
         cost = reference_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
         cost = cost + emulator_cost(m, d.kv_len, d.q.shape[-1], d.v.shape[-1])
         check_fits(cost, f"{d.path} ({m} rows, {d.kv_len} keys)")
+
+
+def _baselines(directory: str, dumps: list, hints: dict) -> dict[str, object]:
+    """Each dump's baseline output: ``out`` of the same-named dump in ``directory``."""
+    from pathlib import Path
+
+    from amla_numerics.dumps import read_dump
+
     baselines: dict[str, object] = {}
-    if args.baseline is not None:
-        from pathlib import Path
+    for d in dumps:
+        bp = Path(directory) / Path(d.path).name
+        if not bp.is_file():
+            raise ValueError(f"--baseline: no baseline dump {bp} for {d.path}")
+        bd = read_dump(bp, dtypes=hints)
+        bd.require("out")
+        baselines[d.path] = bd.arrays["out"]
+    return baselines
 
-        from amla_numerics.dumps import read_dump
 
-        for d in dumps:
-            bp = Path(args.baseline) / Path(d.path).name
-            if not bp.is_file():
-                raise ValueError(f"--baseline: no baseline dump {bp} for {d.path}")
-            bd = read_dump(bp, dtypes=hints)
-            bd.require("out")
-            baselines[d.path] = bd.arrays["out"]
+def _judge_all(
+    args: argparse.Namespace,
+    dumps: list,
+    limits: dict[str, float],
+    budget: Any,
+    factors: dict[str, float],
+    baselines: dict[str, object],
+) -> list:
+    """Every dump judged (progress on a terminal's stderr when there are several)."""
+    from amla_numerics.testing.judge import judge
+
     verdicts = []
     show = len(dumps) > 1 and sys.stderr.isatty()
     for i, d in enumerate(dumps):
@@ -205,28 +249,20 @@ def _run(args: argparse.Namespace) -> int:
                 baseline=baselines.get(d.path),
             )
         )
-    print(render_verdicts(verdicts, args.format))
-    for v in verdicts:
-        if v.budget_covered is False and not args.strict:
-            print(
-                f"note: no entry of budget {v.kernel!r} covers case {v.case!r}: no budget "
-                "applied (--strict fails it)",
-                file=sys.stderr,
-            )
-    failed = [v for v in verdicts if not v.passed]
-    if failed:
-        lines = []
-        for v in failed:
-            w = v.comparison.worst[0] if v.comparison.worst else None
-            where = f" [worst index {list(w.index)}: out {w.out!r} vs ref {w.ref!r}]" if w else ""
-            lines += [c.describe() + where for c in v.over]
-            lines += [f"  {v.case}: {r}" for r in v.comparison.reasons]
-            if v.comparison.diagnosis:
-                lines.append(f"  {v.case}: likely cause: {v.comparison.diagnosis}")
-        raise CheckFailed(
-            f"{len(failed)} of {len(verdicts)} dump(s) over budget:\n" + "\n".join(lines)
-        )
-    return 0
+    return verdicts
+
+
+def _failure_lines(failed: list) -> str:
+    """Each failed check with the worst index, the rule's reasons and the likely cause."""
+    lines = []
+    for v in failed:
+        w = v.comparison.worst[0] if v.comparison.worst else None
+        where = f" [worst index {list(w.index)}: out {w.out!r} vs ref {w.ref!r}]" if w else ""
+        lines += [c.describe() + where for c in v.over]
+        lines += [f"  {v.case}: {r}" for r in v.comparison.reasons]
+        if v.comparison.diagnosis:
+            lines.append(f"  {v.case}: likely cause: {v.comparison.diagnosis}")
+    return "\n".join(lines)
 
 
 def _g(x: float) -> str:

@@ -440,7 +440,15 @@ def _write_cases(
         )
         if progress:
             progress(i + 1, len(plan), name)
-    manifest = {
+    manifest = _manifest(fmt, cases)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _manifest(fmt: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """``manifest.json``'s content: the generator, versions, what the reference is, how to
+    check a kernel, and every case with its file's sha256."""
+    return {
         "generator": "amla-numerics make-cases",
         "format": fmt,
         "versions": _versions(),
@@ -460,5 +468,3 @@ def _write_cases(
         "cases": cases,
         "files": {c["file"]: c["sha256"] for c in cases},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest

@@ -461,101 +461,276 @@ def compare(
         A non-float array.
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _compare(
+        req = _Request.checked(
             out,
             q,
             k,
             v,
-            scale,
-            mask,
-            lse,
-            variant,
-            policy,
-            block_n,
-            bit_match,
-            n_worst,
-            splits,
-            combine,
-            judge,
-            max_factor,
-            rms_factor,
-            standard,
-            baseline,
+            scale=scale,
+            mask=mask,
+            variant=variant,
+            policy=policy,
+            block_n=block_n,
+            splits=splits,
+            combine=combine,
+            judge=judge,
+            standard=standard,
+        )
+        return _compare(
+            req,
+            lse=lse,
+            bit_match=bit_match,
+            n_worst=n_worst,
+            max_factor=max_factor,
+            rms_factor=rms_factor,
+            baseline=baseline,
         )
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One comparison's validated inputs and the kernel's declared schedule: what every
+    emulation, bound and reference of :func:`compare` is keyed on."""
+
+    out: np.ndarray
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    scale: Any  # as given (the digest hashes its repr)
+    mask: Any
+    variant: str | None
+    policy: Any  # as given, or :func:`default_policy`'s
+    block_n: int
+    splits: int | None
+    combine: str
+    judge: bool
+    standard: str
+    digest: str  # of ``q, k, v, mask, scale``
+
+    @classmethod
+    def checked(
+        cls,
+        out: Any,
+        q: Any,
+        k: Any,
+        v: Any,
+        *,
+        scale: Any,
+        mask: Any,
+        variant: str | None,
+        policy: Any,
+        block_n: int,
+        splits: int | None,
+        combine: str,
+        judge: bool,
+        standard: str,
+    ) -> _Request:
+        """The arguments of :func:`compare` checked (ValueError/TypeError naming each)."""
+        from amla_numerics.flash.splitkv import check_combine
+        from amla_numerics.testing.standards import check_standard
+
+        standard = check_standard(standard)
+        o = _float_array(out, "out")
+        qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        _check_shapes(o, qa, ka, va)
+        if variant is not None:
+            variant = check_variant(variant)
+        if isinstance(block_n, bool) or not isinstance(block_n, int | np.integer) or block_n < 1:
+            raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
+        if splits is not None and (
+            isinstance(splits, bool) or not isinstance(splits, int | np.integer) or splits < 1
+        ):
+            raise ValueError(f"argument 'splits' must be an integer >= 1, got {splits!r}")
+        combine = check_combine(combine)
+        if policy is None:
+            policy = default_policy(qa, ka, va)
+        return cls(
+            out=o,
+            q=qa,
+            k=ka,
+            v=va,
+            scale=scale,
+            mask=mask,
+            variant=variant,
+            policy=policy,
+            block_n=int(block_n),
+            splits=None if splits is None else int(splits),
+            combine=combine,
+            judge=judge,
+            standard=standard,
+            digest=_key((qa, ka, va, mask), scale),
+        )
+
+    @property
+    def sc(self) -> float | None:
+        """The scale as a float (None: the default ``1/sqrt(Dk)``)."""
+        return None if self.scale is None else float(self.scale)
+
+    @property
+    def n_splits(self) -> int:
+        return 1 if self.splits is None else self.splits
+
+    @property
+    def schedule(self) -> str | None:
+        """The schedule emulated and bounded: the variant, or the default when judged."""
+        if self.variant is not None:
+            return self.variant
+        return DEFAULT_SCHEDULE if self.judge else None
+
+
+@dataclass(frozen=True)
+class _Emulated:
+    """The declared schedule emulated on the inputs: its output, lse, hazard counts, and
+    the elements its arithmetic's garbage reached."""
+
+    out: np.ndarray
+    lse: np.ndarray
+    hazards: dict[str, int]
+    garbage: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Exact:
+    """The certified reference of a request: ``out`` and ``lse`` (float64), ``mag`` (the
+    condition-aware scale ``sum_k p_ik |v_kj|``) and its certification ``auto_ulp`` (FP32
+    ULPs)."""
+
+    out: np.ndarray
+    lse: np.ndarray
+    mag: np.ndarray
+    auto_ulp: float
+
+
+def _exact(req: _Request) -> _Exact:
+    """The request's reference (cached in-process). FP64 policies are judged against a
+    reference certified to one FP64 ULP (plus that certificate), the others against 1e-3
+    FP32 ULP."""
+    auto_ulp = reference_ulp(req.policy)
+    ref, lse_ref = reference_for(
+        req.q, req.k, req.v, req.scale, mask=req.mask, digest=req.digest, auto_ulp=auto_ulp
+    )
+    mag = _cached(
+        req.digest, ("mag",), lambda: magnitude_scale(req.q, req.k, req.v, req.sc, mask=req.mask)
+    )
+    return _Exact(ref, lse_ref, mag, auto_ulp)
+
+
+@dataclass(frozen=True)
+class _BoundCheck:
+    """The schedule's a priori bound (the reference's certificate added where it is
+    FP64-certified) and the measured error against it."""
+
+    bound: np.ndarray | None = None
+    cond_max: float = math.nan
+    cond_median: float = math.nan
+    ratio: float = math.nan
+    violations: int = 0
+    covered: int = 0
+
+
 def _compare(
-    out: Any,
-    q: Any,
-    k: Any,
-    v: Any,
-    scale: Any,
-    mask: Any,
+    req: _Request,
+    *,
     lse: Any,
-    variant: str | None,
-    policy: Any,
-    block_n: int,
     bit_match: bool | Sequence[str],
     n_worst: int,
-    splits: int | None = None,
-    combine: str = "cann",
-    judge: bool = True,
-    max_factor: float = MAX_FACTOR,
-    rms_factor: float = RMS_FACTOR,
-    standard: str = "schedule",
-    baseline: Any = None,
+    max_factor: float,
+    rms_factor: float,
+    baseline: Any,
 ) -> Comparison:
-    from amla_numerics.testing import standards as std
-
-    standard = std.check_standard(standard)
-    o = _float_array(out, "out")
-    qa, ka, va = (_float_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-    _check_shapes(o, qa, ka, va)
-    if variant is not None:
-        variant = check_variant(variant)
-    if isinstance(block_n, bool) or not isinstance(block_n, int | np.integer) or block_n < 1:
-        raise ValueError(f"argument 'block_n' must be an integer >= 1, got {block_n!r}")
-    if splits is not None and (
-        isinstance(splits, bool) or not isinstance(splits, int | np.integer) or splits < 1
-    ):
-        raise ValueError(f"argument 'splits' must be an integer >= 1, got {splits!r}")
-    from amla_numerics.flash.splitkv import check_combine
-
-    combine = check_combine(combine)
-    n_splits = 1 if splits is None else int(splits)
-    if policy is None:
-        policy = default_policy(qa, ka, va)
-    digest = _key((qa, ka, va, mask), scale)
-    # FP64 policies are judged against a reference certified to one FP64 ULP (plus that
-    # certificate), the others against 1e-3 FP32 ULP
-    ref_ulp = reference_ulp(policy)
-    ref, lse_ref = reference_for(qa, ka, va, scale, mask=mask, digest=digest, auto_ulp=ref_ulp)
-    sc = None if scale is None else float(scale)
-    mag = _cached(digest, ("mag",), lambda: magnitude_scale(qa, ka, va, sc, mask=mask))
-    lse_arr = lse_arr_raw = None
-    if lse is not None:
-        lse_arr_raw = _float_array(lse, "lse")
-        lse_arr = lse_arr_raw.astype(np.float64)
-        if lse_arr.shape != lse_ref.shape:
-            raise ValueError(f"shapes do not fit: lse {lse_arr.shape} should be {lse_ref.shape}")
+    """:func:`compare` on checked arguments: the reference, the metrics, the bit match, the
+    declared schedule emulated and bounded, the verdict, the worst elements."""
+    exact = _exact(req)
+    ref = exact.out
+    lse_raw = None if lse is None else _checked_lse(lse, exact.lse)
+    lse64 = None if lse_raw is None else lse_raw.astype(np.float64)
     metrics = error_metrics(
-        o, ref, mag=mag, lse=lse_arr, lse_ref=None if lse_arr is None else lse_ref
+        req.out, ref, mag=exact.mag, lse=lse64, lse_ref=None if lse64 is None else exact.lse
     )
-    pol_name = policy if isinstance(policy, str) else policy.name
-    schedule = variant if variant is not None else (DEFAULT_SCHEDULE if judge else None)
-    cfg = (digest, sc, int(block_n), policy, n_splits, combine)
+    policy_name = req.policy if isinstance(req.policy, str) else req.policy.name
+    matches, nearest = _bit_match(req, _bit_match_names(bit_match), ref)
+    emulated = None if req.schedule is None else _emulate(req, req.schedule)
+    # outside every bound: the elements the integer add's garbage reached (not a dead
+    # split's, not the clamp's, not an FP32 overflow: those are judged)
+    garbage = np.zeros(req.out.shape, dtype=bool)
+    if emulated is not None:
+        garbage |= np.broadcast_to(emulated.garbage, req.out.shape)
+    covered = np.isfinite(ref) & ~garbage
+    bc = _bound_check(req, exact, covered)
+    rule = None
+    if req.judge and req.schedule is not None and emulated is not None:
+        rule = schedule_rule(
+            req.out,
+            ref,
+            exact.mag,
+            emulated.out,
+            schedule=req.schedule,
+            lse=lse_raw,
+            lse_ref=exact.lse,
+            sched_lse=emulated.lse,
+            bound=bc.bound,
+            covered=covered,
+            max_factor=max_factor,
+            rms_factor=rms_factor,
+        )
+    figures = _standard_figures(req, ref, emulated, baseline)
+    diagnosis = _diagnosis(req, rule)
+    return Comparison(
+        metrics=metrics,
+        shape=tuple(int(s) for s in req.out.shape),
+        out_dtype=req.out.dtype.name,
+        worst=_worst_elements(req.out, exact, bc.bound, n_worst),
+        hazards=_input_hazards(req.v, ref, metrics),
+        bit_match=matches,
+        nearest_variant=nearest,
+        variant=req.variant,
+        policy=policy_name,
+        block_n=req.block_n,
+        splits=req.splits,
+        combine=req.combine,
+        bound_cond_max=bc.cond_max,
+        bound_cond_median=bc.cond_median,
+        bound_ratio=bc.ratio,
+        bound_violations=bc.violations,
+        bound_covered=bc.covered,
+        emulated_hazards={} if emulated is None else dict(emulated.hazards),
+        rule=rule,
+        standard=req.standard,
+        standard_figures=figures,
+        diagnosis=diagnosis,
+        ref=ref,
+        lse_ref=exact.lse,
+    )
 
-    # emulated variants: bit match, and the schedule's hazards
-    names: list[str] = []
+
+def _checked_lse(lse: Any, lse_ref: np.ndarray) -> np.ndarray:
+    """The kernel's lse as given (a float array of the reference lse's shape)."""
+    raw = _float_array(lse, "lse")
+    if raw.shape != lse_ref.shape:
+        raise ValueError(f"shapes do not fit: lse {raw.shape} should be {lse_ref.shape}")
+    return raw
+
+
+def _bit_match_names(bit_match: bool | Sequence[str]) -> list[str]:
+    """The variants to emulate for the bit match: every one (True), none, or these."""
     if bit_match is True:
-        names = list(VARIANTS)
-    elif bit_match:
-        names = [check_variant(n, "bit_match") for n in bit_match]
+        return list(VARIANTS)
+    if bit_match:
+        return [check_variant(n, "bit_match") for n in bit_match]
+    return []
+
+
+def _bit_match(
+    req: _Request, names: Sequence[str], ref: np.ndarray
+) -> tuple[dict[str, float], str | None]:
+    """Each variant's share of output elements equal bit for bit to its emulated output (cast
+    to ``out``'s dtype), and the nearest variant (None below :data:`NEAREST_MIN_SHARE`)."""
+    o = req.out
     matches: dict[str, float] = {}
     dist: dict[str, float] = {}
     o64 = o.astype(np.float64)
     for name in names:
-        emu = _emulate(qa, ka, va, mask, name, cfg)[0]
+        emu = _emulate(req, name).out
         cast = _cast_like(emu, o.dtype)
         matches[name] = float(np.mean(_same_bits(cast, o))) if o.size else 1.0
         with np.errstate(invalid="ignore", over="ignore"):
@@ -566,76 +741,79 @@ def _compare(
     if matches:
         best = max(matches, key=lambda n: (matches[n], -dist.get(n, math.inf)))
         nearest = best if matches[best] >= NEAREST_MIN_SHARE else None
+    return matches, nearest
 
-    emu_hazards: dict[str, int] = {}
-    garbage = np.zeros(o.shape, dtype=bool)
-    sched_out = sched_lse = None
-    if schedule is not None:
-        sched_out, sched_lse, haz, gmask = _emulate(qa, ka, va, mask, schedule, cfg)
-        emu_hazards = dict(haz)
-        # outside every bound: the elements the integer add's garbage reached (not a
-        # dead split's, not the clamp's, not an FP32 overflow: those are judged)
-        garbage |= np.broadcast_to(gmask, o.shape)
 
-    # the a priori bound of the schedule
-    bound = None
-    b_cond_max = b_cond_med = b_ratio = math.nan
-    n_viol = n_cov = 0
-    if schedule is not None:
-        bound = _cached_bound(schedule, qa, ka, va, mask, cfg)
-        if bound is not None:
-            covered = np.isfinite(ref) & ~garbage
-            if ref_ulp != AUTO_ULP_FP32:  # the reference's own certificate, beside the bound
-                bound = bound + reference_error(ref, ref_ulp)
-            check = bound_check(o, ref, bound, mag=mag, covered=covered)
-            n_cov, n_viol, b_ratio = check.n_covered, check.violations, check.ratio
-            b_cond_max, b_cond_med = check.bound_cond_max, check.bound_cond_median
+def _bound_check(req: _Request, exact: _Exact, covered: np.ndarray) -> _BoundCheck:
+    """The schedule's elementwise a priori bound, checked on the ``covered`` elements."""
+    if req.schedule is None:
+        return _BoundCheck()
+    bound = _cached_bound(req, req.schedule)
+    if bound is None:
+        return _BoundCheck()
+    if exact.auto_ulp != AUTO_ULP_FP32:  # the reference's own certificate, beside the bound
+        bound = bound + reference_error(exact.out, exact.auto_ulp)
+    check = bound_check(req.out, exact.out, bound, mag=exact.mag, covered=covered)
+    return _BoundCheck(
+        bound=bound,
+        cond_max=check.bound_cond_max,
+        cond_median=check.bound_cond_median,
+        ratio=check.ratio,
+        violations=check.violations,
+        covered=check.n_covered,
+    )
 
-    rule = None
-    if judge and schedule is not None and sched_out is not None:
-        rule = schedule_rule(
-            o,
-            ref,
-            mag,
-            sched_out,
-            schedule=schedule,
-            lse=lse_arr_raw,
-            lse_ref=lse_ref,
-            sched_lse=sched_lse,
-            bound=bound,
-            covered=np.isfinite(ref) & ~garbage,
-            max_factor=max_factor,
-            rms_factor=rms_factor,
-        )
+
+def _standard_figures(
+    req: _Request, ref: np.ndarray, emulated: _Emulated | None, baseline: Any
+) -> dict[str, float]:
+    """The figures of ``req.standard`` other than the default rule's (none when not
+    judged)."""
+    from amla_numerics.testing import standards as std
+
+    o = req.out
     figures: dict[str, float] = {}
-    if judge and standard in ("flash-attn", "torch-sdpa"):
-        naive = _emulate(qa, ka, va, mask, "naive", cfg)[0]
-        if standard == "flash-attn":
+    if req.judge and req.standard in ("flash-attn", "torch-sdpa"):
+        naive = _emulate(req, "naive").out
+        if req.standard == "flash-attn":
             figures["flash_attn_ratio"] = std.flash_attn_ratio(o, ref, naive)
         else:
             low = _cast_like(np.asarray(naive), o.dtype)
             figures["torch_sdpa_ratio"] = std.torch_sdpa_ratio(o, ref, low)
-    elif judge and standard in std.CANN_LEVELS and sched_out is not None:
+    elif req.judge and req.standard in std.CANN_LEVELS and emulated is not None:
         if baseline is None:
-            base = _cast_like(np.asarray(sched_out), o.dtype)
+            base = _cast_like(np.asarray(emulated.out), o.dtype)
         else:
             base = _float_array(baseline, "baseline")
             if base.shape != o.shape:
                 raise ValueError(f"shapes do not fit: baseline {base.shape} should be {o.shape}")
-        figures.update(std.cann_ratios(o, ref, base, standard))
+        figures.update(std.cann_ratios(o, ref, base, req.standard))
+    return figures
 
-    diagnosis = ""
-    if rule is not None and not rule.passed and not rule.degenerate:
-        from amla_numerics.testing.diagnose import diagnose
 
-        lse_bad = not math.isnan(rule.lse_ratio) and not rule.lse_ratio <= 1
-        out_bad = not (rule.max_ratio <= 1 and rule.rms_ratio <= 1)
-        if not (math.isnan(rule.bound_ratio) or rule.bound_ratio <= 1):
-            out_bad = True
-        sc_eff = 1.0 / math.sqrt(qa.shape[-1]) if sc is None else sc
-        diagnosis = diagnose(o, qa, ka, va, sc_eff, mask, lse_failed=lse_bad, out_failed=out_bad)
+def _diagnosis(req: _Request, rule: RuleResult | None) -> str:
+    """The likely cause of a failed, non-degenerate rule
+    (:func:`~amla_numerics.testing.diagnose.diagnose`); ``""`` otherwise."""
+    if rule is None or rule.passed or rule.degenerate:
+        return ""
+    from amla_numerics.testing.diagnose import diagnose
 
-    # the worst elements
+    lse_bad = not math.isnan(rule.lse_ratio) and not rule.lse_ratio <= 1
+    out_bad = not (rule.max_ratio <= 1 and rule.rms_ratio <= 1)
+    if not (math.isnan(rule.bound_ratio) or rule.bound_ratio <= 1):
+        out_bad = True
+    sc = 1.0 / math.sqrt(req.q.shape[-1]) if req.sc is None else req.sc
+    return diagnose(
+        req.out, req.q, req.k, req.v, sc, req.mask, lse_failed=lse_bad, out_failed=out_bad
+    )
+
+
+def _worst_elements(
+    o: np.ndarray, exact: _Exact, bound: np.ndarray | None, n_worst: int
+) -> tuple[WorstElement, ...]:
+    """The ``n_worst`` worst elements: non-finite outputs where the reference is finite
+    first, then by condition-aware error (the first of equal errors)."""
+    ref, mag = exact.out, exact.mag
     o64 = o.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         cond = condition_aware(np.abs(o64 - ref), mag)
@@ -644,60 +822,38 @@ def _compare(
     flat = cond.reshape(-1)
     garbage_out = (np.isfinite(ref) & ~np.isfinite(o64)).reshape(-1)
     kk = min(int(n_worst), flat.size)
-    worst: list[WorstElement] = []
-    if kk > 0:
-        # non-finite outputs first, then by error (the first of equal errors)
-        cand = np.flatnonzero(garbage_out)[:kk]
-        if cand.size < kk:
-            top = np.argpartition(-flat, kk - 1)[:kk]
-            top = top[np.argsort(-flat[top], kind="stable")]
-            cand = np.concatenate([cand, top[~np.isin(top, cand)]])[:kk]
-        top = cand
-        for t in top:
-            idx = tuple(int(i) for i in np.unravel_index(int(t), cond.shape))
-            worst.append(
-                WorstElement(
-                    idx,
-                    float(o64[idx]),
-                    float(ref[idx]),
-                    float(cond[idx]),
-                    float(mag[idx]),
-                    float(bound[idx]) if bound is not None else math.nan,
-                )
+    if kk <= 0:
+        return ()
+    top = np.flatnonzero(garbage_out)[:kk]
+    if top.size < kk:
+        by_err = np.argpartition(-flat, kk - 1)[:kk]
+        by_err = by_err[np.argsort(-flat[by_err], kind="stable")]
+        top = np.concatenate([top, by_err[~np.isin(by_err, top)]])[:kk]
+    worst = []
+    for t in top:
+        idx = tuple(int(i) for i in np.unravel_index(int(t), cond.shape))
+        worst.append(
+            WorstElement(
+                idx,
+                float(o64[idx]),
+                float(ref[idx]),
+                float(cond[idx]),
+                float(mag[idx]),
+                float(bound[idx]) if bound is not None else math.nan,
             )
+        )
+    return tuple(worst)
 
-    va64 = np.asarray(va).astype(np.float64)
-    hazards = {
+
+def _input_hazards(v: np.ndarray, ref: np.ndarray, metrics: ErrorMetrics) -> dict[str, int]:
+    """What the inputs and the output show: non-finite outputs, zero V columns, fully
+    masked rows."""
+    va64 = np.asarray(v).astype(np.float64)
+    return {
         "nonfinite_out": int(metrics.n_nonfinite),
         "zero_v_columns": int(np.count_nonzero(np.all(va64 == 0, axis=-2))),
         "masked_rows": int(np.count_nonzero(np.all(np.isnan(ref), axis=-1))),
     }
-    return Comparison(
-        metrics=metrics,
-        shape=tuple(int(s) for s in o.shape),
-        out_dtype=o.dtype.name,
-        worst=tuple(worst),
-        hazards=hazards,
-        bit_match=matches,
-        nearest_variant=nearest,
-        variant=variant,
-        policy=pol_name,
-        block_n=int(block_n),
-        splits=None if splits is None else n_splits,
-        combine=combine,
-        bound_cond_max=b_cond_max,
-        bound_cond_median=b_cond_med,
-        bound_ratio=b_ratio,
-        bound_violations=n_viol,
-        bound_covered=n_cov,
-        emulated_hazards=emu_hazards,
-        rule=rule,
-        standard=standard,
-        standard_figures=figures,
-        diagnosis=diagnosis,
-        ref=ref,
-        lse_ref=lse_ref,
-    )
 
 
 def default_policy(q: Any, k: Any, v: Any) -> Any:
@@ -738,48 +894,54 @@ def _cached(digest: str, what: tuple, make: Any) -> Any:
     return value
 
 
-def _what(name: str, cfg: tuple) -> tuple:
+def _what(name: str, req: _Request) -> tuple:
     from amla_numerics.flash.policy import get_policy
 
-    _, sc, block_n, policy, n_splits, combine = cfg
-    return (name, sc, block_n, get_policy(policy).to_json(), n_splits, combine)
+    policy = get_policy(req.policy).to_json()
+    return (name, req.sc, req.block_n, policy, req.n_splits, req.combine)
 
 
-def _emulate(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, name: str, cfg: tuple
-) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
-    """The emulated ``name`` on these inputs (cached in-process): out, lse, hazards, garbage."""
+def _emulate(req: _Request, name: str) -> _Emulated:
+    """The emulated ``name`` on the request's inputs under its schedule (cached
+    in-process)."""
 
-    def run() -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
+    def run() -> _Emulated:
         from amla_numerics import flash
 
-        _, sc, block_n, policy, n_splits, combine = cfg
         res = flash.attention(
-            q,
-            k,
-            v,
+            req.q,
+            req.k,
+            req.v,
             name,
-            scale=sc,
-            block_n=block_n,
-            policy=policy,
-            mask=mask,
-            splits=n_splits,
-            combine=combine,
+            scale=req.sc,
+            block_n=req.block_n,
+            policy=req.policy,
+            mask=req.mask,
+            splits=req.n_splits,
+            combine=req.combine,
         )
         haz = {str(kk): int(vv) for kk, vv in res.hazards.items() if kk != "ok" and vv}
-        return np.asarray(res.out), np.asarray(res.lse), haz, res.garbage_mask()
+        return _Emulated(np.asarray(res.out), np.asarray(res.lse), haz, res.garbage_mask())
 
-    return _cached(cfg[0], _what("emulate:" + name, cfg), run)
+    return _cached(req.digest, _what("emulate:" + name, req), run)
 
 
-def _cached_bound(
-    name: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, cfg: tuple
-) -> np.ndarray:
-    _, sc, block_n, policy, n_splits, combine = cfg
+def _cached_bound(req: _Request, name: str) -> np.ndarray:
     return _cached(
-        cfg[0],
-        _what("bound:" + name, cfg),
-        lambda: _elementwise_bound(name, q, k, v, sc, mask, block_n, policy, n_splits, combine),
+        req.digest,
+        _what("bound:" + name, req),
+        lambda: _elementwise_bound(
+            name,
+            req.q,
+            req.k,
+            req.v,
+            req.sc,
+            req.mask,
+            req.block_n,
+            req.policy,
+            req.n_splits,
+            req.combine,
+        ),
     )
 
 

@@ -107,12 +107,28 @@ def diagnose(
     o = np.asarray(out).astype(np.float64)
     if not np.isfinite(o).any():
         return ""
-    n = int(np.shape(k)[-2])
     base = _rms(o, _attention(q, k, v, scale, mask))
     if base == 0:
         return ""
-    fits: list[tuple[float, str]] = []
-    # wrong scale: golden-section search on log(scale'/scale) in [-log 4, log 4]
+    fits = [
+        _scale_fit(o, q, k, v, scale, mask),
+        *_mask_fits(o, q, k, v, scale, mask),
+        *_dropped_block_fits(o, q, k, v, scale, mask),
+        *_block_fits(o, q, k, v, scale, mask),
+    ]
+    best = min(fits, key=lambda f: f[0])
+    return best[1] if best[0] <= EXPLAINS * base else ""
+
+
+#: A candidate cause: the RMS distance of the output from its altered problem, and the
+#: sentence naming it.
+_Fit = tuple[float, str]
+#: The KV block sizes a kernel is likely to use.
+_BLOCKS: tuple[int, ...] = (64, 128, 256, 512)
+
+
+def _scale_fit(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -> _Fit:
+    """Wrong scale: a golden-section search on ``log(scale'/scale)`` in ``[-log 4, log 4]``."""
     lo, hi = -math.log(4.0), math.log(4.0)
     g = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -131,36 +147,45 @@ def diagnose(
             b = lo + g * (hi - lo)
             fb = err(b)
     t = a if fa < fb else b
-    fits.append(
-        (
-            min(fa, fb),
-            f"wrong scale: the output fits a softmax scale of {scale * math.exp(t):.6g} "
-            f"({math.exp(t):.4g} x the declared {scale:.6g})",
-        )
+    return (
+        min(fa, fb),
+        f"wrong scale: the output fits a softmax scale of {scale * math.exp(t):.6g} "
+        f"({math.exp(t):.4g} x the declared {scale:.6g})",
     )
-    # masked keys leaking or missing at the mask's edges
-    if mask is not None:
-        mk = np.broadcast_to(np.asarray(mask, bool), (*o.shape[:-1], n))
-        wide = mk.copy()
-        wide[..., 1:] |= mk[..., :-1]
-        wide[..., :-1] |= mk[..., 1:]
-        narrow = mk.copy()
-        narrow[..., 1:] &= mk[..., :-1]
-        narrow[..., :-1] &= mk[..., 1:]
-        fits.append(
-            (
-                _rms(o, _attention(q, k, v, scale, wide)),
-                "masked keys leaking: the output fits the mask widened by one key at its edges",
-            )
-        )
-        fits.append(
-            (
-                _rms(o, _attention(q, k, v, scale, narrow)),
-                "masked keys missing: the output fits the mask narrowed by one key at its edges",
-            )
-        )
-    # a dropped partial block
-    for blk in (64, 128, 256, 512):
+
+
+def _mask_fits(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -> list[_Fit]:
+    """Masked keys leaking or missing: the mask widened or narrowed by one key at its
+    edges (none without a mask)."""
+    if mask is None:
+        return []
+    n = int(np.shape(k)[-2])
+    mk = np.broadcast_to(np.asarray(mask, bool), (*o.shape[:-1], n))
+    wide = mk.copy()
+    wide[..., 1:] |= mk[..., :-1]
+    wide[..., :-1] |= mk[..., 1:]
+    narrow = mk.copy()
+    narrow[..., 1:] &= mk[..., :-1]
+    narrow[..., :-1] &= mk[..., 1:]
+    return [
+        (
+            _rms(o, _attention(q, k, v, scale, wide)),
+            "masked keys leaking: the output fits the mask widened by one key at its edges",
+        ),
+        (
+            _rms(o, _attention(q, k, v, scale, narrow)),
+            "masked keys missing: the output fits the mask narrowed by one key at its edges",
+        ),
+    ]
+
+
+def _dropped_block_fits(
+    o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any
+) -> list[_Fit]:
+    """A dropped block: the keys without the last partial block of each size."""
+    n = int(np.shape(k)[-2])
+    fits = []
+    for blk in _BLOCKS:
         keep = (n // blk) * blk
         if 0 < keep < n:
             km = np.arange(n) < keep
@@ -172,8 +197,15 @@ def diagnose(
                     f"of {blk} (keys {keep}..{n - 1} left out)",
                 )
             )
-    # a block counted twice (the first, or the last partial one), and a missed rescale
-    for blk in (64, 128, 256, 512):
+    return fits
+
+
+def _block_fits(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -> list[_Fit]:
+    """A block counted twice (the first, or the last partial one), and a missed rescale, for
+    each block size shorter than the keys."""
+    n = int(np.shape(k)[-2])
+    fits = []
+    for blk in _BLOCKS:
         if n <= blk:
             continue
         for lo, hi, which in ((0, blk, "first"), ((n - 1) // blk * blk, n, "last")):
@@ -193,5 +225,4 @@ def diagnose(
                 "without its exp(m_old - m_new) rescale",
             )
         )
-    best = min(fits, key=lambda f: f[0])
-    return best[1] if best[0] <= EXPLAINS * base else ""
+    return fits

@@ -257,79 +257,22 @@ def schedule_rule(
     fmt = get_format(o.dtype, "out")
     y = o.astype(np.float64)
     r = np.asarray(ref, np.float64)
-    s = np.asarray(sched).astype(np.float64)
     live = np.isfinite(r)
-    e = _cond(y, r, mag)
     r0 = np.where(live, r, 0.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         work = np.where(mag > 0, FP32_ROUNDINGS * np.abs(r0) / mag, 0.0)
         allow = np.where(mag > 0, ulp(r0, fmt) / mag / U_FP32, 0.0) + work
-    e_s = _cond(s, r, mag)
-    # the schedule's own garbage (a hazard of its arithmetic) sets no limit: its finite
-    # elements do
-    sched_ok = live & np.isfinite(s) & np.isfinite(e_s)
-    if covered is not None:
-        cov = sched_ok & np.asarray(covered, bool)
-        if 2 * int(np.count_nonzero(cov)) >= int(np.count_nonzero(sched_ok)):
-            sched_ok = cov
-    e_s_live = e_s[sched_ok]
-    s_max = float(np.max(e_s_live)) if e_s_live.size else 0.0
-    if fmt.name == "fp64":
-        s_out = s
-    elif fmt.name == "fp32":
-        s_out = s.astype(np.float32).astype(np.float64)
-    else:
-        s_out = np.asarray(round_to(s, fmt), np.float64)
-    e_so = _cond(s_out, r, mag)[sched_ok]
-    s_rms = float(np.sqrt(np.mean(e_so**2))) if e_so.size else 0.0
-    e_live = e[live]
-    k_rms = float(np.sqrt(np.mean(e_live**2))) if e_live.size else 0.0
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        limit = max_factor * s_max + allow
-        ratio = np.where(e == 0, 0.0, e / limit)
-    ratio = np.where(live, ratio, -1.0)
-    max_ratio = float(np.max(ratio)) if live.any() else 0.0
-    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
-    w_rms = float(np.sqrt(np.mean(work[live] ** 2))) if live.any() else 0.0
-    rms_limit = rms_factor * s_rms + w_rms
-    if k_rms == 0:
-        rms_ratio = 0.0
-    elif rms_limit == 0:
-        rms_ratio = math.inf
-    else:
-        rms_ratio = k_rms / rms_limit
-
+    s_max, s_rms = _schedule_errors(sched, r, mag, fmt, covered)
+    e = _cond(y, r, mag)
+    max_ratio, worst = _max_rule(e, live, max_factor * s_max, allow)
+    rms_ratio, k_rms = _rms_rule(e, live, rms_factor * s_rms, work)
     bound_ratio = math.nan
     if bound is not None:
         cov = live if covered is None else (np.asarray(covered, bool) & live)
-        if cov.any():
-            b = np.asarray(bound, np.float64)
-            lim_b = b + ulp(r0, fmt) + FP32_ROUNDINGS * U_FP32 * np.abs(r0)
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                d = np.abs(y - r)
-                br = np.where(d == 0, 0.0, d / lim_b)
-            br = np.where(np.isfinite(y), br, np.inf)
-            bound_ratio = float(np.max(br[cov]))
-
+        bound_ratio = _bound_ratio(y, r, np.asarray(bound, np.float64), cov, fmt)
     lse_ratio = math.nan
     if lse is not None and lse_ref is not None:
-        la = np.asarray(lse)
-        lfmt = get_format(la.dtype, "lse")
-        lk = la.astype(np.float64)
-        lr = np.asarray(lse_ref, np.float64)
-        lok = np.isfinite(lr)
-        if lok.any():
-            s_err = 0.0
-            if sched_lse is not None:
-                ls = np.asarray(sched_lse, np.float64)
-                s_err = float(np.nanmax(np.abs(ls - lr)[lok]))
-            lim = max_factor * s_err + LSE_ULPS * ulp(np.where(lok, lr, 0.0), lfmt)
-            with np.errstate(invalid="ignore"):
-                d = np.abs(lk - lr)
-                lr_ratio = np.where(d == 0, 0.0, d / lim)
-            lr_ratio = np.where(np.isfinite(lk), lr_ratio, np.inf)
-            lse_ratio = float(np.max(lr_ratio[lok]))
-
+        lse_ratio = _lse_ratio(lse, lse_ref, sched_lse, max_factor)
     return RuleResult(
         schedule=schedule,
         max_factor=float(max_factor),
@@ -344,3 +287,95 @@ def schedule_rule(
         degenerate=_degenerate(y, r, live),
         worst_index=worst,
     )
+
+
+def _schedule_errors(
+    sched: Any, r: np.ndarray, mag: np.ndarray, fmt: Any, covered: np.ndarray | None
+) -> tuple[float, float]:
+    """The schedule's worst error before its output cast and its RMS error after a cast to
+    the kernel's output format ``fmt``, over its finite elements. Its own garbage (a hazard
+    of its arithmetic: non-finite, or outside ``covered`` when that leaves at least half of
+    the elements) sets no limit."""
+    s = np.asarray(sched).astype(np.float64)
+    e_s = _cond(s, r, mag)
+    sched_ok = np.isfinite(r) & np.isfinite(s) & np.isfinite(e_s)
+    if covered is not None:
+        cov = sched_ok & np.asarray(covered, bool)
+        if 2 * int(np.count_nonzero(cov)) >= int(np.count_nonzero(sched_ok)):
+            sched_ok = cov
+    e_s_live = e_s[sched_ok]
+    s_max = float(np.max(e_s_live)) if e_s_live.size else 0.0
+    if fmt.name == "fp64":
+        s_out = s
+    elif fmt.name == "fp32":
+        s_out = s.astype(np.float32).astype(np.float64)
+    else:
+        s_out = np.asarray(round_to(s, fmt), np.float64)
+    e_so = _cond(s_out, r, mag)[sched_ok]
+    s_rms = float(np.sqrt(np.mean(e_so**2))) if e_so.size else 0.0
+    return s_max, s_rms
+
+
+def _max_rule(
+    e: np.ndarray, live: np.ndarray, sched_limit: float, allow: np.ndarray
+) -> tuple[float, tuple[int, ...]]:
+    """The max rule: the largest ``e / (sched_limit + allow)`` over the live elements, and
+    where it is."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        limit = sched_limit + allow
+        ratio = np.where(e == 0, 0.0, e / limit)
+    ratio = np.where(live, ratio, -1.0)
+    max_ratio = float(np.max(ratio)) if live.any() else 0.0
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
+    return max_ratio, worst
+
+
+def _rms_rule(
+    e: np.ndarray, live: np.ndarray, sched_limit: float, work: np.ndarray
+) -> tuple[float, float]:
+    """The RMS rule: the kernel's RMS error over the live elements against ``sched_limit``
+    plus the RMS of the FP32 roundings ``work``; returns ``(ratio, the kernel's RMS)``."""
+    e_live = e[live]
+    k_rms = float(np.sqrt(np.mean(e_live**2))) if e_live.size else 0.0
+    w_rms = float(np.sqrt(np.mean(work[live] ** 2))) if live.any() else 0.0
+    rms_limit = sched_limit + w_rms
+    if k_rms == 0:
+        return 0.0, k_rms
+    if rms_limit == 0:
+        return math.inf, k_rms
+    return k_rms / rms_limit, k_rms
+
+
+def _bound_ratio(y: np.ndarray, r: np.ndarray, b: np.ndarray, cov: np.ndarray, fmt: Any) -> float:
+    """The ceiling: the largest ``|y - r|`` over the bound ``b`` plus one output ULP and
+    the FP32 roundings, over the covered elements (NaN when none is)."""
+    if not cov.any():
+        return math.nan
+    r0 = np.where(np.isfinite(r), r, 0.0)
+    lim_b = b + ulp(r0, fmt) + FP32_ROUNDINGS * U_FP32 * np.abs(r0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = np.abs(y - r)
+        br = np.where(d == 0, 0.0, d / lim_b)
+    br = np.where(np.isfinite(y), br, np.inf)
+    return float(np.max(br[cov]))
+
+
+def _lse_ratio(lse: Any, lse_ref: Any, sched_lse: Any, max_factor: float) -> float:
+    """The lse rule's figure in the lse's own dtype (NaN when no reference lse is finite)."""
+    la = np.asarray(lse)
+    lfmt = get_format(la.dtype, "lse")
+    lk = la.astype(np.float64)
+    lr = np.asarray(lse_ref, np.float64)
+    lok = np.isfinite(lr)
+    if not lok.any():
+        return math.nan
+    s_err = 0.0
+    if sched_lse is not None:
+        ls = np.asarray(sched_lse, np.float64)
+        s_err = float(np.nanmax(np.abs(ls - lr)[lok]))
+    lim = max_factor * s_err + LSE_ULPS * ulp(np.where(lok, lr, 0.0), lfmt)
+    with np.errstate(invalid="ignore"):
+        d = np.abs(lk - lr)
+        lr_ratio = np.where(d == 0, 0.0, d / lim)
+    lr_ratio = np.where(np.isfinite(lk), lr_ratio, np.inf)
+    return float(np.max(lr_ratio[lok]))

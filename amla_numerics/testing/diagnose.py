@@ -21,7 +21,7 @@ Examples
 >>> rng = np.random.default_rng(0)
 >>> q, k = rng.standard_normal((4, 16)), rng.standard_normal((100, 16))
 >>> v = rng.standard_normal((100, 8))
->>> wrong = _attention(q, k, v, 0.5 / 4.0, None)  # the kernel used half the scale
+>>> wrong = _Problem.of(q, k, v, 0.125, None).attention()  # the kernel used half the scale
 >>> diagnose(wrong, q, k, v, 0.25, None).split(":")[0]
 'wrong scale'
 """
@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,48 +40,59 @@ __all__ = ["EXPLAINS", "diagnose"]
 EXPLAINS: float = 0.1
 
 
-def _attention(q: Any, k: Any, v: Any, scale: float, mask: Any) -> np.ndarray:
-    """Plain float64 softmax attention (enough to tell bugs apart, not certified)."""
-    q64, k64, v64 = (np.asarray(a).astype(np.float64) for a in (q, k, v))
-    s = (q64 @ np.swapaxes(k64, -1, -2)) * scale
-    if mask is not None:
-        s = np.where(np.asarray(mask, bool), s, -np.inf)
-    m = np.max(s, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
-        return (p @ v64) / np.sum(p, axis=-1, keepdims=True)
+@dataclass(frozen=True)
+class _Problem:
+    """The declared problem in float64, its raw products ``q k^T`` computed once (every
+    candidate cause rescales or masks them; enough to tell bugs apart, not certified)."""
 
+    qk: np.ndarray
+    v: np.ndarray
+    scale: float
+    mask: Any
 
-def _scores(q: Any, k: Any, scale: float, mask: Any) -> np.ndarray:
-    q64, k64 = (np.asarray(a).astype(np.float64) for a in (q, k))
-    s = (q64 @ np.swapaxes(k64, -1, -2)) * scale
-    return s if mask is None else np.where(np.asarray(mask, bool), s, -np.inf)
+    @classmethod
+    def of(cls, q: Any, k: Any, v: Any, scale: float, mask: Any) -> _Problem:
+        q64, k64, v64 = (np.asarray(a).astype(np.float64) for a in (q, k, v))
+        return cls(q64 @ np.swapaxes(k64, -1, -2), v64, scale, mask)
 
+    @property
+    def n(self) -> int:
+        return int(self.qk.shape[-1])
 
-def _no_rescale(q: Any, k: Any, v: Any, scale: float, mask: Any, block: int) -> np.ndarray:
-    """O summed over blocks, each ``exp(S_j - m_j) V_j`` at the running max ``m_j`` of its
-    block and never rescaled, divided by the right row sum (a missed rescale of O)."""
-    s = _scores(q, k, scale, mask)
-    v64 = np.asarray(v).astype(np.float64)
-    n = s.shape[-1]
-    m_run = np.full((*s.shape[:-1], 1), -np.inf)
-    acc = np.zeros((*s.shape[:-1], v64.shape[-1]))
-    with np.errstate(invalid="ignore"):
-        for lo in range(0, n, block):
-            sj = s[..., lo : lo + block]
-            m_run = np.maximum(m_run, np.max(sj, axis=-1, keepdims=True))
-            acc = acc + np.exp(sj - np.where(np.isfinite(m_run), m_run, 0.0)) @ v64[lo : lo + block]
-        l = np.sum(np.exp(s - np.where(np.isfinite(m_run), m_run, 0.0)), axis=-1, keepdims=True)
-        return acc / l
+    def scores(self, scale: float | None = None, mask: Any = "declared") -> np.ndarray:
+        s = self.qk * (self.scale if scale is None else scale)
+        mask = self.mask if isinstance(mask, str) else mask
+        return s if mask is None else np.where(np.asarray(mask, bool), s, -np.inf)
 
+    def attention(self, scale: float | None = None, mask: Any = "declared") -> np.ndarray:
+        """Plain softmax attention at ``scale`` under ``mask`` (default: the declared)."""
+        return self.weighted(None, self.scores(scale, mask))
 
-def _weighted(q: Any, k: Any, v: Any, scale: float, mask: Any, weight: np.ndarray) -> np.ndarray:
-    """Softmax attention with key ``i``'s probability multiplied by ``weight[i]`` in O and l."""
-    s = _scores(q, k, scale, mask)
-    m = np.max(s, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        p = np.exp(s - np.where(np.isfinite(m), m, 0.0)) * weight
-        return (p @ np.asarray(v).astype(np.float64)) / np.sum(p, axis=-1, keepdims=True)
+    def weighted(self, weight: np.ndarray | None, s: np.ndarray | None = None) -> np.ndarray:
+        """Softmax attention with key ``i``'s probability multiplied by ``weight[i]`` in O
+        and l."""
+        s = self.scores() if s is None else s
+        m = np.max(s, axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+            if weight is not None:
+                p = p * weight
+            return (p @ self.v) / np.sum(p, axis=-1, keepdims=True)
+
+    def no_rescale(self, block: int) -> np.ndarray:
+        """O summed over blocks, each ``exp(S_j - m_j) V_j`` at the running max ``m_j`` of
+        its block and never rescaled, divided by the right row sum (a missed rescale)."""
+        s = self.scores()
+        m_run = np.full((*s.shape[:-1], 1), -np.inf)
+        acc = np.zeros((*s.shape[:-1], self.v.shape[-1]))
+        with np.errstate(invalid="ignore"):
+            for lo in range(0, self.n, block):
+                sj = s[..., lo : lo + block]
+                m_run = np.maximum(m_run, np.max(sj, axis=-1, keepdims=True))
+                p = np.exp(sj - np.where(np.isfinite(m_run), m_run, 0.0))
+                acc = acc + p @ self.v[lo : lo + block]
+            l = np.sum(np.exp(s - np.where(np.isfinite(m_run), m_run, 0.0)), axis=-1, keepdims=True)
+            return acc / l
 
 
 def _rms(out: np.ndarray, cand: np.ndarray) -> float:
@@ -107,15 +119,12 @@ def diagnose(
     o = np.asarray(out).astype(np.float64)
     if not np.isfinite(o).any():
         return ""
-    base = _rms(o, _attention(q, k, v, scale, mask))
+    prob = _Problem.of(q, k, v, scale, mask)
+    base = _rms(o, prob.attention())
     if base == 0:
         return ""
-    fits = [
-        _scale_fit(o, q, k, v, scale, mask),
-        *_mask_fits(o, q, k, v, scale, mask),
-        *_dropped_block_fits(o, q, k, v, scale, mask),
-        *_block_fits(o, q, k, v, scale, mask),
-    ]
+    fits = [_scale_fit(o, prob), *_mask_fits(o, prob), *_dropped_block_fits(o, prob)]
+    fits += _block_fits(o, prob)
     best = min(fits, key=lambda f: f[0])
     return best[1] if best[0] <= EXPLAINS * base else ""
 
@@ -127,13 +136,14 @@ _Fit = tuple[float, str]
 _BLOCKS: tuple[int, ...] = (64, 128, 256, 512)
 
 
-def _scale_fit(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -> _Fit:
+def _scale_fit(o: np.ndarray, prob: _Problem) -> _Fit:
     """Wrong scale: a golden-section search on ``log(scale'/scale)`` in ``[-log 4, log 4]``."""
     lo, hi = -math.log(4.0), math.log(4.0)
     g = (math.sqrt(5.0) - 1.0) / 2.0
+    scale = prob.scale
 
     def err(t: float) -> float:
-        return _rms(o, _attention(q, k, v, scale * math.exp(t), mask))
+        return _rms(o, prob.attention(scale * math.exp(t)))
 
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = err(a), err(b)
@@ -154,13 +164,12 @@ def _scale_fit(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -
     )
 
 
-def _mask_fits(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -> list[_Fit]:
+def _mask_fits(o: np.ndarray, prob: _Problem) -> list[_Fit]:
     """Masked keys leaking or missing: the mask widened or narrowed by one key at its
     edges (none without a mask)."""
-    if mask is None:
+    if prob.mask is None:
         return []
-    n = int(np.shape(k)[-2])
-    mk = np.broadcast_to(np.asarray(mask, bool), (*o.shape[:-1], n))
+    mk = np.broadcast_to(np.asarray(prob.mask, bool), (*o.shape[:-1], prob.n))
     wide = mk.copy()
     wide[..., 1:] |= mk[..., :-1]
     wide[..., :-1] |= mk[..., 1:]
@@ -169,21 +178,19 @@ def _mask_fits(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -
     narrow[..., :-1] &= mk[..., 1:]
     return [
         (
-            _rms(o, _attention(q, k, v, scale, wide)),
+            _rms(o, prob.attention(mask=wide)),
             "masked keys leaking: the output fits the mask widened by one key at its edges",
         ),
         (
-            _rms(o, _attention(q, k, v, scale, narrow)),
+            _rms(o, prob.attention(mask=narrow)),
             "masked keys missing: the output fits the mask narrowed by one key at its edges",
         ),
     ]
 
 
-def _dropped_block_fits(
-    o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any
-) -> list[_Fit]:
+def _dropped_block_fits(o: np.ndarray, prob: _Problem) -> list[_Fit]:
     """A dropped block: the keys without the last partial block of each size."""
-    n = int(np.shape(k)[-2])
+    n, mask = prob.n, prob.mask
     fits = []
     for blk in _BLOCKS:
         keep = (n // blk) * blk
@@ -192,7 +199,7 @@ def _dropped_block_fits(
             m2 = km if mask is None else (np.asarray(mask, bool) & km)
             fits.append(
                 (
-                    _rms(o, _attention(q, k, v, scale, m2)),
+                    _rms(o, prob.attention(mask=m2)),
                     f"dropped block: the output fits the keys without the last partial block "
                     f"of {blk} (keys {keep}..{n - 1} left out)",
                 )
@@ -200,10 +207,10 @@ def _dropped_block_fits(
     return fits
 
 
-def _block_fits(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) -> list[_Fit]:
+def _block_fits(o: np.ndarray, prob: _Problem) -> list[_Fit]:
     """A block counted twice (the first, or the last partial one), and a missed rescale, for
     each block size shorter than the keys."""
-    n = int(np.shape(k)[-2])
+    n = prob.n
     fits = []
     for blk in _BLOCKS:
         if n <= blk:
@@ -213,14 +220,14 @@ def _block_fits(o: np.ndarray, q: Any, k: Any, v: Any, scale: float, mask: Any) 
             w[lo:hi] = 2.0
             fits.append(
                 (
-                    _rms(o, _weighted(q, k, v, scale, mask, w)),
+                    _rms(o, prob.weighted(w)),
                     f"doubled block: the output fits the {which} block of {blk} keys "
                     f"(keys {lo}..{hi - 1}) counted twice",
                 )
             )
         fits.append(
             (
-                _rms(o, _no_rescale(q, k, v, scale, mask, blk)),
+                _rms(o, prob.no_rescale(blk)),
                 f"missed rescale: the output fits O accumulated over blocks of {blk} keys "
                 "without its exp(m_old - m_new) rescale",
             )

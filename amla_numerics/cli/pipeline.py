@@ -4,8 +4,9 @@ Parse, build the configuration, call :func:`~amla_numerics.pipeline.model.run`, 
 With ``--sweep``, ``--batch``, ``--q-len``, ``--kv-len`` and ``--variant`` take
 comma-separated lists and every combination is run (``--rescale``: the deprecated name of
 ``--variant``). ``--sensitivity`` adds the tornado and the bounds over the parameter box
-(``tflops_range`` ..., with the parameter values at each end); ``--samples N`` the range of
-N Latin-hypercube samples (a density view, not bounds).
+(``tflops_range`` ..., with the parameter values at each end; in a sweep the anchor's
+re-fits are shared by every configuration); ``--samples N`` the range of N Latin-hypercube
+samples (a density view, not bounds).
 
 Examples
 --------
@@ -272,10 +273,8 @@ def run_cli(args: argparse.Namespace) -> int:
     combos = list(itertools.product(rescales, batches, q_lens, kv_lens))
     if len(combos) > 1 and not args.sweep:
         raise ValueError("lists of values need --sweep")
-    if args.sweep and (args.trace or args.plot or args.sensitivity):
-        raise ValueError(
-            "--trace, --plot and --sensitivity apply to one configuration, not --sweep"
-        )
+    if args.sweep and (args.trace or args.plot):
+        raise ValueError("--trace and --plot apply to one configuration, not --sweep")
     if args.samples is not None and args.samples < 0:
         raise ValueError(f"--samples must be >= 0, got {args.samples}")
     samples = args.samples or 0
@@ -283,6 +282,9 @@ def run_cli(args: argparse.Namespace) -> int:
     results = []
     sampled: dict[int, tuple[float, float]] = {}
     tornado_rows: list[object] = []
+    # one calibration for every configuration: the anchor's re-fit at a parameter point
+    # depends on the hardware only, so a sweep computes it once per point
+    cal = Calibration(hw) if args.sensitivity else None
     noted = False
     for rescale, batch, q_len, kv_len in combos:
         wl = AttentionShape(
@@ -302,12 +304,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if not noted:
             note = long_run_note(hw, wl, sch, sensitivity=args.sensitivity, samples=samples)
             if note:
-                print(note, file=sys.stderr)
+                more = f", for the first of {len(combos)} configurations" if len(combos) > 1 else ""
+                print(note + more, file=sys.stderr)
             noted = True
         res = _run_one(args, hw, wl, sch)
         if args.sensitivity:
-            tornado_rows = list(tornado(hw, wl, sch))
-            res = interval(hw, wl, sch, nominal=res)
+            if len(combos) == 1:
+                tornado_rows = list(tornado(hw, wl, sch))
+            res = interval(hw, wl, sch, nominal=res, calibration=cal)
         if samples:
             lo, hi = sampled_range(hw, wl, sch, samples=samples)
             sampled[id(res)] = (lo, hi)

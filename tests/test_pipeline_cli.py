@@ -140,8 +140,8 @@ def test_trace_is_chrome_trace_json_and_plot_is_a_png(tmp_path: Path, capsys) ->
         (["--set", "warp=2"], "--set expects FIELD=VALUE"),
         (["--variant", "amla", "--rescale-prob", "0.5"], "applies only to variant 'lazy'"),
         (["--variant", "lazy", "--rescale-prob", "2"], "rescale_prob must be a number in [0, 1]"),
-        (["--sweep", "--plot", "x.png"], "--trace, --plot and --sensitivity apply to one"),
-        (["--sweep", "--sensitivity"], "--trace, --plot and --sensitivity apply to one"),
+        (["--sweep", "--plot", "x.png"], "--trace and --plot apply to one configuration"),
+        (["--sweep", "--trace", "x.json"], "--trace and --plot apply to one configuration"),
         (["--kv-heads", "3"], "shape.kv_heads (3) must divide heads (128)"),
         (["--samples", "-1"], "--samples must be >= 0"),
         (["--variant", "fa_fp32_ub", "--set", "m_tile=256"], "O resident"),
@@ -161,6 +161,44 @@ def test_too_big_to_simulate_is_refused_in_one_sentence(kv_len, capsys):
     err = capsys.readouterr().err
     assert "KV blocks on the busiest core" in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_a_sweep_with_sensitivity_bounds_every_configuration(capsys) -> None:
+    """Each row carries the bounds the library gives for that configuration alone."""
+    argv = ["pipeline", "--hardware", "ascend910b2", "--sweep", "--batch", "1,2"]
+    argv += ["--kv-len", "512", "--q-len", "1", "--sensitivity", "--format", "json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in rows] == [1, 2]
+    for r in rows:
+        ref = evaluate("ascend910b2", batch=r["batch"], q_len=1, kv_len=512, bounds=True)
+        assert tuple(r["tflops_range"]) == ref.tflops_range
+        assert r["range_points"] == json.loads(json.dumps(dict(ref.range_points or {})))
+        assert "tornado" not in r  # the tornado is for one configuration
+
+
+@pytest.mark.slow
+def test_a_shared_calibration_gives_the_same_bounds_with_fewer_refits() -> None:
+    from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware
+    from amla_numerics.pipeline.extremes import Calibration
+    from amla_numerics.pipeline.sensitivity import interval
+
+    hw = load_hardware("ascend910c")
+    shared = Calibration(hw)
+    cases = [(AttentionShape(8, 1, 1024), "amla"), (AttentionShape(8, 1, 1024), "fa_fp32")]
+    fits_alone = 0
+    for wl, v in cases:
+        sch = default_schedule(hw, v)
+        alone = Calibration(hw)
+        a = interval(hw, wl, sch, calibration=alone)
+        b = interval(hw, wl, sch, calibration=shared)
+        assert (a.time_us_range, a.range_points, a.range_note) == (
+            b.time_us_range,
+            b.range_points,
+            b.range_note,
+        )
+        fits_alone += len(alone._cache)
+    assert len(shared._cache) < fits_alone  # points common to both figures are fitted once
 
 
 def test_rescale_is_a_deprecated_alias_of_variant(capsys):

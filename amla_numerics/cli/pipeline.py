@@ -4,8 +4,9 @@ Parse, build the configuration, call :func:`~amla_numerics.pipeline.model.run`, 
 With ``--sweep``, ``--batch``, ``--q-len``, ``--kv-len`` and ``--variant`` take
 comma-separated lists and every combination is run (``--rescale``: the deprecated name of
 ``--variant``). ``--sensitivity`` adds the tornado and the bounds over the parameter box
-(``tflops_range`` ..., with the parameter values at each end); ``--samples N`` the range of
-N Latin-hypercube samples (a density view, not bounds).
+(``tflops_range`` ..., with the parameter values at each end; in a sweep the anchor's
+re-fits are shared by every configuration); ``--samples N`` the range of N Latin-hypercube
+samples (a density view, not bounds).
 
 Examples
 --------
@@ -217,6 +218,43 @@ def render(
     return "\n".join([fmt.format(*_SWEEP_COLUMNS)] + [fmt.format(*c) for c in cells])
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The schedule fields the options set."""
+    overrides: dict[str, object] = {}
+    if args.schedule is not None:
+        overrides["order"] = args.schedule
+    if args.preload_depth is not None:
+        overrides["preload_depth"] = args.preload_depth
+    if args.block_n is not None:
+        overrides["kv_block"] = args.block_n
+    if args.splits is not None:
+        overrides["splits"] = args.splits
+    overrides.update(_settings(args.set or []))
+    return overrides
+
+
+def _run_one(
+    args: argparse.Namespace, hw: Hardware, wl: AttentionShape, sch: Schedule
+) -> PipelineResult:
+    """Run one configuration; with ``--trace``/``--plot`` simulate every block and write them."""
+    if not (args.trace or args.plot):
+        res = run(hw, wl, sch)
+        assert isinstance(res, PipelineResult)
+        return res
+    from amla_numerics.pipeline.trace import write_gantt, write_trace  # matplotlib
+
+    res, sim = run(hw, wl, sch, keep_sim=True)  # type: ignore[misc]
+    clock = hw["sustained_clock_ghz"] if hw.kind == "gpu" else hw["clock_ghz"]
+    title = (
+        f"{hw.name} {sch.variant} {sch.order}: batch {wl.batch}, s_q {wl.q_len}, s_k {wl.kv_len}"
+    )
+    if args.trace:
+        write_trace(args.trace, sim, clock, title)
+    if args.plot:
+        write_gantt(args.plot, sim, clock, title)
+    return res
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Handler of ``amla-numerics pipeline``; returns the exit code."""
     hw = load_hardware(args.hardware)
@@ -235,26 +273,18 @@ def run_cli(args: argparse.Namespace) -> int:
     combos = list(itertools.product(rescales, batches, q_lens, kv_lens))
     if len(combos) > 1 and not args.sweep:
         raise ValueError("lists of values need --sweep")
-    if args.sweep and (args.trace or args.plot or args.sensitivity):
-        raise ValueError(
-            "--trace, --plot and --sensitivity apply to one configuration, not --sweep"
-        )
+    if args.sweep and (args.trace or args.plot):
+        raise ValueError("--trace and --plot apply to one configuration, not --sweep")
     if args.samples is not None and args.samples < 0:
         raise ValueError(f"--samples must be >= 0, got {args.samples}")
     samples = args.samples or 0
-    overrides: dict[str, object] = {}
-    if args.schedule is not None:
-        overrides["order"] = args.schedule
-    if args.preload_depth is not None:
-        overrides["preload_depth"] = args.preload_depth
-    if args.block_n is not None:
-        overrides["kv_block"] = args.block_n
-    if args.splits is not None:
-        overrides["splits"] = args.splits
-    overrides.update(_settings(args.set or []))
+    overrides = _overrides(args)
     results = []
     sampled: dict[int, tuple[float, float]] = {}
     tornado_rows: list[object] = []
+    # one calibration for every configuration: the anchor's re-fit at a parameter point
+    # depends on the hardware only, so a sweep computes it once per point
+    cal = Calibration(hw) if args.sensitivity else None
     noted = False
     for rescale, batch, q_len, kv_len in combos:
         wl = AttentionShape(
@@ -274,23 +304,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if not noted:
             note = long_run_note(hw, wl, sch, sensitivity=args.sensitivity, samples=samples)
             if note:
-                print(note, file=sys.stderr)
+                more = f", for the first of {len(combos)} configurations" if len(combos) > 1 else ""
+                print(note + more, file=sys.stderr)
             noted = True
-        if args.trace or args.plot:
-            from amla_numerics.pipeline.trace import write_gantt, write_trace  # matplotlib
-
-            res, sim = run(hw, wl, sch, keep_sim=True)  # type: ignore[misc]
-            clock = hw["sustained_clock_ghz"] if hw.kind == "gpu" else hw["clock_ghz"]
-            title = f"{hw.name} {rescale} {sch.order}: batch {batch}, s_q {q_len}, s_k {kv_len}"
-            if args.trace:
-                write_trace(args.trace, sim, clock, title)
-            if args.plot:
-                write_gantt(args.plot, sim, clock, title)
-        else:
-            res = run(hw, wl, sch)
+        res = _run_one(args, hw, wl, sch)
         if args.sensitivity:
-            tornado_rows = list(tornado(hw, wl, sch))
-            res = interval(hw, wl, sch, nominal=res)
+            if len(combos) == 1:
+                tornado_rows = list(tornado(hw, wl, sch))
+            res = interval(hw, wl, sch, nominal=res, calibration=cal)
         if samples:
             lo, hi = sampled_range(hw, wl, sch, samples=samples)
             sampled[id(res)] = (lo, hi)
@@ -320,6 +341,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{', '.join(MODEL_VARIANTS)}",
     )
     p.add_argument("--rescale", default=None, help="deprecated name of --variant")
+    _add_shape_arguments(p)
+    _add_schedule_arguments(p)
+    p.add_argument("--sweep", action="store_true", help="run every combination of the lists")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace JSON (Perfetto)")
+    p.add_argument("--plot", metavar="FILE", help="write a Gantt plot (PNG)")
+    p.set_defaults(handler=run_cli)
+
+
+def _add_shape_arguments(p: argparse.ArgumentParser) -> None:
+    """The attention shape: batch, lengths, heads, head dims, cache, mask."""
     p.add_argument("--batch", default="128", help="requests (with --sweep a comma list)")
     p.add_argument("--q-len", "--s-q", default="2", help="query tokens per request, s_q (list ok)")
     p.add_argument("--kv-len", "--s-k", default="16384", help="keys, s_k (list ok)")
@@ -343,6 +375,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--causal", action="store_true", help="causal mask (blocks above the diagonal skipped)"
     )
+
+
+def _add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    """The tiling, split and order, the uncertainty analyses and schedule overrides."""
     p.add_argument(
         "--block-n", type=int, default=None, help="KV block size (default: the kernel's)"
     )
@@ -384,8 +420,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a schedule field, e.g. kv_block=256 or l1_stream_buffers=2 "
         "(repeatable); a tiling that does not fit is rejected with the reason",
     )
-    p.add_argument("--sweep", action="store_true", help="run every combination of the lists")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace JSON (Perfetto)")
-    p.add_argument("--plot", metavar="FILE", help="write a Gantt plot (PNG)")
-    p.set_defaults(handler=run_cli)

@@ -150,6 +150,31 @@ class SimResult:
         return {k: v / t for k, v in out.items() if v > 0}
 
 
+def _queues(g: OpGraph) -> list[list[int]]:
+    """Each pipe's ops in program order."""
+    queues: list[list[int]] = [[] for _ in g.pipes]
+    for op, p in enumerate(g.pipe):
+        queues[p].append(op)
+    return queues
+
+
+def _dependents(g: OpGraph) -> list[list[tuple[int, float]]]:
+    """Per op: the ops that wait for it, with the latency of each wait."""
+    dependents: list[list[tuple[int, float]]] = [[] for _ in g.pipe]
+    for op, d in enumerate(g.deps):
+        for src, lat in d:
+            dependents[src].append((op, lat))
+    return dependents
+
+
+def _deadlock(g: OpGraph, queues: list[list[int]], head: list[int], done: int) -> RuntimeError:
+    n = len(g.pipe)
+    stuck = [g.label[q[h]] for q, h in zip(queues, head, strict=True) if h < len(q)]
+    return RuntimeError(
+        f"schedule deadlock: {n - done} operations never started; pipe heads: {stuck[:4]}"
+    )
+
+
 def simulate(graph: OpGraph) -> SimResult:
     """Run the discrete-event simulation of ``graph``.
 
@@ -161,31 +186,20 @@ def simulate(graph: OpGraph) -> SimResult:
     g = graph
     n = len(g.pipe)
     npipes = len(g.pipes)
-    queues: list[list[int]] = [[] for _ in range(npipes)]
-    for op, p in enumerate(g.pipe):
-        queues[p].append(op)
+    queues = _queues(g)
     head = [0] * npipes
-    pipe_free = [0.0] * npipes
-    pipe_last = [-1] * npipes
-    res_free = [0.0] * len(g.resources)
-    res_last = [-1] * len(g.resources)
+    pipe_free, pipe_last = [0.0] * npipes, [-1] * npipes
+    res_free, res_last = [0.0] * len(g.resources), [-1] * len(g.resources)
     limiter: list[str] = [""] * n
     inv_rate = g._inv_rate
     pending = [len(d) for d in g.deps]
     ready = [0.0] * n
     ready_from: list[tuple[str, int]] = [("", -1)] * n
-    dependents: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-    for op, d in enumerate(g.deps):
-        for src, lat in d:
-            dependents[src].append((op, lat))
-    start = [0.0] * n
-    end = [0.0] * n
+    dependents = _dependents(g)
+    start, end = [0.0] * n, [0.0] * n
     blame: list[tuple[str, int]] = [("", -1)] * n
-    heap: list[tuple[float, int]] = []
-
-    for p in range(npipes):
-        if queues[p] and pending[queues[p][0]] == 0:
-            heapq.heappush(heap, (ready[queues[p][0]], queues[p][0]))
+    heap = [(0.0, q[0]) for q in queues if q and pending[q[0]] == 0]  # ready at cycle 0
+    heapq.heapify(heap)
     done = 0
     pop, push = heapq.heappop, heapq.heappush
     pipe_of, cycles_of, demands_of = g.pipe, g.cycles, g.demands
@@ -240,10 +254,7 @@ def simulate(graph: OpGraph) -> SimResult:
                     pf = pipe_free[q2]
                     push(heap, (ready[nxt] if ready[nxt] > pf else pf, nxt))
     if done != n:
-        stuck = [g.label[queues[p][head[p]]] for p in range(npipes) if head[p] < len(queues[p])]
-        raise RuntimeError(
-            f"schedule deadlock: {n - done} operations never started; pipe heads: {stuck[:4]}"
-        )
+        raise _deadlock(g, queues, head, done)
     # An op released by its pipe predecessor: the gap is charged to nothing (it is 0).
     blame = [(w or "latency", pr) for w, pr in blame]
     return SimResult(graph=g, start=start, end=end, blame=blame, limiter=limiter)

@@ -138,6 +138,7 @@ class Calibration:
             field = a.role.removeprefix("fit ").strip()
             if (
                 a.role.startswith("fit ")
+                and a.timing == "kernel"
                 and a.hardware == hw.name
                 and field not in hw.ranges
                 and a.metric == "tflops"

@@ -170,26 +170,23 @@ def _divides(field: str, a: int, b_name: str, b: int) -> None:
         raise ValueError(f"schedule.{field} ({a}) must divide {b_name} ({b})")
 
 
-def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str, tuple[int, int]]:
-    """Check that the schedule's tiles fit every buffer; return name -> (used, capacity) bytes.
+def _check_smem(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str, tuple[int, int]]:
+    """A GPU: Q, two KV stages and P in shared memory."""
+    smem = int(hw["smem_bytes"])
+    q = sch.m_tile * wl.d_qk * 2
+    kv = 2 * sch.kv_block * wl.cache_token_bytes
+    p = sch.m_tile * sch.kv_block * 2
+    used = q + kv + p
+    if used > smem:
+        raise ValueError(
+            f"schedule.kv_block: the tiling does not fit shared memory: Q {_kb(q)}"
+            f" + 2 KV stages {_kb(kv)} + P {_kb(p)} = {_kb(used)} > {_kb(smem)}"
+        )
+    return {"SMEM": (used, smem)}
 
-    Raises
-    ------
-    ValueError
-        Naming the schedule field and the buffer that overflows, with the arithmetic.
-    """
-    if hw.kind == "gpu":
-        smem = int(hw["smem_bytes"])
-        q = sch.m_tile * wl.d_qk * 2
-        kv = 2 * sch.kv_block * wl.cache_token_bytes
-        p = sch.m_tile * sch.kv_block * 2
-        used = q + kv + p
-        if used > smem:
-            raise ValueError(
-                f"schedule.kv_block: the tiling does not fit shared memory: Q {_kb(q)}"
-                f" + 2 KV stages {_kb(kv)} + P {_kb(p)} = {_kb(used)} > {_kb(smem)}"
-            )
-        return {"SMEM": (used, smem)}
+
+def _check_divisors(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
+    """Every tile divides what it tiles; returns the rows per vector core."""
     _divides("cube_m", sch.cube_m, "m_tile", sch.m_tile)
     _divides("cube_n", sch.cube_n, "kv_block", sch.kv_block)
     _divides("cube_n", sch.cube_n, "d_v", wl.d_v)
@@ -202,8 +199,11 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
         raise ValueError(
             f"schedule.vec_rows ({sch.vec_rows}) must divide the rows per vector core ({per_aiv})"
         )
-    out: dict[str, tuple[int, int]] = {}
-    # L1: Q resident + streaming blocks; every streamed chunk must fit one block.
+    return per_aiv
+
+
+def _check_l1(hw: Hardware, wl: AttentionShape, sch: Schedule) -> tuple[int, int]:
+    """L1: Q resident + streaming blocks; every streamed chunk must fit one block."""
     l1 = int(hw["l1_bytes"])
     chunks = {"l1_k_qk": sch.cube_n * sch.l1_k_qk * 2, "l1_k_pv": sch.cube_m * sch.l1_k_pv * 2}
     for field, size in chunks.items():
@@ -220,7 +220,12 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
             f"{sch.l1_stream_buffers} x {_kb(sch.l1_block_bytes)} = {_kb(used)} > "
             f"{_kb(l1)}"
         )
-    out["L1"] = (used, l1)
+    return used, l1
+
+
+def _check_l0(hw: Hardware, sch: Schedule) -> dict[str, tuple[int, int]]:
+    """L0A/L0B ping-pong pairs and the L0C output tiles."""
+    out: dict[str, tuple[int, int]] = {}
     k0 = max(sch.l0_k_qk, sch.l0_k_pv)
     for buf, size in (("L0A", sch.cube_m * k0 * 2), ("L0B", k0 * sch.cube_n * 2)):
         cap = int(hw[f"{buf.lower()}_bytes"])
@@ -231,6 +236,11 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
                 f"{sch.l0_buffers} x {_kb(size)} = {_kb(used)} > {_kb(cap)}"
             )
         out[buf] = (used, cap)
+    return out
+
+
+def _check_l1_resident(wl: AttentionShape, sch: Schedule) -> None:
+    """The L1 chunks of one output column stay resident while its row sub-tiles use them."""
     kc = max(wl.d_qk // sch.l1_k_qk, sch.kv_block // sch.l1_k_pv)
     if sch.l1_stream_buffers < kc:
         raise ValueError(
@@ -238,6 +248,9 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
             f"L1 chunks of one output column ({kc}): they stay resident while "
             "every row sub-tile uses them"
         )
+
+
+def _check_l0c(hw: Hardware, sch: Schedule) -> tuple[int, int]:
     cap = int(hw["l0c_bytes"])
     size = sch.cube_m * sch.cube_n * 4
     used = sch.l0c_buffers * size
@@ -246,7 +259,11 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
             f"schedule.l0c_buffers: the tiling does not fit L0C: {sch.l0c_buffers} x "
             f"{_kb(size)} = {_kb(used)} > {_kb(cap)}"
         )
-    out["L0C"] = (used, cap)
+    return used, cap
+
+
+def _check_ub(hw: Hardware, wl: AttentionShape, sch: Schedule, per_aiv: int) -> tuple[int, int]:
+    """UB: the S/A/O sub-tiles, the row vectors and (UB-resident design) O itself."""
     cap = int(hw["ub_bytes"])
     tile = sch.vec_rows * (sch.kv_block * 4 + sch.kv_block * 2 + wl.d_v * 4)
     rowvec = per_aiv * 4 * 8  # m, l, n, r^, cof, N, scale, spare: FP32/INT32 per row
@@ -259,7 +276,25 @@ def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str,
             f"{_kb(tile)} (S fp32 + A bf16 + O fp32 for {sch.vec_rows} rows) + "
             f"{_kb(rowvec)} row vectors{extra} = {_kb(used)} > {_kb(cap)}"
         )
-    out["UB"] = (used, cap)
+    return used, cap
+
+
+def check_capacity(hw: Hardware, wl: AttentionShape, sch: Schedule) -> dict[str, tuple[int, int]]:
+    """Check that the schedule's tiles fit every buffer; return name -> (used, capacity) bytes.
+
+    Raises
+    ------
+    ValueError
+        Naming the schedule field and the buffer that overflows, with the arithmetic.
+    """
+    if hw.kind == "gpu":
+        return _check_smem(hw, wl, sch)
+    per_aiv = _check_divisors(hw, wl, sch)
+    l1 = _check_l1(hw, wl, sch)
+    out: dict[str, tuple[int, int]] = {"L1": l1, **_check_l0(hw, sch)}
+    _check_l1_resident(wl, sch)
+    out["L0C"] = _check_l0c(hw, sch)
+    out["UB"] = _check_ub(hw, wl, sch, per_aiv)
     return out
 
 

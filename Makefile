@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 report: $(STAMP)
 	$(PY) -m amla_numerics report --out $(REPORT_DIR)
 
+# two test workers on two cores, one BLAS thread each (more threads spin against the other worker)
 test: $(STAMP)
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -29,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Iterable, Mapping
+from itertools import pairwise
 
-__all__ = ["OpGraph", "SimResult", "simulate"]
+__all__ = ["OpGraph", "SimResult", "deadlock_error", "simulate"]
 
 
 class OpGraph:
@@ -52,12 +53,44 @@ class OpGraph:
         self._inv_rate = [1.0 / float(rates[r]) for r in self.resources]
         self.pipe: list[int] = []
         self.cycles: list[float] = []
-        self.deps: list[list[tuple[int, float]]] = []
-        self.demands: list[list[tuple[int, float]]] = []
         self.label: list[str] = []
+        # every op's dependencies (source, latency) and demands (resource, bytes), flat:
+        # op i owns the slices dep_end[i - 1]:dep_end[i] and dem_end[i - 1]:dem_end[i]
+        self.dep_src: list[int] = []
+        self.dep_lat: list[float] = []
+        self.dep_end: list[int] = []
+        self.dem_res: list[int] = []
+        self.dem_bytes: list[float] = []
+        self.dem_end: list[int] = []
+        self._lists: tuple[list[list[tuple[int, float]]], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.pipe)
+
+    @property
+    def deps(self) -> list[list[tuple[int, float]]]:
+        """Per op: its dependencies as (op id, latency) pairs."""
+        return self._per_op()[0]
+
+    @property
+    def demands(self) -> list[list[tuple[int, float]]]:
+        """Per op: its demands as (resource index, bytes) pairs."""
+        return self._per_op()[1]
+
+    def _per_op(self) -> tuple[list[list[tuple[int, float]]], ...]:
+        if self._lists is None:
+            self._lists = tuple(
+                [list(zip(a[i:j], b[i:j], strict=True)) for i, j in pairwise([0, *end])]
+                for a, b, end in (
+                    (self.dep_src, self.dep_lat, self.dep_end),
+                    (self.dem_res, self.dem_bytes, self.dem_end),
+                )
+            )
+        return self._lists
+
+    def inv_rates(self) -> list[float]:
+        """Cycles per byte of each resource, in :attr:`resources` order."""
+        return list(self._inv_rate)
 
     def set_rates(self, rates: Mapping[str, float]) -> None:
         """Change the bytes per cycle of existing resources (the ops stay as they are)."""
@@ -78,19 +111,23 @@ class OpGraph:
         ``deps`` are op ids or (op id, latency) pairs; ``demands`` are (resource, bytes).
         """
         n = len(self.pipe)
-        d = []
+        src, lat = self.dep_src, self.dep_lat
         for x in deps:
-            op, lat = (x, 0.0) if isinstance(x, int) else (x[0], float(x[1]))
+            op = x if isinstance(x, int) else x[0]
             if not 0 <= op < n:
                 raise ValueError(f"dependency {op} of a new op must be an existing op id (< {n})")
-            d.append((op, lat))
-        res = self._res_index
-        dem = [(res[r], float(b)) for r, b in demands if b > 0] if demands else []
+            src.append(op)
+            lat.append(0.0 if isinstance(x, int) else float(x[1]))
+        for r, b in demands:
+            if b > 0:
+                self.dem_res.append(self._res_index[r])
+                self.dem_bytes.append(float(b))
+        self.dep_end.append(len(src))
+        self.dem_end.append(len(self.dem_res))
         self.pipe.append(self._pipe_index[pipe])
         self.cycles.append(float(cycles))
-        self.deps.append(d)
-        self.demands.append(dem)
         self.label.append(label)
+        self._lists = None
         return n
 
 
@@ -120,9 +157,8 @@ class SimResult:
         """Resource name -> cycles of demand (bytes / rate)."""
         g = self.graph
         busy = dict.fromkeys(g.resources, 0.0)
-        for dem in g.demands:
-            for r, b in dem:
-                busy[g.resources[r]] += b * g._inv_rate[r]
+        for r, b in zip(g.dem_res, g.dem_bytes, strict=True):
+            busy[g.resources[r]] += b * g._inv_rate[r]
         return busy
 
     def critical_path_attribution(self) -> dict[str, float]:
@@ -167,9 +203,11 @@ def _dependents(g: OpGraph) -> list[list[tuple[int, float]]]:
     return dependents
 
 
-def _deadlock(g: OpGraph, queues: list[list[int]], head: list[int], done: int) -> RuntimeError:
+def deadlock_error(g: OpGraph, heads: list[int], done: int) -> RuntimeError:
+    """The error of a simulation that ran ``done`` ops; ``heads``: the ops waiting at the
+    head of their pipes."""
     n = len(g.pipe)
-    stuck = [g.label[q[h]] for q, h in zip(queues, head, strict=True) if h < len(q)]
+    stuck = [g.label[op] for op in heads]
     return RuntimeError(
         f"schedule deadlock: {n - done} operations never started; pipe heads: {stuck[:4]}"
     )
@@ -254,7 +292,8 @@ def simulate(graph: OpGraph) -> SimResult:
                     pf = pipe_free[q2]
                     push(heap, (ready[nxt] if ready[nxt] > pf else pf, nxt))
     if done != n:
-        raise _deadlock(g, queues, head, done)
+        heads = [q[h] for q, h in zip(queues, head, strict=True) if h < len(q)]
+        raise deadlock_error(g, heads, done)
     # An op released by its pipe predecessor: the gap is charged to nothing (it is 0).
     blame = [(w or "latency", pr) for w, pr in blame]
     return SimResult(graph=g, start=start, end=end, blame=blame, limiter=limiter)

@@ -34,7 +34,17 @@ import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 
-from amla_numerics.pipeline.des import OpGraph, SimResult, simulate
+import numpy as np
+
+from amla_numerics.pipeline.des import OpGraph, SimResult
+from amla_numerics.pipeline.eventloop import (
+    Events,
+    Frozen,
+    freeze,
+    run_events,
+    simulate_compiled,
+    walk,
+)
 from amla_numerics.pipeline.graph import Block, block_sequence, build_graph
 from amla_numerics.pipeline.plan import Plan
 
@@ -180,31 +190,6 @@ class PeriodicSim:
         return dict(self.attribution)
 
 
-def _walk(sim: SimResult) -> tuple[list[int], list[tuple[str, float, str, float]]]:
-    """The critical-path walk of :meth:`SimResult.critical_path_attribution`, op by op:
-    the visited ops and, per op, (its duration's name, duration, its gap's name, gap)."""
-    g = sim.graph
-    op = max(range(len(sim.end)), key=sim.end.__getitem__)
-    ops, parts = [], []
-    while op >= 0:
-        name = sim.limiter[op] if sim.limiter else g.pipes[g.pipe[op]]
-        why, pred = sim.blame[op]
-        gap = sim.start[op] - (sim.end[pred] if pred >= 0 else 0.0)
-        ops.append(op)
-        parts.append(
-            (name, sim.end[op] - sim.start[op], why, gap if gap > 0 and pred >= 0 else 0.0)
-        )
-        op = pred
-    return ops, parts
-
-
-def _add(out: dict[str, float], parts: Sequence[tuple[str, float, str, float]], k: float) -> None:
-    for name, dur, why, gap in parts:
-        out[name] = out.get(name, 0.0) + k * dur
-        if gap:
-            out[why] = out.get(why, 0.0) + k * gap
-
-
 class _Failed(Exception):
     """A run did not reach a checkable steady state in the kept blocks."""
 
@@ -216,83 +201,99 @@ def _window(first: int, kept: int) -> tuple[int, int]:
     return lo, first + kept - TAIL - 1
 
 
-def _shifted(sim: SimResult, a: list[int], c: list[int]) -> float:
+def _shifted(ev: Events, pipe: np.ndarray, a: np.ndarray, c: np.ndarray) -> float:
     """The common shift of ops ``c`` over ops ``a`` (every start and end), else _Failed."""
-    g = sim.graph
     if len(a) != len(c):
         raise _Failed
-    shift = sim.start[c[0]] - sim.start[a[0]]
+    st, en = ev.start, ev.end
+    shift = float(st[c[0]] - st[a[0]])
     tol = SHIFT_RTOL * max(abs(shift), 1.0)
-    st, en, pipe = sim.start, sim.end, g.pipe
-    for x, y in zip(a, c, strict=True):
-        if (
-            pipe[x] != pipe[y]
-            or abs(st[y] - st[x] - shift) > tol
-            or abs(en[y] - en[x] - shift) > tol
-        ):
-            raise _Failed
+    if (
+        (pipe[a] != pipe[c]).any()
+        or (np.abs(st[c] - st[a] - shift) > tol).any()
+        or (np.abs(en[c] - en[a] - shift) > tol).any()
+    ):
+        raise _Failed
     return shift
 
 
 def _segment(
-    by_block: dict[int, list[int]],
-    position: dict[int, int],
-    parts: list[tuple[str, float, str, float]],
-    pairs: Sequence[tuple[int, int]],
-) -> list[tuple[str, float, str, float]]:
-    """The walk between an op of a later block and the same op of its earlier copy."""
+    by_block: list[np.ndarray], position: np.ndarray, pairs: Sequence[tuple[int, int]]
+) -> tuple[int, int]:
+    """The walk's slice between an op of a later block and the same op of its earlier copy."""
     for early, late in pairs:
-        for x, y in zip(by_block[early], by_block[late], strict=True):
-            if y in position and x in position and position[x] > position[y]:
-                return parts[position[y] : position[x]]
+        px, py = position[by_block[early]], position[by_block[late]]
+        hit = np.flatnonzero((px >= 0) & (py >= 0) & (px > py))
+        if hit.size:
+            return int(py[hit[0]]), int(px[hit[0]])
     raise _Failed
 
 
-def _extrapolate(sim: SimResult, short: Shortened) -> PeriodicSim:
-    g: OpGraph = sim.graph
-    by_block: dict[int, list[int]] = {}
-    for op, lab in enumerate(g.label):
-        by_block.setdefault(_block_of(lab), []).append(op)
-    makespan = sim.makespan
-    busy = sim.pipe_busy()
-    demand = sim.resource_busy()
-    walk_ops, parts = _walk(sim)
-    position = {op: i for i, op in enumerate(walk_ops)}
-    extra: dict[str, float] = {}
+class _Totals:
+    """The busy cycles, demand and makespan of a short simulation, grown by repeated blocks
+    (the same float operations, in the same order, as the reference's sums)."""
+
+    def __init__(self, ev: Events, g: OpGraph, f: Frozen) -> None:
+        self.ev, self.f = ev, f
+        self.inv = np.asarray(g.inv_rates())
+        self.busy = np.bincount(f.pipe, ev.end - ev.start, minlength=len(g.pipes))
+        self.dem_cycles = f.dem_bytes * self.inv[f.dem_res]
+        self.demand = np.bincount(f.dem_res, self.dem_cycles, minlength=len(g.resources))
+        self.makespan = float(ev.end.max())
+
+    def repeat(self, ops: np.ndarray, times: int) -> None:
+        ev, f = self.ev, self.f
+        np.add.at(self.busy, f.pipe[ops], times * (ev.end[ops] - ev.start[ops]))
+        ks = np.concatenate([np.arange(f.dem_ptr[op], f.dem_ptr[op + 1]) for op in ops])
+        if ks.size:
+            res = f.dem_res[ks]
+            np.add.at(self.demand, res, times * f.dem_bytes[ks] * self.inv[res])
+
+
+def _extrapolate(ev: Events, g: OpGraph, f: Frozen, short: Shortened) -> PeriodicSim:
+    block = np.fromiter(map(_block_of, g.label), np.int64, len(g))
+    order = np.argsort(block, kind="stable")
+    by_block = np.split(order, np.flatnonzero(np.diff(block[order])) + 1)
+    tot = _Totals(ev, g, f)
+    path = walk(ev, g, f)
+    position = np.full(len(g), -1, np.int64)
+    position[path.ops] = np.arange(path.ops.size)
+    codes = len(g.pipes) + len(g.resources) + 1
+    extra = np.zeros(codes)
     removed = 0
-
-    def repeat(ops: Sequence[int], times: int) -> None:
-        for op in ops:
-            busy[g.pipes[g.pipe[op]]] += times * (sim.end[op] - sim.start[op])
-            for r, b in g.demands[op]:
-                demand[g.resources[r]] += times * b * g._inv_rate[r]
-
     for first, kept, rem in short.runs:
         lo, hi = _window(first, kept)
         period = 0.0
         for b in range(lo, hi):
-            period = _shifted(sim, by_block[b], by_block[b + 1])
-        seg = _segment(by_block, position, parts, [(b, b + 1) for b in range(hi - 1, lo - 1, -1)])
-        makespan += rem * period
-        repeat(by_block[lo], rem)
-        _add(extra, seg, rem)
+            period = _shifted(ev, f.pipe, by_block[b], by_block[b + 1])
+        a, z = _segment(by_block, position, [(b, b + 1) for b in range(hi - 1, lo - 1, -1)])
+        tot.makespan += rem * period
+        tot.repeat(by_block[lo], rem)
+        path.charge(extra, a, z, rem)
         removed += rem
     for first, size, dropped, run in short.units:
         lo, hi = _window(*short.runs[run][:2])
         shift = 0.0
         for b in range(lo, hi + 1):
-            shift = _shifted(sim, by_block[b], by_block[b + size])
-        seg = _segment(by_block, position, parts, [(b, b + size) for b in range(hi, lo - 1, -1)])
-        makespan += dropped * shift
-        repeat([op for b in range(first + size, first + 2 * size) for op in by_block[b]], dropped)
-        _add(extra, seg, dropped)
+            shift = _shifted(ev, f.pipe, by_block[b], by_block[b + size])
+        a, z = _segment(by_block, position, [(b, b + size) for b in range(hi, lo - 1, -1)])
+        tot.makespan += dropped * shift
+        tot.repeat(np.concatenate(by_block[first + size : first + 2 * size]), dropped)
+        path.charge(extra, a, z, dropped)
         removed += dropped * size
-    cp: dict[str, float] = {}
-    _add(cp, parts, 1.0)
-    for k, v in extra.items():
-        cp[k] = cp.get(k, 0.0) + v
-    attribution = {k: v / makespan for k, v in cp.items() if v > 0}
-    return PeriodicSim(makespan, busy, demand, attribution, removed)
+    cp = np.zeros(codes)
+    path.charge(cp)
+    cp += extra
+    names = [*g.pipes, *g.resources, "latency"]
+    share = (cp / tot.makespan).tolist()
+    attribution = {names[c]: share[c] for c in path.order().tolist() if cp[c] > 0}
+    return PeriodicSim(
+        tot.makespan,
+        dict(zip(g.pipes, tot.busy.tolist(), strict=True)),
+        dict(zip(g.resources, tot.demand.tolist(), strict=True)),
+        attribution,
+        removed,
+    )
 
 
 class PeriodicSimulator:
@@ -302,26 +303,26 @@ class PeriodicSimulator:
         self.full = block_sequence(plan)
         self.plan = plan
         self.keep = keep
-        self._graphs: dict[int, tuple[Shortened, OpGraph]] = {}
+        self._graphs: dict[int, tuple[Shortened, OpGraph, Frozen]] = {}
 
-    def _graph(self, keep: int) -> tuple[Shortened, OpGraph]:
+    def _graph(self, keep: int) -> tuple[Shortened, OpGraph, Frozen]:
         if keep not in self._graphs:
             short = shorten(self.full, keep)
-            self._graphs[keep] = short, build_graph(self.plan, short.blocks).graph
+            graph = build_graph(self.plan, short.blocks).graph
+            self._graphs[keep] = short, graph, freeze(graph)
         return self._graphs[keep]
 
     def __call__(self, rates: Mapping[str, float] | None = None) -> PeriodicSim | SimResult:
         """Simulate at ``rates`` (None: the plan's); the reference result when nothing is cut."""
         keep = self.keep
         while True:
-            short, graph = self._graph(keep)
+            short, graph, frozen = self._graph(keep)
             if rates is not None:
                 graph.set_rates(rates)
-            sim = simulate(graph)
             if not short.runs:
-                return sim
+                return simulate_compiled(graph, frozen)
             try:
-                return _extrapolate(sim, short)
+                return _extrapolate(run_events(graph, frozen), graph, frozen, short)
             except _Failed:
                 keep = 2 * keep if 2 * keep < len(self.full) else len(self.full)
 

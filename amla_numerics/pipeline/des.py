@@ -113,15 +113,20 @@ class OpGraph:
         n = len(self.pipe)
         src, lat = self.dep_src, self.dep_lat
         for x in deps:
-            op = x if isinstance(x, int) else x[0]
+            if isinstance(x, int):
+                op, wait = x, 0.0
+            else:
+                op, wait = x[0], float(x[1])
             if not 0 <= op < n:
                 raise ValueError(f"dependency {op} of a new op must be an existing op id (< {n})")
             src.append(op)
-            lat.append(0.0 if isinstance(x, int) else float(x[1]))
-        for r, b in demands:
-            if b > 0:
-                self.dem_res.append(self._res_index[r])
-                self.dem_bytes.append(float(b))
+            lat.append(wait)
+        if demands:
+            res, dem_res, dem_bytes = self._res_index, self.dem_res, self.dem_bytes
+            for r, b in demands:
+                if b > 0:
+                    dem_res.append(res[r])
+                    dem_bytes.append(float(b))
         self.dep_end.append(len(src))
         self.dem_end.append(len(self.dem_res))
         self.pipe.append(self._pipe_index[pipe])

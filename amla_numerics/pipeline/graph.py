@@ -183,45 +183,40 @@ class _Ascend:
         mte1_bytes, cube = c.mte1 / (chunks * tm), c.cube / (chunks * tm)
         fix_bytes = c.fix / (c.cols * tm)
         chip = fix_bytes if fix_chip is None else fix_chip
+        load_dem = [
+            ("L2 read port", mte2_bytes),
+            ("L2 (chip share)", mte2_bytes),
+            ("HBM (chip share)", hbm),
+        ]
+        fix_dem = [("L2 write port", fix_bytes), ("L2 (chip share)", chip)]
+        mte1_cycles, fix_cycles = mte1_bytes / self.hw["mte1_bpc"], fix_bytes / self.hw["fix_bpc"]
+        back, l0, l0c = sch.l1_stream_buffers, sch.l0_buffers, sch.l0c_buffers
         for i_col in range(c.cols):
             loads = []
             for i in range(kc):
                 d = list(load_deps) if i == 0 and i_col == 0 else []
-                back = sch.l1_stream_buffers  # an L1 block is free once its last use moved on
-                if len(self.l1_last_use) >= back:
+                if len(self.l1_last_use) >= back:  # an L1 block is free once its last use moved on
                     d.append((self.l1_last_use[-back], 0.0))
-                loads.append(
-                    g.add(
-                        "AIC.MTE2",
-                        0.0,
-                        d,
-                        [
-                            ("L2 read port", mte2_bytes),
-                            ("L2 (chip share)", mte2_bytes),
-                            ("HBM (chip share)", hbm),
-                        ],
-                        label,
-                    )
-                )
+                loads.append(g.add("AIC.MTE2", 0.0, d, load_dem, label))
                 self.l1_last_use.append(-1)
             self.mte2_ops.append(loads[-1])
             for i_m in range(tm):
                 for i in range(kc):
                     d1 = [(loads[i], 0.0)]
-                    if len(self.cube_ops) >= sch.l0_buffers:  # L0A/L0B ping-pong
-                        d1.append((self.cube_ops[-sch.l0_buffers], 0.0))
-                    m1 = g.add("AIC.MTE1", mte1_bytes / self.hw["mte1_bpc"], d1, (), label)
+                    if len(self.cube_ops) >= l0:  # L0A/L0B ping-pong
+                        d1.append((self.cube_ops[-l0], 0.0))
+                    m1 = g.add("AIC.MTE1", mte1_cycles, d1, (), label)
                     self.l1_last_use[len(self.l1_last_use) - kc + i] = m1
                     dc = [(m1, 0.0)]
-                    if i == 0 and len(self.fix_ops) >= sch.l0c_buffers:  # a free L0C tile
-                        dc.append((self.fix_ops[-sch.l0c_buffers], 0.0))
+                    if i == 0 and len(self.fix_ops) >= l0c:  # a free L0C tile
+                        dc.append((self.fix_ops[-l0c], 0.0))
                     self.cube_ops.append(g.add("AIC.Cube", cube, dc, (), label))
                 self.fix_ops.append(
                     g.add(
                         "AIC.FIX",
-                        fix_bytes / self.hw["fix_bpc"],
+                        fix_cycles,
                         [(self.cube_ops[-1], 0.0), *(fix_deps if i_m == 0 and i_col == 0 else [])],
-                        [("L2 write port", fix_bytes), ("L2 (chip share)", chip)],
+                        fix_dem,
                         label,
                     )
                 )
@@ -279,35 +274,26 @@ class _Ascend:
         read, vec, write, atomic = st.read / subs, st.vec / subs, st.write / subs, st.atomic / subs
         hbm = st.hbm / subs if count_hbm else 0.0
         ub = self.ub_out[v]
+        nub = self.sch.ub_buffers
+        mte2, vector, mte3 = f"AIV{v}.MTE2", f"AIV{v}.Vector", f"AIV{v}.MTE3"
+        read_cycles = read / hw["aiv_mte2_bpc"]
+        read_dem = [("L2 read port", read), ("L2 (chip share)", read), ("HBM (chip share)", hbm)]
+        cyc = write / hw["mte3_bpc"] + atomic / hw["atomic_bpc"]
+        write_dem = [
+            ("L2 write port", write + atomic),
+            ("L2 (chip share)", write + atomic * (1.0 + self.plan.rmw)),
+        ]
         last = (-1, -1)
         for s in range(subs):
             d = list(deps) if s == 0 else []
-            if len(ub) >= self.sch.ub_buffers:
-                d.append((ub[-self.sch.ub_buffers], 0.0))
+            if len(ub) >= nub:
+                d.append((ub[-nub], 0.0))
             prev = None
             if read > 0 or hbm > 0:
-                prev = g.add(
-                    f"AIV{v}.MTE2",
-                    read / hw["aiv_mte2_bpc"],
-                    d,
-                    [("L2 read port", read), ("L2 (chip share)", read), ("HBM (chip share)", hbm)],
-                    label,
-                )
+                prev = g.add(mte2, read_cycles, d, read_dem, label)
                 d = []
-            vo = g.add(
-                f"AIV{v}.Vector", vec, d + ([(prev, 0.0)] if prev is not None else []), (), label
-            )
-            cyc = write / hw["mte3_bpc"] + atomic / hw["atomic_bpc"]
-            wo = g.add(
-                f"AIV{v}.MTE3",
-                cyc,
-                [(vo, 0.0), *(write_deps if s == 0 else [])],
-                [
-                    ("L2 write port", write + atomic),
-                    ("L2 (chip share)", write + atomic * (1.0 + self.plan.rmw)),
-                ],
-                label,
-            )
+            vo = g.add(vector, vec, d + ([(prev, 0.0)] if prev is not None else []), (), label)
+            wo = g.add(mte3, cyc, [(vo, 0.0), *(write_deps if s == 0 else [])], write_dem, label)
             ub.append(wo)
             last = (vo if prev is None else prev), wo
         return last

@@ -244,8 +244,9 @@ class _Totals:
     def repeat(self, ops: np.ndarray, times: int) -> None:
         ev, f = self.ev, self.f
         np.add.at(self.busy, f.pipe[ops], times * (ev.end[ops] - ev.start[ops]))
-        ks = np.concatenate([np.arange(f.dem_ptr[op], f.dem_ptr[op + 1]) for op in ops])
-        if ks.size:
+        first, count = f.dem_ptr[ops], f.dem_ptr[ops + 1] - f.dem_ptr[ops]
+        ks = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(count.sum())
+        if ks.size:  # every op's demands, op after op
             res = f.dem_res[ks]
             np.add.at(self.demand, res, times * f.dem_bytes[ks] * self.inv[res])
 

@@ -101,11 +101,14 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-#: CPU seconds per simulated KV block of one run on the 2-core development machine under
-#: load (the report's configuration: 22 simulated blocks in 0.05-0.09 s).
-SECONDS_PER_BLOCK = 4e-3
-#: Anchor simulations per re-fitted parameter point (secant steps of the re-fit).
-REFITS_PER_POINT = 5
+#: CPU seconds per simulated KV block of one run on the 2-core development machine: the
+#: mean over the runs of a box search (591 runs, 26 ms each for 22 blocks: the re-fits' far
+#: points need up to three simulations and longer steady-state checks; the report's
+#: configuration alone takes 11-13 ms, ``experiments/bench_pipeline.py``).
+SECONDS_PER_BLOCK = 1.2e-3
+#: Anchor simulations per re-fitted parameter point (secant steps of the re-fit; 480 for 128
+#: points in the bounds of ascend910c amla batch 8, s_q 1, s_k 1024).
+REFITS_PER_POINT = 4
 
 
 def long_run_note(
@@ -114,8 +117,8 @@ def long_run_note(
     """One line estimating a long run's time (None when it takes under 5 s).
 
     Simulations: 1 nominal; with ``sensitivity`` the tornado (2 per ranged parameter) and
-    the box search (one-at-a-time ends, the vertices and up to two pattern-search passes per
-    level and end, each with :data:`REFITS_PER_POINT` simulations of the anchor when a
+    the box search (one-at-a-time ends, the vertices and one pattern-search pass per level
+    and end, each with :data:`REFITS_PER_POINT` simulations of the anchor when a
     constant is re-fitted);
     ``samples`` more. Each costs the blocks it simulates (periodic runs cut) x
     :data:`SECONDS_PER_BLOCK`.
@@ -125,7 +128,7 @@ def long_run_note(
     sims, anchor = 1 + samples, 0
     if sensitivity:
         points = 2 * n + 2 * (2 ** min(n, ALL_VERTICES if n <= ALL_VERTICES else TOP))
-        points += 2 * LEVELS * 2 * 2 * n
+        points += 2 * LEVELS * 2 * n  # one pass per level and end (a second if one improved)
         sims += 2 * n + points
         a = Calibration(hw).anchor
         if a is not None:

@@ -188,8 +188,10 @@ def split_work(hw: Hardware, wl: AttentionShape, sch: Schedule) -> WorkSplit:
 
 
 #: The most KV blocks the event simulation runs on the busiest core. Measured on the 2-core
-#: development machine: about 10 ms and 160 KB of operation graph per block (batch 128, s_q 2,
-#: 16K and 64K keys), so the cap is about 100 s and 1.6 GB; beyond it a configuration is refused.
+#: development machine (batch 128, s_q 2, 1.6M keys: 8,534 blocks): the reference simulation
+#: of every block takes 29 s and 1.8 GB (about 3.4 ms and 210 KB a block), so the cap is about
+#: 35 s and 2 GB when every block is simulated (the fast path took 0.3 s there: its periodic
+#: runs are cut); beyond it a configuration is refused.
 MAX_SIMULATED_BLOCKS: int = 10_000
 #: Above this many blocks on the busiest core, the CLI notes the estimated time on stderr.
 LONG_SIMULATION_BLOCKS: int = 1_000
@@ -237,7 +239,7 @@ def check_size(hw: Hardware, wl: AttentionShape, sch: Schedule) -> int:
     if blocks > MAX_SIMULATED_BLOCKS:
         raise ValueError(
             f"the configuration needs about {blocks:,} KV blocks on the busiest core, more than "
-            f"the {MAX_SIMULATED_BLOCKS:,} the event simulation handles (about 100 s, 1.6 GB);"
+            f"the {MAX_SIMULATED_BLOCKS:,} the event simulation handles (about 35 s, 2 GB);"
             " use a shorter kv_len, a larger block, or fewer requests per core"
         )
     return blocks

@@ -27,6 +27,7 @@ import platform
 import tempfile
 import time
 
+from amla_numerics.cli.pipeline import long_run_note
 from amla_numerics.pipeline.des import simulate
 from amla_numerics.pipeline.extremes import Calibration
 from amla_numerics.pipeline.graph import block_sequence, build_graph
@@ -109,7 +110,9 @@ def bench_intervals(hw, configs, n: int) -> None:
         t_shared = _cpu(lambda wl=wl, sch=sch: interval(hw, wl, sch, calibration=shared))
         alone.append(t_alone)
         shared_t.append(t_shared)
+        note = long_run_note(hw, wl, sch, sensitivity=True, samples=0) or "under 5 s"
         print(f"  bounds of {case}: {t_alone:.1f} s alone, {t_shared:.1f} s in the shared sweep")
+        print(f"    the command line's estimate: {note.removeprefix('amla-numerics: ')}")
     mean_alone = sum(alone) / n
     mean_later = sum(shared_t[1:]) / max(1, n - 1)
     print(

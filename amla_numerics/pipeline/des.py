@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from array import array
 from collections.abc import Iterable, Mapping
 from itertools import pairwise
 
@@ -51,17 +52,18 @@ class OpGraph:
         self.resources: list[str] = list(rates)
         self._res_index = {r: i for i, r in enumerate(self.resources)}
         self._inv_rate = [1.0 / float(rates[r]) for r in self.resources]
-        self.pipe: list[int] = []
-        self.cycles: list[float] = []
+        # typed arrays (the standard library's): numpy reads them without a copy
+        self.pipe = array("q")
+        self.cycles = array("d")
         self.label: list[str] = []
         # every op's dependencies (source, latency) and demands (resource, bytes), flat:
         # op i owns the slices dep_end[i - 1]:dep_end[i] and dem_end[i - 1]:dem_end[i]
-        self.dep_src: list[int] = []
-        self.dep_lat: list[float] = []
-        self.dep_end: list[int] = []
-        self.dem_res: list[int] = []
-        self.dem_bytes: list[float] = []
-        self.dem_end: list[int] = []
+        self.dep_src = array("q")
+        self.dep_lat = array("d")
+        self.dep_end = array("q")
+        self.dem_res = array("q")
+        self.dem_bytes = array("d")
+        self.dem_end = array("q")
         self._lists: tuple[list[list[tuple[int, float]]], ...] | None = None
 
     def __len__(self) -> int:

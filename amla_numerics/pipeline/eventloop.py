@@ -71,24 +71,24 @@ def _ptr(counts: np.ndarray) -> np.ndarray:
 def freeze(g: OpGraph) -> Frozen:
     """Flatten ``g``'s ops (program order kept per pipe, dependents in op order)."""
     n = len(g)
-    pipe = np.asarray(g.pipe, _I)
-    src = np.asarray(g.dep_src, _I)
-    dep_ptr = np.asarray([0, *g.dep_end], _I)
+    pipe = np.array(g.pipe, _I)
+    src = np.array(g.dep_src, _I)
+    dep_ptr = np.concatenate(([0], np.array(g.dep_end, _I)))
     dst = np.repeat(np.arange(n, dtype=_I), np.diff(dep_ptr))
     order = np.argsort(src, kind="stable")  # per source: dependents in op order, deps order
     return Frozen(
         ops=n,
         pipe=pipe,
-        cycles=np.asarray(g.cycles, np.float64),
+        cycles=np.array(g.cycles, np.float64),
         queue_ptr=_ptr(np.bincount(pipe, minlength=len(g.pipes))),
         queue=np.argsort(pipe, kind="stable").astype(_I),
         pending=np.diff(dep_ptr),
-        dem_ptr=np.asarray([0, *g.dem_end], _I),
-        dem_res=np.asarray(g.dem_res, _I),
-        dem_bytes=np.asarray(g.dem_bytes, np.float64),
+        dem_ptr=np.concatenate(([0], np.array(g.dem_end, _I))),
+        dem_res=np.array(g.dem_res, _I),
+        dem_bytes=np.array(g.dem_bytes, np.float64),
         dnt_ptr=_ptr(np.bincount(src, minlength=n)),
         dnt_op=dst[order],
-        dnt_lat=np.asarray(g.dep_lat, np.float64)[order],
+        dnt_lat=np.array(g.dep_lat, np.float64)[order],
     )
 
 

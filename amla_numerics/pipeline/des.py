@@ -52,7 +52,7 @@ class OpGraph:
         self.resources: list[str] = list(rates)
         self._res_index = {r: i for i, r in enumerate(self.resources)}
         self._inv_rate = [1.0 / float(rates[r]) for r in self.resources]
-        # typed arrays (the standard library's): numpy reads them without a copy
+        # typed arrays (the standard library's): numpy copies each in one block (eventloop.freeze)
         self.pipe = array("q")
         self.cycles = array("d")
         self.label: list[str] = []

@@ -20,6 +20,7 @@ Run: ``.venv/bin/python experiments/bench_pipeline.py [--intervals N] [--report]
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import os
@@ -97,6 +98,43 @@ def _wall(fn):
     return time.perf_counter() - t, cpu, out
 
 
+def interval_breakdown(hw, wl, sch) -> None:
+    """Where one box search's time goes: the model runs of the anchor's re-fits and of the
+    configuration, and the operation graphs built inside them (the modules' functions
+    wrapped for the count; CPU seconds of this process)."""
+    from amla_numerics.pipeline import calibrate, periodic, sensitivity
+
+    count: collections.Counter[str] = collections.Counter()
+    built = [0.0]
+
+    def counted(fn, key):
+        def wrapper(*args, **kwargs):
+            count[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def timed(*args, **kwargs):
+        t = time.process_time()
+        out = build_graph(*args, **kwargs)
+        built[0] += time.process_time() - t
+        return out
+
+    saved = calibrate.run, sensitivity.run, periodic.build_graph
+    calibrate.run, sensitivity.run = counted(run, "anchor"), counted(run, "configuration")
+    periodic.build_graph = timed
+    try:
+        total = _cpu(lambda: interval(hw, wl, sch))
+    finally:
+        calibrate.run, sensitivity.run, periodic.build_graph = saved
+    print(
+        f"  where the time of one box search goes ({sch.variant} batch {wl.batch} s_q"
+        f" {wl.q_len} s_k {wl.kv_len}): {total:.1f} s, {count['anchor']} model runs of the"
+        f" anchor's re-fits and {count['configuration']} of the configuration; building"
+        f" operation graphs {built[0]:.1f} s"
+    )
+
+
 def bench_intervals(hw, configs, n: int) -> None:
     """Box bounds (``--sensitivity``) of ``n`` sweep configurations spread over the sweep,
     each with its own anchor re-fits, then all with one shared :class:`Calibration` (the
@@ -113,6 +151,7 @@ def bench_intervals(hw, configs, n: int) -> None:
         note = long_run_note(hw, wl, sch, sensitivity=True, samples=0) or "under 5 s"
         print(f"  bounds of {case}: {t_alone:.1f} s alone, {t_shared:.1f} s in the shared sweep")
         print(f"    the command line's estimate: {note.removeprefix('amla-numerics: ')}")
+    interval_breakdown(hw, *picked[0])
     mean_alone = sum(alone) / n
     mean_later = sum(shared_t[1:]) / max(1, n - 1)
     print(

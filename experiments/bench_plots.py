@@ -38,11 +38,14 @@ def _cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _tiny(plots: bool):
+def _tiny(plots: bool, sweep_seeds: int | None):
     from amla_numerics.analysis.report import ReportConfig
 
+    cfg = ReportConfig()
+    if sweep_seeds is not None:
+        cfg = dataclasses.replace(cfg, c_sweep_seeds=tuple(range(sweep_seeds)))
     return dataclasses.replace(
-        ReportConfig(),
+        cfg,
         head_dims=(64,),
         kv_lens=(256,),
         block_n=128,
@@ -53,7 +56,7 @@ def _tiny(plots: bool):
     )
 
 
-def _child(part: str, jobs: int, work: Path) -> None:
+def _child(part: str, jobs: int, work: Path, sweep_seeds: int | None) -> None:
     """One part in this fresh process; prints its CPU seconds."""
     if part == "draw":
         import scipy.stats  # noqa: F401  (make report has imported it by the time it draws)
@@ -73,7 +76,7 @@ def _child(part: str, jobs: int, work: Path) -> None:
     from amla_numerics.analysis.report import build_report
 
     t = _cpu()
-    rep = build_report(_tiny(part == "with"), jobs=jobs, throughput=False)
+    rep = build_report(_tiny(part == "with", sweep_seeds), jobs=jobs, throughput=False)
     used = _cpu() - t
     if part == "with":
         data = {"c_sweep": rep.c_sweep, "trace": rep.trace, "scatter": rep.scatter}
@@ -81,9 +84,12 @@ def _child(part: str, jobs: int, work: Path) -> None:
     print(used)
 
 
-def _run(part: str, jobs: int, work: Path) -> list[float]:
+def _run(part: str, jobs: int, work: Path, sweep_seeds: int | None) -> list[float]:
+    cmd = [sys.executable, __file__, "--child", part, "--jobs", str(jobs), "--work", str(work)]
+    if sweep_seeds is not None:
+        cmd += ["--sweep-seeds", str(sweep_seeds)]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", part, "--jobs", str(jobs), "--work", str(work)],
+        cmd,
         check=True,
         capture_output=True,
         text=True,
@@ -95,13 +101,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs of each part (best printed)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (make report: 2)")
+    ap.add_argument(
+        "--sweep-seeds", type=int, help="seeds 0..N-1 in the c sweep (default: the report's)"
+    )
     ap.add_argument("--child", choices=("with", "without", "draw"), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.repeat < 1 or args.jobs < 1:
-        raise SystemExit("--repeat and --jobs must be >= 1")
+    if args.repeat < 1 or args.jobs < 1 or (args.sweep_seeds is not None and args.sweep_seeds < 2):
+        raise SystemExit("--repeat and --jobs must be >= 1, --sweep-seeds >= 2")
     if args.child:
-        _child(args.child, args.jobs, args.work)
+        _child(args.child, args.jobs, args.work, args.sweep_seeds)
         return
     from amla_numerics.analysis.report import ReportConfig, build_report
 
@@ -113,13 +122,15 @@ def main() -> None:
         work = Path(tmp)
         (work / "grid.pkl").write_bytes(pickle.dumps(base))
         for _ in range(args.repeat):
-            meas.append(_run("with", args.jobs, work)[0] - _run("without", args.jobs, work)[0])
-            d, n_png = _run("draw", args.jobs, work)
+            with_plots = _run("with", args.jobs, work, args.sweep_seeds)[0]
+            meas.append(with_plots - _run("without", args.jobs, work, args.sweep_seeds)[0])
+            d, n_png = _run("draw", args.jobs, work, args.sweep_seeds)
             draw.append(d)
     m, d = min(meas), min(draw)
+    seeds = "the report's" if args.sweep_seeds is None else str(args.sweep_seeds)
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs;"
-        f" jobs {args.jobs}; CPU seconds, best of {args.repeat}"
+        f" jobs {args.jobs}; c sweep seeds: {seeds}; CPU seconds, best of {args.repeat}"
     )
     print(f"default report grid without plots: {grid_s:.1f} s")
     print(

@@ -9,7 +9,9 @@ part in fresh processes that start where ``make report`` starts that part:
    as the default grid is), with the plots' measurements, minus the same report without
    them;
 2. the drawing: :func:`~amla_numerics.analysis.plots.save_report_plots` on the default
-   report, every PNG written (matplotlib imported on the way, as ``make report`` does).
+   report, every PNG written (matplotlib imported on the way, as ``make report`` does);
+   with ``--no-layout`` also without matplotlib's constrained layout (a diagnostic of the
+   layout's share: those PNGs are not the report's).
 
 CPU seconds of each process and its reaped worker processes (``os.times``); the target of
 the plots is 10 s in all.
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TARGET_S = 10.0
 
@@ -58,6 +61,17 @@ def _tiny(plots: bool, sweep_seeds: int | None):
 
 def _child(part: str, jobs: int, work: Path, sweep_seeds: int | None) -> None:
     """One part in this fresh process; prints its CPU seconds."""
+    if part == "draw-no-layout":
+        from matplotlib.figure import Figure
+
+        save = Figure.savefig
+
+        def savefig(fig: Figure, *args: Any, **kwargs: Any) -> None:
+            fig.set_layout_engine(None)
+            save(fig, *args, **kwargs)
+
+        Figure.savefig = savefig  # type: ignore[method-assign,assignment]
+        part = "draw"
     if part == "draw":
         import scipy.stats  # noqa: F401  (make report has imported it by the time it draws)
 
@@ -104,7 +118,14 @@ def main() -> None:
     ap.add_argument(
         "--sweep-seeds", type=int, help="seeds 0..N-1 in the c sweep (default: the report's)"
     )
-    ap.add_argument("--child", choices=("with", "without", "draw"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--no-layout", action="store_true", help="also draw without the constrained layout"
+    )
+    ap.add_argument(
+        "--child",
+        choices=("with", "without", "draw", "draw-no-layout"),
+        help=argparse.SUPPRESS,
+    )
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.repeat < 1 or args.jobs < 1 or (args.sweep_seeds is not None and args.sweep_seeds < 2):
@@ -117,7 +138,7 @@ def main() -> None:
     t = _cpu()
     base = build_report(dataclasses.replace(ReportConfig(), plots=False), jobs=args.jobs)
     grid_s = _cpu() - t
-    meas, draw = [], []
+    meas, draw, bare = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "grid.pkl").write_bytes(pickle.dumps(base))
@@ -126,6 +147,8 @@ def main() -> None:
             meas.append(with_plots - _run("without", args.jobs, work, args.sweep_seeds)[0])
             d, n_png = _run("draw", args.jobs, work, args.sweep_seeds)
             draw.append(d)
+            if args.no_layout:
+                bare.append(_run("draw-no-layout", args.jobs, work, args.sweep_seeds)[0])
     m, d = min(meas), min(draw)
     seeds = "the report's" if args.sweep_seeds is None else str(args.sweep_seeds)
     print(
@@ -138,6 +161,8 @@ def main() -> None:
         f" {d:.1f}, {int(n_png)} PNGs); target {TARGET_S:.0f} s:"
         f" {'met' if m + d <= TARGET_S else 'not met'}"
     )
+    if bare:
+        print(f"drawing without the constrained layout (diagnostic): {min(bare):.1f} s")
 
 
 if __name__ == "__main__":

@@ -262,7 +262,6 @@ def evaluate_case(
     [('amla', 1.0), ('amla', 1.5), ('fa_fp32', 1.5)]
     """
     from amla_numerics import flash, reference  # heavy imports stay out of module import
-    from amla_numerics.analysis.bounds import split_bound
 
     variants = [check_variant(v) for v in variants]
     also = [check_variant(v, "also") for v in also]
@@ -292,21 +291,7 @@ def evaluate_case(
         res = flash.attention(w.q, w.k, w.v, variant, trace=True, c=c, **run)
         out = np.asarray(res.out, dtype=np.float64)
         metrics = error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref)
-        det: np.ndarray
-        if case.splits > 1:  # no probabilistic split bound: reported as none
-            det = split_bound(variant, w.q, w.k, w.v, c=c, **run)  # type: ignore[assignment]
-            prob = np.full(ref.shape, np.nan)
-        else:
-            bound = a_priori_bound(
-                variant,
-                head_dim=case.head_dim,
-                kv_len=case.kv_len,
-                block_n=case.block_n,
-                c=c,
-                policy=case.policy,
-            )
-            det = elementwise_bound(bound, stats, kind="deterministic")
-            prob = elementwise_bound(bound, stats, kind="probabilistic")
+        det, prob = _element_bounds(case, variant, c, w, stats, run)
         covered = np.isfinite(ref) & ~res.garbage_mask()
         if ref_ulp != AUTO_ULP_FP32:  # an FP64 policy: the reference's own error counts
             det = det + reference_error(ref, ref_ulp)
@@ -338,6 +323,28 @@ def evaluate_case(
             )
         )
     return records
+
+
+def _element_bounds(
+    case: Case, variant: str, c: float, w: Workload, stats: Any, run: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic and the probabilistic bound of every output element of one run of
+    :func:`evaluate_case` (split runs: the split bound, and no probabilistic one: NaN)."""
+    if case.splits > 1:
+        from amla_numerics.analysis.bounds import split_bound
+
+        det: np.ndarray = split_bound(variant, w.q, w.k, w.v, c=c, **run)  # type: ignore[assignment]
+        return det, np.full(det.shape, np.nan)
+    bound = a_priori_bound(
+        variant,
+        head_dim=case.head_dim,
+        kv_len=case.kv_len,
+        block_n=case.block_n,
+        c=c,
+        policy=case.policy,
+    )
+    det = elementwise_bound(bound, stats, kind="deterministic")
+    return det, elementwise_bound(bound, stats, kind="probabilistic")
 
 
 def run_grid(

@@ -142,6 +142,31 @@ def test_process_pool_and_dask_match_a_serial_run():
     assert _dicts(dask) == _dicts(serial)
 
 
+def test_sweep_with_also_matches_separate_evaluations():
+    """The compensation sweep's one shared evaluation (one workload, one reference) gives the
+    records of separate ``evaluate_case`` calls, field for field; a bad ``also`` is named."""
+    from amla_numerics.analysis.grid import Case, evaluate_case
+
+    case = Case(16, 256, "mla", 3, 2, 64, c=1.25)
+    shared = evaluate_case(case, ["amla"], cs=(1.0, 1.443), also=["amla_nocomp", "fa_fp32"])
+    apart = evaluate_case(case, ["amla"], cs=(1.0, 1.443)) + evaluate_case(
+        case, ["amla_nocomp", "fa_fp32"]
+    )
+    assert _dicts(shared) == _dicts(apart)
+    assert [(r.variant, r.c) for r in shared] == [
+        ("amla", 1.0),
+        ("amla", 1.443),
+        ("amla_nocomp", 1.25),
+        ("fa_fp32", 1.25),
+    ]
+    # without cs: the variants, then the also ones, each at case.c
+    assert _dicts(evaluate_case(case, ["amla"], also=["fa_fp32"])) == _dicts(
+        evaluate_case(case, ["amla"]) + evaluate_case(case, ["fa_fp32"])
+    )
+    with pytest.raises(ValueError, match="also"):
+        evaluate_case(case, ["amla"], also=["nonesuch"])
+
+
 def test_report_measures_user_arrays(tmp_path, capsys):
     import numpy as np
 

@@ -240,18 +240,31 @@ def _bound_stats(w: Workload):
 
 
 def evaluate_case(
-    case: Case, variants: Sequence[str] = VARIANTS, *, cs: Sequence[float] | None = None
+    case: Case,
+    variants: Sequence[str] = VARIANTS,
+    *,
+    cs: Sequence[float] | None = None,
+    also: Sequence[str] = (),
 ) -> list[Record]:
     """Measure every variant on one case (a pure function of its arguments).
 
     The workload, its reference, the magnitude scale and the bounds' input statistics are
     computed once. With ``cs``, every variant is measured once per compensation coefficient
-    (records in ``(c, variant)`` order) instead of at ``case.c`` only.
+    (records in ``(c, variant)`` order) instead of at ``case.c`` only. The ``also`` variants
+    are measured at ``case.c`` after those, on the same reference: the records equal those of
+    a separate ``evaluate_case(case, also)``.
+
+    Examples
+    --------
+    >>> case = Case(64, 256, "random", 0, 2, 128)
+    >>> recs = evaluate_case(case, ["amla"], cs=[1.0, 1.5], also=["fa_fp32"])
+    >>> [(r.variant, r.c) for r in recs]
+    [('amla', 1.0), ('amla', 1.5), ('fa_fp32', 1.5)]
     """
     from amla_numerics import flash, reference  # heavy imports stay out of module import
-    from amla_numerics.analysis.bounds import split_bound
 
     variants = [check_variant(v) for v in variants]
+    also = [check_variant(v, "also") for v in also]
     w = case.make()
     ref_ulp = reference_ulp(case.policy)  # FP64 policies: a reference within one FP64 ULP
     ref, lse_ref = reference.attention(
@@ -263,7 +276,8 @@ def evaluate_case(
         unit = ulp(np.where(np.isfinite(ref), ref, 0.0), FP32)
     stats = _bound_stats(w)  # shared by every variant's bounds
     records = []
-    pairs = [(case.c, v) for v in variants] if cs is None else itertools.product(cs, variants)
+    pairs = [(case.c, v) for v in variants] if cs is None else list(itertools.product(cs, variants))
+    pairs += [(case.c, v) for v in also]
     # the run's options: the emulator and the split bound read the same ones
     run: dict[str, Any] = dict(
         scale=w.scale,
@@ -277,21 +291,7 @@ def evaluate_case(
         res = flash.attention(w.q, w.k, w.v, variant, trace=True, c=c, **run)
         out = np.asarray(res.out, dtype=np.float64)
         metrics = error_metrics(out, ref, mag=mag, lse=res.lse, lse_ref=lse_ref)
-        det: np.ndarray
-        if case.splits > 1:  # no probabilistic split bound: reported as none
-            det = split_bound(variant, w.q, w.k, w.v, c=c, **run)  # type: ignore[assignment]
-            prob = np.full(ref.shape, np.nan)
-        else:
-            bound = a_priori_bound(
-                variant,
-                head_dim=case.head_dim,
-                kv_len=case.kv_len,
-                block_n=case.block_n,
-                c=c,
-                policy=case.policy,
-            )
-            det = elementwise_bound(bound, stats, kind="deterministic")
-            prob = elementwise_bound(bound, stats, kind="probabilistic")
+        det, prob = _element_bounds(case, variant, c, w, stats, run)
         covered = np.isfinite(ref) & ~res.garbage_mask()
         if ref_ulp != AUTO_ULP_FP32:  # an FP64 policy: the reference's own error counts
             det = det + reference_error(ref, ref_ulp)
@@ -323,6 +323,28 @@ def evaluate_case(
             )
         )
     return records
+
+
+def _element_bounds(
+    case: Case, variant: str, c: float, w: Workload, stats: Any, run: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic and the probabilistic bound of every output element of one run of
+    :func:`evaluate_case` (split runs: the split bound, and no probabilistic one: NaN)."""
+    if case.splits > 1:
+        from amla_numerics.analysis.bounds import split_bound
+
+        det: np.ndarray = split_bound(variant, w.q, w.k, w.v, c=c, **run)  # type: ignore[assignment]
+        return det, np.full(det.shape, np.nan)
+    bound = a_priori_bound(
+        variant,
+        head_dim=case.head_dim,
+        kv_len=case.kv_len,
+        block_n=case.block_n,
+        c=c,
+        policy=case.policy,
+    )
+    det = elementwise_bound(bound, stats, kind="deterministic")
+    return det, elementwise_bound(bound, stats, kind="probabilistic")
 
 
 def run_grid(

@@ -128,7 +128,10 @@ def plot_cond_distribution(records: Sequence[Record], *, title: str = "") -> Fig
     dims = sorted({r.head_dim for r in records})
     variants = _variants(records)
     fig = Figure(figsize=(3.6 * len(dims) + 1.5, 3.0 * len(workloads) + 0.8), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(len(workloads), len(dims), squeeze=False))
+    # every panel spans the same axes: tick labels on the outer panels only
+    axes = np.atleast_2d(
+        fig.subplots(len(workloads), len(dims), squeeze=False, sharex=True, sharey=True)
+    )
     edges = np.asarray(COND_EDGES[1:-1])
     xs = np.concatenate([edges, [edges[-1] * 2]])
     for wi, w in enumerate(workloads):

@@ -6,7 +6,8 @@ order operations become ready. :func:`simulate_compiled` runs the same events in
 order with the same float64 operations over flat arrays, compiled by numba (written by hand:
 no maintained discrete-event library runs a heap loop at compiled speed), so every start,
 end, blame and limiter equals the reference's bit for bit (``tests/test_pipeline_eventloop.py``
-compares them on every variant, Ascend and GPU, splits and an L2 spill).
+compares them on every variant, Ascend and GPU, splits, an L2 spill and random graphs with
+tied ready times).
 
 Why the order is the reference's: every op enters the heap exactly once (when it is at the
 head of its pipe and its last dependency has ended), so the ``(cycle, op id)`` keys are
@@ -285,7 +286,9 @@ class Walk:
 
     def charge(self, out: np.ndarray, lo: int = 0, hi: int | None = None, k: float = 1.0) -> None:
         """Add ``k`` times the charges of the walk's ops ``lo:hi`` to ``out`` (per code), in
-        the reference's order (duration, then gap, op by op: the same float sums)."""
+        the reference's order: duration, then gap, op by op (a duration ``end - start`` is
+        added as one term, where the reference adds ``end`` and subtracts ``start``: the
+        sums agree to rounding)."""
         codes = np.stack([self.name[lo:hi], self.why[lo:hi]], axis=1).ravel()
         charges = np.stack([k * self.dur[lo:hi], k * self.gap[lo:hi]], axis=1).ravel()
         np.add.at(out, codes, charges)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -97,3 +101,31 @@ def test_the_walk_charges_what_the_reference_attribution_charges():
     assert list(got) == list(ref)  # the same names, in the order of first charge
     # the reference adds (total + end) - start, the walk total + (end - start): rounding only
     assert all(abs(got[k] - ref[k]) <= 1e-12 * ref[k] for k in ref)
+
+
+def test_the_pure_python_path_gives_the_same_arrays_and_walk():
+    hw = load_hardware("ascend910c")
+    g = build_graph(make_plan(hw, AttentionShape(8, 2, 8192), default_schedule(hw, "amla"))).graph
+    frozen = freeze(g)
+    fast, pure = run_events(g, frozen), run_events(g, frozen, compiled=False)
+    for a, b in zip(dataclasses.astuple(fast), dataclasses.astuple(pure), strict=True):
+        assert np.array_equal(a, b)
+    w1, w2 = walk(fast, g, frozen), walk(pure, g, frozen, compiled=False)
+    for a, b in zip(dataclasses.astuple(w1), dataclasses.astuple(w2), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_small_run_does_not_load_numba_and_a_long_one_does():
+    code = (
+        "import sys\n"
+        "from amla_numerics.pipeline import AttentionShape, default_schedule, load_hardware, run\n"
+        "from amla_numerics.pipeline import eventloop\n"
+        "hw = load_hardware('ascend910c')\n"
+        "args = (hw, AttentionShape(128, 2, 16384), default_schedule(hw, 'amla'))\n"
+        "small = run(*args)\n"
+        "print('numba' in sys.modules)\n"
+        "eventloop.COMPILE_AFTER_OPS = 0\n"
+        "print(run(*args) == small, 'numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]

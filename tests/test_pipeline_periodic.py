@@ -11,6 +11,7 @@ from amla_numerics.pipeline.des import simulate
 from amla_numerics.pipeline.graph import Block, block_sequence, build_graph
 from amla_numerics.pipeline.periodic import (
     PeriodicSim,
+    PeriodicSimulator,
     shorten,
     simulate_periodic,
     simulated_blocks,
@@ -89,3 +90,11 @@ def test_a_broken_period_falls_back_to_a_longer_simulation():
     assert s.runs == () and len(s.blocks) == 22
     s = shorten([f, *[a] * 10, last], keep=4)
     assert s.runs == ((1, 4, 6),) and len(s.blocks) == 6
+
+
+def test_the_compiled_and_the_pure_python_fast_paths_agree_bit_for_bit():
+    hw = load_hardware("ascend910c")
+    plan = make_plan(hw, AttentionShape(128, 2, 16384), default_schedule(hw, "fa_fp32"))
+    fast = PeriodicSimulator(plan, compiled=True)()
+    assert fast == PeriodicSimulator(plan, compiled=False)()
+    assert isinstance(fast, PeriodicSim) and fast.removed > 0

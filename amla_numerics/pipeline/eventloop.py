@@ -9,6 +9,11 @@ end, blame and limiter equals the reference's bit for bit (``tests/test_pipeline
 compares them on every variant, Ascend and GPU, splits, an L2 spill and random graphs with
 tied ready times).
 
+numba is imported, and the loop compiled (or loaded from numba's cache), on first use: about
+1.1 s once per process. :func:`compiled_wanted` is the policy of the model's fast path: the
+first :data:`COMPILE_AFTER_OPS` simulated operations of a process run in the pure-Python
+reference (a single run never pays the start-up), every later one compiled.
+
 Why the order is the reference's: every op enters the heap exactly once (when it is at the
 head of its pipe and its last dependency has ended), so the ``(cycle, op id)`` keys are
 distinct and any correct binary heap pops them in the same order as :mod:`heapq`.
@@ -32,15 +37,34 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any
 
-import numba
 import numpy as np
 
-from amla_numerics.pipeline.des import OpGraph, SimResult, deadlock_error
+from amla_numerics.pipeline.des import OpGraph, SimResult, deadlock_error, simulate
 
-__all__ = ["Events", "Frozen", "Walk", "freeze", "run_events", "simulate_compiled", "walk"]
+__all__ = [
+    "COMPILE_AFTER_OPS",
+    "Events",
+    "Frozen",
+    "Walk",
+    "compiled_wanted",
+    "freeze",
+    "load_compiled",
+    "run_events",
+    "simulate_compiled",
+    "walk",
+]
+
+#: Operations a process simulates with the pure-Python reference before it compiles the
+#: event loop. Importing numba and starting its compiler (or loading the cached machine code)
+#: costs about 1.1 s once per process (0.45 s import, 0.65 s first call, measured on the
+#: 2-core development machine), about as long as the reference takes for this many
+#: operations (about 5 us each): a single small run never pays it, a sweep pays it once.
+COMPILE_AFTER_OPS: int = 200_000
+_simulated_ops = 0
 
 _I = np.int64
 
@@ -93,7 +117,6 @@ def freeze(g: OpGraph) -> Frozen:
     )
 
 
-@numba.njit(cache=True)
 def _heap_push(ht: Any, ho: Any, size: int, t: float, op: int) -> int:
     i = size
     while i > 0:
@@ -107,7 +130,6 @@ def _heap_push(ht: Any, ho: Any, size: int, t: float, op: int) -> int:
     return size + 1
 
 
-@numba.njit(cache=True)
 def _heap_pop(ht: Any, ho: Any, size: int) -> int:
     """Move the last item into the root's place and sift it down (the root was read)."""
     size -= 1
@@ -127,7 +149,6 @@ def _heap_pop(ht: Any, ho: Any, size: int) -> int:
     return size
 
 
-@numba.njit(cache=True)
 def _events(f: Any, inv_rate: Any, out: Any) -> int:
     """The reference loop over arrays; fills ``out`` (start, end, why, pred, limiter) and
     returns the number of ops that ran."""
@@ -199,16 +220,59 @@ class Events:
     lim: np.ndarray
 
 
-def run_events(graph: OpGraph, frozen: Frozen | None = None) -> Events:
+@functools.cache
+def _compiled() -> tuple[Any, Any]:
+    """The event loop and the walk compiled by numba (imported here, on first use)."""
+    import numba
+
+    jit = numba.njit(cache=True)
+    # _events calls the heap functions by their module names: compiled first, put in place
+    globals().update(_heap_push=jit(_heap_push), _heap_pop=jit(_heap_pop))
+    return jit(_events), jit(_walk)
+
+
+def load_compiled() -> None:
+    """Compile the event loop now (or load it from numba's cache): every later simulation of
+    this process runs compiled."""
+    _compiled()
+
+
+def compiled_wanted(ops: int) -> bool:
+    """Count ``ops`` more simulated operations; True once the process has simulated more than
+    :data:`COMPILE_AFTER_OPS` (or loaded the compiled loop): run them compiled."""
+    global _simulated_ops
+    _simulated_ops += ops
+    return _compiled.cache_info().currsize > 0 or _simulated_ops > COMPILE_AFTER_OPS
+
+
+def _from_result(sim: SimResult) -> Events:
+    """The reference's result as :class:`Events` arrays (the same codes)."""
+    g = sim.graph
+    code = {r: i for i, r in enumerate(g.resources)}
+    why = [code.get(w, -1) for w, _ in sim.blame]  # "latency": -1
+    lim = [code.get(x, -1) for x in sim.limiter or ()]  # the op's pipe: -1
+    return Events(
+        np.array(sim.start),
+        np.array(sim.end),
+        np.array(why, _I),
+        np.array([p for _, p in sim.blame], _I),
+        np.array(lim, _I) if lim else np.full(len(g), -1, _I),
+    )
+
+
+def run_events(graph: OpGraph, frozen: Frozen | None = None, *, compiled: bool = True) -> Events:
     """The event simulation of ``graph`` at its current rates, as arrays.
 
     ``frozen``: ``freeze(graph)``, when the caller simulates the same ops at several rates.
+    ``compiled=False`` runs the pure-Python reference instead (the same result, bit for bit).
 
     Raises
     ------
     RuntimeError
         If some operations can never start (a dependency cycle in the schedule).
     """
+    if not compiled:
+        return _from_result(simulate(graph))
     f = frozen if frozen is not None else freeze(graph)
     n = f.ops
     out = (np.full(n, np.nan), np.empty(n), np.empty(n, _I), np.empty(n, _I), np.empty(n, _I))
@@ -216,7 +280,7 @@ def run_events(graph: OpGraph, frozen: Frozen | None = None) -> Events:
         *(f.pipe, f.cycles, f.queue_ptr, f.queue, f.pending, f.dem_ptr, f.dem_res),
         *(f.dem_bytes, f.dnt_ptr, f.dnt_op, f.dnt_lat),
     )
-    done = _events(arrays, np.asarray(graph.inv_rates(), np.float64), out)
+    done = _compiled()[0](arrays, np.asarray(graph.inv_rates(), np.float64), out)
     if done != n:
         waiting = np.isnan(out[0])[f.queue]
         heads = [
@@ -245,7 +309,6 @@ def simulate_compiled(graph: OpGraph, frozen: Frozen | None = None) -> SimResult
     )
 
 
-@numba.njit(cache=True)
 def _walk(ev: Any, pipe: Any, npipes: int, nres: int) -> Any:
     start, end, why, pred, lim = ev
     n = 0
@@ -301,7 +364,9 @@ class Walk:
         return codes[charged][np.sort(first)]
 
 
-def walk(ev: Events, graph: OpGraph, frozen: Frozen) -> Walk:
-    """The critical-path walk of ``ev`` (a simulation of ``graph``)."""
+def walk(ev: Events, graph: OpGraph, frozen: Frozen, *, compiled: bool = True) -> Walk:
+    """The critical-path walk of ``ev`` (a simulation of ``graph``); ``compiled=False`` walks
+    in pure Python (the same arrays)."""
     arrays = (ev.start, ev.end, ev.why, ev.pred, ev.lim)
-    return Walk(*_walk(arrays, frozen.pipe, len(graph.pipes), len(graph.resources)))
+    fn = _compiled()[1] if compiled else _walk
+    return Walk(*fn(arrays, frozen.pipe, len(graph.pipes), len(graph.resources)))

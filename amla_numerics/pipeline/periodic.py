@@ -5,7 +5,8 @@ out: every operation of block ``j + 1`` starts and ends exactly ``P`` cycles aft
 same operation of block ``j``. So the busiest core's block sequence
 (:func:`~amla_numerics.pipeline.graph.block_sequence`) is shortened: every run of more than
 :data:`KEEP` identical interior blocks keeps only :data:`KEEP` of them. The short sequence
-is simulated by the reference simulator (:func:`~amla_numerics.pipeline.des.simulate`);
+is simulated by the event loop (:mod:`~amla_numerics.pipeline.eventloop`: compiled, or the
+reference :func:`~amla_numerics.pipeline.des.simulate` for a process's first operations);
 in each shortened run the blocks ``KEEP - TAIL - PAIRS - 1 .. KEEP - TAIL - 1`` (past the
 start-up, before the next run's influence) must be exact shifts of each other (every start
 and end, to :data:`SHIFT_RTOL` of the period), which gives ``P``. The ``R`` removed blocks
@@ -36,10 +37,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from amla_numerics.pipeline.des import OpGraph, SimResult
+from amla_numerics.pipeline.des import OpGraph, SimResult, simulate
 from amla_numerics.pipeline.eventloop import (
     Events,
     Frozen,
+    compiled_wanted,
     freeze,
     run_events,
     simulate_compiled,
@@ -251,12 +253,14 @@ class _Totals:
             np.add.at(self.demand, res, times * f.dem_bytes[ks] * self.inv[res])
 
 
-def _extrapolate(ev: Events, g: OpGraph, f: Frozen, short: Shortened) -> PeriodicSim:
+def _extrapolate(
+    ev: Events, g: OpGraph, f: Frozen, short: Shortened, compiled: bool
+) -> PeriodicSim:
     block = np.fromiter(map(_block_of, g.label), np.int64, len(g))
     order = np.argsort(block, kind="stable")
     by_block = np.split(order, np.flatnonzero(np.diff(block[order])) + 1)
     tot = _Totals(ev, g, f)
-    path = walk(ev, g, f)
+    path = walk(ev, g, f, compiled=compiled)
     position = np.full(len(g), -1, np.int64)
     position[path.ops] = np.arange(path.ops.size)
     codes = len(g.pipes) + len(g.resources) + 1
@@ -298,12 +302,18 @@ def _extrapolate(ev: Events, g: OpGraph, f: Frozen, short: Shortened) -> Periodi
 
 
 class PeriodicSimulator:
-    """Simulates one plan at several sets of resource rates (the ops are built once)."""
+    """Simulates one plan at several sets of resource rates (the ops are built once).
 
-    def __init__(self, plan: Plan, keep: int = KEEP) -> None:
+    ``compiled``: run the compiled event loop (True), the pure-Python reference (False), or
+    let the process decide (None: :func:`~amla_numerics.pipeline.eventloop.compiled_wanted`,
+    compiled once it has simulated enough operations); the results are the same bit for bit.
+    """
+
+    def __init__(self, plan: Plan, keep: int = KEEP, compiled: bool | None = None) -> None:
         self.full = block_sequence(plan)
         self.plan = plan
         self.keep = keep
+        self.compiled = compiled
         self._graphs: dict[int, tuple[Shortened, OpGraph, Frozen]] = {}
 
     def _graph(self, keep: int) -> tuple[Shortened, OpGraph, Frozen]:
@@ -320,10 +330,12 @@ class PeriodicSimulator:
             short, graph, frozen = self._graph(keep)
             if rates is not None:
                 graph.set_rates(rates)
+            fast = compiled_wanted(len(graph)) if self.compiled is None else self.compiled
             if not short.runs:
-                return simulate_compiled(graph, frozen)
+                return simulate_compiled(graph, frozen) if fast else simulate(graph)
             try:
-                return _extrapolate(run_events(graph, frozen), graph, frozen, short)
+                ev = run_events(graph, frozen, compiled=fast)
+                return _extrapolate(ev, graph, frozen, short, fast)
             except _Failed:
                 keep = 2 * keep if 2 * keep < len(self.full) else len(self.full)
 

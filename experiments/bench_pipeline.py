@@ -201,7 +201,8 @@ def main() -> None:
     print(
         f"report configuration, amla, before the process loads numba (pure Python below"
         f" {COMPILE_AFTER_OPS:,} simulated operations): {cold:.4f} s; numba's import and the"
-        f" compiled loop's load: {load:.2f} s, once per process"
+        f" compiled loop's load (its compilation on a fresh checkout): {load:.2f} s, once per"
+        " process"
     )
     for v in ("amla", "fa_fp32"):
         sch = default_schedule(hw, v)

@@ -228,7 +228,22 @@ def _compiled() -> tuple[Any, Any]:
     jit = numba.njit(cache=True)
     # _events calls the heap functions by their module names: compiled first, put in place
     globals().update(_heap_push=jit(_heap_push), _heap_pop=jit(_heap_pop))
-    return jit(_events), jit(_walk)
+    events, walker = jit(_events), jit(_walk)
+    g = OpGraph(["p"], {"r": 1.0})  # one call each on a one-op graph: machine code loaded now
+    g.add("p", 1.0, demands=[("r", 1.0)])
+    ev = _arrays(freeze(g))
+    out = (np.full(1, np.nan), np.empty(1), np.empty(1, _I), np.empty(1, _I), np.empty(1, _I))
+    events(ev, np.ones(1), out)
+    walker(out, ev[0], 1, 1)
+    return events, walker
+
+
+def _arrays(f: Frozen) -> tuple[np.ndarray, ...]:
+    """The frozen graph as the loop reads it."""
+    return (
+        *(f.pipe, f.cycles, f.queue_ptr, f.queue, f.pending, f.dem_ptr, f.dem_res),
+        *(f.dem_bytes, f.dnt_ptr, f.dnt_op, f.dnt_lat),
+    )
 
 
 def load_compiled() -> None:
@@ -276,11 +291,7 @@ def run_events(graph: OpGraph, frozen: Frozen | None = None, *, compiled: bool =
     f = frozen if frozen is not None else freeze(graph)
     n = f.ops
     out = (np.full(n, np.nan), np.empty(n), np.empty(n, _I), np.empty(n, _I), np.empty(n, _I))
-    arrays = (
-        *(f.pipe, f.cycles, f.queue_ptr, f.queue, f.pending, f.dem_ptr, f.dem_res),
-        *(f.dem_bytes, f.dnt_ptr, f.dnt_op, f.dnt_lat),
-    )
-    done = _compiled()[0](arrays, np.asarray(graph.inv_rates(), np.float64), out)
+    done = _compiled()[0](_arrays(f), np.asarray(graph.inv_rates(), np.float64), out)
     if done != n:
         waiting = np.isnan(out[0])[f.queue]
         heads = [

@@ -73,7 +73,6 @@ _I = np.int64
 class Frozen:
     """An :class:`~amla_numerics.pipeline.des.OpGraph`'s ops as flat arrays (the rates apart)."""
 
-    ops: int
     pipe: np.ndarray
     cycles: np.ndarray
     queue_ptr: np.ndarray  # per pipe: its ops' slice of ``queue``
@@ -102,7 +101,6 @@ def freeze(g: OpGraph) -> Frozen:
     dst = np.repeat(np.arange(n, dtype=_I), np.diff(dep_ptr))
     order = np.argsort(src, kind="stable")  # per source: dependents in op order, deps order
     return Frozen(
-        ops=n,
         pipe=pipe,
         cycles=np.array(g.cycles, np.float64),
         queue_ptr=_ptr(np.bincount(pipe, minlength=len(g.pipes))),
@@ -289,7 +287,7 @@ def run_events(graph: OpGraph, frozen: Frozen | None = None, *, compiled: bool =
     if not compiled:
         return _from_result(simulate(graph))
     f = frozen if frozen is not None else freeze(graph)
-    n = f.ops
+    n = f.pipe.size
     out = (np.full(n, np.nan), np.empty(n), np.empty(n, _I), np.empty(n, _I), np.empty(n, _I))
     done = _compiled()[0](_arrays(f), np.asarray(graph.inv_rates(), np.float64), out)
     if done != n:

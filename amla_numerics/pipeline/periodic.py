@@ -239,8 +239,8 @@ class _Totals:
         self.ev, self.f = ev, f
         self.inv = np.asarray(g.inv_rates())
         self.busy = np.bincount(f.pipe, ev.end - ev.start, minlength=len(g.pipes))
-        self.dem_cycles = f.dem_bytes * self.inv[f.dem_res]
-        self.demand = np.bincount(f.dem_res, self.dem_cycles, minlength=len(g.resources))
+        cycles = f.dem_bytes * self.inv[f.dem_res]
+        self.demand = np.bincount(f.dem_res, cycles, minlength=len(g.resources))
         self.makespan = float(ev.end.max())
 
     def repeat(self, ops: np.ndarray, times: int) -> None:
